@@ -1,0 +1,48 @@
+#!/bin/bash
+# distpar worker entrypoint.
+#   (no args) | sshd [sshd args...]  run sshd in the foreground (default)
+#   CMD [ARGS...]                    run CMD, e.g. `ray start --head --block ...`;
+#                                    with DISTPAR_START_SSHD=1 sshd is started in
+#                                    the background first.
+# Authorized keys for root (either or both, read at every start):
+#   SSH_AUTHORIZED_KEYS        env var holding one or more public key lines
+#   SSH_AUTHORIZED_KEYS_FILE   path of a mounted file (default
+#                              /etc/distpar/authorized_keys)
+# Host keys are generated at start if absent; mount /etc/ssh/keys-style volumes
+# over /etc/ssh/ssh_host_* to keep them stable across containers.
+set -euo pipefail
+
+log() { echo "distpar-entrypoint: $*" >&2; }
+
+setup_sshd() {
+    mkdir -p /run/sshd && chmod 0755 /run/sshd
+    ssh-keygen -A >/dev/null
+    install -d -m 0700 /root/.ssh
+    local auth=/root/.ssh/authorized_keys file="${SSH_AUTHORIZED_KEYS_FILE:-/etc/distpar/authorized_keys}"
+    local tmp
+    tmp=$(mktemp)
+    [[ -f $auth ]] && cat "$auth" >>"$tmp"
+    [[ -n ${SSH_AUTHORIZED_KEYS:-} ]] && printf '%s\n' "$SSH_AUTHORIZED_KEYS" >>"$tmp"
+    [[ -r $file ]] && cat "$file" >>"$tmp"
+    # Drop blank lines and duplicates, keep order.
+    awk 'NF && !seen[$0]++' "$tmp" >"$auth"
+    rm -f "$tmp"
+    chmod 0600 "$auth"
+    if [[ ! -s $auth ]]; then
+        log "warning: no authorized keys (set SSH_AUTHORIZED_KEYS or mount $file); nobody can log in"
+    fi
+    /usr/sbin/sshd -t
+}
+
+cmd=${1:-sshd}
+if [[ $cmd == sshd ]]; then
+    [[ $# -gt 0 ]] && shift
+    setup_sshd
+    exec /usr/sbin/sshd -D -e "$@"
+fi
+
+if [[ ${DISTPAR_START_SSHD:-0} == 1 ]]; then
+    setup_sshd
+    /usr/sbin/sshd -e
+fi
+exec "$@"

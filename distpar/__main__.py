@@ -1,0 +1,3 @@
+from distpar.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""The backend contract: submit a segment spec, get a future of its result; cancel; start and close."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from distpar.model import SegmentResult, SegmentSpec
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    run_id: str
+    repo: Path  # the coordinator's repository
+    run_dir: Path  # per-run state on the coordinator (logs, bundles, local worktrees)
+    workers: int
+
+
+class Backend(ABC):
+    """Runs segments. ``remote`` backends get the code as bundles and hand new commits back as bundles;
+    local ones share the coordinator's repository through worktrees. Everything else (scheduling, merging,
+    journaling, retries) belongs to the runtime, so every backend behaves alike."""
+
+    name: ClassVar[str]
+    remote: ClassVar[bool] = False
+
+    def start(self, ctx: RunContext) -> None:  # noqa: B027 - optional hook
+        """Connect, check hosts, start a cluster. Raise BackendError when that is impossible."""
+
+    @abstractmethod
+    def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
+        """Start running one segment. The future raises BackendError when the transport (not the agent) fails."""
+
+    def cancel(self) -> None:  # noqa: B027 - optional hook
+        """Ask every running segment to stop: agents are killed, their work saved, results still returned."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release everything ``start`` acquired. Called once, also after errors and interrupts."""
+
+    def workspace(self, ctx: RunContext, stream: int) -> str:
+        return str(ctx.run_dir / "wt" / f"s{stream + 1}")
+
+    def log_dir(self, ctx: RunContext) -> str:
+        return str(ctx.run_dir / "logs")

@@ -1,0 +1,229 @@
+"""The run journal: SQLite (WAL), one row per run, one row per batch, and an append-only event log.
+
+Every write is one transaction, so a coordinator killed at any moment leaves the journal consistent. It holds
+what ``status``, ``report`` and ``resume`` need, and never a secret (forwarded variables are not passed in).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distpar.model import BatchResult, BatchStatus
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    plan_path TEXT NOT NULL,
+    plan_id TEXT NOT NULL,
+    repo TEXT NOT NULL,
+    target TEXT NOT NULL,
+    base TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    workers INTEGER NOT NULL,
+    strategy TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    exit_code INTEGER,
+    pid INTEGER,
+    plan TEXT NOT NULL,
+    schedule TEXT NOT NULL,
+    options TEXT NOT NULL,
+    summary TEXT
+);
+CREATE TABLE IF NOT EXISTS batches (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    batch_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    ended REAL,
+    exit_code INTEGER,
+    result_class TEXT,
+    cost_usd REAL,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cache_read_tokens INTEGER,
+    cache_creation_tokens INTEGER,
+    turns INTEGER,
+    session_id TEXT,
+    model TEXT,
+    node TEXT,
+    commit_oid TEXT,
+    changed INTEGER,
+    log_path TEXT,
+    error TEXT,
+    PRIMARY KEY (run_id, batch_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    stream INTEGER,
+    batch_id TEXT,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    run_id: str
+    ts: float
+    kind: str
+    stream: int | None
+    batch_id: str | None
+    data: dict[str, Any]
+
+
+class Journal:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- writes ----------------------------------------------------------------------------------------
+
+    def start_run(self, run: dict[str, Any], batches: list[tuple[str, int]]) -> None:
+        """``run``: the runs row; ``batches``: (batch id, stream) in plan order."""
+        with self._tx() as db:
+            cols = ", ".join(run)
+            db.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(run))})", list(run.values()))
+            db.executemany(
+                "INSERT INTO batches (run_id, batch_id, position, stream, state) VALUES (?, ?, ?, ?, 'pending')",
+                [(run["id"], b, i, s) for i, (b, s) in enumerate(batches)],
+            )
+            self._event(db, run["id"], "run_started", None, None, {"workers": run["workers"]})
+
+    def event(self, run_id: str, kind: str, stream: int | None = None, batch_id: str | None = None,
+              **data: Any) -> None:
+        with self._tx() as db:
+            self._event(db, run_id, kind, stream, batch_id, data)
+
+    def batch_started(self, run_id: str, batch_id: str, stream: int, attempt: int, node: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE batches SET state='running', attempt=?, started=?, node=?, stream=? "
+                "WHERE run_id=? AND batch_id=?",
+                (attempt, time.time(), node, stream, run_id, batch_id),
+            )
+            self._event(db, run_id, "batch_started", stream, batch_id, {"attempt": attempt, "node": node})
+
+    def batch_ended(self, run_id: str, r: BatchResult) -> None:
+        o = r.outcome
+        with self._tx() as db:
+            db.execute(
+                """UPDATE batches SET state=?, attempt=?, started=COALESCE(?, started), ended=?, exit_code=?,
+                   result_class=?, cost_usd=?, input_tokens=?, output_tokens=?, cache_read_tokens=?,
+                   cache_creation_tokens=?, turns=?, session_id=?, model=?, node=COALESCE(NULLIF(?, ''), node),
+                   commit_oid=?, changed=?, log_path=?, error=? WHERE run_id=? AND batch_id=?""",
+                (
+                    r.status.value, r.attempt, r.started, r.ended, r.exit_code,
+                    o.result_class if o else None, o.cost_usd if o else None,
+                    o.input_tokens if o else None, o.output_tokens if o else None,
+                    o.cache_read_tokens if o else None, o.cache_creation_tokens if o else None,
+                    o.turns if o else None, o.session_id if o else None, o.model if o else None,
+                    r.node, r.commit, int(r.changed), r.log_path, r.error, run_id, r.batch_id,
+                ),
+            )
+            self._event(
+                db, run_id, "batch_ended", r.stream, r.batch_id,
+                {
+                    "status": r.status.value, "exit_code": r.exit_code, "duration": round(r.duration, 3),
+                    "result_class": o.result_class if o else None, "cost_usd": o.cost_usd if o else None,
+                    "changed": r.changed, "node": r.node, "attempt": r.attempt,
+                },
+            )
+
+    def end_run(self, run_id: str, state: str, exit_code: int, summary: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET state=?, ended=?, exit_code=?, summary=? WHERE id=?",
+                (state, time.time(), exit_code, json.dumps(summary), run_id),
+            )
+            self._event(db, run_id, "run_ended", None, None, {"state": state, "exit_code": exit_code})
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, run_id: str, kind: str, stream: int | None, batch_id: str | None,
+               data: dict[str, Any]) -> None:
+        db.execute(
+            "INSERT INTO events (run_id, ts, kind, stream, batch_id, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, time.time(), kind, stream, batch_id, json.dumps(data)),
+        )
+
+    # --- reads -----------------------------------------------------------------------------------------
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            """SELECT r.*, (SELECT COUNT(*) FROM batches b WHERE b.run_id=r.id AND b.state='ok') AS n_ok,
+                      (SELECT COUNT(*) FROM batches b WHERE b.run_id=r.id AND b.state IN
+                           ('failed','timeout','blocked')) AS n_failed,
+                      (SELECT COUNT(*) FROM batches b WHERE b.run_id=r.id) AS n_batches,
+                      (SELECT SUM(cost_usd) FROM batches b WHERE b.run_id=r.id) AS cost_usd
+               FROM runs r ORDER BY started DESC LIMIT ?""",
+            (limit,),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            matches = self._db.execute("SELECT * FROM runs WHERE id LIKE ?", (run_id + "%",)).fetchall()
+            row = matches[0] if len(matches) == 1 else None
+        return dict(row) if row else None
+
+    def batches(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM batches WHERE run_id=? ORDER BY position", (run_id,))
+        return [dict(r) for r in rows]
+
+    def events(self, run_id: str, after: int = 0) -> list[Event]:
+        rows = self._db.execute(
+            "SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq", (run_id, after)
+        ).fetchall()
+        return [
+            Event(r["seq"], r["run_id"], r["ts"], r["kind"], r["stream"], r["batch_id"], json.loads(r["data"] or "{}"))
+            for r in rows
+        ]
+
+    def batch_state(self, run_id: str, batch_id: str) -> BatchStatus:
+        row = self._db.execute(
+            "SELECT state FROM batches WHERE run_id=? AND batch_id=?", (run_id, batch_id)
+        ).fetchone()
+        return BatchStatus(row["state"])

@@ -1,0 +1,279 @@
+"""Data that crosses process and machine boundaries: what a worker is asked to do and what it hands back.
+
+Frozen dataclasses with ``to_dict``/``from_dict``; plain JSON types only, so the same spec travels through a
+thread, a Ray task or an SSH channel. ``SPEC_VERSION`` is bumped when the shape changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+SPEC_VERSION = 1
+
+
+class BatchStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    OK = "ok"  # the agent succeeded (with or without changes)
+    FAILED = "failed"  # the agent failed, crashed or reported an error
+    TIMEOUT = "timeout"  # killed by distpar after its time limit
+    SKIPPED = "skipped"  # not run: an earlier batch of its stream or a dependency failed
+    BLOCKED = "blocked"  # not run: merging its dependencies into its base conflicted
+    INTERRUPTED = "interrupted"  # the run was cancelled while it ran
+
+    def is_terminal(self) -> bool:
+        return self not in (BatchStatus.PENDING, BatchStatus.RUNNING)
+
+    @property
+    def ok(self) -> bool:
+        return self is BatchStatus.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str = "distpar"
+    email: str = "distpar@localhost"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "GIT_AUTHOR_NAME": self.name,
+            "GIT_AUTHOR_EMAIL": self.email,
+            "GIT_COMMITTER_NAME": self.name,
+            "GIT_COMMITTER_EMAIL": self.email,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Which agent runs a batch: a preset name (claude, fake, ...) or a command template, plus its options."""
+
+    preset: str = "claude"
+    template: str | None = None  # argv template, split with shlex; placeholders {prompt}, {prompt_file}, ...
+    model: str | None = None
+    max_turns: int | None = None
+    max_budget_usd: float | None = None
+    extra_args: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["extra_args"] = list(self.extra_args)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgentConfig:
+        d = dict(d)
+        d["extra_args"] = tuple(d.get("extra_args", ()))
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSpec:
+    id: str
+    description: str
+    prompt: str
+    agent: AgentConfig
+    timeout: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "description": self.description,
+            "prompt": self.prompt,
+            "agent": self.agent.to_dict(),
+            "timeout": self.timeout,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BatchSpec:
+        return cls(d["id"], d["description"], d["prompt"], AgentConfig.from_dict(d["agent"]), d["timeout"])
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where the worker gets the code from.
+
+    ``worktree``: ``location`` is a repository on this machine; the worker adds a worktree of it.
+    ``bundle``: ``location`` is a git bundle file holding ``base`` (and ``refs``); the worker clones it.
+    ``url``: ``location`` is a git remote the worker clones or fetches from (and pushes to, if asked).
+    """
+
+    kind: str
+    location: str
+    increments: tuple[str, ...] = ()  # further bundles fetched after ``location`` (newer bases)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "location": self.location, "increments": list(self.increments)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Source:
+        return cls(d["kind"], d["location"], tuple(d.get("increments", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSpec:
+    """One unit of dispatch: consecutive batches of one stream, run in order on one branch from ``base``."""
+
+    run_id: str
+    stream: int
+    segment: int
+    branch: str
+    base: str  # commit the branch must start from (contains every dependency's work)
+    batches: tuple[BatchSpec, ...]
+    source: Source
+    workspace: str  # directory the worker works in (created if absent)
+    log_dir: str
+    identity: Identity = field(default_factory=Identity)
+    env: dict[str, str] = field(default_factory=dict)  # forwarded variables: never journaled or logged
+    return_bundle: bool = False  # hand the new commits back as a bundle (remote workers)
+    attempt: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SPEC_VERSION,
+            "run_id": self.run_id,
+            "stream": self.stream,
+            "segment": self.segment,
+            "branch": self.branch,
+            "base": self.base,
+            "batches": [b.to_dict() for b in self.batches],
+            "source": self.source.to_dict(),
+            "workspace": self.workspace,
+            "log_dir": self.log_dir,
+            "identity": asdict(self.identity),
+            "env": dict(self.env),
+            "return_bundle": self.return_bundle,
+            "attempt": self.attempt,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SegmentSpec:
+        if d.get("version") != SPEC_VERSION:
+            raise ValueError(f"segment spec version {d.get('version')} is not {SPEC_VERSION}")
+        return cls(
+            run_id=d["run_id"],
+            stream=d["stream"],
+            segment=d["segment"],
+            branch=d["branch"],
+            base=d["base"],
+            batches=tuple(BatchSpec.from_dict(b) for b in d["batches"]),
+            source=Source.from_dict(d["source"]),
+            workspace=d["workspace"],
+            log_dir=d["log_dir"],
+            identity=Identity(**d["identity"]),
+            env=dict(d["env"]),
+            return_bundle=d["return_bundle"],
+            attempt=d.get("attempt", 1),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOutcome:
+    """What one agent invocation reported, parsed from its structured output."""
+
+    result_class: str  # success, max_turns, budget_exceeded, error, api_error, usage_limit, timeout, crash
+    ok: bool
+    message: str = ""
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_creation_tokens: int | None = None
+    turns: int | None = None
+    duration_api_ms: int | None = None
+    session_id: str | None = None
+    model: str | None = None
+    transient: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgentOutcome:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    batch_id: str
+    stream: int
+    status: BatchStatus
+    exit_code: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    commit: str | None = None  # branch head after the batch
+    changed: bool = False  # the batch added at least one commit
+    outcome: AgentOutcome | None = None
+    log_path: str | None = None
+    log_tail: str = ""
+    error: str = ""
+    node: str = ""
+    attempt: int = 1
+
+    @property
+    def duration(self) -> float:
+        return (self.ended - self.started) if self.started and self.ended else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["status"] = self.status.value
+        d["outcome"] = self.outcome.to_dict() if self.outcome else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BatchResult:
+        d = dict(d)
+        d["status"] = BatchStatus(d["status"])
+        d["outcome"] = AgentOutcome.from_dict(d["outcome"]) if d.get("outcome") else None
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentResult:
+    run_id: str
+    stream: int
+    segment: int
+    branch: str
+    base: str
+    head: str  # branch head after the last batch that ran
+    results: tuple[BatchResult, ...]
+    node: str = ""
+    bundle: str | None = None  # path of a bundle with base..head (and the saved ref), when asked for
+    saved_ref: str | None = None  # uncommitted work saved on interrupt
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status.ok for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "stream": self.stream,
+            "segment": self.segment,
+            "branch": self.branch,
+            "base": self.base,
+            "head": self.head,
+            "results": [r.to_dict() for r in self.results],
+            "node": self.node,
+            "bundle": self.bundle,
+            "saved_ref": self.saved_ref,
+            "interrupted": self.interrupted,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SegmentResult:
+        return cls(
+            run_id=d["run_id"],
+            stream=d["stream"],
+            segment=d["segment"],
+            branch=d["branch"],
+            base=d["base"],
+            head=d["head"],
+            results=tuple(BatchResult.from_dict(r) for r in d["results"]),
+            node=d.get("node", ""),
+            bundle=d.get("bundle"),
+            saved_ref=d.get("saved_ref"),
+            interrupted=d.get("interrupted", False),
+        )
