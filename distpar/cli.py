@@ -146,13 +146,26 @@ def _print_schedule(plan: Plan, schedule: Schedule, as_json: bool) -> None:
 @click.option("--forward-env", multiple=True, metavar="NAME", help="Environment variable passed to agents.")
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               help="Repository to work on (default: the current directory).")
+@click.option("--repo-url", default=None, metavar="URL",
+              help="Remote workers clone from and push their branches to this git remote (default: bundles).")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="Ray cluster to use, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a local Ray instance).")
+@click.option("--hosts", default=None, metavar="H1,H2", help="SSH hosts: [user@]host[:port], comma-separated.")
+@click.option("--hosts-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="SSH inventory (TOML): hosts with slots, user, port, key, work directory.")
+@click.option("--identity", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="SSH private key.")
+@click.option("--accept-unknown-hosts", is_flag=True,
+              help="SSH: accept host keys not in known_hosts (insecure; default: refuse).")
 @click.option("--dry-run", is_flag=True, help="Show the schedule and stop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the schedule) as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, backend: str, agent_name: str,
             agent_cmd: str | None, model: str | None, max_turns: int | None, max_budget_usd: float | None,
             timeout: float | None, into: str | None, allow_dirty: bool, keep_branches: bool, retries: int,
-            forward_env: tuple[str, ...], repo_path: Path, dry_run: bool, as_json: bool, quiet: bool) -> None:
+            forward_env: tuple[str, ...], repo_path: Path, repo_url: str | None, ray_address: str | None,
+            hosts: str | None, hosts_file: Path | None, identity: Path | None, accept_unknown_hosts: bool,
+            dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Run PLAN_FILE: schedule its batches into streams, run an agent per batch, merge the streams."""
     from distpar import runtime
     from distpar.backends import make_backend
@@ -171,13 +184,16 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
     if dry_run:
         _print_schedule(plan, schedule, as_json)
         return
+    backend_options = _backend_options(backend, ray_address, hosts, hosts_file, identity, accept_unknown_hosts)
+    if repo_url and backend == "local":
+        raise UsageError("--repo-url goes with a remote backend (--backend ray or ssh)")
     options = runtime.RunOptions(
         agent=agent, timeout=timeout or runtime.DEFAULT_TIMEOUT, into=into, allow_dirty=allow_dirty,
         keep_branches=keep_branches, retries=retries, forward_env=forward_env, backend=backend,
-        plan_path=str(plan_file),
+        plan_path=str(plan_file), repo_url=repo_url,
     )
     repo, target, start = runtime.preflight(repo_path, options)
-    backend_obj = make_backend(backend, {})
+    backend_obj = make_backend(backend, backend_options)
     journal = runtime.open_journal(repo)
     observer = None if quiet else _progress_printer()
     runner = runtime.Runner(repo, plan, schedule, options, backend_obj, journal, target, start, observer)
@@ -188,6 +204,24 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
     else:
         _print_report(report, runner)
     sys.exit(int(report.exit_code))
+
+
+def _backend_options(backend: str, ray_address: str | None, hosts: str | None, hosts_file: Path | None,
+                     identity: Path | None, accept_unknown_hosts: bool) -> dict[str, Any]:
+    ssh_given = [n for n, v in (("--hosts", hosts), ("--hosts-file", hosts_file), ("--identity", identity),
+                                ("--accept-unknown-hosts", accept_unknown_hosts)) if v]
+    if backend != "ssh" and ssh_given:
+        raise UsageError(f"{ssh_given[0]} goes with --backend ssh")
+    if backend != "ray" and ray_address:
+        raise UsageError("--ray-address goes with --backend ray")
+    if backend == "ray":
+        return {"address": ray_address}
+    if backend == "ssh":
+        if not hosts and not hosts_file:
+            raise UsageError("--backend ssh needs --hosts H1,H2 or --hosts-file FILE")
+        return {"hosts": [h.strip() for h in (hosts or "").split(",") if h.strip()], "hosts_file": hosts_file,
+                "identity": identity, "accept_unknown_hosts": accept_unknown_hosts}
+    return {}
 
 
 def _progress_printer() -> Any:

@@ -131,7 +131,7 @@ def worktrees(repo: str | Path) -> list[tuple[str, str | None]]:
     result: list[tuple[str, str | None]] = []
     path: str | None = None
     branch: str | None = None
-    for line in out(repo, "worktree", "list", "--porcelain").splitlines() + [""]:
+    for line in [*out(repo, "worktree", "list", "--porcelain").splitlines(), ""]:
         if line.startswith("worktree "):
             path, branch = line[9:], None
         elif line.startswith("branch "):
@@ -220,5 +220,6 @@ def bundle_create(repo: str | Path, path: str | Path, revs: Sequence[str]) -> bo
     return True
 
 
-def bundle_fetch(repo: str | Path, path: str | Path, refspecs: Sequence[str]) -> None:
-    git(repo, "fetch", "--quiet", "--no-tags", "--force", str(path), *refspecs)
+def fetch(repo: str | Path, source: str | Path, refspecs: Sequence[str]) -> None:
+    """Fetch from a bundle file or a remote URL."""
+    git(repo, "fetch", "--quiet", "--no-tags", "--force", str(source), *refspecs)

@@ -234,7 +234,7 @@ def _build(data: Any, source: str, first_line: int, lines: list[int]) -> Plan:
     if cycle:
         first = batches[seen[cycle[0]]]
         raise PlanError(
-            "dependency cycle: " + " -> ".join(cycle + [cycle[0]]),
+            "dependency cycle: " + " -> ".join([*cycle, cycle[0]]),
             where=f"{source}:{first.line}",
         )
     return Plan(

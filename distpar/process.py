@@ -52,19 +52,23 @@ def run_process(
     ):
         deadline = started + timeout if timeout else None
         timed_out = cancelled = False
-        while True:
-            try:
-                proc.wait(timeout=POLL_SECONDS)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-            elif deadline is not None and time.time() >= deadline:
-                timed_out = True
-            if cancelled or timed_out:
-                kill_group(proc.pid, proc)
-                break
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                elif deadline is not None and time.time() >= deadline:
+                    timed_out = True
+                if cancelled or timed_out:
+                    kill_group(proc.pid, proc)
+                    break
+        except BaseException:  # KeyboardInterrupt, a Ray task cancelled, ...: never leave the group behind
+            kill_group(proc.pid, proc, grace=0.5)
+            raise
         # Whatever the agent left running in its session (a dev server, a stray child) goes too.
         kill_group(proc.pid, None, grace=0.0)
         code = None if (timed_out or cancelled) else proc.returncode

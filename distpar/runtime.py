@@ -52,6 +52,7 @@ class RunOptions:
     forward_env: tuple[str, ...] = ()
     backend: str = "local"
     plan_path: str = ""
+    repo_url: str | None = None  # remote workers clone from and push to this remote instead of bundles
 
 
 @dataclass
@@ -329,7 +330,7 @@ class Runner:
             log_dir=self.backend.log_dir(ctx),
             identity=self.identity,
             env=self.forwarded,
-            return_bundle=self.backend.remote,
+            return_bundle=self.backend.remote and not self.options.repo_url,
             attempt=attempt,
         )
         self.journal.event(self.run_id, "segment_submitted", k, batch_ids[0], batches=list(batch_ids),
@@ -353,6 +354,10 @@ class Runner:
     def _source(self, base: str, k: int, seg: int) -> Source:
         if not self.backend.remote:
             return Source("worktree", str(self.repo))
+        if self.options.repo_url:
+            ref = f"refs/distpar/{self.run_id}/bases/s{k + 1}-{seg}"
+            gitops.git(self.repo, "push", "--quiet", "--force", self.options.repo_url, f"{base}:{ref}")
+            return Source("url", self.options.repo_url)
         bundles = self.run_dir / "bundles"
         bundles.mkdir(parents=True, exist_ok=True)
         full = bundles / "base.bundle"
@@ -388,8 +393,8 @@ class Runner:
                 self._record(BatchResult(b.id, spec.stream, BatchStatus.FAILED, error=msg, attempt=spec.attempt))
             self.stopped.add(spec.stream)
             return
-        if result.bundle:
-            self._fetch_back(result)
+        if result.bundle or spec.source.kind == "url":
+            self._fetch_back(result, spec.source)
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
         self.heads[spec.stream] = result.head
@@ -402,10 +407,13 @@ class Runner:
                 self._stop_stream(spec.stream, self.cursor[spec.stream], BatchStatus.SKIPPED,
                                   "an earlier batch of this stream failed")
 
-    def _fetch_back(self, result: SegmentResult) -> None:
-        assert result.bundle
-        gitops.bundle_fetch(self.repo, result.bundle, [
-            f"+refs/heads/{result.branch}:refs/heads/{result.branch}", "+refs/distpar/*:refs/distpar/*"])
+    def _fetch_back(self, result: SegmentResult, source: Source) -> None:
+        """Bring a remote stream's new commits (and saved work) into the coordinator's repository."""
+        where = source.location if source.kind == "url" else result.bundle
+        assert where
+        saved = f"refs/distpar/{self.run_id}/saved"
+        gitops.fetch(self.repo, where, [
+            f"+refs/heads/{result.branch}:refs/heads/{result.branch}", f"+{saved}/*:{saved}/*"])
 
     def _record(self, r: BatchResult) -> None:
         self.results[r.batch_id] = r

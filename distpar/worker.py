@@ -58,6 +58,9 @@ def run_segment(spec: SegmentSpec, cancel: threading.Event | None = None) -> Seg
 
     head = gitops.out(ws, "rev-parse", "HEAD")
     bundle = _return_bundle(spec, ws, head, saved_ref) if spec.return_bundle else None
+    if spec.source.kind == "url":  # hand the branch (and saved work) back by pushing it
+        gitops.git(ws, "push", "--quiet", "--force", spec.source.location, f"HEAD:refs/heads/{spec.branch}",
+                   *([f"{saved_ref}:{saved_ref}"] if saved_ref else []))
     return SegmentResult(
         run_id=spec.run_id,
         stream=spec.stream,

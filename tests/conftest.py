@@ -1,0 +1,81 @@
+"""Every test runs isolated: its own HOME, git config, DISTPAR_HOME; and leaves no agent process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from distpar.testing import make_repo
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("home")
+    mark = uuid.uuid4().hex
+    gitconfig = home / ".gitconfig"
+    gitconfig.write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(gitconfig))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("DISTPAR_HOME", str(home / "distpar-home"))
+    monkeypatch.setenv("FAKE_AGENT_STATE", str(home))
+    monkeypatch.setenv("DISTPAR_TEST_MARK", mark)
+    for var in ("DISTPAR_SUBPROCESS", "CLAUDECODE", "GIT_DIR", "GIT_WORK_TREE", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    yield mark
+    leaked = processes_with_mark(mark)
+    for pid in leaked:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not leaked, f"processes left behind by the test: {leaked}"
+
+
+def processes_with_mark(mark: str, wait: float = 3.0) -> list[int]:
+    """Processes (other than this one) whose environment carries the test's mark; waits briefly for exits."""
+    deadline = time.time() + wait
+    while True:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                env = (entry / "environ").read_bytes()
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if f"DISTPAR_TEST_MARK={mark}".encode() in env and ") Z " not in stat:
+                found.append(int(entry.name))
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", {"README.md": "# demo\n", "src/__init__.py": ""})
+
+
+def run_distpar(*args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+                ) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess (exit codes and output exactly as a user sees them)."""
+    return subprocess.run(
+        [sys.executable, "-m", "distpar", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
