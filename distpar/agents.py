@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distpar.errors import UsageError
+from distpar.errors import PlanError, UsageError
 from distpar.model import AgentConfig, AgentOutcome
+from distpar.plan import Plan
 
 GUARD_VAR = "DISTPAR_SUBPROCESS"
 PLACEHOLDERS = ("prompt", "prompt_file", "batch_id", "workdir", "run_id", "stream")
@@ -196,6 +197,16 @@ def agent_config(value: str | None, base: AgentConfig) -> AgentConfig:
         f"unknown agent {value!r}: use a preset ({', '.join(PRESETS)}) or a command template such as "
         "'mytool --prompt-file {prompt_file}'"
     )
+
+
+def check_plan_agents(plan: Plan, base: AgentConfig) -> None:
+    """Refuse a plan whose per-batch ``agent`` is neither a preset nor a valid template, pointing at it."""
+    for i, b in enumerate(plan.batches):
+        if b.agent:
+            try:
+                agent_config(b.agent, base)
+            except UsageError as exc:
+                raise PlanError(f"batches[{i}].agent: {exc.message}", where=f"{plan.source}:{b.line}") from None
 
 
 def validate_template(template: str) -> list[str]:

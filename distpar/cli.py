@@ -178,9 +178,7 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
                                     base_cfg)
     else:
         agent = agents.agent_config(agent_name, base_cfg)
-    for b in plan.batches:  # a bad per-batch agent is bad input: refuse before anything starts
-        if b.agent:
-            agents.agent_config(b.agent, agent)
+    agents.check_plan_agents(plan, agent)
     if dry_run:
         _print_schedule(plan, schedule, as_json)
         return

@@ -101,7 +101,7 @@ def has_commits(repo: str | Path) -> bool:
 
 def dirty_files(repo: str | Path) -> list[str]:
     """Tracked files with staged or unstaged changes (untracked files do not make a tree dirty)."""
-    lines = out(repo, "status", "--porcelain", "--untracked-files=no").splitlines()
+    lines = git(repo, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()
     return [line[3:] for line in lines if line.strip()]
 
 

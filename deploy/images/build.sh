@@ -16,7 +16,8 @@
 #   REBUILD_BASE=1      rebuild distpar-base:bookworm even if the tag exists
 #   REFRESH_WHEELS=1    re-resolve the dependency wheelhouse
 #   REBUILD_WORKER=1    rebuild the worker even if its hash tag exists
-#   INSTALL_CLAUDE=1    also install nodejs/npm + the agent CLI (needs network)
+#   INSTALL_CLAUDE=1    also install nodejs + the agent CLI (needs network;
+#                       BUILD_CA_BUNDLE, default the host's, is trusted by npm)
 #   EXTRAS=ray,ssh      extras of the project to install
 #   PYTHON=python3      host interpreter used to build wheels (must match the
 #                       image's python3 major.minor, 3.11 for bookworm)
@@ -41,6 +42,7 @@ BUILD_DIR=${BUILD_DIR:-$DEPLOY_DIR/.build}
 LOG_DIR=$BUILD_DIR/logs
 INSTALL_CLAUDE=${INSTALL_CLAUDE:-0}
 CLAUDE_CODE_PACKAGE=${CLAUDE_CODE_PACKAGE:-@anthropic-ai/claude-code}
+BUILD_CA_BUNDLE=${BUILD_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 REBUILD_BASE=${REBUILD_BASE:-0}
 REFRESH_WHEELS=${REFRESH_WHEELS:-0}
 REBUILD_WORKER=${REBUILD_WORKER:-0}
@@ -352,6 +354,12 @@ stage_context() {
     done
     compgen -G "$ctx/app/*.whl" >/dev/null || die "no $PROJECT wheel in $WHEELHOUSE"
     cp "$LOCK" "$HERE/Dockerfile" "$HERE/entrypoint.sh" "$HERE/sshd_config" "$ctx/"
+    # CA bundle for npm in the throwaway `claude` stage (TLS-intercepting proxies).
+    if [[ $INSTALL_CLAUDE == 1 && -r $BUILD_CA_BUNDLE ]]; then
+        cp "$BUILD_CA_BUNDLE" "$ctx/build-ca.crt"
+    else
+        : >"$ctx/build-ca.crt"
+    fi
     WORKER_HASH=$({
         (cd "$ctx" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
         echo "base=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")"

@@ -1,0 +1,38 @@
+# distpar: the commands the README gives. `make demo` and `make test` work on a fresh Debian machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast lint bench bench-quick images clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[ray,ssh,test]'
+	touch $@
+
+demo: $(VENV)/.installed          ## a sample repo and plan, run with the bundled fake agent
+	$(PY) examples/demo.py
+
+test: $(VENV)/.installed          ## everything CI runs: system packages, images, all test tiers
+	bash scripts/test.sh $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed     ## unit and local integration tests only
+	$(PY) -m pytest -m "not ray and not ssh and not containers" $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check distpar tests bench examples
+	$(VENV)/bin/mypy
+
+bench-quick: $(VENV)/.installed
+	$(PY) -m bench --quick
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+images:                           ## the offline worker images (deploy/images/build.sh)
+	bash deploy/images/build.sh
+
+clean-venv:
+	rm -rf $(VENV)
