@@ -188,13 +188,41 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
     options = runtime.RunOptions(
         agent=agent, timeout=timeout or runtime.DEFAULT_TIMEOUT, into=into, allow_dirty=allow_dirty,
         keep_branches=keep_branches, retries=retries, forward_env=forward_env, backend=backend,
-        plan_path=str(plan_file), repo_url=repo_url,
+        plan_path=str(plan_file.resolve()), repo_url=repo_url, backend_options=backend_options,
     )
     repo, target, start = runtime.preflight(repo_path, options)
     backend_obj = make_backend(backend, backend_options)
     journal = runtime.open_journal(repo)
     observer = None if quiet else _progress_printer()
     runner = runtime.Runner(repo, plan, schedule, options, backend_obj, journal, target, start, observer)
+    report = runner.run()
+    journal.close()
+    if as_json:
+        click.echo(json.dumps(report.summary(), indent=2))
+    else:
+        _print_report(report, runner)
+    sys.exit(int(report.exit_code))
+
+
+@cli.command("resume")
+@click.argument("run_id")
+@click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+@click.option("--retries", type=click.IntRange(min=0), default=None, help="Override the run's --retries.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Override the run's per-batch timeout.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def resume_cmd(run_id: str, repo_path: Path, retries: int | None, timeout: float | None, as_json: bool,
+               quiet: bool) -> None:
+    """Continue a run that was interrupted, failed, or stopped at a conflict you have resolved.
+
+    Finished batches are never run again; interrupted, failed and never-started ones run from their stream's
+    last good commit; the merge continues from where it stopped."""
+    from distpar import runtime
+
+    repo = gitops.repo_root(repo_path)
+    journal = runtime.open_journal(repo)
+    runner = runtime.resume_runner(repo, journal, run_id, None if quiet else _progress_printer(), retries, timeout)
     report = runner.run()
     journal.close()
     if as_json:
@@ -239,6 +267,9 @@ def _progress_printer() -> Any:
             err(f"[s{data['stream'] + 1}] retrying (attempt {data['attempt']}): {data['error']}")
         elif kind == "merge_started":
             err(f"distpar: merging {len(data['streams'])} stream(s) in order")
+        elif kind == "run_resumed":
+            err(f"distpar: resuming run {data['run_id']}: {data['done']} batch(es) already done"
+                + (f" (recovered from their branches: {', '.join(data['recovered'])})" if data["recovered"] else ""))
         elif kind == "interrupted":
             err("distpar: interrupted: stopping agents and saving their work ...", fg="yellow")
 

@@ -180,6 +180,20 @@ class Journal:
             )
             self._event(db, run_id, "run_ended", None, None, {"state": state, "exit_code": exit_code})
 
+    def resume_run(self, run_id: str, pid: int, recovered: dict[str, str]) -> None:
+        """Mark a run live again. ``recovered``: batches found committed on their branch that the journal had
+        not recorded (the coordinator died first), by commit. Every other unfinished batch goes back to pending."""
+        with self._tx() as db:
+            db.execute("UPDATE runs SET state='running', ended=NULL, exit_code=NULL, pid=? WHERE id=?", (pid, run_id))
+            for batch_id, commit in recovered.items():
+                db.execute(
+                    "UPDATE batches SET state='ok', commit_oid=?, changed=1, ended=COALESCE(ended, ?) "
+                    "WHERE run_id=? AND batch_id=?",
+                    (commit, time.time(), run_id, batch_id),
+                )
+            db.execute("UPDATE batches SET state='pending' WHERE run_id=? AND state!='ok'", (run_id,))
+            self._event(db, run_id, "run_resumed", None, None, {"pid": pid, "recovered": sorted(recovered)})
+
     @staticmethod
     def _event(db: sqlite3.Connection, run_id: str, kind: str, stream: int | None, batch_id: str | None,
                data: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +74,14 @@ def land(repo: Path, target: str, start: str, integration: str, head: str, env: 
     """Move ``target`` to ``head``. If the target moved since the run started, merge (never resolve) first.
 
     When the target is checked out, the checkout is fast-forwarded with git itself, which refuses to overwrite
-    local changes; then the conflict names the files and the integration branch keeps the work."""
+    local changes; then the conflict names the files and the integration branch keeps the work. Runs landing
+    on one repository at the same time take turns (a lock in the git directory)."""
+    with open(gitops.common_dir(repo) / "distpar-land.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _land(repo, target, start, integration, head, env)
+
+
+def _land(repo: Path, target: str, start: str, integration: str, head: str, env: dict[str, str]) -> Conflict | None:
     current = gitops.rev(repo, f"refs/heads/{target}")
     new = head
     if current != start and not gitops.is_ancestor(repo, current, head):

@@ -4,6 +4,7 @@ coordinator's repository (through gitops and merge)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -18,7 +19,7 @@ from typing import Any
 
 from distpar import agents, gitops
 from distpar.backends.base import Backend, RunContext
-from distpar.errors import DistparError, ExitCode, NestedRunError, RepoError, most_severe
+from distpar.errors import DistparError, ExitCode, NestedRunError, RepoError, UsageError, most_severe
 from distpar.journal import Journal
 from distpar.merge import Conflict, land, merge_streams
 from distpar.model import (
@@ -53,6 +54,7 @@ class RunOptions:
     backend: str = "local"
     plan_path: str = ""
     repo_url: str | None = None  # remote workers clone from and push to this remote instead of bundles
+    backend_options: dict[str, Any] = field(default_factory=dict)  # journaled for resume: never secrets
 
 
 @dataclass
@@ -156,6 +158,113 @@ def preflight(repo_path: str | Path, options: RunOptions) -> tuple[Path, str, st
     return repo, target, start
 
 
+def committed_batches(repo: Path, base: str, tip: str, run_id: str) -> dict[str, str]:
+    """Batch id -> commit, for the batch commits of ``run_id`` on a stream branch (first-parent history)."""
+    fmt = ("%H%x1f%(trailers:key=Distpar-Run,valueonly,separator=%x1e)"
+           "%x1f%(trailers:key=Distpar-Batch,valueonly,separator=%x1e)%x1d")
+    out = gitops.git(repo, "log", "--first-parent", f"--format={fmt}", f"{base}..{tip}").stdout
+    found: dict[str, str] = {}
+    for rec in out.split("\x1d"):
+        parts = rec.strip().split("\x1f")
+        if len(parts) == 3 and parts[1].strip() == run_id and parts[2].strip():
+            found.setdefault(parts[2].strip(), parts[0])
+    return found
+
+
+def kill_run_processes(run_id: str) -> list[int]:
+    """Kill the process groups of agents started for ``run_id`` whose coordinator is gone (Linux /proc)."""
+    killed = []
+    for pid in processes_with_env("DISTPAR_RUN_ID", run_id):
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            killed.append(pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    needle = f"{name}={value}".encode() + b"\0"
+    found = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if (b"\0" + env).find(b"\0" + needle) >= 0:
+            found.append(int(entry.name))
+    return found
+
+
+def load_run(journal: Journal, run_id: str) -> dict[str, Any]:
+    """The journaled run to resume, or a UsageError saying why it cannot be."""
+    run = journal.run(run_id)
+    if run is None:
+        raise UsageError(f"no run {run_id!r} in {journal.path}")
+    if run["state"] == "ok":
+        raise UsageError(f"run {run['id']} finished successfully: nothing to resume")
+    if run["state"] == "running" and run["pid"] and _alive(run["pid"]) and run["pid"] != os.getpid():
+        raise UsageError(f"run {run['id']} is still running (coordinator pid {run['pid']})")
+    return run
+
+
+def resume_runner(repo: Path, journal: Journal, run_id: str, observer: Observer | None = None,
+                  retries: int | None = None, timeout: float | None = None) -> Runner:
+    """A Runner that continues a journaled run where it stopped."""
+    from distpar.backends import make_backend
+    from distpar.plan import load_plan
+    from distpar.schedule import Schedule
+
+    run = load_run(journal, run_id)
+    plan = Plan.from_dict(json.loads(run["plan"]))
+    schedule = Schedule.from_dict(json.loads(run["schedule"]))
+    # A plan file edited since (say, to fix a failed batch's prompt) is used when its batches and dependencies
+    # are unchanged; otherwise the journaled plan is.
+    try:
+        edited = load_plan(run["plan_path"])
+        if [(b.id, b.depends_on) for b in edited.batches] == [(b.id, b.depends_on) for b in plan.batches]:
+            plan = edited
+    except DistparError:
+        pass
+    opts = json.loads(run["options"])
+    backend_options = dict(opts.get("backend_options") or {})
+    for key in ("hosts_file", "identity"):
+        if backend_options.get(key):
+            backend_options[key] = Path(backend_options[key])
+    options = RunOptions(
+        agent=AgentConfig.from_dict(opts["agent"]),
+        timeout=timeout or opts.get("timeout", DEFAULT_TIMEOUT),
+        into=run["target"],
+        allow_dirty=True,
+        keep_branches=opts.get("keep_branches", False),
+        retries=opts.get("retries", 0) if retries is None else retries,
+        forward_env=tuple(opts.get("forward_env", ())),
+        backend=run["backend"],
+        plan_path=run["plan_path"],
+        repo_url=opts.get("repo_url"),
+        backend_options=backend_options,
+    )
+    preflight(repo, options)
+    backend = make_backend(run["backend"], backend_options)
+    return Runner(repo, plan, schedule, options, backend, journal, run["target"], run["base"], observer,
+                  run_id=run["id"], resume=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def git_identity(repo: Path) -> Identity:
     name = gitops.git(repo, "config", "user.name", check=False).stdout.strip()
     email = gitops.git(repo, "config", "user.email", check=False).stdout.strip()
@@ -177,6 +286,7 @@ class Runner:
         start: str,
         observer: Observer | None = None,
         run_id: str | None = None,
+        resume: bool = False,
     ) -> None:
         self.repo, self.plan, self.schedule, self.options = repo, plan, schedule, options
         self.backend, self.journal, self.target, self.start = backend, journal, target, start
@@ -196,8 +306,8 @@ class Runner:
         self.errors: list[str] = []
         self.saved_refs: list[str] = []
         self.interrupted = threading.Event()
-        self._started_batches: set[str] = set()
         self._bundle_base: str | None = None
+        self.resumed = resume
 
     def branch(self, stream: int) -> str:
         return f"distpar/{self.run_id}/s{stream + 1}"
@@ -217,7 +327,11 @@ class Runner:
     def run(self) -> RunReport:
         t0 = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.journal.start_run(self._run_row(t0), [(b.id, self.schedule.stream_of(b.id)) for b in self.plan.batches])
+        if self.resumed:
+            self._restore()
+        else:
+            batches = [(b.id, self.schedule.stream_of(b.id)) for b in self.plan.batches]
+            self.journal.start_run(self._run_row(t0), batches)
         self.emit("run_started", run_id=self.run_id, streams=len(self.schedule.streams), target=self.target)
         ctx = RunContext(self.run_id, self.repo, self.run_dir, len(self.schedule.streams))
         old = self._install_signals()
@@ -442,7 +556,12 @@ class Runner:
         order = [(self.branch(s.index), self.heads[s.index]) for s in self.schedule.streams]
         self.journal.event(self.run_id, "merge_started", streams=[b for b, _ in order])
         self.emit("merge_started", streams=[b for b, _ in order])
-        result = merge_streams(self.repo, self.start, order, self.integration, self.run_id, self.env)
+        # A resumed run continues from what the integration branch already holds (e.g. a conflict the user
+        # resolved by hand there); streams it already contains are skipped by merge_streams.
+        begin = gitops.try_rev(self.repo, f"refs/heads/{self.integration}")
+        if begin is None or not gitops.is_ancestor(self.repo, self.start, begin):
+            begin = self.start
+        result = merge_streams(self.repo, begin, order, self.integration, self.run_id, self.env)
         conflict = result.conflict or land(
             self.repo, self.target, self.start, self.integration, result.head, self.env
         )
@@ -523,14 +642,16 @@ class Runner:
         )
 
     def _run_row(self, t0: float) -> dict[str, Any]:
-        import json
-
         opts = {
             "agent": self.options.agent.to_dict(),
             "timeout": self.options.timeout,
             "retries": self.options.retries,
             "keep_branches": self.options.keep_branches,
             "forward_env": list(self.options.forward_env),  # names only, never values
+            "repo_url": self.options.repo_url,
+            "into": self.options.into,
+            "backend_options": {k: (str(v) if isinstance(v, Path) else v)
+                                for k, v in self.options.backend_options.items()},
         }
         return {
             "id": self.run_id,
@@ -549,6 +670,41 @@ class Runner:
             "schedule": json.dumps(self.schedule.to_dict()),
             "options": json.dumps(opts),
         }
+
+    # --- resume ----------------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        """Pick up a journaled run: finished batches are kept (also those whose commit reached their branch
+        before the coordinator died), everything else runs again from the stream's last good commit."""
+        kill_run_processes(self.run_id)  # agents orphaned by a coordinator that was killed
+        gitops.git(self.repo, "worktree", "prune", check=False)
+        rows = {r["batch_id"]: r for r in self.journal.batches(self.run_id)}
+        recovered: dict[str, str] = {}
+        for s in self.schedule.streams:
+            tip = gitops.try_rev(self.repo, f"refs/heads/{self.branch(s.index)}")
+            if tip is None:
+                continue
+            self.heads[s.index] = tip
+            for bid, commit in committed_batches(self.repo, self.start, tip, self.run_id).items():
+                if rows.get(bid, {}).get("state") != "ok":
+                    recovered[bid] = commit
+        resumes = sum(1 for e in self.journal.events(self.run_id) if e.kind == "run_resumed") + 1
+        self.journal.resume_run(self.run_id, os.getpid(), recovered)
+        for bid, row in rows.items():
+            if row["state"] == "ok" or bid in recovered:
+                self.results[bid] = BatchResult(
+                    bid, row["stream"], BatchStatus.OK, row["exit_code"], row["started"], row["ended"],
+                    recovered.get(bid) or row["commit_oid"], bool(row["changed"]) or bid in recovered,
+                    None, row["log_path"], "", "", row["node"] or "", row["attempt"] or 1,
+                )
+        for s in self.schedule.streams:
+            done = 0
+            while done < len(s.batch_ids) and s.batch_ids[done] in self.results:
+                done += 1
+            self.cursor[s.index] = done
+            self.segments[s.index] = 100 * resumes  # keeps bundle and ref names of this attempt unique
+        self.saved_refs.extend(gitops.refs(self.repo, f"refs/distpar/{self.run_id}/saved/"))
+        self.emit("run_resumed", run_id=self.run_id, done=len(self.results), recovered=sorted(recovered))
 
     # --- signals ---------------------------------------------------------------------------------------
 

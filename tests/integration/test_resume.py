@@ -1,0 +1,121 @@
+"""Resume: after SIGKILL of the coordinator, a failed batch, a conflict resolved by hand, an interrupt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distpar import gitops
+from distpar.journal import Journal
+from distpar.testing import fake_batch, make_repo, sh_git, tree_files, write_plan
+from tests.conftest import run_distpar
+from tests.integration.conftest import run_plan
+
+pytestmark = pytest.mark.integration
+
+
+def invocations(log: Path) -> list[str]:
+    if not log.exists():
+        return []
+    return [json.loads(line)["batch"] for line in log.read_text().splitlines()]
+
+
+def journal() -> Journal:
+    return Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
+
+
+def slow_plan() -> list[dict[str, object]]:
+    return [
+        fake_batch(1, writes={"one.txt": "1\n"}),
+        fake_batch(2, writes={"two.txt": "2\n"}, sleep=0.5),
+        fake_batch(3, writes={"three.txt": "3\n"}, sleep=30),
+        fake_batch(4, writes={"four.txt": "4\n"}),
+        fake_batch(5, writes={"five.txt": "5\n"}, depends_on=[1, 4]),
+    ]
+
+
+def test_resume_after_sigkill_runs_no_batch_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    serial = make_repo(tmp_path / "serial" / "repo")
+    fast = [dict(b) for b in slow_plan()]
+    for b in fast:
+        b["agents"] = [{"subagent_type": "x", "prompt": b["agents"][0]["prompt"].replace("@fake sleep 30", "")}]
+    run_plan(serial, fast)
+
+    repo = make_repo(tmp_path / "repo")
+    log = tmp_path / "invocations.jsonl"
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(log))
+    plan = write_plan(tmp_path / "plan.md", slow_plan())
+    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "2", "--agent", "fake",
+                             "--strategy", "round-robin"], cwd=repo, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not {"1", "2", "3"} <= set(invocations(log)):
+        time.sleep(0.1)
+    time.sleep(1.0)  # batches 1 and 2 are done, 3 is sleeping
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    run_id = journal().runs()[0]["id"]
+    assert journal().run(run_id)["state"] == "running"  # the coordinator died without a word
+
+    # Fix the slow batch (the plan file is re-read when its batches are unchanged), then resume.
+    plan.write_text(plan.read_text().replace("@fake sleep 30", "@fake sleep 0.1"))
+    res = run_distpar("resume", run_id, cwd=repo, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = invocations(log)
+    assert sorted(runs) == ["1", "2", "3", "3", "4", "5"], runs  # only the interrupted batch ran twice
+    assert tree_files(repo) == tree_files(serial)
+    assert journal().run(run_id)["state"] == "ok"
+    assert [e.kind for e in journal().events(run_id)].count("run_resumed") == 1
+    assert len(gitops.worktrees(repo)) == 1
+
+
+def test_resume_after_a_failed_batch_is_fixed(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "inv.jsonl"
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(log))
+    batches = [fake_batch(1, writes={"a.txt": "a"}), fake_batch(2, writes={"b.txt": "b"}, extra=["@fake fail 2"]),
+               fake_batch(3, writes={"c.txt": "c"})]
+    report, _ = run_plan(repo, batches, workers=2)
+    assert report.state == "failed"
+    plan_path = Path(journal().run(report.run_id)["plan_path"])
+    plan_path.write_text(plan_path.read_text().replace("@fake fail 2", ""))
+    res = run_distpar("resume", report.run_id, cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sorted(invocations(log)) == ["1", "2", "2", "3"]
+    assert {"a.txt", "b.txt", "c.txt"} <= set(tree_files(repo))
+
+
+def test_continue_after_a_conflict_resolved_by_hand(repo: Path) -> None:
+    batches = [fake_batch(1, writes={"same.txt": "one\n"}), fake_batch(2, writes={"same.txt": "two\n"}),
+               fake_batch(3, writes={"other.txt": "3\n"})]
+    report, runner = run_plan(repo, batches, workers=3)
+    assert report.state == "conflict" and report.conflict is not None
+    # Do what distpar said: merge the conflicting stream into the integration branch, resolve, commit.
+    sh_git(repo, "switch", "--quiet", runner.integration)
+    merge = subprocess.run(["git", "merge", "--no-ff", report.conflict.theirs], cwd=repo, capture_output=True,
+                           text=True, env={**os.environ, "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x",
+                                           "GIT_COMMITTER_NAME": "u", "GIT_COMMITTER_EMAIL": "u@x"})
+    assert merge.returncode == 1
+    (repo / "same.txt").write_text("one and two\n")
+    sh_git(repo, "add", "same.txt")
+    sh_git(repo, "commit", "--quiet", "--no-edit")
+    sh_git(repo, "switch", "--quiet", "main")
+    res = run_distpar("resume", report.run_id, cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (repo / "same.txt").read_text() == "one and two\n" and (repo / "other.txt").exists()
+    assert gitops.current_branch(repo) == "main" and not gitops.dirty_files(repo)
+
+
+def test_resume_refuses_finished_and_unknown_runs(repo: Path) -> None:
+    report, _ = run_plan(repo, [fake_batch(1)])
+    res = run_distpar("resume", report.run_id, cwd=repo)
+    assert res.returncode == 2
+    assert res.stderr.splitlines()[0] == f"Error: run {report.run_id} finished successfully: nothing to resume"
+    res = run_distpar("resume", "nope", cwd=repo)
+    assert res.returncode == 2 and res.stderr.startswith("Error: no run 'nope'")
