@@ -141,8 +141,8 @@ def _print_schedule(plan: Plan, schedule: Schedule, as_json: bool) -> None:
 @click.option("--into", default=None, metavar="BRANCH", help="Branch to merge into (default: the checked-out one).")
 @click.option("--allow-dirty", is_flag=True, help="Start even if the working tree has uncommitted changes.")
 @click.option("--keep-branches", is_flag=True, help="Keep stream branches after a successful merge.")
-@click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Times a segment is retried when its worker or host fails.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Times a segment is retried (elsewhere) when its worker, node or host fails.")
 @click.option("--forward-env", multiple=True, metavar="NAME", help="Environment variable passed to agents.")
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               help="Repository to work on (default: the current directory).")

@@ -49,7 +49,7 @@ class RunOptions:
     into: str | None = None
     allow_dirty: bool = False
     keep_branches: bool = False
-    retries: int = 0
+    retries: int = 2  # transport failures: a segment whose worker, node or host died runs again
     forward_env: tuple[str, ...] = ()
     backend: str = "local"
     plan_path: str = ""
@@ -185,7 +185,7 @@ def kill_run_processes(run_id: str) -> list[int]:
 
 def processes_with_env(name: str, value: str) -> list[int]:
     needle = f"{name}={value}".encode() + b"\0"
-    found = []
+    found: list[int] = []
     proc = Path("/proc")
     if not proc.is_dir():
         return found
@@ -717,7 +717,7 @@ class Runner:
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        old = {}
+        old: dict[int, Any] = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, lambda *_: self.interrupt())
         return old
