@@ -143,7 +143,19 @@ def _print_schedule(plan: Plan, schedule: Schedule, as_json: bool) -> None:
 @click.option("--keep-branches", is_flag=True, help="Keep stream branches after a successful merge.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Times a segment is retried (elsewhere) when its worker, node or host fails.")
-@click.option("--forward-env", multiple=True, metavar="NAME", help="Environment variable passed to agents.")
+@click.option("--forward-env", multiple=True, metavar="NAME",
+              help="Environment variable passed to agents (its value is masked in logs and the journal).")
+@click.option("--agent-retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Times a batch's agent is tried again after a transient failure (rate limit, 5xx, crash before "
+                   "any edit), with exponential backoff.")
+@click.option("--max-concurrent-agents", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Agents running at once (local backend: the whole run; remote: per worker process/slot).")
+@click.option("--stagger", type=click.FloatRange(min=0), default=0.1, show_default=True, metavar="SECONDS",
+              help="Pause between agent starts (providers rate-limit bursts of new sessions).")
+@click.option("--budget-usd", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Run-wide: once the agents' reported costs reach it, no new batch starts.")
+@click.option("--stream-json", is_flag=True,
+              help="Agents that can (claude, gemini) log a live JSON event stream instead of one final result.")
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               help="Repository to work on (default: the current directory).")
 @click.option("--repo-url", default=None, metavar="URL",
@@ -165,20 +177,23 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
             timeout: float | None, into: str | None, allow_dirty: bool, keep_branches: bool, retries: int,
             forward_env: tuple[str, ...], repo_path: Path, repo_url: str | None, ray_address: str | None,
             hosts: str | None, hosts_file: Path | None, identity: Path | None, accept_unknown_hosts: bool,
-            dry_run: bool, as_json: bool, quiet: bool) -> None:
+            agent_retries: int, max_concurrent_agents: int | None, stagger: float, budget_usd: float | None,
+            stream_json: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Run PLAN_FILE: schedule its batches into streams, run an agent per batch, merge the streams."""
     from distpar import runtime
     from distpar.backends import make_backend
 
     plan = load_plan(plan_file)
     schedule = make_schedule(plan, workers, strategy, split)
-    base_cfg = AgentConfig(preset="claude", model=model, max_turns=max_turns, max_budget_usd=max_budget_usd)
+    base_cfg = AgentConfig(preset="claude", model=model, max_turns=max_turns, max_budget_usd=max_budget_usd,
+                           stream=stream_json)
     if agent_cmd:
         agent = agents.agent_config(agent_cmd if ("{" in agent_cmd or " " in agent_cmd) else agent_cmd + " {prompt}",
                                     base_cfg)
     else:
         agent = agents.agent_config(agent_name, base_cfg)
-    agents.check_plan_agents(plan, agent)
+    for warning in agents.check_plan_agents(plan, agent, budget_usd):
+        err(f"warning: {warning}", fg="yellow")
     if dry_run:
         _print_schedule(plan, schedule, as_json)
         return
@@ -189,19 +204,46 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
         agent=agent, timeout=timeout or runtime.DEFAULT_TIMEOUT, into=into, allow_dirty=allow_dirty,
         keep_branches=keep_branches, retries=retries, forward_env=forward_env, backend=backend,
         plan_path=str(plan_file.resolve()), repo_url=repo_url, backend_options=backend_options,
+        budget_usd=budget_usd, agent_retries=agent_retries, max_concurrent_agents=max_concurrent_agents,
+        stagger=stagger,
     )
     repo, target, start = runtime.preflight(repo_path, options)
     backend_obj = make_backend(backend, backend_options)
     journal = runtime.open_journal(repo)
-    observer = None if quiet else _progress_printer()
-    runner = runtime.Runner(repo, plan, schedule, options, backend_obj, journal, target, start, observer)
-    report = runner.run()
+    runner = runtime.Runner(repo, plan, schedule, options, backend_obj, journal, target, start)
+    report = _observe_run(runner, as_json, quiet)
     journal.close()
     if as_json:
-        click.echo(json.dumps(report.summary(), indent=2))
+        click.echo(json.dumps(report.summary()))  # the last JSON line: the run's summary
     else:
         _print_report(report, runner)
     sys.exit(int(report.exit_code))
+
+
+def _observe_run(runner: Any, as_json: bool, quiet: bool) -> Any:
+    """Run ``runner`` with the right observer: JSON lines of events on stdout (--json), nothing (-q), a live
+    view on a terminal, plain lines on stderr otherwise."""
+    from rich.console import Console
+
+    from distpar import live
+    from distpar.worker import node_name
+
+    observer: live.Observer
+    if as_json:
+        observer = live.Observer() if quiet else live.JsonLines(click.echo)
+    elif quiet:
+        observer = live.Observer()
+    else:
+        console = Console(stderr=True)
+        progress = live.RunProgress(runner.plan, runner.schedule, "" if runner.backend.remote else node_name())
+        if console.is_terminal and not console.is_dumb_terminal:
+            log_dir = None if runner.backend.remote else runner.run_dir / "logs"
+            observer = live.LiveView(console, progress, log_dir)
+        else:
+            observer = live.PlainLines(console, progress)
+    runner.observer = observer
+    with observer:
+        return runner.run()
 
 
 @cli.command("resume")
@@ -222,11 +264,11 @@ def resume_cmd(run_id: str, repo_path: Path, retries: int | None, timeout: float
 
     repo = gitops.repo_root(repo_path)
     journal = runtime.open_journal(repo)
-    runner = runtime.resume_runner(repo, journal, run_id, None if quiet else _progress_printer(), retries, timeout)
-    report = runner.run()
+    runner = runtime.resume_runner(repo, journal, run_id, None, retries, timeout)
+    report = _observe_run(runner, as_json, quiet)
     journal.close()
     if as_json:
-        click.echo(json.dumps(report.summary(), indent=2))
+        click.echo(json.dumps(report.summary()))  # the last JSON line: the run's summary
     else:
         _print_report(report, runner)
     sys.exit(int(report.exit_code))
@@ -250,32 +292,6 @@ def _backend_options(backend: str, ray_address: str | None, hosts: str | None, h
     return {}
 
 
-def _progress_printer() -> Any:
-    def observe(kind: str, data: dict[str, Any]) -> None:
-        if kind == "run_started":
-            err(f"distpar: run {data['run_id']}: {data['streams']} stream(s), merging into {data['target']}")
-        elif kind == "segment_submitted":
-            err(f"[s{data['stream'] + 1}] started batch(es) {', '.join(data['batches'])}"
-                + (f" (attempt {data['attempt']})" if data["attempt"] > 1 else ""))
-        elif kind == "batch_ended":
-            cost = f", ${data['cost_usd']:.4f}" if data.get("cost_usd") is not None else ""
-            note = "" if data["status"] == "ok" else f": {data['error']}"
-            change = "" if data["changed"] or data["status"] != "ok" else ", no changes"
-            err(f"[s{data['stream'] + 1}] batch {data['batch']} {data['status']} "
-                f"({data['duration']:.1f}s{cost}{change}){note}")
-        elif kind == "segment_retry":
-            err(f"[s{data['stream'] + 1}] retrying (attempt {data['attempt']}): {data['error']}")
-        elif kind == "merge_started":
-            err(f"distpar: merging {len(data['streams'])} stream(s) in order")
-        elif kind == "run_resumed":
-            err(f"distpar: resuming run {data['run_id']}: {data['done']} batch(es) already done"
-                + (f" (recovered from their branches: {', '.join(data['recovered'])})" if data["recovered"] else ""))
-        elif kind == "interrupted":
-            err("distpar: interrupted: stopping agents and saving their work ...", fg="yellow")
-
-    return observe
-
-
 def _print_report(report: Any, runner: Any) -> None:
     s = report.summary()
     counts = ", ".join(f"{n} {k}" for k, n in s["batches"].items())
@@ -286,6 +302,10 @@ def _print_report(report: Any, runner: Any) -> None:
     tokens = f", tokens {tin} in / {tout} out" if tin or tout else ""
     click.echo(f"wall {report.wall:.1f}s, serial agent time {report.agent_time:.1f}s, "
                f"speedup {report.speedup:.2f}x{cost}{tokens}")
+    budget = report.budget()
+    if budget:
+        click.echo(f"budget ${budget['limit']:.4f}: spent ${budget['spent']:.4f}, left ${budget['left']:.4f}"
+                   + (f"; spent before {len(report.pending)} batch(es) could start" if budget["exhausted"] else ""))
     for r in report.results:
         if r.status.value in ("failed", "timeout", "blocked"):
             click.echo(f"\nbatch {r.batch_id} (s{r.stream + 1}) {r.status.value}: {r.error}")
@@ -332,15 +352,18 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
         if not rows:
             click.echo("no runs yet")
             return
-        click.echo(f"{'RUN':<22} {'STATE':<12} {'BATCHES':<14} {'WALL':>8} {'SPEEDUP':>8} {'COST':>9}  PLAN")
+        click.echo(f"{'RUN':<22} {'PLAN':<20} {'STARTED':<16} {'STATE':<12} {'BATCHES':<18} {'WALL':>8} "
+                   f"{'SPEEDUP':>8} {'COST':>9}")
         for r in rows:
             summ = json.loads(r["summary"]) if r["summary"] else {}
-            wall = f"{summ['wall']:.1f}s" if "wall" in summ else "-"
+            state, wall = _run_state(journal, r)
             speed = f"{summ['speedup']:.2f}x" if "speedup" in summ else "-"
             cost = f"${r['cost_usd']:.4f}" if r["cost_usd"] is not None else "-"
-            batches = f"{r['n_ok']}/{r['n_batches']} ok" + (f", {r['n_failed']} bad" if r["n_failed"] else "")
-            click.echo(f"{r['id']:<22} {r['state']:<12} {batches:<14} {wall:>8} {speed:>8} {cost:>9}  "
-                       f"{r['plan_path']}")
+            counts = f"{r['n_ok']}/{r['n_batches']} ok" + (f", {r['n_failed']} failed" if r["n_failed"] else "")
+            plan = Path(r["plan_path"]).name
+            plan = plan if len(plan) <= 20 else plan[:19] + "~"
+            click.echo(f"{r['id']:<22} {plan:<20} {_when(r['started']):<16} {state:<12} {counts:<18} "
+                       f"{_secs(wall):>8} {speed:>8} {cost:>9}")
         return
     run = journal.run(run_id)
     if run is None:
@@ -349,24 +372,185 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"run": run, "batches": batches}, indent=2, default=str))
         return
-    click.echo(f"run {run['id']}: {run['state']} (plan {run['plan_path']}, backend {run['backend']}, "
-               f"{run['workers']} worker(s), into {run['target']})")
-    by_stream: dict[int, list[dict[str, Any]]] = {}
-    for b in batches:
-        by_stream.setdefault(b["stream"], []).append(b)
-    for k in sorted(by_stream):
-        rows = by_stream[k]
-        cost = sum(b["cost_usd"] or 0 for b in rows)
-        click.echo(f"  s{k + 1} ({len(rows)} batches, ${cost:.4f}):")
-        for b in rows:
-            dur = f"{b['ended'] - b['started']:.1f}s" if b["ended"] and b["started"] else "-"
-            extra = f" [{b['result_class']}]" if b["result_class"] else ""
-            node = f" on {b['node']}" if b["node"] else ""
-            click.echo(f"    {b['batch_id']:<12} {b['state']:<12} {dur:>8}{node}{extra}"
-                       + (f"  {b['error']}" if b["error"] and b["state"] != "ok" else ""))
-    nodes = {b["node"] for b in batches if b["node"]}
-    if nodes:
-        click.echo(f"  nodes: {', '.join(sorted(nodes))}")
+    summ = json.loads(run["summary"]) if run["summary"] else {}
+    state, wall = _run_state(journal, run)
+    agent_time = sum(b["ended"] - b["started"] for b in batches if b["ended"] and b["started"])
+    costs = [b["cost_usd"] for b in batches if b["cost_usd"] is not None]
+    click.echo(f"run {run['id']}: {state}")
+    click.echo(f"  plan {run['plan_path']}" + (f" ({run['plan_id']})" if run["plan_id"] else "")
+               + f"; backend {run['backend']}, {run['workers']} worker(s), strategy {run['strategy']}; "
+               f"into {run['target']}")
+    click.echo(f"  started {_when(run['started'])}; wall {_secs(wall)}, serial agent time {_secs(agent_time)}, "
+               f"speedup {agent_time / wall if wall else 0:.2f}x; cost " + (f"${sum(costs):.4f}" if costs else "-"))
+    click.echo(f"{'STREAM':<7} {'BATCH':<14} {'STATE':<12} {'RESULT':<16} {'NODE':<18} {'DURATION':>9} "
+               f"{'COST':>9} {'ATTEMPT':>7}")
+    for b in sorted(batches, key=lambda b: (b["stream"], b["position"])):
+        dur = _secs(b["ended"] - b["started"]) if b["ended"] and b["started"] else "-"
+        cost = f"${b['cost_usd']:.4f}" if b["cost_usd"] is not None else "-"
+        click.echo(f"s{b['stream'] + 1:<6} {b['batch_id']:<14} {b['state']:<12} {b['result_class'] or '-':<16} "
+                   f"{b['node'] or '-':<18} {dur:>9} {cost:>9} {b['attempt'] or '-':>7}")
+        if b["error"] and b["state"] != "ok":
+            click.echo(f"{'':<8}{b['error']}")
+    conflict = summ.get("conflict")
+    if conflict:
+        click.echo(f"merge conflict ({conflict['stage']}): {conflict['theirs']} into {conflict['ours']}: "
+                   + ", ".join(conflict["files"]))
+    if summ.get("branches"):
+        click.echo("branches kept: " + ", ".join(summ["branches"]))
+    if summ.get("saved_refs"):
+        click.echo("unfinished work saved on: " + ", ".join(summ["saved_refs"]))
+
+
+def _run_state(journal: Any, run: dict[str, Any]) -> tuple[str, float]:
+    """The state to show (``crashed`` for a run whose coordinator is gone) and its wall time so far."""
+    from distpar.clean import run_is_live
+
+    summ = json.loads(run["summary"]) if run["summary"] else {}
+    if run["state"] != "running":
+        return run["state"], float(summ.get("wall") or ((run["ended"] or run["started"]) - run["started"]))
+    if run_is_live(journal, run):
+        return "running", time.time() - run["started"]
+    events = journal.events(run["id"])
+    return "crashed", (events[-1].ts if events else run["started"]) - run["started"]
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _secs(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x < 60:
+        return f"{x:.1f}s"
+    m, s = divmod(round(x), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
+
+
+def _open_journal(repo_path: Path) -> Any:
+    """The journal of the repository at ``repo_path`` (or the one DISTPAR_HOME points to)."""
+    from distpar import runtime
+
+    repo = gitops.repo_root(repo_path) if not os.environ.get("DISTPAR_HOME") else repo_path
+    return runtime.open_journal(Path(repo))
+
+
+def _find_run(journal: Any, run_id: str) -> dict[str, Any]:
+    run = journal.run(run_id)
+    if run is None:
+        raise UsageError(f"no run {run_id!r} in {journal.path}")
+    return dict(run)
+
+
+@cli.command("logs")
+@click.argument("run_id")
+@click.option("--batch", "batch_id", default=None, metavar="ID", help="Only this batch's log.")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing a running batch's log until the batch ends (bounded by its timeout).")
+@click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+def logs_cmd(run_id: str, batch_id: str | None, follow: bool, repo_path: Path) -> None:
+    """Print the agent logs of RUN_ID (every batch that ran, or one with --batch)."""
+    from distpar import logs, runtime
+
+    journal = _open_journal(repo_path)
+    run = _find_run(journal, run_id)
+    run_dir = runtime.state_dir(Path(run["repo"])) / "runs" / run["id"]
+    rows = journal.batches(run["id"])
+    if batch_id is not None:
+        rows = [b for b in rows if b["batch_id"] == batch_id]
+        if not rows:
+            raise UsageError(f"run {run['id']} has no batch {batch_id!r}")
+    if follow:
+        row = rows[0] if batch_id is not None else logs.running_batch(rows, run_dir)
+        if row is None:
+            raise UsageError(f"run {run['id']} has no running batch to follow"
+                             + ("" if run["state"] == "running" else f" (the run is {run['state']})"))
+        for chunk in logs.follow(journal, run, row["batch_id"], run_dir):
+            click.echo(chunk, nl=False)
+        return
+    shown = 0
+    for b in rows:
+        path = logs.log_path(b, run_dir)
+        if path is None or not path.is_file():
+            if batch_id is not None:
+                why = "it has not started" if b["state"] in ("pending", "skipped", "blocked") else f"no file {path}"
+                raise UsageError(f"batch {b['batch_id']} of run {run['id']} has no log: {why}")
+            continue
+        if len(rows) > 1:
+            click.echo(f"{'' if shown == 0 else chr(10)}==> batch {b['batch_id']} (s{b['stream'] + 1}, {b['state']}): "
+                       f"{path} <==")
+        click.echo(path.read_text(errors="replace"), nl=False)
+        shown += 1
+    if not shown and batch_id is None:
+        err(f"run {run['id']}: no batch has a log yet")
+
+
+@cli.command("report")
+@click.argument("run_id")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True,
+              help="Write the report to this file (one self-contained page).")
+@click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+def report_cmd(run_id: str, html_file: Path, repo_path: Path) -> None:
+    """Write an HTML report of RUN_ID: timeline, dependency graph, durations, cost, failures and conflicts."""
+    from distpar import report
+
+    journal = _open_journal(repo_path)
+    run = _find_run(journal, run_id)
+    html_file.write_text(report.html_report(journal, run["id"]), encoding="utf-8")
+    click.echo(f"wrote {html_file}")
+
+
+@cli.command("clean")
+@click.argument("run_id", required=False)
+@click.option("-n", "--dry-run", is_flag=True, help="Only show what would be removed and what kept.")
+@click.option("--force", is_flag=True, help="Also remove branches, refs and worktrees holding unmerged work.")
+@click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+def clean_cmd(run_id: str | None, dry_run: bool, force: bool, repo_path: Path) -> None:
+    """Remove what finished runs left (worktrees, branches, refs, logs) and sweep what crashed runs orphaned.
+
+    Live runs are never touched; work not merged into a run's target is kept unless --force."""
+    from distpar import clean, runtime
+
+    repo = gitops.repo_root(repo_path)
+    journal = runtime.open_journal(repo)
+    items = clean.plan_clean(repo, runtime.state_dir(repo), journal, run_id, force)
+    if not items:
+        click.echo("nothing to clean")
+        return
+    verb = {"remove": "remove", "kill": "kill", "keep": "keep"}
+    for it in items:
+        action = ("would " if dry_run and it.removes else "") + verb[it.action]
+        click.echo(f"{action:<12} {it.kind:<9} {it.name}  ({it.reason})")
+    if dry_run:
+        return
+    failures = clean.apply_clean(repo, items, journal)
+    for it, why in failures:
+        err(f"could not remove {it.kind} {it.name}: {why}", fg="red")
+    removed = sum(1 for i in items if i.removes) - len(failures)
+    kept = sum(1 for i in items if not i.removes)
+    click.echo(f"removed {removed}, kept {kept}" + (f", {len(failures)} failed" if failures else ""))
+    if failures:
+        sys.exit(int(ExitCode.BACKEND))
+
+
+@cli.command("agents")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=agents.VERSION_TIMEOUT,
+              show_default=True, help="Seconds to wait for each CLI's --version.")
+@click.option("--json", "as_json", is_flag=True)
+def agents_cmd(timeout: float, as_json: bool) -> None:
+    """List the agent presets: whether each CLI is installed here, its version, and the API key variables it
+    reads (names only; $DISTPAR_AGENT_<PRESET>_BIN overrides the command)."""
+    probes = [agents.probe(name, timeout=timeout) for name in agents.PRESETS]
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in probes], indent=2))
+        return
+    click.echo(f"{'PRESET':<8} {'INSTALLED':<10} {'VERSION':<40} KEY VARIABLES (set here)")
+    for p in probes:
+        installed = "yes" if p.version else ("broken" if p.path else "no")
+        keys = ", ".join(k + (" (set)" if k in p.keys_set else "") for k in p.key_vars) or "-"
+        version = (p.version or "-")[:40]
+        click.echo(f"{p.name:<8} {installed:<10} {version:<40} {keys}")
+        click.echo(f"{'':<8} {' '.join(p.command)}: {p.description}" + (f"; {p.error}" if p.error else ""))
 
 
 if __name__ == "__main__":

@@ -241,3 +241,19 @@ class Journal:
             "SELECT state FROM batches WHERE run_id=? AND batch_id=?", (run_id, batch_id)
         ).fetchone()
         return BatchStatus(row["state"])
+
+    # --- reads for status, logs, report and clean ------------------------------------------------------
+
+    def run_exact(self, run_id: str) -> dict[str, Any] | None:
+        """The run with exactly this id (``run`` also accepts a unique prefix)."""
+        row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def runs_for_repo(self, repo: str) -> list[dict[str, Any]]:
+        """Every run of one repository, oldest first."""
+        rows = self._db.execute("SELECT * FROM runs WHERE repo=? ORDER BY started", (repo,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def batch(self, run_id: str, batch_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM batches WHERE run_id=? AND batch_id=?", (run_id, batch_id)).fetchone()
+        return dict(row) if row else None

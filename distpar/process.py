@@ -96,3 +96,95 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# --- processes of runs (Linux /proc) -----------------------------------------------------------------
+
+
+def _boot_time() -> float | None:
+    try:
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def process_start(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds), where /proc tells; None otherwise."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    boot = _boot_time()
+    if boot is None:
+        return None
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def pid_alive(pid: int, recorded_at: float | None = None) -> bool:
+    """Whether ``pid`` runs and is not a zombie; with ``recorded_at``, also that it is the process recorded
+    then and not a later one that reused the number."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat[stat.rindex(")") + 2] in "ZX":
+            return False
+    except (OSError, IndexError):
+        pass
+    if recorded_at is not None:
+        started = process_start(pid)
+        if started is not None and started > recorded_at + 2.0:
+            return False
+    return True
+
+
+def agent_processes() -> dict[str, list[int]]:
+    """Run id -> pids of processes whose environment names that run (agents distpar started)."""
+    found: dict[str, list[int]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    me = os.getpid()
+    needle = b"\0DISTPAR_RUN_ID="
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            env = b"\0" + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        i = env.find(needle)
+        if i < 0 or not pid_alive(int(entry.name)):
+            continue
+        value = env[i + len(needle):].split(b"\0", 1)[0].decode(errors="replace")
+        found.setdefault(value, []).append(int(entry.name))
+    return found
+
+
+def kill_process_group(pid: int, grace: float = 2.0) -> None:
+    """TERM the agent's process group (its own session, so nothing else), KILL what is left after ``grace``."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    target_group = pgid != os.getpgid(0)
+    send = (lambda sig: os.killpg(pgid, sig)) if target_group else (lambda sig: os.kill(pid, sig))
+    try:
+        send(signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.time() + grace
+    while time.time() < deadline and pid_alive(pid):
+        time.sleep(0.05)
+    try:
+        send(signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

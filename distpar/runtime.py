@@ -33,6 +33,7 @@ from distpar.model import (
     Source,
 )
 from distpar.plan import Plan
+from distpar.process import agent_processes, kill_process_group, pid_alive
 from distpar.schedule import Schedule
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ class RunOptions:
     plan_path: str = ""
     repo_url: str | None = None  # remote workers clone from and push to this remote instead of bundles
     backend_options: dict[str, Any] = field(default_factory=dict)  # journaled for resume: never secrets
+    budget_usd: float | None = None  # run-wide: once the reported costs reach it, no batch starts
+    agent_retries: int = 2  # transient agent failures (rate limit, 5xx, early crash): tries again in the worker
+    max_concurrent_agents: int | None = None  # agents running at once per worker process (the whole local run)
+    stagger: float = 0.1  # seconds between agent starts per worker process
 
 
 @dataclass
@@ -71,6 +76,8 @@ class RunReport:
     branches: list[str] = field(default_factory=list)  # branches kept
     saved_refs: list[str] = field(default_factory=list)
     landed: str | None = None  # target's new head
+    budget_usd: float | None = None  # the run's --budget-usd
+    budget_exhausted: bool = False  # batches were left unstarted because the budget was spent
 
     @property
     def agent_time(self) -> float:
@@ -112,7 +119,15 @@ class RunReport:
             "branches": self.branches,
             "saved_refs": self.saved_refs,
             "landed": self.landed,
+            "budget": self.budget(),
         }
+
+    def budget(self) -> dict[str, Any] | None:
+        if self.budget_usd is None:
+            return None
+        spent = self.cost_usd or 0.0
+        return {"limit": self.budget_usd, "spent": round(spent, 6),
+                "left": round(max(0.0, self.budget_usd - spent), 6), "exhausted": self.budget_exhausted}
 
 
 def state_dir(repo: Path) -> Path:
@@ -173,32 +188,20 @@ def committed_batches(repo: Path, base: str, tip: str, run_id: str) -> dict[str,
 
 def kill_run_processes(run_id: str) -> list[int]:
     """Kill the process groups of agents started for ``run_id`` whose coordinator is gone (Linux /proc)."""
-    killed = []
-    for pid in processes_with_env("DISTPAR_RUN_ID", run_id):
-        try:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
-            killed.append(pid)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return killed
+    pids = agent_processes().get(run_id, [])
+    for pid in pids:
+        kill_process_group(pid, grace=0.5)
+    return pids
 
 
-def processes_with_env(name: str, value: str) -> list[int]:
-    needle = f"{name}={value}".encode() + b"\0"
-    found: list[int] = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return found
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if (b"\0" + env).find(b"\0" + needle) >= 0:
-            found.append(int(entry.name))
-    return found
+def run_is_live(journal: Journal, run: dict[str, Any] | None) -> bool:
+    """The journal says the run is running and its coordinator is that same process, still there."""
+    if run is None or run["state"] != "running":
+        return False
+    if not run["pid"]:
+        return True  # cannot tell: assume live, touch nothing
+    recorded = max([float(run["started"]), *(e.ts for e in journal.events(run["id"]) if e.kind == "run_resumed")])
+    return pid_alive(int(run["pid"]), recorded)
 
 
 def load_run(journal: Journal, run_id: str) -> dict[str, Any]:
@@ -208,7 +211,7 @@ def load_run(journal: Journal, run_id: str) -> dict[str, Any]:
         raise UsageError(f"no run {run_id!r} in {journal.path}")
     if run["state"] == "ok":
         raise UsageError(f"run {run['id']} finished successfully: nothing to resume")
-    if run["state"] == "running" and run["pid"] and _alive(run["pid"]) and run["pid"] != os.getpid():
+    if run_is_live(journal, run) and run["pid"] != os.getpid():
         raise UsageError(f"run {run['id']} is still running (coordinator pid {run['pid']})")
     return run
 
@@ -248,21 +251,15 @@ def resume_runner(repo: Path, journal: Journal, run_id: str, observer: Observer 
         plan_path=run["plan_path"],
         repo_url=opts.get("repo_url"),
         backend_options=backend_options,
+        budget_usd=opts.get("budget_usd"),
+        agent_retries=opts.get("agent_retries", 2),
+        max_concurrent_agents=opts.get("max_concurrent_agents"),
+        stagger=opts.get("stagger", 0.1),
     )
     preflight(repo, options)
     backend = make_backend(run["backend"], backend_options)
     return Runner(repo, plan, schedule, options, backend, journal, run["target"], run["base"], observer,
                   run_id=run["id"], resume=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def git_identity(repo: Path) -> Identity:
@@ -307,6 +304,7 @@ class Runner:
         self.saved_refs: list[str] = []
         self.interrupted = threading.Event()
         self._bundle_base: str | None = None
+        self.budget_exhausted = False
         self.resumed = resume
 
     def branch(self, stream: int) -> str:
@@ -374,6 +372,8 @@ class Runner:
                 self._dispatch_ready(ctx)
 
     def _dispatch_ready(self, ctx: RunContext) -> None:
+        if self._budget_spent():
+            return
         busy = {spec.stream for spec in self.running.values()}
         for stream in self.schedule.streams:
             k = stream.index
@@ -396,9 +396,27 @@ class Runner:
             if base is None:
                 continue
             j = i + 1
-            while j < len(stream.batch_ids) and not self.schedule.waits.get(stream.batch_ids[j]):
+            # With a budget, one batch per segment, so that the budget is checked before every batch starts.
+            while (self.options.budget_usd is None and j < len(stream.batch_ids)
+                   and not self.schedule.waits.get(stream.batch_ids[j])):
                 j += 1
             self._submit(ctx, k, base, stream.batch_ids[i:j], attempt=1)
+
+    def _budget_spent(self) -> bool:
+        """Whether ``--budget-usd`` is set and the reported costs have reached it (journaled once)."""
+        budget = self.options.budget_usd
+        if budget is None:
+            return False
+        spent = sum(r.outcome.cost_usd for r in self.results.values() if r.outcome and r.outcome.cost_usd)
+        if spent < budget:
+            return False
+        running = {b.id for spec in self.running.values() for b in spec.batches}
+        left = [b.id for b in self.plan.batches if b.id not in self.results and b.id not in running]
+        if left and not self.budget_exhausted:
+            self.budget_exhausted = True
+            self.journal.event(self.run_id, "budget_exhausted", spent=spent, budget=budget, not_started=left)
+            self.emit("budget_exhausted", spent=spent, budget=budget, not_started=left)
+        return True
 
     def _base_with(self, k: int, batch_id: str, deps: tuple[str, ...]) -> str | None:
         """The stream's head with the work of ``deps`` (on other streams) merged in, or None on a conflict."""
@@ -446,6 +464,9 @@ class Runner:
             env=self.forwarded,
             return_bundle=self.backend.remote and not self.options.repo_url,
             attempt=attempt,
+            agent_retries=self.options.agent_retries,
+            max_concurrent_agents=self.options.max_concurrent_agents,
+            stagger=self.options.stagger,
         )
         self.journal.event(self.run_id, "segment_submitted", k, batch_ids[0], batches=list(batch_ids),
                            attempt=attempt, base=base)
@@ -526,15 +547,20 @@ class Runner:
         where = source.location if source.kind == "url" else result.bundle
         assert where
         saved = f"refs/distpar/{self.run_id}/saved"
-        gitops.fetch(self.repo, where, [
-            f"+refs/heads/{result.branch}:refs/heads/{result.branch}", f"+{saved}/*:{saved}/*"])
+        refspecs = [f"+{saved}/*:{saved}/*"]
+        if result.head != result.base:  # a bundle of only saved work (nothing committed) has no branch ref
+            refspecs.insert(0, f"+refs/heads/{result.branch}:refs/heads/{result.branch}")
+        gitops.fetch(self.repo, where, refspecs)
 
     def _record(self, r: BatchResult) -> None:
         self.results[r.batch_id] = r
         self.journal.batch_ended(self.run_id, r)
-        self.emit("batch_ended", stream=r.stream, batch=r.batch_id, status=r.status.value,
+        if r.tries > 1:  # the agent was tried again after transient failures: journal each try's class
+            self.journal.event(self.run_id, "batch_tries", r.stream, r.batch_id, tries=r.tries,
+                               classes=list(r.try_classes))
+        self.emit("batch_ended", stream=r.stream, batch=r.batch_id, status=r.status.value, node=r.node,
                   duration=r.duration, error=r.error, log_tail=r.log_tail, changed=r.changed,
-                  cost_usd=r.outcome.cost_usd if r.outcome else None)
+                  cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries)
 
     def _stop_stream(self, k: int, i: int, status: BatchStatus, why: str) -> None:
         ids = self.schedule.streams[k].batch_ids
@@ -611,6 +637,8 @@ class Runner:
             codes.append(ExitCode.BACKEND)
         if self.interrupted.is_set():
             codes.append(ExitCode.INTERRUPTED)
+        if self.budget_exhausted and pending:
+            codes.append(ExitCode.BATCH_FAILED)
         code = most_severe(*codes)
         state = {
             ExitCode.OK: "ok", ExitCode.BATCH_FAILED: "failed", ExitCode.CONFLICT: "conflict",
@@ -639,6 +667,8 @@ class Runner:
             branches=branches,
             saved_refs=sorted(set(self.saved_refs)),
             landed=landed,
+            budget_usd=self.options.budget_usd,
+            budget_exhausted=self.budget_exhausted,
         )
 
     def _run_row(self, t0: float) -> dict[str, Any]:
@@ -648,6 +678,10 @@ class Runner:
             "retries": self.options.retries,
             "keep_branches": self.options.keep_branches,
             "forward_env": list(self.options.forward_env),  # names only, never values
+            "budget_usd": self.options.budget_usd,
+            "agent_retries": self.options.agent_retries,
+            "max_concurrent_agents": self.options.max_concurrent_agents,
+            "stagger": self.options.stagger,
             "repo_url": self.options.repo_url,
             "into": self.options.into,
             "backend_options": {k: (str(v) if isinstance(v, Path) else v)
@@ -704,7 +738,8 @@ class Runner:
             self.cursor[s.index] = done
             self.segments[s.index] = 100 * resumes  # keeps bundle and ref names of this attempt unique
         self.saved_refs.extend(gitops.refs(self.repo, f"refs/distpar/{self.run_id}/saved/"))
-        self.emit("run_resumed", run_id=self.run_id, done=len(self.results), recovered=sorted(recovered))
+        self.emit("run_resumed", run_id=self.run_id, done=len(self.results), recovered=sorted(recovered),
+                  done_batches=sorted(self.results))
 
     # --- signals ---------------------------------------------------------------------------------------
 

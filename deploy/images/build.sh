@@ -6,8 +6,8 @@
 #   distpar-worker:latest   host-built wheelhouse, sshd, entrypoint (Dockerfile here)
 #
 # Idempotent and cached: the base is built once per tag, the wheelhouse
-# (deploy/.wheelhouse) is re-resolved only when pyproject.toml/extras/python
-# change, and the worker is rebuilt only when the hash of its inputs (wheels,
+# (deploy/.wheelhouse) is re-resolved only when the declared requirements,
+# extras or host python change (else only the distpar wheel is rebuilt), and the worker is rebuilt only when the hash of its inputs (wheels,
 # Dockerfile, entrypoint, sshd config, base image id, build args) changes.
 # Safe for CI: no prompts, no stdin, logs under deploy/.build/logs.
 #
@@ -16,8 +16,9 @@
 #   REBUILD_BASE=1      rebuild distpar-base:bookworm even if the tag exists
 #   REFRESH_WHEELS=1    re-resolve the dependency wheelhouse
 #   REBUILD_WORKER=1    rebuild the worker even if its hash tag exists
-#   INSTALL_CLAUDE=1    also install nodejs + the agent CLI (needs network;
+#   INSTALL_CLAUDE=1    also install the agent CLI with npm (needs network;
 #                       BUILD_CA_BUNDLE, default the host's, is trusted by npm)
+#   CLAUDE_CODE_PACKAGE=@anthropic-ai/claude-code   npm spec for it
 #   EXTRAS=ray,ssh      extras of the project to install
 #   PYTHON=python3      host interpreter used to build wheels (must match the
 #                       image's python3 major.minor, 3.11 for bookworm)
@@ -79,11 +80,11 @@ run_logged() {
     local name=$1
     shift
     if [[ $VERBOSE == 1 ]]; then
-        "$@" </dev/null
+        "$@" </dev/null 9>&-
         return
     fi
     local logf=$LOG_DIR/$name.log
-    if ! "$@" </dev/null >"$logf" 2>&1; then
+    if ! "$@" </dev/null >"$logf" 2>&1 9>&-; then
         echo "---- last lines of $logf ----" >&2
         tail -n 60 "$logf" >&2
         die "$name failed (full log: $logf)"
@@ -125,12 +126,13 @@ ensure_docker() {
         fi
         if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
             log "starting docker via systemctl"
-            as_root systemctl start docker || true
+            as_root systemctl start docker 9>&- || true
         fi
         if ! docker info >/dev/null 2>&1; then
             log "starting dockerd in the background (log: $DOCKERD_LOG)"
             # shellcheck disable=SC2016  # expanded by the inner bash
-            as_root bash -c 'nohup setsid dockerd >>"$1" 2>&1 </dev/null &' _ "$DOCKERD_LOG"
+            # 9>&-: the daemon must not inherit (and hold forever) our lock fd.
+            as_root bash -c 'nohup setsid dockerd >>"$1" 2>&1 </dev/null 9>&- &' _ "$DOCKERD_LOG"
         fi
         local i
         for ((i = 0; i < DOCKERD_WAIT; i++)); do
@@ -300,13 +302,22 @@ name = tomllib.load(open(sys.argv[1], "rb"))["project"]["name"]
 print(re.sub(r"[-_.]+", "_", name).lower())' "$src/pyproject.toml")
 }
 
+# What the dependency closure depends on: the declared requirements (not the
+# rest of pyproject.toml), the extras and the host interpreter/platform.
 deps_key() {
+    local src=$BUILD_DIR/src
     {
-        cat "$BUILD_DIR/src/pyproject.toml"
-        [[ -f $BUILD_DIR/src/setup.py ]] && cat "$BUILD_DIR/src/setup.py"
-        [[ -f $BUILD_DIR/src/setup.cfg ]] && cat "$BUILD_DIR/src/setup.cfg"
+        "$PYTHON" -c '
+import json, sys, sysconfig, tomllib
+doc = tomllib.load(open(sys.argv[1], "rb"))
+proj = doc.get("project", {})
+print(json.dumps([doc.get("build-system"), proj.get("dependencies"),
+                  proj.get("optional-dependencies"), proj.get("dynamic"),
+                  sys.version_info[:2], sysconfig.get_platform()], sort_keys=True))' \
+            "$src/pyproject.toml"
+        [[ ! -f $src/setup.py ]] || cat "$src/setup.py"
+        [[ ! -f $src/setup.cfg ]] || cat "$src/setup.cfg"
         echo "extras=$EXTRAS"
-        "$PYTHON" -c 'import sys, sysconfig; print(sys.version_info[:2], sysconfig.get_platform())'
     } | sha256sum | cut -d' ' -f1
 }
 
@@ -373,13 +384,23 @@ build_worker() {
     if image_exists "$tag" && [[ $REBUILD_WORKER != 1 ]]; then
         log "$tag exists (inputs unchanged, cached)"
     else
+        local -a args=(
+            --build-arg BASE_IMAGE="$BASE_IMAGE"
+            --build-arg INSTALL_CLAUDE="$INSTALL_CLAUDE"
+            --build-arg CLAUDE_CODE_PACKAGE="$CLAUDE_CODE_PACKAGE"
+        )
+        # Tag the intermediate stages (they are the layer cache of the next
+        # build), then drop older untagged ones instead of leaking them.
+        local stage
+        for stage in deps claude; do
+            log "docker build --target $stage -> $WORKER_REPO:stage-$stage"
+            run_logged "docker-build-$stage" docker build "${args[@]}" --target "$stage" \
+                -t "$WORKER_REPO:stage-$stage" "$BUILD_DIR/context"
+        done
         log "docker build -> $tag"
-        run_logged docker-build docker build \
-            --build-arg BASE_IMAGE="$BASE_IMAGE" \
-            --build-arg INSTALL_CLAUDE="$INSTALL_CLAUDE" \
-            --build-arg CLAUDE_CODE_PACKAGE="$CLAUDE_CODE_PACKAGE" \
-            --label org.distpar.inputs-hash="$WORKER_HASH" \
-            -t "$tag" "$BUILD_DIR/context"
+        run_logged docker-build docker build "${args[@]}" \
+            --label org.distpar.inputs-hash="$WORKER_HASH" -t "$tag" "$BUILD_DIR/context"
+        docker image prune -f --filter label=org.distpar.stage >/dev/null
     fi
     docker tag "$tag" "$WORKER_REPO:latest"
     # Drop older hash tags of ours (ignore ones still used by containers).
@@ -404,6 +425,6 @@ timed "worker image" build_worker
 log "done in ${SECONDS}s"
 printf '  %s\n' "${TIMINGS[@]}" >&2
 for img in "$BASE_IMAGE" "$WORKER_REPO:$WORKER_HASH"; do
-    printf '  %-32s %s\n' "$img" "$(docker image inspect -f '{{.Size}}' "$img" | numfmt --to=si --suffix=B)" >&2
+    printf '  %-32s %s\n' "$img" "$(docker image inspect -f '{{.Size}}' "$img" | numfmt --to=si --round=nearest --suffix=B)" >&2
 done
 echo "DISTPAR_WORKER_IMAGE=$WORKER_REPO:$WORKER_HASH"

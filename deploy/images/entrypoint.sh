@@ -8,8 +8,8 @@
 #   SSH_AUTHORIZED_KEYS        env var holding one or more public key lines
 #   SSH_AUTHORIZED_KEYS_FILE   path of a mounted file (default
 #                              /etc/distpar/authorized_keys)
-# Host keys are generated at start if absent; mount /etc/ssh/keys-style volumes
-# over /etc/ssh/ssh_host_* to keep them stable across containers.
+# Host keys are generated at start if absent (bind-mount existing
+# /etc/ssh/ssh_host_*_key files to keep them stable across containers).
 set -euo pipefail
 
 log() { echo "distpar-entrypoint: $*" >&2; }

@@ -162,10 +162,16 @@ def test_run_prints_summary_and_status_lists_it(repo: Path) -> None:
 
 def test_json_output(repo: Path) -> None:
     plan = write_plan(repo.parent / "p.md", independent_plan(2))
-    res = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "--json", "-q", cwd=repo)
-    data = json.loads(res.stdout)
+    res = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "--json", cwd=repo)
+    lines = [json.loads(line) for line in res.stdout.splitlines()]  # JSON lines: the events, then the summary
+    kinds = [e["event"] for e in lines[:-1]]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_ended" and kinds.count("batch_ended") == 2
+    data = lines[-1]
     assert data["state"] == "ok" and data["batches"] == {"ok": 2} and data["cost_usd"] == pytest.approx(0.02)
     assert res.stderr == ""
+    quiet = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "--json", "-q", cwd=repo)
+    assert len(quiet.stdout.splitlines()) == 1 and json.loads(quiet.stdout)["state"] == "ok"  # -q: the summary only
+    assert quiet.stderr == ""
 
 
 def test_failed_run_exit_1_shows_log_tail(repo: Path) -> None:

@@ -1,0 +1,65 @@
+"""Helpers for the operating tests: the journal of the test's DISTPAR_HOME, waiting for a run to get somewhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from distpar.journal import Journal
+
+T = TypeVar("T")
+
+
+def journal() -> Journal:
+    return Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
+
+
+def run_ids() -> list[str]:
+    """Every run in the journal, newest first."""
+    path = Path(os.environ["DISTPAR_HOME"]) / "journal.db"
+    if not path.exists():
+        return []
+    j = journal()
+    try:
+        return [str(r["id"]) for r in j.runs()]
+    finally:
+        j.close()
+
+
+def only_run_id() -> str:
+    ids = run_ids()
+    assert len(ids) == 1, ids
+    return ids[0]
+
+
+def wait_for(what: str, check: Callable[[], T], timeout: float = 20.0) -> T:
+    """``check()``'s first truthy value, polling until ``timeout``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_distpar(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    """The CLI in the background, in its own session (so a test can SIGKILL the coordinator alone)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "distpar", *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+
+
+def batch_state(run_id: str, batch_id: str) -> str | None:
+    j = journal()
+    try:
+        row = j.batch(run_id, batch_id)
+    finally:
+        j.close()
+    return row["state"] if row else None

@@ -1,0 +1,185 @@
+"""Watching a run: the progress model and its ETA, plain lines off a terminal, JSON lines, the live view on a pty."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from distpar import live
+from distpar.plan import load_plan
+from distpar.schedule import make_schedule
+from distpar.testing import fake_batch, independent_plan, write_plan
+from tests.conftest import run_distpar
+
+pytestmark = pytest.mark.integration
+
+
+def diamond(tmp_path: Path) -> tuple[live.RunProgress, list[float]]:
+    plan = load_plan(write_plan(tmp_path / "p.md", [
+        fake_batch("a", estimate=2), fake_batch("b", estimate=3), fake_batch("c", depends_on=["a"]),
+        fake_batch("d"), fake_batch("e", depends_on=["c", "d"]), fake_batch("f", estimate=1),
+    ]))
+    now = [1000.0]
+    return live.RunProgress(plan, make_schedule(plan, 3), "node-1", clock=lambda: now[0]), now
+
+
+def test_progress_follows_events_and_rescales_the_eta(tmp_path: Path) -> None:
+    p, now = diamond(tmp_path)
+    assert [s.batch_ids for s in p.schedule.streams] == [("a", "c", "e"), ("b",), ("d", "f")]
+    p.update("run_started", {"run_id": "r1", "streams": 3, "target": "main"})
+    assert p.eta() == pytest.approx(p.schedule.makespan * 60)  # before anything ran: the plan's estimates
+    p.update("segment_submitted", {"stream": 0, "batches": ["a", "c"], "attempt": 1})
+    p.update("segment_submitted", {"stream": 1, "batches": ["b"], "attempt": 1})
+    p.update("segment_submitted", {"stream": 2, "batches": ["d", "f"], "attempt": 1})
+    assert [s.current for s in p.streams] == ["a", "b", "d"]
+    now[0] += 60
+    # a took 60s for an estimate of 120s: every remaining estimate is halved.
+    p.update("batch_ended", {"stream": 0, "batch": "a", "status": "ok", "duration": 60.0, "cost_usd": 0.5})
+    assert p.scale() == pytest.approx(0.5)
+    assert p.streams[0].current == "c" and p.streams[0].done == 1 and p.streams[0].cost == 0.5
+    # b: 90s left of 180*0.5, then 0; c: 30s; d: 30*... d started at 1000, est 30s -> done; f 30s after d;
+    # e waits for c and d: 30 + 30 = 60s.  Longest: b, 90 - 60 = 30s ... e at 60s wins.
+    assert p.eta() == pytest.approx(60.0)
+    now[0] += 30
+    p.update("batch_ended", {"stream": 0, "batch": "c", "status": "ok", "duration": 30.0, "cost_usd": 0.25})
+    p.update("batch_ended", {"stream": 2, "batch": "d", "status": "failed", "duration": 80.0, "error": "boom"})
+    p.update("batch_ended", {"stream": 2, "batch": "f", "status": "skipped", "duration": 0.0})
+    p.update("batch_ended", {"stream": 0, "batch": "e", "status": "skipped", "duration": 0.0})
+    assert p.done == 5 and p.failed == 3 and p.cost == pytest.approx(0.75)
+    assert p.stream_state(p.streams[2]) == "failed" and p.stream_state(p.streams[1]) == "running"
+    p.update("batch_ended", {"stream": 1, "batch": "b", "status": "ok", "duration": 95.0})
+    assert p.eta() == 0.0
+    p.update("run_ended", {"state": "failed"})
+    text = render_text(p)
+    assert "r1 → main  failed" in text and "6/6 batches, 3 not ok" in text and "ETA" not in text
+
+
+def test_probing_logs_finds_the_batch_running_inside_a_segment(tmp_path: Path) -> None:
+    p, _ = diamond(tmp_path)
+    p.update("run_started", {"run_id": "r1", "streams": 3, "target": "main"})
+    p.update("segment_submitted", {"stream": 0, "batches": ["a", "c"], "attempt": 1})
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    p.probe_logs(logs)
+    assert p.streams[0].current == "a"
+    (logs / "a.log").write_text("started a\n")
+    (logs / "c.log").write_text("started c\n")
+    p.probe_logs(logs)
+    assert p.streams[0].current == "c" and p.streams[0].done == 0  # a's result is not reported yet
+    assert "c · batch c" in render_text(p)
+
+
+def render_text(p: live.RunProgress) -> str:
+    console = Console(width=140, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(live.render(p))
+    text = console.export_text()
+    console.file.close()
+    return text
+
+
+def test_plain_lines_when_stderr_is_not_a_terminal(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch(1, writes={"one.txt": "1"}), fake_batch(2, extra=["@fake fail 3 'tests failed'"]),
+        fake_batch(3, writes={"three.txt": "3"}, depends_on=[2]),
+    ])
+    res = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", cwd=repo)
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.splitlines()
+    assert "\x1b[" not in res.stderr  # no colour codes, no cursor movement
+    assert re.fullmatch(r"distpar: run \S+: 2 stream\(s\), 3 batch\(es\), merging into main, estimated 2:00",
+                        lines[0]), lines[0]
+    assert "[s1] started batch(es) 2, 3" in lines and "[s2] started batch(es) 1" in lines
+    ended = [re.sub(r"\(\d+\.\ds", "(Xs", line) for line in lines if re.match(r"\[s\d\] batch ", line)]
+    assert [line[-5:] for line in ended] == ["[1/3]", "[2/3]", "[3/3]"]
+    assert sorted(line[:-6] for line in ended) == [
+        "[s1] batch 2 failed (Xs, $0.0100): tests failed",
+        "[s1] batch 3 skipped: an earlier batch of this stream failed",
+        "[s2] batch 1 ok (Xs, $0.0100)",
+    ]
+    assert res.stdout.splitlines()[0].endswith(": failed (1 ok, 1 failed, 1 skipped)")
+
+
+def test_quiet_prints_no_progress(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", independent_plan(2))
+    res = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "-q", cwd=repo)
+    assert res.returncode == 0 and res.stderr == ""
+    assert res.stdout.splitlines()[0].endswith(": ok (2 ok)")
+
+
+def test_json_lines_of_events_then_the_summary(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a": "1"}), fake_batch(2, depends_on=[1])])
+    res = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "--json", cwd=repo)
+    assert res.returncode == 0 and res.stderr == ""
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    events, summary = lines[:-1], lines[-1]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_ended"
+    assert kinds.count("batch_started") == 2 and kinds.count("batch_ended") == 2 and "merge_started" in kinds
+    assert all(isinstance(e["time"], float) for e in events)
+    assert [e["batch"] for e in events if e["event"] == "batch_ended"] == ["1", "2"]
+    assert summary["state"] == "ok" and summary["batches"] == {"ok": 2} and "event" not in summary
+    assert events[-1]["run_id"] == summary["run_id"]
+
+
+def run_on_a_pty(args: list[str], cwd: Path, cols: int = 120) -> tuple[int, str, str]:
+    """The CLI with stderr on a pseudo-terminal (stdout a pipe, as when piping the result)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, cols, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(cols)}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "distpar", *args], cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=slave, env=env, text=True)
+    os.close(slave)
+    screen = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif proc.poll() is not None:
+                break
+        out = proc.stdout.read() if proc.stdout else ""
+        code = proc.wait(timeout=60)
+    finally:
+        os.close(master)
+        if proc.stdout:
+            proc.stdout.close()
+    return code, out, screen.decode("utf-8", "replace")
+
+
+def test_live_view_on_a_terminal(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch("a", writes={"a.txt": "a"}, sleep=0.6), fake_batch("b", writes={"b.txt": "b"}, sleep=0.3),
+        fake_batch("c", writes={"c.txt": "c"}, depends_on=["a"]),
+        fake_batch("d", extra=["@fake fail 2 'lint failed'"], sleep=0.2),
+    ])
+    code, out, screen = run_on_a_pty(["run", str(plan), "--workers", "2", "--agent", "fake"], repo)
+    assert code == 1
+    assert out.splitlines()[0].endswith(": failed (3 ok, 1 failed)")  # the result still goes to stdout, plain
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
+    assert "\x1b[1A" in screen  # redrawn in place
+    for col in ("stream", "node", "batch", "state", "elapsed", "done", "cost"):
+        assert col in plain
+    assert re.search(r"s1 +\S+ +a · batch a +running", plain)  # a row per stream, with its current batch
+    assert "ETA ~" in plain and "━" in plain
+    assert "[s2] batch d failed" in plain and "lint failed" in plain  # failures stay in the scrollback
+    final = plain[plain.rindex("distpar "):]
+    assert "failed" in final.splitlines()[0] and "4/4 batches, 1 not ok" in final
+    assert re.search(r"s1 +\S+ +finished +done +2/2 +\$0\.0200", final)

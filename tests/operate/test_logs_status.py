@@ -1,0 +1,99 @@
+"""``distpar logs`` (one batch, all, following a running one) and ``distpar status`` (the list and one run)."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from distpar.testing import fake_batch, write_plan
+from tests.conftest import run_distpar
+from tests.operate.conftest import batch_state, only_run_id, run_ids, start_distpar, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_logs_prints_a_batch_log(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch("one", extra=["@fake print-env DISTPAR_BATCH_ID"], writes={"a": "1"}),
+        fake_batch("two", extra=["@fake print-env DISTPAR_BATCH_ID"], writes={"b": "2"}),
+        fake_batch("three", depends_on=["two"], extra=["@fake fail 1 'not today'"]),
+    ])
+    assert run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "-q", cwd=repo).returncode == 1
+    run_id = only_run_id()
+    one = run_distpar("logs", run_id, "--batch", "one", cwd=repo)
+    assert one.returncode == 0, one.stderr
+    lines = one.stdout.splitlines()
+    assert lines[0].startswith("--- distpar: batch one, attempt 1")
+    assert "DISTPAR_BATCH_ID=one" in lines and '"type": "result"' in one.stdout
+    assert "DISTPAR_BATCH_ID=two" not in one.stdout
+    every = run_distpar("logs", run_id[:12], cwd=repo)  # a unique prefix of the id is enough
+    headers = re.findall(r"^==> batch (\S+) \((s\d), (\w+)\): (\S+) <==$", every.stdout, re.M)
+    assert [(b, st) for b, _, st, _ in headers] == [("one", "ok"), ("two", "ok"), ("three", "failed")]
+    assert all(Path(p).name == f"{b}.log" for b, _, _, p in headers)
+    assert "not today" in every.stdout
+    unknown = run_distpar("logs", run_id, "--batch", "nine", cwd=repo)
+    assert unknown.returncode == 2 and unknown.stderr.splitlines()[0] == f"Error: run {run_id} has no batch 'nine'"
+    missing = run_distpar("logs", "nosuchrun", cwd=repo)
+    assert missing.returncode == 2 and missing.stderr.startswith("Error: no run 'nosuchrun'")
+    follow_done = run_distpar("logs", run_id, "--follow", cwd=repo)
+    assert follow_done.returncode == 2
+    assert follow_done.stderr.splitlines()[0] == (f"Error: run {run_id} has no running batch to follow "
+                                                  "(the run is failed)")
+
+
+def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch("slow", extra=["@fake print-env DISTPAR_STREAM", "@fake sleep 1.5"], writes={"s": "1"}),
+    ])
+    run = start_distpar("run", str(plan), "--agent", "fake", "-q", cwd=repo)
+    try:
+        run_id = wait_for("the run to start", lambda: next(iter(run_ids()), ""))
+        wait_for("the batch to start", lambda: batch_state(run_id, "slow") == "running")
+        t0 = time.time()
+        res = run_distpar("logs", run_id, "--follow", cwd=repo, timeout=60)  # picks the running batch
+        took = time.time() - t0
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("--- distpar: batch slow, attempt 1")
+        assert "DISTPAR_STREAM=1" in res.stdout and '"type": "result"' in res.stdout  # to the very end
+        assert took < 15
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        for f in (run.stdout, run.stderr):
+            if f:
+                f.close()
+    assert batch_state(run_id, "slow") == "ok"
+
+
+def test_status_lists_runs_newest_first_and_shows_one(repo: Path) -> None:
+    ok_plan = write_plan(repo.parent / "ok.md", [fake_batch(1, writes={"x": "1"}), fake_batch(2, writes={"y": "2"})])
+    bad_plan = write_plan(repo.parent / "bad.md", [fake_batch(3, writes={"z": "3"}),
+                                                    fake_batch(4, extra=["@fake fail 2 'broken'"])])
+    assert run_distpar("run", str(ok_plan), "-w", "2", "--agent", "fake", "-q", cwd=repo).returncode == 0
+    assert run_distpar("run", str(bad_plan), "-w", "2", "--agent", "fake", "-q", cwd=repo).returncode == 1
+    res = run_distpar("status", cwd=repo)
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert re.split(r"\s+", lines[0]) == ["RUN", "PLAN", "STARTED", "STATE", "BATCHES", "WALL", "SPEEDUP", "COST"]
+    assert re.match(r"\S+ +bad\.md +\d{4}-\d\d-\d\d \d\d:\d\d +failed +1/2 ok, 1 failed +\d+\.\ds +\d\.\d\dx +"
+                    r"\$0\.0200$", lines[1]), lines[1]
+    assert re.match(r"\S+ +ok\.md +\S+ \S+ +ok +2/2 ok +\d+\.\ds +\d\.\d\dx +\$0\.0200$", lines[2]), lines[2]
+    bad_id = lines[1].split()[0]
+    one = run_distpar("status", bad_id, cwd=repo)
+    assert one.returncode == 0
+    out = one.stdout.splitlines()
+    assert out[0] == f"run {bad_id}: failed"
+    assert out[1].startswith(f"  plan {repo.parent / 'bad.md'} (test-plan); backend local, 2 worker(s)")
+    assert re.match(r"  started \S+ \S+; wall \d+\.\ds, serial agent time \d+\.\ds, speedup \d\.\d\dx; cost \$0\.0200",
+                    out[2])
+    assert re.split(r"\s+", out[3]) == ["STREAM", "BATCH", "STATE", "RESULT", "NODE", "DURATION", "COST", "ATTEMPT"]
+    rows = {line.split()[1]: line.split() for line in out[4:] if re.match(r"s\d ", line)}
+    assert rows["3"][2:4] == ["ok", "success"] and rows["3"][6] == "$0.0100"
+    assert rows["4"][2:4] == ["failed", "error"] and rows["4"][4] != "-"
+    assert "        broken" in out
+    assert any(line.startswith("branches kept: distpar/") for line in out)

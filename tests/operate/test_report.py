@@ -1,0 +1,114 @@
+"""The HTML report, rendered by a real browser (Debian's headless Chromium): timeline, graph, problems."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from distpar.testing import fake_batch, make_repo, write_plan
+from tests.conftest import run_distpar
+from tests.operate.conftest import journal, only_run_id
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium with everything that could reach the network switched off; its whole process group is
+    killed afterwards, so no helper outlives the test."""
+    assert CHROMIUM, "chromium is not installed (apt-get install -y chromium)"
+    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}", *args, url]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, errs = proc.communicate(timeout=90)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, errs)
+
+
+def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.md", [
+        fake_batch("setup", writes={"a.txt": "a\n"}, sleep=0.3, description="create the package"),
+        fake_batch("api", writes={"b.txt": "b\n"}, sleep=0.5, description="add the <API> & its tests"),
+        fake_batch("docs", writes={"c.txt": "c\n"}, sleep=0.2),
+        fake_batch("cli", extra=["@fake append a.txt 'cli'"], depends_on=["setup", "api"]),
+        fake_batch("lint", extra=["@fake fail 3 'ruff found 4 errors'"], depends_on=["docs"]),
+        fake_batch("release", writes={"r.txt": "r"}, depends_on=["lint"]),
+    ])
+    res = run_distpar("run", str(plan), "--workers", "3", "--agent", "fake", "-q", cwd=repo)
+    assert res.returncode == 1, res.stderr
+    run_id = only_run_id()
+    out = tmp_path / "report.html"
+    res = run_distpar("report", run_id, "--html", str(out), cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"wrote {out}"
+    page = out.read_text()
+    # Self-contained: nothing to fetch, no script.
+    assert not re.search(r"""(src|href)\s*=|@import|url\((?!#)|<script|<link""", page, re.I)
+    assert "&lt;API&gt; &amp; its tests" in page  # plan text is escaped
+
+    dom = chromium(tmp_path, out.as_uri(), "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    j = journal()
+    rows = {b["batch_id"]: b for b in j.batches(run_id)}
+    j.close()
+    bars = re.findall(r'<g class="bar" ([^>]*)>', html.split('id="gantt-stream"', 1)[1].split("</svg>", 1)[0])
+    assert len(bars) == len(rows) == 6  # one bar per batch
+    attrs = [dict(re.findall(r'data-([a-z]+)="([^"]*)"', b)) for b in bars]
+    assert {a["batch"]: a["status"] for a in attrs} == {k: r["state"] for k, r in rows.items()}
+    assert {a["batch"]: a["stream"] for a in attrs} == {k: f"s{r['stream'] + 1}" for k, r in rows.items()}
+    for a in attrs:
+        ran = rows[a["batch"]]["state"] in ("ok", "failed")
+        assert (a["start"] != "") == ran and (a["duration"] != "") == ran
+        if ran:
+            assert float(a["duration"]) == pytest.approx(rows[a["batch"]]["ended"] - rows[a["batch"]]["started"],
+                                                         abs=2e-3)
+            assert a["node"] == rows[a["batch"]]["node"] != ""
+    assert len(re.findall(r'<g class="node" data-batch=', html)) == 6  # the dependency graph
+    edges = re.findall(r'class="edge" data-from="([^"]+)" data-to="([^"]+)" data-cross="(\w+)"', html)
+    assert sorted((a, b) for a, b, _ in edges) == [("api", "cli"), ("docs", "lint"), ("lint", "release"),
+                                                    ("setup", "cli")]
+    assert 'id="run-state"' in html and ">failed<" in html
+    assert 'data-batch="lint"' in html.split('id="problems"', 1)[1]  # the failure is listed
+    assert "ruff found 4 errors" in html and "Skipped because" in html
+
+    shot = tmp_path / "report.png"
+    res_shot = chromium(tmp_path, out.as_uri(), f"--screenshot={shot}", "--window-size=1400,1500",
+                        "--hide-scrollbars")
+    assert res_shot.returncode == 0, res_shot.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a real, non-blank page
+    if os.environ.get("DISTPAR_ARTIFACTS"):  # CI keeps the screenshot to look at
+        dest = Path(os.environ["DISTPAR_ARTIFACTS"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, dest / "report.png")
+        shutil.copy(out, dest / "report.html")
+
+
+def test_report_of_a_clean_run_and_of_an_unknown_one(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"x": "1"}), fake_batch(2, writes={"y": "2"})])
+    assert run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "-q", cwd=repo).returncode == 0
+    out = repo.parent / "r.html"
+    assert run_distpar("report", only_run_id(), "--html", str(out), cwd=repo).returncode == 0
+    page = out.read_text()
+    assert page.count('<g class="bar"') == 2 and 'data-kind="merge_started"' in page
+    assert "None: every batch succeeded and the streams merged cleanly." in page
+    assert "No dependencies declared" in page
+    missing = run_distpar("report", "nosuchrun", "--html", str(out), cwd=repo)
+    assert missing.returncode == 2 and missing.stderr.startswith("Error: no run 'nosuchrun'")
