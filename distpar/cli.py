@@ -78,8 +78,8 @@ def _schedule_options(f: Any) -> Any:
     f = click.option("--split", type=int, default=None, help="With --strategy midpoint: cut after batch K.")(f)
     f = click.option("--strategy", type=click.Choice(STRATEGIES), default="balanced", show_default=True,
                      help="How batches are spread over streams.")(f)
-    f = click.option("-w", "--workers", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Number of parallel streams.")(f)
+    f = click.option("-w", "--workers", type=click.IntRange(min=1), default=None,
+                     help="Number of parallel streams [default: 4; with --backend ssh, the hosts' slots].")(f)
     return f
 
 
@@ -90,7 +90,7 @@ def _schedule_options(f: Any) -> Any:
 def plan_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, as_json: bool) -> None:
     """Show how PLAN_FILE would be scheduled. Changes nothing."""
     plan = load_plan(plan_file)
-    schedule = make_schedule(plan, workers, strategy, split)
+    schedule = make_schedule(plan, workers or DEFAULT_WORKERS, strategy, split)
     _print_schedule(plan, schedule, as_json)
 
 
@@ -184,6 +184,8 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
     from distpar.backends import make_backend
 
     plan = load_plan(plan_file)
+    backend_options = _backend_options(backend, ray_address, hosts, hosts_file, identity, accept_unknown_hosts)
+    workers = workers or _default_workers(backend, backend_options)
     schedule = make_schedule(plan, workers, strategy, split)
     base_cfg = AgentConfig(preset="claude", model=model, max_turns=max_turns, max_budget_usd=max_budget_usd,
                            stream=stream_json)
@@ -197,7 +199,6 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
     if dry_run:
         _print_schedule(plan, schedule, as_json)
         return
-    backend_options = _backend_options(backend, ray_address, hosts, hosts_file, identity, accept_unknown_hosts)
     if repo_url and backend == "local":
         raise UsageError("--repo-url goes with a remote backend (--backend ray or ssh)")
     options = runtime.RunOptions(
@@ -272,6 +273,19 @@ def resume_cmd(run_id: str, repo_path: Path, retries: int | None, timeout: float
     else:
         _print_report(report, runner)
     sys.exit(int(report.exit_code))
+
+
+DEFAULT_WORKERS = 4
+
+
+def _default_workers(backend: str, backend_options: dict[str, Any]) -> int:
+    """4 streams, or on SSH the hosts' slots (a host without ``slots`` in the inventory counts 2)."""
+    if backend != "ssh":
+        return DEFAULT_WORKERS
+    from distpar.hosts import resolve_hosts
+
+    specs = resolve_hosts(backend_options["hosts"], backend_options["hosts_file"])
+    return sum(s.slots if s.slots is not None else 2 for s in specs)
 
 
 def _backend_options(backend: str, ray_address: str | None, hosts: str | None, hosts_file: Path | None,

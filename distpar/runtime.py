@@ -331,7 +331,8 @@ class Runner:
             batches = [(b.id, self.schedule.stream_of(b.id)) for b in self.plan.batches]
             self.journal.start_run(self._run_row(t0), batches)
         self.emit("run_started", run_id=self.run_id, streams=len(self.schedule.streams), target=self.target)
-        ctx = RunContext(self.run_id, self.repo, self.run_dir, len(self.schedule.streams))
+        agents_used = tuple(dict.fromkeys(self._batch_spec(b.id).agent for b in self.plan.batches))
+        ctx = RunContext(self.run_id, self.repo, self.run_dir, len(self.schedule.streams), agents_used)
         old = self._install_signals()
         try:
             try:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from distpar.model import SegmentResult, SegmentSpec
+from distpar.model import AgentConfig, SegmentResult, SegmentSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +17,7 @@ class RunContext:
     repo: Path  # the coordinator's repository
     run_dir: Path  # per-run state on the coordinator (logs, bundles, local worktrees)
     workers: int
+    agents: tuple[AgentConfig, ...] = ()  # every agent the plan uses, so hosts can be checked up front
 
 
 class Backend(ABC):

@@ -103,7 +103,8 @@ def test_empty_repository_is_refused(tmp_path: Path) -> None:
         (["--agent", "gpt-9"], "Error: unknown agent 'gpt-9'"),
         (["--hosts", "a,b"], "Error: --hosts goes with --backend ssh"),
         (["--backend", "ssh"], "Error: --backend ssh needs --hosts H1,H2 or --hosts-file FILE"),
-        (["--forward-env", "DISTPAR_SURELY_UNSET"], "Error: --forward-env DISTPAR_SURELY_UNSET: the variable is not set"),
+        (["--forward-env", "DISTPAR_SURELY_UNSET"],
+         "Error: --forward-env DISTPAR_SURELY_UNSET: the variable is not set"),
         (["--bogus"], "Error: No such option '--bogus'."),
     ],
 )
