@@ -237,7 +237,7 @@ def apply_clean(repo: Path, items: list[Item], journal: Journal | None = None) -
             if why:
                 failures.append((it, why))
         if kind == "worktree":
-            gitops.git(repo, "worktree", "prune", check=False)
+            gitops.worktree_prune(repo)
     if journal is not None:
         for rid in sorted({i.run_id for i in items if i.removes}):
             if journal.run_exact(rid) is not None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,14 +118,31 @@ def tree_of(repo: str | Path, revision: str) -> str:
 # --- worktrees and commits -------------------------------------------------------------------------------
 
 
+@contextmanager
+def repo_lock(repo: str | Path, name: str) -> Iterator[None]:
+    """An exclusive lock in the repository's git directory, across threads and processes (fcntl)."""
+    with open(common_dir(repo) / f"distpar-{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def worktree_add(repo: str | Path, path: str | Path, branch: str, base: str) -> None:
-    git(repo, "worktree", "add", "--quiet", "-B", branch, str(path), base)
+    # Concurrent `git worktree add` on one repository can fail reading a half-made worktree's commondir;
+    # runs and streams take turns (it is quick).
+    with repo_lock(repo, "worktree"):
+        git(repo, "worktree", "add", "--quiet", "-B", branch, str(path), base)
 
 
 def worktree_remove(repo: str | Path, path: str | Path) -> None:
-    if Path(path).exists():
-        git(repo, "worktree", "remove", "--force", str(path), check=False)
-    git(repo, "worktree", "prune", check=False)
+    with repo_lock(repo, "worktree"):  # prune must not see another run's half-made worktree
+        if Path(path).exists():
+            git(repo, "worktree", "remove", "--force", str(path), check=False)
+        git(repo, "worktree", "prune", check=False)
+
+
+def worktree_prune(repo: str | Path) -> None:
+    with repo_lock(repo, "worktree"):
+        git(repo, "worktree", "prune", check=False)
 
 
 def worktrees(repo: str | Path) -> list[tuple[str, str | None]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,8 +75,7 @@ def land(repo: Path, target: str, start: str, integration: str, head: str, env: 
     When the target is checked out, the checkout is fast-forwarded with git itself, which refuses to overwrite
     local changes; then the conflict names the files and the integration branch keeps the work. Runs landing
     on one repository at the same time take turns (a lock in the git directory)."""
-    with open(gitops.common_dir(repo) / "distpar-land.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with gitops.repo_lock(repo, "land"):
         return _land(repo, target, start, integration, head, env)
 
 

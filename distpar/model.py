@@ -55,6 +55,8 @@ class AgentConfig:
     max_turns: int | None = None
     max_budget_usd: float | None = None
     extra_args: tuple[str, ...] = ()
+    executable: str | None = None  # command that runs the preset instead of its own (split like a shell would)
+    stream: bool = False  # ask for a live JSON event stream where the agent has one (claude, gemini)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -128,6 +130,9 @@ class SegmentSpec:
     env: dict[str, str] = field(default_factory=dict)  # forwarded variables: never journaled or logged
     return_bundle: bool = False  # hand the new commits back as a bundle (remote workers)
     attempt: int = 1
+    agent_retries: int = 2  # tries of a batch after a transient agent failure (rate limit, 5xx, early crash)
+    max_concurrent_agents: int | None = None  # agents running at once in this worker process (None: no cap)
+    stagger: float = 0.0  # seconds between agent starts in this worker process
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +150,9 @@ class SegmentSpec:
             "env": dict(self.env),
             "return_bundle": self.return_bundle,
             "attempt": self.attempt,
+            "agent_retries": self.agent_retries,
+            "max_concurrent_agents": self.max_concurrent_agents,
+            "stagger": self.stagger,
         }
 
     @classmethod
@@ -165,6 +173,9 @@ class SegmentSpec:
             env=dict(d["env"]),
             return_bundle=d["return_bundle"],
             attempt=d.get("attempt", 1),
+            agent_retries=d.get("agent_retries", 2),
+            max_concurrent_agents=d.get("max_concurrent_agents"),
+            stagger=d.get("stagger", 0.0),
         )
 
 
@@ -210,6 +221,8 @@ class BatchResult:
     error: str = ""
     node: str = ""
     attempt: int = 1
+    tries: int = 1  # agent invocations for this batch (more than one after transient failures)
+    try_classes: tuple[str, ...] = ()  # result class of each try, in order
 
     @property
     def duration(self) -> float:
@@ -219,6 +232,7 @@ class BatchResult:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["status"] = self.status.value
         d["outcome"] = self.outcome.to_dict() if self.outcome else None
+        d["try_classes"] = list(self.try_classes)
         return d
 
     @classmethod
@@ -226,6 +240,7 @@ class BatchResult:
         d = dict(d)
         d["status"] = BatchStatus(d["status"])
         d["outcome"] = AgentOutcome.from_dict(d["outcome"]) if d.get("outcome") else None
+        d["try_classes"] = tuple(d.get("try_classes", ()))
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 

@@ -712,7 +712,7 @@ class Runner:
         """Pick up a journaled run: finished batches are kept (also those whose commit reached their branch
         before the coordinator died), everything else runs again from the stream's last good commit."""
         kill_run_processes(self.run_id)  # agents orphaned by a coordinator that was killed
-        gitops.git(self.repo, "worktree", "prune", check=False)
+        gitops.worktree_prune(self.repo)
         rows = {r["batch_id"]: r for r in self.journal.batches(self.run_id)}
         recovered: dict[str, str] = {}
         for s in self.schedule.streams:

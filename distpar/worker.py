@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from distpar import agents, gitops
+from distpar.capture import MaskedPipe
 from distpar.model import AgentOutcome, BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
-from distpar.process import run_process
+from distpar.process import ProcessResult, run_process
 
 TAIL_LINES = 20
+RETRY_BASE_VAR = "DISTPAR_RETRY_BASE_SECONDS"
+RETRY_BASE_SECONDS = 10.0
+RETRY_CAP_SECONDS = 300.0
 
 
 def safe_name(text: str) -> str:
@@ -111,84 +120,186 @@ def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
 def _run_batch(
     spec: SegmentSpec, batch: BatchSpec, ws: Path, log_dir: Path, env: dict[str, str], cancel: threading.Event
 ) -> tuple[BatchResult, str | None]:
+    """Run one batch's agent; after a transient failure (rate limit, 5xx, a crash before any edit) try again,
+    up to ``spec.agent_retries`` more times with exponential backoff, from the batch's start commit."""
     name = safe_name(batch.id)
     out_path, log_path = log_dir / f"{name}.out", log_dir / f"{name}.log"
     prompt_file = log_dir / f"{name}.prompt.md"
     prompt_file.write_text(batch.prompt)
-    ctx = agents.Context(batch.prompt, prompt_file, batch.id, ws, spec.run_id, spec.stream)
-    inv, parse = agents.invocation(batch.agent, ctx, os.environ, {**env, **spec.env})
-    offset = out_path.stat().st_size if out_path.exists() else 0
-    with log_path.open("a") as log:
-        log.write(f"--- distpar: batch {batch.id}, attempt {spec.attempt}, on {node_name()}, "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n--- argv[0]: {inv.argv[0]}\n")
     before = gitops.out(ws, "rev-parse", "HEAD")
-    try:
-        proc = run_process(inv.argv, cwd=ws, env=inv.env, stdout_path=out_path, stderr_path=log_path,
-                           timeout=batch.timeout, cancel=cancel)
-    except FileNotFoundError:
-        msg = f"agent executable not found: {inv.argv[0]}"
-        with log_path.open("a") as log:
-            log.write(msg + "\n")
-        now = time.time()
-        return BatchResult(batch.id, spec.stream, BatchStatus.FAILED, None, now, now, before, False, None,
-                           str(log_path), msg, msg, node_name(), spec.attempt), None
-    with out_path.open("rb") as f:
-        f.seek(offset)
-        stdout = f.read().decode("utf-8", "replace")
-    with log_path.open("a") as log:
-        log.write(stdout)
-
-    if proc.timed_out:
-        status, outcome = BatchStatus.TIMEOUT, AgentOutcome("timeout", False, f"killed after {batch.timeout:g}s")
-    elif proc.cancelled:
-        status, outcome = BatchStatus.INTERRUPTED, AgentOutcome("interrupted", False, "run interrupted")
-    else:
-        outcome = parse(stdout, proc.exit_code)
-        status = BatchStatus.OK if outcome.ok else BatchStatus.FAILED
-
-    saved: str | None = None
     trailer = f"\n\nDistpar-Run: {spec.run_id}\nDistpar-Batch: {batch.id}\n"
+    outcomes: list[AgentOutcome] = []
+    secrets: tuple[str, ...] = tuple(spec.env.values())
+    saved: str | None = None
+    started, ended, exit_code = time.time(), None, None
+    for n in range(1, max(0, spec.agent_retries) + 2):
+        ctx = agents.Context(batch.prompt, prompt_file, batch.id, ws, spec.run_id, spec.stream)
+        inv = agents.invocation(batch.agent, ctx, os.environ, {**env, **spec.env}, spec.env)
+        secrets = tuple(dict.fromkeys((*secrets, *inv.secrets)))
+        with log_path.open("a") as log:
+            log.write(f"--- distpar: batch {batch.id}, attempt {spec.attempt}, try {n}, on {node_name()}, "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n--- argv[0]: {inv.argv[0]}\n"
+                      + "".join(f"--- distpar: warning: {note}\n" for note in inv.notes))
+        proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel)
+        if proc is not None:
+            started = proc.started if n == 1 else started
+            ended, exit_code = proc.ended, proc.exit_code
+        if outcome.result_class == "crash" and outcome.transient and _edited(ws, before):
+            # A crash after edits may have done part of the work: trying again from the start could repeat
+            # side effects outside the worktree, so it is not retried.
+            outcome = replace(outcome, transient=False)
+        outcomes.append(outcome)
+        if outcome.ok or not outcome.transient or n > spec.agent_retries or cancel.is_set():
+            break
+        delay = retry_delay(n)
+        saved = _save_and_reset(spec, batch, ws, env, before, f"try {n} ({outcome.result_class})" + trailer,
+                                f"-try{n}") or saved
+        with log_path.open("a") as log:
+            log.write(f"--- distpar: try {n} failed ({outcome.result_class}): "
+                      f"{agents.mask(outcome.message, secrets)[-300:]}; retrying in {delay:.1f}s\n")
+        if cancel.wait(delay):
+            outcomes.append(AgentOutcome("interrupted", False, "run interrupted while waiting to retry"))
+            break
+
+    tries = n
+    outcome = _totals(outcomes)
+    status = {"success": BatchStatus.OK, "timeout": BatchStatus.TIMEOUT,
+              "interrupted": BatchStatus.INTERRUPTED}.get(outcome.result_class, BatchStatus.FAILED)
     if status.ok:
         title = f"distpar: batch {batch.id}: {batch.description}".rstrip(": ")
         gitops.commit_all(ws, title + trailer, env)
     else:
         # Failed or interrupted work stays off the branch (it is not a finished batch) but is never lost.
-        snap = gitops.snapshot(ws, f"distpar: unfinished work of batch {batch.id} ({status.value})" + trailer, env)
-        if snap:
-            saved = f"refs/distpar/{spec.run_id}/saved/{safe_name(batch.id)}"
-            gitops.update_ref(ws, saved, snap)
-        gitops.git(ws, "reset", "--quiet", "--hard", before)
-        gitops.git(ws, "clean", "-fdq")
+        saved = _save_and_reset(spec, batch, ws, env, before,
+                                f"{status.value}" + trailer, "") or saved
     after = gitops.out(ws, "rev-parse", "HEAD")
     result = BatchResult(
         batch_id=batch.id,
         stream=spec.stream,
         status=status,
-        exit_code=proc.exit_code,
-        started=proc.started,
-        ended=proc.ended,
+        exit_code=exit_code,
+        started=started,
+        ended=ended or time.time(),
         commit=after,
         changed=after != before,
         outcome=outcome,
         log_path=str(log_path),
-        log_tail=_tail(log_path, spec.env),
-        error="" if status.ok else (outcome.message or outcome.result_class),
+        log_tail=_tail(log_path, secrets),
+        error="" if status.ok else agents.mask(outcome.message or outcome.result_class, secrets),
         node=node_name(),
         attempt=spec.attempt,
+        tries=tries,
+        try_classes=tuple(o.result_class for o in outcomes[:tries]),
     )
     return result, saved
 
 
-def _tail(path: Path, secrets: dict[str, str]) -> str:
+def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Path, out_path: Path, log_path: Path,
+            cancel: threading.Event) -> tuple[ProcessResult | None, AgentOutcome]:
+    """One agent process: wait for a slot, run it with its output masked into the logs, classify it."""
+    with agent_slot(spec.max_concurrent_agents, spec.stagger, cancel) as go:
+        if not go:
+            return None, AgentOutcome("interrupted", False, "run interrupted")
+        try:
+            with MaskedPipe([out_path, log_path], inv.secrets) as out, MaskedPipe([log_path], inv.secrets) as err:
+                proc = run_process(inv.argv, cwd=ws, env=inv.env, stdout_path=out.path, stderr_path=err.path,
+                                   timeout=batch.timeout, cancel=cancel)
+        except FileNotFoundError:
+            msg = f"agent executable not found: {inv.argv[0]}"
+            with log_path.open("a") as log:
+                log.write(msg + "\n")
+            return None, AgentOutcome("error", False, msg)
+    if proc.timed_out:
+        return proc, AgentOutcome("timeout", False, f"killed after {batch.timeout:g}s")
+    if proc.cancelled:
+        return proc, AgentOutcome("interrupted", False, "run interrupted")
+    # The parser sees the masked text, so nothing derived from it (messages, journal, events) holds a secret.
+    return proc, inv.parse(out.text, err.text, proc.exit_code)
+
+
+def _totals(outcomes: list[AgentOutcome]) -> AgentOutcome:
+    """The last outcome, with cost and tokens summed over every try (retried tries cost money too)."""
+    last = outcomes[-1]
+    if len(outcomes) == 1:
+        return last
+
+    def total(attr: str) -> Any:
+        values = [getattr(o, attr) for o in outcomes if getattr(o, attr) is not None]
+        return sum(values) if values else None
+
+    return replace(last, **{a: total(a) for a in ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens",
+                                                  "cache_creation_tokens", "turns", "duration_api_ms")})
+
+
+def _edited(ws: Path, before: str) -> bool:
+    return gitops.out(ws, "rev-parse", "HEAD") != before or bool(gitops.out(ws, "status", "--porcelain"))
+
+
+def _save_and_reset(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str, str], before: str, what: str,
+                    suffix: str) -> str | None:
+    """Keep the batch's edits (and any commits the agent made itself) on a ref, then put the worktree back at
+    the batch's start commit. Returns the ref, or None when there was nothing to keep."""
+    head = gitops.out(ws, "rev-parse", "HEAD")
+    snap = gitops.snapshot(ws, f"distpar: unfinished work of batch {batch.id}: {what}", env)
+    keep = snap or (head if head != before else None)
+    ref = None
+    if keep:
+        ref = f"refs/distpar/{spec.run_id}/saved/{safe_name(batch.id)}{suffix}"
+        gitops.update_ref(ws, ref, keep)
+    gitops.git(ws, "reset", "--quiet", "--hard", before)
+    gitops.git(ws, "clean", "-fdq")
+    return ref
+
+
+def retry_delay(n: int) -> float:
+    """Seconds before try ``n + 1``: exponential in ``n`` with jitter (half fixed, half random), capped.
+    ``$DISTPAR_RETRY_BASE_SECONDS`` sets the base (tests make it tiny)."""
+    base = float(os.environ.get(RETRY_BASE_VAR) or RETRY_BASE_SECONDS)
+    d = min(RETRY_CAP_SECONDS, base * 2 ** (n - 1))
+    return d / 2 + random.uniform(0, d / 2)
+
+
+# Process-wide: agents of every stream this process runs share one cap and one start spacing. On the local
+# backend that is the whole run; a remote worker process applies them to what it runs (per host slot).
+_slot_lock = threading.Lock()
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_start_lock = threading.Lock()
+_last_start = 0.0
+
+
+@contextmanager
+def agent_slot(limit: int | None, stagger: float, cancel: threading.Event) -> Iterator[bool]:
+    """Hold one of ``limit`` agent slots, starting at least ``stagger`` s after the previous agent start.
+    Yields False when the run is cancelled while waiting."""
+    global _last_start
+    sem = None
+    if limit:
+        with _slot_lock:
+            sem = _slots.setdefault(limit, threading.BoundedSemaphore(limit))
+        while not sem.acquire(timeout=0.1):
+            if cancel.is_set():
+                yield False
+                return
+    try:
+        if stagger > 0:
+            with _start_lock:  # providers rate-limit bursts of new sessions: space the starts out
+                wait = _last_start + stagger - time.monotonic()
+                if wait > 0:
+                    cancel.wait(wait)
+                _last_start = time.monotonic()
+        yield not cancel.is_set()
+    finally:
+        if sem is not None:
+            sem.release()
+
+
+def _tail(path: Path, secrets: Iterable[str]) -> str:
     lines = path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
-    return mask("\n".join(lines), secrets)
+    return agents.mask("\n".join(lines), secrets)
 
 
 def mask(text: str, secrets: dict[str, str]) -> str:
-    for value in secrets.values():
-        if len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
+    return agents.mask(text, secrets.values())
 
 
 def _return_bundle(spec: SegmentSpec, ws: Path, head: str, saved_ref: str | None) -> str | None:
