@@ -17,6 +17,7 @@ from distpar import __version__, agents, gitops
 from distpar.errors import DistparError, ExitCode, UsageError
 from distpar.model import AgentConfig
 from distpar.plan import Plan, load_plan
+from distpar.report import secs
 from distpar.schedule import STRATEGIES, Schedule, make_schedule
 
 log = logging.getLogger("distpar")
@@ -212,6 +213,10 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
     backend_obj = make_backend(backend, backend_options)
     journal = runtime.open_journal(repo)
     runner = runtime.Runner(repo, plan, schedule, options, backend_obj, journal, target, start)
+    _run_and_exit(runner, journal, as_json, quiet)
+
+
+def _run_and_exit(runner: Any, journal: Any, as_json: bool, quiet: bool) -> None:
     report = _observe_run(runner, as_json, quiet)
     journal.close()
     if as_json:
@@ -266,13 +271,7 @@ def resume_cmd(run_id: str, repo_path: Path, retries: int | None, timeout: float
     repo = gitops.repo_root(repo_path)
     journal = runtime.open_journal(repo)
     runner = runtime.resume_runner(repo, journal, run_id, None, retries, timeout)
-    report = _observe_run(runner, as_json, quiet)
-    journal.close()
-    if as_json:
-        click.echo(json.dumps(report.summary()))  # the last JSON line: the run's summary
-    else:
-        _print_report(report, runner)
-    sys.exit(int(report.exit_code))
+    _run_and_exit(runner, journal, as_json, quiet)
 
 
 DEFAULT_WORKERS = 4
@@ -377,7 +376,7 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
             plan = Path(r["plan_path"]).name
             plan = plan if len(plan) <= 20 else plan[:19] + "~"
             click.echo(f"{r['id']:<22} {plan:<20} {_when(r['started']):<16} {state:<12} {counts:<18} "
-                       f"{_secs(wall):>8} {speed:>8} {cost:>9}")
+                       f"{secs(wall):>8} {speed:>8} {cost:>9}")
         return
     run = journal.run(run_id)
     if run is None:
@@ -394,12 +393,12 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
     click.echo(f"  plan {run['plan_path']}" + (f" ({run['plan_id']})" if run["plan_id"] else "")
                + f"; backend {run['backend']}, {run['workers']} worker(s), strategy {run['strategy']}; "
                f"into {run['target']}")
-    click.echo(f"  started {_when(run['started'])}; wall {_secs(wall)}, serial agent time {_secs(agent_time)}, "
+    click.echo(f"  started {_when(run['started'])}; wall {secs(wall)}, serial agent time {secs(agent_time)}, "
                f"speedup {agent_time / wall if wall else 0:.2f}x; cost " + (f"${sum(costs):.4f}" if costs else "-"))
     click.echo(f"{'STREAM':<7} {'BATCH':<14} {'STATE':<12} {'RESULT':<16} {'NODE':<18} {'DURATION':>9} "
                f"{'COST':>9} {'ATTEMPT':>7}")
     for b in sorted(batches, key=lambda b: (b["stream"], b["position"])):
-        dur = _secs(b["ended"] - b["started"]) if b["ended"] and b["started"] else "-"
+        dur = secs(b["ended"] - b["started"]) if b["ended"] and b["started"] else "-"
         cost = f"${b['cost_usd']:.4f}" if b["cost_usd"] is not None else "-"
         click.echo(f"s{b['stream'] + 1:<6} {b['batch_id']:<14} {b['state']:<12} {b['result_class'] or '-':<16} "
                    f"{b['node'] or '-':<18} {dur:>9} {cost:>9} {b['attempt'] or '-':>7}")
@@ -430,15 +429,6 @@ def _run_state(journal: Any, run: dict[str, Any]) -> tuple[str, float]:
 
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
-
-
-def _secs(x: float | None) -> str:
-    if x is None:
-        return "-"
-    if x < 60:
-        return f"{x:.1f}s"
-    m, s = divmod(round(x), 60)
-    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
 def _open_journal(repo_path: Path) -> Any:

@@ -23,5 +23,9 @@ if [ -f deploy/images/build.sh ]; then
   bash deploy/images/build.sh
 fi
 
+echo "test.sh: lint (ruff, mypy)"
+"$VENV/bin/ruff" check distpar tests bench examples
+"$VENV/bin/mypy"
+
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TESTCONTAINERS_RYUK_DISABLED=true
 exec "$PY" -m pytest "$@"
