@@ -22,7 +22,7 @@ test-fast: $(VENV)/.installed     ## unit and local integration tests only
 	$(PY) -m pytest -m "not ray and not ssh and not containers" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check distpar tests bench examples
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 bench-quick: $(VENV)/.installed

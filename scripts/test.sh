@@ -24,7 +24,7 @@ if [ -f deploy/images/build.sh ]; then
 fi
 
 echo "test.sh: lint (ruff, mypy)"
-"$VENV/bin/ruff" check distpar tests bench examples
+"$VENV/bin/ruff" check .
 "$VENV/bin/mypy"
 
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TESTCONTAINERS_RYUK_DISABLED=true
