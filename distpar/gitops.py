@@ -133,10 +133,11 @@ def worktree_add(repo: str | Path, path: str | Path, branch: str, base: str) -> 
         git(repo, "worktree", "add", "--quiet", "-B", branch, str(path), base)
 
 
-def worktree_remove(repo: str | Path, path: str | Path) -> None:
+def worktree_remove(repo: str | Path, *paths: str | Path) -> None:
     with repo_lock(repo, "worktree"):  # prune must not see another run's half-made worktree
-        if Path(path).exists():
-            git(repo, "worktree", "remove", "--force", str(path), check=False)
+        for path in paths:
+            if Path(path).exists():
+                git(repo, "worktree", "remove", "--force", str(path), check=False)
         git(repo, "worktree", "prune", check=False)
 
 

@@ -132,7 +132,7 @@ class RunReport:
 
 def state_dir(repo: Path) -> Path:
     home = os.environ.get("DISTPAR_HOME")
-    return Path(home) if home else gitops.common_dir(repo) / "distpar"
+    return Path(home).resolve() if home else gitops.common_dir(repo) / "distpar"
 
 
 def open_journal(repo: Path) -> Journal:
@@ -295,6 +295,8 @@ class Runner:
         self.forwarded = {k: os.environ[k] for k in options.forward_env}
         self.results: dict[str, BatchResult] = {}
         self.heads = {s.index: start for s in schedule.streams}
+        self.stream_of = {b: s.index for s in schedule.streams for b in s.batch_ids}
+        self.awaited = {d for deps in schedule.waits.values() for d in deps}  # batches other streams wait for
         self.cursor = {s.index: 0 for s in schedule.streams}
         self.segments = {s.index: 0 for s in schedule.streams}
         self.stopped: set[int] = set()
@@ -328,7 +330,7 @@ class Runner:
         if self.resumed:
             self._restore()
         else:
-            batches = [(b.id, self.schedule.stream_of(b.id)) for b in self.plan.batches]
+            batches = [(b.id, self.stream_of[b.id]) for b in self.plan.batches]
             self.journal.start_run(self._run_row(t0), batches)
         self.emit("run_started", run_id=self.run_id, streams=len(self.schedule.streams), target=self.target)
         agents_used = tuple(dict.fromkeys(self._batch_spec(b.id).agent for b in self.plan.batches))
@@ -396,9 +398,12 @@ class Runner:
             base = self._base_with(k, first, waits)
             if base is None:
                 continue
+            # A segment ends before a batch that waits for another stream, and after one that another stream
+            # waits for (so its result is handed back as soon as it exists). With a budget, one batch per
+            # segment, so that the budget is checked before every batch starts.
             j = i + 1
-            # With a budget, one batch per segment, so that the budget is checked before every batch starts.
             while (self.options.budget_usd is None and j < len(stream.batch_ids)
+                   and stream.batch_ids[j - 1] not in self.awaited
                    and not self.schedule.waits.get(stream.batch_ids[j])):
                 j += 1
             self._submit(ctx, k, base, stream.batch_ids[i:j], attempt=1)
@@ -433,7 +438,7 @@ class Runner:
                 self.env,
             )
             if outcome.commit is None:
-                src = self.branch(self.schedule.stream_of(d))
+                src = self.branch(self.stream_of[d])
                 self.conflict = self.conflict or Conflict(
                     "dependency", self.branch(k), src, outcome.conflicts, batch_id,
                     (f"git switch {self.branch(k)}", f"git merge --no-ff {tip}",
@@ -606,12 +611,14 @@ class Runner:
         """Remove worktrees (their work is committed or saved on a ref first) and, after a clean landing,
         the run's branches. Never deletes a ref that holds work that is not in the target."""
         if not self.backend.remote:
+            done = []
             for s in self.schedule.streams:
                 ws = Path(self.backend.workspace(ctx, s.index))
                 if not ws.exists():
                     continue
                 try:
-                    snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", self.env)
+                    snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", self.env) \
+                        if gitops.out(ws, "status", "--porcelain") else None
                     if snap:
                         ref = f"refs/distpar/{self.run_id}/saved/s{s.index + 1}-cleanup"
                         gitops.update_ref(self.repo, ref, snap)
@@ -619,7 +626,8 @@ class Runner:
                 except DistparError:
                     log.exception("could not snapshot %s; leaving it in place", ws)
                     continue
-                gitops.worktree_remove(self.repo, ws)
+                done.append(ws)
+            gitops.worktree_remove(self.repo, *done)
         for f in (self.run_dir / "bundles").glob("*.bundle"):
             f.unlink()
 

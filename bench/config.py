@@ -1,0 +1,101 @@
+"""What each benchmark profile measures: ``quick`` (under 3 minutes on a 2-core machine), ``full`` (the issue's
+configurations, about 20 minutes), ``tiny`` (seconds; for the smoke test, numbers meaningless)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    name: str
+    reps: int  # repetitions of the speedup runs
+    light_reps: int  # repetitions of the other real runs and timings (stable, or costly)
+    # 1. speedup: independent equal batches, serial vs N workers
+    speedup_batches: int = 16
+    speedup_seconds: float = 5.0
+    speedup_workers: tuple[int, ...] = (2, 4, 8, 16)
+    target_probe: bool = True  # also run the issue's 16 x 5 s at 8 workers when the speedup plan differs
+    # the core issue's "done when": 6 independent 3-second batches, 6 workers vs 1
+    done_when: tuple[int, float, int] = (6, 3.0, 6)
+    # 2. scheduling quality: pure predictions, and a few real runs with short sleeps
+    sched_sizes: tuple[int, ...] = (12, 48, 200)
+    sched_workers: tuple[int, ...] = (2, 4, 8, 16)
+    measured_shapes: tuple[str, ...] = ("mixed-dag", "chains")
+    measured_batches: int = 12
+    measured_unit: float = 0.5
+    measured_workers: int = 4
+    # 3. overhead: batches that only start the agent (no sleep), one per stream; repo size -> stream counts
+    overhead_runs: dict[int, tuple[int, ...]] = field(
+        default_factory=lambda: {2: (1, 4, 16), 1000: (1, 4, 8, 16), 20000: (1, 4, 16)})
+    gitops_repos: tuple[int, ...] = (2, 1000, 20000)
+    gitops_remote_max_files: int | None = None  # time bundle/clone (remote code transfer) only up to this size
+    # 4. coordinator scale
+    scale_sizes: tuple[int, ...] = (100, 1000, 10000)
+    scale_workers: int = 64
+    planning_reps: int = 3  # pure code: cheap, and its best-of-N is the least disturbed by other load
+    trace_max_batches: int | None = None  # tracemalloc the planning only up to this size (tracing is slow)
+    journal_batches: int = 1000
+    memory_streams: int = 64
+    memory_seconds: float = 2.0
+    # 5. backends: the same plan on each available backend; Ray's target run in full mode
+    backend_plan: tuple[int, float, int] = (8, 1.0, 4)
+    ray_target: tuple[int, float, int] | None = (64, 5.0, 32)
+    ray_cluster: tuple[int, int] | None = (4, 8)  # a local multi-node cluster: nodes, distpar slots per node
+    ssh_loopback: int = 2  # loopback sshd servers to start when no --ssh-hosts are given (0: none)
+
+
+FULL = Config(name="full", reps=3, light_reps=3)
+
+QUICK = Config(
+    name="quick",
+    reps=2,
+    light_reps=1,
+    speedup_seconds=0.25,
+    measured_shapes=("mixed-dag",),
+    measured_unit=0.25,
+    overhead_runs={2: (1, 4, 16), 1000: (1, 4, 16), 20000: (1, 2)},
+    gitops_remote_max_files=1000,
+    trace_max_batches=1000,
+    memory_seconds=0.5,
+    backend_plan=(8, 0.25, 4),
+    ray_target=None,
+    ray_cluster=None,
+    ssh_loopback=2,
+)
+
+TINY = Config(
+    name="tiny",
+    reps=1,
+    light_reps=1,
+    speedup_batches=2,
+    speedup_seconds=0.05,
+    speedup_workers=(2,),
+    target_probe=False,
+    done_when=(2, 0.05, 2),
+    sched_sizes=(8,),
+    sched_workers=(2, 4),
+    measured_shapes=("mixed-dag",),
+    measured_batches=6,
+    measured_unit=0.05,
+    measured_workers=2,
+    overhead_runs={2: (1, 2), 50: (1,)},
+    gitops_repos=(2, 50),
+    scale_sizes=(10, 50),
+    planning_reps=1,
+    scale_workers=4,
+    journal_batches=20,
+    memory_streams=2,
+    memory_seconds=0.05,
+    backend_plan=(2, 0.05, 2),
+    ray_target=None,
+    ray_cluster=None,
+    ssh_loopback=0,
+)
+
+PROFILES = {"quick": QUICK, "full": FULL, "tiny": TINY}
+
+
+def profile(name: str, reps: int | None = None) -> Config:
+    cfg = PROFILES[name]
+    return replace(cfg, reps=reps, light_reps=reps) if reps else cfg

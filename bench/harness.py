@@ -1,0 +1,286 @@
+"""Runs plans through distpar's Python API (the objects the CLI assembles) and reads back their timelines.
+
+A ``Session`` owns a scratch directory, an isolated environment (its own ``DISTPAR_HOME``, an empty global git
+config) and a cache of generated repositories. ``Session.run`` runs one plan and returns a ``RunRecord``: the
+wall time, the time spent planning, and the phases reconstructed from the journal's events and the batches'
+agent start/end times (see ``phases``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.plans import Node, to_batches
+from distpar import runtime
+from distpar.backends import make_backend
+from distpar.model import AgentConfig
+from distpar.plan import load_plan
+from distpar.schedule import make_schedule
+from distpar.testing import make_repo, write_plan
+
+RUN_ATTEMPTS = 3
+_UNSET = ("DISTPAR_SUBPROCESS", "CLAUDECODE", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
+
+
+class BenchError(Exception):
+    """A benchmark run did not do what it was meant to (a batch failed, a backend broke)."""
+
+
+@dataclass
+class RunRecord:
+    label: str
+    backend: str
+    strategy: str
+    workers: int
+    streams: int
+    batches: int
+    state: str
+    wall: float  # planning + preflight + Runner.run, seconds
+    planning: float  # parse + schedule
+    preflight: float
+    run: float  # Runner.run alone
+    requested_agent: float  # sum of the plan's sleeps
+    predicted: dict[str, float]  # the scheduler's makespan, lower bound, serial, critical path (seconds)
+    agent_busy: float  # sum of agent process lifetimes
+    agent_span: float  # first agent start -> last agent end
+    longest_stream_agent: float  # max over streams of the agent process time in that stream
+    phases: dict[str, float]
+    loadavg: float
+    journal_bytes_before: int = 0
+    journal_bytes_after: int = 0
+
+    @property
+    def overhead(self) -> float:
+        """Coordinator overhead: the wall time minus the agents' own time on the busiest stream."""
+        return self.wall - self.longest_stream_agent
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["overhead"] = round(self.overhead, 4)
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+class Session:
+    def __init__(self, root: Path | None = None, log: Any = None, keep: bool = False) -> None:
+        """``root``: the scratch directory (default: a new temporary one), emptied first and removed by
+        ``close()`` unless ``keep``."""
+        self._own = not keep
+        self.root = Path(tempfile.mkdtemp(prefix="bench-scratch-")) if root is None else root
+        if root is not None and root.exists():  # a kept scratch of an earlier session
+            shutil.rmtree(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.state = self.root / "state"
+        self._repos: dict[str, Path] = {}
+        self._count = 0
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._t0 = time.perf_counter()
+        self.repo_build_seconds: dict[str, float] = {}
+        self.failures: list[dict[str, Any]] = []
+        self.batches_run = 0  # batches of successful runs, all journaled in this session's journal
+
+    def log(self, msg: str) -> None:
+        self._log(f"[{time.perf_counter() - self._t0:6.1f}s] {msg}")
+
+    @contextmanager
+    def environment(self) -> Iterator[None]:
+        """Isolate git and distpar state from the user's for the duration (restored afterwards)."""
+        gitconfig = self.root / "gitconfig"
+        gitconfig.write_text("")
+        new = {
+            "DISTPAR_HOME": str(self.state),
+            "GIT_CONFIG_GLOBAL": str(gitconfig),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "FAKE_AGENT_STATE": str(self.root),
+            "DISTPAR_RAY_DIR": str(self.root / "ray-nodes"),
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_AUTH_MODE": "disabled",  # a local cluster of this session only (as the Ray tests start one)
+        }
+        saved = {k: os.environ.get(k) for k in (*new, *_UNSET)}
+        os.environ.update(new)
+        for k in _UNSET:
+            os.environ.pop(k, None)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def close(self) -> None:
+        if self._own:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # --- repositories --------------------------------------------------------------------------------------
+
+    def repo(self, files: int) -> Path:
+        """A repository with one commit of ``files`` small Python files (2 means a README and one module),
+        built once per session."""
+        key = f"repo-{files}"
+        if key not in self._repos:
+            t = time.perf_counter()
+            if files <= 2:
+                content = {"README.md": "# bench\n", "src/__init__.py": ""}
+            else:
+                content = {f"pkg{i // 200:03d}/mod{i:05d}.py": f"VALUE = {i}\n" for i in range(files - 1)}
+                content["README.md"] = "# bench\n"
+            self._repos[key] = make_repo(self.root / key, content)
+            self.repo_build_seconds[key] = time.perf_counter() - t
+        return self._repos[key]
+
+    def journal_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.state.glob("journal.db*") if p.exists())
+
+    # --- one run -------------------------------------------------------------------------------------------
+
+    def run(self, label: str, nodes: list[Node], workers: int, *, strategy: str = "balanced", files: int = 2,
+            backend: str = "local", backend_options: dict[str, Any] | None = None) -> RunRecord:
+        """Run a plan; a run that does not end ok is recorded in ``failures`` and run again (twice at most),
+        so one flaky run does not lose a session, and the report still shows that it happened."""
+        for attempt in range(1, RUN_ATTEMPTS + 1):
+            try:
+                return self._run_once(label, nodes, workers, strategy, files, backend, backend_options)
+            except BenchError as exc:
+                self.failures.append({"label": label, "attempt": attempt, "error": str(exc)[:1000]})
+                self.log(f"  ! run {label} failed (attempt {attempt} of {RUN_ATTEMPTS}): {str(exc)[:300]}")
+                if attempt == RUN_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _run_once(self, label: str, nodes: list[Node], workers: int, strategy: str, files: int, backend: str,
+                  backend_options: dict[str, Any] | None) -> RunRecord:
+        self._count += 1
+        nonce = f"r{self._count}"
+        repo = self.repo(files)
+        plan_path = write_plan(self.root / f"plan-{nonce}.md", to_batches(nodes, nonce), plan_id=f"bench-{label}")
+        sleeps = {x.id: x.seconds for x in nodes}
+        journal_before = self.journal_bytes()
+        load = os.getloadavg()[0]
+
+        t0 = time.perf_counter()
+        plan = load_plan(plan_path)
+        schedule = make_schedule(plan, workers, strategy)
+        t1 = time.perf_counter()
+        opts = runtime.RunOptions(agent=AgentConfig(preset="fake"), backend=backend, plan_path=str(plan_path))
+        root, target, start = runtime.preflight(repo, opts)
+        t2 = time.perf_counter()
+        journal = runtime.open_journal(root)
+        try:
+            runner = runtime.Runner(root, plan, schedule, opts, make_backend(backend, backend_options or {}),
+                                    journal, target, start)
+            t_run = time.time()
+            report = runner.run()
+            t3 = time.perf_counter()
+            t_end = time.time()
+            events = journal.events(runner.run_id)
+            rows = journal.batches(runner.run_id)
+        finally:
+            journal.close()
+        if report.state != "ok":
+            bad = [f"{r.batch_id}: {r.status.value} {r.error}" for r in report.results if not r.status.ok]
+            raise BenchError(f"run {label} ended {report.state}: {'; '.join(report.errors + bad)[:500]}")
+
+        self.batches_run += len(nodes)
+        to_s = 60.0  # the scheduler works in minutes; plans carry seconds / 60
+        agent = {r["batch_id"]: (r["started"], r["ended"]) for r in rows}
+        per_stream: dict[int, float] = {}
+        for r in rows:
+            per_stream[r["stream"]] = per_stream.get(r["stream"], 0.0) + (r["ended"] - r["started"])
+        return RunRecord(
+            label=label,
+            backend=backend,
+            strategy=strategy,
+            workers=workers,
+            streams=len(schedule.streams),
+            batches=len(nodes),
+            state=report.state,
+            wall=t3 - t0,
+            planning=t1 - t0,
+            preflight=t2 - t1,
+            run=t3 - t2,
+            requested_agent=sum(sleeps.values()),
+            predicted={
+                "makespan": schedule.makespan * to_s,
+                "lower_bound": schedule.lower_bound * to_s,
+                "serial": schedule.serial * to_s,
+                "critical_path": schedule.critical_path * to_s,
+            },
+            agent_busy=sum(e - s for s, e in agent.values()),
+            agent_span=max(e for _, e in agent.values()) - min(s for s, _ in agent.values()),
+            longest_stream_agent=max(per_stream.values()),
+            phases=phases(events, agent, sleeps, t_run, t_end, t1 - t0, t2 - t1),
+            loadavg=load,
+            journal_bytes_before=journal_before,
+            journal_bytes_after=self.journal_bytes(),
+        )
+
+
+PHASES = (
+    "planning", "preflight", "startup", "code_transfer", "agent_start", "commit_and_return",
+    "dependency_merge", "merge", "cleanup",
+)
+PHASE_HELP = {
+    "planning": "parse the plan file and schedule it (pure code)",
+    "preflight": "git version, repository and working-tree checks",
+    "startup": "Runner.run until the first segment is submitted: journal rows for the run and its batches, "
+               "backend start",
+    "code_transfer": "segment submitted -> its first agent process starts: worktree creation (local) or "
+                     "task or connection start, bundle and clone (Ray, SSH), prompt file, HEAD lookup; summed over "
+                     "segments",
+    "agent_start": "agent process lifetime beyond the sleep the plan asked for: interpreter start, imports, "
+                   "file write, JSON result, exit (a real agent's start-up would show here); summed",
+    "commit_and_return": "an agent ends -> the next agent of the segment starts, or the coordinator has the "
+                         "segment's result: commit of the batch, log handling, hand-back (none locally); summed",
+    "dependency_merge": "a dependency's segment collected -> the waiting segment submitted: merging the "
+                        "dependency into the stream's base and dispatch; summed",
+    "merge": "ordered merge of the streams into the integration branch and the target",
+    "cleanup": "worktree snapshots and removal, branch deletion, journal close of the run",
+}
+
+
+def phases(events: list[Any], agent: dict[str, tuple[float, float]], sleeps: dict[str, float], t_run: float,
+           t_end: float, planning: float, preflight: float) -> dict[str, float]:
+    """Split a run's time into phases from its journal events and the agents' process start/end times.
+
+    Per-segment phases are summed over segments (so with several streams they add up to more than the wall
+    time: they ran in parallel); the other phases are on the coordinator's one thread."""
+    collected: dict[str, float] = {}
+    for e in events:
+        if e.kind == "batch_ended":
+            collected[e.batch_id] = e.ts
+    submits = [e for e in events if e.kind == "segment_submitted"]
+    out = dict.fromkeys(PHASES, 0.0)
+    out["planning"], out["preflight"] = planning, preflight
+    out["startup"] = (min(e.ts for e in submits) - t_run) if submits else 0.0
+    first_submit_of: dict[str, float] = {}
+    for e in submits:
+        ids = e.data["batches"]
+        first_submit_of[ids[0]] = e.ts
+        out["code_transfer"] += agent[ids[0]][0] - e.ts
+        for i, b in enumerate(ids):
+            start, end = agent[b]
+            out["agent_start"] += max(0.0, (end - start) - sleeps[b])
+            nxt = agent[ids[i + 1]][0] if i + 1 < len(ids) else collected[b]
+            out["commit_and_return"] += nxt - end
+    # A segment submitted after the first wave was released by the collection just before it (the runtime's
+    # loop collects, then dispatches): the time between is merging its dependencies into its base.
+    done = sorted(collected.values())
+    for e in submits:
+        earlier = [t for t in done if t <= e.ts]
+        if earlier:
+            out["dependency_merge"] += e.ts - earlier[-1]
+    by_kind = {e.kind: e.ts for e in events}
+    if "merge_started" in by_kind and "merged" in by_kind:
+        out["merge"] = by_kind["merged"] - by_kind["merge_started"]
+        out["cleanup"] = t_end - by_kind["merged"]
+    return out

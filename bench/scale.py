@@ -1,0 +1,140 @@
+"""4. Coordinator scale: planning time and memory for plans of 100 to 10,000 batches, the journal's size per
+batch, and the coordinator's memory while it runs 64 streams.
+
+Planning is the parser on the plan file's text and the default scheduler; its memory is the peak of Python
+allocations (tracemalloc) during parse + schedule, measured in a separate pass (tracing slows the code).
+*Registration* is what ``Runner.run`` does with the plan before the first dispatch: each batch's stream, the
+plan and schedule as JSON, and the journal's run and batch rows — done here the same way, on a scratch journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from bench.config import Config
+from bench.harness import Session
+from bench.plans import make_shape, plan_document
+from bench.stats import summary
+from distpar.journal import Journal
+from distpar.model import AgentOutcome, BatchResult, BatchStatus
+from distpar.plan import parse_plan
+from distpar.schedule import make_schedule
+
+BENCH_ROOT = Path(__file__).parent.parent  # not resolved: the probe must import this very bench and distpar
+
+
+def planning(session: Session, cfg: Config) -> list[dict[str, Any]]:
+    rows = []
+    for n in cfg.scale_sizes:
+        nodes = make_shape("mixed-dag", n)
+        text = plan_document(nodes)
+        parse_t, sched_t, reg_t = [], [], []
+        session.log(f"  scale: planning {len(nodes)} batches")
+        for rep in range(cfg.planning_reps):
+            t0 = time.perf_counter()
+            plan = parse_plan(text)
+            t1 = time.perf_counter()
+            sched = make_schedule(plan, cfg.scale_workers)
+            t2 = time.perf_counter()
+            journal = Journal(session.root / f"scale-{n}-{rep}.db")
+            t3 = time.perf_counter()
+            _register(journal, plan, sched, f"scale-{n}-{rep}")
+            t4 = time.perf_counter()
+            journal.close()
+            parse_t.append(t1 - t0)
+            sched_t.append(t2 - t1)
+            reg_t.append(t4 - t3)
+        peak = None
+        if cfg.trace_max_batches is None or len(nodes) <= cfg.trace_max_batches:
+            tracemalloc.start()
+            plan = parse_plan(text)
+            sched = make_schedule(plan, cfg.scale_workers)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        rows.append({
+            "batches": len(nodes),
+            "workers": cfg.scale_workers,
+            "streams": len(sched.streams),
+            "plan_bytes": len(text),
+            "parse": summary(parse_t),
+            "schedule": summary(sched_t),
+            "planning": summary([a + b for a, b in zip(parse_t, sched_t, strict=True)]),
+            "registration": summary(reg_t),
+            "planning_peak_mib": round(peak / 2**20, 3) if peak is not None else None,
+        })
+    return rows
+
+
+def _register(journal: Journal, plan: Any, sched: Any, run_id: str) -> None:
+    """What ``Runner.run`` does before dispatching (``_run_row`` and ``start_run``)."""
+    row = {
+        "id": run_id, "plan_path": "bench", "plan_id": plan.plan_id, "repo": "bench", "target": "main",
+        "base": "0" * 40, "backend": "local", "workers": sched.workers, "strategy": sched.strategy,
+        "state": "running", "started": time.time(), "pid": os.getpid(), "plan": json.dumps(plan.to_dict()),
+        "schedule": json.dumps(sched.to_dict()), "options": "{}",
+    }
+    journal.start_run(row, [(b.id, sched.stream_of(b.id)) for b in plan.batches])
+
+
+def journal_size(session: Session, cfg: Config) -> dict[str, Any]:
+    """Bytes per batch of a journal that records N batches the way a run does: the run and batch rows, one
+    segment_submitted, batch_started and batch_ended per batch, a run_ended (checkpointed, so the WAL is in)."""
+    n = cfg.journal_batches
+    nodes = make_shape("independent-equal", n, 1.0)
+    plan = parse_plan(plan_document(nodes))
+    sched = make_schedule(plan, min(n, 16))
+    path = session.root / "journal-size.db"
+    Journal(path).close()  # the schema alone
+    empty = _db_bytes(path)
+    journal = Journal(path)
+    _register(journal, plan, sched, "size")
+    outcome = AgentOutcome("success", True, "done", 0.01, 1000, 200, 0, 0, 1, 500, "session", "fake-model-1")
+    now = time.time()
+    for b in plan.batches:
+        k = sched.stream_of(b.id)
+        journal.event("size", "segment_submitted", k, b.id, batches=[b.id], attempt=1, base="0" * 40)
+        journal.batch_started("size", b.id, k, 1, "")
+        journal.batch_ended("size", BatchResult(b.id, k, BatchStatus.OK, 0, now, now + 1, "1" * 40, True, outcome,
+                                                f"/state/runs/size/logs/{b.id}.log", "", "", "node", 1))
+    journal.end_run("size", "ok", 0, {"state": "ok"})
+    journal.close()
+    full = _db_bytes(path)
+    return {"batches": n, "empty_bytes": empty, "bytes": full, "bytes_per_batch": round((full - empty) / n, 1),
+            "includes": "run row (plan and schedule JSON), batch rows, 3 events per batch, indexes"}
+
+
+def _db_bytes(path: Path) -> int:
+    db = sqlite3.connect(str(path))
+    try:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    return path.stat().st_size + (wal.stat().st_size if (wal := path.with_name(path.name + "-wal")).exists() else 0)
+
+
+def memory_probe(session: Session, cfg: Config) -> dict[str, Any]:
+    session.log(f"  scale: coordinator memory at {cfg.memory_streams} streams (separate process)")
+    root = session.root / "probe"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.probe", str(root), str(cfg.memory_streams), str(cfg.memory_seconds)],
+        cwd=BENCH_ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip()[-800:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(session: Session, cfg: Config) -> dict[str, Any]:
+    return {
+        "planning": planning(session, cfg),
+        "journal": journal_size(session, cfg),
+        "memory": memory_probe(session, cfg),
+    }
