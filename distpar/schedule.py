@@ -9,6 +9,7 @@ assignment finishes earlier.
 from __future__ import annotations
 
 import heapq
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from distpar.errors import UsageError
 from distpar.plan import Plan
 
 STRATEGIES = ("balanced", "midpoint", "round-robin")
+RESTARTS = 24  # perturbed list schedules tried for DAGs of up to RESTART_LIMIT batches
+RESTART_LIMIT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,15 @@ def _balanced(
     candidates = [[sorted(g, key=rank.__getitem__) for g in groups] for groups in (by_priority, by_order)]
     if any(deps.values()):
         candidates.append(by_priority)
+        # Small DAGs: a few list schedules with critical-path priorities perturbed by a seeded (reproducible)
+        # random factor often finish a few percent earlier than the plain one.
+        if len(order) <= RESTART_LIMIT:
+            rng = random.Random(0)
+            for _ in range(RESTARTS):
+                noise = {b: rng.uniform(0.8, 1.2) for b in order}
+                candidates.append(
+                    _list_schedule(order, est, deps, users, workers, key=lambda b: (-bottom[b] * noise[b], rank[b]))
+                )
     scored = [(_simulate(groups, order, est, deps)[2], i, groups) for i, groups in enumerate(candidates)]
     return min(scored, key=lambda c: (c[0], c[1]))[2]
 
