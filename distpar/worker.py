@@ -167,7 +167,11 @@ def _run_batch(
               "interrupted": BatchStatus.INTERRUPTED}.get(outcome.result_class, BatchStatus.FAILED)
     if status.ok:
         title = f"distpar: batch {batch.id}: {batch.description}".rstrip(": ")
-        gitops.commit_all(ws, title + trailer, env)
+        if not gitops.commit_all(ws, title + trailer, env) and gitops.out(ws, "rev-parse", "HEAD") != before:
+            # The agent committed everything itself (aider does): an empty commit still marks the batch as done
+            # on the branch, which is what resume reads after a coordinator died.
+            gitops.git(ws, "commit", "--quiet", "--no-verify", "--allow-empty", "-m",
+                       f"{title} (committed by the agent){trailer}", env=env)
     else:
         # Failed or interrupted work stays off the branch (it is not a finished batch) but is never lost.
         saved = _save_and_reset(spec, batch, ws, env, before,

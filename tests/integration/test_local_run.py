@@ -244,3 +244,16 @@ def test_nested_run_is_refused(repo: Path) -> None:
     res = run_distpar("run", str(plan), "--agent", "fake", cwd=repo, env={"DISTPAR_SUBPROCESS": "1"})
     assert res.returncode == 2
     assert res.stderr.splitlines()[0].startswith("Error: distpar is running inside an agent that distpar started")
+
+
+def test_agent_that_commits_itself_is_recorded_and_marked(repo: Path) -> None:
+    from distpar.runtime import committed_batches
+
+    batches = [fake_batch(1, writes={"own.txt": "mine\n"}, extra=["@fake commit 'agent did it'"])]
+    report, runner = run_plan(repo, batches, keep_branches=True)
+    assert report.exit_code == ExitCode.OK and report.results[0].changed
+    log = sh_git(repo, "log", "--format=%s", "main")
+    assert "agent did it" in log and "distpar: batch 1: batch 1 (committed by the agent)" in log
+    # The marker commit carries the trailers resume uses to know the batch is done.
+    tip = gitops.rev(repo, runner.branch(0))
+    assert set(committed_batches(repo, runner.start, tip, report.run_id)) == {"1"}
