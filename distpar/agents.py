@@ -52,6 +52,7 @@ class Context:
     run_id: str
     stream: int
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))  # fresh for every try
+    resume: bool = False  # continue the agent's session ``session_id`` (an interrupted batch, resumed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +144,7 @@ def _claude_args(cfg: AgentConfig, ctx: Context) -> list[str]:
         args += ["--max-turns", str(cfg.max_turns)]
     if cfg.max_budget_usd:
         args += ["--max-budget-usd", f"{cfg.max_budget_usd:g}"]
-    args.append(f"--session-id={ctx.session_id}")
+    args.append(f"--resume={ctx.session_id}" if ctx.resume else f"--session-id={ctx.session_id}")
     return [*args, *cfg.extra_args, "--", ctx.prompt]
 
 
@@ -498,7 +499,7 @@ PRESETS: dict[str, Preset] = {
     "claude": Preset(
         "claude", "claude", "Claude Code, headless (claude -p, JSON result)", _claude_args, parse_claude,
         key_vars=("ANTHROPIC_API_KEY",),  # https://code.claude.com/docs/en/env-vars ; else its saved login
-        supports=frozenset({"model", "max_turns", "max_budget_usd", "stream"}), reports_cost=True,
+        supports=frozenset({"model", "max_turns", "max_budget_usd", "stream", "resume"}), reports_cost=True,
         env=_claude_env, unset=("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"),
     ),
     "codex": Preset(
@@ -521,7 +522,8 @@ PRESETS: dict[str, Preset] = {
     "fake": Preset(
         "fake", "distpar-fake-agent",
         "distpar's bundled fake agent (claude-like CLI, for demos and tests; needs no API key)",
-        _claude_args, parse_claude, supports=frozenset({"model", "max_turns", "max_budget_usd", "stream"}),
+        _claude_args, parse_claude,
+        supports=frozenset({"model", "max_turns", "max_budget_usd", "stream", "resume"}),
         reports_cost=True, env=_claude_env, unset=("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"),
         command=(sys.executable, "-m", "distpar.fake_agent"),
     ),
@@ -530,6 +532,12 @@ PRESETS: dict[str, Preset] = {
 # Every preset's key variables: their values are masked whichever agent runs (an agent may print any of them).
 KEY_VARS: tuple[str, ...] = tuple(dict.fromkeys(v for p in PRESETS.values() for v in p.key_vars))
 _LIMITS = (("model", "--model"), ("max_turns", "--max-turns"), ("max_budget_usd", "--max-budget-usd"))
+
+
+def can_resume(cfg: AgentConfig) -> bool:
+    """Whether the agent can continue an interrupted session it was started with (``--session-id``)."""
+    preset = PRESETS.get(cfg.preset)
+    return preset is not None and "resume" in preset.supports
 
 
 def unsupported(cfg: AgentConfig) -> list[str]:

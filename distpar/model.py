@@ -77,6 +77,8 @@ class BatchSpec:
     prompt: str
     agent: AgentConfig
     timeout: float
+    resume_session: str | None = None  # an interrupted batch: continue this agent session
+    restore: str | None = None  # ... with the work it had left (a saved commit) put back in the worktree first
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,11 +87,14 @@ class BatchSpec:
             "prompt": self.prompt,
             "agent": self.agent.to_dict(),
             "timeout": self.timeout,
+            "resume_session": self.resume_session,
+            "restore": self.restore,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BatchSpec:
-        return cls(d["id"], d["description"], d["prompt"], AgentConfig.from_dict(d["agent"]), d["timeout"])
+        return cls(d["id"], d["description"], d["prompt"], AgentConfig.from_dict(d["agent"]), d["timeout"],
+                   d.get("resume_session"), d.get("restore"))
 
 
 @dataclass(frozen=True, slots=True)

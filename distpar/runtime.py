@@ -35,6 +35,7 @@ from distpar.model import (
 from distpar.plan import Plan
 from distpar.process import agent_processes, kill_process_group, pid_alive
 from distpar.schedule import Schedule
+from distpar.worker import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +309,7 @@ class Runner:
         self._bundle_base: str | None = None
         self.budget_exhausted = False
         self.resumed = resume
+        self.resume_sessions: dict[str, tuple[str, str | None]] = {}  # batch -> (agent session, saved work)
 
     def branch(self, stream: int) -> str:
         return f"distpar/{self.run_id}/s{stream + 1}"
@@ -490,6 +492,9 @@ class Runner:
     def _batch_spec(self, batch_id: str) -> BatchSpec:
         b = self.plan.batch(batch_id)
         cfg = agents.agent_config(b.agent, self.options.agent) if b.agent else self.options.agent
+        session, restore = self.resume_sessions.get(batch_id, (None, None))
+        if session and agents.can_resume(cfg):
+            return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout, session, restore)
         return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout)
 
     def _source(self, base: str, k: int, seg: int) -> Source:
@@ -731,6 +736,11 @@ class Runner:
             for bid, commit in committed_batches(self.repo, self.start, tip, self.run_id).items():
                 if rows.get(bid, {}).get("state") != "ok":
                     recovered[bid] = commit
+        for bid, row in rows.items():
+            # An interrupted agent session is continued (where the agent can) with its saved work put back.
+            if row["state"] == "interrupted" and row["session_id"] and bid not in recovered:
+                saved = gitops.try_rev(self.repo, f"refs/distpar/{self.run_id}/saved/{safe_name(bid)}")
+                self.resume_sessions[bid] = (row["session_id"], saved)
         resumes = sum(1 for e in self.journal.events(self.run_id) if e.kind == "run_resumed") + 1
         self.journal.resume_run(self.run_id, os.getpid(), recovered)
         for bid, row in rows.items():

@@ -132,8 +132,12 @@ def _run_batch(
     secrets: tuple[str, ...] = tuple(spec.env.values())
     saved: str | None = None
     started, ended, exit_code = time.time(), None, None
+    resume = bool(batch.resume_session) and _restore(ws, batch.restore)
     for n in range(1, max(0, spec.agent_retries) + 2):
         ctx = agents.Context(batch.prompt, prompt_file, batch.id, ws, spec.run_id, spec.stream)
+        if resume and n == 1:
+            assert batch.resume_session
+            ctx = replace(ctx, prompt=RESUME_PREFIX + batch.prompt, session_id=batch.resume_session, resume=True)
         inv = agents.invocation(batch.agent, ctx, os.environ, {**env, **spec.env}, spec.env)
         secrets = tuple(dict.fromkeys((*secrets, *inv.secrets)))
         with log_path.open("a") as log:
@@ -141,6 +145,8 @@ def _run_batch(
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n--- argv[0]: {inv.argv[0]}\n"
                       + "".join(f"--- distpar: warning: {note}\n" for note in inv.notes))
         proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel)
+        if outcome.session_id is None and agents.can_resume(batch.agent):
+            outcome = replace(outcome, session_id=ctx.session_id)  # so an interrupted session can be resumed
         if proc is not None:
             started = proc.started if n == 1 else started
             ended, exit_code = proc.ended, proc.exit_code
@@ -196,6 +202,18 @@ def _run_batch(
         try_classes=tuple(o.result_class for o in outcomes[:tries]),
     )
     return result, saved
+
+
+RESUME_PREFIX = ("Your previous session on this task was interrupted; the work it had done is in the working tree. "
+                 "Continue where you left off. The task:\n")
+
+
+def _restore(ws: Path, commit: str | None) -> bool:
+    """Put an interrupted batch's saved work back in the worktree (uncommitted), when the commit is here."""
+    if commit and gitops.try_rev(ws, commit):
+        gitops.git(ws, "checkout", commit, "--", ".")
+        gitops.git(ws, "reset", "--quiet")
+    return True
 
 
 def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Path, out_path: Path, log_path: Path,

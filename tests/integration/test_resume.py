@@ -119,3 +119,33 @@ def test_resume_refuses_finished_and_unknown_runs(repo: Path) -> None:
     assert res.stderr.splitlines()[0] == f"Error: run {report.run_id} finished successfully: nothing to resume"
     res = run_distpar("resume", "nope", cwd=repo)
     assert res.returncode == 2 and res.stderr.startswith("Error: no run 'nope'")
+
+
+def test_interrupted_session_is_resumed_with_its_work_restored(repo: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "inv.jsonl"
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(log))
+    plan = write_plan(tmp_path / "plan.md", [
+        fake_batch(1, extra=["@fake append notes.txt 'first half'", "@fake sleep 60"]),
+    ])
+    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "1", "--agent", "fake"],
+                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    home = Path(os.environ["DISTPAR_HOME"])
+    deadline = time.time() + 30
+    while time.time() < deadline and not list(home.glob("runs/*/wt/s1/notes.txt")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    run_id = journal().runs()[0]["id"]
+    first = json.loads(log.read_text().splitlines()[0])["argv"]
+    session = next(a.split("=", 1)[1] for a in first if a.startswith("--session-id="))
+    assert journal().batch(run_id, "1")["session_id"] == session
+
+    plan.write_text(plan.read_text().replace("@fake sleep 60", "@fake sleep 0"))
+    res = run_distpar("resume", run_id, cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    second = json.loads(log.read_text().splitlines()[1])["argv"]
+    assert f"--resume={session}" in second and not any(a.startswith("--session-id") for a in second)
+    assert "previous session on this task was interrupted" in second[-1]
+    # The interrupted session's edit was put back before it continued, so both halves are there.
+    assert (repo / "notes.txt").read_text() == "first half\nfirst half\n"
