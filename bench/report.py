@@ -137,17 +137,16 @@ def _scheduling_targets(sc: dict[str, Any] | None) -> list[dict[str, Any]]:
     if span > 1.1:
         ph, nb = bal["runs"][0]["phases"], bal["batches"]
         per_batch = (ph["agent_start"] + ph["commit_and_return"]) / nb
-        note3 += ("; why: a stream hands its results back only when its whole segment ends, so a batch that "
-                  "another stream waits for is released late (simulated, that alone gives "
-                  + (f"{seg:.2f}" if seg else "?") + " x the bound), and every batch on the critical path adds "
-                  f"the agent's start-up and commit ({per_batch:.2f} s per batch in the first run, against "
-                  f"batches of {bal['batch_seconds'][0]:.2f}-{bal['batch_seconds'][1]:.2f} s)")
+        note3 += ("; why: every batch on the critical path adds the agent's start-up, its commit and, across "
+                  f"streams, a dependency merge ({per_batch:.2f} s per batch in the first run, against batches "
+                  f"of {bal['batch_seconds'][0]:.2f}-{bal['batch_seconds'][1]:.2f} s); the segment hand-back "
+                  "alone, simulated, gives " + (f"{seg:.2f}" if seg else "?") + " x the bound")
     out.append(_target(n3, t3, f"{span:.3f}", span <= 1.1, _pct(span, 1.1, False), note3))
     v = mid["span_ratio"]["median"] / bal["span_ratio"]["median"]
     predicted_v = mid["predicted_ratio"] / bal["predicted_ratio"]
     out.append(_target(n4, t4, f"{v:.2f}x", v >= 1.5, _pct(v, 1.5, True),
                        f"agents' span, midpoint over balanced (the scheduler predicted {predicted_v:.2f}x); "
-                       "the segment hand-back and per-batch overhead eat the difference"))
+                       "per-batch overhead on the critical path eats the difference with batches this short"))
     return out
 
 

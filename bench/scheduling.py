@@ -20,9 +20,10 @@ from distpar.schedule import STRATEGIES, Schedule, make_schedule
 
 
 def segment_makespan(schedule: Schedule, plan: Plan) -> float:
-    """The makespan when, as the runtime does now, a stream runs its batches in *segments* (cut before each
-    batch that waits for another stream) and hands results back only when a whole segment ends: a batch that
-    waits for another stream's batch waits for the end of that batch's segment.
+    """The makespan when, as the runtime does, a stream runs its batches in *segments* (cut before each batch
+    that waits for another stream and after each batch another stream waits for) and hands results back only
+    when a whole segment ends: a batch that waits for another stream's batch waits for the end of that
+    batch's segment (with the cut after awaited batches, that is the batch itself).
 
     Streams are consistent with one topological order (that makes schedules deadlock-free), so repeatedly
     starting any stream's next segment whose waits are over ends; ``ValueError`` if it cannot."""
@@ -31,8 +32,9 @@ def segment_makespan(schedule: Schedule, plan: Plan) -> float:
     seg_of: dict[str, tuple[int, int]] = {}
     for k, st in enumerate(schedule.streams):
         segs: list[list[str]] = []
+        awaited = {d for deps in schedule.waits.values() for d in deps}
         for b in st.batch_ids:
-            if not segs or schedule.waits.get(b):
+            if not segs or schedule.waits.get(b) or segs[-1][-1] in awaited:
                 segs.append([])
             segs[-1].append(b)
             seg_of[b] = (k, len(segs) - 1)
