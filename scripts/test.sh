@@ -20,7 +20,10 @@ if ((${#need[@]})); then
 fi
 
 if [ -f deploy/images/build.sh ]; then
-  bash deploy/images/build.sh
+  # Its last line is DISTPAR_WORKER_IMAGE=<tag>: the container tests use exactly the image just built.
+  image=$(bash deploy/images/build.sh | tail -n 1)
+  [[ $image == DISTPAR_WORKER_IMAGE=* ]] || { echo "test.sh: deploy/images/build.sh printed no image tag" >&2; exit 1; }
+  export "${image?}"
 fi
 
 echo "test.sh: lint (ruff, mypy)"

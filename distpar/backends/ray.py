@@ -45,6 +45,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -85,6 +86,10 @@ def _segment_task(spec_dict: dict[str, Any], blobs: dict[str, Any]) -> dict[str,
     """Runs on a node. The segment runs in a thread; this (main) thread only waits, so that the
     KeyboardInterrupt of a non-forced ``ray.cancel`` lands here and becomes the worker's cancel event: the agent
     is stopped, its work saved, and the result still returned."""
+    # Ray's subreaper mode (RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper) sets SIGCHLD to
+    # SIG_IGN behind Python's back, and then every subprocess seems to exit 0: put the default back.
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     cancel, finished = threading.Event(), threading.Event()
     box: dict[str, dict[str, Any]] = {}
 
@@ -421,5 +426,8 @@ def _check_reachable(address: str) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:300]
+    """The first line of an error, and its last when there are more (Ray client errors put the cause last)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}")[:300]
