@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +81,16 @@ def run_distpar(*args: str, cwd: Path, timeout: float = 120, env: dict[str, str]
         env={**os.environ, **(env or {})},
         stdin=subprocess.DEVNULL,
     )
+
+
+def run_status(repo: Path, run_id: str) -> dict[str, Any]:
+    """``distpar status RUN_ID --json``, parsed."""
+    out = run_distpar("status", run_id, "--json", cwd=repo)
+    assert out.returncode == 0, out.stderr
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
+
+
+def run_id_of(stdout: str) -> str:
+    """The run id from the first line of ``distpar run``'s summary (``run <id>: <state> ...``)."""
+    return stdout.split()[1].rstrip(":")

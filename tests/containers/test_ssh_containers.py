@@ -5,7 +5,6 @@ the containers into the test's known_hosts, so host key checking stays on."""
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import pytest
 
 from distpar.runtime import open_journal
 from distpar.testing import fake_batch, independent_plan, make_repo, tree_files, write_plan
-from tests.conftest import run_distpar
+from tests.conftest import run_distpar, run_id_of, run_status
 from tests.containers.conftest import (
     Containers,
     banner,
@@ -110,17 +109,6 @@ def hosts_args(key: Path, *hosts: SSHContainer) -> tuple[str, ...]:
     return ("--backend", "ssh", "--hosts", ",".join(f"root@{h.address}" for h in hosts), "--identity", str(key))
 
 
-def status(repo: Path, run_id: str) -> dict[str, Any]:
-    out = run_distpar("status", run_id, "--json", cwd=repo)
-    assert out.returncode == 0, out.stderr
-    data: dict[str, Any] = json.loads(out.stdout)
-    return data
-
-
-def run_id_of(stdout: str) -> str:
-    return stdout.split()[1].rstrip(":")
-
-
 def test_plan_across_two_containers_equals_serial(two_hosts: tuple[SSHContainer, SSHContainer], client_key: Path,
                                                   tmp_path: Path) -> None:
     h1, h2 = two_hosts
@@ -143,7 +131,7 @@ def test_plan_across_two_containers_equals_serial(two_hosts: tuple[SSHContainer,
         assert code == 0, text
     assert tree_files(repo) == tree_files(serial_repo)
     assert (repo / "a.txt").read_text() == "a\nfrom d\nfrom f\n"
-    info = status(repo, run_id_of(out.stdout))
+    info = run_status(repo, run_id_of(out.stdout))
     assert {b["state"] for b in info["batches"]} == {"ok"}
     assert {b["node"] for b in info["batches"]} == {h1.address, h2.address}  # both containers did work
 
@@ -167,7 +155,7 @@ def test_container_stopped_mid_run_moves_its_streams(containers: Containers, two
             assert finished(serial)[0] == 0
         assert tree_files(repo) == tree_files(serial_repo)  # nothing lost
         run_id = run_id_of(text)
-        batches = status(repo, run_id)["batches"]
+        batches = run_status(repo, run_id)["batches"]
         assert [b["state"] for b in batches] == ["ok"] * 4
         assert {b["node"] for b in batches} == {h1.address}  # the doomed container's streams moved
         journal = open_journal(repo)

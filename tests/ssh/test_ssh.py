@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -17,7 +16,7 @@ import pytest
 
 from distpar.errors import ExitCode
 from distpar.testing import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
-from tests.conftest import processes_with_mark, run_distpar
+from tests.conftest import processes_with_mark, run_distpar, run_id_of, run_status
 from tests.ssh.conftest import SSHEnv, SSHServer, free_port, inventory, keygen, remote_processes, trust
 
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(180)]
@@ -56,17 +55,6 @@ def mixed_plan(token: str, sleep: float = 0.3) -> list[dict[str, Any]]:
         fake_batch("e", extra=["@fake append c.txt 'from e'", tag], depends_on=["c"]),
         fake_batch("f", extra=["@fake append a.txt 'from f'", tag], depends_on=["d"]),
     ]
-
-
-def status(repo: Path, run_id: str) -> dict[str, Any]:
-    out = run_distpar("status", run_id, "--json", cwd=repo)
-    assert out.returncode == 0, out.stderr
-    data: dict[str, Any] = json.loads(out.stdout)
-    return data
-
-
-def run_id_of(stdout: str) -> str:
-    return stdout.split()[1].rstrip(":")
 
 
 def start_run(repo: Path, plan: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -110,7 +98,7 @@ def test_plan_across_two_hosts_equals_serial(two_hosts: tuple[SSHServer, SSHServ
     assert sh_git(ssh_repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/") == "main"
     # The journal records where each batch ran: both hosts, by their labels.
     run_id = run_id_of(out.stdout)
-    info = status(ssh_repo, run_id)
+    info = run_status(ssh_repo, run_id)
     assert {b["state"] for b in info["batches"]} == {"ok"}
     assert {b["node"] for b in info["batches"]} == {h1.address, h2.address}
     # Batch logs came back to the coordinator; the remote run directories are gone.
@@ -133,7 +121,7 @@ def test_hosts_flag_identity_and_ssh_config_alias(two_hosts: tuple[SSHServer, SS
     out = run_distpar("run", str(plan), "--backend", "ssh", "--hosts", f"build1,root@{h2.address}",
                       "--identity", str(ssh_env.client_key), "--workers", "2", *FAKE, cwd=repo)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert {b["node"] for b in status(repo, run_id_of(out.stdout))["batches"]} == {"build1", h2.address}
+    assert {b["node"] for b in run_status(repo, run_id_of(out.stdout))["batches"]} == {"build1", h2.address}
     assert (repo / "src" / "mod1.py").exists() and (repo / "src" / "mod2.py").exists()
 
 
@@ -230,7 +218,7 @@ def test_host_refusing_connections_is_reported_per_host(two_hosts: tuple[SSHServ
     assert both.returncode == 0, both.stdout + both.stderr
     assert (f"host 127.0.0.1:{dead}: connection refused; its share of the work goes to the other hosts"
             in both.stderr)
-    assert {b["node"] for b in status(repo, run_id_of(both.stdout))["batches"]} == {h1.address}
+    assert {b["node"] for b in run_status(repo, run_id_of(both.stdout))["batches"]} == {h1.address}
 
 
 def test_failed_authentication_is_reported_per_host(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv,
@@ -260,7 +248,7 @@ def test_host_lost_mid_run(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHE
     wait_for(lambda: agents_on(doomed), what="agents on the doomed host")
     doomed.crash()
     stdout, stderr = proc.communicate(timeout=120)
-    batches = status(repo, run_id_of(stdout))["batches"]
+    batches = run_status(repo, run_id_of(stdout))["batches"]
     if retries:
         assert proc.returncode == 0, stdout + stderr
         assert all((repo / "src" / f"mod{i}.py").exists() for i in range(1, 5))
@@ -368,7 +356,7 @@ def test_repo_url_mode(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv, 
     run_id = run_id_of(out.stdout)
     pushed = sh_git(remote, "for-each-ref", "--format=%(refname)", f"refs/heads/distpar/{run_id}/")
     assert len(pushed.split()) == 3  # the streams' branches went through the remote
-    assert {b["node"] for b in status(repo, run_id)["batches"]} == {h1.address, h2.address}
+    assert {b["node"] for b in run_status(repo, run_id)["batches"]} == {h1.address, h2.address}
 
 
 def test_python_api(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv, repo: Path, tmp_path: Path) -> None:
