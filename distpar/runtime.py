@@ -341,15 +341,18 @@ class Runner:
         try:
             try:
                 self.backend.start(ctx)
-            except DistparError as exc:
-                self.errors.append(exc.message)
-            else:
                 self._loop(ctx)
+            except DistparError as exc:  # git or a transport broke under the coordinator: stop, keep everything
+                self.errors.append(exc.message)
+                self._drain()
             finally:
                 self.backend.close()
             landed = None
             if self._all_ok():
-                landed = self._merge()
+                try:
+                    landed = self._merge()
+                except DistparError as exc:
+                    self.errors.append(exc.message)
         finally:
             self._restore_signals(old)
             self._cleanup(ctx)
@@ -375,6 +378,18 @@ class Runner:
                     break
             else:
                 self._dispatch_ready(ctx)
+
+    def _drain(self) -> None:
+        """After an error: stop the running segments and take in what they hand back (bounded)."""
+        if not self.running:
+            return
+        self.backend.cancel()
+        done, _ = wait(list(self.running), timeout=CANCEL_WAIT)
+        for fut in done:
+            try:
+                self._collect_result(self.running.pop(fut), fut.result())
+            except Exception:
+                log.exception("a segment failed while the run stopped after an error")
 
     def _dispatch_ready(self, ctx: RunContext) -> None:
         if self._budget_spent():
@@ -539,6 +554,9 @@ class Runner:
                 self._record(BatchResult(b.id, spec.stream, BatchStatus.FAILED, error=msg, attempt=spec.attempt))
             self.stopped.add(spec.stream)
             return
+        self._collect_result(spec, result)
+
+    def _collect_result(self, spec: SegmentSpec, result: SegmentResult) -> None:
         if result.bundle or spec.source.kind == "url":
             self._fetch_back(result, spec.source)
         if result.saved_ref:

@@ -257,3 +257,37 @@ def test_agent_that_commits_itself_is_recorded_and_marked(repo: Path) -> None:
     # The marker commit carries the trailers resume uses to know the batch is done.
     tip = gitops.rev(repo, runner.branch(0))
     assert set(committed_batches(repo, runner.start, tip, report.run_id)) == {"1"}
+
+
+def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> None:
+    """A transport that hands back a bundle git cannot read: the run stops with exit 4, journaled, nothing lost."""
+    from concurrent.futures import Future
+    from dataclasses import replace
+
+    from distpar import runtime
+    from distpar.backends.local import LocalBackend
+    from distpar.model import AgentConfig
+    from distpar.plan import load_plan
+    from distpar.schedule import make_schedule
+
+    class BrokenReturn(LocalBackend):
+        def submit(self, spec):  # type: ignore[no-untyped-def]
+            inner = super().submit(spec)
+            out: Future = Future()
+            inner.add_done_callback(lambda f: out.set_result(replace(f.result(), bundle="/nonexistent.bundle")))
+            return out
+
+    plan_path = write_plan(repo.parent / "p.md", independent_plan(2, sleep=0.2))
+    plan = load_plan(plan_path)
+    opts = runtime.RunOptions(agent=AgentConfig(preset="fake"), plan_path=str(plan_path))
+    root, target, start = runtime.preflight(repo, opts)
+    journal = runtime.open_journal(root)
+    runner = runtime.Runner(root, plan, make_schedule(plan, 2), opts, BrokenReturn(), journal, target, start)
+    report = runner.run()
+    assert report.exit_code == ExitCode.BACKEND and report.state == "error"
+    assert any("fetch" in e for e in report.errors), report.errors
+    assert journal.run(report.run_id)["state"] == "error"
+    assert gitops.rev(repo, "main") == start and worktree_count(repo) == 1
+    # The streams' committed work is still on their branches.
+    assert all(gitops.try_rev(repo, runner.branch(k)) for k in (0, 1))
+    journal.close()
