@@ -127,10 +127,11 @@ def repo_lock(repo: str | Path, name: str) -> Iterator[None]:
 
 
 def worktree_add(repo: str | Path, path: str | Path, branch: str, base: str) -> None:
-    # Concurrent `git worktree add` on one repository can fail reading a half-made worktree's commondir;
-    # runs and streams take turns (it is quick).
+    # Concurrent `git worktree add` on one repository can fail reading a half-made worktree's commondir, so
+    # runs and streams take turns registering theirs (quick, --no-checkout) and check the files out in parallel.
     with repo_lock(repo, "worktree"):
-        git(repo, "worktree", "add", "--quiet", "-B", branch, str(path), base)
+        git(repo, "worktree", "add", "--quiet", "--no-checkout", "-B", branch, str(path), base)
+    git(path, "reset", "--quiet", "--hard")
 
 
 def worktree_remove(repo: str | Path, *paths: str | Path) -> None:
