@@ -305,6 +305,21 @@ def _backend_options(backend: str, ray_address: str | None, hosts: str | None, h
     return {}
 
 
+def _print_totals(rows: list[tuple[int, float, float | None, int | None, int | None]]) -> None:
+    """Agent time, cost and tokens per stream and for the run; rows: (stream, seconds, usd, in, out)."""
+    def line(label: str, rs: list[tuple[int, float, float | None, int | None, int | None]]) -> str:
+        costs = [r[2] for r in rs if r[2] is not None]
+        tin, tout = sum(r[3] or 0 for r in rs), sum(r[4] or 0 for r in rs)
+        return (f"  {label}: {len(rs)} batch(es), agent time {secs(sum(r[1] for r in rs))}"
+                + (f", ${sum(costs):.4f}" if costs else "")
+                + (f", tokens {tin} in / {tout} out" if tin or tout else ""))
+
+    click.echo("totals:")
+    for k in sorted({r[0] for r in rows}):
+        click.echo(line(f"s{k + 1}", [r for r in rows if r[0] == k]))
+    click.echo(line("run", rows))
+
+
 def _print_report(report: Any, runner: Any) -> None:
     s = report.summary()
     counts = ", ".join(f"{n} {k}" for k, n in s["batches"].items())
@@ -315,6 +330,10 @@ def _print_report(report: Any, runner: Any) -> None:
     tokens = f", tokens {tin} in / {tout} out" if tin or tout else ""
     click.echo(f"wall {report.wall:.1f}s, serial agent time {report.agent_time:.1f}s, "
                f"speedup {report.speedup:.2f}x{cost}{tokens}")
+    if len({r.stream for r in report.results}) > 1:
+        _print_totals([(r.stream, r.duration, r.outcome.cost_usd if r.outcome else None,
+                        r.outcome.input_tokens if r.outcome else None,
+                        r.outcome.output_tokens if r.outcome else None) for r in report.results])
     budget = report.budget()
     if budget:
         click.echo(f"budget ${budget['limit']:.4f}: spent ${budget['spent']:.4f}, left ${budget['left']:.4f}"
@@ -404,6 +423,8 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
                    f"{b['node'] or '-':<18} {dur:>9} {cost:>9} {b['attempt'] or '-':>7}")
         if b["error"] and b["state"] != "ok":
             click.echo(f"{'':<8}{b['error']}")
+    _print_totals([(b["stream"], (b["ended"] - b["started"]) if b["ended"] and b["started"] else 0.0,
+                    b["cost_usd"], b["input_tokens"], b["output_tokens"]) for b in batches])
     conflict = summ.get("conflict")
     if conflict:
         click.echo(f"merge conflict ({conflict['stage']}): {conflict['theirs']} into {conflict['ours']}: "
