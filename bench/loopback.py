@@ -10,10 +10,11 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from distpar.testing import wait_for_sshd
 
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 10.0
@@ -29,20 +30,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.time() + START_TIMEOUT
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(4).startswith(b"SSH"):
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"sshd on port {port} did not start: {log.read_text()[-300:] if log.exists() else ''}")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -73,7 +60,7 @@ def loopback_hosts(root: Path, count: int) -> Iterator[tuple[list[str], Path]]:
             proc = subprocess.Popen([SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")],
                                     cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
             procs.append(proc)
-            _wait_ready(port, proc, d / "sshd.log")
+            wait_for_sshd(port, proc, d / "sshd.log", START_TIMEOUT)
             hosts.append(f"{getpass.getuser()}@127.0.0.1:{port}")
         yield hosts, key
     finally:

@@ -476,15 +476,6 @@ def _json_lines(text: str, reverse: bool = False) -> list[dict[str, Any]]:
     return out
 
 
-def last_json_object(text: str) -> dict[str, Any] | None:
-    """The whole text as a JSON object, else its last line that is one."""
-    whole = _json_dict(text.strip())
-    if whole is not None:
-        return whole
-    found = _json_lines(text, reverse=True)
-    return found[0] if found else None
-
-
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 

@@ -200,10 +200,6 @@ def refs(repo: str | Path, prefix: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in lines if line)  # type: ignore[misc]
 
 
-def commits_between(repo: str | Path, base: str, head: str) -> list[str]:
-    return out(repo, "rev-list", "--reverse", f"{base}..{head}").split()
-
-
 # --- merging ---------------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distpar.model import BatchResult, BatchStatus
+from distpar.model import BatchResult
 
 SCHEMA_VERSION = 1
 
@@ -235,12 +235,6 @@ class Journal:
             Event(r["seq"], r["run_id"], r["ts"], r["kind"], r["stream"], r["batch_id"], json.loads(r["data"] or "{}"))
             for r in rows
         ]
-
-    def batch_state(self, run_id: str, batch_id: str) -> BatchStatus:
-        row = self._db.execute(
-            "SELECT state FROM batches WHERE run_id=? AND batch_id=?", (run_id, batch_id)
-        ).fetchone()
-        return BatchStatus(row["state"])
 
     # --- reads for status, logs, report and clean ------------------------------------------------------
 

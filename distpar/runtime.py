@@ -654,9 +654,6 @@ class Runner:
         for f in (self.run_dir / "bundles").glob("*.bundle"):
             f.unlink()
 
-    def _landed_cleanly(self, landed: str | None) -> bool:
-        return landed is not None and self.conflict is None
-
     def _report(self, t0: float, landed: str | None) -> RunReport:
         results = [self.results[b.id] for b in self.plan.batches if b.id in self.results]
         pending = [b.id for b in self.plan.batches if b.id not in self.results]
@@ -677,7 +674,7 @@ class Runner:
             ExitCode.BACKEND: "error", ExitCode.INTERRUPTED: "interrupted",
         }[code]
         branches = [self.branch(s.index) for s in self.schedule.streams] + [self.integration]
-        if self._landed_cleanly(landed) and not self.options.keep_branches:
+        if landed is not None and self.conflict is None and not self.options.keep_branches:
             for b in branches:
                 gitops.git(self.repo, "branch", "-D", "--quiet", b, check=False)
             for ref in gitops.refs(self.repo, f"refs/distpar/{self.run_id}/"):

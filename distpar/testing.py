@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -81,3 +83,20 @@ def tree_files(repo: Path, rev: str = "HEAD") -> dict[str, str]:
     """Path -> blob id of every file in ``rev``: equal dicts mean equal trees."""
     out = sh_git(repo, "ls-tree", "-r", rev)
     return {line.split("\t", 1)[1]: line.split()[2] for line in out.splitlines()}
+
+
+def wait_for_sshd(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 10.0) -> None:
+    """Wait until an sshd started on 127.0.0.1:``port`` greets; kill it and raise with its log if it never does."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(4).startswith(b"SSH"):
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            text = log.read_text() if log.exists() else ""
+            raise RuntimeError(f"sshd on port {port} did not start: {text[-500:]}")
+        time.sleep(0.05)

@@ -9,14 +9,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from distpar.testing import make_repo
 
+T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -94,3 +95,21 @@ def run_status(repo: Path, run_id: str) -> dict[str, Any]:
 def run_id_of(stdout: str) -> str:
     """The run id from the first line of ``distpar run``'s summary (``run <id>: <state> ...``)."""
     return stdout.split()[1].rstrip(":")
+
+
+def poll(cond: Callable[[], T], timeout: float, step: float = 0.05) -> T:
+    """``cond()`` once it is truthy, or its last (falsy) value after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        value = cond()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(step)
+
+
+def wait_for(cond: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
+    """``cond()``'s first truthy value; fails the test after ``timeout`` seconds."""
+    value = poll(cond, timeout)
+    if not value:
+        raise AssertionError(f"timed out waiting for {what}")
+    return value

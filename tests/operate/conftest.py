@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,17 +33,6 @@ def only_run_id() -> str:
     ids = run_ids()
     assert len(ids) == 1, ids
     return ids[0]
-
-
-def wait_for(what: str, check: Callable[[], T], timeout: float = 20.0) -> T:
-    """``check()``'s first truthy value, polling until ``timeout``."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_distpar(*args: str, cwd: Path) -> subprocess.Popen[str]:

@@ -12,9 +12,9 @@ import pytest
 
 from distpar import clean, gitops
 from distpar.testing import fake_batch, sh_git, write_plan
-from tests.conftest import processes_with_mark, run_distpar
+from tests.conftest import processes_with_mark, run_distpar, wait_for
 from tests.integration.conftest import run_plan
-from tests.operate.conftest import batch_state, run_ids, start_distpar, wait_for
+from tests.operate.conftest import batch_state, run_ids, start_distpar
 
 pytestmark = pytest.mark.integration
 
@@ -96,9 +96,9 @@ def test_clean_sweeps_the_orphans_of_a_killed_coordinator(repo: Path, isolated_e
     ])
     coordinator = start_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "-q", cwd=repo)
     try:
-        rid = wait_for("the run to start", lambda: next(iter(run_ids()), ""))
-        wait_for("the quick batch", lambda: batch_state(rid, "quick") == "ok")
-        agents = wait_for("the slow agent", lambda: clean.agent_processes().get(rid, []))
+        rid = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
+        wait_for(lambda: batch_state(rid, "quick") == "ok", what="the quick batch")
+        agents = wait_for(lambda: clean.agent_processes().get(rid, []), what="the slow agent")
         # While the coordinator lives, clean touches nothing of its run.
         live = run_distpar("clean", cwd=repo)
         assert lines_of(live.stdout)[0] == f"keep run {rid} (live: coordinator pid {coordinator.pid} is running)"

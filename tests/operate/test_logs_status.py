@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from distpar.testing import fake_batch, write_plan
-from tests.conftest import run_distpar
-from tests.operate.conftest import batch_state, only_run_id, run_ids, start_distpar, wait_for
+from tests.conftest import run_distpar, wait_for
+from tests.operate.conftest import batch_state, only_run_id, run_ids, start_distpar
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +50,8 @@ def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
     ])
     run = start_distpar("run", str(plan), "--agent", "fake", "-q", cwd=repo)
     try:
-        run_id = wait_for("the run to start", lambda: next(iter(run_ids()), ""))
-        wait_for("the batch to start", lambda: batch_state(run_id, "slow") == "running")
+        run_id = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
+        wait_for(lambda: batch_state(run_id, "slow") == "running", what="the batch to start")
         t0 = time.time()
         res = run_distpar("logs", run_id, "--follow", cwd=repo, timeout=60)  # picks the running batch
         took = time.time() - t0

@@ -17,8 +17,7 @@ os.environ["RAY_AUTH_MODE"] = "disabled"  # before ray is imported
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ ray = pytest.importorskip("ray", reason="the Ray tests need ray: pip install 'di
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from distpar.backends.ray import NODE_DIR_VAR, SLOT  # noqa: E402
+from tests.conftest import poll  # noqa: E402
 
 SLOTS_PER_NODE = 3
 NODE_ARGS: dict[str, Any] = {
@@ -117,7 +117,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster
 @pytest.fixture(autouse=True)
 def nothing_left_on_the_nodes(ray_cluster: RayCluster) -> Iterator[None]:
     yield
-    wait_for(lambda: not processes_under(ray_cluster.node_dir), 10)
+    poll(lambda: not processes_under(ray_cluster.node_dir), 10)
     stray = processes_under(ray_cluster.node_dir)
     for pid in stray:
         try:
@@ -125,7 +125,7 @@ def nothing_left_on_the_nodes(ray_cluster: RayCluster) -> Iterator[None]:
         except ProcessLookupError:
             pass
     assert not stray, f"processes left running in the nodes' run directories: {stray}"
-    wait_for(lambda: ray_cluster.busy_slots() == 0, 15)
+    poll(lambda: ray_cluster.busy_slots() == 0, 15)
     assert ray_cluster.busy_slots() == 0, "a distpar task is still running on the cluster"
 
 
@@ -144,13 +144,3 @@ def processes_under(directory: Path) -> list[int]:
         if (cwd + os.sep).startswith(prefix) and ") Z " not in stat:
             found.append(int(entry.name))
     return found
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
-    """``cond()`` once it is truthy, or its last (falsy) value after ``timeout`` seconds."""
-    deadline = time.time() + timeout
-    while True:
-        value = cond()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(step)

@@ -27,8 +27,8 @@ from distpar.plan import load_plan
 from distpar.runtime import Runner, RunOptions, RunReport, open_journal, preflight
 from distpar.schedule import make_schedule
 from distpar.testing import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
-from tests.conftest import processes_with_mark, run_distpar
-from tests.ray.conftest import RayCluster, wait_for
+from tests.conftest import poll, processes_with_mark, run_distpar
+from tests.ray.conftest import RayCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
@@ -110,7 +110,7 @@ def test_node_removed_mid_run_is_retried_elsewhere(ray_cluster: RayCluster, repo
     removed = None
     try:
         # An agent is running on a worker node (not the head): that node goes away.
-        hit = wait_for(lambda: next((e for e in agent_starts(agent_log) if node_of(e, ray_cluster) in workers),
+        hit = poll(lambda: next((e for e in agent_starts(agent_log) if node_of(e, ray_cluster) in workers),
                                     None), 60)
         assert hit, f"no batch started on a worker node: {agent_starts(agent_log)}"
         removed = workers[node_of(hit, ray_cluster)]
@@ -133,7 +133,7 @@ def test_node_removed_mid_run_is_retried_elsewhere(ray_cluster: RayCluster, repo
     assert any(e.kind == "segment_error" and "died" in e.data["error"] for e in events)
     assert all((repo / f"src/mod{i}.py").read_text() == f"VALUE = {i}\n" for i in range(1, 5))
     # Ray kills the dead worker's agent (its direct child) shortly after the node goes away.
-    assert wait_for(lambda: not processes_with_mark(isolated_env, wait=0), 15), "the removed node's agent lives on"
+    assert poll(lambda: not processes_with_mark(isolated_env, wait=0), 15), "the removed node's agent lives on"
 
 
 def test_repo_url_mode_against_a_bare_repository(ray_cluster: RayCluster, repo: Path, tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_ctrl_c_stops_every_task_and_agent_and_keeps_their_work(ray_cluster: Ray
         env={**os.environ, "FAKE_AGENT_LOG": str(agent_log)},
     )
     try:
-        assert wait_for(lambda: len(agent_starts(agent_log)) == 3, 90), agent_starts(agent_log)
+        assert poll(lambda: len(agent_starts(agent_log)) == 3, 90), agent_starts(agent_log)
         assert len(processes_with_mark(isolated_env, wait=0)) >= 3  # the agents run, and carry the mark
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -188,7 +188,7 @@ def test_ctrl_c_stops_every_task_and_agent_and_keeps_their_work(ray_cluster: Ray
     summary = json.loads(out)
     assert summary["state"] == "interrupted" and summary["batches"] == {"interrupted": 3}, summary
     assert processes_with_mark(isolated_env) == []
-    assert wait_for(lambda: ray_cluster.busy_slots() == 0, 15), "a distpar task is still running"
+    assert poll(lambda: ray_cluster.busy_slots() == 0, 15), "a distpar task is still running"
     assert not (ray_cluster.node_dir / summary["run_id"]).exists()  # everything came back: nodes cleaned
     # The unfinished work came back from the nodes and is kept on refs in the user's repository.
     assert len(summary["saved_refs"]) == 3
@@ -214,7 +214,7 @@ def test_force_cancel_fallback_resolves_every_segment(ray_cluster: RayCluster, r
 
     def interrupt_when_running(runner: Runner) -> None:
         def watch() -> None:
-            if wait_for(lambda: len(agent_starts(agent_log)) == 2, 90):
+            if poll(lambda: len(agent_starts(agent_log)) == 2, 90):
                 runner.interrupt()
         threading.Thread(target=watch, daemon=True).start()
 
@@ -225,7 +225,7 @@ def test_force_cancel_fallback_resolves_every_segment(ray_cluster: RayCluster, r
     kept = sorted(p.name for p in (ray_cluster.node_dir / runner.run_id).glob("*/wt/s*") if p.is_dir())
     assert kept == ["s1", "s2"]
     # Ray kills a force-cancelled worker's agent (its direct child) as the worker exits.
-    assert wait_for(lambda: not processes_with_mark(isolated_env, wait=0), 15), "an agent outlived its task"
+    assert poll(lambda: not processes_with_mark(isolated_env, wait=0), 15), "an agent outlived its task"
 
 
 def test_unreachable_address_is_a_clear_backend_error(repo: Path, tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from distpar.testing import wait_for_sshd
+
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 10.0
 
@@ -158,19 +160,7 @@ class SSHEnv:
         )
         proc = subprocess.Popen([SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")],
                                 cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + START_TIMEOUT
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    if s.recv(4).startswith(b"SSH"):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                log = (d / "sshd.log").read_text() if (d / "sshd.log").exists() else ""
-                proc.kill()
-                raise RuntimeError(f"sshd {name} did not start: {log[-500:]}")
-            time.sleep(0.05)
+        wait_for_sshd(port, proc, d / "sshd.log", START_TIMEOUT)
         server = SSHServer(name, port, d, home, host_key, proc, extra)
         self.servers.append(server)
         return server

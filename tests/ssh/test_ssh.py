@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from distpar.errors import ExitCode
 from distpar.testing import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
-from tests.conftest import processes_with_mark, run_distpar, run_id_of, run_status
+from tests.conftest import processes_with_mark, run_distpar, run_id_of, run_status, wait_for
 from tests.ssh.conftest import SSHEnv, SSHServer, free_port, inventory, keygen, remote_processes, trust
 
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(180)]
@@ -61,16 +60,6 @@ def start_run(repo: Path, plan: Path, *args: str, env: dict[str, str] | None = N
     return subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), *args], cwd=repo, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             env={**os.environ, **(env or {})})
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def agents_on(server: SSHServer) -> list[tuple[int, str]]:
