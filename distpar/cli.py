@@ -212,7 +212,9 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
     repo, target, start = runtime.preflight(repo_path, options)
     backend_obj = make_backend(backend, backend_options)
     journal = runtime.open_journal(repo)
-    runner = runtime.Runner(repo, plan, schedule, options, backend_obj, journal, target, start)
+    from distpar.executor import Runner
+
+    runner = Runner(repo, plan, schedule, options, backend_obj, journal, target, start)
     _run_and_exit(runner, journal, as_json, quiet)
 
 
@@ -270,7 +272,9 @@ def resume_cmd(run_id: str, repo_path: Path, retries: int | None, timeout: float
 
     repo = gitops.repo_root(repo_path)
     journal = runtime.open_journal(repo)
-    runner = runtime.resume_runner(repo, journal, run_id, None, retries, timeout)
+    from distpar.resume import resume_runner
+
+    runner = resume_runner(repo, journal, run_id, None, retries, timeout)
     _run_and_exit(runner, journal, as_json, quiet)
 
 

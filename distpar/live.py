@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,14 +35,13 @@ STATUS_STYLE = {
 
 
 @dataclass
-class StreamState:
+class WorkerRow:
+    """One worker of the run, as its events tell it."""
+
     index: int
-    batch_ids: tuple[str, ...]
     node: str = ""
-    queued: list[str] = field(default_factory=list)  # submitted, no result yet, in stream order
-    current: str | None = None  # the batch its agent is (as far as we know) working on
+    current: str | None = None  # the unit its agent is working on
     since: float | None = None  # when ``current`` started
-    submitted: float = 0.0  # when the last segment was submitted
     attempt: int = 1
     done: int = 0
     failed: int = 0
@@ -50,60 +49,69 @@ class StreamState:
 
     @property
     def name(self) -> str:
-        return f"s{self.index + 1}"
-
-    @property
-    def finished(self) -> bool:
-        return self.done >= len(self.batch_ids)
+        return f"w{self.index + 1}"
 
 
 class RunProgress:
-    """Progress of one run, from its events. Pure bookkeeping: no I/O, the clock is injectable."""
+    """Progress of one run, from its events alone (workers report when a unit really starts and ends).
+    Pure bookkeeping: no I/O, the clock is injectable."""
 
     def __init__(self, plan: Plan, schedule: Schedule, node: str = "", clock: Clock = time.time) -> None:
         self.plan, self.schedule, self.clock = plan, schedule, clock
         self.estimates = {b.id: b.estimate * 60.0 for b in plan.batches}  # plan estimates are minutes
-        self.streams = [StreamState(s.index, s.batch_ids, node) for s in schedule.streams]
-        self.stream_of = {b: s.index for s in schedule.streams for b in s.batch_ids}
-        self.ended: dict[str, tuple[str, float]] = {}  # batch -> (status, duration)
+        self.deps = {b.id: b.depends_on for b in plan.batches}
+        self.node = node
+        self.streams = [WorkerRow(i, node) for i in range(max(1, schedule.workers))]
+        self.ended: dict[str, tuple[str, float]] = {}  # unit -> (status, duration)
         self.cost: float | None = None
         self.run_id = ""
         self.target = ""
         self.phase = "starting"  # running, merging, interrupted, ended
         self.state = ""  # the run's final state, once ended
+        self.throttle: str = ""  # "3 at once" or "paused until 12:00" while rate limits hold the run back
+        self.predicted: list[str] = []  # conflicts found early
         self.t0 = clock()
         self.t_end: float | None = None
-        # Topological by construction: a batch's estimated start is after its dependencies' finish and after
-        # the batch before it in its stream (plan estimates are positive).
-        self._order = sorted(self.stream_of, key=lambda b: (schedule.start.get(b, 0.0), schedule.finish.get(b, 0.0)))
 
     # --- events ----------------------------------------------------------------------------------------
+
+    def _row(self, data: dict[str, Any]) -> WorkerRow | None:
+        k = data.get("stream")
+        if not isinstance(k, int) or k < 0:
+            return None
+        while k >= len(self.streams):
+            self.streams.append(WorkerRow(len(self.streams), self.node))
+        return self.streams[k]
 
     def update(self, kind: str, data: dict[str, Any]) -> None:
         now = self.clock()
         if kind == "run_started":
             self.run_id, self.target = data.get("run_id", ""), data.get("target", "")
             self.phase, self.t0 = "running", now
+            workers = data.get("workers") or data.get("streams") or len(self.streams)
+            self.streams = [WorkerRow(i, self.node) for i in range(workers)]
         elif kind == "run_resumed":
             for b in data.get("done_batches") or ():
-                self._end(b, "ok", 0.0, None, now, count_cost=False)
-        elif kind == "segment_submitted":
-            st = self.streams[data["stream"]]
-            st.submitted, st.attempt = now, data.get("attempt", 1)
-            for b in data.get("batches", ()):
-                self._queue(st, b, now)
-        elif kind == "batch_started":
-            st = self.streams[data["stream"]]
-            if data.get("node"):
-                st.node = data["node"]
-            self._queue(st, data["batch"], now)
+                self.ended.setdefault(b, ("ok", 0.0))
+        elif kind in ("batch_started", "unit_started"):
+            row = self._row(data)
+            if row is not None and data.get("batch") not in self.ended:
+                row.current, row.since = data["batch"], data.get("at") or now
+                row.attempt = data.get("attempt", 1)
+                if data.get("node"):
+                    row.node = data["node"]
         elif kind == "segment_retry":
-            st = self.streams[data["stream"]]
-            st.attempt, st.since = data.get("attempt", st.attempt + 1), now
+            for row in self.streams:
+                if row.current == data.get("batch"):
+                    row.current, row.since = None, None
         elif kind == "batch_ended":
-            if data.get("node"):
-                self.streams[data["stream"]].node = data["node"]
-            self._end(data["batch"], data["status"], data.get("duration") or 0.0, data.get("cost_usd"), now)
+            self._end(data, now)
+        elif kind == "throttled":
+            until = data.get("until")
+            self.throttle = (f"paused until {time.strftime('%H:%M:%S', time.localtime(until))}" if until
+                             else f"{data.get('limit')} agent(s) at once")
+        elif kind == "conflict_predicted":
+            self.predicted.append(f"{data.get('batch')}: {', '.join(data.get('files') or ())}")
         elif kind == "merge_started":
             self.phase = "merging"
         elif kind == "interrupted":
@@ -111,61 +119,34 @@ class RunProgress:
         elif kind == "run_ended":
             self.phase, self.state, self.t_end = "ended", data.get("state", ""), now
 
-    def _queue(self, st: StreamState, batch: str, now: float) -> None:
+    def _end(self, data: dict[str, Any], now: float) -> None:
+        batch, status = data["batch"], data["status"]
         if batch in self.ended:
             return
-        if batch not in st.queued:
-            st.queued.append(batch)
-        if st.current not in st.queued:
-            st.current, st.since = st.queued[0], now
-
-    def _end(self, batch: str, status: str, duration: float, cost: float | None, now: float,
-             count_cost: bool = True) -> None:
-        if batch in self.ended or batch not in self.stream_of:
-            return
-        st = self.streams[self.stream_of[batch]]
-        self.ended[batch] = (status, duration)
-        st.done += 1
-        if status != "ok":
-            st.failed += 1
-        if cost is not None and count_cost:
-            st.cost = (st.cost or 0.0) + cost
+        self.ended[batch] = (status, data.get("duration") or 0.0)
+        cost = data.get("cost_usd")
+        if cost is not None:
             self.cost = (self.cost or 0.0) + cost
-        if batch in st.queued:
-            st.queued.remove(batch)
-        if st.current == batch or st.current not in st.queued:
-            st.current = st.queued[0] if st.queued else None
-            st.since = now if st.current else None
-
-    def advance(self, stream: int, batch: str, at: float) -> None:
-        """A batch further down a submitted segment has started (seen from outside, e.g. its log appeared):
-        the ones before it in the segment are finished, their results not reported yet."""
-        st = self.streams[stream]
-        if batch in st.queued and st.current in st.queued and st.queued.index(batch) > st.queued.index(st.current):
-            st.current, st.since = batch, at
-
-    def probe_logs(self, log_dir: Path) -> None:
-        """Local runs: a batch's log is created when its agent starts, so it tells which batch of a multi-batch
-        segment is running before the segment's results come back."""
-        from distpar.worker import safe_name
-
-        for st in self.streams:
-            if len(st.queued) < 2 or st.current not in st.queued:
-                continue
-            for b in reversed(st.queued[st.queued.index(st.current) + 1:]):
-                try:
-                    mtime = (log_dir / f"{safe_name(b)}.log").stat().st_mtime
-                except OSError:
-                    continue
-                if mtime >= st.submitted - 1.0:
-                    self.advance(st.index, b, mtime)
-                    break
+        row = self._row(data)
+        if row is None:
+            return
+        if data.get("node"):
+            row.node = data["node"]
+        if row.current == batch:
+            row.current, row.since = None, None
+        if status in ("skipped", "blocked"):
+            return  # never ran on a worker
+        row.done += 1
+        if status != "ok":
+            row.failed += 1
+        if cost is not None:
+            row.cost = (row.cost or 0.0) + cost
 
     # --- derived ---------------------------------------------------------------------------------------
 
     @property
     def total(self) -> int:
-        return len(self.stream_of)
+        return len(self.estimates)
 
     @property
     def done(self) -> int:
@@ -179,66 +160,53 @@ class RunProgress:
         return (self.t_end or self.clock()) - self.t0
 
     def scale(self) -> float:
-        """Real seconds per estimated second, from the batches that finished (1.0 until one has)."""
-        pairs = [(d, self.estimates[b]) for b, (s, d) in self.ended.items() if s == "ok" and d > 0]
+        """Real seconds per estimated second, from the units that finished (1.0 until one has)."""
+        pairs = [(d, self.estimates[b]) for b, (s, d) in self.ended.items() if s == "ok" and d > 0
+                 and b in self.estimates]
         est = sum(e for _, e in pairs)
         return sum(d for d, _ in pairs) / est if est > 0 else 1.0
 
     def eta(self) -> float:
-        """Seconds until every batch has finished: the schedule simulated forward from now with rescaled
-        estimates, honouring the order in each stream and the waits across streams."""
+        """Seconds until every unit has finished: what is left, list-scheduled on the workers as the run does it
+        (a free worker takes the next ready unit), with estimates rescaled by the real durations so far."""
         if self.done >= self.total:
             return 0.0
         now, scale = self.clock(), self.scale()
-        finish: dict[str, float] = {}
-        free = {st.index: 0.0 for st in self.streams}
-        for b in self._order:
-            st = self.streams[self.stream_of[b]]
-            if b in self.ended:
-                finish[b] = 0.0
-                continue
-            cur = st.queued.index(st.current) if st.current in st.queued else -1
-            pos = st.queued.index(b) if b in st.queued else None
-            if pos is not None and pos < cur:  # finished, result not back yet
-                f = 0.0
-            elif b == st.current:
-                f = max(0.0, self.estimates[b] * scale - (now - (st.since or now)))
+        free = []
+        finish: dict[str, float] = {b: 0.0 for b in self.ended}
+        for row in self.streams:
+            if row.current and row.current in self.estimates:
+                left = max(0.0, self.estimates[row.current] * scale - (now - (row.since or now)))
+                finish[row.current] = left
+                free.append(left)
             else:
-                begin = max([free[st.index], *(finish.get(d, 0.0) for d in self.schedule.waits.get(b, ()))])
-                f = begin + self.estimates[b] * scale
-            finish[b] = f
-            free[st.index] = max(free[st.index], f)
+                free.append(0.0)
+        for b in self.plan.ids:
+            if b in finish:
+                continue
+            k = min(range(len(free)), key=lambda i: free[i])
+            begin = max([free[k], *(finish.get(d, 0.0) for d in self.deps.get(b, ()))])
+            finish[b] = free[k] = begin + self.estimates[b] * scale
         return max(finish.values(), default=0.0)
 
-    def stream_activity(self, st: StreamState) -> str:
-        """What a stream is doing, in a few words."""
+    def stream_activity(self, st: WorkerRow) -> str:
+        """What a worker is doing, in a few words."""
         if st.current:
             desc = self.plan.batch(st.current).description if st.current in self.estimates else ""
             text = f"{st.current}" + (f" · {desc}" if desc else "")
             return text + (f" (attempt {st.attempt})" if st.attempt > 1 else "")
-        if st.finished:
-            if not st.failed:
-                return "finished"
-            if self.stream_state(st) == "interrupted":
-                return "interrupted"
-            return f"stopped ({st.failed} not ok)"
-        nxt = next((b for b in st.batch_ids if b not in self.ended), None)
-        waits = [d for d in self.schedule.waits.get(nxt or "", ()) if d not in self.ended]
-        if waits:
-            return "waiting for " + ", ".join(f"{d} (s{self.stream_of[d] + 1})" for d in waits)
-        if self.phase in ("interrupted", "ended"):
-            return "interrupted"
-        return f"next: {nxt}" if nxt else "-"
+        if self.phase in ("interrupted", "ended") and self.done < self.total:
+            return "interrupted" if self.phase == "interrupted" or self.state == "interrupted" else "stopped"
+        if self.done >= self.total:
+            return "finished" if not st.failed else f"stopped ({st.failed} not ok)"
+        return "idle: waiting for a ready unit"
 
-    def stream_state(self, st: StreamState) -> str:
+    def stream_state(self, st: WorkerRow) -> str:
         if st.current:
             return "running"
-        if st.finished:
-            statuses = {self.ended[b][0] for b in st.batch_ids if b in self.ended}
-            if "interrupted" in statuses:
-                return "interrupted"
+        if self.done >= self.total:
             return "failed" if st.failed else "done"
-        return "interrupted" if self.phase == "ended" else "waiting"
+        return "interrupted" if self.phase in ("interrupted", "ended") else "waiting"
 
 
 def duration(seconds: float | None) -> str:
@@ -278,7 +246,7 @@ def event_line(kind: str, data: dict[str, Any], progress: RunProgress | None = N
         eta = ""
         if progress and progress.schedule.makespan:
             eta = f", estimated {duration(progress.eta())}"
-        return (f"distpar: run {data['run_id']}: {data['streams']} stream(s)"
+        return (f"distpar: run {data['run_id']}: {data.get('workers') or data['streams']} worker(s)"
                 + (f", {progress.total} batch(es)" if progress else "")
                 + f", merging into {data['target']}{eta}", "")
     if kind == "run_resumed":
@@ -286,7 +254,7 @@ def event_line(kind: str, data: dict[str, Any], progress: RunProgress | None = N
         return (f"distpar: resuming run {data['run_id']}: {data['done']} batch(es) already done"
                 + (f" (recovered from their branches: {', '.join(rec)})" if rec else ""), "")
     if kind == "segment_submitted":
-        return (f"[s{data['stream'] + 1}] started batch(es) {', '.join(data['batches'])}"
+        return (f"[w{data['stream'] + 1}] started {', '.join(data['batches'])}"
                 + (f" (attempt {data['attempt']})" if data.get("attempt", 1) > 1 else ""), "")
     if kind == "batch_ended":
         cost = f", ${data['cost_usd']:.4f}" if data.get("cost_usd") is not None else ""
@@ -294,12 +262,21 @@ def event_line(kind: str, data: dict[str, Any], progress: RunProgress | None = N
         change = "" if data.get("changed") or data["status"] != "ok" else ", no changes"
         ran = data.get("duration") or data["status"] not in ("skipped", "blocked")
         details = f" ({data.get('duration') or 0:.1f}s{cost}{change})" if ran else ""
-        return (f"[s{data['stream'] + 1}] batch {data['batch']} {data['status']}{details}{note}{counts}",
+        where = f"w{data['stream'] + 1}" if data.get("stream", -1) >= 0 else "-"
+        return (f"[{where}] batch {data['batch']} {data['status']}{details}{note}{counts}",
                 STATUS_STYLE.get(data["status"], ""))
     if kind == "segment_retry":
-        return f"[s{data['stream'] + 1}] retrying (attempt {data['attempt']}): {data['error']}", "yellow"
+        return f"[{data['batch']}] retrying on a worker (attempt {data['attempt']}): {data['error']}", "yellow"
+    if kind == "conflict_predicted":
+        others = f" with {', '.join(data['others'])}" if data.get("others") else ""
+        return (f"distpar: conflict ahead: {data['batch']}'s work conflicts{others} in "
+                f"{', '.join(data['files'])} (the final merge will stop there; nothing is resolved)", "magenta")
+    if kind == "throttled":
+        until = data.get("until")
+        when = f", no new agent before {time.strftime('%H:%M:%S', time.localtime(until))}" if until else ""
+        return f"distpar: rate limited: {data['limit']} agent(s) at once{when}", "yellow"
     if kind == "merge_started":
-        return f"distpar: merging {len(data['streams'])} stream(s) in order", ""
+        return f"distpar: merging {len(data['streams'])} unit branch(es) in plan order", ""
     if kind == "interrupted":
         return "distpar: interrupted: stopping agents and saving their work ...", "yellow"
     return None
@@ -351,7 +328,7 @@ class LiveView(Observer):
         with self._lock:
             self.progress.update(kind, data)
         line = event_line(kind, data)
-        if kind in ("segment_retry", "interrupted", "run_resumed") or (
+        if kind in ("segment_retry", "interrupted", "run_resumed", "conflict_predicted", "throttled") or (
                 kind == "batch_ended" and data["status"] not in ("ok", "skipped")):
             assert line is not None
             self._live.console.print(Text(line[0], style=line[1]), soft_wrap=True, highlight=False)
@@ -359,8 +336,6 @@ class LiveView(Observer):
 
     def _render(self) -> RenderableType:
         with self._lock:
-            if self.log_dir is not None and self.progress.phase == "running":
-                self.progress.probe_logs(self.log_dir)
             return render(self.progress, self.console.width)
 
 
@@ -374,7 +349,7 @@ def render(p: RunProgress, width: int = 120) -> RenderableType:
         f"   elapsed {duration(p.elapsed())}",
     )
     table = Table(box=None, pad_edge=False, expand=False, header_style="bold dim")
-    table.add_column("stream")
+    table.add_column("worker")
     table.add_column("node", max_width=24, no_wrap=True, overflow="ellipsis")
     table.add_column("batch", max_width=48, no_wrap=True, overflow="ellipsis")
     table.add_column("state")
@@ -387,11 +362,12 @@ def render(p: RunProgress, width: int = 120) -> RenderableType:
         table.add_row(
             st.name, st.node or "-", p.stream_activity(st), Text(state, style=STATUS_STYLE.get(state, "")),
             duration(now - st.since) if st.current and st.since else "",
-            f"{st.done}/{len(st.batch_ids)}", money(st.cost),
+            str(st.done), money(st.cost),
         )
     eta = "" if p.phase == "ended" else f"  ETA ~{duration(p.eta())}"
     bad = f", {p.failed} not ok" if p.failed else ""
-    label = Text(f"{p.done}/{p.total} batches{bad}{eta}  cost {money(p.cost)}", no_wrap=True)
+    held = f"  {p.throttle}" if p.throttle else ""
+    label = Text(f"{p.done}/{p.total} units{bad}{eta}  cost {money(p.cost)}{held}", no_wrap=True)
     bar_width = max(10, min(40, width - len(label) - 1))
     bar = Table.grid(padding=(0, 1))
     bar.add_column(width=bar_width)

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -42,7 +42,10 @@ def node_name() -> str:
     return os.environ.get("DISTPAR_NODE") or socket.gethostname()
 
 
-def run_segment(spec: SegmentSpec, cancel: threading.Event | None = None) -> SegmentResult:
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+def run_segment(spec: SegmentSpec, cancel: threading.Event | None = None, emit: Emit | None = None) -> SegmentResult:
     cancel = cancel or threading.Event()
     env = spec.identity.env()
     ws = Path(spec.workspace)
@@ -60,7 +63,7 @@ def run_segment(spec: SegmentSpec, cancel: threading.Event | None = None) -> Seg
             results.append(BatchResult(batch.id, spec.stream, status, error=why, node=node_name(),
                                        attempt=spec.attempt))
             continue
-        result, saved = _run_batch(spec, batch, ws, log_dir, env, cancel)
+        result, saved = _run_batch(spec, batch, ws, log_dir, env, cancel, emit)
         saved_ref = saved or saved_ref
         results.append(result)
         failed = not result.status.ok
@@ -118,7 +121,8 @@ def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
 
 
 def _run_batch(
-    spec: SegmentSpec, batch: BatchSpec, ws: Path, log_dir: Path, env: dict[str, str], cancel: threading.Event
+    spec: SegmentSpec, batch: BatchSpec, ws: Path, log_dir: Path, env: dict[str, str], cancel: threading.Event,
+    emit: Emit | None = None,
 ) -> tuple[BatchResult, str | None]:
     """Run one batch's agent; after a transient failure (rate limit, 5xx, a crash before any edit) try again,
     up to ``spec.agent_retries`` more times with exponential backoff, from the batch's start commit."""
@@ -144,7 +148,7 @@ def _run_batch(
             log.write(f"--- distpar: batch {batch.id}, attempt {spec.attempt}, try {n}, on {node_name()}, "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n--- argv[0]: {inv.argv[0]}\n"
                       + "".join(f"--- distpar: warning: {note}\n" for note in inv.notes))
-        proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel)
+        proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel, emit if n == 1 else None)
         if outcome.session_id is None and agents.can_resume(batch.agent):
             outcome = replace(outcome, session_id=ctx.session_id)  # so an interrupted session can be resumed
         if proc is not None:
@@ -217,11 +221,14 @@ def _restore(ws: Path, commit: str | None) -> bool:
 
 
 def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Path, out_path: Path, log_path: Path,
-            cancel: threading.Event) -> tuple[ProcessResult | None, AgentOutcome]:
+            cancel: threading.Event, emit: Emit | None = None) -> tuple[ProcessResult | None, AgentOutcome]:
     """One agent process: wait for a slot, run it with its output masked into the logs, classify it."""
     with agent_slot(spec.max_concurrent_agents, spec.stagger, cancel) as go:
         if not go:
             return None, AgentOutcome("interrupted", False, "run interrupted")
+        if emit is not None:  # the agent really starts now (not when the unit was handed to the worker)
+            emit("unit_started", {"batch": batch.id, "stream": spec.stream, "node": node_name(),
+                                  "attempt": spec.attempt, "at": time.time()})
         try:
             with MaskedPipe([out_path, log_path], inv.secrets) as out, MaskedPipe([log_path], inv.secrets) as err:
                 proc = run_process(inv.argv, cwd=ws, env=inv.env, stdout_path=out.path, stderr_path=err.path,

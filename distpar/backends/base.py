@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from distpar.model import AgentConfig, SegmentResult, SegmentSpec
 
@@ -18,6 +19,9 @@ class RunContext:
     run_dir: Path  # per-run state on the coordinator (logs, bundles, local worktrees)
     workers: int
     agents: tuple[AgentConfig, ...] = ()  # every agent the plan uses, so hosts can be checked up front
+    # Workers report what happens inside a unit as it happens (``unit_started``, ...) through this, from any
+    # thread; the coordinator journals and shows it. Backends whose transport can carry it pass it on.
+    events: Callable[[str, dict[str, Any]], None] | None = None
 
 
 class Backend(ABC):
@@ -41,8 +45,9 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release everything ``start`` acquired. Called once, also after errors and interrupts."""
 
-    def workspace(self, ctx: RunContext, stream: int) -> str:
-        return str(ctx.run_dir / "wt" / f"s{stream + 1}")
+    def workspace(self, ctx: RunContext, worker: int) -> str:
+        """Where worker ``worker`` keeps its workspace for the whole run (units after the first reuse it)."""
+        return str(ctx.run_dir / "wt" / f"w{worker + 1}")
 
     def log_dir(self, ctx: RunContext) -> str:
         return str(ctx.run_dir / "logs")

@@ -1,5 +1,5 @@
-"""The local backend: each segment runs in a thread of this process, its agent in a child process group,
-in a worktree of the user's repository (no copy of the code is made)."""
+"""The local backend: each worker is a thread of this process with a worktree of the user's repository that it
+keeps for the whole run (no copy of the code is made); its agents run in child process groups."""
 
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ class LocalBackend(Backend):
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
         self._cancel = threading.Event()
+        self._ctx: RunContext | None = None
 
     def start(self, ctx: RunContext) -> None:
+        self._ctx = ctx
         self._pool = ThreadPoolExecutor(max_workers=max(1, ctx.workers), thread_name_prefix="distpar-stream")
 
     def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
         assert self._pool is not None, "start() first"
-        return self._pool.submit(run_segment, spec, self._cancel)
+        events = self._ctx.events if self._ctx else None
+        return self._pool.submit(run_segment, spec, self._cancel, events)
 
     def cancel(self) -> None:
         self._cancel.set()

@@ -219,7 +219,7 @@ class RayBackend(Backend):
         self._closing = threading.Event()
 
     def workspace(self, ctx: RunContext, stream: int) -> str:
-        return f"wt/s{stream + 1}"  # relative: each task anchors it in its node's run directory
+        return f"wt/w{stream + 1}"  # relative: each task anchors it in its node's run directory
 
     def log_dir(self, ctx: RunContext) -> str:
         return "logs"

@@ -101,7 +101,7 @@ class SSHBackend(Backend):
     # --- paths the runtime puts in specs: relative to the host's run directory, resolved once a host is chosen
 
     def workspace(self, ctx: RunContext, stream: int) -> str:
-        return f"wt/s{stream + 1}"
+        return f"wt/w{stream + 1}"
 
     def log_dir(self, ctx: RunContext) -> str:
         return "logs"

@@ -36,7 +36,7 @@ def test_budget_stops_new_batches(repo: Path) -> None:
     assert (report.state, report.exit_code) == ("failed", ExitCode.BATCH_FAILED)
     assert report.summary()["budget"] == {"limit": 0.5, "spent": 0.5, "left": 0.0, "exhausted": True}
     assert gitops.rev(repo, "main") == start  # nothing lands from an unfinished run; the branch is kept
-    assert runner.branch(0) in report.branches and "f2.txt" in sh_git(repo, "ls-tree", "-r", runner.branch(0))
+    assert runner.branch("2") in report.branches and "f2.txt" in sh_git(repo, "ls-tree", "-r", runner.branch("2"))
     j = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
     assert [b["state"] for b in j.batches(report.run_id)] == ["ok", "ok", "pending", "pending"]
     ev = [e for e in j.events(report.run_id) if e.kind == "budget_exhausted"]

@@ -80,7 +80,7 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
     for bid, first in (("rate", "api_error"), ("overload", "api_error"), ("crash", "crash")):
         assert r[bid].status is BatchStatus.OK, (bid, r[bid].error)
         assert (r[bid].tries, r[bid].try_classes) == (2, (first, "success")), bid
-    branch = runner.branch(runner.schedule.stream_of("rate"))
+    branch = runner.branch("rate")
     assert sh_git(repo, "show", f"{branch}:log.txt") == "try"
     saved = f"refs/distpar/{report.run_id}/saved/rate-try1"
     assert "log.txt" in tree_files(repo, saved) and "done.txt" not in tree_files(repo, saved)

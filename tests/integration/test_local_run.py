@@ -104,12 +104,11 @@ def test_failing_batch_stops_its_stream_and_dependants_only(repo: Path) -> None:
     assert report.exit_code == ExitCode.BATCH_FAILED
     failed = next(r for r in report.results if r.batch_id == "2")
     assert failed.exit_code == 3 and "tests do not pass" in failed.error
-    # Nothing landed; every stream branch is kept with its committed work; the failed batch's edits are saved.
+    # Nothing landed; every unit's branch is kept with its committed work; the failed batch's edits are saved.
     assert gitops.rev(repo, "main") == start
     kept = branches(repo)
-    assert sorted(b for b in kept if b.endswith(("/s1", "/s2"))) == sorted(runner.branch(k) for k in (0, 1))
-    ok_stream = runner.schedule.stream_of("4")
-    assert "four.txt" in tree_files(repo, runner.branch(ok_stream))
+    assert {runner.branch("1"), runner.branch("4")} <= set(kept) and runner.branch("3") not in kept
+    assert "four.txt" in tree_files(repo, runner.branch("4")) and "one.txt" in tree_files(repo, runner.branch("1"))
     saved = [r for r in report.saved_refs if r.endswith("/saved/2")]
     assert saved and "two.txt" in tree_files(repo, saved[0])
     assert worktree_count(repo) == 1
@@ -123,10 +122,12 @@ def test_conflict_is_never_resolved(repo: Path) -> None:
     assert report.conflict is not None and report.conflict.files == ("same.txt",)
     assert gitops.rev(repo, "main") == start and not (repo / "same.txt").exists()
     assert not gitops.dirty_files(repo)
-    assert set(report.branches) == {runner.branch(0), runner.branch(1), runner.integration}
-    # The integration branch holds the first stream; the second stream's branch is intact.
+    assert set(report.branches) == {runner.branch("1"), runner.branch("2"), runner.integration}
+    # The integration branch holds the first unit (plan order); the second unit's branch is intact.
     assert sh_git(repo, "show", f"{runner.integration}:same.txt") == "one"
-    assert sh_git(repo, "show", f"{runner.branch(1)}:same.txt") == "two"
+    assert sh_git(repo, "show", f"{runner.branch('2')}:same.txt") == "two"
+    # The conflict was found as soon as both had finished, before the final merge.
+    assert [p["files"] for p in report.predicted_conflicts] == [["same.txt"]]
     assert any("git merge --no-ff" in c for c in report.conflict.commands)
 
 
@@ -215,7 +216,7 @@ def test_sigint_stops_everything_and_keeps_work(repo: Path, isolated_env: str) -
     home = Path(os.environ["DISTPAR_HOME"])
     deadline = time.time() + 30
     while time.time() < deadline:  # wait until both slow agents have written their half-done files
-        if len(list(home.glob("runs/*/wt/s*/two.txt"))) + len(list(home.glob("runs/*/wt/s*/three.txt"))) == 2:
+        if len(list(home.glob("runs/*/wt/w*/two.txt"))) + len(list(home.glob("runs/*/wt/w*/three.txt"))) == 2:
             break
         time.sleep(0.1)
     else:
@@ -226,12 +227,12 @@ def test_sigint_stops_everything_and_keeps_work(repo: Path, isolated_env: str) -
     assert proc.returncode == 130, err
     assert "interrupted" in out
     assert processes_with_mark(isolated_env) == []
-    assert worktree_count(repo) == 1 and not list(home.glob("runs/*/wt/s*"))
+    assert worktree_count(repo) == 1 and not list(home.glob("runs/*/wt/w*"))
     # Batch 1 was committed on its branch; the unfinished work of 2 and 3 is saved on side refs.
     saved = sh_git(repo, "for-each-ref", "--format=%(refname)", "refs/distpar/").split()
     assert any(r.endswith("/saved/2") for r in saved) and any(r.endswith("/saved/3") for r in saved)
-    s1 = [b for b in branches(repo) if b.endswith("/s1")]
-    assert s1 and "one.txt" in tree_files(repo, s1[0])
+    b1 = [b for b in branches(repo) if b.endswith("/b/1")]
+    assert b1 and "one.txt" in tree_files(repo, b1[0])
     j = Journal(home / "journal.db")
     run = j.runs()[0]
     assert run["state"] == "interrupted" and run["exit_code"] == 130
@@ -247,7 +248,7 @@ def test_nested_run_is_refused(repo: Path) -> None:
 
 
 def test_agent_that_commits_itself_is_recorded_and_marked(repo: Path) -> None:
-    from distpar.runtime import committed_batches
+    from distpar.resume import committed_unit
 
     batches = [fake_batch(1, writes={"own.txt": "mine\n"}, extra=["@fake commit 'agent did it'"])]
     report, runner = run_plan(repo, batches, keep_branches=True)
@@ -255,8 +256,8 @@ def test_agent_that_commits_itself_is_recorded_and_marked(repo: Path) -> None:
     log = sh_git(repo, "log", "--format=%s", "main")
     assert "agent did it" in log and "distpar: batch 1: batch 1 (committed by the agent)" in log
     # The marker commit carries the trailers resume uses to know the batch is done.
-    tip = gitops.rev(repo, runner.branch(0))
-    assert set(committed_batches(repo, runner.start, tip, report.run_id)) == {"1"}
+    tip = gitops.rev(repo, runner.branch("1"))
+    assert committed_unit(repo, runner.branch("1"), report.run_id, "1") == tip
 
 
 def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> None:
@@ -288,6 +289,6 @@ def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> N
     assert any("fetch" in e for e in report.errors), report.errors
     assert journal.run(report.run_id)["state"] == "error"
     assert gitops.rev(repo, "main") == start and worktree_count(repo) == 1
-    # The streams' committed work is still on their branches.
-    assert all(gitops.try_rev(repo, runner.branch(k)) for k in (0, 1))
+    # The units' committed work is still on their branches.
+    assert all(gitops.try_rev(repo, runner.branch(k)) for k in ("1", "2"))
     journal.close()

@@ -46,9 +46,9 @@ def test_clean_removes_what_a_finished_run_left(repo: Path) -> None:
     dry = run_distpar("clean", "--dry-run", cwd=repo)
     assert dry.returncode == 0, dry.stderr
     assert lines_of(dry.stdout) == [
+        f"would remove branch distpar/{rid}/b/1 (merged into main)",
+        f"would remove branch distpar/{rid}/b/2 (merged into main)",
         f"would remove branch distpar/{rid}/integration (merged into main)",
-        f"would remove branch distpar/{rid}/s1 (merged into main)",
-        f"would remove branch distpar/{rid}/s2 (merged into main)",
         f"would remove state-dir {state() / 'runs' / rid} (logs and scratch files; run ok)",
     ]
     assert everything(repo) == before  # a dry run changes nothing
@@ -69,18 +69,21 @@ def test_clean_keeps_unmerged_work_of_a_failed_run_unless_forced(repo: Path) -> 
     ], workers=1)
     rid = report.run_id
     assert report.state == "failed"
-    branch, saved = f"distpar/{rid}/s1", f"refs/distpar/{rid}/saved/2"
-    assert distpar_refs(repo) == [saved, f"refs/heads/{branch}"]
-    before = everything(repo)
+    branch, saved = f"distpar/{rid}/b/1", f"refs/distpar/{rid}/saved/2"
+    # The failed unit's branch never moved from its base: nothing of it is lost when clean removes it.
+    assert distpar_refs(repo) == [saved, f"refs/heads/{branch}", f"refs/heads/distpar/{rid}/b/2"]
     res = run_distpar("clean", cwd=repo)
     assert res.returncode == 0, res.stderr
     assert lines_of(res.stdout) == [
         f"keep branch {branch} (holds 1 commit(s) not merged into main; --force removes it)",
+        f"remove branch distpar/{rid}/b/2 (merged into main)",
         f"keep ref {saved} (holds unfinished work saved by distpar not merged into main; --force removes it)",
         f"keep state-dir {state() / 'runs' / rid} (logs of a run with unmerged work, kept for resume; "
         "--force removes them)",
-        "removed 0, kept 3",
+        "removed 1, kept 3",
     ]
+    before = everything(repo)
+    assert run_distpar("clean", cwd=repo).stdout.splitlines()[-1] == "removed 0, kept 3"
     assert everything(repo) == before
     assert run_distpar("logs", rid, "--batch", "2", cwd=repo).returncode == 0  # logs still there for resume
     forced = run_distpar("clean", rid, "--force", cwd=repo)
@@ -116,7 +119,7 @@ def test_clean_sweeps_the_orphans_of_a_killed_coordinator(repo: Path, isolated_e
             if f:
                 f.close()
     assert processes_with_mark(isolated_env, wait=0)  # the agent outlived its coordinator
-    worktree = state() / "runs" / rid / "wt" / "s2"
+    worktree = state() / "runs" / rid / "wt" / "w2"
     assert str(worktree) in [p for p, _ in gitops.worktrees(repo)]
     status = run_distpar("status", cwd=repo)
     assert re.search(rf"^{rid} +p\.md +\S+ \S+ +crashed ", status.stdout, re.M), status.stdout
@@ -128,11 +131,11 @@ def test_clean_sweeps_the_orphans_of_a_killed_coordinator(repo: Path, isolated_e
     assert res.returncode == 0, res.stderr
     out = lines_of(res.stdout)
     assert f"remove worktree {worktree} (coordinator gone)" in out
-    assert f"remove branch distpar/{rid}/s2 (merged into main)" in out  # the slow batch never committed
-    assert f"keep branch distpar/{rid}/s1 (holds 1 commit(s) not merged into main; --force removes it)" in out
+    assert f"remove branch distpar/{rid}/b/slow (merged into main)" in out  # the slow batch never committed
+    assert f"keep branch distpar/{rid}/b/quick (holds 1 commit(s) not merged into main; --force removes it)" in out
     assert processes_with_mark(isolated_env, wait=3) == []  # the orphaned agent is gone
     assert [p for p, _ in gitops.worktrees(repo)] == [str(repo)]
-    assert distpar_refs(repo) == [f"refs/heads/distpar/{rid}/s1"]
+    assert distpar_refs(repo) == [f"refs/heads/distpar/{rid}/b/quick"]
     assert not worktree.exists()
 
 
@@ -141,17 +144,17 @@ def test_clean_sweeps_leftovers_with_no_journal_row(repo: Path) -> None:
     rid = "20000101-000000-dead"
     ws = state() / "runs" / rid / "wt" / "s1"
     ws.parent.mkdir(parents=True)
-    sh_git(repo, "worktree", "add", "--quiet", "-b", f"distpar/{rid}/s1", str(ws), "main")
+    sh_git(repo, "worktree", "add", "--quiet", "-b", f"distpar/{rid}/b/1", str(ws), "main")
     (ws / "scratch.txt").write_text("uncommitted\n")
-    sh_git(repo, "branch", f"distpar/{rid}/s2", "main")
+    sh_git(repo, "branch", f"distpar/{rid}/b/2", "main")
     res = run_distpar("clean", cwd=repo)
     assert res.returncode == 0, res.stderr
     saved = f"refs/distpar/{rid}/saved/s1-clean"
     assert lines_of(res.stdout) == [
         f"remove worktree {ws} (no journal row (orphan); its uncommitted changes are saved on {saved} first)",
         f"keep ref {saved} (will hold the worktree's uncommitted changes)",
-        f"remove branch distpar/{rid}/s1 (merged into any branch)",
-        f"remove branch distpar/{rid}/s2 (merged into any branch)",
+        f"remove branch distpar/{rid}/b/1 (merged into any branch)",
+        f"remove branch distpar/{rid}/b/2 (merged into any branch)",
         f"keep state-dir {state() / 'runs' / rid} (logs of a run with unmerged work, kept for resume; "
         "--force removes them)",
         "removed 3, kept 2",

@@ -36,48 +36,51 @@ def diamond(tmp_path: Path) -> tuple[live.RunProgress, list[float]]:
 
 def test_progress_follows_events_and_rescales_the_eta(tmp_path: Path) -> None:
     p, now = diamond(tmp_path)
-    assert [s.batch_ids for s in p.schedule.streams] == [("a", "c", "e"), ("b",), ("d", "f")]
-    p.update("run_started", {"run_id": "r1", "streams": 3, "target": "main"})
-    assert p.eta() == pytest.approx(p.schedule.makespan * 60)  # before anything ran: the plan's estimates
-    p.update("segment_submitted", {"stream": 0, "batches": ["a", "c"], "attempt": 1})
-    p.update("segment_submitted", {"stream": 1, "batches": ["b"], "attempt": 1})
-    p.update("segment_submitted", {"stream": 2, "batches": ["d", "f"], "attempt": 1})
+    p.update("run_started", {"run_id": "r1", "workers": 3, "target": "main"})
+    assert [w.name for w in p.streams] == ["w1", "w2", "w3"]
+    # Before anything ran: the plan's estimates list-scheduled on 3 workers (b 3, a 2 -> c 1, d 1 -> e, f 1).
+    assert p.eta() == pytest.approx(4 * 60)
+    for k, b in enumerate("abd"):
+        p.update("unit_started", {"stream": k, "batch": b, "attempt": 1, "at": now[0], "node": "n"})
     assert [s.current for s in p.streams] == ["a", "b", "d"]
     now[0] += 60
     # a took 60s for an estimate of 120s: every remaining estimate is halved.
     p.update("batch_ended", {"stream": 0, "batch": "a", "status": "ok", "duration": 60.0, "cost_usd": 0.5})
     assert p.scale() == pytest.approx(0.5)
-    assert p.streams[0].current == "c" and p.streams[0].done == 1 and p.streams[0].cost == 0.5
-    # b: 90s left of 180*0.5, then 0; c: 30s; d: 30*... d started at 1000, est 30s -> done; f 30s after d;
-    # e waits for c and d: 30 + 30 = 60s.  Longest: b, 90 - 60 = 30s ... e at 60s wins.
+    assert p.streams[0].current is None and p.streams[0].done == 1 and p.streams[0].cost == 0.5
+    # b: 90 - 60 = 30s left; d: 30 - 60 -> 0; w1 takes c (30s), then e (after c and d) 30s: 60s; f on w3: 30s.
     assert p.eta() == pytest.approx(60.0)
+    p.update("unit_started", {"stream": 0, "batch": "c", "attempt": 1, "at": now[0]})
     now[0] += 30
     p.update("batch_ended", {"stream": 0, "batch": "c", "status": "ok", "duration": 30.0, "cost_usd": 0.25})
     p.update("batch_ended", {"stream": 2, "batch": "d", "status": "failed", "duration": 80.0, "error": "boom"})
-    p.update("batch_ended", {"stream": 2, "batch": "f", "status": "skipped", "duration": 0.0})
-    p.update("batch_ended", {"stream": 0, "batch": "e", "status": "skipped", "duration": 0.0})
-    assert p.done == 5 and p.failed == 3 and p.cost == pytest.approx(0.75)
-    assert p.stream_state(p.streams[2]) == "failed" and p.stream_state(p.streams[1]) == "running"
+    p.update("batch_ended", {"stream": -1, "batch": "e", "status": "skipped", "duration": 0.0})
+    p.update("unit_started", {"stream": 2, "batch": "f", "attempt": 1, "at": now[0]})
+    p.update("batch_ended", {"stream": 2, "batch": "f", "status": "ok", "duration": 1.0})
+    assert p.done == 5 and p.failed == 2 and p.cost == pytest.approx(0.75)
+    assert p.streams[2].done == 2 and p.streams[2].failed == 1  # a skipped unit never ran on a worker
+    assert p.stream_state(p.streams[1]) == "running" and p.stream_state(p.streams[0]) == "waiting"
     p.update("batch_ended", {"stream": 1, "batch": "b", "status": "ok", "duration": 95.0})
-    assert p.eta() == 0.0
+    assert p.eta() == 0.0 and p.stream_state(p.streams[2]) == "failed"
     p.update("run_ended", {"state": "failed"})
     text = render_text(p)
-    assert "r1 → main  failed" in text and "6/6 batches, 3 not ok" in text and "ETA" not in text
+    assert "r1 → main  failed" in text and "6/6 units, 2 not ok" in text and "ETA" not in text
 
 
-def test_probing_logs_finds_the_batch_running_inside_a_segment(tmp_path: Path) -> None:
-    p, _ = diamond(tmp_path)
-    p.update("run_started", {"run_id": "r1", "streams": 3, "target": "main"})
-    p.update("segment_submitted", {"stream": 0, "batches": ["a", "c"], "attempt": 1})
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    p.probe_logs(logs)
-    assert p.streams[0].current == "a"
-    (logs / "a.log").write_text("started a\n")
-    (logs / "c.log").write_text("started c\n")
-    p.probe_logs(logs)
-    assert p.streams[0].current == "c" and p.streams[0].done == 0  # a's result is not reported yet
-    assert "c · batch c" in render_text(p)
+def test_rows_follow_what_workers_report_and_show_throttling(tmp_path: Path) -> None:
+    p, now = diamond(tmp_path)
+    p.update("run_started", {"run_id": "r1", "workers": 2, "target": "main"})
+    p.update("batch_started", {"stream": 1, "batch": "b", "attempt": 1})  # handed to the worker
+    assert p.streams[1].since == now[0]
+    now[0] += 5
+    p.update("unit_started", {"stream": 1, "batch": "b", "attempt": 2, "at": now[0], "node": "host-2"})
+    assert (p.streams[1].current, p.streams[1].since, p.streams[1].node) == ("b", now[0], "host-2")
+    p.update("segment_retry", {"batch": "b", "attempt": 3, "error": "node died"})
+    assert p.streams[1].current is None
+    p.update("throttled", {"limit": 1, "until": None})
+    p.update("conflict_predicted", {"batch": "b", "files": ["x.txt"], "others": ["a"]})
+    text = render_text(p)
+    assert "1 agent(s) at once" in text and p.predicted == ["b: x.txt"]
 
 
 def render_text(p: live.RunProgress) -> str:
@@ -97,15 +100,16 @@ def test_plain_lines_when_stderr_is_not_a_terminal(repo: Path) -> None:
     assert res.returncode == 1, res.stderr
     lines = res.stderr.splitlines()
     assert "\x1b[" not in res.stderr  # no colour codes, no cursor movement
-    assert re.fullmatch(r"distpar: run \S+: 2 stream\(s\), 3 batch\(es\), merging into main, estimated 2:00",
+    assert re.fullmatch(r"distpar: run \S+: 2 worker\(s\), 3 batch\(es\), merging into main, estimated 2:00",
                         lines[0]), lines[0]
-    assert "[s1] started batch(es) 2, 3" in lines and "[s2] started batch(es) 1" in lines
-    ended = [re.sub(r"\(\d+\.\ds", "(Xs", line) for line in lines if re.match(r"\[s\d\] batch ", line)]
+    # 2 goes first (3 waits for it: the longer path), 1 to the other worker.
+    assert "[w1] started 2" in lines and "[w2] started 1" in lines
+    ended = [re.sub(r"\(\d+\.\ds", "(Xs", line) for line in lines if re.match(r"\[(w\d|-)\] batch ", line)]
     assert [line[-5:] for line in ended] == ["[1/3]", "[2/3]", "[3/3]"]
     assert sorted(line[:-6] for line in ended) == [
-        "[s1] batch 2 failed (Xs, $0.0100): tests failed",
-        "[s1] batch 3 skipped: an earlier batch of this stream failed",
-        "[s2] batch 1 ok (Xs, $0.0100)",
+        "[-] batch 3 skipped: dependency 2 did not succeed",
+        "[w1] batch 2 failed (Xs, $0.0100): tests failed",
+        "[w2] batch 1 ok (Xs, $0.0100)",
     ]
     assert res.stdout.splitlines()[0].endswith(": failed (1 ok, 1 failed, 1 skipped)")
 
@@ -175,11 +179,12 @@ def test_live_view_on_a_terminal(repo: Path) -> None:
     assert out.splitlines()[0].endswith(": failed (3 ok, 1 failed)")  # the result still goes to stdout, plain
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
     assert "\x1b[1A" in screen  # redrawn in place
-    for col in ("stream", "node", "batch", "state", "elapsed", "done", "cost"):
+    for col in ("worker", "node", "batch", "state", "elapsed", "done", "cost"):
         assert col in plain
-    assert re.search(r"s1 +\S+ +a · batch a +running", plain)  # a row per stream, with its current batch
+    assert re.search(r"w1 +\S+ +a · batch a +running", plain)  # a row per worker, with its current unit
     assert "ETA ~" in plain and "━" in plain
-    assert "[s2] batch d failed" in plain and "lint failed" in plain  # failures stay in the scrollback
+    assert "[w2] batch d failed" in plain and "lint failed" in plain  # failures stay in the scrollback
     final = plain[plain.rindex("distpar "):]
-    assert "failed" in final.splitlines()[0] and "4/4 batches, 1 not ok" in final
-    assert re.search(r"s1 +\S+ +finished +done +2/2 +\$0\.0200", final)
+    assert "failed" in final.splitlines()[0] and "4/4 units, 1 not ok" in final
+    # a, then c on the worker that ran a (its worktree has a's work); b, then d on the other
+    assert re.search(r"w1 +\S+ +finished +done +2 +\$0\.0200", final)

@@ -222,7 +222,7 @@ def test_force_cancel_fallback_resolves_every_segment(ray_cluster: RayCluster, r
                                  forward=("FAKE_AGENT_LOG",), runner_hook=interrupt_when_running)
     assert report.state == "interrupted", report.summary()
     assert all(r.status is BatchStatus.FAILED and "cancelled" in r.error for r in report.results), report.results
-    kept = sorted(p.name for p in (ray_cluster.node_dir / runner.run_id).glob("*/wt/s*") if p.is_dir())
+    kept = sorted(p.name for p in (ray_cluster.node_dir / runner.run_id).glob("*/wt/w*") if p.is_dir())
     assert kept == ["s1", "s2"]
     # Ray kills a force-cancelled worker's agent (its direct child) as the worker exits.
     assert poll(lambda: not processes_with_mark(isolated_env, wait=0), 15), "an agent outlived its task"

@@ -285,8 +285,8 @@ def test_interrupt_leaves_nothing_on_the_hosts(two_hosts: tuple[SSHServer, SSHSe
     plan = write_plan(tmp_path / "plan.md", batches)
     hosts = inventory(tmp_path / "hosts.toml", ssh_env.client_key, [(h1, 1), (h2, 1)])
     proc = start_run(repo, plan, "--backend", "ssh", "--hosts-file", str(hosts), "--workers", "3", *FAKE)
-    wait_for(lambda: len(list(h1.runs_dir.glob("*/wt/s*/partial*.txt"))) == 1
-             and len(list(h2.runs_dir.glob("*/wt/s*/partial*.txt"))) == 1, what="agents at work on both hosts")
+    wait_for(lambda: len(list(h1.runs_dir.glob("*/wt/w*/partial*.txt"))) == 1
+             and len(list(h2.runs_dir.glob("*/wt/w*/partial*.txt"))) == 1, what="agents at work on both hosts")
     assert distpar_processes(h1, ssh_env, isolated_env)
     # The sessions carry the test's mark, so the suite's process-leak check covers the hosts too.
     assert {pid for pid, _ in agents_on(h1) + agents_on(h2)} <= set(processes_with_mark(isolated_env, wait=0))
@@ -315,7 +315,7 @@ def test_coordinator_killed_leaves_no_process_on_the_hosts(two_hosts: tuple[SSHS
     plan = write_plan(tmp_path / "plan.md", batches)
     hosts = inventory(tmp_path / "hosts.toml", ssh_env.client_key, [(h1, 1)])
     proc = start_run(repo, plan, "--backend", "ssh", "--hosts-file", str(hosts), *FAKE)
-    wait_for(lambda: agents_on(h1) and list(h1.runs_dir.glob("*/wt/s1/partial.txt")), what="the agent at work")
+    wait_for(lambda: agents_on(h1) and list(h1.runs_dir.glob("*/wt/w1/partial.txt")), what="the agent at work")
     proc.kill()
     proc.communicate()
     wait_for(lambda: distpar_processes(h1, ssh_env, isolated_env) == [], timeout=30,

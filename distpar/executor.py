@@ -1,0 +1,465 @@
+"""Carries out a run: feeds what happens (workers up, units ended, transports broken, Ctrl+C) to the pure
+``RunState`` and does what it says (compute a unit's base, ship it, submit it, journal, merge). The only place
+with effects on the coordinator's repository during a run, through gitops, deps, transfer and merge.
+
+Where work lands does not depend on timing: every unit commits on a branch of its own
+(``distpar/<run>/b/<unit>``) that starts from the merge of exactly the units it depends on, and the final merge
+takes the units in plan order. Which worker ran a unit (journaled) changes nothing in the result, so when nothing
+conflicts the landed tree is the same whatever the timing, and resume needs no replay of the assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from distpar import agents, gitops
+from distpar.backends.base import Backend, RunContext
+from distpar.deps import Preview, base_for
+from distpar.errors import DistparError, ExitCode, most_severe
+from distpar.journal import Journal
+from distpar.merge import Conflict, land, merge_streams
+from distpar.model import BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
+from distpar.plan import Plan
+from distpar.runtime import Observer, RunOptions, RunReport, git_identity, new_run_id, run_row, state_dir
+from distpar.schedule import Schedule
+from distpar.state import (
+    Blocked,
+    BudgetSpent,
+    CancelAll,
+    ConflictFound,
+    Event,
+    Finish,
+    Instruction,
+    Interrupt,
+    Record,
+    Retry,
+    RunState,
+    Start,
+    Throttle,
+    Tick,
+    UnitEnded,
+    UnitInfo,
+    UnitLost,
+    WorkerUp,
+    critical_path,
+)
+from distpar.transfer import Transfer
+from distpar.worker import safe_name
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT = 30.0  # how long an interrupted run waits for its units to save their work
+TICK = 0.2
+PINNED = ("midpoint", "round-robin")  # strategies whose streams are kept as the user chose them
+
+
+def plan_units(plan: Plan, schedule: Schedule) -> list[UnitInfo]:
+    """The units of a plan: one per batch. A pinned strategy's streams stay streams: each batch waits for the
+    one before it in its stream and runs on that stream's worker; otherwise units go to whichever worker is free."""
+    pinned = schedule.strategy in PINNED
+    deps: dict[str, list[str]] = {b.id: list(b.depends_on) for b in plan.batches}
+    pin: dict[str, int] = {}
+    if pinned:
+        for s in schedule.streams:
+            for prev, cur in zip(s.batch_ids, s.batch_ids[1:], strict=False):
+                if prev not in deps[cur]:
+                    deps[cur].append(prev)
+            for b in s.batch_ids:
+                pin[b] = s.index
+    order = {bid: i for i, bid in enumerate(schedule_order(plan, deps))}
+    ranked = critical_path((b, tuple(deps[b]), plan.batch(b).estimate) for b in sorted(order, key=lambda x: order[x]))
+    return [UnitInfo(b.id, tuple(deps[b.id]), ranked[b.id], order[b.id], pin.get(b.id)) for b in plan.batches]
+
+
+def schedule_order(plan: Plan, deps: dict[str, list[str]]) -> list[str]:
+    """Plan order made topological (dependencies first)."""
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def visit(b: str) -> None:
+        if b in seen:
+            return
+        seen.add(b)
+        for d in deps[b]:
+            visit(d)
+        out.append(b)
+
+    for b in plan.batches:
+        visit(b.id)
+    return out
+
+
+class Runner:
+    """One run of a plan. ``run()`` returns a RunReport; it raises only for errors before anything started."""
+
+    def __init__(self, repo: Path, plan: Plan, schedule: Schedule, options: RunOptions, backend: Backend,
+                 journal: Journal, target: str, start: str, observer: Observer | None = None,
+                 run_id: str | None = None, resume: bool = False) -> None:
+        self.repo, self.plan, self.schedule, self.options = repo, plan, schedule, options
+        self.backend, self.journal, self.target, self.start = backend, journal, target, start
+        self.observer = observer or (lambda kind, data: None)
+        self.run_id = run_id or new_run_id()
+        self.run_dir = state_dir(repo) / "runs" / self.run_id
+        self.identity = git_identity(repo)
+        self.env = self.identity.env()
+        self.forwarded = {k: os.environ[k] for k in options.forward_env}
+        self.units = plan_units(plan, schedule)
+        self.workers = len(schedule.streams) if schedule.strategy in PINNED else max(1, schedule.workers)
+        self.results: dict[str, BatchResult] = {}
+        self.running: dict[str, tuple[SegmentSpec, Future[SegmentResult]]] = {}
+        self.conflict: Conflict | None = None
+        self.predicted: list[dict[str, Any]] = []  # conflicts found early, before the final merge
+        self.errors: list[str] = []
+        self.saved_refs: list[str] = []
+        self.interrupted = threading.Event()
+        self.budget_exhausted = False
+        self.resumed = resume
+        self.resume_sessions: dict[str, tuple[str, str | None]] = {}  # unit -> (agent session, saved work)
+        self.dispatches = 0
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
+        self.preview = Preview(repo, start, self.env, start)
+        self.state: RunState | None = None
+
+    def branch(self, uid: str) -> str:
+        return f"distpar/{self.run_id}/b/{safe_name(uid)}"
+
+    @property
+    def integration(self) -> str:
+        return f"distpar/{self.run_id}/integration"
+
+    def emit(self, kind: str, **data: Any) -> None:
+        try:
+            self.observer(kind, data)
+        except Exception:  # an observer must never break a run
+            log.exception("observer failed on %s", kind)
+
+    # --- the run ---------------------------------------------------------------------------------------
+
+    def run(self) -> RunReport:
+        t0 = time.time()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resumed:
+            from distpar.resume import restore
+
+            restore(self)
+        else:
+            self.journal.start_run(run_row(self, t0), [(u.uid, u.pin or 0) for u in self.units])
+        self.emit("run_started", run_id=self.run_id, streams=self.workers, workers=self.workers,
+                  target=self.target)
+        done = {uid: r.status for uid, r in self.results.items() if r.status.ok}
+        self.state = RunState.create(self.units, done, retries=self.options.retries,
+                                     budget_usd=self.options.budget_usd,
+                                     stop_on_conflict=self.options.stop_on_conflict)
+        for uid, st in done.items():  # finished work is part of the preview from the start
+            commit = self.results[uid].commit
+            if st.ok and commit:
+                self.preview.add(uid, commit)
+        agents_used = tuple(dict.fromkeys(self._batch_spec(u.uid).agent for u in self.units))
+        ctx = RunContext(self.run_id, self.repo, self.run_dir, self.workers, agents_used, self._worker_event)
+        old = self._install_signals()
+        landed = None
+        try:
+            try:
+                self.backend.start(ctx)
+                self._loop()
+            except DistparError as exc:  # git or a transport broke under the coordinator: stop, keep everything
+                self.errors.append(exc.message)
+                self._drain()
+            finally:
+                self.backend.close()
+            if self.state.complete and not self.errors and not self.interrupted.is_set():
+                try:
+                    landed = self._merge()
+                except DistparError as exc:
+                    self.errors.append(exc.message)
+        finally:
+            self._restore_signals(old)
+            self._cleanup()
+        report = self._report(t0, landed)
+        self.journal.end_run(self.run_id, report.state, int(report.exit_code), report.summary())
+        self.emit("run_ended", **report.summary())
+        return report
+
+    def _loop(self) -> None:
+        assert self.state is not None
+        for w in range(self.workers):
+            self._apply(self.state.handle(WorkerUp(w)))
+        interrupted_at: float | None = None
+        while not self.state.finished:
+            try:
+                kind, item = self._queue.get(timeout=TICK)
+            except queue.Empty:
+                kind, item = "event", Tick(time.time())
+            if self.interrupted.is_set() and not self.state.interrupted:
+                interrupted_at = time.time()
+                self.journal.event(self.run_id, "interrupted")
+                self.emit("interrupted")
+                self._apply(self.state.handle(Interrupt()))
+            if kind == "done":
+                event = self._collect(*item)
+            elif kind == "worker":
+                self._on_worker_event(*item)
+                continue
+            else:
+                event = item
+            self._apply(self.state.handle(event))
+            if interrupted_at is not None and time.time() - interrupted_at > CANCEL_WAIT and self.running:
+                self.errors.append(f"{len(self.running)} unit(s) did not stop within {CANCEL_WAIT:g}s")
+                break
+
+    def _apply(self, instructions: list[Instruction]) -> None:
+        for ins in instructions:
+            if isinstance(ins, Start):
+                self._start(ins)
+            elif isinstance(ins, Record):
+                worker = self.state.assignment.get(ins.uid, -1) if self.state else -1
+                self._record(BatchResult(ins.uid, worker, ins.status, error=ins.reason))
+            elif isinstance(ins, Retry):
+                self.journal.event(self.run_id, "segment_retry", None, ins.uid, attempt=ins.attempt, error=ins.error)
+                self.emit("segment_retry", batch=ins.uid, attempt=ins.attempt, error=ins.error)
+            elif isinstance(ins, CancelAll):
+                self.backend.cancel()
+            elif isinstance(ins, BudgetSpent):
+                self.budget_exhausted = True
+                budget = self.options.budget_usd
+                left = list(ins.not_started)
+                self.journal.event(self.run_id, "budget_exhausted", spent=ins.spent, budget=budget, not_started=left)
+                self.emit("budget_exhausted", spent=ins.spent, budget=budget, not_started=left)
+            elif isinstance(ins, Throttle):
+                self.journal.event(self.run_id, "throttled", limit=ins.limit, until=ins.until)
+                self.emit("throttled", limit=ins.limit, until=ins.until)
+            elif isinstance(ins, Finish):
+                pass
+
+    def _start(self, ins: Start) -> None:
+        unit = self.state.units[ins.uid] if self.state else None
+        assert unit is not None
+        deps = [(d, self.results[d].commit or self.start) for d in unit.deps]
+        deps.sort(key=lambda dc: self.state.units[dc[0]].order if self.state else 0)
+        base = base_for(self.repo, self.start, ins.uid, deps, self.branch(ins.uid), self.branch, self.run_id,
+                        self.env)
+        if base.commit is None:
+            assert base.conflict is not None
+            self.conflict = self.conflict or base.conflict
+            self.journal.event(self.run_id, "conflict", ins.worker, ins.uid, stage="dependency",
+                               files=list(base.conflict.files), theirs=base.conflict.theirs)
+            reason = f"merging its dependencies conflicts in {', '.join(base.conflict.files)}"
+            self._record(BatchResult(ins.uid, ins.worker, BatchStatus.BLOCKED, error=reason))
+            self._queue.put(("event", Blocked(ins.uid, ins.worker, reason)))
+            return
+        self.dispatches += 1
+        spec = SegmentSpec(
+            run_id=self.run_id, stream=ins.worker, segment=self.dispatches, branch=self.branch(ins.uid),
+            base=base.commit, batches=(self._batch_spec(ins.uid),),
+            source=self.transfer.source(base.commit, f"{safe_name(ins.uid)}-{self.dispatches}"),
+            workspace=self.backend.workspace(self._ctx_stub(), ins.worker), log_dir=self.backend.log_dir(
+                self._ctx_stub()),
+            identity=self.identity, env=self.forwarded, return_bundle=self.transfer.return_bundle,
+            attempt=ins.attempt, agent_retries=self.options.agent_retries,
+            max_concurrent_agents=self.options.max_concurrent_agents, stagger=self.options.stagger,
+        )
+        self.journal.event(self.run_id, "segment_submitted", ins.worker, ins.uid, batches=[ins.uid],
+                           attempt=ins.attempt, base=base.commit, worker=ins.worker)
+        self.emit("segment_submitted", stream=ins.worker, batches=[ins.uid], attempt=ins.attempt)
+        self.journal.batch_started(self.run_id, ins.uid, ins.worker, ins.attempt, "")
+        self.emit("batch_started", stream=ins.worker, batch=ins.uid, attempt=ins.attempt)
+        try:
+            fut = self.backend.submit(spec)
+        except DistparError as exc:
+            fut = Future()
+            fut.set_exception(exc)
+        self.running[ins.uid] = (spec, fut)
+        fut.add_done_callback(lambda f: self._queue.put(("done", (spec, f))))
+
+    def _ctx_stub(self) -> RunContext:
+        return RunContext(self.run_id, self.repo, self.run_dir, self.workers)
+
+    def _collect(self, spec: SegmentSpec, fut: Future[SegmentResult]) -> Event:
+        uid = spec.batches[0].id
+        self.running.pop(uid, None)
+        try:
+            result = fut.result()
+        except Exception as exc:  # the transport failed, not the agent
+            msg = exc.message if isinstance(exc, DistparError) else f"{type(exc).__name__}: {exc}"
+            self.journal.event(self.run_id, "segment_error", spec.stream, uid, attempt=spec.attempt, error=msg)
+            return UnitLost(uid, spec.stream, msg)
+        self.transfer.fetch_back(result, spec.source)
+        if result.saved_ref:
+            self.saved_refs.append(result.saved_ref)
+        r = result.results[0]
+        self._record(r)
+        if r.status.ok and r.commit and r.changed:
+            self._check_conflicts(uid, r.commit)
+        o = r.outcome
+        throttled = bool(o and not o.ok and o.result_class in ("usage_limit", "rate_limit"))
+        return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, throttled=throttled)
+
+    def _check_conflicts(self, uid: str, commit: str) -> None:
+        found = self.preview.add(uid, commit)
+        if found is None:
+            return
+        files, others = found
+        info = {"unit": uid, "files": list(files), "with": list(others)}
+        self.predicted.append(info)
+        self.journal.event(self.run_id, "conflict_predicted", None, uid, files=list(files), others=list(others))
+        self.emit("conflict_predicted", batch=uid, files=list(files), others=list(others))
+        self._queue.put(("event", ConflictFound(uid)))
+
+    def _worker_event(self, kind: str, data: dict[str, Any]) -> None:
+        """Called by workers (any thread) as things happen inside a unit."""
+        self._queue.put(("worker", (kind, data)))
+
+    def _on_worker_event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "unit_started" and data.get("batch") in self.running:
+            spec, _ = self.running[data["batch"]]
+            self.journal.batch_started(self.run_id, data["batch"], spec.stream, spec.attempt, data.get("node", ""))
+        self.emit(kind, **data)
+
+    def _drain(self) -> None:
+        """After an error: stop the running units and take in what they hand back (bounded)."""
+        if not self.running:
+            return
+        self.backend.cancel()
+        deadline = time.time() + CANCEL_WAIT
+        while self.running and time.time() < deadline:
+            try:
+                kind, item = self._queue.get(timeout=TICK)
+            except queue.Empty:
+                continue
+            if kind == "done":
+                try:
+                    self._collect(*item)
+                except Exception:
+                    log.exception("a unit failed while the run stopped after an error")
+
+    def _record(self, r: BatchResult) -> None:
+        self.results[r.batch_id] = r
+        self.journal.batch_ended(self.run_id, r)
+        if r.tries > 1:  # the agent was tried again after transient failures: journal each try's class
+            self.journal.event(self.run_id, "batch_tries", r.stream, r.batch_id, tries=r.tries,
+                               classes=list(r.try_classes))
+        self.emit("batch_ended", stream=r.stream, batch=r.batch_id, status=r.status.value, node=r.node,
+                  duration=r.duration, error=r.error, log_tail=r.log_tail, changed=r.changed,
+                  cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries)
+
+    def _batch_spec(self, uid: str) -> BatchSpec:
+        b = self.plan.batch(uid)
+        cfg = agents.agent_config(b.agent, self.options.agent) if b.agent else self.options.agent
+        session, restore = self.resume_sessions.get(uid, (None, None))
+        if session and agents.can_resume(cfg):
+            return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout, session, restore)
+        return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout)
+
+    # --- the ordered merge -----------------------------------------------------------------------------
+
+    def _merge(self) -> str | None:
+        order = [(self.branch(u.uid), self.results[u.uid].commit or self.start)
+                 for u in sorted(self.units, key=lambda u: u.order)]
+        self.journal.event(self.run_id, "merge_started", streams=[b for b, _ in order])
+        self.emit("merge_started", streams=[b for b, _ in order])
+        # A resumed run continues from what the integration branch already holds (e.g. a conflict the user
+        # resolved by hand there); units it already contains are skipped by merge_streams.
+        begin = gitops.try_rev(self.repo, f"refs/heads/{self.integration}")
+        if begin is None or not gitops.is_ancestor(self.repo, self.start, begin):
+            begin = self.start
+        result = merge_streams(self.repo, begin, order, self.integration, self.run_id, self.env)
+        conflict = result.conflict or land(self.repo, self.target, self.start, self.integration, result.head,
+                                           self.env)
+        if conflict:
+            self.conflict = conflict
+            self.journal.event(self.run_id, "conflict", stage=conflict.stage, files=list(conflict.files),
+                               theirs=conflict.theirs, ours=conflict.ours)
+            return None
+        self.journal.event(self.run_id, "merged", head=result.head, merged=list(result.merged))
+        return gitops.rev(self.repo, f"refs/heads/{self.target}")
+
+    # --- cleanup and report ----------------------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        """Remove worktrees (their work is committed or saved on a ref first). Never deletes unsaved work."""
+        if not self.backend.remote:
+            done = []
+            for w in range(self.workers):
+                ws = Path(self.backend.workspace(self._ctx_stub(), w))
+                if not ws.exists():
+                    continue
+                try:
+                    snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", self.env) \
+                        if gitops.out(ws, "status", "--porcelain") else None
+                    if snap:
+                        ref = f"refs/distpar/{self.run_id}/saved/w{w + 1}-cleanup"
+                        gitops.update_ref(self.repo, ref, snap)
+                        self.saved_refs.append(ref)
+                except DistparError:
+                    log.exception("could not snapshot %s; leaving it in place", ws)
+                    continue
+                done.append(ws)
+            gitops.worktree_remove(self.repo, *done)
+        self.transfer.clear()
+
+    def _report(self, t0: float, landed: str | None) -> RunReport:
+        results = [self.results[u.uid] for u in self.units if u.uid in self.results]
+        pending = [u.uid for u in self.units if u.uid not in self.results]
+        codes = [ExitCode.OK]
+        if any(not r.status.ok for r in results):
+            codes.append(ExitCode.BATCH_FAILED)
+        if self.conflict:
+            codes.append(ExitCode.CONFLICT)
+        if self.errors:
+            codes.append(ExitCode.BACKEND)
+        if self.interrupted.is_set():
+            codes.append(ExitCode.INTERRUPTED)
+        if pending and not self.interrupted.is_set() and not self.errors:
+            codes.append(ExitCode.BATCH_FAILED)  # budget spent, or stopped at a conflict found early
+        code = most_severe(*codes)
+        state = {
+            ExitCode.OK: "ok", ExitCode.BATCH_FAILED: "failed", ExitCode.CONFLICT: "conflict",
+            ExitCode.BACKEND: "error", ExitCode.INTERRUPTED: "interrupted",
+        }[code]
+        branches = [self.branch(u.uid) for u in self.units] + [self.integration]
+        if landed is not None and self.conflict is None and not self.options.keep_branches:
+            for b in branches:
+                gitops.git(self.repo, "branch", "-D", "--quiet", b, check=False)
+            for ref in gitops.refs(self.repo, f"refs/distpar/{self.run_id}/"):
+                if "/saved/" not in ref:
+                    gitops.delete_ref(self.repo, ref)
+            branches = []
+        else:
+            branches = [b for b in branches if gitops.try_rev(self.repo, f"refs/heads/{b}")]
+        return RunReport(
+            run_id=self.run_id, state=state, exit_code=code, target=self.target, results=results,
+            pending=pending, wall=time.time() - t0, conflict=self.conflict, errors=self.errors,
+            branches=branches, saved_refs=sorted(set(self.saved_refs)), landed=landed,
+            budget_usd=self.options.budget_usd, budget_exhausted=self.budget_exhausted,
+            predicted_conflicts=self.predicted,
+        )
+
+    # --- signals ---------------------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Safe from a signal handler: only sets flags (the loop journals it)."""
+        if not self.interrupted.is_set():
+            self.interrupted.set()
+            self.backend.cancel()
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old: dict[int, Any] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, lambda *_: self.interrupt())
+        return old
+
+    @staticmethod
+    def _restore_signals(old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

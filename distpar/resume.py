@@ -1,0 +1,123 @@
+"""Resume a journaled run where it stopped: finished units are kept (also those whose commit reached their
+branch before a killed coordinator could journal it), orphaned agents are killed, and everything else runs
+again from the merge of its dependencies. An interrupted agent session is continued where the agent can."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from distpar import gitops
+from distpar.errors import DistparError
+from distpar.journal import Journal
+from distpar.model import AgentConfig, BatchResult, BatchStatus
+from distpar.plan import Plan
+from distpar.runtime import (
+    DEFAULT_TIMEOUT,
+    Observer,
+    RunOptions,
+    kill_run_processes,
+    load_run,
+    preflight,
+)
+from distpar.schedule import Schedule
+from distpar.worker import safe_name
+
+if TYPE_CHECKING:
+    from distpar.executor import Runner
+
+
+def resume_runner(repo: Path, journal: Journal, run_id: str, observer: Observer | None = None,
+                  retries: int | None = None, timeout: float | None = None) -> Runner:
+    """A Runner that continues a journaled run where it stopped."""
+    from distpar.backends import make_backend
+    from distpar.executor import Runner
+    from distpar.plan import load_plan
+
+    run = load_run(journal, run_id)
+    plan = Plan.from_dict(json.loads(run["plan"]))
+    schedule = Schedule.from_dict(json.loads(run["schedule"]))
+    # A plan file edited since (say, to fix a failed batch's prompt) is used when its batches and dependencies
+    # are unchanged; otherwise the journaled plan is.
+    try:
+        edited = load_plan(run["plan_path"])
+        if [(b.id, b.depends_on) for b in edited.batches] == [(b.id, b.depends_on) for b in plan.batches]:
+            plan = edited
+    except DistparError:
+        pass
+    opts = json.loads(run["options"])
+    backend_options = dict(opts.get("backend_options") or {})
+    for key in ("hosts_file", "identity"):
+        if backend_options.get(key):
+            backend_options[key] = Path(backend_options[key])
+    options = RunOptions(
+        agent=AgentConfig.from_dict(opts["agent"]),
+        timeout=timeout or opts.get("timeout", DEFAULT_TIMEOUT),
+        into=run["target"],
+        allow_dirty=True,
+        keep_branches=opts.get("keep_branches", False),
+        retries=opts.get("retries", 0) if retries is None else retries,
+        forward_env=tuple(opts.get("forward_env", ())),
+        backend=run["backend"],
+        plan_path=run["plan_path"],
+        repo_url=opts.get("repo_url"),
+        backend_options=backend_options,
+        budget_usd=opts.get("budget_usd"),
+        agent_retries=opts.get("agent_retries", 2),
+        max_concurrent_agents=opts.get("max_concurrent_agents"),
+        stagger=opts.get("stagger", 0.1),
+        stop_on_conflict=opts.get("stop_on_conflict", False),
+    )
+    preflight(repo, options)
+    backend = make_backend(run["backend"], backend_options)
+    return Runner(repo, plan, schedule, options, backend, journal, run["target"], run["base"], observer,
+                  run_id=run["id"], resume=True)
+
+
+def committed_unit(repo: Path, branch: str, run_id: str, uid: str) -> str | None:
+    """The tip of ``branch`` when it is the finished commit of unit ``uid`` of ``run_id`` (its trailers say so)."""
+    tip = gitops.try_rev(repo, f"refs/heads/{branch}")
+    if tip is None:
+        return None
+    fmt = ("%(trailers:key=Distpar-Run,valueonly,separator=%x1e)%x1f"
+           "%(trailers:key=Distpar-Batch,valueonly,separator=%x1e)")
+    run, _, unit = gitops.out(repo, "log", "-1", f"--format={fmt}", tip).partition("\x1f")
+    return tip if run.strip() == run_id and unit.strip() == uid else None
+
+
+def restore(runner: Runner) -> None:
+    """Pick up the journaled run ``runner`` continues."""
+    kill_run_processes(runner.run_id)  # agents orphaned by a coordinator that was killed
+    repo, run_id, journal = runner.repo, runner.run_id, runner.journal
+    gitops.worktree_prune(repo)
+    rows = {r["batch_id"]: r for r in journal.batches(run_id)}
+    recovered: dict[str, str] = {}
+    for u in runner.units:
+        if rows.get(u.uid, {}).get("state") == "ok":
+            continue
+        commit = committed_unit(repo, runner.branch(u.uid), run_id, u.uid)
+        if commit:
+            recovered[u.uid] = commit
+    for uid, row in rows.items():
+        # An interrupted agent session is continued (where the agent can) with its saved work put back.
+        if row["state"] == "interrupted" and row["session_id"] and uid not in recovered:
+            saved = gitops.try_rev(repo, f"refs/distpar/{run_id}/saved/{safe_name(uid)}")
+            runner.resume_sessions[uid] = (row["session_id"], saved)
+    resumes = sum(1 for e in journal.events(run_id) if e.kind == "run_resumed") + 1
+    journal.resume_run(run_id, os.getpid(), recovered)
+    for uid, row in rows.items():
+        if row["state"] == "ok" or uid in recovered:
+            runner.results[uid] = BatchResult(
+                uid, row["stream"], BatchStatus.OK, row["exit_code"], row["started"], row["ended"],
+                recovered.get(uid) or row["commit_oid"], bool(row["changed"]) or uid in recovered,
+                None, row["log_path"], "", "", row["node"] or "", row["attempt"] or 1,
+            )
+    runner.dispatches = 1000 * resumes  # keeps bundle and ref names of this attempt unique
+    runner.saved_refs.extend(gitops.refs(repo, f"refs/distpar/{run_id}/saved/"))
+    runner.emit("run_resumed", run_id=run_id, done=len(runner.results), recovered=sorted(recovered),
+                done_batches=sorted(runner.results))
+
+
+__all__ = ["committed_unit", "kill_run_processes", "restore", "resume_runner"]

@@ -1,0 +1,384 @@
+"""The run state: a pure state machine that decides what runs where and when the run ends.
+
+Modelled on dask.distributed's ``WorkerState.handle_stimulus``: events go in, instructions come out, and
+nothing here touches git, a process, a clock or the journal. The executor (``distpar.executor``) carries out the
+instructions and turns what happens (a worker is up, a unit ended, a transport broke, Ctrl+C) into events.
+
+Units are the things that run: one agent session each, on one branch of their own. A unit is *ready* when every
+unit it depends on ended ok; a free worker takes the highest-priority ready unit it may take (critical path by
+estimate, then plan order; a pinned unit only on its worker). A unit whose dependency did not succeed is
+skipped, and so is everything after it. The run is over when nothing runs and nothing more can start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from distpar.model import BatchStatus
+
+
+@dataclass(frozen=True, slots=True)
+class UnitInfo:
+    """What the state needs to know of a unit."""
+
+    uid: str
+    deps: tuple[str, ...] = ()
+    priority: float = 0.0  # higher runs first: the critical path from this unit to the end, by estimate
+    order: int = 0  # plan order, the tie-break
+    pin: int | None = None  # the only worker that may run it (the seed's pinned streams)
+
+
+# --- events (stimuli) ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerUp:
+    worker: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDown:
+    """A worker is gone for good (its node or host died); what it ran goes to another worker."""
+
+    worker: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UnitEnded:
+    uid: str
+    worker: int
+    status: BatchStatus
+    cost_usd: float | None = None
+    throttled: bool = False  # the provider said slow down (429, overloaded): the run runs fewer agents at once
+    pause_until: float | None = None  # ... and starts none before this time (a reset time the agent reported)
+    requeue: bool = False  # the unit did not really run (throttled before it could start): run it again
+
+
+@dataclass(frozen=True, slots=True)
+class UnitLost:
+    """The transport failed while the unit ran (not the agent): it may run again from the same base."""
+
+    uid: str
+    worker: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """Merging the unit's dependencies into its base conflicted: it cannot run."""
+
+    uid: str
+    worker: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictFound:
+    """A finished unit's work conflicts with work already finished (found early, before the final merge)."""
+
+    uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    """The coordinator cannot go on (git or a transport broke under it): start nothing more."""
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed (the executor sends its clock, so that pauses end without the state reading a clock)."""
+
+    now: float
+
+
+Event = WorkerUp | WorkerDown | UnitEnded | UnitLost | Blocked | ConflictFound | Interrupt | Fatal | Tick
+
+
+# --- instructions ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    uid: str
+    worker: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A unit ends without running (skipped after a failed dependency, or failed after its transport broke)."""
+
+    uid: str
+    status: BatchStatus
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """The unit's transport broke; it goes back to the queue (journaled as such)."""
+
+    uid: str
+    attempt: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAll:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpent:
+    spent: float
+    not_started: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """How many agents may run at once changed (rate limits), or starts pause until ``until``."""
+
+    limit: int
+    until: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Nothing runs and nothing more will start. ``complete``: every unit ended ok (the executor merges)."""
+
+    complete: bool
+
+
+Instruction = Start | Record | Retry | CancelAll | BudgetSpent | Throttle | Finish
+
+
+@dataclass
+class RunState:
+    units: dict[str, UnitInfo]
+    retries: int = 2  # transport failures: a unit runs again on another worker up to this many times
+    budget_usd: float | None = None
+    stop_on_conflict: bool = False
+    done: dict[str, BatchStatus] = field(default_factory=dict)
+    running: dict[str, tuple[int, int]] = field(default_factory=dict)  # uid -> (worker, attempt)
+    attempts: dict[str, int] = field(default_factory=dict)
+    free: list[int] = field(default_factory=list)  # workers with nothing to do, in the order they came free
+    alive: set[int] = field(default_factory=set)
+    dependents: dict[str, list[str]] = field(default_factory=dict)
+    spent: float = 0.0
+    interrupted: bool = False
+    fatal: bool = False
+    conflicted: bool = False
+    budget_exhausted: bool = False
+    limit: int | None = None  # agents that may run at once (None: as many as there are workers)
+    paused_until: float | None = None
+    now: float = 0.0
+    finished: bool = False
+    assignment: dict[str, int] = field(default_factory=dict)  # uid -> worker that ran it last
+
+    @classmethod
+    def create(cls, units: Sequence[UnitInfo], done: dict[str, BatchStatus] | None = None, **kw: object) -> RunState:
+        st = cls({u.uid: u for u in units}, **kw)  # type: ignore[arg-type]
+        for u in units:
+            for d in u.deps:
+                if d not in st.units:
+                    raise ValueError(f"unit {u.uid!r} depends on unknown unit {d!r}")
+                st.dependents.setdefault(d, []).append(u.uid)
+        st.done.update(done or {})
+        return st
+
+    # --- queries -------------------------------------------------------------------------------------
+
+    @property
+    def pending(self) -> list[str]:
+        return [u for u in self.units if u not in self.done and u not in self.running]
+
+    def ready(self) -> list[str]:
+        """Pending units whose dependencies all ended ok, best first."""
+        out = [u for u in self.pending if all(self.done.get(d) is BatchStatus.OK for d in self.units[u].deps)]
+        return sorted(out, key=lambda u: (-self.units[u].priority, self.units[u].order))
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == len(self.units) and all(s is BatchStatus.OK for s in self.done.values())
+
+    def _may_start(self) -> bool:
+        return not (self.interrupted or self.fatal or self.budget_exhausted or (self.stop_on_conflict and
+                                                                               self.conflicted))
+
+    # --- the transition function ---------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Instruction]:
+        out: list[Instruction] = []
+        if self.finished:
+            return out
+        if isinstance(event, WorkerUp):
+            self.alive.add(event.worker)
+            if event.worker not in self.free and not self._busy(event.worker):
+                self.free.append(event.worker)
+        elif isinstance(event, WorkerDown):
+            self.alive.discard(event.worker)
+            if event.worker in self.free:
+                self.free.remove(event.worker)
+            for uid, (w, _) in list(self.running.items()):
+                if w == event.worker:
+                    out += self._lost(uid, event.error or f"worker {event.worker} went away", back_to_pool=False)
+        elif isinstance(event, UnitEnded):
+            if event.uid not in self.running:
+                return out  # a late or duplicate report: the unit was already settled
+            worker, attempt = self.running.pop(event.uid)
+            self.assignment[event.uid] = worker
+            self._release(worker)
+            if event.cost_usd:
+                self.spent += event.cost_usd
+            if event.throttled or event.pause_until:
+                out += self._throttle(event.pause_until)
+            if event.requeue and not self.interrupted:
+                self.attempts[event.uid] = attempt  # runs again with the same attempt: it never really ran
+            else:
+                out += self._settle(event.uid, event.status, "")
+                if event.status is BatchStatus.OK and not (event.throttled or event.pause_until):
+                    out += self._recover()
+            if self.budget_usd is not None and self.spent >= self.budget_usd and not self.budget_exhausted:
+                self.budget_exhausted = True
+                out.append(BudgetSpent(self.spent, tuple(self.pending)))
+        elif isinstance(event, UnitLost):
+            if event.uid in self.running:
+                out += self._lost(event.uid, event.error, back_to_pool=True)
+        elif isinstance(event, Blocked):
+            if event.uid in self.running:
+                worker, _ = self.running.pop(event.uid)
+                self._release(worker)
+                out += self._settle(event.uid, BatchStatus.BLOCKED, event.reason)
+                self.conflicted = True
+        elif isinstance(event, ConflictFound):
+            self.conflicted = True
+        elif isinstance(event, Interrupt):
+            if not self.interrupted:
+                self.interrupted = True
+                out.append(CancelAll())
+        elif isinstance(event, Fatal):
+            if not self.fatal:
+                self.fatal = True
+                out.append(CancelAll())
+        elif isinstance(event, Tick):
+            self.now = event.now
+            if self.paused_until is not None and self.now >= self.paused_until:
+                self.paused_until = None
+        out += self._dispatch()
+        if not self.running and not self._startable():
+            self.finished = True
+            out.append(Finish(self.complete))
+        return out
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    def _busy(self, worker: int) -> bool:
+        return any(w == worker for w, _ in self.running.values())
+
+    def _release(self, worker: int) -> None:
+        if worker in self.alive and worker not in self.free:
+            self.free.append(worker)
+
+    def _settle(self, uid: str, status: BatchStatus, reason: str) -> list[Instruction]:
+        """``uid`` reached ``status``; a failure skips everything that depends on it, transitively."""
+        out: list[Instruction] = []
+        self.done[uid] = status
+        if status is not BatchStatus.OK:
+            stack = [(d, uid) for d in self.dependents.get(uid, [])]
+            while stack:
+                dep, cause = stack.pop()
+                if dep in self.done or dep in self.running:
+                    continue
+                self.done[dep] = BatchStatus.SKIPPED
+                out.append(Record(dep, BatchStatus.SKIPPED, f"dependency {cause} did not succeed"))
+                stack += [(d, dep) for d in self.dependents.get(dep, [])]
+        return out
+
+    def _lost(self, uid: str, error: str, back_to_pool: bool) -> list[Instruction]:
+        worker, attempt = self.running.pop(uid)
+        if back_to_pool:
+            self._release(worker)
+        if attempt <= self.retries and not (self.interrupted or self.fatal):
+            self.attempts[uid] = attempt + 1
+            return [Retry(uid, attempt + 1, error)]
+        out: list[Instruction] = [Record(uid, BatchStatus.FAILED, error)]
+        return out + self._settle(uid, BatchStatus.FAILED, error)
+
+    def _throttle(self, until: float | None) -> list[Instruction]:
+        """Multiplicative decrease: half as many agents at once (at least one)."""
+        current = self.limit if self.limit is not None else max(1, len(self.alive))
+        self.limit = max(1, current // 2)
+        if until is not None and (self.paused_until is None or until > self.paused_until):
+            self.paused_until = until
+        return [Throttle(self.limit, self.paused_until)]
+
+    def _recover(self) -> list[Instruction]:
+        """Additive increase: one more agent at once after a success, up to the workers there are."""
+        if self.limit is None:
+            return []
+        self.limit += 1
+        if self.limit >= len(self.alive):
+            self.limit = None
+            return [Throttle(len(self.alive), None)]
+        return [Throttle(self.limit, None)]
+
+    def _startable(self) -> bool:
+        """Could anything still start (now or once something running ends)?"""
+        if not self._may_start() or not self.alive:
+            return False
+        return bool(self.ready())
+
+    def _dispatch(self) -> list[Instruction]:
+        if not self._may_start() or (self.paused_until is not None and self.now < self.paused_until):
+            return []
+        out: list[Instruction] = []
+        ready = self.ready()
+        while ready and self.free and (self.limit is None or len(self.running) < self.limit):
+            choice = self._choose(ready)
+            if choice is None:
+                break
+            uid, worker = choice
+            ready.remove(uid)
+            self.free.remove(worker)
+            attempt = self.attempts.setdefault(uid, 1)
+            self.running[uid] = (worker, attempt)
+            self.assignment[uid] = worker
+            out.append(Start(uid, worker, attempt))
+        return out
+
+    def _choose(self, ready: list[str]) -> tuple[str, int] | None:
+        """The best ready unit a free worker may take, and that worker: for a pinned unit its own worker (or,
+        once that worker is gone, any); otherwise the worker that ran one of its dependencies (its workspace
+        already has that work), else the worker that came free first."""
+        for uid in ready:
+            unit = self.units[uid]
+            if unit.pin is not None and unit.pin in self.alive:
+                if unit.pin in self.free:
+                    return uid, unit.pin
+                continue
+            near = [self.assignment[d] for d in unit.deps if self.assignment.get(d) in self.free]
+            return uid, (near[0] if near else self.free[0])
+        return None
+
+
+def critical_path(units: Iterable[tuple[str, tuple[str, ...], float]]) -> dict[str, float]:
+    """uid -> the longest estimate-weighted path from the unit to the end of the run (the unit included).
+    ``units`` must come dependencies first."""
+    items = list(units)
+    est = {u: e for u, _, e in items}
+    after: dict[str, list[str]] = {}
+    for u, deps, _ in items:
+        for d in deps:
+            after.setdefault(d, []).append(u)
+    rank: dict[str, float] = {}
+    for u, _, _ in reversed(items):
+        rank[u] = est[u] + max((rank[v] for v in after.get(u, ())), default=0.0)
+    return rank
