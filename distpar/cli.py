@@ -15,7 +15,7 @@ import click
 
 from distpar import __version__, agents, gitops
 from distpar.errors import DistparError, ExitCode, UsageError
-from distpar.model import AgentConfig
+from distpar.model import AgentConfig, worker_label
 from distpar.plan import Plan, load_plan
 from distpar.report import secs
 from distpar.schedule import STRATEGIES, Schedule, make_schedule
@@ -157,6 +157,8 @@ def _print_schedule(plan: Plan, schedule: Schedule, as_json: bool) -> None:
               help="Run-wide: once the agents' reported costs reach it, no new batch starts.")
 @click.option("--stream-json", is_flag=True,
               help="Agents that can (claude, gemini) log a live JSON event stream instead of one final result.")
+@click.option("--stop-on-conflict", is_flag=True,
+              help="Start no new unit once a finished unit's work is found to conflict with work already finished.")
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               help="Repository to work on (default: the current directory).")
 @click.option("--repo-url", default=None, metavar="URL",
@@ -179,7 +181,7 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
             forward_env: tuple[str, ...], repo_path: Path, repo_url: str | None, ray_address: str | None,
             hosts: str | None, hosts_file: Path | None, identity: Path | None, accept_unknown_hosts: bool,
             agent_retries: int, max_concurrent_agents: int | None, stagger: float, budget_usd: float | None,
-            stream_json: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
+            stream_json: bool, stop_on_conflict: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Run PLAN_FILE: schedule its batches into streams, run an agent per batch, merge the streams."""
     from distpar import runtime
     from distpar.backends import make_backend
@@ -207,7 +209,7 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
         keep_branches=keep_branches, retries=retries, forward_env=forward_env, backend=backend,
         plan_path=str(plan_file.resolve()), repo_url=repo_url, backend_options=backend_options,
         budget_usd=budget_usd, agent_retries=agent_retries, max_concurrent_agents=max_concurrent_agents,
-        stagger=stagger,
+        stagger=stagger, stop_on_conflict=stop_on_conflict,
     )
     repo, target, start = runtime.preflight(repo_path, options)
     backend_obj = make_backend(backend, backend_options)
@@ -320,7 +322,7 @@ def _print_totals(rows: list[tuple[int, float, float | None, int | None, int | N
 
     click.echo("totals:")
     for k in sorted({r[0] for r in rows}):
-        click.echo(line(f"s{k + 1}", [r for r in rows if r[0] == k]))
+        click.echo(line(worker_label(k), [r for r in rows if r[0] == k]))
     click.echo(line("run", rows))
 
 
@@ -344,7 +346,7 @@ def _print_report(report: Any, runner: Any) -> None:
                    + (f"; spent before {len(report.pending)} batch(es) could start" if budget["exhausted"] else ""))
     for r in report.results:
         if r.status.value in ("failed", "timeout", "blocked"):
-            click.echo(f"\nbatch {r.batch_id} (s{r.stream + 1}) {r.status.value}: {r.error}")
+            click.echo(f"\nbatch {r.batch_id} ({worker_label(r.stream)}) {r.status.value}: {r.error}")
             if r.log_tail:
                 click.echo("  " + "\n  ".join(r.log_tail.splitlines()[-10:]))
             if r.log_path:
@@ -423,7 +425,8 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
     for b in sorted(batches, key=lambda b: (b["stream"], b["position"])):
         dur = secs(b["ended"] - b["started"]) if b["ended"] and b["started"] else "-"
         cost = f"${b['cost_usd']:.4f}" if b["cost_usd"] is not None else "-"
-        click.echo(f"s{b['stream'] + 1:<6} {b['batch_id']:<14} {b['state']:<12} {b['result_class'] or '-':<16} "
+        click.echo(f"{worker_label(b['stream']):<7} {b['batch_id']:<14} {b['state']:<12} "
+                   f"{b['result_class'] or '-':<16} "
                    f"{b['node'] or '-':<18} {dur:>9} {cost:>9} {b['attempt'] or '-':>7}")
         if b["error"] and b["state"] != "ok":
             click.echo(f"{'':<8}{b['error']}")
@@ -506,8 +509,8 @@ def logs_cmd(run_id: str, batch_id: str | None, follow: bool, repo_path: Path) -
                 raise UsageError(f"batch {b['batch_id']} of run {run['id']} has no log: {why}")
             continue
         if len(rows) > 1:
-            click.echo(f"{'' if shown == 0 else chr(10)}==> batch {b['batch_id']} (s{b['stream'] + 1}, {b['state']}): "
-                       f"{path} <==")
+            where = worker_label(b["stream"])
+            click.echo(f"{'' if shown == 0 else chr(10)}==> batch {b['batch_id']} ({where}, {b['state']}): {path} <==")
         click.echo(path.read_text(errors="replace"), nl=False)
         shown += 1
     if not shown and batch_id is None:

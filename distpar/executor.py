@@ -23,18 +23,27 @@ from typing import Any
 from distpar import agents, gitops
 from distpar.backends.base import Backend, RunContext
 from distpar.deps import Preview, base_for
-from distpar.errors import DistparError, ExitCode, most_severe
+from distpar.errors import DistparError
 from distpar.journal import Journal
 from distpar.merge import Conflict, land, merge_streams
 from distpar.model import BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
 from distpar.plan import Plan
-from distpar.runtime import Observer, RunOptions, RunReport, git_identity, new_run_id, run_row, state_dir
+from distpar.runtime import (
+    Observer,
+    RunLock,
+    RunOptions,
+    RunReport,
+    git_identity,
+    make_report,
+    new_run_id,
+    run_row,
+    state_dir,
+)
 from distpar.schedule import Schedule
 from distpar.state import (
     Blocked,
     BudgetSpent,
     CancelAll,
-    ConflictFound,
     Event,
     Finish,
     Instruction,
@@ -46,55 +55,17 @@ from distpar.state import (
     Throttle,
     Tick,
     UnitEnded,
-    UnitInfo,
     UnitLost,
     WorkerUp,
-    critical_path,
 )
 from distpar.transfer import Transfer
-from distpar.worker import safe_name
+from distpar.units import PINNED, plan_units
+from distpar.worker import safe_name, workspace_ready
 
 log = logging.getLogger(__name__)
 
 CANCEL_WAIT = 30.0  # how long an interrupted run waits for its units to save their work
 TICK = 0.2
-PINNED = ("midpoint", "round-robin")  # strategies whose streams are kept as the user chose them
-
-
-def plan_units(plan: Plan, schedule: Schedule) -> list[UnitInfo]:
-    """The units of a plan: one per batch. A pinned strategy's streams stay streams: each batch waits for the
-    one before it in its stream and runs on that stream's worker; otherwise units go to whichever worker is free."""
-    pinned = schedule.strategy in PINNED
-    deps: dict[str, list[str]] = {b.id: list(b.depends_on) for b in plan.batches}
-    pin: dict[str, int] = {}
-    if pinned:
-        for s in schedule.streams:
-            for prev, cur in zip(s.batch_ids, s.batch_ids[1:], strict=False):
-                if prev not in deps[cur]:
-                    deps[cur].append(prev)
-            for b in s.batch_ids:
-                pin[b] = s.index
-    order = {bid: i for i, bid in enumerate(schedule_order(plan, deps))}
-    ranked = critical_path((b, tuple(deps[b]), plan.batch(b).estimate) for b in sorted(order, key=lambda x: order[x]))
-    return [UnitInfo(b.id, tuple(deps[b.id]), ranked[b.id], order[b.id], pin.get(b.id)) for b in plan.batches]
-
-
-def schedule_order(plan: Plan, deps: dict[str, list[str]]) -> list[str]:
-    """Plan order made topological (dependencies first)."""
-    out: list[str] = []
-    seen: set[str] = set()
-
-    def visit(b: str) -> None:
-        if b in seen:
-            return
-        seen.add(b)
-        for d in deps[b]:
-            visit(d)
-        out.append(b)
-
-    for b in plan.batches:
-        visit(b.id)
-    return out
 
 
 class Runner:
@@ -128,6 +99,9 @@ class Runner:
         self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
         self.preview = Preview(repo, start, self.env, start)
         self.state: RunState | None = None
+        self.lock: RunLock | None = None  # one coordinator per run (resume hands in the lock it took)
+        self.landing = False  # an interrupt while landing does not stop the landing (it is one atomic step)
+        self.interrupted_while_landing = False
 
     def branch(self, uid: str) -> str:
         return f"distpar/{self.run_id}/b/{safe_name(uid)}"
@@ -145,6 +119,13 @@ class Runner:
     # --- the run ---------------------------------------------------------------------------------------
 
     def run(self) -> RunReport:
+        self.lock = self.lock or RunLock(self.run_dir, self.run_id).acquire()
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> RunReport:
         t0 = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resumed:
@@ -177,14 +158,20 @@ class Runner:
             finally:
                 self.backend.close()
             if self.state.complete and not self.errors and not self.interrupted.is_set():
+                self.landing = True
                 try:
                     landed = self._merge()
                 except DistparError as exc:
                     self.errors.append(exc.message)
+                finally:
+                    self.landing = False
+                if self.interrupted_while_landing:
+                    self.journal.event(self.run_id, "interrupt_while_landing", landed=landed)
+                    self.emit("interrupt_while_landing", landed=landed)
         finally:
             self._restore_signals(old)
             self._cleanup()
-        report = self._report(t0, landed)
+        report = make_report(self, time.time() - t0, landed)
         self.journal.end_run(self.run_id, report.state, int(report.exit_code), report.summary())
         self.emit("run_ended", **report.summary())
         return report
@@ -297,22 +284,22 @@ class Runner:
             self.saved_refs.append(result.saved_ref)
         r = result.results[0]
         self._record(r)
-        if r.status.ok and r.commit and r.changed:
-            self._check_conflicts(uid, r.commit)
+        conflicts = bool(r.status.ok and r.commit and r.changed and self._check_conflicts(uid, r.commit))
         o = r.outcome
         throttled = bool(o and not o.ok and o.result_class in ("usage_limit", "rate_limit"))
-        return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, throttled=throttled)
+        return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, throttled=throttled,
+                         conflicts=conflicts)
 
-    def _check_conflicts(self, uid: str, commit: str) -> None:
+    def _check_conflicts(self, uid: str, commit: str) -> bool:
         found = self.preview.add(uid, commit)
         if found is None:
-            return
+            return False
         files, others = found
         info = {"unit": uid, "files": list(files), "with": list(others)}
         self.predicted.append(info)
         self.journal.event(self.run_id, "conflict_predicted", None, uid, files=list(files), others=list(others))
         self.emit("conflict_predicted", batch=uid, files=list(files), others=list(others))
-        self._queue.put(("event", ConflictFound(uid)))
+        return True
 
     def _worker_event(self, kind: str, data: dict[str, Any]) -> None:
         """Called by workers (any thread) as things happen inside a unit."""
@@ -393,8 +380,9 @@ class Runner:
                 if not ws.exists():
                     continue
                 try:
+                    # A workspace that was never fully checked out holds no agent's work (none ran in it).
                     snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", self.env) \
-                        if gitops.out(ws, "status", "--porcelain") else None
+                        if workspace_ready(ws) and gitops.out(ws, "status", "--porcelain") else None
                     if snap:
                         ref = f"refs/distpar/{self.run_id}/saved/w{w + 1}-cleanup"
                         gitops.update_ref(self.repo, ref, snap)
@@ -406,47 +394,15 @@ class Runner:
             gitops.worktree_remove(self.repo, *done)
         self.transfer.clear()
 
-    def _report(self, t0: float, landed: str | None) -> RunReport:
-        results = [self.results[u.uid] for u in self.units if u.uid in self.results]
-        pending = [u.uid for u in self.units if u.uid not in self.results]
-        codes = [ExitCode.OK]
-        if any(not r.status.ok for r in results):
-            codes.append(ExitCode.BATCH_FAILED)
-        if self.conflict:
-            codes.append(ExitCode.CONFLICT)
-        if self.errors:
-            codes.append(ExitCode.BACKEND)
-        if self.interrupted.is_set():
-            codes.append(ExitCode.INTERRUPTED)
-        if pending and not self.interrupted.is_set() and not self.errors:
-            codes.append(ExitCode.BATCH_FAILED)  # budget spent, or stopped at a conflict found early
-        code = most_severe(*codes)
-        state = {
-            ExitCode.OK: "ok", ExitCode.BATCH_FAILED: "failed", ExitCode.CONFLICT: "conflict",
-            ExitCode.BACKEND: "error", ExitCode.INTERRUPTED: "interrupted",
-        }[code]
-        branches = [self.branch(u.uid) for u in self.units] + [self.integration]
-        if landed is not None and self.conflict is None and not self.options.keep_branches:
-            for b in branches:
-                gitops.git(self.repo, "branch", "-D", "--quiet", b, check=False)
-            for ref in gitops.refs(self.repo, f"refs/distpar/{self.run_id}/"):
-                if "/saved/" not in ref:
-                    gitops.delete_ref(self.repo, ref)
-            branches = []
-        else:
-            branches = [b for b in branches if gitops.try_rev(self.repo, f"refs/heads/{b}")]
-        return RunReport(
-            run_id=self.run_id, state=state, exit_code=code, target=self.target, results=results,
-            pending=pending, wall=time.time() - t0, conflict=self.conflict, errors=self.errors,
-            branches=branches, saved_refs=sorted(set(self.saved_refs)), landed=landed,
-            budget_usd=self.options.budget_usd, budget_exhausted=self.budget_exhausted,
-            predicted_conflicts=self.predicted,
-        )
-
     # --- signals ---------------------------------------------------------------------------------------
 
     def interrupt(self) -> None:
-        """Safe from a signal handler: only sets flags (the loop journals it)."""
+        """Safe from a signal handler: only sets flags (the loop journals it). Once every unit is done and the
+        merge has begun, the merge and landing finish: they are quick, and stopping them half way would only
+        leave a half-made integration branch."""
+        if self.landing:
+            self.interrupted_while_landing = True
+            return
         if not self.interrupted.is_set():
             self.interrupted.set()
             self.backend.cancel()

@@ -24,6 +24,7 @@ quoting, ``\\n`` in text means a newline); other text is ignored. Commands:
 
     write PATH TEXT       create or replace a file        append PATH TEXT   add a line to a file
     delete PATH           remove a file                   sleep SECONDS      take that long
+    copy SRC DST          copy a file (DST holds "<missing>" when SRC is absent)
     fail [CODE] [MSG]     finish with an error (exit CODE, default 1)
     result KIND           finish with an error result: max_turns, budget, rate_limit, overloaded, server_error,
                           usage_limit, usage_limit_new, bad_input, auth
@@ -92,7 +93,7 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
         if not words:
             continue
         cmd, rest = words[0], words[1:]
-        if cmd in ("write", "append", "delete") and not allow_writes:
+        if cmd in ("write", "append", "delete", "copy") and not allow_writes:
             state.kind, state.code, state.text = "error", 1, f"cannot {cmd} {rest[0]}: the sandbox is read-only"
             return
         if cmd == "write":
@@ -109,6 +110,10 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
         elif cmd == "delete":
             Path(rest[0]).unlink(missing_ok=True)
             state.edits.append(rest[0])
+        elif cmd == "copy":  # what a file holds when the agent runs: "copy SRC DST" (DST gets "<missing>" if none)
+            src = Path(rest[0])
+            Path(rest[1]).write_text(src.read_text() if src.exists() else "<missing>")
+            state.edits.append(rest[1])
         elif cmd == "sleep":
             time.sleep(float(rest[0]))
         elif cmd == "hang":

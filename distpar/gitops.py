@@ -43,6 +43,9 @@ def git(
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
+            # Its own session: a Ctrl+C to the terminal's process group must not kill git half way through a
+            # checkout or a merge (distpar handles the signal itself and lets each git command finish).
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise RepoError("git is not installed (or not on PATH)") from None

@@ -13,6 +13,11 @@ from typing import Any
 SPEC_VERSION = 1
 
 
+def worker_label(index: int | None) -> str:
+    """How a worker is shown: w1, w2, ...; "-" for a unit no worker ran (skipped, blocked)."""
+    return f"w{index + 1}" if index is not None and index >= 0 else "-"
+
+
 class BatchStatus(str, Enum):
     PENDING = "pending"
     RUNNING = "running"

@@ -16,6 +16,7 @@ from typing import Any
 
 from distpar.errors import UsageError
 from distpar.journal import Event, Journal
+from distpar.model import worker_label
 
 COLORS = {
     "ok": "#2f9e5b", "failed": "#d64545", "timeout": "#e0701e", "blocked": "#8e5bd6", "skipped": "#a3a8b0",
@@ -250,7 +251,7 @@ def gantt(d: RunData, by: str = "stream") -> str:
     unit = plot_w / span
 
     def lane_key(b: dict[str, Any]) -> str:
-        return f"s{b['stream'] + 1}" if by == "stream" else (b["node"] or "(not run)")
+        return worker_label(b["stream"]) if by == "stream" else (b["node"] or "(not run)")
 
     lanes: dict[str, list[dict[str, Any]]] = {}
     for b in sorted(d.batches, key=lambda b: (b["stream"], b["position"])):
@@ -274,7 +275,7 @@ def gantt(d: RunData, by: str = "stream") -> str:
     for i, (name, rows) in enumerate(lanes.items()):
         y = top + i * lane_h
         nodes = sorted({b["node"] for b in rows if b["node"]})
-        sub = ", ".join(nodes) if by == "stream" else ", ".join(sorted({f"s{b['stream'] + 1}" for b in rows}))
+        sub = ", ".join(nodes) if by == "stream" else ", ".join(sorted({worker_label(b["stream"]) for b in rows}))
         if i % 2:
             out.append(f'<rect x="0" y="{y}" width="{label_w + plot_w + 20}" height="{lane_h}" fill="#fafbfc"/>')
         out.append(f'<text x="8" y="{y + 16}" font-size="13" font-weight="600" fill="#1d2330">{esc(name)}</text>'
@@ -317,7 +318,7 @@ def _bar(d: RunData, b: dict[str, Any], x: float, y: float, w: float, h: float, 
     start = f"{b['started'] - d.t0:.3f}" if ran else ""
     tip = (f"batch {b['batch_id']}: {d.description(b['batch_id'])}\n{state}"
            + (f" in {secs(dur)}" if dur is not None else "")
-           + (f" on {b['node']}" if b["node"] else "") + f", stream s{b['stream'] + 1}"
+           + (f" on {b['node']}" if b["node"] else "") + f", worker {worker_label(b['stream'])}"
            + (f", {money(b['cost_usd'])}" if b["cost_usd"] is not None else "")
            + (f"\n{b['error']}" if b["error"] and state != "ok" else ""))
     fill = color if ran else f"url(#hatch-{by})"
@@ -329,7 +330,7 @@ def _bar(d: RunData, b: dict[str, Any], x: float, y: float, w: float, h: float, 
                  f'font-weight="600">{esc(text)}</text>')
     dur_attr = "" if dur is None else f"{dur:.3f}"
     cost_attr = "" if b["cost_usd"] is None else b["cost_usd"]
-    return (f'<g class="bar" data-batch="{esc(b["batch_id"])}" data-stream="s{b["stream"] + 1}" '
+    return (f'<g class="bar" data-batch="{esc(b["batch_id"])}" data-stream="{worker_label(b["stream"])}" '
             f'data-node="{esc(b["node"] or "")}" data-status="{esc(state)}" data-start="{start}" '
             f'data-duration="{dur_attr}" data-cost="{cost_attr}">'
             f"<title>{esc(tip)}</title>"
@@ -382,7 +383,7 @@ def dependency_graph(d: RunData) -> str:
         row = rows[b]
         color = COLORS.get(row["state"], "#8a94a6")
         dur = duration_of(row)
-        sub = f"s{row['stream'] + 1} · {row['state']}" + (f" · {secs(dur)}" if dur is not None else "")
+        sub = f"{worker_label(row['stream'])} · {row['state']}" + (f" · {secs(dur)}" if dur is not None else "")
         out.append(f'<g class="node" data-batch="{esc(b)}" data-status="{esc(row["state"])}">'
                    f"<title>{esc(f'batch {b}: {d.description(b)}')}</title>"
                    f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#fff" stroke="{color}" '
@@ -406,20 +407,20 @@ def _problems(d: RunData) -> str:
                       f"on {b['node']}" if b["node"] else ""]
             log = f'<div class="mono">log: {esc(b["log_path"])}</div>' if b["log_path"] else ""
             items.append(f'<div class="problem" data-batch="{esc(b["batch_id"])}"><b>batch {esc(b["batch_id"])}</b> '
-                         f"(s{b['stream'] + 1}) <b>{esc(b['state'])}</b>: {esc(b['error'])}"
+                         f"({worker_label(b['stream'])}) <b>{esc(b['state'])}</b>: {esc(b['error'])}"
                          f'<div class="sub" style="margin:2px 0 0">{esc(", ".join(x for x in detail if x))}</div>'
                          f"{log}</div>")
     for e in d.events:
         if e.kind == "conflict":
             files = ", ".join(e.data.get("files", []))
             where = f" for batch {e.batch_id}" if e.batch_id else ""
-            into = e.data.get("ours") or (f"s{e.stream + 1}" if e.stream is not None else "")
+            into = e.data.get("ours") or (worker_label(e.stream) if e.stream is not None else "")
             items.append(f'<div class="problem conflict"><b>merge conflict</b> '
                          f"({esc(e.data.get('stage'))}{esc(where)}): {esc(e.data.get('theirs'))} into {esc(into)}"
                          f'<div class="mono">conflicting: {esc(files)}</div></div>')
         elif e.kind in ("segment_error", "segment_retry"):
             what = "retried" if e.kind == "segment_retry" else "transport error"
-            items.append(f'<div class="problem"><b>{what}</b> on s{(e.stream or 0) + 1} (batch {esc(e.batch_id)}, '
+            items.append(f'<div class="problem"><b>{what}</b> on {worker_label(e.stream)} (batch {esc(e.batch_id)}, '
                          f"attempt {esc(e.data.get('attempt'))}): {esc(e.data.get('error'))}</div>")
     conflict = d.summary.get("conflict")
     if conflict and conflict.get("commands"):
@@ -445,7 +446,7 @@ def _batch_table(d: RunData) -> str:
         tokens = (f"{b['input_tokens'] or 0:,} / {b['output_tokens'] or 0:,}"
                   if b["input_tokens"] is not None or b["output_tokens"] is not None else "-")
         cells = [
-            f"<b>{esc(b['batch_id'])}</b>", esc(d.description(b["batch_id"])), f"s{b['stream'] + 1}",
+            f"<b>{esc(b['batch_id'])}</b>", esc(d.description(b["batch_id"])), worker_label(b['stream']),
             esc(b["node"] or "-"), f'<i class="dot" style="background:{color}"></i>{esc(b["state"])}',
             esc(b["result_class"] or "-"), str(b["attempt"] or "-"),
         ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distpar import gitops
 from distpar.errors import DistparError
@@ -17,10 +17,12 @@ from distpar.plan import Plan
 from distpar.runtime import (
     DEFAULT_TIMEOUT,
     Observer,
+    RunLock,
     RunOptions,
     kill_run_processes,
     load_run,
     preflight,
+    state_dir,
 )
 from distpar.schedule import Schedule
 from distpar.worker import safe_name
@@ -31,12 +33,22 @@ if TYPE_CHECKING:
 
 def resume_runner(repo: Path, journal: Journal, run_id: str, observer: Observer | None = None,
                   retries: int | None = None, timeout: float | None = None) -> Runner:
-    """A Runner that continues a journaled run where it stopped."""
+    """A Runner that continues a journaled run where it stopped; it holds the run's lock (one coordinator)."""
+    run = load_run(journal, run_id)
+    lock = RunLock(state_dir(repo) / "runs" / run["id"], run["id"]).acquire()  # before anything changes
+    try:
+        return _runner(repo, journal, run, observer, retries, timeout, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _runner(repo: Path, journal: Journal, run: dict[str, Any], observer: Observer | None, retries: int | None,
+            timeout: float | None, lock: RunLock) -> Runner:
     from distpar.backends import make_backend
     from distpar.executor import Runner
     from distpar.plan import load_plan
 
-    run = load_run(journal, run_id)
     plan = Plan.from_dict(json.loads(run["plan"]))
     schedule = Schedule.from_dict(json.loads(run["schedule"]))
     # A plan file edited since (say, to fix a failed batch's prompt) is used when its batches and dependencies
@@ -72,8 +84,10 @@ def resume_runner(repo: Path, journal: Journal, run_id: str, observer: Observer 
     )
     preflight(repo, options)
     backend = make_backend(run["backend"], backend_options)
-    return Runner(repo, plan, schedule, options, backend, journal, run["target"], run["base"], observer,
-                  run_id=run["id"], resume=True)
+    runner = Runner(repo, plan, schedule, options, backend, journal, run["target"], run["base"], observer,
+                    run_id=run["id"], resume=True)
+    runner.lock = lock
+    return runner
 
 
 def committed_unit(repo: Path, branch: str, run_id: str, uid: str) -> str | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from distpar import agents, gitops
-from distpar.errors import ExitCode, NestedRunError, RepoError, UsageError
+from distpar.errors import ExitCode, NestedRunError, RepoError, UsageError, most_severe
 from distpar.journal import Journal
 from distpar.model import AgentConfig, Identity
 from distpar.process import agent_processes, kill_process_group, pid_alive
@@ -195,6 +195,41 @@ def load_run(journal: Journal, run_id: str) -> dict[str, Any]:
     return run
 
 
+class RunLock:
+    """One coordinator per run: an exclusive lock on ``<run dir>/coordinator.lock``, held for the whole run
+    (the kernel drops it when the process dies, however it dies). A second ``distpar resume`` of a run that a
+    live coordinator holds is refused, naming that coordinator."""
+
+    def __init__(self, run_dir: Path, run_id: str) -> None:
+        self.path, self.run_id = run_dir / "coordinator.lock", run_id
+        self._file: Any = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = self.path.open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise UsageError(f"run {self.run_id} is already being run by coordinator pid {holder}",
+                             hint="wait for it to end (distpar status), or stop it; one coordinator per run") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+
 def git_identity(repo: Path) -> Identity:
     name = gitops.git(repo, "config", "user.name", check=False).stdout.strip()
     email = gitops.git(repo, "config", "user.email", check=False).stdout.strip()
@@ -252,3 +287,43 @@ def __getattr__(name: str) -> Any:
 
         return resume_runner
     raise AttributeError(name)
+
+
+def make_report(runner: Runner, wall: float, landed: str | None) -> RunReport:
+    """What a run ended with. After a clean landing the run's branches and refs (not its saved work) go."""
+    repo = runner.repo
+    results = [runner.results[u.uid] for u in runner.units if u.uid in runner.results]
+    pending = [u.uid for u in runner.units if u.uid not in runner.results]
+    interrupted = runner.interrupted.is_set() and landed is None  # an interrupt after landing changed nothing
+    codes = [ExitCode.OK]
+    if any(not r.status.ok for r in results):
+        codes.append(ExitCode.BATCH_FAILED)
+    if runner.conflict:
+        codes.append(ExitCode.CONFLICT)
+    if runner.errors:
+        codes.append(ExitCode.BACKEND)
+    if interrupted:
+        codes.append(ExitCode.INTERRUPTED)
+    if pending and not interrupted and not runner.errors:
+        codes.append(ExitCode.BATCH_FAILED)  # budget spent, or stopped at a conflict found early
+    code = most_severe(*codes)
+    state = {
+        ExitCode.OK: "ok", ExitCode.BATCH_FAILED: "failed", ExitCode.CONFLICT: "conflict",
+        ExitCode.BACKEND: "error", ExitCode.INTERRUPTED: "interrupted",
+    }[code]
+    branches = [runner.branch(u.uid) for u in runner.units] + [runner.integration]
+    if landed is not None and runner.conflict is None and not runner.options.keep_branches:
+        for b in branches:
+            gitops.git(repo, "branch", "-D", "--quiet", b, check=False)
+        for ref in gitops.refs(repo, f"refs/distpar/{runner.run_id}/"):
+            if "/saved/" not in ref:
+                gitops.delete_ref(repo, ref)
+        branches = []
+    else:
+        branches = [b for b in branches if gitops.try_rev(repo, f"refs/heads/{b}")]
+    return RunReport(
+        run_id=runner.run_id, state=state, exit_code=code, target=runner.target, results=results,
+        pending=pending, wall=wall, conflict=runner.conflict, errors=runner.errors, branches=branches,
+        saved_refs=sorted(set(runner.saved_refs)), landed=landed, budget_usd=runner.options.budget_usd,
+        budget_exhausted=runner.budget_exhausted, predicted_conflicts=runner.predicted,
+    )

@@ -54,6 +54,7 @@ class UnitEnded:
     throttled: bool = False  # the provider said slow down (429, overloaded): the run runs fewer agents at once
     pause_until: float | None = None  # ... and starts none before this time (a reset time the agent reported)
     requeue: bool = False  # the unit did not really run (throttled before it could start): run it again
+    conflicts: bool = False  # its work conflicts with work already finished (found before the final merge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +237,7 @@ class RunState:
             worker, attempt = self.running.pop(event.uid)
             self.assignment[event.uid] = worker
             self._release(worker)
+            self.conflicted = self.conflicted or event.conflicts
             if event.cost_usd:
                 self.spent += event.cost_usd
             if event.throttled or event.pause_until:

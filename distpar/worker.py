@@ -88,14 +88,35 @@ def run_segment(spec: SegmentSpec, cancel: threading.Event | None = None, emit: 
     )
 
 
+READY = "distpar-ready"  # in a workspace's git dir: its files are fully checked out at the unit's base
+
+
+def workspace_ready(ws: Path) -> bool:
+    """Whether ``ws`` was fully prepared: only then can it hold an agent's work (cleanup snapshots only those)."""
+    try:
+        return (Path(gitops.out(ws, "rev-parse", "--path-format=absolute", "--git-dir")) / READY).exists()
+    except Exception:
+        return False
+
+
+def _mark(ws: Path, ready: bool) -> None:
+    marker = Path(gitops.out(ws, "rev-parse", "--path-format=absolute", "--git-dir")) / READY
+    if ready:
+        marker.touch()
+    else:
+        marker.unlink(missing_ok=True)
+
+
 def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
-    """Check out ``spec.branch`` at ``spec.base`` in ``ws``, getting the code as the source says."""
+    """Check out ``spec.branch`` at ``spec.base`` in ``ws``, getting the code as the source says. A workspace
+    is kept for the worker's next units: those only move it to their own branch and base."""
     kind, location = spec.source.kind, spec.source.location
     fresh = not (ws / ".git").exists()
     if kind == "worktree":
         if fresh:
             ws.parent.mkdir(parents=True, exist_ok=True)
             gitops.worktree_add(location, ws, spec.branch, spec.base)
+            _mark(ws, True)
             return
     elif kind in ("bundle", "url"):
         if fresh:
@@ -107,17 +128,20 @@ def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
             gitops.git(ws, "fetch", "--quiet", "--no-tags", "--force", src, *refspecs)
         if fresh:
             gitops.git(ws, "checkout", "--quiet", "-B", spec.branch, spec.base)
+            _mark(ws, True)
             return
     else:
         raise ValueError(f"unknown source kind {kind!r}")
-    # A workspace from an earlier segment (or attempt) of this stream: move its branch to the new base,
+    # A workspace from an earlier unit (or attempt) of this worker: move it to the new branch and base,
     # saving anything uncommitted first so that nothing is ever lost.
-    if gitops.dirty_files(ws) or gitops.out(ws, "status", "--porcelain"):
-        snap = gitops.snapshot(ws, f"distpar: uncommitted work found before segment {spec.segment}", env)
+    if workspace_ready(ws) and (gitops.dirty_files(ws) or gitops.out(ws, "status", "--porcelain")):
+        snap = gitops.snapshot(ws, f"distpar: uncommitted work found before unit {spec.batches[0].id}", env)
         if snap:
-            gitops.update_ref(ws, f"refs/distpar/{spec.run_id}/saved/{spec.stream + 1}-prepare", snap)
+            gitops.update_ref(ws, f"refs/distpar/{spec.run_id}/saved/w{spec.stream + 1}-prepare", snap)
+    _mark(ws, False)
     gitops.git(ws, "checkout", "--quiet", "--force", "-B", spec.branch, spec.base)
     gitops.git(ws, "clean", "-fdq")
+    _mark(ws, True)
 
 
 def _run_batch(

@@ -184,7 +184,7 @@ def test_failed_run_exit_1_shows_log_tail(repo: Path) -> None:
     plan = write_plan(repo.parent / "p.md", [fake_batch(1, extra=["@fake fail 4 'compilation failed'"])])
     res = run_distpar("run", str(plan), "--agent", "fake", cwd=repo)
     assert res.returncode == 1
-    assert "batch 1 (s1) failed: compilation failed" in res.stdout
+    assert "batch 1 (w1) failed: compilation failed" in res.stdout
     assert "log: " in res.stdout and "branches kept: distpar/" in res.stdout
 
 

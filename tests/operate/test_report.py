@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from distpar.model import worker_label
 from distpar.testing import fake_batch, make_repo, write_plan
 from tests.conftest import run_distpar
 from tests.operate.conftest import journal, only_run_id
@@ -72,7 +73,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert len(bars) == len(rows) == 6  # one bar per batch
     attrs = [dict(re.findall(r'data-([a-z]+)="([^"]*)"', b)) for b in bars]
     assert {a["batch"]: a["status"] for a in attrs} == {k: r["state"] for k, r in rows.items()}
-    assert {a["batch"]: a["stream"] for a in attrs} == {k: f"s{r['stream'] + 1}" for k, r in rows.items()}
+    assert {a["batch"]: a["stream"] for a in attrs} == {k: worker_label(r["stream"]) for k, r in rows.items()}
     for a in attrs:
         ran = rows[a["batch"]]["state"] in ("ok", "failed")
         assert (a["start"] != "") == ran and (a["duration"] != "") == ran
