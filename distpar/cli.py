@@ -157,6 +157,16 @@ def _print_schedule(plan: Plan, schedule: Schedule, as_json: bool) -> None:
               help="Run-wide: once the agents' reported costs reach it, no new batch starts.")
 @click.option("--stream-json", is_flag=True,
               help="Agents that can (claude, gemini) log a live JSON event stream instead of one final result.")
+@click.option("--setup", "setup_cmd", default=None, metavar="CMD",
+              help="Run once in every new workspace before its first batch (e.g. 'npm ci'); [tool.distpar] setup.")
+@click.option("--verify", "verify_cmd", default=None, metavar="CMD",
+              help="Run after each batch in its worktree; a batch whose check fails is failed, its work saved.")
+@click.option("--verify-merged", "verify_merged_cmd", default=None, metavar="CMD",
+              help="Run on the merged tree before the target moves; if it fails nothing lands (exit 5).")
+@click.option("--push", "push_remote", default=None, metavar="REMOTE",
+              help="Push the run's branches (and the target, when it tracks a branch there) to REMOTE.")
+@click.option("--ship-included", is_flag=True,
+              help="Remote workers get the .worktreeinclude files too (they often hold secrets; default: local only).")
 @click.option("--stop-on-conflict", is_flag=True,
               help="Start no new unit once a finished unit's work is found to conflict with work already finished.")
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
@@ -181,7 +191,9 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
             forward_env: tuple[str, ...], repo_path: Path, repo_url: str | None, ray_address: str | None,
             hosts: str | None, hosts_file: Path | None, identity: Path | None, accept_unknown_hosts: bool,
             agent_retries: int, max_concurrent_agents: int | None, stagger: float, budget_usd: float | None,
-            stream_json: bool, stop_on_conflict: bool, dry_run: bool, as_json: bool, quiet: bool) -> None:
+            stream_json: bool, setup_cmd: str | None, verify_cmd: str | None, verify_merged_cmd: str | None,
+            push_remote: str | None, ship_included: bool, stop_on_conflict: bool, dry_run: bool, as_json: bool,
+            quiet: bool) -> None:
     """Run PLAN_FILE: schedule its batches into streams, run an agent per batch, merge the streams."""
     from distpar import runtime
     from distpar.backends import make_backend
@@ -209,15 +221,31 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
         keep_branches=keep_branches, retries=retries, forward_env=forward_env, backend=backend,
         plan_path=str(plan_file.resolve()), repo_url=repo_url, backend_options=backend_options,
         budget_usd=budget_usd, agent_retries=agent_retries, max_concurrent_agents=max_concurrent_agents,
-        stagger=stagger, stop_on_conflict=stop_on_conflict,
+        stagger=stagger, stop_on_conflict=stop_on_conflict, **_repo_settings(repo_path, {
+            "setup": setup_cmd, "verify": verify_cmd, "verify_merged": verify_merged_cmd, "push": push_remote}),
+        ship_included=ship_included,
     )
     repo, target, start = runtime.preflight(repo_path, options)
+    if options.push and gitops.git(repo, "remote", "get-url", options.push, check=False).returncode != 0:
+        raise UsageError(f"--push {options.push}: no such remote in {repo}", hint="git remote -v lists them")
     backend_obj = make_backend(backend, backend_options)
     journal = runtime.open_journal(repo)
     from distpar.executor import Runner
 
     runner = Runner(repo, plan, schedule, options, backend_obj, journal, target, start)
     _run_and_exit(runner, journal, as_json, quiet)
+
+
+def _repo_settings(repo_path: Path, flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags over the repository's [tool.distpar] settings."""
+    from distpar.config import repo_settings
+
+    try:
+        root = gitops.repo_root(repo_path)
+    except DistparError:
+        return dict(flags)  # preflight says what is wrong with the repository
+    settings = repo_settings(root)
+    return {k: (v if v is not None else settings.get(k)) for k, v in flags.items()}
 
 
 def _run_and_exit(runner: Any, journal: Any, as_json: bool, quiet: bool) -> None:
@@ -329,7 +357,8 @@ def _print_totals(rows: list[tuple[int, float, float | None, int | None, int | N
 def _print_report(report: Any, runner: Any) -> None:
     s = report.summary()
     counts = ", ".join(f"{n} {k}" for k, n in s["batches"].items())
-    color = {"ok": "green", "failed": "red", "conflict": "yellow", "interrupted": "yellow", "error": "red"}
+    color = {"ok": "green", "failed": "red", "conflict": "yellow", "interrupted": "yellow", "error": "red",
+             "gate_failed": "red"}
     click.secho(f"run {report.run_id}: {report.state} ({counts})", fg=color.get(report.state))
     cost = f", cost ${report.cost_usd:.4f}" if report.cost_usd is not None else ""
     tin, tout = report.tokens()
@@ -360,8 +389,20 @@ def _print_report(report: Any, runner: Any) -> None:
         click.echo(f"{report.target} was left unchanged; nothing was resolved automatically. To continue:")
         for cmd in c.commands:
             click.echo(f"  {cmd}")
+    for p in report.predicted_conflicts:
+        others = f" with {', '.join(p['with'])}" if p["with"] else ""
+        click.echo(f"conflict found early: {p['unit']}{others} in {', '.join(p['files'])}")
+    if report.gate:
+        g = report.gate
+        click.echo(f"\nthe merged tree failed --verify-merged ({g['name']}, exit {g['exit_code']}):")
+        click.echo("  " + "\n  ".join(g["tail"].splitlines()[-10:]))
+        click.echo(f"  log: {g['log_path']}")
+        click.echo(f"{report.target} was left unchanged; the merged work is on {runner.integration}. Fix it there "
+                   f"(commit on that branch), then: distpar resume {report.run_id}")
     for e in report.errors:
         click.echo(f"error: {e}")
+    if report.pushed:
+        click.echo(f"pushed to {runner.options.push}: " + ", ".join(report.pushed))
     if report.landed:
         click.echo(f"merged into {report.target} ({report.landed[:12]})")
     if report.pending:
@@ -377,7 +418,7 @@ def _print_report(report: Any, runner: Any) -> None:
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
 @click.option("--json", "as_json", is_flag=True)
 def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
-    """List runs, newest first, or show one run per stream and batch."""
+    """List runs, newest first, or show one run per worker and batch."""
     from distpar import runtime
 
     repo = gitops.repo_root(repo_path) if not os.environ.get("DISTPAR_HOME") else repo_path
@@ -420,7 +461,13 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
                f"into {run['target']}")
     click.echo(f"  started {_when(run['started'])}; wall {secs(wall)}, serial agent time {secs(agent_time)}, "
                f"speedup {agent_time / wall if wall else 0:.2f}x; cost " + (f"${sum(costs):.4f}" if costs else "-"))
-    click.echo(f"{'STREAM':<7} {'BATCH':<14} {'STATE':<12} {'RESULT':<16} {'NODE':<18} {'DURATION':>9} "
+    for e in journal.events(run["id"]):
+        if e.kind == "workspace_setup":
+            click.echo(f"  setup on {worker_label(e.stream)}" + (f" ({e.data['node']})" if e.data.get("node") else "")
+                       + f": {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
+        elif e.kind == "verify_merged":
+            click.echo(f"  --verify-merged: {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
+    click.echo(f"{'WORKER':<7} {'BATCH':<14} {'STATE':<12} {'RESULT':<16} {'NODE':<18} {'DURATION':>9} "
                f"{'COST':>9} {'ATTEMPT':>7}")
     for b in sorted(batches, key=lambda b: (b["stream"], b["position"])):
         dur = secs(b["ended"] - b["started"]) if b["ended"] and b["started"] else "-"

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad input or flags; nothing was changed
     CONFLICT = 3  # a merge conflicted; target unchanged, everything kept
     BACKEND = 4  # infrastructure failed (git, host, cluster)
+    GATE_FAILED = 5  # --verify-merged failed on the merged tree; target unchanged, everything kept
     INTERRUPTED = 130  # Ctrl+C / SIGTERM; work saved
 
     @property
@@ -24,6 +25,7 @@ _SEVERITY = {
     ExitCode.OK: 0,
     ExitCode.BATCH_FAILED: 1,
     ExitCode.CONFLICT: 2,
+    ExitCode.GATE_FAILED: 2,
     ExitCode.BACKEND: 3,
     ExitCode.USAGE: 4,
     ExitCode.INTERRUPTED: 5,

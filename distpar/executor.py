@@ -20,12 +20,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from distpar import agents, gitops
+from distpar import agents, workspace
 from distpar.backends.base import Backend, RunContext
 from distpar.deps import Preview, base_for
 from distpar.errors import DistparError
 from distpar.journal import Journal
-from distpar.merge import Conflict, land, merge_streams
+from distpar.landing import cleanup, land_run
+from distpar.merge import Conflict
 from distpar.model import BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
 from distpar.plan import Plan
 from distpar.runtime import (
@@ -60,7 +61,7 @@ from distpar.state import (
 )
 from distpar.transfer import Transfer
 from distpar.units import PINNED, plan_units
-from distpar.worker import safe_name, workspace_ready
+from distpar.worker import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,11 @@ class Runner:
         self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
         self.preview = Preview(repo, start, self.env, start)
         self.state: RunState | None = None
+        self.include = workspace.included_files(repo)
+        self.include_data = workspace.pack_files(repo, self.include) \
+            if backend.remote and options.ship_included else {}
+        self.gate: workspace.HookResult | None = None
+        self.pushed: list[str] = []
         self.lock: RunLock | None = None  # one coordinator per run (resume hands in the lock it took)
         self.landing = False  # an interrupt while landing does not stop the landing (it is one atomic step)
         self.interrupted_while_landing = False
@@ -160,7 +166,7 @@ class Runner:
             if self.state.complete and not self.errors and not self.interrupted.is_set():
                 self.landing = True
                 try:
-                    landed = self._merge()
+                    landed = land_run(self)
                 except DistparError as exc:
                     self.errors.append(exc.message)
                 finally:
@@ -170,7 +176,7 @@ class Runner:
                     self.emit("interrupt_while_landing", landed=landed)
         finally:
             self._restore_signals(old)
-            self._cleanup()
+            cleanup(self)
         report = make_report(self, time.time() - t0, landed)
         self.journal.end_run(self.run_id, report.state, int(report.exit_code), report.summary())
         self.emit("run_ended", **report.summary())
@@ -253,6 +259,9 @@ class Runner:
             identity=self.identity, env=self.forwarded, return_bundle=self.transfer.return_bundle,
             attempt=ins.attempt, agent_retries=self.options.agent_retries,
             max_concurrent_agents=self.options.max_concurrent_agents, stagger=self.options.stagger,
+            setup=self.options.setup, verify=self.options.verify,
+            include=tuple(self.include) if (not self.backend.remote or self.include_data) else (),
+            include_data=self.include_data,
         )
         self.journal.event(self.run_id, "segment_submitted", ins.worker, ins.uid, batches=[ins.uid],
                            attempt=ins.attempt, base=base.commit, worker=ins.worker)
@@ -280,6 +289,12 @@ class Runner:
             self.journal.event(self.run_id, "segment_error", spec.stream, uid, attempt=spec.attempt, error=msg)
             return UnitLost(uid, spec.stream, msg)
         self.transfer.fetch_back(result, spec.source)
+        if result.setup:
+            setup = result.setup
+            self.journal.event(self.run_id, "workspace_setup", spec.stream, uid, ok=setup["ok"],
+                               seconds=round(setup["seconds"], 3), exit_code=setup["exit_code"], node=result.node)
+            self.emit("workspace_setup", stream=spec.stream, ok=setup["ok"], seconds=setup["seconds"],
+                      node=result.node)
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
         r = result.results[0]
@@ -308,7 +323,8 @@ class Runner:
     def _on_worker_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "unit_started" and data.get("batch") in self.running:
             spec, _ = self.running[data["batch"]]
-            self.journal.batch_started(self.run_id, data["batch"], spec.stream, spec.attempt, data.get("node", ""))
+            self.journal.unit_started(self.run_id, data["batch"], spec.stream, spec.attempt, data.get("node", ""),
+                                      data.get("at") or time.time())
         self.emit(kind, **data)
 
     def _drain(self) -> None:
@@ -345,54 +361,6 @@ class Runner:
         if session and agents.can_resume(cfg):
             return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout, session, restore)
         return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout)
-
-    # --- the ordered merge -----------------------------------------------------------------------------
-
-    def _merge(self) -> str | None:
-        order = [(self.branch(u.uid), self.results[u.uid].commit or self.start)
-                 for u in sorted(self.units, key=lambda u: u.order)]
-        self.journal.event(self.run_id, "merge_started", streams=[b for b, _ in order])
-        self.emit("merge_started", streams=[b for b, _ in order])
-        # A resumed run continues from what the integration branch already holds (e.g. a conflict the user
-        # resolved by hand there); units it already contains are skipped by merge_streams.
-        begin = gitops.try_rev(self.repo, f"refs/heads/{self.integration}")
-        if begin is None or not gitops.is_ancestor(self.repo, self.start, begin):
-            begin = self.start
-        result = merge_streams(self.repo, begin, order, self.integration, self.run_id, self.env)
-        conflict = result.conflict or land(self.repo, self.target, self.start, self.integration, result.head,
-                                           self.env)
-        if conflict:
-            self.conflict = conflict
-            self.journal.event(self.run_id, "conflict", stage=conflict.stage, files=list(conflict.files),
-                               theirs=conflict.theirs, ours=conflict.ours)
-            return None
-        self.journal.event(self.run_id, "merged", head=result.head, merged=list(result.merged))
-        return gitops.rev(self.repo, f"refs/heads/{self.target}")
-
-    # --- cleanup and report ----------------------------------------------------------------------------
-
-    def _cleanup(self) -> None:
-        """Remove worktrees (their work is committed or saved on a ref first). Never deletes unsaved work."""
-        if not self.backend.remote:
-            done = []
-            for w in range(self.workers):
-                ws = Path(self.backend.workspace(self._ctx_stub(), w))
-                if not ws.exists():
-                    continue
-                try:
-                    # A workspace that was never fully checked out holds no agent's work (none ran in it).
-                    snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", self.env) \
-                        if workspace_ready(ws) and gitops.out(ws, "status", "--porcelain") else None
-                    if snap:
-                        ref = f"refs/distpar/{self.run_id}/saved/w{w + 1}-cleanup"
-                        gitops.update_ref(self.repo, ref, snap)
-                        self.saved_refs.append(ref)
-                except DistparError:
-                    log.exception("could not snapshot %s; leaving it in place", ws)
-                    continue
-                done.append(ws)
-            gitops.worktree_remove(self.repo, *done)
-        self.transfer.clear()
 
     # --- signals ---------------------------------------------------------------------------------------
 

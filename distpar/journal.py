@@ -146,6 +146,13 @@ class Journal:
             )
             self._event(db, run_id, "batch_started", stream, batch_id, {"attempt": attempt, "node": node})
 
+    def unit_started(self, run_id: str, batch_id: str, stream: int, attempt: int, node: str, at: float) -> None:
+        """The worker says the unit's agent really started (handed over earlier, it may have waited for a slot)."""
+        with self._tx() as db:
+            db.execute("UPDATE batches SET started=?, node=COALESCE(NULLIF(?, ''), node) WHERE run_id=? AND batch_id=?",
+                       (at, node, run_id, batch_id))
+            self._event(db, run_id, "unit_started", stream, batch_id, {"attempt": attempt, "node": node})
+
     def batch_ended(self, run_id: str, r: BatchResult) -> None:
         o = r.outcome
         with self._tx() as db:

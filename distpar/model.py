@@ -143,10 +143,19 @@ class SegmentSpec:
     agent_retries: int = 2  # tries of a batch after a transient agent failure (rate limit, 5xx, early crash)
     max_concurrent_agents: int | None = None  # agents running at once in this worker process (None: no cap)
     stagger: float = 0.0  # seconds between agent starts in this worker process
+    setup: str | None = None  # the user's command run once in a new workspace, before its first unit
+    verify: str | None = None  # the user's command run after each batch in its worktree; failing fails the batch
+    include: tuple[str, ...] = ()  # ignored files (.worktreeinclude) copied into a new workspace
+    include_data: dict[str, str] = field(default_factory=dict)  # their contents, for remote workers that may
+    # have them (base64; they often hold secrets: never journaled or logged)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": SPEC_VERSION,
+            "setup": self.setup,
+            "verify": self.verify,
+            "include": list(self.include),
+            "include_data": dict(self.include_data),
             "run_id": self.run_id,
             "stream": self.stream,
             "segment": self.segment,
@@ -186,6 +195,10 @@ class SegmentSpec:
             agent_retries=d.get("agent_retries", 2),
             max_concurrent_agents=d.get("max_concurrent_agents"),
             stagger=d.get("stagger", 0.0),
+            setup=d.get("setup"),
+            verify=d.get("verify"),
+            include=tuple(d.get("include", ())),
+            include_data=dict(d.get("include_data") or {}),
         )
 
 
@@ -267,6 +280,7 @@ class SegmentResult:
     bundle: str | None = None  # path of a bundle with base..head (and the saved ref), when asked for
     saved_ref: str | None = None  # uncommitted work saved on interrupt
     interrupted: bool = False
+    setup: dict[str, Any] | None = None  # the workspace's setup, when it ran for this unit (workspace.HookResult)
 
     @property
     def ok(self) -> bool:
@@ -285,6 +299,7 @@ class SegmentResult:
             "bundle": self.bundle,
             "saved_ref": self.saved_ref,
             "interrupted": self.interrupted,
+            "setup": self.setup,
         }
 
     @classmethod
@@ -301,4 +316,5 @@ class SegmentResult:
             bundle=d.get("bundle"),
             saved_ref=d.get("saved_ref"),
             interrupted=d.get("interrupted", False),
+            setup=d.get("setup"),
         )

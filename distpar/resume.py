@@ -81,6 +81,11 @@ def _runner(repo: Path, journal: Journal, run: dict[str, Any], observer: Observe
         max_concurrent_agents=opts.get("max_concurrent_agents"),
         stagger=opts.get("stagger", 0.1),
         stop_on_conflict=opts.get("stop_on_conflict", False),
+        setup=opts.get("setup"),
+        verify=opts.get("verify"),
+        verify_merged=opts.get("verify_merged"),
+        push=opts.get("push"),
+        ship_included=opts.get("ship_included", False),
     )
     preflight(repo, options)
     backend = make_backend(run["backend"], backend_options)

@@ -50,6 +50,11 @@ class RunOptions:
     max_concurrent_agents: int | None = None  # agents running at once per worker process (the whole local run)
     stagger: float = 0.1  # seconds between agent starts per worker process
     stop_on_conflict: bool = False  # stop starting units once a conflict with finished work is found
+    setup: str | None = None  # run once in every new workspace before its first unit
+    verify: str | None = None  # run after every batch in its worktree: failing fails the batch
+    verify_merged: str | None = None  # run on the merged tree before the target moves: failing lands nothing
+    push: str | None = None  # a remote the unit and integration branches (and a tracking target) are pushed to
+    ship_included: bool = False  # remote workers get the .worktreeinclude files too (they often hold secrets)
 
 
 @dataclass
@@ -69,6 +74,8 @@ class RunReport:
     budget_usd: float | None = None  # the run's --budget-usd
     budget_exhausted: bool = False  # batches were left unstarted because the budget was spent
     predicted_conflicts: list[dict[str, Any]] = field(default_factory=list)  # found before the final merge
+    gate: dict[str, Any] | None = None  # --verify-merged's result when it failed (workspace.HookResult)
+    pushed: list[str] = field(default_factory=list)  # refs pushed to --push REMOTE
 
     @property
     def agent_time(self) -> float:
@@ -112,6 +119,8 @@ class RunReport:
             "landed": self.landed,
             "budget": self.budget(),
             "predicted_conflicts": self.predicted_conflicts,
+            "gate": self.gate,
+            "pushed": self.pushed,
         }
 
     def budget(self) -> dict[str, Any] | None:
@@ -252,6 +261,11 @@ def run_row(runner: Runner, t0: float) -> dict[str, Any]:
         "max_concurrent_agents": o.max_concurrent_agents,
         "stagger": o.stagger,
         "stop_on_conflict": o.stop_on_conflict,
+        "setup": o.setup,
+        "verify": o.verify,
+        "verify_merged": o.verify_merged,
+        "push": o.push,
+        "ship_included": o.ship_included,
         "repo_url": o.repo_url,
         "into": o.into,
         "backend_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in o.backend_options.items()},
@@ -302,6 +316,8 @@ def make_report(runner: Runner, wall: float, landed: str | None) -> RunReport:
         codes.append(ExitCode.CONFLICT)
     if runner.errors:
         codes.append(ExitCode.BACKEND)
+    if runner.gate is not None:
+        codes.append(ExitCode.GATE_FAILED)
     if interrupted:
         codes.append(ExitCode.INTERRUPTED)
     if pending and not interrupted and not runner.errors:
@@ -309,7 +325,7 @@ def make_report(runner: Runner, wall: float, landed: str | None) -> RunReport:
     code = most_severe(*codes)
     state = {
         ExitCode.OK: "ok", ExitCode.BATCH_FAILED: "failed", ExitCode.CONFLICT: "conflict",
-        ExitCode.BACKEND: "error", ExitCode.INTERRUPTED: "interrupted",
+        ExitCode.BACKEND: "error", ExitCode.INTERRUPTED: "interrupted", ExitCode.GATE_FAILED: "gate_failed",
     }[code]
     branches = [runner.branch(u.uid) for u in runner.units] + [runner.integration]
     if landed is not None and runner.conflict is None and not runner.options.keep_branches:
@@ -326,4 +342,5 @@ def make_report(runner: Runner, wall: float, landed: str | None) -> RunReport:
         pending=pending, wall=wall, conflict=runner.conflict, errors=runner.errors, branches=branches,
         saved_refs=sorted(set(runner.saved_refs)), landed=landed, budget_usd=runner.options.budget_usd,
         budget_exhausted=runner.budget_exhausted, predicted_conflicts=runner.predicted,
+        gate=runner.gate.to_dict() if runner.gate else None, pushed=runner.pushed,
     )

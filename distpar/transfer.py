@@ -64,3 +64,19 @@ class Transfer:
     def clear(self) -> None:
         for f in self.bundles.glob("*.bundle"):
             f.unlink()
+
+
+def push_run(repo: Path, remote: str, branches: list[str], target: str) -> list[str]:
+    """``--push REMOTE``: the run's branches go to REMOTE for review, and the target too when it tracks a
+    branch there (the landing then reaches the team, not only this checkout). Returns the refs pushed."""
+    refs = [b for b in branches if gitops.try_rev(repo, f"refs/heads/{b}")]
+    upstream = gitops.git(repo, "config", f"branch.{target}.remote", check=False).stdout.strip()
+    specs = [f"+refs/heads/{b}:refs/heads/{b}" for b in refs]
+    if upstream == remote:
+        merge = gitops.git(repo, "config", f"branch.{target}.merge", check=False).stdout.strip() or \
+            f"refs/heads/{target}"
+        specs.append(f"refs/heads/{target}:{merge}")  # not forced: a target that moved there is refused
+        refs.append(target)
+    if specs:
+        gitops.git(repo, "push", "--quiet", remote, *specs)
+    return refs

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distpar import agents, gitops
+from distpar import agents, gitops, workspace
 from distpar.capture import MaskedPipe
 from distpar.model import AgentOutcome, BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
 from distpar.process import ProcessResult, run_process
@@ -54,14 +54,19 @@ def run_segment(spec: SegmentSpec, cancel: threading.Event | None = None, emit: 
     saved_ref: str | None = None
 
     _prepare(spec, ws, env)
+    setup_now, setup_failed, ports = _ready_workspace(spec, ws, log_dir, cancel)
+    env = {**env, "DISTPAR_PORT_BASE": str(ports), "DISTPAR_PORT_COUNT": str(workspace.PORTS_PER_WORKER)}
     results: list[BatchResult] = []
     failed = False
     for batch in spec.batches:
-        if failed or cancel.is_set():
-            status = BatchStatus.INTERRUPTED if cancel.is_set() else BatchStatus.SKIPPED
-            why = "the run was interrupted" if cancel.is_set() else "an earlier batch of this stream failed"
+        if failed or cancel.is_set() or setup_failed:
+            status = BatchStatus.INTERRUPTED if cancel.is_set() else (
+                BatchStatus.FAILED if setup_failed else BatchStatus.SKIPPED)
+            why = ("the run was interrupted" if cancel.is_set() else
+                   f"this worker's workspace is not usable: {setup_failed.describe()}" if setup_failed else
+                   "an earlier batch of this stream failed")
             results.append(BatchResult(batch.id, spec.stream, status, error=why, node=node_name(),
-                                       attempt=spec.attempt))
+                                       attempt=spec.attempt, log_tail=setup_failed.tail if setup_failed else ""))
             continue
         result, saved = _run_batch(spec, batch, ws, log_dir, env, cancel, emit)
         saved_ref = saved or saved_ref
@@ -85,7 +90,30 @@ def run_segment(spec: SegmentSpec, cancel: threading.Event | None = None, emit: 
         bundle=bundle,
         saved_ref=saved_ref,
         interrupted=cancel.is_set(),
+        setup=setup_now.to_dict() if setup_now else None,
     )
+
+
+def _ready_workspace(spec: SegmentSpec, ws: Path, log_dir: Path, cancel: threading.Event
+                     ) -> tuple[workspace.HookResult | None, workspace.HookResult | None, int]:
+    """Once per workspace (its first unit): the included files, a block of ports, the setup command.
+    Returns (the setup if it ran now, the setup if it failed (now or before), the first port)."""
+    state = workspace.load_state(ws)
+    ran: workspace.HookResult | None = None
+    if state is None:
+        source = spec.source.location if spec.source.kind == "worktree" else None
+        copied = workspace.populate(ws, source, spec.include, spec.include_data)
+        ports = workspace.free_port_block(spec.stream)
+        if spec.setup:
+            env = {**os.environ, **spec.env, "DISTPAR_PORT_BASE": str(ports),
+                   "DISTPAR_PORT_COUNT": str(workspace.PORTS_PER_WORKER), "DISTPAR_WORKTREE": str(ws)}
+            ran = workspace.run_hook("setup", spec.setup, ws, env, log_dir / f"setup-w{spec.stream + 1}.log",
+                                     tuple(spec.env.values()), cancel)
+        state = {"ports": ports, "included": copied, "setup": ran.to_dict() if ran else None}
+        workspace.save_state(ws, state)
+    setup = state.get("setup")
+    failed = workspace.HookResult.from_dict(setup) if isinstance(setup, dict) and not setup.get("ok") else None
+    return ran, failed, int(state["ports"])  # type: ignore[call-overload]
 
 
 READY = "distpar-ready"  # in a workspace's git dir: its files are fully checked out at the unit's base
@@ -199,6 +227,12 @@ def _run_batch(
     outcome = _totals(outcomes)
     status = {"success": BatchStatus.OK, "timeout": BatchStatus.TIMEOUT,
               "interrupted": BatchStatus.INTERRUPTED}.get(outcome.result_class, BatchStatus.FAILED)
+    if status.ok and spec.verify:  # the user's gate: a batch whose check fails is failed, its work saved
+        gate = workspace.run_hook("verify", spec.verify, ws, {**os.environ, **env, **spec.env}, log_path,
+                                  secrets, cancel, timeout=batch.timeout)
+        if not gate.ok:
+            status = BatchStatus.FAILED
+            outcome = replace(outcome, result_class="verify_failed", ok=False, message=gate.describe())
     if status.ok:
         title = f"distpar: batch {batch.id}: {batch.description}".rstrip(": ")
         if not gitops.commit_all(ws, title + trailer, env) and gitops.out(ws, "rev-parse", "HEAD") != before:

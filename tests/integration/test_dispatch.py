@@ -41,8 +41,6 @@ def test_a_free_worker_takes_the_next_ready_unit(repo: Path) -> None:
     # The actual assignment is journaled (and the live events carried it).
     rows = {b["batch_id"]: b["stream"] for b in journal().batches(report.run_id)}
     assert rows == worker
-    # The short ones finished while the long one ran: the run took about the long one, not long + 2 short.
-    assert report.wall < 2.0 + 4 * 0.2 + 1.5
 
 
 def test_a_worker_keeps_its_worktree_across_units(repo: Path) -> None:

@@ -91,7 +91,7 @@ def test_status_lists_runs_newest_first_and_shows_one(repo: Path) -> None:
     assert out[1].startswith(f"  plan {repo.parent / 'bad.md'} (test-plan); backend local, 2 worker(s)")
     assert re.match(r"  started \S+ \S+; wall \d+\.\ds, serial agent time \d+\.\ds, speedup \d\.\d\dx; cost \$0\.0200",
                     out[2])
-    assert re.split(r"\s+", out[3]) == ["STREAM", "BATCH", "STATE", "RESULT", "NODE", "DURATION", "COST", "ATTEMPT"]
+    assert re.split(r"\s+", out[3]) == ["WORKER", "BATCH", "STATE", "RESULT", "NODE", "DURATION", "COST", "ATTEMPT"]
     rows = {line.split()[1]: line.split() for line in out[4:] if re.match(r"s\d ", line)}
     assert rows["3"][2:4] == ["ok", "success"] and rows["3"][6] == "$0.0100"
     assert rows["4"][2:4] == ["failed", "error"] and rows["4"][4] != "-"
