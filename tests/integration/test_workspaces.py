@@ -62,7 +62,8 @@ def test_setup_runs_once_per_worker_before_its_first_batch(repo: Path) -> None:
     # Two units got disjoint port blocks (one per worker), and every unit of a worker the same one.
     ports: dict[int, set[int]] = {}
     for r in report.results:
-        ports.setdefault(r.stream, set()).add(int(sh_git(repo, "show", f"{runner.branch(r.batch_id)}:port{r.batch_id}.txt")))
+        port = sh_git(repo, "show", f"{runner.branch(r.batch_id)}:port{r.batch_id}.txt")
+        ports.setdefault(r.stream, set()).add(int(port))
     assert all(len(p) == 1 for p in ports.values())
     first = [p.pop() for p in ports.values()]
     assert len(first) == 2 and abs(first[0] - first[1]) >= 10
