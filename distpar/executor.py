@@ -94,7 +94,8 @@ class Runner:
         self.interrupted = threading.Event()
         self.budget_exhausted = False
         self.resumed = resume
-        self.resume_sessions: dict[str, tuple[str, str | None]] = {}  # unit -> (agent session, saved work)
+        # unit -> (agent session, commit of its saved work, node the session lives on)
+        self.resume_sessions: dict[str, tuple[str | None, str | None, str | None]] = {}
         self.dispatches = 0
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
@@ -108,6 +109,10 @@ class Runner:
         self.lock: RunLock | None = None  # one coordinator per run (resume hands in the lock it took)
         self.landing = False  # an interrupt while landing does not stop the landing (it is one atomic step)
         self.interrupted_while_landing = False
+
+    def saved_ref(self, uid: str) -> str:
+        """Where a unit's unfinished work is kept when it fails or is interrupted."""
+        return f"refs/distpar/{self.run_id}/saved/{safe_name(uid)}"
 
     def branch(self, uid: str) -> str:
         return f"distpar/{self.run_id}/b/{safe_name(uid)}"
@@ -250,10 +255,12 @@ class Runner:
             self._queue.put(("event", Blocked(ins.uid, ins.worker, reason)))
             return
         self.dispatches += 1
+        batch = self._batch_spec(ins.uid)
         spec = SegmentSpec(
             run_id=self.run_id, stream=ins.worker, segment=self.dispatches, branch=self.branch(ins.uid),
-            base=base.commit, batches=(self._batch_spec(ins.uid),),
-            source=self.transfer.source(base.commit, f"{safe_name(ins.uid)}-{self.dispatches}"),
+            base=base.commit, batches=(batch,),
+            source=self.transfer.source(base.commit, f"{safe_name(ins.uid)}-{self.dispatches}",
+                                        extra=(self.saved_ref(ins.uid),) if batch.restore else ()),
             workspace=self.backend.workspace(self._ctx_stub(), ins.worker), log_dir=self.backend.log_dir(
                 self._ctx_stub()),
             identity=self.identity, env=self.forwarded, return_bundle=self.transfer.return_bundle,
@@ -357,10 +364,11 @@ class Runner:
     def _batch_spec(self, uid: str) -> BatchSpec:
         b = self.plan.batch(uid)
         cfg = agents.agent_config(b.agent, self.options.agent) if b.agent else self.options.agent
-        session, restore = self.resume_sessions.get(uid, (None, None))
-        if session and agents.can_resume(cfg):
-            return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout, session, restore)
-        return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout)
+        session, restore, node = self.resume_sessions.get(uid, (None, None, None))
+        if session and not agents.can_resume(cfg):
+            session = node = None
+        return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout, session, restore,
+                         node if self.backend.remote else None)
 
     # --- signals ---------------------------------------------------------------------------------------
 

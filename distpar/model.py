@@ -84,6 +84,7 @@ class BatchSpec:
     timeout: float
     resume_session: str | None = None  # an interrupted batch: continue this agent session
     restore: str | None = None  # ... with the work it had left (a saved commit) put back in the worktree first
+    session_node: str | None = None  # where that session lives (agents keep sessions on the machine they ran on)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,12 +95,13 @@ class BatchSpec:
             "timeout": self.timeout,
             "resume_session": self.resume_session,
             "restore": self.restore,
+            "session_node": self.session_node,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BatchSpec:
         return cls(d["id"], d["description"], d["prompt"], AgentConfig.from_dict(d["agent"]), d["timeout"],
-                   d.get("resume_session"), d.get("restore"))
+                   d.get("resume_session"), d.get("restore"), d.get("session_node"))
 
 
 @dataclass(frozen=True, slots=True)

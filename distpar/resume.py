@@ -25,7 +25,6 @@ from distpar.runtime import (
     state_dir,
 )
 from distpar.schedule import Schedule
-from distpar.worker import safe_name
 
 if TYPE_CHECKING:
     from distpar.executor import Runner
@@ -120,10 +119,12 @@ def restore(runner: Runner) -> None:
         if commit:
             recovered[u.uid] = commit
     for uid, row in rows.items():
-        # An interrupted agent session is continued (where the agent can) with its saved work put back.
-        if row["state"] == "interrupted" and row["session_id"] and uid not in recovered:
-            saved = gitops.try_rev(repo, f"refs/distpar/{run_id}/saved/{safe_name(uid)}")
-            runner.resume_sessions[uid] = (row["session_id"], saved)
+        # An interrupted unit goes on from its saved work, in its agent session where the agent can continue one
+        # (and only on the node that holds it: the worker checks).
+        if row["state"] == "interrupted" and uid not in recovered:
+            saved = gitops.try_rev(repo, runner.saved_ref(uid))
+            if row["session_id"] or saved:
+                runner.resume_sessions[uid] = (row["session_id"], saved, row["node"])
     resumes = sum(1 for e in journal.events(run_id) if e.kind == "run_resumed") + 1
     journal.resume_run(run_id, os.getpid(), recovered)
     for uid, row in rows.items():

@@ -29,24 +29,26 @@ class Transfer:
     def return_bundle(self) -> bool:
         return self.remote and not self.repo_url
 
-    def source(self, base: str, name: str) -> Source:
-        """Where a worker gets ``base`` from; ``name`` keeps the refs and files of one dispatch apart."""
+    def source(self, base: str, name: str, extra: tuple[str, ...] = ()) -> Source:
+        """Where a worker gets ``base`` from; ``name`` keeps the refs and files of one dispatch apart. ``extra``:
+        refs the worker needs too (the saved work an interrupted unit goes on from)."""
         if not self.remote:
             return Source("worktree", str(self.repo))
         ref = f"refs/distpar/{self.run_id}/bases/{name}"
         if self.repo_url:
-            gitops.git(self.repo, "push", "--quiet", "--force", self.repo_url, f"{base}:{ref}")
+            gitops.git(self.repo, "push", "--quiet", "--force", self.repo_url, f"{base}:{ref}",
+                       *(f"+{r}:{r}" for r in extra))
             return Source("url", self.repo_url)
         self.bundles.mkdir(parents=True, exist_ok=True)
         if self._full is None:
             self._full = self.bundles / "base.bundle"
             gitops.update_ref(self.repo, f"refs/distpar/{self.run_id}/base", self.start)
             gitops.bundle_create(self.repo, self._full, [f"refs/distpar/{self.run_id}/base"])
-        if base == self.start:
+        if base == self.start and not extra:
             return Source("bundle", str(self._full))
         gitops.update_ref(self.repo, ref, base)
         inc = self.bundles / f"{name}.bundle"
-        gitops.bundle_create(self.repo, inc, [ref, f"^{self.start}"])
+        gitops.bundle_create(self.repo, inc, [ref, *extra, f"^{self.start}"])
         return Source("bundle", str(self._full), (str(inc),))
 
     def fetch_back(self, result: SegmentResult, source: Source) -> None:

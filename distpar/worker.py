@@ -188,12 +188,22 @@ def _run_batch(
     secrets: tuple[str, ...] = tuple(spec.env.values())
     saved: str | None = None
     started, ended, exit_code = time.time(), None, None
-    resume = bool(batch.resume_session) and _restore(ws, batch.restore)
+    restored = _restore(ws, batch.restore)
+    # An agent keeps its sessions on the machine it ran on: continue one only there; elsewhere a fresh session
+    # goes on from the saved work (and is told so).
+    resume = bool(batch.resume_session) and batch.session_node in (None, "", node_name())
+    if batch.resume_session and not resume:
+        with log_path.open("a") as log:
+            log.write(f"--- distpar: the interrupted session lives on {batch.session_node}, not here "
+                      f"({node_name()}): a fresh session continues from the saved work\n")
     for n in range(1, max(0, spec.agent_retries) + 2):
         ctx = agents.Context(batch.prompt, prompt_file, batch.id, ws, spec.run_id, spec.stream)
-        if resume and n == 1:
-            assert batch.resume_session
-            ctx = replace(ctx, prompt=RESUME_PREFIX + batch.prompt, session_id=batch.resume_session, resume=True)
+        if n == 1 and (resume or restored):
+            prefix = RESUME_PREFIX if restored else RESUME_PREFIX_NOTHING_SAVED
+            ctx = replace(ctx, prompt=prefix + batch.prompt)
+            if resume:
+                assert batch.resume_session
+                ctx = replace(ctx, session_id=batch.resume_session, resume=True)
         inv = agents.invocation(batch.agent, ctx, os.environ, {**env, **spec.env}, spec.env)
         secrets = tuple(dict.fromkeys((*secrets, *inv.secrets)))
         with log_path.open("a") as log:
@@ -268,13 +278,17 @@ def _run_batch(
 
 RESUME_PREFIX = ("Your previous session on this task was interrupted; the work it had done is in the working tree. "
                  "Continue where you left off. The task:\n")
+RESUME_PREFIX_NOTHING_SAVED = ("Your previous session on this task was interrupted before it changed any file. "
+                               "Continue where you left off. The task:\n")
 
 
 def _restore(ws: Path, commit: str | None) -> bool:
-    """Put an interrupted batch's saved work back in the worktree (uncommitted), when the commit is here."""
-    if commit and gitops.try_rev(ws, commit):
-        gitops.git(ws, "checkout", commit, "--", ".")
-        gitops.git(ws, "reset", "--quiet")
+    """Put an interrupted batch's saved work back in the worktree (uncommitted). True only when it is there:
+    the agent is never told its work is in the tree when it is not."""
+    if not commit or not gitops.try_rev(ws, f"{commit}^{{commit}}"):
+        return False
+    gitops.git(ws, "checkout", commit, "--", ".")
+    gitops.git(ws, "reset", "--quiet")
     return True
 
 
