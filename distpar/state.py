@@ -26,7 +26,8 @@ class UnitInfo:
     deps: tuple[str, ...] = ()
     priority: float = 0.0  # higher runs first: the critical path from this unit to the end, by estimate
     order: int = 0  # plan order, the tie-break
-    pin: int | None = None  # the only worker that may run it (the seed's pinned streams)
+    pin: int | None = None  # the only worker that may run it (the seed's pinned streams); it waits for that
+    # worker to come up, and goes to any worker only once that one is down (so every pin must come up or go down)
 
 
 # --- events (stimuli) ------------------------------------------------------------------------------------
@@ -172,6 +173,7 @@ class RunState:
     attempts: dict[str, int] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)  # workers with nothing to do, in the order they came free
     alive: set[int] = field(default_factory=set)
+    gone: set[int] = field(default_factory=set)  # workers that went down (their pinned units go to any worker)
     dependents: dict[str, list[str]] = field(default_factory=dict)
     spent: float = 0.0
     interrupted: bool = False
@@ -222,18 +224,20 @@ class RunState:
             return out
         if isinstance(event, WorkerUp):
             self.alive.add(event.worker)
+            self.gone.discard(event.worker)
             if event.worker not in self.free and not self._busy(event.worker):
                 self.free.append(event.worker)
         elif isinstance(event, WorkerDown):
             self.alive.discard(event.worker)
+            self.gone.add(event.worker)
             if event.worker in self.free:
                 self.free.remove(event.worker)
             for uid, (w, _) in list(self.running.items()):
                 if w == event.worker:
                     out += self._lost(uid, event.error or f"worker {event.worker} went away", back_to_pool=False)
         elif isinstance(event, UnitEnded):
-            if event.uid not in self.running:
-                return out  # a late or duplicate report: the unit was already settled
+            if not self._runs(event.uid, event.worker):
+                return out  # a late or duplicate report: the unit was settled, or runs again on another worker
             worker, attempt = self.running.pop(event.uid)
             self.assignment[event.uid] = worker
             self._release(worker)
@@ -252,10 +256,10 @@ class RunState:
                 self.budget_exhausted = True
                 out.append(BudgetSpent(self.spent, tuple(self.pending)))
         elif isinstance(event, UnitLost):
-            if event.uid in self.running:
+            if self._runs(event.uid, event.worker):
                 out += self._lost(event.uid, event.error, back_to_pool=True)
         elif isinstance(event, Blocked):
-            if event.uid in self.running:
+            if self._runs(event.uid, event.worker):
                 worker, _ = self.running.pop(event.uid)
                 self._release(worker)
                 out += self._settle(event.uid, BatchStatus.BLOCKED, event.reason)
@@ -281,6 +285,11 @@ class RunState:
         return out
 
     # --- helpers -------------------------------------------------------------------------------------
+
+    def _runs(self, uid: str, worker: int) -> bool:
+        """Whether ``worker`` runs ``uid`` now: a report from anyone else is late (its worker went down and the unit
+        went to another one) and must neither settle the unit nor free the worker that runs it."""
+        return uid in self.running and self.running[uid][0] == worker
 
     def _busy(self, worker: int) -> bool:
         return any(w == worker for w, _ in self.running.values())
@@ -329,8 +338,8 @@ class RunState:
         self.limit += 1
         if self.limit >= len(self.alive):
             self.limit = None
-            return [Throttle(len(self.alive), None)]
-        return [Throttle(self.limit, None)]
+            return [Throttle(len(self.alive), self.paused_until)]
+        return [Throttle(self.limit, self.paused_until)]  # a pause still running is still reported
 
     def _startable(self) -> bool:
         """Could anything still start (now or once something running ends)?"""
@@ -358,11 +367,11 @@ class RunState:
 
     def _choose(self, ready: list[str]) -> tuple[str, int] | None:
         """The best ready unit a free worker may take, and that worker: for a pinned unit its own worker (or,
-        once that worker is gone, any); otherwise the worker that ran one of its dependencies (its workspace
+        once that worker went down, any); otherwise the worker that ran one of its dependencies (its workspace
         already has that work), else the worker that came free first."""
         for uid in ready:
             unit = self.units[uid]
-            if unit.pin is not None and unit.pin in self.alive:
+            if unit.pin is not None and unit.pin not in self.gone:  # its worker is busy or not up yet: wait
                 if unit.pin in self.free:
                     return uid, unit.pin
                 continue
