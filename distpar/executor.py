@@ -60,7 +60,7 @@ from distpar.state import (
     WorkerUp,
 )
 from distpar.transfer import Transfer
-from distpar.units import PINNED, plan_units
+from distpar.stateunits import PINNED, plan_units
 from distpar.worker import safe_name
 
 log = logging.getLogger(__name__)
