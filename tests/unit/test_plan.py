@@ -85,13 +85,13 @@ def errors_of(batches: list[object]) -> str:
 
 def test_duplicate_ids() -> None:
     assert errors_of([batch(1), batch("1")]) == (
-        "p.md:20: batches[1].id: duplicate batch id '1' (first used by batches[0])"
+        "p.md:21: batches[1].id: duplicate batch id '1' (first used by batches[0])"
     )
 
 
 def test_unknown_dependency_points_at_the_batch() -> None:
     msg = errors_of([batch(1), batch(2, depends_on=[7])])
-    assert msg == "p.md:20: batches[1].depends_on[0]: unknown batch id '7' (known ids: 1, 2)"
+    assert msg == "p.md:31: batches[1].depends_on[0]: unknown batch id '7' (known ids: 1, 2)"
 
 
 def test_cycle_is_printed() -> None:
@@ -105,7 +105,7 @@ def test_self_dependency() -> None:
 
 def test_empty_prompt() -> None:
     assert errors_of([batch(1, prompt="   ")]) == (
-        "p.md:9: batches[0].agents[0].prompt is empty: every agent needs a prompt"
+        "p.md:16: batches[0].agents[0].prompt is empty: every agent needs a prompt"
     )
 
 
@@ -115,7 +115,9 @@ def test_empty_prompt() -> None:
         ("estimate", -1, "batches[0].estimate must be a positive number of minutes, got -1"),
         ("timeout", "soon", "batches[0].timeout must be a positive number of seconds, got 'soon'"),
         ("parallel", "yes", "batches[0].parallel must be true or false, not 'yes'"),
-        ("agents", [], "batches[0].agents must be a non-empty list"),
+        ("agents", {}, "batches[0].agents must be a list of {subagent_type, prompt}"),
+        ("type", "swarm", "batches[0].type must be one of sequential, fan-out, not 'swarm'"),
+        ("verify_files", ["ok", ""], "batches[0].verify_files must be a list of paths"),
         ("colour", "red", "batches[0]: unknown field(s) colour"),
     ],
 )

@@ -104,9 +104,10 @@ def test_diamond_waits_across_streams() -> None:
 
 def test_midpoint_is_the_seed_split() -> None:
     plan = mkplan([(1, [])] * 5)
-    s = make_schedule(plan, 4, "midpoint")
-    assert [list(x.batch_ids) for x in s.streams] == [["0", "1", "2"], ["3", "4"]]
-    s = make_schedule(plan, 2, "midpoint", split=1)
+    s = make_schedule(plan, 4, "midpoint")  # the seed: floor(5 / 2) = 2 -> 1,2 | 3,4,5
+    assert [list(x.batch_ids) for x in s.streams] == [["0", "1"], ["2", "3", "4"]]
+    s = make_schedule(plan, 2, split=1)  # --split alone implies midpoint
+    assert s.strategy == "midpoint"
     assert [list(x.batch_ids) for x in s.streams] == [["0"], ["1", "2", "3", "4"]]
 
 
@@ -115,7 +116,7 @@ def test_midpoint_is_the_seed_split() -> None:
     [
         ({"workers": 0}, "--workers must be at least 1, got 0"),
         ({"workers": 2, "strategy": "random"}, "unknown strategy 'random'"),
-        ({"workers": 2, "split": 2}, "--split goes with --strategy midpoint"),
+        ({"workers": 2, "strategy": "round-robin", "split": 2}, "--split goes with --strategy midpoint"),
         ({"workers": 2, "strategy": "midpoint", "split": 5}, "--split must be between 1 and 4"),
     ],
 )
