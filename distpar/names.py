@@ -52,7 +52,7 @@ def key(name: str) -> str:
         raise ValueError(f"id {name!r} {why}")
     if is_plain(name):
         return name
-    readable = _UNSAFE.sub("_", name.lower())[:READABLE].strip("_") or "id"
+    readable = _UNSAFE.sub("_", name.lower())[:READABLE].strip("_-") or "id"
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
     return f"{readable}+{digest}"
 
