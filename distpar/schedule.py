@@ -384,7 +384,7 @@ SubagentHow = Callable[[str], str]
 
 def subagent_not_passed(subagent_type: str) -> str:
     if subagent_type == "main":
-        return "main: the agent does the work itself"
+        return "the agent does the work itself"
     return "not passed to the agent (the prompt is given verbatim)"
 
 

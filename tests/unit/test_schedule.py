@@ -213,7 +213,7 @@ def test_preview_warns_about_shared_files_and_absolute_paths() -> None:
     assert not any("/dev/null" in w for w in warnings)
     assert pv.subagents == {"a": "not passed to the agent (the prompt is given verbatim)",
                             "b": "not passed to the agent (the prompt is given verbatim)",
-                            "main": "main: the agent does the work itself"}
+                            "main": "the agent does the work itself"}
     halves = preview(unit_graph(plan, strategy="midpoint"), 2, repo_root="/repo")
     # Each half is a chain (1#1 -> 1#2 | 2), but the halves run at the same time.
     assert [o.uids for o in halves.overlaps] == [("1#1", "2"), ("1#2", "2")]
