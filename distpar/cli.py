@@ -200,7 +200,7 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
     cfg = agents.agent_config(agent_name, AgentConfig(preset="claude", model=model))
     err(f"asking the {cfg.preset} agent which batches need which ...")
     answer = suggest.ask(plan, cfg, workdir, timeout=timeout or suggest.TIMEOUT)
-    text = suggest.apply(plan_file.read_text(encoding="utf-8"), plan, answer)
+    text = suggest.apply(plan_file.read_bytes().decode("utf-8"), plan, answer)  # line endings as they are
     after = parse_plan(text, str(plan_file))
     before_p = predict(unit_graph(plan), workers)
     after_p = predict(unit_graph(after), workers)
@@ -221,7 +221,7 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
         + (f"; the agent cost ${answer.cost_usd:.4f}" if answer.cost_usd is not None else ""))
     if write:
         tmp = plan_file.with_name(f".{plan_file.name}.distpar-tmp")
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(text.encode("utf-8"))
         os.replace(tmp, plan_file)
         err(f"wrote depends_on into {plan_file}")
 

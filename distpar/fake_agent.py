@@ -8,9 +8,10 @@ arguments as the real CLI does (an unknown option fails), and answers in that CL
 
     claude  -p --output-format json|stream-json [--verbose] [--model M] [--max-turns N] [--max-budget-usd X]
             [--permission-mode MODE] [--session-id=UUID] [--json-schema SCHEMA] [--] PROMPT
-            one JSON result on stdout (with --json-schema, its structured_output: $FAKE_AGENT_STRUCTURED_OUTPUT,
-            else the schema's smallest value) (stream-json: JSON lines ending with it); stream-json without --verbose,
-            a nested session (CLAUDECODE set) and bypass mode as root without IS_SANDBOX=1 fail as they do
+            one JSON result on stdout (stream-json: JSON lines ending with it); with --json-schema no edits and
+            a structured_output ($FAKE_AGENT_STRUCTURED_OUTPUT, else the schema's smallest value); stream-json
+            without --verbose, a nested session (CLAUDECODE set) and bypass mode as root without IS_SANDBOX=1
+            fail as they do
     codex   exec --json [--sandbox MODE] [--skip-git-repo-check] [-m M] [--] PROMPT
             JSONL events (thread.started, turn.started, item.completed, turn.completed / turn.failed, error)
     gemini  -p PROMPT --output-format json [--approval-mode=MODE] [-m M]
@@ -257,7 +258,8 @@ def claude(argv: list[str], state: State) -> int:
     if fmt == "stream-json":
         print(json.dumps({"type": "system", "subtype": "init", "session_id": session, "model": model}), flush=True)
     try:
-        run_prompt(prompt, state)
+        if schema is None:  # a structured-output call only answers (distpar asks it read-only)
+            run_prompt(prompt, state)
     except Crash:
         print("fake agent crashed", file=sys.stderr)
         return 1

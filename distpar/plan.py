@@ -25,8 +25,7 @@ BATCH_TYPES = ("sequential", "fan-out")
 _TOP_KEYS = {"plan_id", "batches", "target_branch", "pre_approved", "independent"}
 _BATCH_KEYS = {"id", "description", "parallel", "type", "agents", "depends_on", "verify_files", "commit_repos",
                "estimate", "agent", "timeout"}
-_AGENT_KEYS = {"subagent_type", "prompt", "owns_files", "depends_on", "commit_repos", "estimate", "agent",
-               "timeout"}
+_AGENT_KEYS = {"subagent_type", "prompt", "owns_files", "depends_on", "commit_repos", "estimate", "timeout"}
 
 Path_ = tuple[str | int, ...]  # a JSON path: ("batches", 2, "agents", 0, "prompt")
 
@@ -39,7 +38,7 @@ class AgentTask:
     depends_on: tuple[str, ...] = ()  # batch ids this agent needs (CAST agent-level depends_on)
     commit_repos: tuple[str, ...] = ()
     estimate: float | None = None  # minutes; None: derived from the batch's estimate
-    agent: str | None = None  # preset or template for this agent only
+    agent: str | None = None  # preset or template for this agent only (hand-built plans; not a manifest field)
     timeout: float | None = None
     line: int = 0
     depends_declared: bool = False  # the manifest has a depends_on key here (even an empty one)
@@ -478,7 +477,6 @@ class _Builder:
             depends_on=self.ids(a, (*path, "depends_on")),
             commit_repos=self.strings(a, (*path, "commit_repos"), "repository paths"),
             estimate=self.number(a, (*path, "estimate"), "a positive number of minutes"),
-            agent=self.agent_value(a, (*path, "agent")),
             timeout=self.number(a, (*path, "timeout"), "a positive number of seconds"),
             line=self.spans.line_of(path),
             depends_declared="depends_on" in a,

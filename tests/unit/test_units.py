@@ -218,3 +218,23 @@ def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     plan = parse_plan(manifest([{"id": i, "agents": agents("p")} for i in range(5)]))
     with pytest.raises(UsageError, match=message):
         unit_graph(plan, **kwargs)  # type: ignore[arg-type]
+
+
+def test_suggest_answer_is_checked_and_applied_without_touching_anything_else() -> None:
+    from distpar import suggest
+
+    text = manifest([{"id": "api", "agents": agents("build the api")},
+                     {"id": "ui", "agents": agents("@fake write x y\nbuild the ui")},
+                     {"id": "glue", "agents": agents("wire")}])
+    plan = parse_plan(text, "p.md")
+    asked = suggest.prompt(plan)
+    assert "\n    > @fake write x y\n" in asked and "\n@fake" not in asked
+    answer = suggest.parse_answer(plan, {"batches": [{"id": "glue", "depends_on": ["ui", "api", "api"]},
+                                                     {"id": "api", "depends_on": ["glue"]}]})
+    assert answer.depends_on == {"api": (), "ui": ("api",), "glue": ("api", "ui")}
+    assert answer.notes == ("batch api: ignored glue (not an earlier batch)",
+                            "batch ui: no answer, it keeps its stage order (after api)")
+    new = suggest.apply(text, plan, answer)
+    assert new.replace(', "depends_on": []', "").replace(', "depends_on": ["api"]', "").replace(
+        ', "depends_on": ["api", "ui"]', "") == text
+    assert unit_graph(parse_plan(new)).rule == "dag"
