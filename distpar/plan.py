@@ -248,6 +248,14 @@ def extract_block(text: str, source: str) -> tuple[str, int]:
     raise PlanError(f"the dispatch block opened here is never closed with {fence}", where=f"{source}:{start + 1}")
 
 
+# Text that may hold a NUL byte (only as an escape: JSON strings cannot hold a raw one) or a non-finite number.
+_BIG = re.compile(r"[eE]\+?[0-9]{3}|[0-9]{300}")
+
+
+def _suspect(block: str) -> bool:
+    return "\\u0000" in block or "NaN" in block or "Infinity" in block or _BIG.search(block) is not None
+
+
 class _NonFinite(str):
     """``NaN``, ``Infinity`` or ``-Infinity`` in the JSON (Python's json accepts them): refused with a path."""
 
@@ -256,62 +264,70 @@ class Spans:
     """Where each JSON value sits in the block text (offsets), found on demand by walking the path with the
     standard decoder: exact lines for errors without a parser of our own."""
 
-    _WS = " \t\r\n"
+    _WS = re.compile(r"[ \t\r\n]*")
 
     def __init__(self, block: str, first_line: int) -> None:
         self.block = block
         self.first_line = first_line
-        self._newlines = [i for i, c in enumerate(block) if c == "\n"]
+        self._newlines = [m.start() for m in re.finditer("\n", block)]
         self._decoder = json.JSONDecoder(parse_constant=_NonFinite)
-        self._children: dict[int, dict[str | int, tuple[int, int]]] = {}
+        # container start -> [children found (name -> value start), scan position, next index, value to skip
+        # before scanning on (-1: none), done]; scanned only as far as asked (a plan may be large)
+        self._scans: dict[int, list[Any]] = {}
 
     def line(self, offset: int) -> int:
         return self.first_line + bisect.bisect_left(self._newlines, offset)
 
     def _skip(self, i: int) -> int:
-        while i < len(self.block) and self.block[i] in self._WS:
-            i += 1
-        return i
+        m = self._WS.match(self.block, i)
+        return m.end() if m else i
 
-    def children(self, start: int) -> dict[str | int, tuple[int, int]]:
-        """Member name (object) or index (array) -> (start, end) offsets of the value opening at ``start``."""
-        if start in self._children:
-            return self._children[start]
-        out: dict[str | int, tuple[int, int]] = {}
-        opener = self.block[start] if start < len(self.block) else ""
-        if opener in "{[":
-            closer = "}" if opener == "{" else "]"
-            i, k = self._skip(start + 1), 0
-            while i < len(self.block) and self.block[i] != closer:
-                name: str | int = k
-                if opener == "{":
-                    name, i = self._decoder.raw_decode(self.block, i)
-                    i = self._skip(self._skip(i) + 1)  # past the ':'
-                _, end = self._decoder.raw_decode(self.block, i)
-                out[name] = (i, end)
-                i, k = self._skip(end), k + 1
-                if i < len(self.block) and self.block[i] == ",":
-                    i = self._skip(i + 1)
-        self._children[start] = out
-        return out
+    def end(self, start: int) -> int:
+        """Where the value opening at ``start`` ends."""
+        return int(self._decoder.raw_decode(self.block, start)[1])
 
-    def span(self, path: Path_) -> tuple[int, int]:
-        """The offsets of the deepest value along ``path`` that exists."""
-        start = self._skip(0)
-        span = (start, len(self.block))
-        for part in path:
-            child = self.children(span[0]).get(part)
-            if child is None:
+    def child(self, start: int, name: str | int) -> int | None:
+        """Where member ``name`` (object) or element ``name`` (array) of the value at ``start`` opens."""
+        block = self.block
+        scan = self._scans.get(start)
+        if scan is None:
+            opener = block[start] if start < len(block) else ""
+            scan = self._scans[start] = [{}, self._skip(start + 1), 0, -1, opener not in ("{", "[")]
+        found, closer = scan[0], "}" if block[start] == "{" else "]"
+        while name not in found and not scan[4]:
+            pos = scan[1]
+            if scan[3] >= 0:
+                pos = self._skip(self.end(scan[3]))
+                if pos < len(block) and block[pos] == ",":
+                    pos = self._skip(pos + 1)
+                scan[3] = -1
+            if pos >= len(block) or block[pos] == closer:
+                scan[1], scan[4] = pos, True
                 break
-            span = child
-        return span
+            key: str | int = scan[2]
+            if closer == "}":
+                key, pos = self._decoder.raw_decode(block, pos)
+                pos = self._skip(self._skip(pos) + 1)  # past the ':'
+            found[key] = pos
+            scan[1], scan[2], scan[3] = pos, scan[2] + 1, pos
+        return found.get(name)
+
+    def start(self, path: Path_) -> int:
+        """Where the deepest value along ``path`` that exists opens."""
+        at = self._skip(0)
+        for part in path:
+            nxt = self.child(at, part)
+            if nxt is None:
+                break
+            at = nxt
+        return at
 
     def line_of(self, path: Path_) -> int:
-        return self.line(self.span(path)[0])
+        return self.line(self.start(path))
 
     def text(self, path: Path_) -> str:
-        a, b = self.span(path)
-        return self.block[a:b]
+        a = self.start(path)
+        return self.block[a : self.end(a)]
 
 
 def json_path(path: Path_) -> str:
@@ -337,7 +353,8 @@ class _Builder:
         top = f"{self.source}:{self.first_line}"
         if not isinstance(data, dict):
             raise PlanError(f"the dispatch block must be a JSON object, not {_kind(data)}", where=top)
-        self.check_values(data, ())
+        if _suspect(self.spans.block):  # the walk is only needed when the text could hold one
+            self.check_values(data, ())
         warnings: list[str] = []
         unknown = sorted(set(data) - _TOP_KEYS)
         if unknown:
@@ -410,12 +427,7 @@ class _Builder:
     def batch(self, item: Any, i: int) -> Batch:
         path: Path_ = ("batches", i)
         line = self.spans.line_of(path)
-        if not isinstance(item, dict):
-            raise self.error(path, f"must be an object, not {_kind(item)}")
-        unknown = sorted(set(item) - _BATCH_KEYS)
-        if unknown:
-            raise self.error(path, f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_BATCH_KEYS))})",
-                             sep=": ")
+        self.check_object(item, path, _BATCH_KEYS)
         if "id" not in item:
             raise self.error(path, "missing id", sep=": ")
         bid = item["id"]
@@ -438,7 +450,9 @@ class _Builder:
         if not isinstance(agents_raw, list):
             raise self.error((*path, "agents"), "must be a list of {subagent_type, prompt} (an empty list skips "
                              "the batch)")
-        agents = tuple(self.agent(a, (*path, "agents", j)) for j, a in enumerate(agents_raw))
+        # One agent: its line is the batch's (errors still find their exact line); several: each its own.
+        agents = tuple(self.agent(a, (*path, "agents", j), line if len(agents_raw) == 1 else None)
+                       for j, a in enumerate(agents_raw))
         return Batch(
             id=bid,
             description=description,
@@ -455,13 +469,8 @@ class _Builder:
             depends_declared="depends_on" in item,
         )
 
-    def agent(self, a: Any, path: Path_) -> AgentTask:
-        if not isinstance(a, dict):
-            raise self.error(path, f"must be an object, not {_kind(a)}")
-        extra = sorted(set(a) - _AGENT_KEYS)
-        if extra:
-            raise self.error(path, f"unknown field(s) {', '.join(extra)} (allowed: {', '.join(sorted(_AGENT_KEYS))})",
-                             sep=": ")
+    def agent(self, a: Any, path: Path_, line: int | None = None) -> AgentTask:
+        self.check_object(a, path, _AGENT_KEYS)
         prompt = a.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise self.error((*path, "prompt"), "is empty: every agent needs a prompt")
@@ -478,11 +487,19 @@ class _Builder:
             commit_repos=self.strings(a, (*path, "commit_repos"), "repository paths"),
             estimate=self.number(a, (*path, "estimate"), "a positive number of minutes"),
             timeout=self.number(a, (*path, "timeout"), "a positive number of seconds"),
-            line=self.spans.line_of(path),
+            line=line if line is not None else self.spans.line_of(path),
             depends_declared="depends_on" in a,
         )
 
-    # --- field helpers --------------------------------------------------------------------------------------
+    # --- field helpers ----------------------------------------------------------------------------------------
+
+    def check_object(self, item: Any, path: Path_, allowed: set[str]) -> None:
+        if not isinstance(item, dict):
+            raise self.error(path, f"must be an object, not {_kind(item)}")
+        unknown = sorted(set(item) - allowed)
+        if unknown:
+            raise self.error(path, f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})",
+                             sep=": ")
 
     def ids(self, item: dict[str, Any], path: Path_) -> tuple[str, ...]:
         raw = item.get(str(path[-1]), [])

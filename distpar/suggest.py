@@ -183,7 +183,7 @@ def apply(text: str, plan: Plan, suggestion: Suggestion) -> str:
     ids = {b.id: spans.text(("batches", i, "id")) for i, b in enumerate(plan.batches)}  # as written: 1 or "1"
     inserts = []
     for i, b in enumerate(plan.batches):
-        _, end = spans.children(spans.span(("batches", i))[0])["id"]
+        end = spans.end(spans.start(("batches", i, "id")))
         inserts.append((end, f', "depends_on": [{", ".join(ids[d] for d in suggestion.depends_on[b.id])}]'))
     for end, piece in sorted(inserts, reverse=True):
         block = block[:end] + piece + block[end:]

@@ -132,13 +132,15 @@ def _build(plan: Plan, *, stages: bool) -> list[Unit]:
     units: list[Unit] = []
     previous: tuple[str, ...] = ()  # stages: the final units of the previous batch with agents
     batches = {b.id: b for b in plan.batches}
+    fan_out = {b.id: a.id for a, b in zip(plan.batches, plan.batches[1:], strict=False)
+               if a.type == "fan-out" and a.agents}  # batch -> the fan-out batch right before it
     for bid in batch_order(plan):
         b = batches[bid]
         if not b.agents:
             finals[bid] = previous if stages else _union(finals[d] for d in b.all_depends_on)
             continue
         upstream = previous if stages else _union(finals[d] for d in b.depends_on)
-        source = plan.fan_out_source(bid)
+        source = fan_out.get(bid)
         if source and not stages and source in finals:  # (not when the fan-out batch itself waits for this one)
             upstream = _union([upstream, finals[source]])
         mine: list[str] = []
@@ -172,6 +174,8 @@ def _midpoint(plan: Plan, split: int | None) -> UnitGraph:
     units: list[Unit] = []
     half_of = {b.id: h for h, half in enumerate(halves) for b in half}
     position = {b.id: i for i, b in enumerate(plan.batches)}
+    fan_out = {b.id: a.id for a, b in zip(plan.batches, plan.batches[1:], strict=False)
+               if a.type == "fan-out" and a.agents}
     notes: list[str] = []
     for h, half in enumerate(halves):
         last: tuple[str, ...] = ()
@@ -180,7 +184,7 @@ def _midpoint(plan: Plan, split: int | None) -> UnitGraph:
                 if half_of[d] != h or position[d] > position[b.id]:
                     where = "the other half" if half_of[d] != h else "later in the same half"
                     notes.append(f"batch {b.id} depends on {d}, which runs in {where}: midpoint does not wait")
-            source = plan.fan_out_source(b.id)
+            source = fan_out.get(b.id)
             if source and half_of[source] != h:
                 notes.append(f"batch {b.id} follows fan-out batch {source} across the cut: it gets no fan-out "
                              "summary")
