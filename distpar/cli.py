@@ -305,6 +305,10 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
         return
     if repo_url and backend == "local":
         raise UsageError("--repo-url goes with a remote backend (--backend ray or ssh)")
+    skipped = [b.id for b in plan.batches if not b.agents]
+    if skipped:  # until the coordinator records such batches as skipped, it would run an agent on no prompt
+        raise UsageError(f"batch(es) {', '.join(skipped)} have no agents (agents: []): this coordinator cannot "
+                         "skip a batch yet; remove them from the plan")
     options = runtime.RunOptions(
         agent=agent, timeout=timeout or runtime.DEFAULT_TIMEOUT, into=into, allow_dirty=allow_dirty,
         keep_branches=keep_branches, retries=retries, forward_env=forward_env, backend=backend,

@@ -106,3 +106,13 @@ def test_suggest_deps_refuses_agents_without_structured_output_and_reports_failu
     assert res.returncode == 1 and "Error: the agent's answer has no list of batches" in res.stderr
     res = run_distpar("plan", str(plan), "--write", cwd=repo)
     assert res.returncode == 2 and "Error: --write goes with --suggest-deps" in res.stderr
+
+
+def test_run_refuses_skipped_batches_until_they_can_be_recorded(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1), {**fake_batch(2), "agents": []}])
+    dry = run_distpar("run", str(plan), "--agent", "fake", "--dry-run", cwd=repo)
+    assert dry.returncode == 0 and "  batch 2: skipped (no agents)" in dry.stdout
+    assert "warning: " in dry.stderr and "batch 2 has no agents: it is skipped" in dry.stderr
+    res = run_distpar("run", str(plan), "--agent", "fake", cwd=repo)
+    assert res.returncode == 2 and "batch(es) 2 have no agents (agents: [])" in res.stderr
+    assert sh_git(repo, "branch", "--list", "distpar/*") == ""
