@@ -253,3 +253,15 @@ def _union(groups: Iterable[Iterable[str]]) -> tuple[str, ...]:
 
 def _ids(ids: list[str], limit: int = 8) -> str:
     return ", ".join(ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def with_fan_out_summary(prompt: str, source: str, answers: Mapping[str, str], graph: UnitGraph) -> str:
+    """``prompt`` with the CAST Fan-out Summary of batch ``source`` in front: one line per agent, in agent
+    order, from ``answers`` (uid -> the agent's final answer; its first line is kept, as the protocol's "main
+    finding in one sentence"). For every unit of the batch right after a ``type: fan-out`` batch."""
+    lines = [f"Fan-out Summary (Batch {source}):"]
+    for u in graph.of_batch(source):
+        answer = (answers.get(u.uid) or "").strip()
+        first = answer.splitlines()[0] if answer else "(no answer)"
+        lines.append(f"- {u.subagent_type or u.uid}: {first}")
+    return "\n".join(lines) + "\n\n" + prompt

@@ -238,3 +238,17 @@ def test_suggest_answer_is_checked_and_applied_without_touching_anything_else() 
     assert new.replace(', "depends_on": []', "").replace(', "depends_on": ["api"]', "").replace(
         ', "depends_on": ["api", "ui"]', "") == text
     assert unit_graph(parse_plan(new)).rule == "dag"
+
+
+def test_the_batch_after_a_fan_out_gets_its_summary() -> None:
+    from distpar.units import with_fan_out_summary
+
+    plan = parse_plan(manifest([
+        {"id": 1, "type": "fan-out", "agents": [{"subagent_type": "planner", "prompt": "plan"},
+                                                 {"subagent_type": "security", "prompt": "audit"}]},
+        {"id": 2, "agents": agents("build it")}]))
+    g = unit_graph(plan)
+    source = plan.fan_out_source("2")
+    assert source == "1" and plan.fan_out_source("1") is None
+    text = with_fan_out_summary(g.unit("2").prompt, source, {"1#1": "Use a queue.\nDetails...", "1#2": ""}, g)
+    assert text == ("Fan-out Summary (Batch 1):\n- planner: Use a queue.\n- security: (no answer)\n\nbuild it")
