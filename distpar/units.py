@@ -106,6 +106,8 @@ def unit_graph(plan: Plan, *, independent: bool = False, strategy: str = "balanc
                split: int | None = None) -> UnitGraph:
     if strategy not in STRATEGIES:
         raise UsageError(f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if split is not None and strategy == "round-robin":
+        raise UsageError("--split goes with --strategy midpoint")
     if strategy == "midpoint" or split is not None:
         return _midpoint(plan, split)
     if independent or plan.independent:

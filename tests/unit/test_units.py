@@ -213,6 +213,7 @@ def test_midpoint_notes_what_it_does_not_honour() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [({"split": 5}, "--split must be between 1 and 4"),
+                                                 ({"split": 2, "strategy": "round-robin"}, "--split goes with"),
                                                  ({"strategy": "random"}, "unknown strategy 'random'")])
 def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
     plan = parse_plan(manifest([{"id": i, "agents": agents("p")} for i in range(5)]))
