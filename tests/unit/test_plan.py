@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from distpar.errors import PlanError
 from distpar.plan import parse_plan
@@ -278,3 +281,62 @@ def test_roundtrip_keeps_every_field() -> None:
     for manifest in (PLANNER, EXECUTOR_FIXTURE, SPEC_FULL):
         plan = parse_plan(cast_doc(manifest), "x.md")
         assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+# --- properties -------------------------------------------------------------------------------------------------
+
+
+texts = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=12).filter(str.strip)
+
+
+@st.composite
+def manifests(draw: st.DrawFn) -> dict[str, object]:
+    n = draw(st.integers(1, 6))
+    ids = draw(st.lists(st.one_of(st.integers(0, 99), texts.filter(lambda s: "#" not in s)), min_size=n, max_size=n,
+                        unique_by=str))
+    batches = []
+    for i, bid in enumerate(ids):
+        agents = [{"subagent_type": draw(texts), "prompt": draw(texts),
+                   **({"owns_files": draw(st.lists(texts, max_size=2))} if draw(st.booleans()) else {})}
+                  for _ in range(draw(st.integers(1 if i == 0 else 0, 3)))]
+        b: dict[str, object] = {"id": bid, "agents": agents, "parallel": draw(st.booleans())}
+        if draw(st.booleans()):
+            b["type"] = draw(st.sampled_from(["sequential", "fan-out"]))
+        if i and draw(st.booleans()):
+            b["depends_on"] = draw(st.lists(st.sampled_from(ids[:i]), max_size=2))
+        if draw(st.booleans()):
+            b["estimate"] = draw(st.floats(0.1, 100))
+        batches.append(b)
+    return {"plan_id": draw(texts), "batches": batches}
+
+
+@settings(max_examples=150, deadline=None)
+@given(manifests(), st.sampled_from([None, 1, 2, 4]))
+def test_any_valid_manifest_parses_with_exact_lines_and_round_trips(manifest: dict[str, object],
+                                                                    indent: int | None) -> None:
+    from distpar.plan import Plan
+
+    text = "# p\n\n```json dispatch\n" + json.dumps(manifest, indent=indent) + "\n```\n"
+    plan = parse_plan(text, "p.md")
+    assert plan.ids == [str(b["id"]) for b in manifest["batches"]]  # type: ignore[index]
+    lines = text.splitlines()
+    for b in plan.batches:
+        assert "{" in lines[b.line - 1]
+        for a in b.agents:
+            assert a.line >= b.line and json.dumps(a.prompt)[1:-1] in "\n".join(lines[a.line - 1 :])
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+@settings(max_examples=100, deadline=None)
+@given(manifests(), st.data())
+def test_a_nul_anywhere_is_refused_naming_its_path(manifest: dict[str, object], data: st.DataObject) -> None:
+    batches = manifest["batches"]
+    assert isinstance(batches, list)
+    i = data.draw(st.integers(0, len(batches) - 1))
+    agents = batches[i]["agents"]
+    if not agents:
+        return
+    j = data.draw(st.integers(0, len(agents) - 1))
+    agents[j]["prompt"] += "\x00"
+    with pytest.raises(PlanError, match=re.escape(f"batches[{i}].agents[{j}].prompt contains a NUL byte")):
+        parse_plan(doc(manifest), "p.md")
