@@ -16,9 +16,10 @@ import click
 from distpar import __version__, agents, gitops
 from distpar.errors import DistparError, ExitCode, UsageError
 from distpar.model import AgentConfig, worker_label
-from distpar.plan import Plan, load_plan
+from distpar.plan import Plan, load_plan, parse_plan
 from distpar.report import secs
-from distpar.schedule import STRATEGIES, Schedule, make_schedule
+from distpar.schedule import Schedule, SubagentHow, make_schedule, predict, preview, subagent_not_passed
+from distpar.units import STRATEGIES, UnitGraph, unit_graph
 
 log = logging.getLogger("distpar")
 
@@ -76,7 +77,9 @@ def cli(verbose: int) -> None:
 
 
 def _schedule_options(f: Any) -> Any:
-    f = click.option("--split", type=int, default=None, help="With --strategy midpoint: cut after batch K.")(f)
+    f = click.option("--independent", is_flag=True,
+                     help="The batches do not need each other (the seed's assumption): no stage order.")(f)
+    f = click.option("--split", type=int, default=None, help="Cut after batch K (implies --strategy midpoint).")(f)
     f = click.option("--strategy", type=click.Choice(STRATEGIES), default="balanced", show_default=True,
                      help="How batches are spread over streams.")(f)
     f = click.option("-w", "--workers", type=click.IntRange(min=1), default=None,
@@ -87,43 +90,140 @@ def _schedule_options(f: Any) -> Any:
 @cli.command("plan")
 @click.argument("plan_file", type=click.Path(dir_okay=False, path_type=Path))
 @_schedule_options
+@click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              help="Repository the plan runs in (for the path checks; default: the current directory).")
+@click.option("--suggest-deps", is_flag=True,
+              help="Ask the agent which batches need which; print the plan with depends_on added.")
+@click.option("--write", is_flag=True, help="With --suggest-deps: write the depends_on into PLAN_FILE.")
+@click.option("--agent", "agent_name", default="claude", show_default=True,
+              help="With --suggest-deps: the agent to ask (claude, or fake for tests).")
+@click.option("--model", default=None, help="With --suggest-deps: the model.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With --suggest-deps: seconds to wait for the answer (default 600).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plan_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, as_json: bool) -> None:
-    """Show how PLAN_FILE would be scheduled. Changes nothing."""
+def plan_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, independent: bool, repo_path: Path,
+             suggest_deps: bool, write: bool, agent_name: str, model: str | None, timeout: float | None,
+             as_json: bool) -> None:
+    """Show how PLAN_FILE would run: the ordering rule, the units, the predicted timeline. Changes nothing
+    (except PLAN_FILE with --suggest-deps --write)."""
     plan = load_plan(plan_file)
-    schedule = make_schedule(plan, workers or DEFAULT_WORKERS, strategy, split)
-    _print_schedule(plan, schedule, as_json)
+    workers = workers or DEFAULT_WORKERS
+    repo_root = _repo_root_or_none(repo_path)
+    if suggest_deps:
+        workdir = Path(repo_root) if repo_root else repo_path
+        _suggest_deps(plan, plan_file, workers, workdir, agent_name, model, timeout, write, as_json)
+        return
+    for option, given in (("--write", write), ("--model", model), ("--timeout", timeout)):
+        if given:
+            raise UsageError(f"{option} goes with --suggest-deps")
+    graph = unit_graph(plan, independent=independent, strategy=strategy, split=split)
+    schedule = make_schedule(plan, workers, strategy, split)
+    _print_schedule(plan, graph, schedule, as_json, repo_root=repo_root, plan_path=str(plan_file.resolve()))
 
 
-def _print_schedule(plan: Plan, schedule: Schedule, as_json: bool) -> None:
-    warning = None if plan.has_dependencies else (
-        "no depends_on declared: batches are treated as independent (plan order is kept inside each stream)"
-    )
+def _repo_root_or_none(path: Path) -> str | None:
+    try:
+        return str(gitops.repo_root(path))
+    except DistparError:
+        return None
+
+
+def _print_schedule(plan: Plan, graph: UnitGraph, schedule: Schedule, as_json: bool, *,
+                    repo_root: str | None = None, plan_path: str | None = None,
+                    subagent: SubagentHow = subagent_not_passed) -> None:
+    """The dry run: ordering rule and why, units per batch and what each waits for, the predicted timeline,
+    the documented fields distpar accepts without acting on them; warnings on stderr."""
+    pv = preview(graph, schedule.workers, repo_root=repo_root, plan_path=plan_path, subagent=subagent)
+    p = pv.prediction
+    warnings = [*plan.warnings, *pv.warnings()]
     if as_json:
         click.echo(json.dumps({"plan_id": plan.plan_id, "source": plan.source, "batches": len(plan.batches),
-                               "schedule": schedule.to_dict(), "warnings": [warning] if warning else []}, indent=2))
+                               "units": len(graph.units), "rule": graph.rule, "why": graph.why,
+                               "target_branch": plan.target_branch, "preview": pv.to_dict(),
+                               "schedule": schedule.to_dict(), "warnings": warnings}, indent=2))
         return
     click.echo(f"plan {plan.plan_id or '(no id)'} ({plan.source}): {len(plan.batches)} batches, "
-               f"{schedule.workers} worker(s), strategy {schedule.strategy}")
-    for s in schedule.streams:
+               f"{len(graph.units)} units, {p.workers} worker(s)")
+    click.echo(f"order: {graph.rule}: {graph.why}")
+    for b in plan.batches:
+        units = graph.of_batch(b.id)
+        mode = "fan-out" if b.type == "fan-out" else ("parallel" if b.concurrent else "sequential")
+        head = f"  batch {b.id}" + (f" ({mode}, {len(units)} units)" if len(units) > 1 else "")
+        if not units:
+            click.echo(f"{head}: skipped (no agents)")
+            continue
         parts = []
-        for b in s.batch_ids:
-            w = schedule.waits.get(b)
-            label = f"{b} ({plan.batch(b).estimate:g}m)"
-            if w:
-                label += " waits for " + ", ".join(f"{d} (s{schedule.stream_of(d) + 1})" for d in w)
+        for u in units:
+            label = f"{u.uid} ({u.estimate:g}m)"
+            if u.depends_on:
+                label += " after " + ", ".join(u.depends_on)
             parts.append(label)
-        click.echo(f"  {s.name}: " + " -> ".join(parts))
-    idle = schedule.workers - len(schedule.streams)
-    if idle > 0:
-        click.echo(f"  ({idle} worker(s) idle: not enough batches to spread)")
+        extra = f"; verifies {', '.join(b.verify_files)}" if b.verify_files else ""
+        click.echo(f"{head}: " + "; ".join(parts) + extra)
+    click.echo("predicted timeline (minutes):")
+    for k, row in enumerate(p.timeline()):
+        cells = [f"{s.uid} {s.start:g}-{s.finish:g}" for s in row]
+        click.echo(f"  w{k + 1}: " + (" -> ".join(cells) if cells else "(idle)"))
     click.echo(
-        f"estimated makespan {schedule.makespan:g} min, serial {schedule.serial:g} min, "
-        f"predicted speedup {schedule.predicted_speedup:.2f}x; lower bound {schedule.lower_bound:g} min "
-        f"(critical path {schedule.critical_path:g}, work/N {schedule.serial / schedule.workers:g})"
+        f"estimated makespan {p.makespan:g} min, serial {p.serial:g} min, predicted speedup {p.speedup:.2f}x; "
+        f"lower bound {p.lower_bound:g} min (critical path {p.critical_path:g}, work/N {p.serial / p.workers:g})"
     )
-    if warning:
+    by_how: dict[str, list[str]] = {}
+    for name, how in pv.subagents.items():
+        by_how.setdefault(how, []).append(name)
+    for how, group in by_how.items():
+        click.echo(f"subagent_type {', '.join(group)}: {how}")
+    for line in _accepted_fields(plan):
+        click.echo(line)
+    for warning in warnings:
         err(f"warning: {warning}", fg="yellow")
+
+
+def _accepted_fields(plan: Plan) -> list[str]:
+    """What distpar does with the CAST fields it accepts but does not act on (yet)."""
+    out = []
+    if plan.target_branch:
+        out.append(f"target_branch {plan.target_branch}: the branch the work lands on (the default for --into)")
+    if plan.pre_approved:
+        out.append("pre_approved: accepted; distpar never waits for an approval")
+    repos = sorted({r for b in plan.batches for r in (*b.commit_repos, *(x for a in b.agents for x in a.commit_repos))})
+    if repos:
+        out.append(f"commit_repos ({', '.join(repos)}): accepted; distpar commits what each agent changes in its "
+                   "worktree of this repository, and nothing in other repositories")
+    return out
+
+
+def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agent_name: str, model: str | None,
+                  timeout: float | None, write: bool, as_json: bool) -> None:
+    from distpar import suggest
+
+    cfg = agents.agent_config(agent_name, AgentConfig(preset="claude", model=model))
+    err(f"asking the {cfg.preset} agent which batches need which ...")
+    answer = suggest.ask(plan, cfg, workdir, timeout=timeout or suggest.TIMEOUT)
+    text = suggest.apply(plan_file.read_bytes().decode("utf-8"), plan, answer)  # line endings as they are
+    after = parse_plan(text, str(plan_file))
+    before_p = predict(unit_graph(plan), workers)
+    after_p = predict(unit_graph(after), workers)
+    if as_json:
+        click.echo(json.dumps({"depends_on": answer.depends_on, "reasons": answer.reasons, "notes": list(answer.notes),
+                               "speedup_before": before_p.speedup, "speedup_after": after_p.speedup,
+                               "makespan_before": before_p.makespan, "makespan_after": after_p.makespan,
+                               "cost_usd": answer.cost_usd, "written": write}, indent=2))
+    elif not write:
+        click.echo(text, nl=False)
+    for bid, deps in answer.depends_on.items():
+        reason = answer.reasons.get(bid)
+        err(f"  batch {bid}: depends_on [{', '.join(deps)}]" + (f" ({reason})" if reason else ""))
+    for note in answer.notes:
+        err(f"note: {note}", fg="yellow")
+    err(f"predicted speedup with {workers} worker(s): {before_p.speedup:.2f}x as stages ({before_p.makespan:g} min), "
+        f"{after_p.speedup:.2f}x with these depends_on ({after_p.makespan:g} min)"
+        + (f"; the agent cost ${answer.cost_usd:.4f}" if answer.cost_usd is not None else ""))
+    if write:
+        tmp = plan_file.with_name(f".{plan_file.name}.distpar-tmp")
+        tmp.write_bytes(text.encode("utf-8"))
+        os.replace(tmp, plan_file)
+        err(f"wrote depends_on into {plan_file}")
 
 
 @cli.command("run")
@@ -185,7 +285,8 @@ def _print_schedule(plan: Plan, schedule: Schedule, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Show the schedule and stop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the schedule) as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, backend: str, agent_name: str,
+def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, independent: bool, backend: str,
+            agent_name: str,
             agent_cmd: str | None, model: str | None, max_turns: int | None, max_budget_usd: float | None,
             timeout: float | None, into: str | None, allow_dirty: bool, keep_branches: bool, retries: int,
             forward_env: tuple[str, ...], repo_path: Path, repo_url: str | None, ray_address: str | None,
@@ -212,12 +313,15 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, bac
     for warning in agents.check_plan_agents(plan, agent, budget_usd):
         err(f"warning: {warning}", fg="yellow")
     if dry_run:
-        _print_schedule(plan, schedule, as_json)
+        graph = unit_graph(plan, independent=independent, strategy=strategy, split=split)
+        _print_schedule(plan, graph, schedule, as_json, repo_root=_repo_root_or_none(repo_path),
+                        plan_path=str(plan_file.resolve()))
         return
     if repo_url and backend == "local":
         raise UsageError("--repo-url goes with a remote backend (--backend ray or ssh)")
     options = runtime.RunOptions(
-        agent=agent, timeout=timeout or runtime.DEFAULT_TIMEOUT, into=into, allow_dirty=allow_dirty,
+        agent=agent, timeout=timeout or runtime.DEFAULT_TIMEOUT, into=into or plan.target_branch,
+        allow_dirty=allow_dirty, independent=independent, split=split,
         keep_branches=keep_branches, retries=retries, forward_env=forward_env, backend=backend,
         plan_path=str(plan_file.resolve()), repo_url=repo_url, backend_options=backend_options,
         budget_usd=budget_usd, agent_retries=agent_retries, max_concurrent_agents=max_concurrent_agents,

@@ -17,10 +17,11 @@ import signal
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distpar import agents, workspace
+from distpar import agents, gitops, workspace
 from distpar.backends.base import Backend, RunContext
 from distpar.deps import Preview, base_for
 from distpar.errors import DistparError
@@ -59,8 +60,9 @@ from distpar.state import (
     UnitLost,
     WorkerUp,
 )
+from distpar.stateunits import state_units
 from distpar.transfer import Transfer
-from distpar.stateunits import PINNED, plan_units
+from distpar.units import unit_graph, with_fan_out_summary
 from distpar.worker import safe_name
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,13 @@ class Runner:
         self.identity = git_identity(repo)
         self.env = self.identity.env()
         self.forwarded = {k: os.environ[k] for k in options.forward_env}
-        self.units = plan_units(plan, schedule)
-        self.workers = len(schedule.streams) if schedule.strategy in PINNED else max(1, schedule.workers)
+        self.graph = unit_graph(plan, independent=options.independent, strategy=schedule.strategy,
+                                split=options.split)
+        self.workers = 2 if self.graph.rule == "midpoint" else max(1, schedule.workers)
+        self.units = state_units(self.graph, schedule.strategy, self.workers)
+        self.empty = [b.id for b in plan.batches if not b.agents]  # agents: [] - recorded as skipped
+        # What the journal and the report list, in plan order: each batch's units (or the empty batch itself).
+        self.order = [x for b in plan.batches for x in ([u.uid for u in self.graph.of_batch(b.id)] or [b.id])]
         self.results: dict[str, BatchResult] = {}
         self.running: dict[str, tuple[SegmentSpec, Future[SegmentResult]]] = {}
         self.conflict: Conflict | None = None
@@ -144,10 +151,12 @@ class Runner:
 
             restore(self)
         else:
-            self.journal.start_run(run_row(self, t0), [(u.uid, u.pin or 0) for u in self.units])
+            self.journal.start_run(run_row(self, t0), [(uid, 0) for uid in self.order])
         self.emit("run_started", run_id=self.run_id, streams=self.workers, workers=self.workers,
                   target=self.target)
-        done = {uid: r.status for uid, r in self.results.items() if r.status.ok}
+        for bid in self.empty:
+            self._record(BatchResult(bid, -1, BatchStatus.SKIPPED, error="the batch has no agents (agents: [])"))
+        done = {uid: r.status for uid, r in self.results.items() if r.status.ok and uid not in self.empty}
         self.state = RunState.create(self.units, done, retries=self.options.retries,
                                      budget_usd=self.options.budget_usd,
                                      stop_on_conflict=self.options.stop_on_conflict)
@@ -304,13 +313,37 @@ class Runner:
                       node=result.node)
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
-        r = result.results[0]
+        r = self._verify_files(result.results[0])
         self._record(r)
         conflicts = bool(r.status.ok and r.commit and r.changed and self._check_conflicts(uid, r.commit))
         o = r.outcome
         throttled = bool(o and not o.ok and o.result_class in ("usage_limit", "rate_limit"))
         return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, throttled=throttled,
                          conflicts=conflicts)
+
+    def _verify_files(self, r: BatchResult) -> BatchResult:
+        """CAST ``verify_files``: once the last of a batch's final units is done, the files must exist (and not
+        be empty) in the batch's work; else that unit fails, naming the missing paths (its work is kept)."""
+        batch = self.plan.batch(self.graph.unit(r.batch_id).batch_id)
+        if not batch.verify_files or not r.status.ok:
+            return r
+        units = self.graph.of_batch(batch.id)
+        inner = {d for u in units for d in u.depends_on}
+        finals = [u.uid for u in units if u.uid not in inner]
+        if any(f != r.batch_id and not (f in self.results and self.results[f].status.ok) for f in finals):
+            return r
+        commits = [r.commit if f == r.batch_id else self.results[f].commit for f in finals]
+
+        def present(path: str) -> bool:
+            return any(c and gitops.git(self.repo, "cat-file", "-s", f"{c}:{path}", check=False).stdout.strip()
+                       not in ("", "0") for c in commits)
+
+        missing = [p for p in batch.verify_files if not present(p)]
+        if not missing:
+            return r
+        return replace(r, status=BatchStatus.FAILED,
+                       error=f"verify_files: batch {batch.id} left no {', '.join(missing)} (its work is kept on "
+                             f"{self.branch(r.batch_id)})")
 
     def _check_conflicts(self, uid: str, commit: str) -> bool:
         found = self.preview.add(uid, commit)
@@ -361,13 +394,22 @@ class Runner:
                   duration=r.duration, error=r.error, log_tail=r.log_tail, changed=r.changed,
                   cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries)
 
+    def _answer(self, uid: str) -> str:
+        r = self.results.get(uid)
+        return r.outcome.message if r is not None and r.outcome is not None else ""
+
     def _batch_spec(self, uid: str) -> BatchSpec:
-        b = self.plan.batch(uid)
-        cfg = agents.agent_config(b.agent, self.options.agent) if b.agent else self.options.agent
+        u = self.graph.unit(uid)
+        cfg = agents.agent_config(u.agent, self.options.agent) if u.agent else self.options.agent
         session, restore, node = self.resume_sessions.get(uid, (None, None, None))
         if session and not agents.can_resume(cfg):
             session = node = None
-        return BatchSpec(b.id, b.description, b.prompt(), cfg, b.timeout or self.options.timeout, session, restore,
+        prompt = u.prompt
+        source = self.plan.fan_out_source(u.batch_id)
+        if source:  # CAST fan-out: the agents' final answers are handed to the next batch's prompts
+            answers = {s.uid: self._answer(s.uid) for s in self.graph.of_batch(source)}
+            prompt = with_fan_out_summary(prompt, source, answers, self.graph)
+        return BatchSpec(uid, u.description, prompt, cfg, u.timeout or self.options.timeout, session, restore,
                          node if self.backend.remote else None)
 
     # --- signals ---------------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ Without ``--emulate`` the interface follows from the arguments: ``exec ...`` is 
 arguments as the real CLI does (an unknown option fails), and answers in that CLI's format:
 
     claude  -p --output-format json|stream-json [--verbose] [--model M] [--max-turns N] [--max-budget-usd X]
-            [--permission-mode MODE] [--session-id=UUID] [--] PROMPT
-            one JSON result on stdout (stream-json: JSON lines ending with it); stream-json without --verbose,
-            a nested session (CLAUDECODE set) and bypass mode as root without IS_SANDBOX=1 fail as they do
+            [--permission-mode MODE] [--session-id=UUID] [--json-schema SCHEMA] [--] PROMPT
+            one JSON result on stdout (stream-json: JSON lines ending with it); with --json-schema no edits and
+            a structured_output ($FAKE_AGENT_STRUCTURED_OUTPUT, else the schema's smallest value); stream-json
+            without --verbose, a nested session (CLAUDECODE set) and bypass mode as root without IS_SANDBOX=1
+            fail as they do
     codex   exec --json [--sandbox MODE] [--skip-git-repo-check] [-m M] [--] PROMPT
             JSONL events (thread.started, turn.started, item.completed, turn.completed / turn.failed, error)
     gemini  -p PROMPT --output-format json [--approval-mode=MODE] [-m M]
@@ -214,7 +216,7 @@ CLAUDE_FLAGS = {"-p", "--print", "--verbose", "--dangerously-skip-permissions", 
                 "--include-partial-messages", "--no-session-persistence", "--fork-session"}
 CLAUDE_VALUED = {"--output-format", "--model", "--max-turns", "--max-budget-usd", "--permission-mode",
                  "--session-id", "--resume", "-r", "--allowedTools", "--allowed-tools", "--disallowedTools",
-                 "--append-system-prompt", "--system-prompt", "--input-format", "--fallback-model"}
+                 "--append-system-prompt", "--system-prompt", "--input-format", "--fallback-model", "--json-schema"}
 CLAUDE_KINDS: dict[str, dict[str, Any]] = {
     "max_turns": {"subtype": "error_max_turns", "text": "", "errors": ["Reached maximum number of turns"],
                   "terminal_reason": "max_turns"},
@@ -252,13 +254,17 @@ def claude(argv: list[str], state: State) -> int:
             uuid.UUID(session)
         except ValueError:
             return _fail_args(ArgError("Error: Invalid session ID. Must be a valid UUID.", 1))
+    schema = _json_schema(opts)
+    if isinstance(schema, ArgError):
+        return _fail_args(schema)
     prompt = " ".join(positional)
     model = opts.get("--model", "fake-model-1")
     session = session or _alias(opts, "--resume", "-r") or str(uuid.uuid4())
     if fmt == "stream-json":
         print(json.dumps({"type": "system", "subtype": "init", "session_id": session, "model": model}), flush=True)
     try:
-        run_prompt(prompt, state)
+        if schema is None:  # a structured-output call only answers (distpar asks it read-only)
+            run_prompt(prompt, state)
     except Crash:
         print("fake agent crashed", file=sys.stderr)
         return 1
@@ -297,11 +303,35 @@ def claude(argv: list[str], state: State) -> int:
                                "costUSD": state.cost}},
         **extra,
     }
+    if schema is not None and not state.kind:
+        result["structured_output"] = _structured_output(schema)
     if fmt in ("json", "stream-json"):
         print(json.dumps(result))
     else:
         print(text)
     return state.code
+
+
+def _json_schema(opts: dict[str, str]) -> dict[str, Any] | ArgError | None:
+    """``--json-schema SCHEMA`` (structured output): SCHEMA must be a JSON object."""
+    if "--json-schema" not in opts:
+        return None
+    try:
+        schema = json.loads(opts["--json-schema"])
+    except ValueError:
+        schema = None
+    return schema if isinstance(schema, dict) else ArgError("Error: --json-schema must be a JSON Schema object", 1)
+
+
+def _structured_output(schema: dict[str, Any]) -> Any:
+    """The answer: ``$FAKE_AGENT_STRUCTURED_OUTPUT`` (JSON) when set, else the smallest value of the schema."""
+    if os.environ.get("FAKE_AGENT_STRUCTURED_OUTPUT"):
+        return json.loads(os.environ["FAKE_AGENT_STRUCTURED_OUTPUT"])
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: _structured_output(props.get(k, {})) for k in schema.get("required", [])}
+    return {"array": [], "string": "", "number": 0, "integer": 0, "boolean": False}.get(str(kind))
 
 
 # --- codex -----------------------------------------------------------------------------------------------

@@ -85,6 +85,8 @@ def _runner(repo: Path, journal: Journal, run: dict[str, Any], observer: Observe
         verify_merged=opts.get("verify_merged"),
         push=opts.get("push"),
         ship_included=opts.get("ship_included", False),
+        independent=opts.get("independent", False),
+        split=opts.get("split"),
     )
     preflight(repo, options)
     backend = make_backend(run["backend"], backend_options)

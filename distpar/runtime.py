@@ -55,6 +55,8 @@ class RunOptions:
     verify_merged: str | None = None  # run on the merged tree before the target moves: failing lands nothing
     push: str | None = None  # a remote the unit and integration branches (and a tracking target) are pushed to
     ship_included: bool = False  # remote workers get the .worktreeinclude files too (they often hold secrets)
+    independent: bool = False  # the plan's batches need not wait for each other (--independent)
+    split: int | None = None  # midpoint: cut after this batch (--split)
 
 
 @dataclass
@@ -266,6 +268,8 @@ def run_row(runner: Runner, t0: float) -> dict[str, Any]:
         "verify_merged": o.verify_merged,
         "push": o.push,
         "ship_included": o.ship_included,
+        "independent": o.independent,
+        "split": o.split,
         "repo_url": o.repo_url,
         "into": o.into,
         "backend_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in o.backend_options.items()},
@@ -306,11 +310,11 @@ def __getattr__(name: str) -> Any:
 def make_report(runner: Runner, wall: float, landed: str | None) -> RunReport:
     """What a run ended with. After a clean landing the run's branches and refs (not its saved work) go."""
     repo = runner.repo
-    results = [runner.results[u.uid] for u in runner.units if u.uid in runner.results]
-    pending = [u.uid for u in runner.units if u.uid not in runner.results]
+    results = [runner.results[uid] for uid in runner.order if uid in runner.results]
+    pending = [uid for uid in runner.order if uid not in runner.results]
     interrupted = runner.interrupted.is_set() and landed is None  # an interrupt after landing changed nothing
     codes = [ExitCode.OK]
-    if any(not r.status.ok for r in results):
+    if any(not r.status.ok for r in results if r.batch_id not in runner.empty):
         codes.append(ExitCode.BATCH_FAILED)
     if runner.conflict:
         codes.append(ExitCode.CONFLICT)

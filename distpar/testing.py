@@ -64,13 +64,18 @@ def fake_batch(
     }
 
 
-def plan_text(batches: list[dict[str, Any]], plan_id: str = "test-plan", preamble: str = "# Plan\n") -> str:
-    manifest = {"plan_id": plan_id, "batches": batches}
+def plan_text(batches: list[dict[str, Any]], plan_id: str = "test-plan", preamble: str = "# Plan\n",
+              independent: bool = True) -> str:
+    """A plan file's text. ``independent``: the plan says its batches need not wait for each other (distpar's
+    plan-level field; ``depends_on`` still holds), which is what most tests mean; ``False`` leaves the CAST
+    default, ordered stages."""
+    manifest: dict[str, Any] = {"plan_id": plan_id, **({"independent": True} if independent else {}),
+                                "batches": batches}
     return f"{preamble}\n```json dispatch\n{json.dumps(manifest, indent=2)}\n```\n"
 
 
-def write_plan(path: Path, batches: list[dict[str, Any]], plan_id: str = "test-plan") -> Path:
-    path.write_text(plan_text(batches, plan_id))
+def write_plan(path: Path, batches: list[dict[str, Any]], plan_id: str = "test-plan", independent: bool = True) -> Path:
+    path.write_text(plan_text(batches, plan_id, independent=independent))
     return path
 
 

@@ -97,7 +97,7 @@ def test_empty_repository_is_refused(tmp_path: Path) -> None:
     [
         (["--workers", "0"], "Invalid value for '-w' / '--workers': 0 is not in the range x>=1."),
         (["--strategy", "random"], "Invalid value for '--strategy': 'random' is not one of"),
-        (["--split", "1"], "Error: --split goes with --strategy midpoint"),
+        (["--strategy", "round-robin", "--split", "1"], "Error: --split goes with --strategy midpoint"),
         (["--into", "nosuch"], "Error: --into nosuch: no such branch"),
         (["--agent-cmd", "tool {nope}"], "Error: agent command template has unknown placeholder(s) nope"),
         (["--agent", "gpt-9"], "Error: unknown agent 'gpt-9'"),
@@ -120,29 +120,35 @@ def test_bad_flags(repo: Path, args: list[str], message: str) -> None:
 
 def test_dry_run_prints_the_schedule_and_changes_nothing(repo: Path) -> None:
     plan = write_plan(repo.parent / "p.md", [fake_batch(1, estimate=2), fake_batch(2), fake_batch(3, depends_on=[1]),
-                                             fake_batch(4)])
+                                             fake_batch(4)], independent=False)
     before = snapshot(repo)
     res = run_distpar("run", str(plan), "--workers", "2", "--dry-run", cwd=repo)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0] == f"plan test-plan ({plan}): 4 batches, 2 worker(s), strategy balanced"
-    assert lines[1] == "  s1: 1 (2m) -> 3 (1m)"
-    assert lines[2] == "  s2: 2 (1m) -> 4 (1m)"
-    assert lines[3].startswith("estimated makespan 3 min, serial 5 min, predicted speedup 1.67x; lower bound 3 min")
+    assert lines[0] == f"plan test-plan ({plan}): 4 batches, 4 units, 2 worker(s)"
+    assert lines[1].startswith("order: dag: depends_on declared (batch 3): a DAG in which batches that declare none "
+                               "(1, 2, 4) start at once")
+    assert lines[2:6] == ["  batch 1: 1 (2m)", "  batch 2: 2 (1m)", "  batch 3: 3 (1m) after 1", "  batch 4: 4 (1m)"]
+    assert lines[6:9] == ["predicted timeline (minutes):", "  w1: 1 0-2 -> 3 2-3", "  w2: 2 0-1 -> 4 1-2"]
+    assert lines[9].startswith("estimated makespan 3 min, serial 5 min, predicted speedup 1.67x; lower bound 3 min")
     assert "warning" not in res.stderr
     assert snapshot(repo) == before
     as_json = run_distpar("plan", str(plan), "--workers", "2", "--json", cwd=repo)
     data = json.loads(as_json.stdout)
+    assert data["rule"] == "dag" and data["preview"]["prediction"]["makespan"] == 3
     assert data["schedule"]["makespan"] == 3 and data["schedule"]["lower_bound"] == 3
     assert [s["batches"] for s in data["schedule"]["streams"]] == [["1", "3"], ["2", "4"]]
 
 
-def test_plan_warns_without_dependencies(repo: Path) -> None:
-    plan = write_plan(repo.parent / "p.md", independent_plan(3))
+def test_plan_says_which_order_it_follows(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", independent_plan(3), independent=False)
     res = run_distpar("plan", str(plan), "--workers", "5", cwd=repo)
     assert res.returncode == 0
-    assert "(2 worker(s) idle: not enough batches to spread)" in res.stdout
-    assert "warning: no depends_on declared" in res.stderr
+    assert "order: stages: no depends_on declared: batches run as ordered stages" in res.stdout
+    assert "  w1: 1 0-1 -> 2 1-2 -> 3 2-3" in res.stdout and "  w5: (idle)" in res.stdout
+    free = run_distpar("plan", str(plan), "--workers", "5", "--independent", cwd=repo)
+    assert "order: independent: --independent: batches do not wait for each other" in free.stdout
+    assert "predicted speedup 3.00x" in free.stdout
 
 
 def test_run_prints_summary_and_status_lists_it(repo: Path) -> None:
@@ -153,9 +159,9 @@ def test_run_prints_summary_and_status_lists_it(repo: Path) -> None:
     assert first.endswith(": ok (3 ok)") and first.startswith("run ")
     assert "speedup" in res.stdout and "cost $0.0300" in res.stdout and "merged into main" in res.stdout
     run_id = first.split()[1].rstrip(":")
-    # Totals per stream and for the run, at the end of the run and in status.
+    # Totals per worker and for the run, at the end of the run and in status.
     assert "  run: 3 batch(es)" in res.stdout and ", $0.0300, tokens 3000 in / 600 out" in res.stdout
-    assert sum(line.startswith(("  s1:", "  s2:", "  s3:")) for line in res.stdout.splitlines()) == 3
+    assert sum(line.startswith(("  w1:", "  w2:", "  w3:")) for line in res.stdout.splitlines()) == 3
     listing = run_distpar("status", cwd=repo)
     assert run_id in listing.stdout and "3/3 ok" in listing.stdout
     one = run_distpar("status", run_id, cwd=repo)

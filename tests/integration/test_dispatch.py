@@ -31,9 +31,10 @@ def journal() -> Journal:
 
 def test_a_free_worker_takes_the_next_ready_unit(repo: Path) -> None:
     """Two workers, one long batch and four short ones: the short ones all go to the other worker as it comes
-    free (a schedule frozen up front from equal estimates would have split them 2/2 behind the long one)."""
-    batches = [fake_batch("long", writes={"l.txt": "l"}, sleep=2.0)]
-    batches += [fake_batch(f"s{i}", writes={f"s{i}.txt": str(i)}, sleep=0.2) for i in range(4)]
+    free (a schedule frozen up front from equal estimates would have split them 2/2 behind the long one).
+    The long one takes far longer than four short ones even on a loaded machine."""
+    batches = [fake_batch("long", writes={"l.txt": "l"}, sleep=15.0)]
+    batches += [fake_batch(f"s{i}", writes={f"s{i}.txt": str(i)}) for i in range(4)]
     report, _ = run_plan(repo, batches, workers=2)
     assert report.exit_code == ExitCode.OK, report.errors
     worker = {r.batch_id: r.stream for r in report.results}

@@ -30,7 +30,7 @@ def test_logs_prints_a_batch_log(repo: Path) -> None:
     assert "DISTPAR_BATCH_ID=one" in lines and '"type": "result"' in one.stdout
     assert "DISTPAR_BATCH_ID=two" not in one.stdout
     every = run_distpar("logs", run_id[:12], cwd=repo)  # a unique prefix of the id is enough
-    headers = re.findall(r"^==> batch (\S+) \((s\d), (\w+)\): (\S+) <==$", every.stdout, re.M)
+    headers = re.findall(r"^==> batch (\S+) \((w\d|-), (\w+)\): (\S+) <==$", every.stdout, re.M)
     assert [(b, st) for b, _, st, _ in headers] == [("one", "ok"), ("two", "ok"), ("three", "failed")]
     assert all(Path(p).name == f"{b}.log" for b, _, _, p in headers)
     assert "not today" in every.stdout
@@ -92,7 +92,7 @@ def test_status_lists_runs_newest_first_and_shows_one(repo: Path) -> None:
     assert re.match(r"  started \S+ \S+; wall \d+\.\ds, serial agent time \d+\.\ds, speedup \d\.\d\dx; cost \$0\.0200",
                     out[2])
     assert re.split(r"\s+", out[3]) == ["WORKER", "BATCH", "STATE", "RESULT", "NODE", "DURATION", "COST", "ATTEMPT"]
-    rows = {line.split()[1]: line.split() for line in out[4:] if re.match(r"s\d ", line)}
+    rows = {line.split()[1]: line.split() for line in out[4:] if re.match(r"w\d ", line)}
     assert rows["3"][2:4] == ["ok", "success"] and rows["3"][6] == "$0.0100"
     assert rows["4"][2:4] == ["failed", "error"] and rows["4"][4] != "-"
     assert "        broken" in out

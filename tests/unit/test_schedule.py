@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import itertools
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distpar.errors import UsageError
-from distpar.plan import AgentTask, Batch, Plan
-from distpar.schedule import STRATEGIES, Schedule, make_schedule, topological_order
+from distpar.plan import AgentTask, Batch, Plan, parse_plan
+from distpar.schedule import STRATEGIES, Schedule, make_schedule, predict, preview, topological_order
+from distpar.units import UnitGraph, unit_graph
 
 
 def mkplan(specs: list[tuple[float, list[int]]]) -> Plan:
@@ -104,9 +108,10 @@ def test_diamond_waits_across_streams() -> None:
 
 def test_midpoint_is_the_seed_split() -> None:
     plan = mkplan([(1, [])] * 5)
-    s = make_schedule(plan, 4, "midpoint")
-    assert [list(x.batch_ids) for x in s.streams] == [["0", "1", "2"], ["3", "4"]]
-    s = make_schedule(plan, 2, "midpoint", split=1)
+    s = make_schedule(plan, 4, "midpoint")  # the seed: floor(5 / 2) = 2 -> 1,2 | 3,4,5
+    assert [list(x.batch_ids) for x in s.streams] == [["0", "1"], ["2", "3", "4"]]
+    s = make_schedule(plan, 2, split=1)  # --split alone implies midpoint
+    assert s.strategy == "midpoint"
     assert [list(x.batch_ids) for x in s.streams] == [["0"], ["1", "2", "3", "4"]]
 
 
@@ -115,7 +120,7 @@ def test_midpoint_is_the_seed_split() -> None:
     [
         ({"workers": 0}, "--workers must be at least 1, got 0"),
         ({"workers": 2, "strategy": "random"}, "unknown strategy 'random'"),
-        ({"workers": 2, "split": 2}, "--split goes with --strategy midpoint"),
+        ({"workers": 2, "strategy": "round-robin", "split": 2}, "--split goes with --strategy midpoint"),
         ({"workers": 2, "strategy": "midpoint", "split": 5}, "--split must be between 1 and 4"),
     ],
 )
@@ -138,3 +143,77 @@ def test_large_plan_is_fast() -> None:
     s = make_schedule(plan, 64)
     assert time.perf_counter() - t0 < 5  # generous: a correctness guard against quadratic blow-ups
     assert s.makespan <= 1.1 * s.lower_bound
+
+
+# --- predictions over the unit graph ---------------------------------------------------------------------------
+
+
+def cast_plan(stages: list[tuple[bool, list[float]]], **extra: object) -> Plan:
+    batches = [{"id": i + 1, "parallel": par, "agents": [{"subagent_type": "code-writer", "prompt": f"s{i}a{j}",
+                                                          "estimate": est} for j, est in enumerate(ests)]}
+               for i, (par, ests) in enumerate(stages)]
+    return parse_plan("```json dispatch\n" + json.dumps({"batches": batches, **extra}) + "\n```\n")
+
+
+def test_four_stages_take_the_sum_of_each_stages_longest_agent() -> None:
+    # The example: 3 x 3 + 1 + 2 x 2 + 1 of work, about 6-7 of wall time instead of 15.
+    plan = cast_plan([(True, [3, 3, 3]), (False, [1]), (True, [2, 2]), (False, [1])])
+    p = predict(unit_graph(plan), 3)
+    assert (p.makespan, p.serial, p.critical_path, p.lower_bound) == (7, 15, 7, 7)
+    assert p.speedup == pytest.approx(15 / 7)
+    assert [len(row) for row in p.timeline()] == [4, 2, 1]
+    assert predict(unit_graph(plan), 1).makespan == 15
+
+
+def test_free_workers_take_the_longest_remaining_path_first() -> None:
+    plan = cast_plan([(True, [1, 1, 5])], independent=True)
+    p = predict(unit_graph(plan), 2)
+    assert p.slots[0].uid == "1#3" and p.makespan == 5
+
+
+def test_pinned_units_run_only_on_their_stream() -> None:
+    plan = cast_plan([(False, [1])] * 5)
+    g = unit_graph(plan, strategy="midpoint")
+    p = predict(g, 4)
+    assert {s.worker for s in p.slots if g.unit(s.uid).pin == 0} == {0}
+    assert {s.worker for s in p.slots if g.unit(s.uid).pin == 1} == {1}
+    assert p.makespan == 3 and p.waits == {}
+    assert predict(g, 1).makespan == 5  # one worker: both pins on it
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.sampled_from([0.5, 1.0, 2.0]), min_size=1, max_size=4)),
+                min_size=1, max_size=8), st.integers(1, 6), st.booleans())
+def test_every_prediction_is_a_valid_schedule(stages: list[tuple[bool, list[float]]], workers: int,
+                                              independent: bool) -> None:
+    g: UnitGraph = unit_graph(cast_plan(stages), independent=independent)
+    p = predict(g, workers)
+    assert sorted(s.uid for s in p.slots) == sorted(g.uids), "every unit exactly once"
+    at = {s.uid: s for s in p.slots}
+    for u in g.units:
+        assert all(at[d].finish <= at[u.uid].start + 1e-9 for d in u.depends_on), "dependencies end first"
+    for row in p.timeline():
+        assert all(a.finish <= b.start + 1e-9 for a, b in itertools.pairwise(row)), "one unit at a time per worker"
+    assert p.lower_bound - 1e-9 <= p.makespan <= p.serial / workers + (1 - 1 / workers) * p.critical_path + 1e-9
+
+
+def test_preview_warns_about_shared_files_and_absolute_paths() -> None:
+    batches = [{"id": 1, "parallel": True, "agents": [
+        {"subagent_type": "a", "prompt": "edit /repo/src/x.py", "owns_files": ["src/x.py"]},
+        {"subagent_type": "b", "prompt": "see ~/.claude/plans/p.md", "owns_files": ["/repo/src/x.py"]}]},
+        {"id": 2, "agents": [{"subagent_type": "main", "prompt": "read /etc/hosts and /dev/null",
+                              "owns_files": ["src/x.py"]}]}]
+    plan = parse_plan("```json dispatch\n" + json.dumps({"batches": batches}) + "\n```\n")
+    pv = preview(unit_graph(plan), 2, repo_root="/repo", plan_path="/home/u/.claude/plans/p.md")
+    assert [(o.path, o.uids) for o in pv.overlaps] == [("src/x.py", ("1#1", "1#2"))]  # 2 runs after both
+    warnings = pv.warnings()
+    assert any("/repo/src/x.py points into your checkout" in w for w in warnings)
+    assert any("~/.claude/plans/p.md is the plan file" in w for w in warnings)
+    assert any("/etc/hosts is outside the repository" in w for w in warnings)
+    assert not any("/dev/null" in w for w in warnings)
+    assert pv.subagents == {"a": "not passed to the agent (the prompt is given verbatim)",
+                            "b": "not passed to the agent (the prompt is given verbatim)",
+                            "main": "the agent does the work itself"}
+    halves = preview(unit_graph(plan, strategy="midpoint"), 2, repo_root="/repo")
+    # Each half is a chain (1#1 -> 1#2 | 2), but the halves run at the same time.
+    assert [o.uids for o in halves.overlaps] == [("1#1", "2"), ("1#2", "2")]
