@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distpar import agents, gitops, workspace
+from distpar import agents, gitops, names, workspace
 from distpar.backends.base import Backend, RunContext
 from distpar.deps import Preview, base_for
 from distpar.errors import DistparError
@@ -63,7 +63,6 @@ from distpar.state import (
 from distpar.stateunits import state_units
 from distpar.transfer import Transfer
 from distpar.units import unit_graph, with_fan_out_summary
-from distpar.worker import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +111,10 @@ class Runner:
         self.include_data = workspace.pack_files(repo, self.include) \
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
+        try:
+            self.plan_text = Path(options.plan_path or plan.source).read_text()
+        except OSError:
+            self.plan_text = ""
         self.pushed: list[str] = []
         self.lock: RunLock | None = None  # one coordinator per run (resume hands in the lock it took)
         self.landing = False  # an interrupt while landing does not stop the landing (it is one atomic step)
@@ -119,10 +122,10 @@ class Runner:
 
     def saved_ref(self, uid: str) -> str:
         """Where a unit's unfinished work is kept when it fails or is interrupted."""
-        return f"refs/distpar/{self.run_id}/saved/{safe_name(uid)}"
+        return f"refs/distpar/{self.run_id}/saved/{names.key(uid)}"
 
     def branch(self, uid: str) -> str:
-        return f"distpar/{self.run_id}/b/{safe_name(uid)}"
+        return f"distpar/{self.run_id}/b/{names.key(uid)}"
 
     @property
     def integration(self) -> str:
@@ -268,7 +271,7 @@ class Runner:
         spec = SegmentSpec(
             run_id=self.run_id, stream=ins.worker, segment=self.dispatches, branch=self.branch(ins.uid),
             base=base.commit, batches=(batch,),
-            source=self.transfer.source(base.commit, f"{safe_name(ins.uid)}-{self.dispatches}",
+            source=self.transfer.source(base.commit, f"{names.key(ins.uid)}-{self.dispatches}",
                                         extra=(self.saved_ref(ins.uid),) if batch.restore else ()),
             workspace=self.backend.workspace(self._ctx_stub(), ins.worker), log_dir=self.backend.log_dir(
                 self._ctx_stub()),
@@ -277,7 +280,7 @@ class Runner:
             max_concurrent_agents=self.options.max_concurrent_agents, stagger=self.options.stagger,
             setup=self.options.setup, verify=self.options.verify,
             include=tuple(self.include) if (not self.backend.remote or self.include_data) else (),
-            include_data=self.include_data,
+            include_data=self.include_data, plan_text=self.plan_text,
         )
         self.journal.event(self.run_id, "segment_submitted", ins.worker, ins.uid, batches=[ins.uid],
                            attempt=ins.attempt, base=base.commit, worker=ins.worker)

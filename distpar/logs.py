@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from distpar import names
 from distpar.clean import run_is_live
 from distpar.journal import Journal
-from distpar.worker import safe_name
 
 FOLLOW_GRACE = 60.0  # past the batch's own timeout, in case the coordinator is slow to record its end
 TERMINAL = ("ok", "failed", "timeout", "skipped", "blocked", "interrupted")
@@ -22,7 +22,7 @@ def log_path(batch: dict[str, Any], run_dir: Path) -> Path | None:
         return Path(batch["log_path"])
     if batch["state"] in ("pending", "skipped", "blocked"):
         return None
-    return run_dir / "logs" / f"{safe_name(batch['batch_id'])}.log"
+    return run_dir / "logs" / f"{names.key(batch['batch_id'])}.log"
 
 
 def running_batch(batches: list[dict[str, Any]], run_dir: Path) -> dict[str, Any] | None:
@@ -53,7 +53,7 @@ def follow(journal: Journal, run: dict[str, Any], batch_id: str, run_dir: Path, 
     its log appeared. Everything written before the end is yielded."""
     row = journal.batch(run["id"], batch_id)
     assert row is not None
-    path = log_path(row, run_dir) or run_dir / "logs" / f"{safe_name(batch_id)}.log"
+    path = log_path(row, run_dir) or run_dir / "logs" / f"{names.key(batch_id)}.log"
     later = _later_in_stream(journal, run["id"], row)
     limit = batch_timeout(run, batch_id) + FOLLOW_GRACE
     appeared: float | None = None
@@ -94,6 +94,6 @@ def _next_started(later: dict[str, Any] | None, run_dir: Path, ours: Path) -> bo
     if later is None:
         return False
     try:
-        return (run_dir / "logs" / f"{safe_name(later['batch_id'])}.log").stat().st_mtime >= ours.stat().st_mtime
+        return (run_dir / "logs" / f"{names.key(later['batch_id'])}.log").stat().st_mtime >= ours.stat().st_mtime
     except OSError:
         return False

@@ -150,6 +150,7 @@ class SegmentSpec:
     include: tuple[str, ...] = ()  # ignored files (.worktreeinclude) copied into a new workspace
     include_data: dict[str, str] = field(default_factory=dict)  # their contents, for remote workers that may
     # have them (base64; they often hold secrets: never journaled or logged)
+    plan_text: str = ""  # the plan file: CAST prompts refer to it, so every worker has it (DISTPAR_PLAN_FILE)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +159,7 @@ class SegmentSpec:
             "verify": self.verify,
             "include": list(self.include),
             "include_data": dict(self.include_data),
+            "plan_text": self.plan_text,
             "run_id": self.run_id,
             "stream": self.stream,
             "segment": self.segment,
@@ -201,6 +203,7 @@ class SegmentSpec:
             verify=d.get("verify"),
             include=tuple(d.get("include", ())),
             include_data=dict(d.get("include_data") or {}),
+            plan_text=d.get("plan_text", ""),
         )
 
 

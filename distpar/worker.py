@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distpar import agents, gitops, workspace
+from distpar import agents, gitops, names, workspace
 from distpar.capture import MaskedPipe
 from distpar.model import AgentOutcome, BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
 from distpar.process import ProcessResult, run_process
@@ -56,6 +56,11 @@ def run_segment(spec: SegmentSpec, cancel: threading.Event | None = None, emit: 
     _prepare(spec, ws, env)
     setup_now, setup_failed, ports = _ready_workspace(spec, ws, log_dir, cancel)
     env = {**env, "DISTPAR_PORT_BASE": str(ports), "DISTPAR_PORT_COUNT": str(workspace.PORTS_PER_WORKER)}
+    if spec.plan_text:  # the plan travels with the work: prompts that say "per the plan at ..." can read it
+        plan_file = log_dir / "plan.md"
+        if not plan_file.exists() or plan_file.read_text() != spec.plan_text:
+            plan_file.write_text(spec.plan_text)
+        env["DISTPAR_PLAN_FILE"] = str(plan_file.resolve())
     results: list[BatchResult] = []
     failed = False
     for batch in spec.batches:
@@ -178,7 +183,7 @@ def _run_batch(
 ) -> tuple[BatchResult, str | None]:
     """Run one batch's agent; after a transient failure (rate limit, 5xx, a crash before any edit) try again,
     up to ``spec.agent_retries`` more times with exponential backoff, from the batch's start commit."""
-    name = safe_name(batch.id)
+    name = names.key(batch.id)
     out_path, log_path = log_dir / f"{name}.out", log_dir / f"{name}.log"
     prompt_file = log_dir / f"{name}.prompt.md"
     prompt_file.write_text(batch.prompt)
@@ -345,7 +350,7 @@ def _save_and_reset(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str
     keep = snap or (head if head != before else None)
     ref = None
     if keep:
-        ref = f"refs/distpar/{spec.run_id}/saved/{safe_name(batch.id)}{suffix}"
+        ref = f"refs/distpar/{spec.run_id}/saved/{names.key(batch.id)}{suffix}"
         gitops.update_ref(ws, ref, keep)
     gitops.git(ws, "reset", "--quiet", "--hard", before)
     gitops.git(ws, "clean", "-fdq")

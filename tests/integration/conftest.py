@@ -17,9 +17,11 @@ pytestmark = pytest.mark.integration
 
 def run_plan(repo: Path, batches: list[dict[str, Any]], workers: int = 1, strategy: str = "balanced",
              backend: str = "local", backend_options: dict[str, Any] | None = None,
-             observer: Any = None, **options: Any) -> tuple[runtime.RunReport, runtime.Runner]:
-    """Run a plan through the Python API (the same objects the CLI assembles)."""
-    plan_path = write_plan(repo.parent / f"plan-{workers}-{len(batches)}.md", batches)
+             observer: Any = None, independent_plan: bool = True,
+             **options: Any) -> tuple[runtime.RunReport, runtime.Runner]:
+    """Run a plan through the Python API (the same objects the CLI assembles). ``independent_plan``: the plan
+    says its batches need not wait for each other (False: the CAST default, ordered stages)."""
+    plan_path = write_plan(repo.parent / f"plan-{workers}-{len(batches)}.md", batches, independent=independent_plan)
     plan = load_plan(plan_path)
     schedule = make_schedule(plan, workers, strategy)
     options.setdefault("agent", AgentConfig(preset="fake"))
