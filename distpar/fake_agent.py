@@ -85,12 +85,24 @@ class State:
 
 # --- the prompt's commands (the same for every emulation) ------------------------------------------------
 
+def prompt_commands(prompt: str, prefix: str = "@fake ") -> list[list[str]]:
+    """The prompt's command lines (``@fake write PATH TEXT``), split like a shell would, ``\\n`` a newline. The
+    tests' stand-in model servers read the same lines, so a prompt means the same to the fake and a real CLI."""
+    out = []
+    for ln in prompt.splitlines():
+        if ln.strip().startswith(prefix):
+            try:
+                words = shlex.split(ln.strip()[len(prefix):])
+            except ValueError:
+                continue
+            if words:
+                out.append([w.replace("\\n", "\n") for w in words])
+    return out
+
+
 def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
-    commands = [ln.strip()[6:] for ln in prompt.splitlines() if ln.strip().startswith("@fake ")]
-    for line in commands:
-        words = [w.replace("\\n", "\n") for w in shlex.split(line)]
-        if not words:
-            continue
+    commands = prompt_commands(prompt)
+    for words in commands:
         cmd, rest = words[0], words[1:]
         if cmd in ("write", "append", "delete") and not allow_writes:
             state.kind, state.code, state.text = "error", 1, f"cannot {cmd} {rest[0]}: the sandbox is read-only"
