@@ -523,6 +523,16 @@ def aider(argv: list[str], state: State) -> int:
         prompt = _alias(opts, "--message", "--msg", "-m") or ""
     if not prompt:
         return _fail_args(ArgError("the fake agent runs aider only with --message or --message-file", 1))
+    keys = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY", "OPENROUTER_API_KEY",
+            "GROQ_API_KEY", "MISTRAL_API_KEY", "XAI_API_KEY")
+    if "--model" not in opts and not any(os.environ.get(k) for k in keys):
+        # aider/onboarding.py: no model, no key -> an OpenRouter login that --yes-always accepts, then a wait of
+        # 5 minutes for the browser to come back on localhost:8484.
+        print("No LLM model was specified and no API keys were provided.\n"
+              "OpenRouter provides free and paid access to many LLMs.\n"
+              "Login to OpenRouter or create a free account? (Y)es/(N)o [Yes]: y", flush=True)
+        time.sleep(300)
+        return 1
     model = opts.get("--model", "fake-model-1")
     print(f"Aider v{VERSIONS['aider'].split()[-1]}\nMain model: {model} with diff edit format\n"
           f"Git repo: .git\nRepo-map: using 1024 tokens", flush=True)

@@ -145,6 +145,12 @@ def _run_batch(
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n--- argv[0]: {inv.argv[0]}\n"
                       + "".join(f"--- distpar: warning: {note}\n" for note in inv.notes))
         proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel)
+        if outcome.session_missing and ctx.resume:  # the agent never saved the session: go on in a fresh one
+            with log_path.open("a") as log:
+                log.write(f"--- distpar: {outcome.message}; continuing in a fresh session\n")
+            ctx = ctx.fresh_session()
+            inv = agents.invocation(batch.agent, ctx, os.environ, {**env, **spec.env}, spec.env)
+            proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel)
         if outcome.session_id is None and agents.can_resume(batch.agent):
             outcome = replace(outcome, session_id=ctx.session_id)  # so an interrupted session can be resumed
         if proc is not None:
@@ -219,13 +225,19 @@ def _restore(ws: Path, commit: str | None) -> bool:
 def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Path, out_path: Path, log_path: Path,
             cancel: threading.Event) -> tuple[ProcessResult | None, AgentOutcome]:
     """One agent process: wait for a slot, run it with its output masked into the logs, classify it."""
+    if inv.refused:
+        with log_path.open("a") as log:
+            log.write(f"--- distpar: not started: {inv.refused}\n")
+        return None, AgentOutcome("error", False, inv.refused)
     with agent_slot(spec.max_concurrent_agents, spec.stagger, cancel) as go:
         if not go:
             return None, AgentOutcome("interrupted", False, "run interrupted")
         try:
             with MaskedPipe([out_path, log_path], inv.secrets) as out, MaskedPipe([log_path], inv.secrets) as err:
                 proc = run_process(inv.argv, cwd=ws, env=inv.env, stdout_path=out.path, stderr_path=err.path,
-                                   timeout=batch.timeout, cancel=cancel)
+                                   timeout=batch.timeout, cancel=cancel, stdin_path=inv.stdin,
+                                   stall_timeout=inv.stall_timeout,
+                                   last_output=lambda: max(out.last_output, err.last_output))
         except FileNotFoundError:
             msg = f"agent executable not found: {inv.argv[0]}"
             with log_path.open("a") as log:
@@ -235,6 +247,8 @@ def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Pat
         return proc, AgentOutcome("timeout", False, f"killed after {batch.timeout:g}s")
     if proc.cancelled:
         return proc, AgentOutcome("interrupted", False, "run interrupted")
+    if proc.stalled:
+        return proc, agents.stalled(inv, out.text, err.text)
     # The parser sees the masked text, so nothing derived from it (messages, journal, events) holds a secret.
     return proc, inv.parse(out.text, err.text, proc.exit_code)
 
