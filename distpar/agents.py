@@ -133,7 +133,10 @@ USAGE_LIMIT = re.compile(
 TRANSIENT = re.compile(
     r"\b(?:429|500|502|503|504|529)\b|rate.?limit|overloaded|too many requests|resource_exhausted"
     r"|retryablequotaerror|stream disconnected|high demand|service unavailable|internal server error"
-    r"|servers are down|temporarily unavailable|api error",
+    r"|servers are down|temporarily unavailable|api error"
+    # the connection to the model server broke (gemini: "fetch failed"; node: ECONNRESET; litellm/codex)
+    r"|fetch failed|econnreset|econnrefused|socket hang up|connection (?:reset|refused|dropped|closed|error)"
+    r"|apiconnectionerror|stream error",
     re.IGNORECASE,
 )
 
@@ -488,7 +491,7 @@ def parse_gemini(stdout: str, stderr: str, exit_code: int | None) -> AgentOutcom
     if status is not None:
         cls, transient = classify_status(status)
         text = emsg or f"HTTP {status}"
-        return AgentOutcome(cls, False, text[-2000:], transient=transient, **common,
+        return AgentOutcome(cls, False, text[-2000:], transient=transient, **common, rate_limited=status in (429, 529),
                             retry_after=_gemini_retry_after(stderr) if transient else None)
     if err_obj:
         cls, transient = classify_text(f"{etype}: {emsg}")
@@ -538,8 +541,10 @@ def _aider_args(cfg: AgentConfig, ctx: Context) -> list[str]:
     # `--analytics-disable` keep it from asking or phoning home; `--model M`. Aider commits its own edits
     # (--auto-commits is on by default): the worker records every commit since the batch started. No turn or
     # budget limit and no JSON output exist; cost and tokens come from its "Tokens: ... Cost: ..." lines.
+    # `--no-gitignore`: aider otherwise adds ".aider*" to the repository's .gitignore in every worktree, an edit
+    # that each stream's branch then carries (seen with aider 0.86.2).
     args = ["--message-file", str(ctx.prompt_file), "--yes-always", "--no-stream", "--no-pretty",
-            "--no-check-update", "--no-show-model-warnings", "--analytics-disable"]
+            "--no-check-update", "--no-show-model-warnings", "--analytics-disable", "--no-gitignore"]
     if cfg.model:
         args += ["--model", cfg.model]
     return [*args, *cfg.extra_args]
@@ -971,7 +976,7 @@ def invocation(cfg: AgentConfig, ctx: Context, base_env: Mapping[str, str], extr
         }
     )
     refused = preset.refuse(cfg, ctx, env)
-    argv = [] if refused else preset.argv(cfg, ctx, base_env)
+    argv = [f"({preset.name}: not started)"] if refused else preset.argv(cfg, ctx, base_env)
     parse = _cleaned(preset.parse)
     notes = tuple(unsupported(cfg))
     stdin = ctx.prompt_file if ctx.prompt_on_stdin and preset.prompt_stdin else None

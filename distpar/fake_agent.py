@@ -390,7 +390,7 @@ def codex(argv: list[str], state: State) -> int:
 
 # --- gemini ----------------------------------------------------------------------------------------------
 
-GEMINI_FLAGS = {"-y", "--yolo", "-s", "--sandbox", "-d", "--debug"}
+GEMINI_FLAGS = {"-y", "--yolo", "-s", "--sandbox", "-d", "--debug", "--skip-trust"}
 GEMINI_VALUED = {"-p", "--prompt", "-o", "--output-format", "--approval-mode", "-m", "--model", "-r", "--resume"}
 GEMINI_ERRORS: dict[str, tuple[str, str, int]] = {  # kind: (error class, message, exit code)
     "max_turns": ("FatalTurnLimitedError", "Reached max session turns for this session. Increase the number of "
@@ -424,6 +424,12 @@ def gemini(argv: list[str], state: State) -> int:
         return _gemini_error(fmt, "FatalInputError", exc.message, exc.code, "")
     if "-y" in opts or "--yolo" in opts:
         print("Warning: --yolo is deprecated; use --approval-mode=yolo", file=sys.stderr)
+    if "--skip-trust" not in opts and os.environ.get("GEMINI_CLI_TRUST_WORKSPACE") != "true":
+        # gemini-cli 0.61: a folder not trusted before refuses headless runs, in red, exit 55
+        print("\x1b[31mGemini CLI is not running in a trusted directory. To proceed, either use `--skip-trust`, set "
+              "the `GEMINI_CLI_TRUST_WORKSPACE=true` environment variable, or trust this directory in interactive "
+              "mode.\x1b[0m", file=sys.stderr)
+        return 55
     prompt = _alias(opts, "--prompt", "-p") or " ".join(positional)
     session = str(uuid.uuid4())
     model = _alias(opts, "--model", "-m") or "gemini-2.5-pro"
@@ -464,8 +470,12 @@ def gemini(argv: list[str], state: State) -> int:
 def _gemini_error(fmt: str, etype: str, message: str, code: int, session: str) -> int:
     # packages/cli/src/utils/errors.ts: in JSON modes the error object goes to stderr, then exit(code).
     if fmt == "json":
-        print(json.dumps({"session_id": session, "error": {"type": etype, "message": message, "code": code}}),
+        # as gemini-cli 0.61 does: log lines and a stack trace first, then the object indented over many lines
+        print(f"Error when talking to Gemini API Full report available at: /tmp/gemini-client-error.json "
+              f"{etype}: {message}\n    at retryWithBackoff (file:///bundle/chunk.js:1:1) {{\n  status: {code}\n}}",
               file=sys.stderr)
+        print(json.dumps({"session_id": session, "error": {"type": etype, "message": message, "code": code}},
+                         indent=2), file=sys.stderr)
     elif fmt == "stream-json":
         print(json.dumps({"type": "result", "timestamp": _now(), "status": "error",
                           "error": {"type": etype, "message": message}, "stats": {}}))

@@ -71,7 +71,9 @@ def wire(name: str, standin: StandIn, home: Path, scratch: Path) -> Agent:
             {"security": {"auth": {"selectedType": "gemini-api-key"}}, "general": {"maxAttempts": 1}}))
         env.update(GOOGLE_GEMINI_BASE_URL=standin.url, GEMINI_API_KEY="standin-gemini-key")
     elif name == "aider":
-        env.update(OPENAI_API_BASE=standin.url + "/v1", OPENAI_API_KEY="sk-standin-key")
+        # litellm would fetch its price table from the network first; its bundled copy is the same
+        env.update(OPENAI_API_BASE=standin.url + "/v1", OPENAI_API_KEY="sk-standin-key",
+                   LITELLM_LOCAL_MODEL_COST_MAP="True")
     return Agent(name, path, env, MODELS[name])
 
 
@@ -80,6 +82,10 @@ def agent(request: pytest.FixtureRequest, standin: StandIn, scratch_home: Path,
           monkeypatch: pytest.MonkeyPatch) -> Agent:
     """Each real CLI in turn, wired to a fresh stand-in; its variables set in this process's environment."""
     a = wire(request.param, standin, Path(os.environ["HOME"]), scratch_home)
+    # A git identity, as a user has one: without it aider writes "Your Name" into the repository's config, and
+    # parallel aiders in worktrees of one repository race on .git/config.lock.
+    with open(os.environ["GIT_CONFIG_GLOBAL"], "a") as f:
+        f.write("[user]\n\tname = distpar tests\n\temail = tests@distpar.invalid\n")
     for k, v in a.env.items():
         monkeypatch.setenv(k, v)
     return a
