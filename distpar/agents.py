@@ -610,13 +610,38 @@ def parse_aider(stdout: str, stderr: str, exit_code: int | None) -> AgentOutcome
         final += [_line_at(stderr, m.start()) for m in _AIDER_FAILURES.finditer(stderr)]
     if final:
         context = "\n".join(dict.fromkeys(final))
-        cls, transient = classify_text(context)
+        cls, transient = _aider_class(context)
         return AgentOutcome(cls, False, context[-2000:], transient=transient, **common)
     if exit_code not in (0, None):
         if "Traceback (most recent call last)" in stderr:
             return _crash(exit_code, stderr, "aider crashed")
         return AgentOutcome("error", False, f"exit code {exit_code}: {_last_line(stderr or stdout)}", **common)
     return AgentOutcome("success", True, _last_line(stdout), **common)
+
+
+# litellm's exception classes, as aider prints them ("litellm.RateLimitError: ..."): what each means.
+_LITELLM_PERMANENT = {"BadRequestError", "AuthenticationError", "PermissionDeniedError", "NotFoundError",
+                      "UnprocessableEntityError", "ContextWindowExceededError", "ContentPolicyViolationError"}
+_LITELLM_TRANSIENT = {"RateLimitError", "InternalServerError", "ServiceUnavailableError", "APIConnectionError",
+                      "Timeout", "BadGatewayError"}
+
+
+def _aider_class(context: str) -> tuple[str, bool]:
+    """A usage limit by its text; else litellm's exception class; its generic ``APIError`` (which litellm gives
+    a 403 and a 529 alike) by the HTTP status in the provider's message when there is one."""
+    if USAGE_LIMIT.search(context):
+        return "usage_limit", False
+    names = re.findall(r"litellm\.(\w+)", context)
+    if names:
+        last = names[-1]
+        if last in _LITELLM_PERMANENT:
+            return "error", False
+        if last in _LITELLM_TRANSIENT:
+            return "api_error", True
+        m = re.search(r"Exception - .*?\b([45]\d\d)\b", context)
+        if m:
+            return classify_status(int(m.group(1)))
+    return classify_text(context)
 
 
 def _line_at(text: str, pos: int) -> str:

@@ -200,3 +200,16 @@ def test_a_preset_defined_here_travels_by_value(repo: Path) -> None:
     assert report.exit_code == ExitCode.OK, r.error
     assert r.outcome and r.outcome.message == "parsed by a user-defined preset"
     assert "mine.txt" in tree_files(repo, "main")
+
+
+@pytest.mark.parametrize(("line", "cls", "transient"), [
+    ("litellm.APIError: APIError: OpenAIException - stand-in 403 permission_error", "error", False),
+    ("litellm.APIError: APIError: OpenAIException - stand-in 529 server_error", "api_error", True),
+    ("litellm.BadRequestError: OpenAIException - stand-in 401 invalid_request_error", "error", False),
+    ("litellm.InternalServerError: InternalServerError: OpenAIException - Connection error.", "api_error", True),
+    ("litellm.RateLimitError: RateLimitError: OpenAIException - stand-in 429 requests", "api_error", True),
+])
+def test_aider_litellm_errors_by_class_then_status(line: str, cls: str, transient: bool) -> None:
+    # aider 0.86.2 retries all of these itself for about two minutes, then prints the last one and exits 0
+    o = agents.parse_aider(f"Aider v0.86.2\n{line}\nRetrying in 32.0 seconds...\n{line}\n", "", 0)
+    assert (o.result_class, o.transient) == (cls, transient)

@@ -167,7 +167,8 @@ class _Handler(BaseHTTPRequestHandler):
             entry["model"] = path.rsplit("/", 1)[-1].split(":", 1)[0]
         prompt, done, workdir = _read_conversation(route, body)
         plan = plan_for(prompt)
-        entry.update(prompt=prompt[:2000], workdir=workdir, tool_results=done, body=body)
+        entry.update(prompt=prompt[:2000], prompt_chars=len(prompt), workdir=workdir, tool_results=done,
+                     system=_system_text(body)[:20000], body=body)
         if plan.delay:
             self.standin.wait(plan.delay)
         if plan.drop:
@@ -375,6 +376,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # --- reading a request --------------------------------------------------------------------------------------
+
+def _system_text(body: dict[str, Any]) -> str:
+    system = body.get("system") or body.get("instructions") or (body.get("systemInstruction") or {}).get("parts")
+    if isinstance(system, list):
+        return "\n".join(str(b.get("text", "")) for b in system if isinstance(b, dict))
+    return str(system or "")
+
 
 def _read_conversation(route: str, body: dict[str, Any]) -> tuple[str, bool, str | None]:
     """(the user's text, whether tool results came back, the working directory the CLI told the model)."""

@@ -48,6 +48,10 @@ def test_four_batch_plan_end_to_end(repo: Path, agent: Agent, standin: StandIn) 
         assert r["input_tokens"] and r["input_tokens"] >= TOKENS_IN and r["output_tokens"] >= TOKENS_OUT, r
         if REPORTS_COST[agent.name]:
             assert r["cost_usd"] and r["cost_usd"] > 0, r
+    if agent.name == "gemini":  # the main model, not the router's (a generateContent call before it)
+        main = {r["model"] for r in standin.requests if r["path"].endswith(":streamGenerateContent")}
+        router = {r["model"] for r in standin.requests if r["path"].endswith(":generateContent")}
+        assert router and {r["model"] for r in rows} <= main - router, (main, router)
     summary = json.loads(journal().run(run_id)["summary"])
     assert summary["tokens"]["input"] == sum(r["input_tokens"] for r in rows)
     # every batch reached the model through the CLI, with the prompt it was given

@@ -50,3 +50,21 @@ def test_error_matrix(repo: Path, agent: Agent) -> None:
     for code in cases:
         if not (agent.name == "codex" and code in TRANSIENT):  # codex words its 5xx as "high demand"
             assert code in rows[f"s{code}"]["error"], rows[f"s{code}"]["error"]
+
+
+def test_codex_without_a_reachable_server_is_stopped_as_stalled(repo: Path, agent: Agent) -> None:
+    if agent.name != "codex":
+        pytest.skip("codex is the CLI that waits for ever (\"Reconnecting...\") when its server is gone")
+    config = Path(os.environ["CODEX_HOME"]) / "config.toml"
+    text = config.read_text()
+    config.write_text(text.replace(text.split('base_url = "', 1)[1].split('"', 1)[0], "http://127.0.0.1:9/v1"))
+    plan = write_plan(repo.parent / "plan.md", [fake_batch(1, writes={"x.txt": "x"})])
+    out = run_distpar("run", str(plan), *agent.run_args(), "--agent-retries", "1", "--stall-timeout", "8",
+                      "--timeout", "300", cwd=repo, timeout=300)
+    assert out.returncode == ExitCode.BATCH_FAILED, out.stdout[-3000:] + out.stderr[-3000:]
+    journal = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
+    run_id = run_id_of(out.stdout)
+    [row] = journal.batches(run_id)
+    assert row["result_class"] == "stalled" and "Reconnecting" in row["error"], row["error"]
+    tries = [e.data["classes"] for e in journal.events(run_id) if e.kind == "batch_tries"]
+    assert tries == [["stalled", "stalled"]]
