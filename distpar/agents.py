@@ -102,6 +102,7 @@ class Preset:
     unset: tuple[str, ...] = ()
     command: tuple[str, ...] = ()  # default argv prefix; () means (executable,)
     prompt_stdin: bool = False  # reads the prompt on stdin when ``build`` leaves it out (Context.prompt_on_stdin)
+    prompt_in_file: bool = False  # always reads the prompt from ``Context.prompt_file`` (any size)
     check: Callable[[AgentConfig, Mapping[str, str]], str] | None = None  # why not to start it ("" = fine)
 
     def default_command(self) -> list[str]:
@@ -113,7 +114,7 @@ class Preset:
     def refuse(self, cfg: AgentConfig, ctx: Context, env: Mapping[str, str]) -> str:
         if "\0" in ctx.prompt:
             return "the prompt contains a NUL byte, which no argument or agent can be given"
-        if ctx.prompt_on_stdin and not self.prompt_stdin:
+        if ctx.prompt_on_stdin and not (self.prompt_stdin or self.prompt_in_file):
             return (f"the prompt ({len(ctx.prompt.encode())} bytes) is too long for one argument and the "
                     f"{self.name} agent cannot read it on stdin")
         return self.check(cfg, env) if self.check else ""
@@ -541,10 +542,11 @@ def _aider_args(cfg: AgentConfig, ctx: Context) -> list[str]:
     # `--analytics-disable` keep it from asking or phoning home; `--model M`. Aider commits its own edits
     # (--auto-commits is on by default): the worker records every commit since the batch started. No turn or
     # budget limit and no JSON output exist; cost and tokens come from its "Tokens: ... Cost: ..." lines.
-    # `--no-gitignore`: aider otherwise adds ".aider*" to the repository's .gitignore in every worktree, an edit
-    # that each stream's branch then carries (seen with aider 0.86.2).
+    # aider adds ".aider*" to the repository's .gitignore (the same line in every stream, so the streams merge
+    # cleanly); with --no-gitignore its chat history and tags cache would be committed and conflict instead
+    # (seen with aider 0.86.2).
     args = ["--message-file", str(ctx.prompt_file), "--yes-always", "--no-stream", "--no-pretty",
-            "--no-check-update", "--no-show-model-warnings", "--analytics-disable", "--no-gitignore"]
+            "--no-check-update", "--no-show-model-warnings", "--analytics-disable"]
     if cfg.model:
         args += ["--model", cfg.model]
     return [*args, *cfg.extra_args]
@@ -768,6 +770,7 @@ BUILTIN_PRESETS: dict[str, Preset] = {
         "aider", "aider", "aider (--message-file, commits its own edits, text output)", _aider_args, parse_aider,
         # https://aider.chat/docs/llms.html: the provider's own variable (litellm names).
         key_vars=AIDER_KEY_VARS, supports=frozenset({"model"}), reports_cost=True, check=_aider_check,
+        prompt_in_file=True,
     ),
     "fake": Preset(
         "fake", "distpar-fake-agent",

@@ -154,6 +154,8 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
             state.tokens_in, state.tokens_out = int(rest[0]), int(rest[1])
         elif cmd == "turns":
             state.turns = int(rest[0])
+        elif cmd == "unsaved-session":
+            pass  # read by the claude emulation: the session is never saved (see FAKE_AGENT_SESSIONS)
         elif cmd == "print-env":
             line_out = f"{rest[0]}={os.environ.get(rest[0], '')}"
             print(line_out, flush=True)
@@ -259,9 +261,21 @@ def claude(argv: list[str], state: State) -> int:
             uuid.UUID(session)
         except ValueError:
             return _fail_args(ArgError("Error: Invalid session ID. Must be a valid UUID.", 1))
-    prompt = " ".join(positional)
+    prompt = " ".join(positional) if positional else ("" if sys.stdin.isatty() else sys.stdin.read())
+    if not prompt:
+        return _fail_args(ArgError("Error: Input must be provided either through stdin or as a prompt argument "
+                                   "when using --print", 1))
     model = opts.get("--model", "fake-model-1")
-    session = session or _alias(opts, "--resume", "-r") or str(uuid.uuid4())
+    resumed = _alias(opts, "--resume", "-r")
+    store = os.environ.get("FAKE_AGENT_SESSIONS")
+    if store and resumed and not (Path(store) / resumed).exists():
+        # Claude Code saves a session about 0.6 s in; --resume of one it never saved fails like this
+        print(f"No conversation found with session ID: {resumed}", file=sys.stderr)
+        return 1
+    session = session or resumed or str(uuid.uuid4())
+    if store and not any(w[:1] == ["unsaved-session"] for w in prompt_commands(prompt)):
+        Path(store).mkdir(parents=True, exist_ok=True)
+        (Path(store) / session).touch()
     if fmt == "stream-json":
         print(json.dumps({"type": "system", "subtype": "init", "session_id": session, "model": model}), flush=True)
     try:

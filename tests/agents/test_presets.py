@@ -63,7 +63,7 @@ def test_aider_argv_matches_the_docs() -> None:
     # --model. The prompt goes in the file, never on the command line.
     assert argv("aider") == ["aider", "--message-file", "/logs/b1.prompt.md", "--yes-always", "--no-stream",
                              "--no-pretty", "--no-check-update", "--no-show-model-warnings", "--analytics-disable",
-                             "--no-gitignore", "--model", "M"]
+                             "--model", "M"]
     assert CTX.prompt not in argv("aider")
 
 

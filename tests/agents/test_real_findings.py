@@ -118,11 +118,12 @@ def test_version_line_skips_warnings() -> None:
     assert version_line("WARNING: x\n2.1.332 (Claude Code)\n", "") == "2.1.332 (Claude Code)"
 
 
-@pytest.mark.parametrize("preset", ["claude", "codex", "gemini"])
+@pytest.mark.parametrize("preset", ["claude", "codex", "gemini", "aider"])
 def test_a_prompt_too_long_for_argv_goes_on_stdin(preset: str) -> None:
     big = "x" * (agents.ARGV_PROMPT_MAX + 1)
-    inv = agents.invocation(AgentConfig(preset), replace(CTX, prompt=big), {}, {})
-    assert inv.stdin == CTX.prompt_file and not inv.refused
+    inv = agents.invocation(AgentConfig(preset, model="m"), replace(CTX, prompt=big), {}, {})
+    assert not inv.refused
+    assert inv.stdin == (None if preset == "aider" else CTX.prompt_file)  # aider reads --message-file
     assert all(len(a) < agents.ARGV_PROMPT_MAX for a in inv.argv)
     assert inv.env["CAST_SUBPROCESS"] == "1" and inv.env["DISTPAR_SUBPROCESS"] == "1"
 
@@ -213,3 +214,48 @@ def test_aider_litellm_errors_by_class_then_status(line: str, cls: str, transien
     # aider 0.86.2 retries all of these itself for about two minutes, then prints the last one and exits 0
     o = agents.parse_aider(f"Aider v0.86.2\n{line}\nRetrying in 32.0 seconds...\n{line}\n", "", 0)
     assert (o.result_class, o.transient) == (cls, transient)
+
+
+def test_a_resumed_session_claude_never_saved_continues_in_a_fresh_one(repo: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+    import time
+
+    from distpar.journal import Journal
+    from distpar.testing import write_plan
+    from tests.conftest import run_distpar
+
+    log = tmp_path / "inv.jsonl"
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(log))
+    monkeypatch.setenv("FAKE_AGENT_SESSIONS", str(tmp_path / "sessions"))
+    plan = write_plan(tmp_path / "plan.md", [
+        fake_batch(1, extra=["@fake unsaved-session", "@fake append notes.txt 'first half'", "@fake sleep 60"])])
+    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "1", "--agent", "fake"],
+                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    home = Path(os.environ["DISTPAR_HOME"])
+    deadline = time.time() + 30
+    while time.time() < deadline and not list(home.glob("runs/*/wt/s1/notes.txt")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    run_id = Journal(home / "journal.db").runs()[0]["id"]
+    plan.write_text(plan.read_text().replace("@fake sleep 60", "@fake sleep 0"))
+    res = run_distpar("resume", run_id, cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    argvs = [json.loads(line)["argv"] for line in log.read_text().splitlines()]
+    assert len(argvs) == 3
+    assert any(a.startswith("--resume=") for a in argvs[1])  # refused: never saved
+    assert any(a.startswith("--session-id=") for a in argvs[2])  # the same try in a fresh session
+    assert "previous session on this task was interrupted" in argvs[2][-1]
+    assert (repo / "notes.txt").read_text() == "first half\nfirst half\n"  # the restored work was kept
+    batch_log = Path(Journal(home / "journal.db").batch(run_id, "1")["log_path"]).read_text()
+    assert "No conversation found" in batch_log and "continuing in a fresh session" in batch_log
+
+
+def test_an_agent_that_prints_nothing_is_stopped_as_stalled(repo: Path) -> None:
+    batch = fake_batch(1, extra=["@fake write half.txt x", "@fake hang"])
+    report, _ = run_plan(repo, [batch], agent=AgentConfig("fake", stall_timeout=1.0), agent_retries=1)
+    r = report.results[0]
+    assert r.try_classes == ("stalled", "stalled")  # transient: tried again from the batch's start commit
+    assert r.status is BatchStatus.FAILED and r.duration < 30

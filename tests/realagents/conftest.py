@@ -7,6 +7,7 @@ fails the tier. The report header names the version of each CLI found.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -71,10 +72,35 @@ def wire(name: str, standin: StandIn, home: Path, scratch: Path) -> Agent:
             {"security": {"auth": {"selectedType": "gemini-api-key"}}, "general": {"maxAttempts": 1}}))
         env.update(GOOGLE_GEMINI_BASE_URL=standin.url, GEMINI_API_KEY="standin-gemini-key")
     elif name == "aider":
+        # aider fetches litellm's price table from the network unless its cache is fresh: an empty one is, and
+        # litellm's bundled table then prices the model
+        (home / ".aider" / "caches").mkdir(parents=True, exist_ok=True)
+        (home / ".aider" / "caches" / "model_prices_and_context_window.json").write_text("{}")
         # litellm would fetch its price table from the network first; its bundled copy is the same
         env.update(OPENAI_API_BASE=standin.url + "/v1", OPENAI_API_KEY="sk-standin-key",
                    LITELLM_LOCAL_MODEL_COST_MAP="True")
     return Agent(name, path, env, MODELS[name])
+
+
+def git_identity() -> None:
+    """A git identity, as a user has one: without it aider writes "Your Name" into the repository's config, and
+    parallel aiders in worktrees of one repository race on .git/config.lock."""
+    with open(os.environ["GIT_CONFIG_GLOBAL"], "a") as f:
+        f.write("[user]\n\tname = distpar tests\n\temail = tests@distpar.invalid\n")
+
+
+@pytest.fixture
+def every_agent(scratch_home: Path) -> Iterator[dict[str, tuple[Agent, StandIn]]]:
+    """Every real CLI, each wired to a stand-in of its own (for tests that run them side by side, each
+    ``distpar run`` given its agent's variables)."""
+    git_identity()
+    with contextlib.ExitStack() as stack:
+        out = {}
+        for name in CLIS:
+            s = stack.enter_context(StandIn())
+            (scratch_home / name).mkdir()
+            out[name] = (wire(name, s, Path(os.environ["HOME"]), scratch_home / name), s)
+        yield out
 
 
 @pytest.fixture(params=CLIS)
@@ -82,10 +108,7 @@ def agent(request: pytest.FixtureRequest, standin: StandIn, scratch_home: Path,
           monkeypatch: pytest.MonkeyPatch) -> Agent:
     """Each real CLI in turn, wired to a fresh stand-in; its variables set in this process's environment."""
     a = wire(request.param, standin, Path(os.environ["HOME"]), scratch_home)
-    # A git identity, as a user has one: without it aider writes "Your Name" into the repository's config, and
-    # parallel aiders in worktrees of one repository race on .git/config.lock.
-    with open(os.environ["GIT_CONFIG_GLOBAL"], "a") as f:
-        f.write("[user]\n\tname = distpar tests\n\temail = tests@distpar.invalid\n")
+    git_identity()
     for k, v in a.env.items():
         monkeypatch.setenv(k, v)
     return a

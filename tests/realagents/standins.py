@@ -183,7 +183,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.standin.record({**entry, "answer": str(plan.status)})
             self._error(route, plan.status)
             return
-        calls = [] if done or not plan.writes else [Call(p, c) for p, c in plan.writes]
+        # aider's second call asks for a commit message about the diff (which quotes the prompt): text only
+        commit = route == "chat" and "commit message" in _system_text(body).lower() + _chat_system(body).lower()
+        calls = [] if done or commit or not plan.writes else [Call(p, c) for p, c in plan.writes]
         text = _text_answer(route, body, prompt)
         self.standin.record({**entry, "answer": "tools" if calls else "text", "calls": [c.path for c in calls]})
         getattr(self, f"_answer_{route}")(body, calls, text, workdir)
@@ -376,6 +378,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # --- reading a request --------------------------------------------------------------------------------------
+
+def _chat_system(body: dict[str, Any]) -> str:
+    return "\n".join(str(m.get("content", "")) for m in body.get("messages") or [] if m.get("role") == "system")
+
 
 def _system_text(body: dict[str, Any]) -> str:
     system = body.get("system") or body.get("instructions") or (body.get("systemInstruction") or {}).get("parts")
