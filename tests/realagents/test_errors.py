@@ -72,7 +72,8 @@ def _check(name: str, repo: Path, home: Path, code: int | None, output: str, err
     want |= {f"s{c}": (cls, 2) for c, cls in TRANSIENT.items()}
     want |= {"drop": (DROP[name], 2), "slow": ("success", 1)}
     if got != want:
-        return f"{run_id}: " + str({b: (got.get(b), want.get(b), rows[b]["error"][:300]) for b in rows if got.get(b) != want.get(b)})
+        diff = {b: (got.get(b), want.get(b), rows[b]["error"][:300]) for b in rows if got.get(b) != want.get(b)}
+        return f"{run_id}: {got} != {want}: {diff}"
     if "slow.txt" not in tree_files(repo, rows["slow"]["commit_oid"]):  # on its stream's branch (the run failed)
         return "slow.txt missing"
     for c in cases:
