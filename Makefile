@@ -19,7 +19,7 @@ test: $(VENV)/.installed          ## everything CI runs: system packages, images
 	bash scripts/test.sh $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed     ## unit and local integration tests only
-	$(PY) -m pytest -m "not ray and not ssh and not containers" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not ray and not ssh and not containers and not realagents" $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +35,7 @@ class MaskedPipe:
         self.path = Path(f"/dev/fd/{self._wfd}")
         self._dests = [d.open("ab") for d in dests]
         self._kept = bytearray()
+        self.last_output = 0.0  # epoch of the last bytes read (stall detection)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="distpar-capture", daemon=True)
         self._thread.start()
@@ -53,6 +55,7 @@ class MaskedPipe:
             readable, _, _ = select.select([self._fd], [], [], 0.05)
             chunk = self._read() if readable else b""
             if chunk:
+                self.last_output = time.time()
                 pending = self._emit(pending + chunk, final=False)
             elif self._stop.is_set():
                 while chunk := self._read():  # what the process wrote just before it ended

@@ -231,12 +231,15 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
 @_schedule_options
 @click.option("--backend", type=click.Choice(["local", "ray", "ssh"]), default="local", show_default=True)
 @click.option("--agent", "agent_name", default="claude", show_default=True,
-              help=f"Agent preset ({', '.join(agents.PRESETS)}) or a command template.")
+              help=f"Agent preset ({', '.join(agents.preset_names())}) or a command template.")
 @click.option("--agent-cmd", default=None, metavar="TEMPLATE",
               help="Custom agent command; placeholders: " + ", ".join("{" + p + "}" for p in agents.PLACEHOLDERS))
 @click.option("--model", default=None, help="Model passed to the agent.")
 @click.option("--max-turns", type=click.IntRange(min=1), default=None, help="Per batch.")
 @click.option("--max-budget-usd", type=click.FloatRange(min=0, min_open=True), default=None, help="Per batch.")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Stop an agent that prints nothing for this long (class stalled, retried like a 5xx); "
+                   "default: off (claude's json output comes only at the end).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Seconds per batch (default 3600; a plan's per-batch timeout wins).")
 @click.option("--into", default=None, metavar="BRANCH", help="Branch to merge into (default: the checked-out one).")
@@ -288,7 +291,8 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
 def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, independent: bool, backend: str,
             agent_name: str,
             agent_cmd: str | None, model: str | None, max_turns: int | None, max_budget_usd: float | None,
-            timeout: float | None, into: str | None, allow_dirty: bool, keep_branches: bool, retries: int,
+            stall_timeout: float | None, timeout: float | None, into: str | None, allow_dirty: bool,
+            keep_branches: bool, retries: int,
             forward_env: tuple[str, ...], repo_path: Path, repo_url: str | None, ray_address: str | None,
             hosts: str | None, hosts_file: Path | None, identity: Path | None, accept_unknown_hosts: bool,
             agent_retries: int, max_concurrent_agents: int | None, stagger: float, budget_usd: float | None,
@@ -304,7 +308,7 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
     workers = workers or _default_workers(backend, backend_options)
     schedule = make_schedule(plan, workers, strategy, split)
     base_cfg = AgentConfig(preset="claude", model=model, max_turns=max_turns, max_budget_usd=max_budget_usd,
-                           stream=stream_json)
+                           stream=stream_json, stall_timeout=stall_timeout)
     if agent_cmd:
         agent = agents.agent_config(agent_cmd if ("{" in agent_cmd or " " in agent_cmd) else agent_cmd + " {prompt}",
                                     base_cfg)
@@ -509,6 +513,8 @@ def _print_report(report: Any, runner: Any) -> None:
         click.echo(f"pushed to {runner.options.push}: " + ", ".join(report.pushed))
     if report.landed:
         click.echo(f"merged into {report.target} ({report.landed[:12]})")
+    if report.stopped:
+        click.echo(f"stopped starting units: {report.stopped}; distpar resume {report.run_id} once it has reset")
     if report.pending:
         click.echo(f"not started: {', '.join(report.pending)}")
     if report.branches:
@@ -721,9 +727,10 @@ def clean_cmd(run_id: str | None, dry_run: bool, force: bool, repo_path: Path) -
               show_default=True, help="Seconds to wait for each CLI's --version.")
 @click.option("--json", "as_json", is_flag=True)
 def agents_cmd(timeout: float, as_json: bool) -> None:
-    """List the agent presets: whether each CLI is installed here, its version, and the API key variables it
-    reads (names only; $DISTPAR_AGENT_<PRESET>_BIN overrides the command)."""
-    probes = [agents.probe(name, timeout=timeout) for name in agents.PRESETS]
+    """List the agent presets installed here (built-ins and plugins of the distpar.agents entry-point group):
+    whether each CLI is installed, its version, and the API key variables it reads (names only;
+    $DISTPAR_AGENT_<PRESET>_BIN overrides the command)."""
+    probes = [agents.probe(name, timeout=timeout) for name in agents.preset_names()]
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in probes], indent=2))
         return

@@ -30,6 +30,7 @@ from distpar.landing import cleanup, land_run
 from distpar.merge import Conflict
 from distpar.model import BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
 from distpar.plan import Plan
+from distpar.ratelimit import RateLimiter
 from distpar.runtime import (
     Observer,
     RunLock,
@@ -63,6 +64,7 @@ from distpar.state import (
 from distpar.stateunits import state_units
 from distpar.transfer import Transfer
 from distpar.units import unit_graph, with_fan_out_summary
+from distpar.worker import retry_base, totals
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,9 @@ class Runner:
         self.include_data = workspace.pack_files(repo, self.include) \
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
+        self.requeues: dict[str, int] = {}  # unit -> times it went back to the queue after a rate limit
+        self.carried: dict[str, list[BatchResult]] = {}  # ... and what those dispatches reported
+        self.rate_stop = ""  # why no new unit started (a usage limit far away), when that happened
         try:
             self.plan_text = Path(options.plan_path or plan.source).read_text()
         except OSError:
@@ -160,9 +165,11 @@ class Runner:
         for bid in self.empty:
             self._record(BatchResult(bid, -1, BatchStatus.SKIPPED, error="the batch has no agents (agents: [])"))
         done = {uid: r.status for uid, r in self.results.items() if r.status.ok and uid not in self.empty}
+        ceiling = min(self.workers, self.options.max_concurrent_agents or self.workers)
         self.state = RunState.create(self.units, done, retries=self.options.retries,
                                      budget_usd=self.options.budget_usd,
-                                     stop_on_conflict=self.options.stop_on_conflict)
+                                     stop_on_conflict=self.options.stop_on_conflict,
+                                     limiter=RateLimiter(ceiling=max(1, ceiling), default_pause=3 * retry_base()))
         for uid, st in done.items():  # finished work is part of the preview from the start
             commit = self.results[uid].commit
             if st.ok and commit:
@@ -245,8 +252,11 @@ class Runner:
                 self.journal.event(self.run_id, "budget_exhausted", spent=ins.spent, budget=budget, not_started=left)
                 self.emit("budget_exhausted", spent=ins.spent, budget=budget, not_started=left)
             elif isinstance(ins, Throttle):
-                self.journal.event(self.run_id, "throttled", limit=ins.limit, until=ins.until)
-                self.emit("throttled", limit=ins.limit, until=ins.until)
+                self.journal.event(self.run_id, "throttled", limit=ins.limit, until=ins.until, stop=ins.stop,
+                                   reason=ins.reason)
+                self.emit("throttled", limit=ins.limit, until=ins.until, stop=ins.stop, reason=ins.reason)
+                if ins.stop:
+                    self.rate_stop = ins.reason
             elif isinstance(ins, Finish):
                 pass
 
@@ -317,11 +327,28 @@ class Runner:
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
         r = self._verify_files(result.results[0])
+        o = r.outcome
+        now = time.time()
+        if o is not None and o.rate_limited and not o.ok and not self.interrupted.is_set():
+            # A rate limit is the run's signal, not the unit's failure: it goes back to the queue and starts again
+            # when the run's limiter lets it (a few times at most), from the same base.
+            self.requeues[uid] = self.requeues.get(uid, 0) + 1
+            if self.requeues[uid] <= self.options.agent_retries:
+                self.carried.setdefault(uid, []).append(r)
+                self.journal.batch_requeued(self.run_id, uid)
+                self.journal.event(self.run_id, "unit_throttled", spec.stream, uid, result_class=o.result_class,
+                                   retry_after=o.retry_after, resets_at=o.resets_at, requeued=self.requeues[uid])
+                self.emit("unit_throttled", stream=spec.stream, batch=uid, result_class=o.result_class)
+                return UnitEnded(uid, spec.stream, r.status, o.cost_usd, outcome=o, at=now, requeue=True)
+        if uid in self.carried:  # what the dispatches before it (rate-limited) tried and cost counts too
+            earlier = self.carried.pop(uid)
+            outcomes = [x.outcome for x in (*earlier, r) if x.outcome is not None]
+            r = replace(r, outcome=totals(outcomes) if outcomes else None, tries=sum(x.tries for x in (*earlier, r)),
+                        try_classes=tuple(c for x in (*earlier, r) for c in x.try_classes),
+                        started=earlier[0].started or r.started)
         self._record(r)
         conflicts = bool(r.status.ok and r.commit and r.changed and self._check_conflicts(uid, r.commit))
-        o = r.outcome
-        throttled = bool(o and not o.ok and o.result_class in ("usage_limit", "rate_limit"))
-        return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, throttled=throttled,
+        return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, outcome=o, at=now,
                          conflicts=conflicts)
 
     def _verify_files(self, r: BatchResult) -> BatchResult:

@@ -88,12 +88,24 @@ class State:
 
 # --- the prompt's commands (the same for every emulation) ------------------------------------------------
 
+def prompt_commands(prompt: str, prefix: str = "@fake ") -> list[list[str]]:
+    """The prompt's command lines (``@fake write PATH TEXT``), split like a shell would, ``\\n`` a newline. The
+    tests' stand-in model servers read the same lines, so a prompt means the same to the fake and a real CLI."""
+    out = []
+    for ln in prompt.splitlines():
+        if ln.strip().startswith(prefix):
+            try:
+                words = shlex.split(ln.strip()[len(prefix):])
+            except ValueError:
+                continue
+            if words:
+                out.append([w.replace("\\n", "\n") for w in words])
+    return out
+
+
 def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
-    commands = [ln.strip()[6:] for ln in prompt.splitlines() if ln.strip().startswith("@fake ")]
-    for line in commands:
-        words = [w.replace("\\n", "\n") for w in shlex.split(line)]
-        if not words:
-            continue
+    commands = prompt_commands(prompt)
+    for words in commands:
         cmd, rest = words[0], words[1:]
         if cmd in ("write", "append", "delete", "copy") and not allow_writes:
             state.kind, state.code, state.text = "error", 1, f"cannot {cmd} {rest[0]}: the sandbox is read-only"
@@ -149,6 +161,8 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
             state.tokens_in, state.tokens_out = int(rest[0]), int(rest[1])
         elif cmd == "turns":
             state.turns = int(rest[0])
+        elif cmd == "unsaved-session":
+            pass  # read by the claude emulation: the session is never saved (see FAKE_AGENT_SESSIONS)
         elif cmd == "print-env":
             line_out = f"{rest[0]}={os.environ.get(rest[0], '')}"
             print(line_out, flush=True)
@@ -257,9 +271,21 @@ def claude(argv: list[str], state: State) -> int:
     schema = _json_schema(opts)
     if isinstance(schema, ArgError):
         return _fail_args(schema)
-    prompt = " ".join(positional)
+    prompt = " ".join(positional) if positional else ("" if sys.stdin.isatty() else sys.stdin.read())
+    if not prompt:
+        return _fail_args(ArgError("Error: Input must be provided either through stdin or as a prompt argument "
+                                   "when using --print", 1))
     model = opts.get("--model", "fake-model-1")
-    session = session or _alias(opts, "--resume", "-r") or str(uuid.uuid4())
+    resumed = _alias(opts, "--resume", "-r")
+    store = os.environ.get("FAKE_AGENT_SESSIONS")
+    if store and resumed and not (Path(store) / resumed).exists():
+        # Claude Code saves a session about 0.6 s in; --resume of one it never saved fails like this
+        print(f"No conversation found with session ID: {resumed}", file=sys.stderr)
+        return 1
+    session = session or resumed or str(uuid.uuid4())
+    if store and not any(w[:1] == ["unsaved-session"] for w in prompt_commands(prompt)):
+        Path(store).mkdir(parents=True, exist_ok=True)
+        (Path(store) / session).touch()
     if fmt == "stream-json":
         print(json.dumps({"type": "system", "subtype": "init", "session_id": session, "model": model}), flush=True)
     try:
@@ -413,7 +439,7 @@ def codex(argv: list[str], state: State) -> int:
 
 # --- gemini ----------------------------------------------------------------------------------------------
 
-GEMINI_FLAGS = {"-y", "--yolo", "-s", "--sandbox", "-d", "--debug"}
+GEMINI_FLAGS = {"-y", "--yolo", "-s", "--sandbox", "-d", "--debug", "--skip-trust"}
 GEMINI_VALUED = {"-p", "--prompt", "-o", "--output-format", "--approval-mode", "-m", "--model", "-r", "--resume"}
 GEMINI_ERRORS: dict[str, tuple[str, str, int]] = {  # kind: (error class, message, exit code)
     "max_turns": ("FatalTurnLimitedError", "Reached max session turns for this session. Increase the number of "
@@ -447,6 +473,12 @@ def gemini(argv: list[str], state: State) -> int:
         return _gemini_error(fmt, "FatalInputError", exc.message, exc.code, "")
     if "-y" in opts or "--yolo" in opts:
         print("Warning: --yolo is deprecated; use --approval-mode=yolo", file=sys.stderr)
+    if "--skip-trust" not in opts and os.environ.get("GEMINI_CLI_TRUST_WORKSPACE") != "true":
+        # gemini-cli 0.61: a folder not trusted before refuses headless runs, in red, exit 55
+        print("\x1b[31mGemini CLI is not running in a trusted directory. To proceed, either use `--skip-trust`, set "
+              "the `GEMINI_CLI_TRUST_WORKSPACE=true` environment variable, or trust this directory in interactive "
+              "mode.\x1b[0m", file=sys.stderr)
+        return 55
     prompt = _alias(opts, "--prompt", "-p") or " ".join(positional)
     session = str(uuid.uuid4())
     model = _alias(opts, "--model", "-m") or "gemini-2.5-pro"
@@ -487,8 +519,12 @@ def gemini(argv: list[str], state: State) -> int:
 def _gemini_error(fmt: str, etype: str, message: str, code: int, session: str) -> int:
     # packages/cli/src/utils/errors.ts: in JSON modes the error object goes to stderr, then exit(code).
     if fmt == "json":
-        print(json.dumps({"session_id": session, "error": {"type": etype, "message": message, "code": code}}),
+        # as gemini-cli 0.61 does: log lines and a stack trace first, then the object indented over many lines
+        print(f"Error when talking to Gemini API Full report available at: /tmp/gemini-client-error.json "
+              f"{etype}: {message}\n    at retryWithBackoff (file:///bundle/chunk.js:1:1) {{\n  status: {code}\n}}",
               file=sys.stderr)
+        print(json.dumps({"session_id": session, "error": {"type": etype, "message": message, "code": code}},
+                         indent=2), file=sys.stderr)
     elif fmt == "stream-json":
         print(json.dumps({"type": "result", "timestamp": _now(), "status": "error",
                           "error": {"type": etype, "message": message}, "stats": {}}))
@@ -546,6 +582,16 @@ def aider(argv: list[str], state: State) -> int:
         prompt = _alias(opts, "--message", "--msg", "-m") or ""
     if not prompt:
         return _fail_args(ArgError("the fake agent runs aider only with --message or --message-file", 1))
+    keys = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "DEEPSEEK_API_KEY", "OPENROUTER_API_KEY",
+            "GROQ_API_KEY", "MISTRAL_API_KEY", "XAI_API_KEY")
+    if "--model" not in opts and not any(os.environ.get(k) for k in keys):
+        # aider/onboarding.py: no model, no key -> an OpenRouter login that --yes-always accepts, then a wait of
+        # 5 minutes for the browser to come back on localhost:8484.
+        print("No LLM model was specified and no API keys were provided.\n"
+              "OpenRouter provides free and paid access to many LLMs.\n"
+              "Login to OpenRouter or create a free account? (Y)es/(N)o [Yes]: y", flush=True)
+        time.sleep(300)
+        return 1
     model = opts.get("--model", "fake-model-1")
     print(f"Aider v{VERSIONS['aider'].split()[-1]}\nMain model: {model} with diff edit format\n"
           f"Git repo: .git\nRepo-map: using 1024 tokens", flush=True)

@@ -153,6 +153,11 @@ class Journal:
                        (at, node, run_id, batch_id))
             self._event(db, run_id, "unit_started", stream, batch_id, {"attempt": attempt, "node": node})
 
+    def batch_requeued(self, run_id: str, batch_id: str) -> None:
+        """The unit goes back to the queue (a rate limit): it is pending again until it starts."""
+        with self._tx() as db:
+            db.execute("UPDATE batches SET state='pending' WHERE run_id=? AND batch_id=?", (run_id, batch_id))
+
     def batch_ended(self, run_id: str, r: BatchResult) -> None:
         o = r.outcome
         with self._tx() as db:

@@ -62,6 +62,10 @@ class AgentConfig:
     extra_args: tuple[str, ...] = ()
     executable: str | None = None  # command that runs the preset instead of its own (split like a shell would)
     stream: bool = False  # ask for a live JSON event stream where the agent has one (claude, gemini)
+    stall_timeout: float | None = None  # seconds without any output after which the agent is stopped (stalled)
+    # A user-defined preset (a distpar.agents.Preset subclass instance), cloudpickled by value, base64: it
+    # reaches SSH and Ray workers that cannot import the module it was defined in (distpar.agents.preset_of).
+    preset_pickle: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -224,6 +228,11 @@ class AgentOutcome:
     session_id: str | None = None
     model: str | None = None
     transient: bool = False
+    # Rate limits (distpar/ratelimit.py reads these): the provider said to wait this long, or until then.
+    rate_limited: bool = False  # a 429 / overloaded / usage-limit answer: fewer agents at once would help
+    retry_after: float | None = None  # seconds, from a retry-after the CLI reported
+    resets_at: float | None = None  # epoch seconds when a usage or rate limit resets
+    session_missing: bool = False  # --resume named a session the agent does not have: try again without it
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ class ProcessResult:
     cancelled: bool
     started: float
     ended: float
+    stalled: bool = False  # killed after ``stall_timeout`` seconds without output
 
 
 def run_process(
@@ -33,17 +34,23 @@ def run_process(
     stderr_path: Path,
     timeout: float | None,
     cancel: threading.Event | None = None,
+    stdin_path: Path | None = None,
+    stall_timeout: float | None = None,
+    last_output: Callable[[], float] | None = None,
 ) -> ProcessResult:
-    """Run ``argv`` (no shell) to completion, a time limit, or ``cancel``; never leave its group behind."""
+    """Run ``argv`` (no shell) to completion, a time limit, or ``cancel``; never leave its group behind.
+    ``stdin_path``: a file on stdin (else /dev/null). ``stall_timeout``: stop it once ``last_output()`` (the
+    epoch of its last output) is that many seconds old."""
     started = time.time()
     with (
         open(stdout_path, "ab") as out,
         open(stderr_path, "ab") as err,
+        open(stdin_path or os.devnull, "rb") as stdin,
         subprocess.Popen(
             list(argv),
             cwd=str(cwd),
             env=dict(env),
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             stdout=out,
             stderr=err,
             start_new_session=True,
@@ -51,7 +58,7 @@ def run_process(
         ) as proc,
     ):
         deadline = started + timeout if timeout else None
-        timed_out = cancelled = False
+        timed_out = cancelled = stalled = False
         try:
             while True:
                 try:
@@ -63,7 +70,9 @@ def run_process(
                     cancelled = True
                 elif deadline is not None and time.time() >= deadline:
                     timed_out = True
-                if cancelled or timed_out:
+                elif stall_timeout and time.time() - max(started, last_output() if last_output else 0) > stall_timeout:
+                    stalled = True
+                if cancelled or timed_out or stalled:
                     kill_group(proc.pid, proc)
                     break
         except BaseException:  # KeyboardInterrupt, a Ray task cancelled, ...: never leave the group behind
@@ -71,8 +80,8 @@ def run_process(
             raise
         # Whatever the agent left running in its session (a dev server, a stray child) goes too.
         kill_group(proc.pid, None, grace=0.0)
-        code = None if (timed_out or cancelled) else proc.returncode
-    return ProcessResult(code, timed_out, cancelled, started, time.time())
+        code = None if (timed_out or cancelled or stalled) else proc.returncode
+    return ProcessResult(code, timed_out, cancelled, started, time.time(), stalled)
 
 
 def kill_group(pgid: int, proc: subprocess.Popen[bytes] | None, grace: float = GRACE_SECONDS) -> None:

@@ -78,6 +78,7 @@ class RunReport:
     predicted_conflicts: list[dict[str, Any]] = field(default_factory=list)  # found before the final merge
     gate: dict[str, Any] | None = None  # --verify-merged's result when it failed (workspace.HookResult)
     pushed: list[str] = field(default_factory=list)  # refs pushed to --push REMOTE
+    stopped: str = ""  # why no new unit started before the end (a usage limit that resets far away)
 
     @property
     def agent_time(self) -> float:
@@ -123,6 +124,7 @@ class RunReport:
             "predicted_conflicts": self.predicted_conflicts,
             "gate": self.gate,
             "pushed": self.pushed,
+            "stopped": self.stopped,
         }
 
     def budget(self) -> dict[str, Any] | None:
@@ -346,5 +348,5 @@ def make_report(runner: Runner, wall: float, landed: str | None) -> RunReport:
         pending=pending, wall=wall, conflict=runner.conflict, errors=runner.errors, branches=branches,
         saved_refs=sorted(set(runner.saved_refs)), landed=landed, budget_usd=runner.options.budget_usd,
         budget_exhausted=runner.budget_exhausted, predicted_conflicts=runner.predicted,
-        gate=runner.gate.to_dict() if runner.gate else None, pushed=runner.pushed,
+        gate=runner.gate.to_dict() if runner.gate else None, pushed=runner.pushed, stopped=runner.rate_stop,
     )

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from distpar.model import BatchStatus
+from distpar.model import AgentOutcome, BatchStatus
+from distpar.ratelimit import RateLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +53,9 @@ class UnitEnded:
     worker: int
     status: BatchStatus
     cost_usd: float | None = None
-    throttled: bool = False  # the provider said slow down (429, overloaded): the run runs fewer agents at once
-    pause_until: float | None = None  # ... and starts none before this time (a reset time the agent reported)
-    requeue: bool = False  # the unit did not really run (throttled before it could start): run it again
+    outcome: AgentOutcome | None = None  # what the agent reported: rate limits change how many run at once
+    at: float | None = None  # when it ended (the executor's clock)
+    requeue: bool = False  # the unit did not really run (rate-limited before it could work): run it again
     conflicts: bool = False  # its work conflicts with work already finished (found before the final merge)
 
 
@@ -146,10 +147,13 @@ class BudgetSpent:
 
 @dataclass(frozen=True, slots=True)
 class Throttle:
-    """How many agents may run at once changed (rate limits), or starts pause until ``until``."""
+    """How many agents may run at once changed (rate limits), or starts pause until ``until``; ``stop``: a usage
+    limit far away, nothing more starts in this run (it ends resumable)."""
 
     limit: int
     until: float | None
+    stop: bool = False
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +184,8 @@ class RunState:
     fatal: bool = False
     conflicted: bool = False
     budget_exhausted: bool = False
-    limit: int | None = None  # agents that may run at once (None: as many as there are workers)
-    paused_until: float | None = None
+    limiter: RateLimiter | None = None  # agents at once under rate limits (None: as many as there are workers)
+    rate_stopped: bool = False  # a usage limit far away: start nothing more
     now: float = 0.0
     finished: bool = False
     assignment: dict[str, int] = field(default_factory=dict)  # uid -> worker that ran it last
@@ -213,8 +217,8 @@ class RunState:
         return len(self.done) == len(self.units) and all(s is BatchStatus.OK for s in self.done.values())
 
     def _may_start(self) -> bool:
-        return not (self.interrupted or self.fatal or self.budget_exhausted or (self.stop_on_conflict and
-                                                                               self.conflicted))
+        return not (self.interrupted or self.fatal or self.budget_exhausted or self.rate_stopped
+                    or (self.stop_on_conflict and self.conflicted))
 
     # --- the transition function ---------------------------------------------------------------------
 
@@ -244,14 +248,14 @@ class RunState:
             self.conflicted = self.conflicted or event.conflicts
             if event.cost_usd:
                 self.spent += event.cost_usd
-            if event.throttled or event.pause_until:
-                out += self._throttle(event.pause_until)
+            if event.at is not None:
+                self.now = max(self.now, event.at)
+            if event.outcome is not None:
+                out += self._observe(event.outcome)
             if event.requeue and not self.interrupted:
                 self.attempts[event.uid] = attempt  # runs again with the same attempt: it never really ran
             else:
                 out += self._settle(event.uid, event.status, "")
-                if event.status is BatchStatus.OK and not (event.throttled or event.pause_until):
-                    out += self._recover()
             if self.budget_usd is not None and self.spent >= self.budget_usd and not self.budget_exhausted:
                 self.budget_exhausted = True
                 out.append(BudgetSpent(self.spent, tuple(self.pending)))
@@ -275,9 +279,7 @@ class RunState:
                 self.fatal = True
                 out.append(CancelAll())
         elif isinstance(event, Tick):
-            self.now = event.now
-            if self.paused_until is not None and self.now >= self.paused_until:
-                self.paused_until = None
+            self.now = max(self.now, event.now)
         out += self._dispatch()
         if not self.running and not self._startable():
             self.finished = True
@@ -323,23 +325,21 @@ class RunState:
         out: list[Instruction] = [Record(uid, BatchStatus.FAILED, error)]
         return out + self._settle(uid, BatchStatus.FAILED, error)
 
-    def _throttle(self, until: float | None) -> list[Instruction]:
-        """Multiplicative decrease: half as many agents at once (at least one)."""
-        current = self.limit if self.limit is not None else max(1, len(self.alive))
-        self.limit = max(1, current // 2)
-        if until is not None and (self.paused_until is None or until > self.paused_until):
-            self.paused_until = until
-        return [Throttle(self.limit, self.paused_until)]
-
-    def _recover(self) -> list[Instruction]:
-        """Additive increase: one more agent at once after a success, up to the workers there are."""
-        if self.limit is None:
+    def _observe(self, outcome: AgentOutcome) -> list[Instruction]:
+        """Rate limits are a signal for the whole run (``distpar.ratelimit``): fewer agents at once, a pause until
+        the time the provider named, or no new unit at all when a usage limit resets far away."""
+        if self.limiter is None:
             return []
-        self.limit += 1
-        if self.limit >= len(self.alive):
-            self.limit = None
-            return [Throttle(len(self.alive), self.paused_until)]
-        return [Throttle(self.limit, self.paused_until)]  # a pause still running is still reported
+        before = (self.limiter.allowed, self.limiter.pause_until, self.limiter.stopped_until)
+        self.limiter = self.limiter.observe(outcome, self.now)
+        after = (self.limiter.allowed, self.limiter.pause_until, self.limiter.stopped_until)
+        if after == before:
+            return []
+        stop = self.limiter.stopped_until is not None
+        self.rate_stopped = self.rate_stopped or stop
+        until = self.limiter.stopped_until if stop else self.limiter.pause_until
+        return [Throttle(self.limiter.allowed, until if until and until != float("inf") and until > self.now
+                         else None, stop, self.limiter.reason)]
 
     def _startable(self) -> bool:
         """Could anything still start (now or once something running ends)?"""
@@ -348,11 +348,11 @@ class RunState:
         return bool(self.ready())
 
     def _dispatch(self) -> list[Instruction]:
-        if not self._may_start() or (self.paused_until is not None and self.now < self.paused_until):
+        if not self._may_start():
             return []
         out: list[Instruction] = []
         ready = self.ready()
-        while ready and self.free and (self.limit is None or len(self.running) < self.limit):
+        while ready and self.free and (self.limiter is None or self.limiter.decide(self.now, len(self.running)).start):
             choice = self._choose(ready)
             if choice is None:
                 break

@@ -216,6 +216,12 @@ def _run_batch(
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n--- argv[0]: {inv.argv[0]}\n"
                       + "".join(f"--- distpar: warning: {note}\n" for note in inv.notes))
         proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel, emit if n == 1 else None)
+        if outcome.session_missing and ctx.resume:  # the agent never saved the session: go on in a fresh one
+            with log_path.open("a") as log:
+                log.write(f"--- distpar: {outcome.message}; continuing in a fresh session\n")
+            ctx = ctx.fresh_session()
+            inv = agents.invocation(batch.agent, ctx, os.environ, {**env, **spec.env}, spec.env)
+            proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel)
         if outcome.session_id is None and agents.can_resume(batch.agent):
             outcome = replace(outcome, session_id=ctx.session_id)  # so an interrupted session can be resumed
         if proc is not None:
@@ -226,7 +232,9 @@ def _run_batch(
             # side effects outside the worktree, so it is not retried.
             outcome = replace(outcome, transient=False)
         outcomes.append(outcome)
-        if outcome.ok or not outcome.transient or n > spec.agent_retries or cancel.is_set():
+        # A rate limit goes back to the coordinator, which slows the whole run down and starts the unit again when
+        # the limit allows; the worker retries only what is transient for this agent alone (5xx, an early crash).
+        if outcome.ok or not outcome.transient or outcome.rate_limited or n > spec.agent_retries or cancel.is_set():
             break
         delay = retry_delay(n)
         saved = _save_and_reset(spec, batch, ws, env, before, f"try {n} ({outcome.result_class})" + trailer,
@@ -239,7 +247,7 @@ def _run_batch(
             break
 
     tries = n
-    outcome = _totals(outcomes)
+    outcome = totals(outcomes)
     status = {"success": BatchStatus.OK, "timeout": BatchStatus.TIMEOUT,
               "interrupted": BatchStatus.INTERRUPTED}.get(outcome.result_class, BatchStatus.FAILED)
     if status.ok and spec.verify:  # the user's gate: a batch whose check fails is failed, its work saved
@@ -300,6 +308,10 @@ def _restore(ws: Path, commit: str | None) -> bool:
 def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Path, out_path: Path, log_path: Path,
             cancel: threading.Event, emit: Emit | None = None) -> tuple[ProcessResult | None, AgentOutcome]:
     """One agent process: wait for a slot, run it with its output masked into the logs, classify it."""
+    if inv.refused:
+        with log_path.open("a") as log:
+            log.write(f"--- distpar: not started: {inv.refused}\n")
+        return None, AgentOutcome("error", False, inv.refused)
     with agent_slot(spec.max_concurrent_agents, spec.stagger, cancel) as go:
         if not go:
             return None, AgentOutcome("interrupted", False, "run interrupted")
@@ -309,7 +321,9 @@ def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Pat
         try:
             with MaskedPipe([out_path, log_path], inv.secrets) as out, MaskedPipe([log_path], inv.secrets) as err:
                 proc = run_process(inv.argv, cwd=ws, env=inv.env, stdout_path=out.path, stderr_path=err.path,
-                                   timeout=batch.timeout, cancel=cancel)
+                                   timeout=batch.timeout, cancel=cancel, stdin_path=inv.stdin,
+                                   stall_timeout=inv.stall_timeout,
+                                   last_output=lambda: max(out.last_output, err.last_output))
         except FileNotFoundError:
             msg = f"agent executable not found: {inv.argv[0]}"
             with log_path.open("a") as log:
@@ -319,11 +333,13 @@ def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Pat
         return proc, AgentOutcome("timeout", False, f"killed after {batch.timeout:g}s")
     if proc.cancelled:
         return proc, AgentOutcome("interrupted", False, "run interrupted")
+    if proc.stalled:
+        return proc, agents.stalled(inv, out.text, err.text)
     # The parser sees the masked text, so nothing derived from it (messages, journal, events) holds a secret.
     return proc, inv.parse(out.text, err.text, proc.exit_code)
 
 
-def _totals(outcomes: list[AgentOutcome]) -> AgentOutcome:
+def totals(outcomes: list[AgentOutcome]) -> AgentOutcome:
     """The last outcome, with cost and tokens summed over every try (retried tries cost money too)."""
     last = outcomes[-1]
     if len(outcomes) == 1:
@@ -357,10 +373,14 @@ def _save_and_reset(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str
     return ref
 
 
+def retry_base() -> float:
+    """``$DISTPAR_RETRY_BASE_SECONDS`` (tests make it tiny), else 10 s: the unit of every retry wait."""
+    return float(os.environ.get(RETRY_BASE_VAR) or RETRY_BASE_SECONDS)
+
+
 def retry_delay(n: int) -> float:
-    """Seconds before try ``n + 1``: exponential in ``n`` with jitter (half fixed, half random), capped.
-    ``$DISTPAR_RETRY_BASE_SECONDS`` sets the base (tests make it tiny)."""
-    base = float(os.environ.get(RETRY_BASE_VAR) or RETRY_BASE_SECONDS)
+    """Seconds before try ``n + 1``: exponential in ``n`` with jitter (half fixed, half random), capped."""
+    base = retry_base()
     d = min(RETRY_CAP_SECONDS, base * 2 ** (n - 1))
     return d / 2 + random.uniform(0, d / 2)
 

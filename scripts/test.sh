@@ -26,6 +26,10 @@ if [ -f deploy/images/build.sh ]; then
   export "${image?}"
 fi
 
+# The real agent CLIs for the realagents tier (cached outside the repository; seconds when cached).
+echo "test.sh: agent CLIs (scripts/install-agents.sh)"
+bash scripts/install-agents.sh
+
 echo "test.sh: lint (ruff, mypy)"
 "$VENV/bin/ruff" check .
 "$VENV/bin/mypy"

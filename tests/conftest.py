@@ -113,3 +113,9 @@ def wait_for(cond: Callable[[], T], timeout: float = 60.0, what: str = "conditio
     if not value:
         raise AssertionError(f"timed out waiting for {what}")
     return value
+
+
+def pytest_report_header() -> list[str]:
+    from tests.realagents.clis import report_header  # the real agent CLIs' versions (the realagents tier)
+
+    return report_header()

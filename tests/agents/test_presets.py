@@ -76,7 +76,7 @@ def test_every_try_gets_a_fresh_session_id() -> None:
 def test_the_prompt_is_one_argument_or_a_file(preset: str) -> None:
     evil = "$(rm -rf /); `x` 'q' \"d\" | cat\nline two"
     ctx = agents.Context(evil, CTX.prompt_file, "b", CTX.workdir, "r", 0)
-    args = argv(preset, AgentConfig(), ctx)
+    args = argv(preset, AgentConfig(model="m"), ctx)
     assert evil in args or (preset == "aider" and str(CTX.prompt_file) in args)
 
 

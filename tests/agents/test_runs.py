@@ -61,7 +61,8 @@ def test_success_with_exact_cost_and_token_totals(repo: Path, preset: str) -> No
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, preset: str) -> None:
-    usage = "usage_limit_new" if preset == "claude" else "usage_limit"
+    """Rate limits (429, overloaded) go back to the coordinator, which slows the run down and starts the unit
+    again; other transient failures (an early crash) are tried again by the worker; permanent ones never."""
     batches = [
         # a 429 on the first try; the second try starts from the batch's start commit (log.txt has one line)
         fake_batch("rate", extra=["@fake cost 0.25", "@fake tokens 100 20", "@fake append log.txt try",
@@ -70,7 +71,6 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
         fake_batch("crash", extra=["@fake fail-once crash crash", "@fake write crash.txt ok"]),
         fake_batch("always429", extra=["@fake result rate_limit"]),
         fake_batch("turns", extra=["@fake result max_turns"]),
-        fake_batch("usage", extra=[f"@fake result {usage}"]),
         fake_batch("crash-after-edit", extra=["@fake write partial.txt half", "@fake crash"]),
     ]
     report, runner = run_plan(repo, batches, workers=len(batches), agent=AgentConfig(preset))
@@ -82,7 +82,7 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
         assert (r[bid].tries, r[bid].try_classes) == (2, (first, "success")), bid
     branch = runner.branch("rate")
     assert sh_git(repo, "show", f"{branch}:log.txt") == "try"
-    saved = f"refs/distpar/{report.run_id}/saved/rate-try1"
+    saved = f"refs/distpar/{report.run_id}/saved/rate"  # the rate-limited dispatch's work
     assert "log.txt" in tree_files(repo, saved) and "done.txt" not in tree_files(repo, saved)
     # costs and tokens of both tries count
     rate = r["rate"].outcome
@@ -90,23 +90,41 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
     expected_tokens = {"claude": 200, "codex": 100, "gemini": 100, "aider": 100}[preset]
     assert rate.input_tokens == expected_tokens
     assert rate.cost_usd == {"claude": 0.5, "codex": None, "gemini": None, "aider": 0.25}[preset]
-    # transient every time: tried 1 + agent_retries (2) times, then failed
+    # rate-limited every time: started 1 + agent_retries (2) times, then failed
     assert (r["always429"].status, r["always429"].try_classes) == (BatchStatus.FAILED, ("api_error",) * 3)
     # permanent: tried once
     assert (r["turns"].tries, r["turns"].try_classes) == (1, (MAX_TURNS_CLASS[preset],))
-    assert (r["usage"].tries, r["usage"].try_classes) == (1, ("usage_limit",))
     assert (r["crash-after-edit"].tries, r["crash-after-edit"].try_classes) == (1, ("crash",))
     assert "partial.txt" in tree_files(repo, f"refs/distpar/{report.run_id}/saved/crash-after-edit")
-    for bid in ("turns", "usage", "crash-after-edit", "always429"):
+    for bid in ("turns", "crash-after-edit", "always429"):
         assert r[bid].error, bid
     # the journal has each batch's final class and the classes of every try
     j = journal()
     classes = {row["batch_id"]: row["result_class"] for row in j.batches(report.run_id)}
     assert classes == {"rate": "success", "overload": "success", "crash": "success", "always429": "api_error",
-                       "turns": MAX_TURNS_CLASS[preset], "usage": "usage_limit", "crash-after-edit": "crash"}
+                       "turns": MAX_TURNS_CLASS[preset], "crash-after-edit": "crash"}
     tries = {e.batch_id: e.data["classes"] for e in j.events(report.run_id) if e.kind == "batch_tries"}
     assert tries == {"rate": ["api_error", "success"], "overload": ["api_error", "success"],
                      "crash": ["crash", "success"], "always429": ["api_error"] * 3}
+    events = j.events(report.run_id)
+    throttled = [e.batch_id or "" for e in events if e.kind == "unit_throttled"]
+    # (an "overloaded" answer is a rate limit where the CLI says so: claude, gemini, aider; codex reports a 5xx)
+    assert throttled.count("always429") == 2 and throttled.count("rate") == 1
+    limits = [e.data["limit"] for e in events if e.kind == "throttled"]
+    assert limits and min(limits) < len(batches)  # the whole run ran fewer agents at once
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_a_usage_limit_stops_new_units_and_leaves_the_run_resumable(repo: Path, preset: str) -> None:
+    usage = "usage_limit_new" if preset == "claude" else "usage_limit"
+    batches = [fake_batch("usage", extra=[f"@fake result {usage}"]), fake_batch("next", writes={"n.txt": "n"})]
+    report, _ = run_plan(repo, batches, workers=1, agent=AgentConfig(preset))
+    assert report.exit_code == ExitCode.BATCH_FAILED and report.stopped, report.summary()
+    assert "usage limit" in report.stopped
+    assert set(report.pending) == {"usage", "next"}  # nothing failed: resume runs them once the limit resets
+    j = journal()
+    assert [b["state"] for b in j.batches(report.run_id)] == ["pending", "pending"]
+    assert any(e.kind == "throttled" and e.data["stop"] for e in j.events(report.run_id))
 
 
 def test_agent_retries_zero_means_one_try(repo: Path) -> None:

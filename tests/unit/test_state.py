@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.model import BatchStatus
+from distpar.model import AgentOutcome, BatchStatus
+from distpar.ratelimit import RateLimiter
 from distpar.state import (
     Blocked,
     BudgetSpent,
@@ -318,71 +319,81 @@ def test_conflict_found_stops_new_starts_only_with_stop_on_conflict() -> None:
         assert state.conflicted
 
 
-# --- throttling --------------------------------------------------------------------------------------------
+# --- throttling: rate limits are the run's signal (distpar.ratelimit inside the state) ---------------------
 
 
-def test_throttled_halves_the_agents_at_once_and_successes_add_one_back() -> None:
-    state = RunState.create(units(*"abcdefghijkl"))
+def limited(n: int, *uids: str, pause: float = 30.0) -> RunState:
+    return RunState.create(units(*uids), limiter=RateLimiter(ceiling=n, cooldown=10.0, default_pause=pause))
+
+
+RATE = AgentOutcome("api_error", False, "429", transient=True, rate_limited=True)
+SUCCESS = AgentOutcome("success", True)
+
+
+def test_a_rate_limit_halves_the_agents_at_once_pauses_and_successes_climb_back() -> None:
+    state = limited(4, *"abcdefghijkl")
     up(state, 4)  # a b c d
-    out = state.handle(UnitEnded("a", 0, FAILED, throttled=True))
-    assert out == [Throttle(2, None)]  # 4 -> 2; three still run, so none starts
-    assert state.handle(UnitEnded("b", 1, OK)) == [Throttle(3, None), Start("e", 0, 1)]  # c d e: at the limit
-    assert state.handle(UnitEnded("c", 2, OK)) == [Throttle(4, None), Start("f", 1, 1), Start("g", 2, 1)]
-    assert state.limit is None  # back to the worker count: no limit
-    assert state.handle(UnitEnded("d", 3, OK)) == [Start("h", 3, 1)]  # no Throttle once back at the top
+    out = state.handle(UnitEnded("a", 0, FAILED, outcome=RATE, at=100.0))
+    assert [(t.limit, t.until) for t in out if isinstance(t, Throttle)] == [(2, 130.0)]
+    assert starts(out) == []  # three still run and starts pause until 130
+    assert starts(state.handle(UnitEnded("b", 1, OK, outcome=SUCCESS, at=101.0))) == []
+    assert starts(state.handle(Tick(129.0))) == []
+    # at 130 the pause is over: 2 run (c, d), and successes raised the limit a little: still 2 at once
+    assert starts(state.handle(Tick(130.0))) == []
+    assert starts(state.handle(UnitEnded("c", 2, OK, outcome=SUCCESS, at=131.0))) == [("e", 0)]
 
 
-def test_a_throttled_success_does_not_add_one_back() -> None:
-    state = RunState.create(units(*"abcdef"))
-    up(state, 4)
-    assert state.handle(UnitEnded("a", 0, OK, throttled=True)) == [Throttle(2, None)]
-    assert state.limit == 2
+def test_a_burst_of_rate_limits_counts_once_per_cooldown() -> None:
+    state = limited(8, *"abcdefghij")
+    up(state, 8)
+    state.handle(UnitEnded("a", 0, FAILED, outcome=RATE, at=10.0))
+    state.handle(UnitEnded("b", 1, FAILED, outcome=RATE, at=10.5))  # the same burst: not halved again
+    assert state.limiter is not None and state.limiter.allowed == 4
+    state.handle(UnitEnded("c", 2, FAILED, outcome=RATE, at=21.0))
+    assert state.limiter.allowed == 2
 
 
-def test_throttled_never_goes_below_one() -> None:
-    state = RunState.create(units(*"abcd"))
+def test_the_limit_never_goes_below_one() -> None:
+    state = limited(1, "a", "b", "c", pause=0.0)
     up(state, 1)
-    assert state.handle(UnitEnded("a", 0, FAILED, throttled=True)) == [Throttle(1, None), Start("b", 0, 1)]
-    assert state.handle(UnitEnded("b", 0, FAILED, throttled=True)) == [Throttle(1, None), Start("c", 0, 1)]
+    out = state.handle(UnitEnded("a", 0, FAILED, outcome=RATE, at=0.0))
+    assert state.limiter is not None and state.limiter.allowed == 1 and starts(out) == [("b", 0)]
 
 
-def test_pause_until_is_honoured_via_tick() -> None:
-    state = RunState.create(units("a", "b", "c"))
+def test_a_reset_time_is_honoured_via_tick_and_a_paused_run_does_not_finish() -> None:
+    state = limited(2, "a", "b", "c")
     up(state, 2)
-    state.handle(Tick(100.0))
-    out = state.handle(UnitEnded("a", 0, FAILED, throttled=True, pause_until=160.0))
-    assert out == [Throttle(1, 160.0)] and state.paused_until == 160.0
-    # a success adds one back (2 = the worker count: no limit), but the pause still holds and is reported
-    assert state.handle(UnitEnded("b", 1, OK)) == [Throttle(2, 160.0)]
-    assert state.limit is None
+    reset = AgentOutcome("api_error", False, "429", transient=True, rate_limited=True, retry_after=60.0)
+    out = state.handle(UnitEnded("a", 0, FAILED, outcome=reset, at=100.0))
+    assert [t.until for t in out if isinstance(t, Throttle)] == [160.0]
+    assert finishes(state.handle(UnitEnded("b", 1, OK, outcome=SUCCESS, at=101.0))) == []  # c still to come
     assert state.handle(Tick(159.9)) == []
-    assert state.handle(Tick(160.0)) == [Start("c", 0, 1)]
-    assert state.paused_until is None
+    assert starts(state.handle(Tick(160.0))) == [("c", 0)]
 
 
-def test_pause_keeps_the_later_time() -> None:
-    state = RunState.create(units("a", "b", "c"))
+def test_a_usage_limit_far_away_stops_new_units_and_the_run_ends_resumable() -> None:
+    state = limited(2, "a", "b", "c")
     up(state, 2)
-    state.handle(UnitEnded("a", 0, FAILED, pause_until=50.0))
-    out = state.handle(UnitEnded("b", 1, FAILED, pause_until=30.0))
-    assert out == [Throttle(1, 50.0)]
-    assert state.handle(Tick(40.0)) == []
-    assert starts(state.handle(Tick(50.0))) == [("c", 0)]
+    far = AgentOutcome("usage_limit", False, "limit", rate_limited=True, resets_at=100.0 + 5 * 3600)
+    out = state.handle(UnitEnded("a", 0, FAILED, outcome=far, at=100.0, requeue=True))
+    stops = [t for t in out if isinstance(t, Throttle)]
+    assert stops and stops[0].stop and stops[0].until == 100.0 + 5 * 3600 and starts(out) == []
+    out = state.handle(UnitEnded("b", 1, OK, outcome=SUCCESS, at=101.0))
+    assert out[-1] == Finish(False) and state.pending == ["a", "c"]  # nothing lost, nothing failed
 
 
-def test_paused_run_does_not_finish() -> None:
-    state = RunState.create(units("a", "b"))
-    up(state, 1)
-    assert finishes(state.handle(UnitEnded("a", 0, OK, pause_until=10.0))) == []
-    assert state.handle(UnitEnded("a", 0, OK)) == []  # duplicate: ignored
-    assert state.handle(Tick(10.0)) == [Start("b", 0, 1)]
+def test_other_failures_do_not_slow_the_run() -> None:
+    state = limited(2, "a", "b", "c")
+    up(state, 2)
+    out = state.handle(UnitEnded("a", 0, FAILED, outcome=AgentOutcome("error", False, "boom"), at=1.0))
+    assert not [t for t in out if isinstance(t, Throttle)] and starts(out) == [("c", 0)]
 
 
 def test_requeue_runs_the_unit_again_with_the_same_attempt() -> None:
-    state = RunState.create(units("a", "b"))
+    state = limited(1, "a", "b", pause=5.0)
     up(state, 1)
-    out = state.handle(UnitEnded("a", 0, FAILED, throttled=True, pause_until=5.0, requeue=True))
-    assert out == [Throttle(1, 5.0)] and "a" not in state.done and state.pending == ["a", "b"]
+    out = state.handle(UnitEnded("a", 0, FAILED, outcome=RATE, at=0.0, requeue=True))
+    assert starts(out) == [] and "a" not in state.done and state.pending == ["a", "b"]
     assert state.handle(Tick(5.0)) == [Start("a", 0, 1)]
 
 
@@ -545,8 +556,11 @@ class Sim:
             assert "budget" not in self.stopped, "BudgetSpent once"
             self.stopped.add("budget")
         elif isinstance(ins, Throttle):
-            self.limit = None if ins.limit >= len(self.alive) else ins.limit
-            self.pause = max(self.pause, ins.until or 0.0)
+            self.limit = ins.limit
+            if ins.stop:
+                self.stopped.add("rate")
+            else:
+                self.pause = max(self.pause, ins.until or 0.0)
         elif isinstance(ins, Finish):
             self.finish.append(ins)
 
@@ -568,7 +582,10 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
     retries = data.draw(st.integers(0, 2))
     budget = data.draw(st.one_of(st.none(), st.sampled_from([0.5, 2.0, 5.0])))
     stop_on_conflict = data.draw(st.booleans())
-    state = RunState.create(us, done, retries=retries, budget_usd=budget, stop_on_conflict=stop_on_conflict)
+    limiter = RateLimiter(ceiling=workers, cooldown=data.draw(st.sampled_from([0.0, 10.0])), default_pause=2.0) \
+        if data.draw(st.booleans()) else None
+    state = RunState.create(us, done, retries=retries, budget_usd=budget, stop_on_conflict=stop_on_conflict,
+                            limiter=limiter)
     sim = Sim(state, {u.uid: u for u in us}, set(), dict(done), stop_on_conflict=stop_on_conflict)
     for w in range(workers):
         sim.alive.add(w)
@@ -594,7 +611,12 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
             s = data.draw(status)
             cost = data.draw(st.sampled_from([None, 0.0, 0.3, 1.0]))
             throttled = data.draw(st.integers(0, 5)) == 0
-            pause_until = sim.now + 3.0 if throttled and data.draw(st.booleans()) else None
+            retry_after = 3.0 if throttled and data.draw(st.booleans()) else None
+            usage = throttled and data.draw(st.integers(0, 3)) == 0  # a usage limit, near or far
+            outcome = (AgentOutcome("usage_limit" if usage else "api_error", False, "limit", rate_limited=True,
+                                    retry_after=retry_after,
+                                    resets_at=sim.now + data.draw(st.sampled_from([5.0, 99999.0])) if usage else None)
+                       if throttled else AgentOutcome("success" if s is OK else "error", s is OK))
             requeue = throttled and data.draw(st.booleans())
             sim.lose(uid)
             if requeue and not state.interrupted:
@@ -602,7 +624,7 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
             else:
                 sim.status[uid] = s
             spent_before = state.spent
-            sim.send(UnitEnded(uid, worker, s, cost, throttled, pause_until, requeue))
+            sim.send(UnitEnded(uid, worker, s, cost, outcome=outcome, at=sim.now, requeue=requeue))
             if budget is not None and spent_before + (cost or 0.0) >= budget:
                 assert "budget" in sim.stopped, "the budget was spent"
         elif action == "lost":
