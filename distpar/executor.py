@@ -440,7 +440,7 @@ class Runner:
             answers = {s.uid: self._answer(s.uid) for s in self.graph.of_batch(source)}
             prompt = with_fan_out_summary(prompt, source, answers, self.graph)
         return BatchSpec(uid, u.description, prompt, cfg, u.timeout or self.options.timeout, session, restore,
-                         node if self.backend.remote else None)
+                         node if self.backend.remote else None, u.subagent_type)
 
     # --- signals ---------------------------------------------------------------------------------------
 

@@ -89,6 +89,7 @@ class BatchSpec:
     resume_session: str | None = None  # an interrupted batch: continue this agent session
     restore: str | None = None  # ... with the work it had left (a saved commit) put back in the worktree first
     session_node: str | None = None  # where that session lives (agents keep sessions on the machine they ran on)
+    subagent_type: str | None = None  # the plan's agents[].subagent_type (claude: --agent NAME where defined)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,12 +101,13 @@ class BatchSpec:
             "resume_session": self.resume_session,
             "restore": self.restore,
             "session_node": self.session_node,
+            "subagent_type": self.subagent_type,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BatchSpec:
         return cls(d["id"], d["description"], d["prompt"], AgentConfig.from_dict(d["agent"]), d["timeout"],
-                   d.get("resume_session"), d.get("restore"), d.get("session_node"))
+                   d.get("resume_session"), d.get("restore"), d.get("session_node"), d.get("subagent_type"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,7 +202,8 @@ def _run_batch(
             log.write(f"--- distpar: the interrupted session lives on {batch.session_node}, not here "
                       f"({node_name()}): a fresh session continues from the saved work\n")
     for n in range(1, max(0, spec.agent_retries) + 2):
-        ctx = agents.Context(batch.prompt, prompt_file, batch.id, ws, spec.run_id, spec.stream)
+        ctx = agents.Context(batch.prompt, prompt_file, batch.id, ws, spec.run_id, spec.stream,
+                             subagent_type=batch.subagent_type)
         if n == 1 and (resume or restored):
             prefix = RESUME_PREFIX if restored else RESUME_PREFIX_NOTHING_SAVED
             ctx = replace(ctx, prompt=prefix + batch.prompt)
