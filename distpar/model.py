@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any
 
 SPEC_VERSION = 1
+WARN_SIZE = 50 * 1024 * 1024  # bytes: GitHub warns at 50 MB and refuses files over 100 MB
 
 
 class BatchStatus(str, Enum):
@@ -138,6 +139,10 @@ class SegmentSpec:
     agent_retries: int = 2  # tries of a batch after a transient agent failure (rate limit, 5xx, early crash)
     max_concurrent_agents: int | None = None  # agents running at once in this worker process (None: no cap)
     stagger: float = 0.0  # seconds between agent starts in this worker process
+    hooks: bool = False  # distpar's batch commits run the repository's hooks (pre-commit, commit-msg, post-commit)
+    warn_size: int | None = WARN_SIZE  # a batch that adds a file over this many bytes gets a warning note
+    sandbox: bool = False  # run agents under bubblewrap, writes confined to the worktree (see sandbox.py)
+    sandbox_allow: tuple[str, ...] = ()  # further paths the sandboxed agents may write
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,6 +163,10 @@ class SegmentSpec:
             "agent_retries": self.agent_retries,
             "max_concurrent_agents": self.max_concurrent_agents,
             "stagger": self.stagger,
+            "hooks": self.hooks,
+            "warn_size": self.warn_size,
+            "sandbox": self.sandbox,
+            "sandbox_allow": list(self.sandbox_allow),
         }
 
     @classmethod
@@ -181,6 +190,10 @@ class SegmentSpec:
             agent_retries=d.get("agent_retries", 2),
             max_concurrent_agents=d.get("max_concurrent_agents"),
             stagger=d.get("stagger", 0.0),
+            hooks=d.get("hooks", False),
+            warn_size=d.get("warn_size", WARN_SIZE),
+            sandbox=d.get("sandbox", False),
+            sandbox_allow=tuple(d.get("sandbox_allow", ())),
         )
 
 
@@ -228,6 +241,7 @@ class BatchResult:
     attempt: int = 1
     tries: int = 1  # agent invocations for this batch (more than one after transient failures)
     try_classes: tuple[str, ...] = ()  # result class of each try, in order
+    notes: tuple[str, ...] = ()  # what distpar noticed and did about it (the agent switched branches, a big file)
 
     @property
     def duration(self) -> float:
@@ -238,6 +252,7 @@ class BatchResult:
         d["status"] = self.status.value
         d["outcome"] = self.outcome.to_dict() if self.outcome else None
         d["try_classes"] = list(self.try_classes)
+        d["notes"] = list(self.notes)
         return d
 
     @classmethod
@@ -246,6 +261,7 @@ class BatchResult:
         d["status"] = BatchStatus(d["status"])
         d["outcome"] = AgentOutcome.from_dict(d["outcome"]) if d.get("outcome") else None
         d["try_classes"] = tuple(d.get("try_classes", ()))
+        d["notes"] = tuple(d.get("notes", ()))
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distpar import agents, gitops
+from distpar import agents, gitops, paths
+from distpar import preflight as _preflight
 from distpar.backends.base import Backend, RunContext
-from distpar.errors import DistparError, ExitCode, NestedRunError, RepoError, UsageError, most_severe
+from distpar.errors import DistparError, ExitCode, UsageError, most_severe
 from distpar.journal import Journal
 from distpar.merge import Conflict, land, merge_streams
 from distpar.model import (
+    WARN_SIZE,
     AgentConfig,
     BatchResult,
     BatchSpec,
@@ -61,6 +63,10 @@ class RunOptions:
     agent_retries: int = 2  # transient agent failures (rate limit, 5xx, early crash): tries again in the worker
     max_concurrent_agents: int | None = None  # agents running at once per worker process (the whole local run)
     stagger: float = 0.1  # seconds between agent starts per worker process
+    hooks: bool = False  # batch commits run the repository's pre-commit, commit-msg and post-commit hooks
+    warn_size: int | None = WARN_SIZE  # bytes: a batch adding a bigger file gets a warning
+    sandbox: bool = False  # agents run under bubblewrap, writing only their worktree and sandbox_allow
+    sandbox_allow: tuple[str, ...] = ()
 
 
 @dataclass
@@ -131,9 +137,7 @@ class RunReport:
                 "left": round(max(0.0, self.budget_usd - spent), 6), "exhausted": self.budget_exhausted}
 
 
-def state_dir(repo: Path) -> Path:
-    home = os.environ.get("DISTPAR_HOME")
-    return Path(home).resolve() if home else gitops.common_dir(repo) / "distpar"
+state_dir = paths.state_dir  # moved to distpar/paths.py
 
 
 def open_journal(repo: Path) -> Journal:
@@ -144,34 +148,7 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def preflight(repo_path: str | Path, options: RunOptions) -> tuple[Path, str, str]:
-    """Refuse to start on bad ground. Returns (repo root, target branch, its commit). Changes nothing."""
-    if os.environ.get(agents.GUARD_VAR):
-        raise NestedRunError(
-            f"distpar is running inside an agent that distpar started ({agents.GUARD_VAR} is set); "
-            "a nested run is refused"
-        )
-    gitops.check_version()
-    repo = gitops.repo_root(repo_path)
-    if not gitops.has_commits(repo):
-        raise RepoError(f"{repo} has no commits yet: commit something first (distpar branches from a commit)")
-    target = options.into or gitops.current_branch(repo)
-    if not target:
-        raise RepoError("HEAD is detached: check out the branch to merge into, or name it with --into BRANCH")
-    start = gitops.try_rev(repo, f"refs/heads/{target}")
-    if start is None:
-        raise RepoError(f"--into {target}: no such branch")
-    dirty = gitops.dirty_files(repo)
-    if dirty and not options.allow_dirty:
-        shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
-        raise RepoError(
-            f"the working tree has uncommitted changes ({shown})",
-            hint="commit or stash them first, or pass --allow-dirty (the streams start from the last commit)",
-        )
-    for var in options.forward_env:
-        if var not in os.environ:
-            raise RepoError(f"--forward-env {var}: the variable is not set here")
-    return repo, target, start
+preflight = _preflight.preflight  # moved to distpar/preflight.py; kept for the current coordinator
 
 
 def committed_batches(repo: Path, base: str, tip: str, run_id: str) -> dict[str, str]:
@@ -256,8 +233,10 @@ def resume_runner(repo: Path, journal: Journal, run_id: str, observer: Observer 
         agent_retries=opts.get("agent_retries", 2),
         max_concurrent_agents=opts.get("max_concurrent_agents"),
         stagger=opts.get("stagger", 0.1),
+        hooks=opts.get("hooks", False), warn_size=opts.get("warn_size", WARN_SIZE),
+        sandbox=opts.get("sandbox", False), sandbox_allow=tuple(opts.get("sandbox_allow", ())),
     )
-    preflight(repo, options)
+    preflight(repo, options, plan)
     backend = make_backend(run["backend"], backend_options)
     return Runner(repo, plan, schedule, options, backend, journal, run["target"], run["base"], observer,
                   run_id=run["id"], resume=True)
@@ -490,6 +469,8 @@ class Runner:
             agent_retries=self.options.agent_retries,
             max_concurrent_agents=self.options.max_concurrent_agents,
             stagger=self.options.stagger,
+            hooks=self.options.hooks, warn_size=self.options.warn_size, sandbox=self.options.sandbox,
+            sandbox_allow=self.options.sandbox_allow,
         )
         self.journal.event(self.run_id, "segment_submitted", k, batch_ids[0], batches=list(batch_ids),
                            attempt=attempt, base=base)
@@ -589,7 +570,7 @@ class Runner:
                                classes=list(r.try_classes))
         self.emit("batch_ended", stream=r.stream, batch=r.batch_id, status=r.status.value, node=r.node,
                   duration=r.duration, error=r.error, log_tail=r.log_tail, changed=r.changed,
-                  cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries)
+                  cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries, notes=list(r.notes))
 
     def _stop_stream(self, k: int, i: int, status: BatchStatus, why: str) -> None:
         ids = self.schedule.streams[k].batch_ids
@@ -711,6 +692,8 @@ class Runner:
             "agent_retries": self.options.agent_retries,
             "max_concurrent_agents": self.options.max_concurrent_agents,
             "stagger": self.options.stagger,
+            "hooks": self.options.hooks, "warn_size": self.options.warn_size, "sandbox": self.options.sandbox,
+            "sandbox_allow": list(self.options.sandbox_allow),
             "repo_url": self.options.repo_url,
             "into": self.options.into,
             "backend_options": {k: (str(v) if isinstance(v, Path) else v)

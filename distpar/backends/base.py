@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from distpar import paths
 from distpar.model import AgentConfig, SegmentResult, SegmentSpec
 
 
@@ -42,7 +43,7 @@ class Backend(ABC):
         """Release everything ``start`` acquired. Called once, also after errors and interrupts."""
 
     def workspace(self, ctx: RunContext, stream: int) -> str:
-        return str(ctx.run_dir / "wt" / f"s{stream + 1}")
+        return str(paths.workspace(ctx.repo, ctx.run_id, stream))  # outside the checkout: see paths.py
 
     def log_dir(self, ctx: RunContext) -> str:
         return str(ctx.run_dir / "logs")
