@@ -247,8 +247,9 @@ def snapshot(ws: str | Path, message: str, env: Mapping[str, str]) -> str | None
             off = _filters_off(ws)
             if not off:
                 raise
+            e = {**e, **config_env(off)}
             git(ws, "read-tree", "HEAD", env=e)
-            git(ws, "add", "--all", env={**e, **config_env(off)})
+            git(ws, "add", "--all", env=e)
         tree = out(ws, "write-tree", env=e)
     finally:
         index.unlink(missing_ok=True)

@@ -106,7 +106,7 @@ def _explain(path: Path, exc: BaseException) -> JournalError:
     while not where.exists() and where != where.parent:
         where = where.parent
     low = text.lower()
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) or "disk is full" in low \
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "disk is full" in low \
             or "disk i/o error" in low:
         try:
             st = os.statvfs(where)
