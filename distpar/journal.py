@@ -114,8 +114,8 @@ def _explain(path: Path, exc: BaseException) -> JournalError:
         except OSError:
             free = ""
         return JournalError(f"the journal {path} cannot be written: the disk is full{free}",
-                            hint=f"free space on the file system of {where}, or point DISTPAR_HOME elsewhere; "
-                                 "then distpar resume continues the run")
+                            hint=f"free space on the file system of {where}, or point DISTPAR_HOME elsewhere "
+                                 "(distpar resume continues a run that had started)")
     if isinstance(exc, PermissionError) or "readonly" in low or "read-only" in low or "permission" in low:
         return JournalError(f"the journal {path} cannot be written: {text} (a read-only file system or "
                             "missing permissions)", hint="point DISTPAR_HOME at a writable directory")

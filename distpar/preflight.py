@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distpar import agents, gitops, sandbox
+from distpar import agents, gitops, paths, sandbox
 from distpar.errors import NestedRunError, RepoError, UsageError
 from distpar.model import AgentConfig
 
@@ -53,6 +53,8 @@ def preflight(repo_path: str | Path, options: RunOptions, plan: Plan | None = No
             raise RepoError(f"--forward-env {var}: the variable is not set here")
     if plan is not None and options.backend == "local":
         check_agents(plan_agents(plan, options.agent))
+    if options.backend == "local":
+        paths.worktrees_base(repo)  # refuses a place for worktrees inside the checkout
     if options.sandbox and options.backend == "local":
         sandbox.check()
     return repo, target, start
