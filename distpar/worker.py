@@ -109,7 +109,7 @@ def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
         for src in (location, *spec.source.increments):
             gitops.git(ws, "fetch", "--quiet", "--no-tags", "--force", src, *refspecs)
         if fresh:
-            gitops.git(ws, "checkout", "--quiet", "-B", spec.branch, spec.base)
+            gitops.git(ws, "checkout", "--quiet", "-B", spec.branch, spec.base, env=gitops.hooks_env(env, spec.hooks))
             return
     else:
         raise ValueError(f"unknown source kind {kind!r}")
@@ -119,7 +119,8 @@ def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
         snap = gitops.snapshot(ws, f"distpar: uncommitted work found before segment {spec.segment}", env)
         if snap:
             gitops.update_ref(ws, f"refs/distpar/{spec.run_id}/saved/{spec.stream + 1}-prepare", snap)
-    gitops.git(ws, "checkout", "--quiet", "--force", "-B", spec.branch, spec.base)
+    gitops.git(ws, "checkout", "--quiet", "--force", "-B", spec.branch, spec.base,
+               env=gitops.hooks_env(env, spec.hooks))
     gitops.git(ws, "clean", "-fdq")
 
 
@@ -270,7 +271,7 @@ def _return_home(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str, s
     proc = gitops.git(ws, "symbolic-ref", "--quiet", "HEAD", check=False)
     on = proc.stdout.strip() if proc.returncode == 0 else None
     if on == want:
-        return notes, None
+        return notes, _rewritten(spec, batch, ws, env, heads_before.get(want))
     cur = gitops.try_rev(ws, "HEAD")
     where = f"branch {on.removeprefix('refs/heads/')}" if on else f"a detached HEAD at {(cur or '?')[:12]}"
     # Where it switched to: the last "checkout: moving from <our branch>" in the worktree's HEAD log, else the
@@ -304,10 +305,27 @@ def _return_home(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str, s
                    f"{spec.branch} ({files}); they are saved on {ref}")
 
 
+def _rewritten(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str, str], before: str | None) -> str | None:
+    """The agent reset or amended the stream's branch below where the batch started (earlier batches' commits
+    would be dropped): its work is saved on a ref, the branch put back, and the batch fails saying so."""
+    tip = gitops.rev(ws, f"refs/heads/{spec.branch}")
+    if before is None or gitops.is_ancestor(ws, before, tip):
+        return None
+    ref = f"refs/distpar/{spec.run_id}/saved/{safe_name(batch.id)}-rewritten"
+    gitops.update_ref(ws, ref, gitops.snapshot(ws, f"distpar: work of batch {batch.id} (branch rewritten)", env)
+                      or tip)
+    gitops.git(ws, "reset", "--quiet", "--hard", before, env=env)
+    gitops.git(ws, "clean", "-fdq", env=env)
+    return (f"the agent moved {spec.branch} from {before[:12]} to {tip[:12]}, which drops commits of this stream "
+            f"(git reset or --amend); distpar put the branch back, and the agent's work is saved on {ref}")
+
+
 def _submodule_edits(ws: Path, log_dir: Path, name: str, before: str) -> str | None:
     """Edits inside a submodule are not committed by distpar: when a batch made some, they are saved in an
     archive next to its log and the batch fails saying so (never ok with work dropped)."""
     edited: list[str] = []
+    if not (ws / ".gitmodules").exists() and not gitops.out(ws, "ls-tree", before, ".gitmodules"):
+        return None  # no submodules (the cheap check: a batch runs this on every repository)
     for path in gitops.submodules(ws, before):
         d = ws / path
         if (d / ".git").exists():

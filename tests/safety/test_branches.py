@@ -75,3 +75,19 @@ def test_agent_whose_edits_on_another_branch_conflict_fails_with_them_saved(repo
     assert sh_git(repo, "show", f"{saved}:README.md") == "theirs"
     assert sh_git(repo, "show", "main:README.md") == "# demo"
     assert "Traceback" not in res.stderr + res.stdout
+
+
+def test_agent_that_rewinds_the_stream_branch_fails_and_loses_nothing(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch(1, writes={"one.txt": "1"}),
+        fake_batch(2, extra=[sh("git reset -q --hard HEAD~1 && echo two > two.txt")]),
+    ])
+    res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=repo)
+    assert res.returncode == 1, res.stdout + res.stderr
+    rid = run_id_of(res.stdout)
+    branch = f"distpar/{rid}/s1"
+    assert "one.txt" in tree_files(repo, branch)  # batch 1's commit is still on the stream branch
+    saved = f"refs/distpar/{rid}/saved/2-rewritten"
+    assert f"which drops commits of this stream (git reset or --amend); distpar put the branch back, and the " \
+           f"agent's work is saved on {saved}" in res.stdout
+    assert sh_git(repo, "show", f"{saved}:two.txt") == "two"
