@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -147,7 +148,11 @@ def worktree_remove(repo: str | Path, *paths: str | Path) -> None:
     with repo_lock(repo, "worktree"):  # prune must not see another run's half-made worktree
         for path in paths:
             if Path(path).exists():
-                git(repo, "worktree", "remove", "--force", str(path), check=False)
+                proc = git(repo, "worktree", "remove", "--force", str(path), check=False)
+                if proc.returncode != 0 and "submodule" in proc.stderr:
+                    # git will not remove a worktree holding initialised submodules; what the batches did in
+                    # them was saved when they ended, and the administrative files go with the prune below.
+                    shutil.rmtree(path, ignore_errors=True)
         git(repo, "worktree", "prune", check=False)
     for parent in {Path(p).parent for p in paths}:
         try:

@@ -126,6 +126,12 @@ def _explain(path: Path, exc: BaseException) -> JournalError:
                         hint="move it away to start a new journal (the runs it lists are then forgotten)")
 
 
+def _environmental(exc: BaseException) -> bool:
+    """A failure of the disk or the file (full, read-only, damaged), not of distpar's own statements."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError))
+
+
 class Journal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -159,7 +165,7 @@ class Journal:
                     self._db.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass  # sqlite rolled back already (a full disk does that)
-                if isinstance(exc, sqlite3.Error):
+                if _environmental(exc):
                     raise _explain(self.path, exc) from None
                 raise
             try:

@@ -187,10 +187,12 @@ def _run_batch(
     outcome = _totals(outcomes)
     status = {"success": BatchStatus.OK, "timeout": BatchStatus.TIMEOUT,
               "interrupted": BatchStatus.INTERRUPTED}.get(outcome.result_class, BatchStatus.FAILED)
-    sub_error = _submodule_edits(ws, log_dir, name, before) if status.ok else None
-    if sub_error:
+    sub_error = _submodule_edits(ws, log_dir, name, before)
+    if sub_error and status.ok:  # never ok with work left out of the commit
         status = BatchStatus.FAILED
         outcome = replace(outcome, result_class="submodule_edit", ok=False, message=sub_error)
+    elif sub_error:
+        notes.append(sub_error)
     try:
         if status.ok:
             title = f"distpar: batch {batch.id}: {batch.description}".rstrip(": ")
@@ -348,8 +350,8 @@ def _submodule_edits(ws: Path, log_dir: Path, name: str, before: str) -> str | N
         else:
             for child in d.iterdir():
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-    return (f"the agent edited files inside submodule(s) {', '.join(edited)}; distpar does not commit inside "
-            f"submodules, so the batch failed: those files are saved in {archive}")
+    return (f"the agent edited files inside submodule(s) {', '.join(edited)}, which distpar does not commit: "
+            f"those files are saved in {archive}")
 
 
 RESUME_PREFIX = ("Your previous session on this task was interrupted; the work it had done is in the working tree. "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from distpar import gitops
 from distpar.testing import IDENTITY, fake_batch, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import run_distpar, run_id_of
 from tests.safety.conftest import sh
@@ -38,6 +39,7 @@ def test_submodules_are_initialised_in_worktrees_as_in_the_checkout(super_repo: 
     res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=super_repo)
     assert res.returncode == 0, res.stdout + res.stderr
     assert sh_git(super_repo, "show", "main:copied.txt") == "library"
+    assert [p for p, _ in gitops.worktrees(super_repo)] == [str(super_repo)]  # removed at the end all the same
     assert (super_repo / ".git" / "config").read_text() == config  # nothing written to the user's config
 
 
@@ -53,8 +55,8 @@ def test_edits_inside_a_submodule_fail_the_batch_with_the_files_saved(super_repo
     assert res.returncode == 1, res.stdout + res.stderr
     rid = run_id_of(res.stdout)
     archive = Path(res.stdout.split("those files are saved in ")[1].split()[0])
-    assert "batch 1 (s1) failed: the agent edited files inside submodule(s) lib; distpar does not commit inside " \
-           "submodules, so the batch failed" in res.stdout
+    assert "batch 1 (s1) failed: the agent edited files inside submodule(s) lib, which distpar does not commit: " \
+           "those files are saved in" in res.stdout
     with tarfile.open(archive) as tar:
         member = tar.extractfile("lib/new.txt")
         assert member is not None and member.read() == b"agent's edit"
