@@ -144,7 +144,6 @@ def worktree_add(repo: str | Path, path: str | Path, branch: str, base: str) -> 
 
 
 def worktree_remove(repo: str | Path, *paths: str | Path) -> None:
-    """Remove distpar's worktrees, and the per-run directory holding them once it is empty."""
     with repo_lock(repo, "worktree"):  # prune must not see another run's half-made worktree
         for path in paths:
             if Path(path).exists():
@@ -154,11 +153,6 @@ def worktree_remove(repo: str | Path, *paths: str | Path) -> None:
                     # them was saved when they ended, and the administrative files go with the prune below.
                     shutil.rmtree(path, ignore_errors=True)
         git(repo, "worktree", "prune", check=False)
-    for parent in {Path(p).parent for p in paths}:
-        try:
-            parent.rmdir()
-        except OSError:  # not empty (a worktree was kept) or already gone
-            pass
 
 
 def worktree_prune(repo: str | Path) -> None:

@@ -82,3 +82,12 @@ def worktrees_base(repo: str | Path) -> Path:
 def workspace(repo: str | Path, run_id: str, stream: int) -> Path:
     """The worktree of stream ``stream`` (0-based) of a local run."""
     return worktrees_root(repo, run_id) / f"s{stream + 1}"
+
+
+def remove_worktrees_root(repo: str | Path, run_id: str) -> None:
+    """Remove a run's worktree directory once its worktrees are gone (an empty directory only)."""
+    for d in (worktrees_root(repo, run_id), worktrees_base(repo)):
+        try:
+            d.rmdir()
+        except OSError:  # not empty (a worktree was kept, another run's) or already gone
+            return

@@ -632,6 +632,7 @@ class Runner:
                     continue
                 done.append(ws)
             gitops.worktree_remove(self.repo, *done)
+            paths.remove_worktrees_root(self.repo, self.run_id)
         for f in (self.run_dir / "bundles").glob("*.bundle"):
             f.unlink()
 

@@ -261,10 +261,14 @@ def _return_home(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str, s
     the error says why its edits could not be carried over (they are saved on a ref then)."""
     want = f"refs/heads/{spec.branch}"
     heads_before, n_before = marks
+    entries = gitops.git(ws, "reflog", "show", "--format=%H %gs", "HEAD", check=False).stdout.splitlines()
+    entries = entries[:max(0, len(entries) - n_before)]  # what HEAD went through in this worktree, newest first
+    here = {line.split(" ", 1)[0] for line in entries}
     notes = []
     for ref, oid in gitops.refs(ws, "refs/heads/").items():
         old = heads_before.get(ref)
-        if ref == want or old == oid:
+        # Only what this worktree did: other streams, other runs and the user move branches meanwhile too.
+        if ref == want or old == oid or ref.startswith("refs/heads/distpar/") or oid not in here:
             continue
         name = ref.removeprefix("refs/heads/")
         notes.append(f"the agent created branch {name} ({oid[:12]}); distpar left it" if old is None else
@@ -278,8 +282,7 @@ def _return_home(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str, s
     where = f"branch {on.removeprefix('refs/heads/')}" if on else f"a detached HEAD at {(cur or '?')[:12]}"
     # Where it switched to: the last "checkout: moving from <our branch>" in the worktree's HEAD log, else the
     # branch's value before the batch, else the fork point.
-    entries = gitops.git(ws, "reflog", "show", "--format=%H %gs", "HEAD", check=False).stdout.splitlines()
-    start = next((line.split(" ", 1)[0] for line in entries[:max(0, len(entries) - n_before)]
+    start = next((line.split(" ", 1)[0] for line in entries
                   if line.partition(" ")[2].startswith(f"checkout: moving from {spec.branch} to ")), None)
     tip = gitops.rev(ws, want)
     if start is None and cur:

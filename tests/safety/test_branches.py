@@ -91,3 +91,15 @@ def test_agent_that_rewinds_the_stream_branch_fails_and_loses_nothing(repo: Path
     assert f"which drops commits of this stream (git reset or --amend); distpar put the branch back, and the " \
            f"agent's work is saved on {saved}" in res.stdout
     assert sh_git(repo, "show", f"{saved}:two.txt") == "two"
+
+
+def test_other_streams_moving_their_branches_are_not_reported(repo: Path) -> None:
+    """Every stream of a local run shares the repository's refs: what the others commit meanwhile, or what
+    the user does on another branch, is not the agent's doing."""
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch(1, writes={"one.txt": "1"}), fake_batch(2, writes={"two.txt": "2"}, sleep=0.8),
+        fake_batch(3, writes={"three.txt": "3"}), fake_batch(4, writes={"four.txt": "4"}),
+    ])
+    res = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "--strategy", "round-robin", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "warning: batch" not in res.stderr
