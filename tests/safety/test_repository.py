@@ -149,3 +149,22 @@ def test_a_bare_repository_is_named_as_such(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.splitlines()[0] == f"Error: {bare} is a bare repository: distpar needs a checkout to merge into"
     assert res.stderr.splitlines()[1].startswith(f"Hint: clone it (git clone {bare})")
+
+
+def test_target_that_gets_mid_merge_during_the_run_is_not_landed_into(repo: Path) -> None:
+    sh_git(repo, "switch", "--quiet", "-c", "side")
+    (repo / "README.md").write_text("side\n")
+    sh_git(repo, "commit", "--quiet", "-am", "side")
+    sh_git(repo, "switch", "--quiet", "main")
+    (repo / "README.md").write_text("main\n")
+    sh_git(repo, "commit", "--quiet", "-am", "main")
+    main = sh_git(repo, "rev-parse", "main")
+    # The user starts a merge in their checkout while the batch runs (here the agent does it for them).
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch(1, writes={"a.txt": "a"}, extra=[sh(f"git -C {repo} merge side >/dev/null 2>&1; true")]),
+    ])
+    res = run_distpar("run", str(plan), "--agent", "fake", cwd=repo)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert (f"  # branch main has a merge in progress in {repo} (finish it with git merge --continue or git merge "
+            "--abort there first)") in res.stdout.splitlines()
+    assert sh_git(repo, "rev-parse", "main") == main and (repo / ".git" / "MERGE_HEAD").exists()
