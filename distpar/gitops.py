@@ -199,6 +199,8 @@ def explain(exc: GitError) -> str:
     text = exc.stderr
     low = text.lower()
     last = "; ".join(line.strip() for line in text.strip().splitlines()[-3:]) or f"exit code {exc.returncode}"
+    if "no space left" in low or "disk quota exceeded" in low:
+        return f"the disk is full: git could not write to the repository or the worktree ({last})"
     if "gpg failed to sign" in low or "failed to sign" in low or "gpg.ssh" in low:
         return (f"git could not sign the commit (commit.gpgsign is set and signing failed: {last}); fix the "
                 "signing program, or set commit.gpgsign=false for this repository")
