@@ -53,7 +53,6 @@ def run_segment(spec: SegmentSpec, cancel: threading.Event | None = None) -> Seg
     log_dir = Path(spec.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     saved_ref: str | None = None
-    process.become_subreaper()  # children an agent moves into sessions of their own stay reapable here
 
     _prepare(spec, ws, env)
     results: list[BatchResult] = []
@@ -502,6 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m distpar.worker SPEC.json", file=sys.stderr)
         return 2
     spec = SegmentSpec.from_dict(json.loads(Path(args[0]).read_text()))
+    # A process of its own: children its agents move into sessions of their own come back to it (and are
+    # collected when reap_unit kills them) instead of going to init. Not in run_segment: threads of a
+    # coordinator (the local backend) would attract every orphan of the coordinator's process tree.
+    process.become_subreaper()
     cancel = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: cancel.set())

@@ -5,6 +5,8 @@ batch; ``--sandbox`` (bubblewrap) confines an agent's writes to its worktree and
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,28 @@ def test_sandbox_without_bubblewrap_is_refused(repo: Path, tmp_path: Path) -> No
     assert res.returncode == 2, res.stdout + res.stderr
     assert res.stderr.splitlines()[0] == "Error: --sandbox needs bubblewrap (bwrap), which is not on PATH"
     assert sh_git(repo, "for-each-ref", "refs/heads/distpar/") == ""
+
+
+SUBREAPER_SCRIPT = r"""
+import os, subprocess, sys, time
+from distpar import process
+assert process.become_subreaper()
+env = {**os.environ, "DISTPAR_RUN_ID": "r1", "DISTPAR_BATCH_ID": "b1"}
+# An "agent" that leaves a child in a session of its own and exits.
+subprocess.run([sys.executable, "-c", "import subprocess; subprocess.Popen(['setsid', 'sleep', '300'])"],
+               env=env, check=True)
+deadline = time.time() + 10
+while time.time() < deadline and not process.unit_processes("r1", "b1"):
+    time.sleep(0.05)
+(pid,) = process.unit_processes("r1", "b1")
+ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+print("parent", "self" if ppid == os.getpid() else ppid)
+print("killed", process.reap_unit("r1", "b1") == [pid])
+print("collected", not os.path.exists(f"/proc/{pid}"))
+"""
+
+
+def test_a_worker_process_is_the_subreaper_of_what_its_agents_leave() -> None:
+    proc = subprocess.run([sys.executable, "-c", SUBREAPER_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:3] == ["parent self", "killed True", "collected True"]
