@@ -142,3 +142,12 @@ def test_a_worker_process_is_the_subreaper_of_what_its_agents_leave() -> None:
     proc = subprocess.run([sys.executable, "-c", SUBREAPER_SCRIPT], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:3] == ["parent self", "killed True", "collected True"]
+
+
+@needs_bwrap
+def test_sandboxed_agent_reads_its_prompt_file(repo: Path, tmp_path: Path) -> None:
+    """The prompt file lives in the run's state directory, outside the worktree: it stays readable."""
+    plan = write_plan(tmp_path / "p.md", [fake_batch(1, description="from the file")])
+    res = run_distpar("run", str(plan), "--sandbox", "--agent-cmd", "sh -c 'cp {prompt_file} got.md'", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sh_git(repo, "show", "main:got.md").startswith("Batch 1: do the work.")
