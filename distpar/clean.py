@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distpar import gitops
+from distpar import gitops, paths
 from distpar.errors import UsageError
 from distpar.journal import Journal
 from distpar.process import agent_processes, kill_process_group
@@ -89,6 +89,7 @@ def inventory(repo: Path, state_dir: Path, journal: Journal) -> tuple[dict[str, 
         if (rid := _run_of_ref(ref, "refs/distpar/")) is not None:
             get(rid).refs[ref] = oid
     runs_root = (state_dir / "runs").resolve()
+    wt_root = paths.worktrees_base(repo)  # where local runs put their worktrees
     for path, branch in gitops.worktrees(repo)[1:]:  # the first one is the main worktree: never ours
         rid = None
         if branch and branch.startswith("distpar/"):
@@ -96,6 +97,8 @@ def inventory(repo: Path, state_dir: Path, journal: Journal) -> tuple[dict[str, 
         p = Path(path).resolve()
         if rid is None and p.is_relative_to(runs_root):
             rid = p.relative_to(runs_root).parts[0]
+        if rid is None and p.is_relative_to(wt_root):
+            rid = p.relative_to(wt_root).parts[0]
         if rid:
             get(rid).worktrees.append((path, branch))
     rows = {r["id"]: r for r in journal.runs_for_repo(str(repo))}
@@ -145,13 +148,14 @@ def plan_run(repo: Path, run_id: str, f: _Found, row: dict[str, Any] | None, liv
         return 0 if any(not h.startswith("refs/heads/distpar/") for h in holders) else 1
 
     own_root = (state_dir / "runs" / run_id).resolve()
+    wt_own = paths.worktrees_root(repo, run_id)
     checked_out: dict[str, str] = {}  # branch ref -> worktree kept with it checked out
     main_path, main_branch = gitops.worktrees(repo)[0]
     if main_branch:
         checked_out["refs/heads/" + main_branch] = main_path
     for path, branch in f.worktrees:
         p = Path(path)
-        if not p.resolve().is_relative_to(own_root):
+        if not (p.resolve().is_relative_to(own_root) or p.resolve().is_relative_to(wt_own)):
             items.append(Item(run_id, "worktree", path, "keep", "not created by distpar (outside the run's directory)",
                               path))
             if branch:

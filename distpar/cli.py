@@ -285,6 +285,15 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
               help="SSH private key.")
 @click.option("--accept-unknown-hosts", is_flag=True,
               help="SSH: accept host keys not in known_hosts (insecure; default: refuse).")
+@click.option("--hooks/--no-hooks", default=False, show_default=True,
+              help="Run the repository's pre-commit, commit-msg and post-commit hooks on distpar's batch commits "
+                   "(a failing hook fails that batch, its work saved).")
+@click.option("--warn-size", type=click.FloatRange(min=0), default=50.0, show_default=True, metavar="MB",
+              help="Warn about every file over this size a batch commits (0: never).")
+@click.option("--sandbox", is_flag=True,
+              help="Run agents under bubblewrap: writes only to their worktree, their CLI's state directory, "
+                   "a private /tmp and --sandbox-allow paths; nothing they start outlives them.")
+@click.option("--sandbox-allow", multiple=True, metavar="PATH", help="With --sandbox: a further writable path.")
 @click.option("--dry-run", is_flag=True, help="Show the schedule and stop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the schedule) as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
@@ -297,13 +306,16 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
             hosts: str | None, hosts_file: Path | None, identity: Path | None, accept_unknown_hosts: bool,
             agent_retries: int, max_concurrent_agents: int | None, stagger: float, budget_usd: float | None,
             stream_json: bool, setup_cmd: str | None, verify_cmd: str | None, verify_merged_cmd: str | None,
-            push_remote: str | None, ship_included: bool, stop_on_conflict: bool, dry_run: bool, as_json: bool,
-            quiet: bool) -> None:
+            push_remote: str | None, ship_included: bool, stop_on_conflict: bool, hooks: bool, warn_size: float,
+            sandbox: bool, sandbox_allow: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Run PLAN_FILE: schedule its batches into streams, run an agent per batch, merge the streams."""
     from distpar import runtime
     from distpar.backends import make_backend
+    from distpar.preflight import preflight
 
     plan = load_plan(plan_file)
+    if sandbox_allow and not sandbox:
+        raise UsageError("--sandbox-allow goes with --sandbox")
     backend_options = _backend_options(backend, ray_address, hosts, hosts_file, identity, accept_unknown_hosts)
     workers = workers or _default_workers(backend, backend_options)
     schedule = make_schedule(plan, workers, strategy, split)
@@ -331,9 +343,10 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
         budget_usd=budget_usd, agent_retries=agent_retries, max_concurrent_agents=max_concurrent_agents,
         stagger=stagger, stop_on_conflict=stop_on_conflict, **_repo_settings(repo_path, {
             "setup": setup_cmd, "verify": verify_cmd, "verify_merged": verify_merged_cmd, "push": push_remote}),
-        ship_included=ship_included,
+        ship_included=ship_included, hooks=hooks, warn_size=int(warn_size * 2**20) or None, sandbox=sandbox,
+        sandbox_allow=tuple(str(Path(a).expanduser().resolve()) for a in sandbox_allow),
     )
-    repo, target, start = runtime.preflight(repo_path, options)
+    repo, target, start = preflight(repo_path, options, plan)
     if options.push and gitops.git(repo, "remote", "get-url", options.push, check=False).returncode != 0:
         raise UsageError(f"--push {options.push}: no such remote in {repo}", hint="git remote -v lists them")
     backend_obj = make_backend(backend, backend_options)
@@ -481,6 +494,9 @@ def _print_report(report: Any, runner: Any) -> None:
     if budget:
         click.echo(f"budget ${budget['limit']:.4f}: spent ${budget['spent']:.4f}, left ${budget['left']:.4f}"
                    + (f"; spent before {len(report.pending)} batch(es) could start" if budget["exhausted"] else ""))
+    for r in report.results:
+        for note in r.notes:
+            err(f"warning: batch {r.batch_id}: {note}", fg="yellow")
     for r in report.results:
         if r.status.value in ("failed", "timeout", "blocked"):
             click.echo(f"\nbatch {r.batch_id} ({worker_label(r.stream)}) {r.status.value}: {r.error}")

@@ -291,6 +291,8 @@ class Runner:
             setup=self.options.setup, verify=self.options.verify,
             include=tuple(self.include) if (not self.backend.remote or self.include_data) else (),
             include_data=self.include_data, plan_text=self.plan_text,
+            hooks=self.options.hooks, warn_size=self.options.warn_size, sandbox=self.options.sandbox,
+            sandbox_allow=self.options.sandbox_allow,
         )
         self.journal.event(self.run_id, "segment_submitted", ins.worker, ins.uid, batches=[ins.uid],
                            attempt=ins.attempt, base=base.commit, worker=ins.worker)
@@ -422,7 +424,7 @@ class Runner:
                                classes=list(r.try_classes))
         self.emit("batch_ended", stream=r.stream, batch=r.batch_id, status=r.status.value, node=r.node,
                   duration=r.duration, error=r.error, log_tail=r.log_tail, changed=r.changed,
-                  cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries)
+                  cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries, notes=list(r.notes))
 
     def _answer(self, uid: str) -> str:
         r = self.results.get(uid)

@@ -34,6 +34,7 @@ quoting, ``\\n`` in text means a newline); other text is ignored. Commands:
     commit MESSAGE        commit its own changes          spawn-child        leave a sleeping child behind
     cost USD | tokens IN OUT | turns N    the values it reports (claude, aider: cost; all: tokens)
     print-env NAME        print NAME=value on stdout and stderr and put it in the result text
+    sh COMMAND            run COMMAND with /bin/sh -c (tests only); a non-zero exit fails the task
     fail-once KEY RESULT  the first invocation with KEY in $FAKE_AGENT_STATE fails with RESULT (a result kind, or
                           crash), later ones go on
 
@@ -153,6 +154,11 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
         elif cmd == "commit":
             subprocess.run(["git", "add", "-A"], check=True)
             subprocess.run(["git", "commit", "-q", "-m", rest[0] if rest else "agent commit"], check=True)
+        elif cmd == "sh":  # tests of what a misbehaving agent does (checkout, setsid, writes outside, ...)
+            code = subprocess.run(["/bin/sh", "-c", rest[0]], check=False).returncode
+            if code:
+                state.kind, state.code, state.text = "error", 1, f"sh: {rest[0]!r} exited with {code}"
+                return
         elif cmd == "spawn-child":
             subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         elif cmd == "cost":

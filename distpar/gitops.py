@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -73,10 +74,18 @@ def repo_root(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_dir():
         raise RepoError(f"not a directory: {p}")
-    proc = git(p, "rev-parse", "--show-toplevel", check=False)
-    if proc.returncode != 0:
+    proc = git(p, "rev-parse", "--is-bare-repository", "--is-inside-git-dir", "--show-toplevel", check=False)
+    lines = proc.stdout.split()
+    if lines[:1] == ["true"]:
+        raise RepoError(f"{p.resolve()} is a bare repository: distpar needs a checkout to merge into",
+                        hint=f"clone it (git clone {p.resolve()}) or add a worktree "
+                             f"(git -C {p.resolve()} worktree add DIR BRANCH) and run distpar there")
+    if lines[1:2] == ["true"]:
+        raise RepoError(f"{p.resolve()} is inside a .git directory",
+                        hint="run distpar in the repository's working tree")
+    if proc.returncode != 0 or len(lines) < 3:
         raise RepoError(f"not a git repository: {p.resolve()}", hint="run distpar inside the repository to change")
-    return Path(proc.stdout.strip())
+    return Path(proc.stdout.splitlines()[2].strip())
 
 
 def common_dir(repo: str | Path) -> Path:
@@ -141,7 +150,11 @@ def worktree_remove(repo: str | Path, *paths: str | Path) -> None:
     with repo_lock(repo, "worktree"):  # prune must not see another run's half-made worktree
         for path in paths:
             if Path(path).exists():
-                git(repo, "worktree", "remove", "--force", str(path), check=False)
+                proc = git(repo, "worktree", "remove", "--force", str(path), check=False)
+                if proc.returncode != 0 and "submodule" in proc.stderr:
+                    # git will not remove a worktree holding initialised submodules; what the batches did in
+                    # them was saved when they ended, and the administrative files go with the prune below.
+                    shutil.rmtree(path, ignore_errors=True)
         git(repo, "worktree", "prune", check=False)
 
 
@@ -166,28 +179,152 @@ def worktrees(repo: str | Path) -> list[tuple[str, str | None]]:
     return result
 
 
-def commit_all(ws: str | Path, message: str, env: Mapping[str, str]) -> bool:
-    """Commit everything in the working tree (new, changed, deleted files). Returns False when clean."""
+NO_HOOKS = {"core.hooksPath": os.devnull}  # distpar's own git operations run none of the repository's hooks
+
+
+def config_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """Variables that add ``settings`` to the configuration of git commands run with them (after any
+    ``GIT_CONFIG_COUNT`` entries of the environment, which are kept)."""
+    n = int(os.environ.get("GIT_CONFIG_COUNT") or 0)
+    env = {"GIT_CONFIG_COUNT": str(n + len(settings))}
+    for i, (key, value) in enumerate(settings.items(), n):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
+    return env
+
+
+def hooks_env(env: Mapping[str, str], hooks: bool) -> dict[str, str]:
+    """``env`` for distpar's git commands in a worktree: without the repository's hooks unless ``hooks``."""
+    return dict(env) if hooks else {**env, **config_env(NO_HOOKS)}
+
+
+def explain(exc: GitError) -> str:
+    """A git failure while committing, in words: what broke and what to do (gpg, filters, hooks, refs)."""
+    text = exc.stderr
+    low = text.lower()
+    last = "; ".join(line.strip() for line in text.strip().splitlines()[-3:]) or f"exit code {exc.returncode}"
+    if "no space left" in low or "disk quota exceeded" in low:
+        return f"the disk is full: git could not write to the repository or the worktree ({last})"
+    if "gpg failed to sign" in low or "failed to sign" in low or "gpg.ssh" in low:
+        return (f"git could not sign the commit (commit.gpgsign is set and signing failed: {last}); fix the "
+                "signing program, or set commit.gpgsign=false for this repository")
+    m = re.search(r"(clean|smudge|process) filter '([^']*)' failed|filter '([^']*)'.*required", text)
+    if m or ("filter" in low and ("failed" in low or "required" in low)):
+        name = (m.group(2) or m.group(3)) if m else "?"
+        return f"the repository's required git filter {name!r} failed: {last}"
+    if "not a valid ref name" in low or "invalid ref" in low or "bad ref" in low or "refname" in low:
+        return f"git refused a ref name: {last}"
+    if "hook" in low or exc.argv[:1] == ["commit"]:
+        return f"git commit was refused (a pre-commit or commit-msg hook, or the repository's settings): {last}"
+    return f"git {' '.join(exc.argv[:2])} failed: {last}"
+
+
+def commit_all(ws: str | Path, message: str, env: Mapping[str, str], hooks: bool = False) -> bool:
+    """Commit everything in the working tree (new, changed, deleted files). Returns False when clean.
+    Without ``hooks`` the repository's hooks are not run (pre-commit, commit-msg, post-commit)."""
+    env = hooks_env(env, hooks)
     git(ws, "add", "--all", env=env)
     if git(ws, "diff", "--cached", "--quiet", check=False, env=env).returncode == 0:
         return False
-    git(ws, "commit", "--quiet", "--no-verify", "--allow-empty-message", "-m", message, env=env)
+    git(ws, "commit", "--quiet", *(() if hooks else ("--no-verify",)), "--allow-empty-message", "-m", message,
+        env=env)
     return True
 
 
+def _filters_off(repo: str | Path) -> dict[str, str]:
+    """Settings that turn off every configured filter driver (so that files are stored as they are)."""
+    proc = git(repo, "config", "--name-only", "--get-regexp", r"^filter\.", check=False)
+    names = {line.rsplit(".", 1)[0] for line in proc.stdout.split() if line.count(".") >= 2}
+    return {f"{n}.{k}": v for n in sorted(names) for k, v in
+            (("clean", ""), ("smudge", ""), ("process", ""), ("required", "false"))}
+
+
 def snapshot(ws: str | Path, message: str, env: Mapping[str, str]) -> str | None:
-    """A commit of the working tree on top of HEAD, made without touching HEAD, the branch or the index."""
+    """A commit of the working tree on top of HEAD, made without touching HEAD, the branch or the index.
+    When a filter of the repository fails, the files are stored unfiltered: saved work is never lost."""
     index = Path(out(ws, "rev-parse", "--path-format=absolute", "--git-dir")) / "distpar-snapshot-index"
     e = {**env, "GIT_INDEX_FILE": str(index)}
     try:
         git(ws, "read-tree", "HEAD", env=e)
-        git(ws, "add", "--all", env=e)
+        try:
+            git(ws, "add", "--all", env=e)
+        except GitError:
+            off = _filters_off(ws)
+            if not off:
+                raise
+            e = {**e, **config_env(off)}
+            git(ws, "read-tree", "HEAD", env=e)
+            git(ws, "add", "--all", env=e)
         tree = out(ws, "write-tree", env=e)
     finally:
         index.unlink(missing_ok=True)
     if tree == tree_of(ws, "HEAD"):
         return None
     return out(ws, "commit-tree", tree, "-p", "HEAD", "-m", message, env=env)
+
+
+def large_files(repo: str | Path, before: str, after: str, limit: int) -> list[tuple[str, int]]:
+    """(path, bytes) of files added or changed between two commits whose new content is over ``limit`` bytes."""
+    raw = git(repo, "diff-tree", "-r", "-z", "--no-renames", "--diff-filter=AMT", before, after).stdout
+    parts = raw.split("\0")
+    oids: list[tuple[str, str]] = []
+    for meta, path in zip(parts[::2], parts[1::2], strict=False):
+        fields = meta.split()
+        if len(fields) >= 4 and fields[1] != "160000":
+            oids.append((fields[3], path))
+    if not oids:
+        return []
+    sizes = git(repo, "cat-file", "--batch-check=%(objectsize)", input="".join(o + "\n" for o, _ in oids)).stdout
+    return [(path, int(n)) for (_, path), n in zip(oids, sizes.split(), strict=False) if int(n) > limit]
+
+
+def submodules(repo: str | Path, revision: str = "HEAD") -> list[str]:
+    """Paths of the submodules (gitlinks) in ``revision``."""
+    raw = git(repo, "ls-tree", "-r", "-z", revision).stdout
+    return [entry.split("\t", 1)[1] for entry in raw.split("\0") if entry.startswith("160000 ")]
+
+
+def submodules_like(repo: str | Path, ws: str | Path) -> list[str]:
+    """Initialise in worktree ``ws`` the submodules that the checkout ``repo`` has initialised, cloning each
+    from the checkout's own copy (no network, nothing written to the repository's configuration). Returns the
+    paths that could not be initialised (their commit is not in the checkout's copy, say)."""
+    names = git(ws, "config", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.path$", check=False)
+    failed = []
+    for line in names.stdout.splitlines():
+        key, _, path = line.partition(" ")
+        name = key.removeprefix("submodule.").removesuffix(".path")
+        source = Path(repo) / path
+        if not (source / ".git").exists():
+            continue  # not initialised in the user's checkout: not here either
+        proc = git(ws, "-c", "protocol.file.allow=always", "-c", f"submodule.{name}.url={source}",
+                   "submodule", "update", "--init", "--quiet", "--", path, check=False)
+        if proc.returncode != 0:
+            failed.append(path)
+    return failed
+
+
+def busy_with(repo: str | Path, branch: str) -> str | None:
+    """What is under way on ``branch`` in some worktree (a rebase, a merge, a cherry-pick, a revert, a bisect),
+    as a sentence; None when nothing is."""
+    ref = f"refs/heads/{branch}"
+    for path, checked_out in worktrees(repo):
+        proc = git(path, "rev-parse", "--absolute-git-dir", check=False)
+        if proc.returncode != 0:
+            continue
+        gd = Path(proc.stdout.strip())
+        for d, cmd in (("rebase-merge", "rebase"), ("rebase-apply", "rebase")):
+            head_name = gd / d / "head-name"
+            if head_name.is_file() and head_name.read_text().strip() == ref:
+                return (f"branch {branch} is being rebased in {path} (finish with git {cmd} --continue or "
+                        f"git {cmd} --abort there first)")
+        if checked_out != branch:
+            continue
+        for name, what, cmd in (("MERGE_HEAD", "a merge", "merge"), ("CHERRY_PICK_HEAD", "a cherry-pick",
+                                "cherry-pick"), ("REVERT_HEAD", "a revert", "revert"),
+                                ("BISECT_LOG", "a bisect", "bisect")):
+            if (gd / name).exists():
+                end = "git bisect reset" if cmd == "bisect" else f"git {cmd} --continue or git {cmd} --abort"
+                return f"branch {branch} has {what} in progress in {path} (finish it with {end} there first)"
+    return None
 
 
 def update_ref(repo: str | Path, ref: str, oid: str) -> None:

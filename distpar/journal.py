@@ -6,7 +6,9 @@ what ``status``, ``report`` and ``resume`` need, and never a secret (forwarded v
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distpar.errors import DistparError
 from distpar.model import BatchResult
 
 SCHEMA_VERSION = 1
@@ -92,16 +95,56 @@ class Event:
     data: dict[str, Any]
 
 
+class JournalError(DistparError):
+    """The journal cannot be written or read: a full disk, a read-only or missing directory, a damaged file."""
+
+
+def _explain(path: Path, exc: BaseException) -> JournalError:
+    """What ran out or broke, and where: the free space of the journal's file system when it is the disk."""
+    text = str(exc)
+    where = path.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    low = text.lower()
+    if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or "disk is full" in low \
+            or "disk i/o error" in low:
+        try:
+            st = os.statvfs(where)
+            free = f" ({st.f_bavail * st.f_frsize / 2**20:.1f} MB free there)"
+        except OSError:
+            free = ""
+        return JournalError(f"the journal {path} cannot be written: the disk is full{free}",
+                            hint=f"free space on the file system of {where}, or point DISTPAR_HOME elsewhere "
+                                 "(distpar resume continues a run that had started)")
+    if isinstance(exc, PermissionError) or "readonly" in low or "read-only" in low or "permission" in low:
+        return JournalError(f"the journal {path} cannot be written: {text} (a read-only file system or "
+                            "missing permissions)", hint="point DISTPAR_HOME at a writable directory")
+    if "unable to open" in low or isinstance(exc, OSError):
+        return JournalError(f"the journal {path} cannot be opened: {text}",
+                            hint="check that its directory exists and is writable, or set DISTPAR_HOME")
+    return JournalError(f"the journal {path} failed: {text} (is the file damaged?)",
+                        hint="move it away to start a new journal (the runs it lists are then forgotten)")
+
+
+def _environmental(exc: BaseException) -> bool:
+    """A failure of the disk or the file (full, read-only, damaged), not of distpar's own statements."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+        exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError))
+
+
 class Journal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise _explain(self.path, exc) from None
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
@@ -111,13 +154,28 @@ class Journal:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _explain(self.path, exc) from None
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as exc:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # sqlite rolled back already (a full disk does that)
+                if _environmental(exc):
+                    raise _explain(self.path, exc) from None
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise _explain(self.path, exc) from None
 
     # --- writes ----------------------------------------------------------------------------------------
 
@@ -181,6 +239,7 @@ class Journal:
                     "status": r.status.value, "exit_code": r.exit_code, "duration": round(r.duration, 3),
                     "result_class": o.result_class if o else None, "cost_usd": o.cost_usd if o else None,
                     "changed": r.changed, "node": r.node, "attempt": r.attempt,
+                    **({"notes": list(r.notes)} if r.notes else {}),
                 },
             )
 

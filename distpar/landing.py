@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distpar import gitops, workspace
+from distpar import gitops, paths, workspace
 from distpar.errors import DistparError
 from distpar.merge import land, merge_streams
 from distpar.transfer import push_run
@@ -84,4 +84,5 @@ def cleanup(run: Runner) -> None:
                 continue
             done.append(ws)
         gitops.worktree_remove(run.repo, *done)
+        paths.remove_worktrees_root(run.repo, run.run_id)
     run.transfer.clear()

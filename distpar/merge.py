@@ -89,6 +89,11 @@ def _land(repo: Path, target: str, start: str, integration: str, head: str, env:
                             (f"git switch {target}", f"git merge --no-ff {integration}"))
         new = outcome.commit
     checked_out = [Path(p) for p, b in gitops.worktrees(repo) if b == target]
+    busy = gitops.busy_with(repo, target)  # the user started a merge or rebase there while the run ran
+    if busy:
+        where = checked_out[0] if checked_out else repo
+        return Conflict("target", target, integration, (), None,
+                        (f"# {busy}", f"git -C {where} merge --ff-only {integration}"))
     if checked_out:
         proc = gitops.git(checked_out[0], "merge", "--ff-only", "--quiet", new, check=False)
         if proc.returncode != 0:

@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Any
 
 SPEC_VERSION = 1
+WARN_SIZE = 50 * 1024 * 1024  # bytes: GitHub warns at 50 MB and refuses files over 100 MB
 
 
 def worker_label(index: int | None) -> str:
@@ -157,6 +158,10 @@ class SegmentSpec:
     include_data: dict[str, str] = field(default_factory=dict)  # their contents, for remote workers that may
     # have them (base64; they often hold secrets: never journaled or logged)
     plan_text: str = ""  # the plan file: CAST prompts refer to it, so every worker has it (DISTPAR_PLAN_FILE)
+    hooks: bool = False  # distpar's batch commits run the repository's hooks (pre-commit, commit-msg, post-commit)
+    warn_size: int | None = WARN_SIZE  # a batch that adds a file over this many bytes gets a warning note
+    sandbox: bool = False  # run agents under bubblewrap, writes confined to the worktree (see sandbox.py)
+    sandbox_allow: tuple[str, ...] = ()  # further paths the sandboxed agents may write
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -182,6 +187,10 @@ class SegmentSpec:
             "agent_retries": self.agent_retries,
             "max_concurrent_agents": self.max_concurrent_agents,
             "stagger": self.stagger,
+            "hooks": self.hooks,
+            "warn_size": self.warn_size,
+            "sandbox": self.sandbox,
+            "sandbox_allow": list(self.sandbox_allow),
         }
 
     @classmethod
@@ -210,6 +219,10 @@ class SegmentSpec:
             include=tuple(d.get("include", ())),
             include_data=dict(d.get("include_data") or {}),
             plan_text=d.get("plan_text", ""),
+            hooks=d.get("hooks", False),
+            warn_size=d.get("warn_size", WARN_SIZE),
+            sandbox=d.get("sandbox", False),
+            sandbox_allow=tuple(d.get("sandbox_allow", ())),
         )
 
 
@@ -262,6 +275,7 @@ class BatchResult:
     attempt: int = 1
     tries: int = 1  # agent invocations for this batch (more than one after transient failures)
     try_classes: tuple[str, ...] = ()  # result class of each try, in order
+    notes: tuple[str, ...] = ()  # what distpar noticed and did about it (the agent switched branches, a big file)
 
     @property
     def duration(self) -> float:
@@ -272,6 +286,7 @@ class BatchResult:
         d["status"] = self.status.value
         d["outcome"] = self.outcome.to_dict() if self.outcome else None
         d["try_classes"] = list(self.try_classes)
+        d["notes"] = list(self.notes)
         return d
 
     @classmethod
@@ -280,6 +295,7 @@ class BatchResult:
         d["status"] = BatchStatus(d["status"])
         d["outcome"] = AgentOutcome.from_dict(d["outcome"]) if d.get("outcome") else None
         d["try_classes"] = tuple(d.get("try_classes", ()))
+        d["notes"] = tuple(d.get("notes", ()))
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,3 +199,99 @@ def kill_process_group(pid: int, grace: float = 2.0) -> None:
         send(signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+# --- what an agent leaves behind outside its process group (Linux) -----------------------------------
+
+PR_SET_CHILD_SUBREAPER = 36
+_subreaper = False
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux ``prctl``), so that a child an agent
+    moved into a session of its own (``setsid``) stays under this process instead of going to init. Once per
+    process; False where the platform has no such thing."""
+    global _subreaper
+    if _subreaper:
+        return True
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        _subreaper = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+    return _subreaper
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, process group) of ``pid`` from /proc; None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def unit_processes(run_id: str, batch_id: str) -> list[int]:
+    """Live processes whose environment names this run and batch: what an agent started, wherever it went."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    me = os.getpid()
+    marks = (f"DISTPAR_RUN_ID={run_id}".encode(), f"DISTPAR_BATCH_ID={batch_id}".encode())
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if all(m in env for m in marks) and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def reap_unit(run_id: str, batch_id: str, grace: float = 1.0) -> list[int]:
+    """After a batch's agent ended: stop every process it left running, also those that left its process
+    group (TERM, ``grace``, KILL; a group leader with its group), and reap the ones that came back to this
+    process as a subreaper. Returns the pids that were still running."""
+    pids = unit_processes(run_id, batch_id)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            st = _stat(pid)
+            if st is None:
+                continue
+            try:
+                os.killpg(pid, sig) if st[2] == pid else os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + (grace if sig == signal.SIGTERM else 1.0)
+        while time.time() < deadline and any(pid_alive(p) for p in pids):
+            time.sleep(0.02)
+    reap_orphans(pids)
+    return pids
+
+
+def reap_orphans(known: Iterable[int] = ()) -> None:
+    """Collect the exit status of orphans handed to this process as a subreaper: ``known`` pids, and zombie
+    children that are members (not leaders) of another process group, which no ``Popen`` here waits for
+    (distpar's own children are leaders of their session, or in this process's group)."""
+    me, mine = os.getpid(), os.getpgrp()
+    candidates = set(known)
+    if _subreaper and Path("/proc").is_dir():
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                st = _stat(int(entry.name))
+                if st and st[0] == "Z" and st[1] == me and st[2] not in (int(entry.name), mine):
+                    candidates.add(int(entry.name))
+    for pid in candidates:
+        st = _stat(pid)
+        if st is None or st[1] != me:
+            continue
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass

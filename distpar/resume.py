@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from distpar import gitops
 from distpar.errors import DistparError
 from distpar.journal import Journal
-from distpar.model import AgentConfig, BatchResult, BatchStatus
+from distpar.model import WARN_SIZE, AgentConfig, BatchResult, BatchStatus
 from distpar.plan import Plan
 from distpar.runtime import (
     DEFAULT_TIMEOUT,
@@ -87,8 +87,10 @@ def _runner(repo: Path, journal: Journal, run: dict[str, Any], observer: Observe
         ship_included=opts.get("ship_included", False),
         independent=opts.get("independent", False),
         split=opts.get("split"),
+        hooks=opts.get("hooks", False), warn_size=opts.get("warn_size", WARN_SIZE),
+        sandbox=opts.get("sandbox", False), sandbox_allow=tuple(opts.get("sandbox_allow", ())),
     )
-    preflight(repo, options)
+    preflight(repo, options, plan)
     backend = make_backend(run["backend"], backend_options)
     runner = Runner(repo, plan, schedule, options, backend, journal, run["target"], run["base"], observer,
                     run_id=run["id"], resume=True)

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distpar import agents, gitops
-from distpar.errors import ExitCode, NestedRunError, RepoError, UsageError, most_severe
+from distpar import gitops, paths
+from distpar import preflight as _preflight
+from distpar.errors import ExitCode, UsageError, most_severe
 from distpar.journal import Journal
-from distpar.model import AgentConfig, Identity
+from distpar.model import WARN_SIZE, AgentConfig, Identity
 from distpar.process import agent_processes, kill_process_group, pid_alive
 
 if TYPE_CHECKING:
@@ -57,6 +58,10 @@ class RunOptions:
     ship_included: bool = False  # remote workers get the .worktreeinclude files too (they often hold secrets)
     independent: bool = False  # the plan's batches need not wait for each other (--independent)
     split: int | None = None  # midpoint: cut after this batch (--split)
+    hooks: bool = False  # batch commits run the repository's pre-commit, commit-msg and post-commit hooks
+    warn_size: int | None = WARN_SIZE  # bytes: a batch adding a bigger file gets a warning
+    sandbox: bool = False  # agents run under bubblewrap, writing only their worktree and sandbox_allow
+    sandbox_allow: tuple[str, ...] = ()
 
 
 @dataclass
@@ -135,9 +140,7 @@ class RunReport:
                 "left": round(max(0.0, self.budget_usd - spent), 6), "exhausted": self.budget_exhausted}
 
 
-def state_dir(repo: Path) -> Path:
-    home = os.environ.get("DISTPAR_HOME")
-    return Path(home).resolve() if home else gitops.common_dir(repo) / "distpar"
+state_dir = paths.state_dir  # distpar/paths.py
 
 
 def open_journal(repo: Path) -> Journal:
@@ -148,34 +151,7 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def preflight(repo_path: str | Path, options: RunOptions) -> tuple[Path, str, str]:
-    """Refuse to start on bad ground. Returns (repo root, target branch, its commit). Changes nothing."""
-    if os.environ.get(agents.GUARD_VAR):
-        raise NestedRunError(
-            f"distpar is running inside an agent that distpar started ({agents.GUARD_VAR} is set); "
-            "a nested run is refused"
-        )
-    gitops.check_version()
-    repo = gitops.repo_root(repo_path)
-    if not gitops.has_commits(repo):
-        raise RepoError(f"{repo} has no commits yet: commit something first (distpar branches from a commit)")
-    target = options.into or gitops.current_branch(repo)
-    if not target:
-        raise RepoError("HEAD is detached: check out the branch to merge into, or name it with --into BRANCH")
-    start = gitops.try_rev(repo, f"refs/heads/{target}")
-    if start is None:
-        raise RepoError(f"--into {target}: no such branch")
-    dirty = gitops.dirty_files(repo)
-    if dirty and not options.allow_dirty:
-        shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
-        raise RepoError(
-            f"the working tree has uncommitted changes ({shown})",
-            hint="commit or stash them first, or pass --allow-dirty (the streams start from the last commit)",
-        )
-    for var in options.forward_env:
-        if var not in os.environ:
-            raise RepoError(f"--forward-env {var}: the variable is not set here")
-    return repo, target, start
+preflight = _preflight.preflight  # distpar/preflight.py
 
 
 def kill_run_processes(run_id: str) -> list[int]:
@@ -272,6 +248,10 @@ def run_row(runner: Runner, t0: float) -> dict[str, Any]:
         "ship_included": o.ship_included,
         "independent": o.independent,
         "split": o.split,
+        "hooks": o.hooks,
+        "warn_size": o.warn_size,
+        "sandbox": o.sandbox,
+        "sandbox_allow": list(o.sandbox_allow),
         "repo_url": o.repo_url,
         "into": o.into,
         "backend_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in o.backend_options.items()},

@@ -12,9 +12,11 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,8 +25,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distpar import agents, gitops, names, workspace
+from distpar import agents, gitops, names, process, sandbox, workspace
 from distpar.capture import MaskedPipe
+from distpar.errors import GitError
 from distpar.model import AgentOutcome, BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
 from distpar.process import ProcessResult, run_process
 
@@ -149,6 +152,7 @@ def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
         if fresh:
             ws.parent.mkdir(parents=True, exist_ok=True)
             gitops.worktree_add(location, ws, spec.branch, spec.base)
+            gitops.submodules_like(location, ws)
             _mark(ws, True)
             return
     elif kind in ("bundle", "url"):
@@ -160,7 +164,7 @@ def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
         for src in (location, *spec.source.increments):
             gitops.git(ws, "fetch", "--quiet", "--no-tags", "--force", src, *refspecs)
         if fresh:
-            gitops.git(ws, "checkout", "--quiet", "-B", spec.branch, spec.base)
+            gitops.git(ws, "checkout", "--quiet", "-B", spec.branch, spec.base, env=gitops.hooks_env(env, spec.hooks))
             _mark(ws, True)
             return
     else:
@@ -172,7 +176,8 @@ def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
         if snap:
             gitops.update_ref(ws, f"refs/distpar/{spec.run_id}/saved/w{spec.stream + 1}-prepare", snap)
     _mark(ws, False)
-    gitops.git(ws, "checkout", "--quiet", "--force", "-B", spec.branch, spec.base)
+    gitops.git(ws, "checkout", "--quiet", "--force", "-B", spec.branch, spec.base,
+               env=gitops.hooks_env(env, spec.hooks))
     gitops.git(ws, "clean", "-fdq")
     _mark(ws, True)
 
@@ -188,6 +193,10 @@ def _run_batch(
     prompt_file = log_dir / f"{name}.prompt.md"
     prompt_file.write_text(batch.prompt)
     before = gitops.out(ws, "rev-parse", "HEAD")
+    genv = gitops.hooks_env(env, spec.hooks)  # distpar's own git commands in the worktree
+    marks = _marks(ws)
+    notes: list[str] = []
+    home_error: str | None = None
     trailer = f"\n\nDistpar-Run: {spec.run_id}\nDistpar-Batch: {batch.id}\n"
     outcomes: list[AgentOutcome] = []
     secrets: tuple[str, ...] = tuple(spec.env.values())
@@ -223,6 +232,11 @@ def _run_batch(
             ctx = ctx.fresh_session()
             inv = agents.invocation(batch.agent, ctx, os.environ, {**env, **spec.env}, spec.env)
             proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel)
+        # The agent may have switched the worktree to another branch: distpar writes only its own branch.
+        moved, home_error = _return_home(spec, batch, ws, genv, marks)
+        notes += moved
+        if home_error:
+            outcome = replace(outcome, result_class="git_error", ok=False, transient=False, message=home_error)
         if outcome.session_id is None and agents.can_resume(batch.agent):
             outcome = replace(outcome, session_id=ctx.session_id)  # so an interrupted session can be resumed
         if proc is not None:
@@ -257,18 +271,45 @@ def _run_batch(
         if not gate.ok:
             status = BatchStatus.FAILED
             outcome = replace(outcome, result_class="verify_failed", ok=False, message=gate.describe())
-    if status.ok:
-        title = f"distpar: batch {batch.id}: {batch.description}".rstrip(": ")
-        if not gitops.commit_all(ws, title + trailer, env) and gitops.out(ws, "rev-parse", "HEAD") != before:
-            # The agent committed everything itself (aider does): an empty commit still marks the batch as done
-            # on the branch, which is what resume reads after a coordinator died.
-            gitops.git(ws, "commit", "--quiet", "--no-verify", "--allow-empty", "-m",
-                       f"{title} (committed by the agent){trailer}", env=env)
-    else:
-        # Failed or interrupted work stays off the branch (it is not a finished batch) but is never lost.
-        saved = _save_and_reset(spec, batch, ws, env, before,
-                                f"{status.value}" + trailer, "") or saved
+    sub_error = _submodule_edits(ws, log_dir, name, before)
+    if sub_error and status.ok:  # never ok with work left out of the commit
+        status = BatchStatus.FAILED
+        outcome = replace(outcome, result_class="submodule_edit", ok=False, message=sub_error)
+    elif sub_error:
+        notes.append(sub_error)
+    try:
+        if status.ok:
+            title = f"distpar: batch {batch.id}: {batch.description}".rstrip(": ")
+            if not gitops.commit_all(ws, title + trailer, env, spec.hooks) \
+                    and gitops.out(ws, "rev-parse", "HEAD") != before:
+                # The agent committed everything itself (aider does): an empty commit still marks the batch as
+                # done on the branch, which is what resume reads after a coordinator died.
+                gitops.git(ws, "commit", "--quiet", "--no-verify", "--allow-empty", "-m",
+                           f"{title} (committed by the agent){trailer}", env=genv)
+        else:
+            # Failed or interrupted work stays off the branch (it is not a finished batch) but is never lost.
+            saved = _save_and_reset(spec, batch, ws, genv, before, f"{status.value}" + trailer, "") or saved
+    except GitError as exc:
+        # Deterministic (a signing program, a filter, a hook, a ref name): the batch fails once, with its work
+        # saved; nothing is retried and no other batch is blamed.
+        msg = gitops.explain(exc)
+        status = BatchStatus.FAILED
+        outcome = replace(outcome, result_class="git_error", ok=False, transient=False, message=msg)
+        try:
+            saved = _save_and_reset(spec, batch, ws, genv, before, "git_error" + trailer, "") or saved
+            if saved:
+                msg += f"; the batch's work is saved on {saved}"
+        except GitError as again:
+            msg += f"; its work could not be saved on a ref ({gitops.explain(again)}) and is left in {ws}"
+        outcome = replace(outcome, message=msg)
     after = gitops.out(ws, "rev-parse", "HEAD")
+    if status.ok and spec.warn_size and after != before:
+        notes += [f"added {path} ({size / 2**20:.1f} MB), over the warning size of {spec.warn_size / 2**20:.1f} MB; "
+                  "it is committed: check that it belongs in the repository"
+                  for path, size in gitops.large_files(ws, before, after, spec.warn_size)]
+    if notes:
+        with log_path.open("a") as log:
+            log.write("".join(f"--- distpar: note: {n}\n" for n in notes))
     result = BatchResult(
         batch_id=batch.id,
         stream=spec.stream,
@@ -286,8 +327,118 @@ def _run_batch(
         attempt=spec.attempt,
         tries=tries,
         try_classes=tuple(o.result_class for o in outcomes[:tries]),
+        notes=tuple(agents.mask(n, secrets) for n in notes),
     )
     return result, saved
+
+
+def _marks(ws: Path) -> tuple[dict[str, str], int]:
+    """What the repository's branches and the worktree's HEAD log look like before a batch's agent runs."""
+    log = gitops.git(ws, "reflog", "show", "--format=%H", "HEAD", check=False).stdout.split()
+    return gitops.refs(ws, "refs/heads/"), len(log)
+
+
+def _return_home(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str, str],
+                 marks: tuple[dict[str, str], int]) -> tuple[list[str], str | None]:
+    """Put the worktree back on the stream's branch when the agent switched it elsewhere (``git checkout
+    other``), carrying over the edits it made there; report what it did to branches. Returns (notes, error):
+    the error says why its edits could not be carried over (they are saved on a ref then)."""
+    want = f"refs/heads/{spec.branch}"
+    heads_before, n_before = marks
+    entries = gitops.git(ws, "reflog", "show", "--format=%H %gs", "HEAD", check=False).stdout.splitlines()
+    entries = entries[:max(0, len(entries) - n_before)]  # what HEAD went through in this worktree, newest first
+    here = {line.split(" ", 1)[0] for line in entries}
+    notes = []
+    for ref, oid in gitops.refs(ws, "refs/heads/").items():
+        old = heads_before.get(ref)
+        # Only what this worktree did: other streams, other runs and the user move branches meanwhile too.
+        if ref == want or old == oid or ref.startswith("refs/heads/distpar/") or oid not in here:
+            continue
+        name = ref.removeprefix("refs/heads/")
+        notes.append(f"the agent created branch {name} ({oid[:12]}); distpar left it" if old is None else
+                     f"the agent moved branch {name} from {old[:12]} to {oid[:12]}; distpar left it there "
+                     f"(git branch -f {name} {old[:12]} puts it back)")
+    proc = gitops.git(ws, "symbolic-ref", "--quiet", "HEAD", check=False)
+    on = proc.stdout.strip() if proc.returncode == 0 else None
+    if on == want:
+        return notes, _rewritten(spec, batch, ws, env, heads_before.get(want))
+    cur = gitops.try_rev(ws, "HEAD")
+    where = f"branch {on.removeprefix('refs/heads/')}" if on else f"a detached HEAD at {(cur or '?')[:12]}"
+    # Where it switched to: the last "checkout: moving from <our branch>" in the worktree's HEAD log, else the
+    # branch's value before the batch, else the fork point.
+    start = next((line.split(" ", 1)[0] for line in entries
+                  if line.partition(" ")[2].startswith(f"checkout: moving from {spec.branch} to ")), None)
+    tip = gitops.rev(ws, want)
+    if start is None and cur:
+        start = heads_before.get(on or "") or gitops.git(ws, "merge-base", tip, cur, check=False).stdout.strip() or cur
+    theirs = (gitops.snapshot(ws, f"distpar: work of batch {batch.id} on {where}", env) or cur) if cur else None
+    gitops.git(ws, "checkout", "--quiet", "--force", spec.branch, env=env)
+    gitops.git(ws, "clean", "-fdq", env=env)
+    if not (theirs and start) or gitops.tree_of(ws, theirs) == gitops.tree_of(ws, start):
+        return [*notes, f"the agent switched the worktree to {where} and changed nothing there; distpar switched "
+                        f"it back to {spec.branch}"], None
+    # Its edits are the change from ``start`` to ``theirs``: applied to our branch with a three-way merge
+    # whose base is ``start`` (two commits on top of it, so git 2.38's merge-tree picks that base).
+    ours_c = gitops.out(ws, "commit-tree", gitops.tree_of(ws, tip), "-p", start, "-m", "ours", env=env)
+    theirs_c = gitops.out(ws, "commit-tree", gitops.tree_of(ws, theirs), "-p", start, "-m", "theirs", env=env)
+    merged = gitops.git(ws, "merge-tree", "--write-tree", "--name-only", "--no-messages", ours_c, theirs_c,
+                        check=False)
+    if merged.returncode == 0:
+        gitops.git(ws, "read-tree", "-u", "--reset", merged.stdout.split()[0], env=env)
+        return [*notes, f"the agent switched the worktree to {where}; distpar switched it back to {spec.branch} "
+                        "and kept the agent's edits"], None
+    ref = f"refs/distpar/{spec.run_id}/saved/{safe_name(batch.id)}-elsewhere"
+    gitops.update_ref(ws, ref, theirs)
+    files = ", ".join(merged.stdout.splitlines()[1:6])
+    return notes, (f"the agent switched the worktree to {where}, and its edits there conflict with "
+                   f"{spec.branch} ({files}); they are saved on {ref}")
+
+
+def _rewritten(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str, str], before: str | None) -> str | None:
+    """The agent reset or amended the stream's branch below where the batch started (earlier batches' commits
+    would be dropped): its work is saved on a ref, the branch put back, and the batch fails saying so."""
+    tip = gitops.rev(ws, f"refs/heads/{spec.branch}")
+    if before is None or gitops.is_ancestor(ws, before, tip):
+        return None
+    ref = f"refs/distpar/{spec.run_id}/saved/{safe_name(batch.id)}-rewritten"
+    gitops.update_ref(ws, ref, gitops.snapshot(ws, f"distpar: work of batch {batch.id} (branch rewritten)", env)
+                      or tip)
+    gitops.git(ws, "reset", "--quiet", "--hard", before, env=env)
+    gitops.git(ws, "clean", "-fdq", env=env)
+    return (f"the agent moved {spec.branch} from {before[:12]} to {tip[:12]}, which drops commits of this stream "
+            f"(git reset or --amend); distpar put the branch back, and the agent's work is saved on {ref}")
+
+
+def _submodule_edits(ws: Path, log_dir: Path, name: str, before: str) -> str | None:
+    """Edits inside a submodule are not committed by distpar: when a batch made some, they are saved in an
+    archive next to its log and the batch fails saying so (never ok with work dropped)."""
+    edited: list[str] = []
+    if not (ws / ".gitmodules").exists() and not gitops.out(ws, "ls-tree", before, ".gitmodules"):
+        return None  # no submodules (the cheap check: a batch runs this on every repository)
+    for path in gitops.submodules(ws, before):
+        d = ws / path
+        if (d / ".git").exists():
+            if gitops.out(ws, "status", "--porcelain", "--ignore-submodules=none", "--", path):
+                edited.append(path)
+        elif d.is_dir() and any(d.iterdir()):
+            edited.append(path)
+    if not edited:
+        return None
+    archive = log_dir / f"{name}.submodules.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in edited:
+            tar.add(ws / path, arcname=path, filter=lambda t: None if "/.git/" in f"/{t.name}/" else t)
+    for path in edited:  # back to what the branch records, so the next batch starts clean
+        d = ws / path
+        if (d / ".git").exists():
+            gitops.git(d, "reset", "--quiet", "--hard", check=False)
+            gitops.git(d, "clean", "-fdq", check=False)
+            gitops.git(ws, "submodule", "update", "--quiet", "--force", "--", path, check=False)
+        else:
+            for child in d.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    return (f"the agent edited files inside submodule(s) {', '.join(edited)}, which distpar does not commit: "
+            f"those files are saved in {archive}")
 
 
 RESUME_PREFIX = ("Your previous session on this task was interrupted; the work it had done is in the working tree. "
@@ -319,17 +470,23 @@ def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Pat
         if emit is not None:  # the agent really starts now (not when the unit was handed to the worker)
             emit("unit_started", {"batch": batch.id, "stream": spec.stream, "node": node_name(),
                                   "attempt": spec.attempt, "at": time.time()})
+        argv = inv.argv
         try:
+            if spec.sandbox:
+                argv = sandbox.wrap(inv.argv, ws, spec.branch, batch.agent.preset, spec.sandbox_allow,
+                                    read_only=[spec.log_dir])
             with MaskedPipe([out_path, log_path], inv.secrets) as out, MaskedPipe([log_path], inv.secrets) as err:
-                proc = run_process(inv.argv, cwd=ws, env=inv.env, stdout_path=out.path, stderr_path=err.path,
+                proc = run_process(argv, cwd=ws, env=inv.env, stdout_path=out.path, stderr_path=err.path,
                                    timeout=batch.timeout, cancel=cancel, stdin_path=inv.stdin,
                                    stall_timeout=inv.stall_timeout,
                                    last_output=lambda: max(out.last_output, err.last_output))
-        except FileNotFoundError:
-            msg = f"agent executable not found: {inv.argv[0]}"
+        except FileNotFoundError as exc:
+            msg = f"agent executable not found: {exc.filename or argv[0]}"
             with log_path.open("a") as log:
                 log.write(msg + "\n")
             return None, AgentOutcome("error", False, msg)
+        finally:
+            process.reap_unit(spec.run_id, batch.id)  # what it left running in sessions of their own
     if proc.timed_out:
         return proc, AgentOutcome("timeout", False, f"killed after {batch.timeout:g}s")
     if proc.cancelled:
@@ -367,7 +524,7 @@ def _save_and_reset(spec: SegmentSpec, batch: BatchSpec, ws: Path, env: dict[str
     keep = snap or (head if head != before else None)
     ref = None
     if keep:
-        ref = f"refs/distpar/{spec.run_id}/saved/{names.key(batch.id)}{suffix}"
+        ref = f"refs/distpar/{spec.run_id}/saved/{names.key(batch.id)}{suffix}"  # names.key: always ref-safe
         gitops.update_ref(ws, ref, keep)
     gitops.git(ws, "reset", "--quiet", "--hard", before)
     gitops.git(ws, "clean", "-fdq")
@@ -444,6 +601,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m distpar.worker SPEC.json", file=sys.stderr)
         return 2
     spec = SegmentSpec.from_dict(json.loads(Path(args[0]).read_text()))
+    # A process of its own: children its agents move into sessions of their own come back to it (and are
+    # collected when reap_unit kills them) instead of going to init. Not in run_segment: threads of a
+    # coordinator (the local backend) would attract every orphan of the coordinator's process tree.
+    process.become_subreaper()
     cancel = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: cancel.set())

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from distpar import paths
 from distpar.model import AgentConfig, SegmentResult, SegmentSpec
 
 
@@ -46,8 +47,9 @@ class Backend(ABC):
         """Release everything ``start`` acquired. Called once, also after errors and interrupts."""
 
     def workspace(self, ctx: RunContext, worker: int) -> str:
-        """Where worker ``worker`` keeps its workspace for the whole run (units after the first reuse it)."""
-        return str(ctx.run_dir / "wt" / f"w{worker + 1}")
+        """Where worker ``worker`` keeps its workspace for the whole run (units after the first reuse it):
+        outside the checkout (see paths.py)."""
+        return str(paths.workspace(ctx.repo, ctx.run_id, worker))
 
     def log_dir(self, ctx: RunContext) -> str:
         return str(ctx.run_dir / "logs")

@@ -216,7 +216,7 @@ def test_sigint_stops_everything_and_keeps_work(repo: Path, isolated_env: str) -
     home = Path(os.environ["DISTPAR_HOME"])
     deadline = time.time() + 30
     while time.time() < deadline:  # wait until both slow agents have written their half-done files
-        if len(list(home.glob("runs/*/wt/w*/two.txt"))) + len(list(home.glob("runs/*/wt/w*/three.txt"))) == 2:
+        if len(list(home.glob("worktrees/*/*/w*/two.txt"))) + len(list(home.glob("worktrees/*/*/w*/three.txt"))) == 2:
             break
         time.sleep(0.1)
     else:
@@ -227,7 +227,7 @@ def test_sigint_stops_everything_and_keeps_work(repo: Path, isolated_env: str) -
     assert proc.returncode == 130, err
     assert "interrupted" in out
     assert processes_with_mark(isolated_env) == []
-    assert worktree_count(repo) == 1 and not list(home.glob("runs/*/wt/w*"))
+    assert worktree_count(repo) == 1 and not list(home.glob("worktrees/*/*/w*"))
     # Batch 1 was committed on its branch; the unfinished work of 2 and 3 is saved on side refs.
     saved = sh_git(repo, "for-each-ref", "--format=%(refname)", "refs/distpar/").split()
     assert any(r.endswith("/saved/2") for r in saved) and any(r.endswith("/saved/3") for r in saved)

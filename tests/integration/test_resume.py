@@ -132,7 +132,7 @@ def test_interrupted_session_is_resumed_with_its_work_restored(repo: Path, tmp_p
                             cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     home = Path(os.environ["DISTPAR_HOME"])
     deadline = time.time() + 30
-    while time.time() < deadline and not list(home.glob("runs/*/wt/w1/notes.txt")):
+    while time.time() < deadline and not list(home.glob("worktrees/*/*/w1/notes.txt")):
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130

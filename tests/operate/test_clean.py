@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from distpar import clean, gitops
+from distpar import clean, gitops, paths
 from distpar.testing import fake_batch, sh_git, write_plan
 from tests.conftest import processes_with_mark, run_distpar, wait_for
 from tests.integration.conftest import run_plan
@@ -119,7 +119,7 @@ def test_clean_sweeps_the_orphans_of_a_killed_coordinator(repo: Path, isolated_e
             if f:
                 f.close()
     assert processes_with_mark(isolated_env, wait=0)  # the agent outlived its coordinator
-    worktree = state() / "runs" / rid / "wt" / "w2"
+    worktree = paths.workspace(repo, rid, 1)  # worktrees live outside the checkout
     assert str(worktree) in [p for p, _ in gitops.worktrees(repo)]
     status = run_distpar("status", cwd=repo)
     assert re.search(rf"^{rid} +p\.md +\S+ \S+ +crashed ", status.stdout, re.M), status.stdout
