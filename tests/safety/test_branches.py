@@ -35,7 +35,7 @@ def test_agent_that_checks_out_another_branch_and_edits(repo: Path) -> None:
     assert sh_git(repo, "rev-parse", "other") == other  # ... nor written
     warning = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: batch 1:")]
     assert warning == ["warning: batch 1: the agent switched the worktree to branch other; distpar switched it "
-                       f"back to distpar/{run_id_of(res.stdout)}/s1 and kept the agent's edits"], res.stderr
+                       f"back to distpar/{run_id_of(res.stdout)}/b/1 and kept the agent's edits"], res.stderr
     assert "Traceback" not in res.stderr
 
 
@@ -71,7 +71,7 @@ def test_agent_whose_edits_on_another_branch_conflict_fails_with_them_saved(repo
     rid = run_id_of(res.stdout)
     saved = f"refs/distpar/{rid}/saved/1-elsewhere"
     assert (f"the agent switched the worktree to branch other, and its edits there conflict with "
-            f"distpar/{rid}/s1 (README.md); they are saved on {saved}") in res.stdout
+            f"distpar/{rid}/b/1 (README.md); they are saved on {saved}") in res.stdout
     assert sh_git(repo, "show", f"{saved}:README.md") == "theirs"
     assert sh_git(repo, "show", "main:README.md") == "# demo"
     assert "Traceback" not in res.stderr + res.stdout
@@ -80,12 +80,12 @@ def test_agent_whose_edits_on_another_branch_conflict_fails_with_them_saved(repo
 def test_agent_that_rewinds_the_stream_branch_fails_and_loses_nothing(repo: Path) -> None:
     plan = write_plan(repo.parent / "p.md", [
         fake_batch(1, writes={"one.txt": "1"}),
-        fake_batch(2, extra=[sh("git reset -q --hard HEAD~1 && echo two > two.txt")]),
+        fake_batch(2, extra=[sh("git reset -q --hard HEAD~1 && echo two > two.txt")], depends_on=[1]),
     ])
     res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=repo)
     assert res.returncode == 1, res.stdout + res.stderr
     rid = run_id_of(res.stdout)
-    branch = f"distpar/{rid}/s1"
+    branch = f"distpar/{rid}/b/1"
     assert "one.txt" in tree_files(repo, branch)  # batch 1's commit is still on the stream branch
     saved = f"refs/distpar/{rid}/saved/2-rewritten"
     assert f"which drops commits of this stream (git reset or --amend); distpar put the branch back, and the " \

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distpar import gitops, worker
+from distpar import gitops, names, worker
 from distpar.model import AgentConfig, BatchSpec, BatchStatus, SegmentSpec, Source
 from distpar.testing import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar, run_id_of
@@ -20,13 +20,13 @@ def run_two_streams(repo: Path, log: Path) -> tuple[str, str, str]:
     plan = write_plan(repo.parent / "p.md", [
         fake_batch(1, writes={"one.dat": "payload one"}),
         fake_batch(2, writes={"two.dat": "payload two"}),
-        fake_batch(3, writes={"three.dat": "payload three"}),
+        fake_batch(3, writes={"three.dat": "payload three"}, depends_on=[1]),
     ])
     res = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "--strategy", "round-robin",
                       cwd=repo, env={"FAKE_AGENT_LOG": str(log)})
     assert res.returncode == 1, res.stdout + res.stderr
     assert "Traceback" not in res.stdout + res.stderr and "unexpected" not in res.stderr
-    assert len(agent_calls(log)) == 2  # batches 1 and 2 ran once each; 3 (after 1 on s1) never ran
+    assert len(agent_calls(log)) == 2  # batches 1 and 2 ran once each; 3 (after 1) never ran
     return run_id_of(res.stdout), res.stdout, res.stderr
 
 
@@ -34,7 +34,7 @@ def test_failing_commit_signing(repo: Path, tmp_path: Path) -> None:
     sh_git(repo, "config", "commit.gpgsign", "true")
     sh_git(repo, "config", "gpg.program", "false")
     rid, out, _ = run_two_streams(repo, tmp_path / "calls.jsonl")
-    assert "batch 1 (s1) failed: git could not sign the commit (commit.gpgsign is set and signing failed" in out
+    assert "batch 1 (w1) failed: git could not sign the commit (commit.gpgsign is set and signing failed" in out
     assert f"the batch's work is saved on refs/distpar/{rid}/saved/1" in out
     j = journal()
     states = {b["batch_id"]: (b["state"], b["result_class"], b["attempt"]) for b in j.batches(rid)}
@@ -54,7 +54,7 @@ def test_failing_required_filter(repo: Path, tmp_path: Path) -> None:
     sh_git(repo, "config", "filter.broken.clean", "false")
     sh_git(repo, "config", "filter.broken.required", "true")
     rid, out, _ = run_two_streams(repo, tmp_path / "calls.jsonl")
-    assert "batch 1 (s1) failed: the repository's required git filter 'broken' failed" in out
+    assert "batch 1 (w1) failed: the repository's required git filter 'broken' failed" in out
     # The work is saved unfiltered (the filter cannot run): nothing is lost.
     assert sh_git(repo, "show", f"refs/distpar/{rid}/saved/1:one.dat") == "payload one"
     assert "segment_retry" not in event_kinds(rid)
@@ -62,18 +62,19 @@ def test_failing_required_filter(repo: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("batch_id", ["x.lock", "a..b"])
 def test_batch_id_git_refuses_in_a_ref_name(repo: Path, tmp_path: Path, batch_id: str) -> None:
-    """A failed batch's work goes on refs/distpar/<run>/saved/<id>; an id git refuses there is hashed instead.
-    (The plan refuses such ids up front; the worker must still never lose work over one.)"""
+    """A failed batch's work goes on refs/distpar/<run>/saved/<key>: ``names.key`` makes any id one git takes
+    (the plan refuses ids that cannot be keys up front; the worker must still never lose work over one)."""
     ws = tmp_path / "ws"
     base = gitops.rev(repo, "main")
     prompt = '@fake write work.txt "unfinished"\n@fake fail 3 boom'
-    spec = SegmentSpec("run1", 0, 0, "distpar/run1/s1", base,
+    spec = SegmentSpec("run1", 0, 0, "distpar/run1/b/1", base,
                        (BatchSpec(batch_id, "b", prompt, AgentConfig(preset="fake"), 60.0),),
                        Source("worktree", str(repo)), str(ws), str(tmp_path / "logs"), stagger=0.0)
     result = worker.run_segment(spec, threading.Event())
     (r,) = result.results
     assert r.status is BatchStatus.FAILED and r.tries == 1
-    assert result.saved_ref and result.saved_ref.startswith("refs/distpar/run1/saved/id-")
+    assert result.saved_ref and result.saved_ref.startswith(f"refs/distpar/run1/saved/{names.key(batch_id)}")
+    assert batch_id not in result.saved_ref
     assert sh_git(repo, "show", f"{result.saved_ref}:work.txt") == "unfinished"
     assert result.head == base
     gitops.worktree_remove(repo, ws)

@@ -4,6 +4,7 @@ batch; ``--sandbox`` (bubblewrap) confines an agent's writes to its worktree and
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -83,11 +84,11 @@ def test_sandbox_confines_writes_to_the_worktree(repo: Path, tmp_path: Path, iso
         assert not outside.exists() and not in_tmp.exists()
     finally:
         outside.unlink(missing_ok=True)
-    assert "Read-only file system" in res.stdout.split("batch 3 (s3) failed:")[1]  # its log tail
+    assert "Read-only file system" in re.split(r"batch 3 \(w\d\) failed:", res.stdout)[1]  # its log tail
     assert (allowed / "a.txt").read_text() == "ok\n"
     rid = run_id_of(res.stdout)
-    assert "in.txt" in tree_files(repo, f"distpar/{rid}/s1")
-    assert sh_git(repo, "log", "-1", "--format=%s", f"distpar/{rid}/s1~1") == "agent commits in the sandbox"
+    assert "in.txt" in tree_files(repo, f"distpar/{rid}/b/1")
+    assert sh_git(repo, "log", "-1", "--format=%s", f"distpar/{rid}/b/1~1") == "agent commits in the sandbox"
 
 
 @needs_bwrap

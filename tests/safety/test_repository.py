@@ -55,7 +55,7 @@ def test_edits_inside_a_submodule_fail_the_batch_with_the_files_saved(super_repo
     assert res.returncode == 1, res.stdout + res.stderr
     rid = run_id_of(res.stdout)
     archive = Path(res.stdout.split("those files are saved in ")[1].split()[0])
-    assert "batch 1 (s1) failed: the agent edited files inside submodule(s) lib, which distpar does not commit: " \
+    assert "batch 1 (w1) failed: the agent edited files inside submodule(s) lib, which distpar does not commit: " \
            "those files are saved in" in res.stdout
     with tarfile.open(archive) as tar:
         member = tar.extractfile("lib/new.txt")
@@ -93,11 +93,11 @@ def test_with_hooks_a_failing_pre_commit_hook_fails_the_batch(repo: Path, tmp_pa
     res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", "--hooks", cwd=repo)
     assert res.returncode == 1, res.stdout + res.stderr
     rid = run_id_of(res.stdout)
-    assert ("batch 2 (s1) failed: git commit was refused (a pre-commit or commit-msg hook, or the repository's "
+    assert ("batch 2 (w1) failed: git commit was refused (a pre-commit or commit-msg hook, or the repository's "
             "settings): bad.txt is not allowed") in res.stdout
     assert marker.read_text().split() == ["pre-commit", "commit-msg", "pre-commit"]
     assert sh_git(repo, "show", f"refs/distpar/{rid}/saved/2:bad.txt") == "b"
-    assert "good.txt" in tree_files(repo, f"distpar/{rid}/s1")
+    assert "good.txt" in tree_files(repo, f"distpar/{rid}/b/1")
 
 
 def conflicting(repo: Path, *args: str) -> bool:
