@@ -20,12 +20,23 @@ pytestmark = [pytest.mark.ssh, pytest.mark.timeout(180)]
 
 
 def serve_workers(server: SSHServer) -> set[int]:
-    return {pid for pid, args in remote_processes(server.home) if "distpar.worker --serve" in args}
+    """The persistent workers on the host: ``distpar.worker --serve`` processes whose parent is a supervisor
+    (not the worker's own children in the moment between fork and exec, which share its command line)."""
+    procs = dict(remote_processes(server.home))
+    return {pid for pid, args in procs.items() if "distpar.worker --serve" in args
+            and "distpar.supervisor serve" in procs.get(_ppid(pid), "")}
 
 
-def run_id_on(server: SSHServer) -> str:
-    """The id of the run whose directory is on the host (``<run id>-<host label>``)."""
-    (run_dir,) = list(server.runs_dir.iterdir())
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def run_id_on(server: SSHServer, before: set[Path]) -> str:
+    """The id of the run whose directory (``<run id>-<host label>``) appeared on the host since ``before``."""
+    (run_dir,) = set(server.runs_dir.iterdir()) - before
     return "-".join(run_dir.name.split("-")[:3])
 
 
@@ -62,7 +73,7 @@ def test_one_worker_process_keeps_its_workspace_across_units(two_hosts: tuple[SS
     assert "cache/units.txt" not in tree_files(repo)
     info = run_status(repo, run_id_of(stdout))
     assert {b["state"] for b in info["batches"]} == {"ok"}
-    assert not list(h1.runs_dir.iterdir())  # the run directory is removed at the end
+    assert not list(h1.runs_dir.glob(run_id_of(stdout) + "*"))  # the run directory is removed at the end
 
 
 def test_unit_started_reaches_the_journal_while_the_agent_runs(two_hosts: tuple[SSHServer, SSHServer],
@@ -73,9 +84,10 @@ def test_unit_started_reaches_the_journal_while_the_agent_runs(two_hosts: tuple[
     trust(h1)
     plan = write_plan(tmp_path / "plan.md", [fake_batch(1, writes={"one.txt": "1\n"}, sleep=6)])
     hosts = inventory(tmp_path / "hosts.toml", ssh_env.client_key, [(h1, 1)])
+    before = set(h1.runs_dir.iterdir()) if h1.runs_dir.exists() else set()
     proc = start_run(repo, plan, "--backend", "ssh", "--hosts-file", str(hosts), *FAKE)
     wait_for(lambda: agents_on(h1), what="the agent on the host")
-    run_id = run_id_on(h1)
+    run_id = run_id_on(h1, before)
 
     def running_on_host() -> dict[str, Any] | None:
         (batch,) = run_status(repo, run_id)["batches"]
