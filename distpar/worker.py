@@ -9,6 +9,7 @@ events and results out; see ``serve``). ``python -m distpar.worker SPEC.json`` r
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -423,8 +424,10 @@ def serve() -> int:
     """``python -m distpar.worker --serve``: run units one after another, for the whole run, keeping the
     workspaces on disk between them. Stdin: JSON lines, ``{"op": "unit", "spec": {...}}`` (queued, run in
     order) or ``{"op": "cancel"}`` (the running unit stops, its agents' work is saved; later units end at
-    once as interrupted). Stdout: JSON lines as things happen: ``{"event": KIND, "data": {...}}``, then
-    ``{"result": {...}}`` or ``{"error": "..."}`` per unit. End of stdin or SIGTERM: like cancel, then exit."""
+    once as interrupted), ``{"op": "drop", "paths": [...]}`` (result bundles that arrived: removed). Stdout:
+    JSON lines as things happen: ``{"event": KIND, "data": {...}}``, then per unit ``{"result": {...}, "files":
+    {path: base64}}`` (its logs and result bundle) or ``{"error": "..."}``. End of stdin or SIGTERM: like
+    cancel, then exit."""
     from distpar.supervisor import read_lines
 
     lock = threading.Lock()
@@ -451,6 +454,10 @@ def serve() -> int:
                 msg = json.loads(line)
                 if msg.get("op") == "cancel":
                     cancel.set()
+                elif msg.get("op") == "drop":  # a result bundle the coordinator has a copy of now
+                    for path in msg["paths"]:
+                        if str(path).endswith(".bundle"):
+                            Path(path).unlink(missing_ok=True)
                 elif msg.get("op") == "unit":
                     units.put(SegmentSpec.from_dict(msg["spec"]))
                 else:
@@ -471,7 +478,10 @@ def serve() -> int:
             tb = traceback.format_exc(limit=4)
             send({"error": mask(f"{type(exc).__name__}: {exc}\n{tb}", item.env)})
             continue
-        send({"result": result.to_dict()})
+        # The unit's logs and result bundle travel with the result: no extra round trip, no SFTP needed.
+        files = [*Path(item.log_dir).iterdir(), *([Path(result.bundle)] if result.bundle else [])]
+        send({"result": result.to_dict(),
+              "files": {str(f): base64.b64encode(f.read_bytes()).decode() for f in files if f.is_file()}})
     return 0
 
 

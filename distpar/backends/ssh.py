@@ -2,21 +2,22 @@
 
 distpar ships itself: ``start()`` zips the ``distpar`` package once per run, uploads it into a per-run
 directory on every host and unpacks it there. Each worker slot then gets ONE long-lived channel for the whole
-run (opened on first use): ``distpar.supervisor serve`` (the remote half: own session, pid file, stops
+run (opened as soon as the hosts are ready): ``distpar.supervisor serve`` (the remote half: own session, pid file, stops
 everything when the channel closes) running ``distpar.worker --serve``, fed unit specs one by one as JSON lines
 on its stdin (they hold the forwarded secrets: never on a command line or a disk) and answering with JSON lines
 as things happen (``unit_started`` and the other events reach ``ctx.events`` at once, then the unit's
-result). The worker's workspace (``wt/w<k>``) stays on the host between its units, and bundles the workspace
-already fetched are not fetched again.
+result, which carries the unit's logs and result bundle). The worker's workspace (``wt/w<k>``) stays on the
+host between its units; once it has the run's start bundle, it is sent only the increments.
 
 Everything goes through fabric's ``Connection``: ``run(..., asynchronous=True, in_stream=..., out_stream=...)``
-for the channel, ``run(...)`` and its ``Result`` for short commands, ``put``/``get`` (SFTP) for bundles. A host
-without an SFTP subsystem works too: files then travel over exec channels (base64 through ``run``'s
-``in_stream`` and stdout). Logs always come back in one exec round trip (SFTP would need one per file).
+for the channel, ``run(...)`` and its ``Result`` for short commands, ``put`` (SFTP) for bundles going out. A host
+without an SFTP subsystem works too: files then go out over an exec channel (base64 lines on ``run``'s
+``in_stream``); nothing comes back over SFTP in any case.
 
-One SSH connection per slot. Workers are spread over the hosts' slots; a host that fails is marked down, the
-unit it ran fails with a BackendError (the executor runs it again), and that worker's next units go to a slot of
-a live host (its workspace is made anew there).
+One SSH connection per slot, opened with the slot's worker as soon as the hosts are ready. Workers are spread
+over the hosts' slots; a host that fails is marked down, the unit it ran fails with a BackendError (the
+executor runs it again), and that worker's next units go to a slot of a live host (its workspace is made anew
+there). When fewer slots are left than workers, workers share slots (their units wait for one).
 """
 
 from __future__ import annotations
@@ -58,19 +59,13 @@ LINK_WAIT = 2.0  # paramiko closes the channels just before it marks a dead link
 MIN_PYTHON = (3, 10)
 POLL = 0.05
 CHUNK = 3 * 256 * 1024  # bytes per base64 line when a file goes over an exec channel
+_CONFIG_LOCK = threading.Lock()
 _UNPACK = ("import compileall, os, zipfile; zipfile.ZipFile('distpar.zip').extractall('lib'); "
            "os.remove('distpar.zip'); compileall.compile_dir('lib', quiet=1)")
-# Without SFTP: a file arrives as base64 lines on stdin; files (and directories' files) leave as one JSON object.
+# Without SFTP: a file arrives as base64 lines on stdin.
 _RECEIVE = ("import base64, os, sys; p = sys.argv[1]; f = open(p + '.part', 'wb')\n"
             "for line in sys.stdin.buffer: f.write(base64.b64decode(line))\n"
             "f.close(); os.replace(p + '.part', p)")
-_SEND = ("import base64, json, os, sys; out = {}\n"
-         "for p in sys.argv[1:]:\n"
-         "    names = [os.path.join(p, n) for n in sorted(os.listdir(p))] if os.path.isdir(p) else [p]\n"
-         "    for n in names:\n"
-         "        if os.path.isfile(n):\n"
-         "            with open(n, 'rb') as f: out[n] = base64.b64encode(f.read()).decode()\n"
-         "print(json.dumps(out))")
 
 
 class _HostDown(Exception):
@@ -110,6 +105,7 @@ class _Slot:
         self.channel: _Channel | None = None
         self.busy = False
         self.opened = 0  # channels opened so far: each gets its own tag (pid file, process mark)
+        self.setup = threading.Lock()  # connecting and starting the worker: once at a time
 
 
 class _Feed:
@@ -184,6 +180,7 @@ class _Channel:
         self.promise = conn.run("/bin/sh -c " + shlex.quote(cmd), asynchronous=True, in_stream=self.feed,
                                 out_stream=_Lines(self._line), err_stream=self.err, warn=True, pty=False,
                                 encoding="utf-8")
+        self._kept: list[str] = self.promise.runner.stdout  # invoke keeps a command's whole output: see _line
         threading.Thread(target=self._wait, daemon=True, name=f"distpar-ssh-{host.label}-{tag}").start()
 
     def send(self, line: str) -> None:
@@ -194,6 +191,10 @@ class _Channel:
         self.feed.close()
 
     def _line(self, line: str) -> None:
+        # Called from invoke's reader thread, which appends what it read to its buffer right after: for a
+        # channel that lives as long as the run (and carries bundles), that buffer is dropped as it is read.
+        with contextlib.suppress(AttributeError):
+            self._kept.clear()
         try:
             msg = json.loads(line)
         except ValueError:
@@ -238,6 +239,7 @@ class SSHBackend(Backend):
         self._fetched: dict[tuple[str, int], set[str]] = {}  # (host, worker) -> bundles its workspace has
         self._zip: Path | None = None
         self._config: Any = None
+        self._warming: list[threading.Thread] = []
 
     # --- paths the executor puts in specs: relative to the host's run directory, resolved once a host is chosen
 
@@ -275,6 +277,11 @@ class SSHBackend(Backend):
         ready = [h for h in self.hosts if h.healthy]
         order = [h.slots[i] for i in range(max(len(h.slots) for h in ready)) for h in ready if i < len(h.slots)]
         self._home = {w: order[w % len(order)] for w in range(max(1, ctx.workers))}
+        # The workers' connections and processes start now, while the executor prepares the first units.
+        for slot in dict.fromkeys(self._home.values()):
+            t = threading.Thread(target=self._warm, args=(slot,), daemon=True, name="distpar-ssh-warm")
+            t.start()
+            self._warming.append(t)
         log.debug("ssh: %d host(s) ready in %.2fs", len(ready), time.time() - t0)
         self._pool = ThreadPoolExecutor(max_workers=max(1, ctx.workers), thread_name_prefix="distpar-ssh")
 
@@ -299,6 +306,8 @@ class SSHBackend(Backend):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        for t in self._warming:
+            t.join(CONNECT_TIMEOUT)
         if self.hosts:
             with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
                 list(pool.map(self._cleanup_host, self.hosts))
@@ -314,7 +323,8 @@ class SSHBackend(Backend):
         key = s.key or self.identity
         # Always a fresh, non-empty dict: fabric otherwise adopts (and mutates) the shared config's dict.
         kwargs: dict[str, Any] = {"key_filename": [str(key)]} if key else {"look_for_keys": True}
-        conn = Connection(s.host, user=s.user, port=s.port, config=self._config, connect_kwargs=kwargs)
+        with _CONFIG_LOCK:  # fabric's configs are not thread-safe: each connection gets its own copy
+            conn = Connection(s.host, user=s.user, port=s.port, config=self._config.clone(), connect_kwargs=kwargs)
         conn.client.set_missing_host_key_policy(_host_key_policy(self.accept_unknown_hosts, host))
         for path in _known_hosts_files(conn.ssh_config):
             with contextlib.suppress(OSError, ValueError):
@@ -393,18 +403,18 @@ class SSHBackend(Backend):
                 conn.close()
             return
         rd = shlex.quote(host.run_dir)
-        # A fallback, for a supervisor that was itself killed: stop whatever this run left on the host.
-        script = f"{_reap_command(host.run_dir)}; ls {rd}/wt/*.bundle 2>/dev/null"
+        # A fallback, for a supervisor that was itself killed: stop whatever this run left on the host. Then
+        # remove the run directory, unless result bundles are still there (work that did not come back).
+        keep = f"ls {rd}/wt/*.bundle" if host.unreturned else \
+            f"if ls {rd}/wt/*.bundle >/dev/null 2>&1; then ls {rd}/wt/*.bundle; else rm -rf {rd}; fi"
         try:
             if not conn.is_connected or not conn.transport.is_active():
                 raise _HostDown(host.error or "connection lost")
-            _, out, _ = _exec(conn, script)
+            _, out, _ = _exec(conn, f"{_reap_command(host.run_dir)}; {keep} 2>/dev/null")
             leftover = [line for line in out.splitlines() if line.endswith(".bundle")]
             if host.unreturned or leftover:
                 log.warning("host %s: kept %s: it holds work that did not come back (%s)", host.label,
                             host.run_dir, ", ".join(sorted(host.unreturned)) or f"{len(leftover)} bundle(s)")
-            else:
-                _exec(conn, f"rm -rf {rd}")
         except Exception as exc:  # paramiko raises many kinds; cleanup must go on with the other hosts
             log.warning("host %s: could not clean up %s: %s", host.label, host.run_dir, exc)
         finally:
@@ -462,9 +472,7 @@ class SSHBackend(Backend):
         host = slot.host
         tag = f"w{spec.stream + 1}-{spec.segment}-{spec.attempt}"
         try:
-            if slot.conn is None or not slot.conn.is_connected or not slot.conn.transport.is_active():
-                slot.channel = None
-                slot.conn = self._connect(host)
+            self._ready(slot)
             return self._run_on(slot, spec, tag)
         except _HostDown as exc:
             self._mark_down(host, str(exc))
@@ -503,9 +511,10 @@ class SSHBackend(Backend):
             raise BackendError(f"host {host.label}: the worker failed: {detail}")
         try:
             result = SegmentResult.from_dict(reply["result"])
+            files = dict(reply.get("files") or {})
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"host {host.label}: the worker sent a result distpar cannot read: {exc}") from None
-        result = self._bring_back(slot, rspec, result)
+        result = self._bring_back(slot, rspec, result, files)
         host.unreturned.discard(tag)
         self._fetched.setdefault((host.label, spec.stream), set()).update(shipped)
         agents_time = sum(r.duration for r in result.results)
@@ -538,13 +547,24 @@ class SSHBackend(Backend):
                 host.uploads[key] = remote
             return host.uploads[key]
 
-    def _channel(self, slot: _Slot) -> _Channel:
-        """The slot's worker, started on first use (or after the last one died)."""
-        if slot.channel is None or slot.channel.ended.is_set():
-            slot.opened += 1
-            slot.channel = _Channel(slot.conn, slot.host, f"s{slot.index + 1}-{slot.opened}", self._event,
-                                    self._channel_ended)
-        return slot.channel
+    def _ready(self, slot: _Slot) -> _Channel:
+        """The slot's connection and worker, made on first use (or after the last ones died)."""
+        with slot.setup:
+            if slot.conn is None or not slot.conn.is_connected or not slot.conn.transport.is_active():
+                slot.channel = None
+                slot.conn = self._connect(slot.host)
+            if slot.channel is None or slot.channel.ended.is_set():
+                slot.opened += 1
+                slot.channel = _Channel(slot.conn, slot.host, f"s{slot.index + 1}-{slot.opened}", self._event,
+                                        self._channel_ended)
+            return slot.channel
+
+    def _warm(self, slot: _Slot) -> None:
+        try:
+            if not self._closing.is_set():
+                self._ready(slot)
+        except Exception as exc:  # the slot's first unit tries again and reports what is wrong
+            log.debug("host %s: slot %d could not start early: %s", slot.host.label, slot.index + 1, exc)
 
     def _event(self, kind: str, data: dict[str, Any]) -> None:
         events = self._ctx.events if self._ctx else None
@@ -565,7 +585,7 @@ class SSHBackend(Backend):
 
     def _call(self, slot: _Slot, spec: SegmentSpec) -> dict[str, Any]:
         """Hand one unit to the slot's worker; its events go to ctx.events as they come; returns its reply."""
-        chan = self._channel(slot)
+        chan = self._ready(slot)
         chan.send(json.dumps({"op": "unit", "spec": spec.to_dict()}))  # secrets travel only in the channel
         cancelled_at: float | None = None
         killed = False
@@ -598,31 +618,29 @@ class SSHBackend(Backend):
         detail = chan.err.text.strip()[-1500:] or "no output"
         return BackendError(f"host {slot.host.label}: the worker failed ({how}): {detail}")
 
-    def _bring_back(self, slot: _Slot, spec: SegmentSpec, result: SegmentResult) -> SegmentResult:
-        """Download the result bundle and the unit's logs (secrets masked); point the result at the copies."""
+    def _bring_back(self, slot: _Slot, spec: SegmentSpec, result: SegmentResult,
+                    files: dict[str, str]) -> SegmentResult:
+        """Write the result bundle and the unit's logs (secrets masked) that came with the result; point the
+        result at the copies; tell the worker it may drop its bundle."""
         assert self._ctx is not None
-        host, conn = slot.host, slot.conn
+        host = slot.host
         bundles, logs = self._ctx.run_dir / "bundles", self._ctx.run_dir / "logs"
         bundles.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
-        wanted = [spec.log_dir] + ([result.bundle] if result.bundle and not host.sftp else [])
-        files = _read_remote(conn, wanted)
         bundle = None
         if result.bundle:
+            if result.bundle not in files:
+                raise BackendError(f"host {host.label}: the result bundle {result.bundle} did not come back")
             local = bundles / f"{safe_name(host.label)}-{Path(result.bundle).name}"
             part = Path(str(local) + ".part")
-            if host.sftp:
-                conn.get(result.bundle, str(part))
-            elif result.bundle in files:
-                part.write_bytes(files.pop(result.bundle))
-            else:
-                raise BackendError(f"host {host.label}: the result bundle {result.bundle} is not there")
+            part.write_bytes(base64.b64decode(files.pop(result.bundle)))
             os.replace(part, local)
-            _exec(conn, f"rm -f {shlex.quote(result.bundle)}")
             bundle = str(local)
+            if slot.channel is not None:
+                slot.channel.send(json.dumps({"op": "drop", "paths": [result.bundle]}))
         for path, data in sorted(files.items()):
             name = Path(path).name
-            text = _mask(data.decode("utf-8", "replace"), spec.env)
+            text = _mask(base64.b64decode(data).decode("utf-8", "replace"), spec.env)
             mode = "w" if name.endswith(".prompt.md") else "a"  # logs of earlier attempts stay
             with (logs / name).open(mode) as f:
                 f.write(text)
@@ -717,14 +735,6 @@ def _put(host: _Host, conn: Any, local: str, remote: str) -> None:
     if code != 0:
         raise BackendError(f"host {host.label}: cannot upload {Path(local).name} to {remote} "
                            f"(no SFTP, over the exec channel): {err.strip()[-300:] or f'exit code {code}'}")
-
-
-def _read_remote(conn: Any, paths: list[str]) -> dict[str, bytes]:
-    """The files at ``paths`` (a directory: the files in it), in one round trip; missing ones are left out."""
-    code, out, err = _exec(conn, f"python3 -c {shlex.quote(_SEND)} {' '.join(shlex.quote(p) for p in paths)}")
-    if code != 0:
-        raise OSError(f"cannot read {', '.join(paths)}: {err.strip()[-300:] or f'exit code {code}'}")
-    return {k: base64.b64decode(v) for k, v in json.loads(out).items()}
 
 
 def _probe(conn: Any, exes: set[str]) -> dict[str, str]:
