@@ -296,6 +296,7 @@ class SSHBackend(Backend):
         self._cancel.set()
 
     def close(self) -> None:
+        t0 = time.time()
         self._cancel.set()
         self._closing.set()
         with self._cond:
@@ -313,6 +314,7 @@ class SSHBackend(Backend):
                 list(pool.map(self._cleanup_host, self.hosts))
         if self._zip is not None:
             self._zip.unlink(missing_ok=True)
+        log.debug("ssh: hosts cleaned up in %.2fs", time.time() - t0)
 
     # --- hosts -----------------------------------------------------------------------------------------
 
