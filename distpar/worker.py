@@ -478,8 +478,10 @@ def serve() -> int:
             tb = traceback.format_exc(limit=4)
             send({"error": mask(f"{type(exc).__name__}: {exc}\n{tb}", item.env)})
             continue
-        # The unit's logs and result bundle travel with the result: no extra round trip, no SFTP needed.
-        files = [*Path(item.log_dir).iterdir(), *([Path(result.bundle)] if result.bundle else [])]
+        # The unit's logs and result bundle travel with the result: no extra round trip, no SFTP needed (not
+        # the copy of the plan run_segment leaves there: the coordinator has it).
+        files = [*(f for f in Path(item.log_dir).iterdir() if f.name != "plan.md"),
+                 *([Path(result.bundle)] if result.bundle else [])]
         send({"result": result.to_dict(),
               "files": {str(f): base64.b64encode(f.read_bytes()).decode() for f in files if f.is_file()}})
     return 0
