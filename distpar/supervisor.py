@@ -1,15 +1,17 @@
-"""The remote half of the SSH backend: runs one worker on a host under a watchdog, so that nothing is left
-running there whatever happens to the coordinator or the connection.
+"""The remote half of the SSH backend: one long-lived worker per slot on a host, under a watchdog, so that
+nothing is left running there whatever happens to the coordinator or the connection.
 
-    PYTHONPATH=<unpacked distpar> python3 -m distpar.supervisor supervise TAG   (in the host's run directory)
+    PYTHONPATH=<unpacked distpar> python3 -m distpar.supervisor serve TAG   (in the host's run directory)
 
-Stdin: the segment spec as one JSON line (the forwarded secrets travel only there), then commands:
-``cancel`` sends the worker SIGTERM (it stops its agents, saves their work and returns its result), ``kill``
-stops it and SIGKILLs everything it started after a grace period; the end of stdin (the coordinator died, the
-connection dropped, the channel was closed) does the same, with a longer grace so the work is saved on the
-host. Stdout: the worker's result. The worker runs in its own session; its pid is kept in ``proc/TAG.pid``.
+starts ``python3 -m distpar.worker --serve`` in its own session (its pid in ``proc/TAG.pid``) and relays: the
+channel's stdin goes to the worker line by line (JSON unit specs, which hold the forwarded secrets, and
+``{"op": "cancel"}``), the worker's stdout (JSON events and results, as they happen) goes back on the channel.
+Two things the supervisor does itself: a ``kill`` line stops the worker and SIGKILLs everything it started after
+a grace period; the end of stdin (the coordinator died, the connection dropped, the channel was closed) closes
+the worker's input (it stops its agents and saves their work on the host) and kills what is left after a longer
+grace.
 
-``python3 -m distpar.supervisor reap RUN_DIR [TAG]`` SIGKILLs what a run (or one segment) left on the host,
+``python3 -m distpar.supervisor reap RUN_DIR [TAG]`` SIGKILLs what a run (or one channel) left on the host,
 for when a supervisor was itself killed. Standard library only: this is what runs on every host.
 """
 
@@ -25,67 +27,66 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-RUN_VAR = "DISTPAR_SSH_SEGMENT"  # RUN_DIR:TAG, in the environment of every process a segment starts on a host
+RUN_VAR = "DISTPAR_SSH_SEGMENT"  # RUN_DIR:TAG, in the environment of every process a channel starts on a host
 KILL_GRACE = 5.0  # SIGTERM -> SIGKILL of everything the worker started
 ORPHAN_GRACE = 10.0  # the channel closed under us: let the worker save its agents' work, then kill
-STARTUP = 1.0  # a worker younger than this gets its SIGTERM a little later (its handlers are not set yet)
+RELAY_WAIT = 5.0  # after the worker exits: how long its last output may take to reach the channel
 
 
-def supervise(tag: str) -> int:
-    """Run one worker under a watchdog (on the host, in the run directory). Stdin: the spec JSON on one line,
-    then commands (``cancel``, ``kill``); end of input means the coordinator is gone. Stdout: the result."""
-    lines = _lines(0)  # raw reads: a thread blocked in sys.stdin would abort the interpreter at exit
-    spec = next(lines, b"")
-    if not spec.strip():
-        print("distpar supervisor: no spec on stdin", file=sys.stderr)
-        return 2
+def serve(tag: str) -> int:
+    """Run one persistent worker under a watchdog (on the host, in the run directory)."""
     proc_dir = Path("proc")
     proc_dir.mkdir(exist_ok=True)
     pid_file, err_path = proc_dir / f"{tag}.pid", proc_dir / f"{tag}.err"
     with open(err_path, "wb") as err:
-        worker = subprocess.Popen([sys.executable, "-m", "distpar.worker", "/dev/stdin"], stdin=subprocess.PIPE,
+        worker = subprocess.Popen([sys.executable, "-m", "distpar.worker", "--serve"], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=err, start_new_session=True, close_fds=True)
-    started = time.time()
     pid_file.write_text(f"{worker.pid}\n")
     assert worker.stdin is not None and worker.stdout is not None
-    with contextlib.suppress(BrokenPipeError):
-        worker.stdin.write(spec + b"\n")
-        worker.stdin.close()
-    del spec
+    to_worker, from_worker = worker.stdin.fileno(), worker.stdout.fileno()
 
     def stop(grace: float) -> None:
         threading.Thread(target=_terminate, args=(worker, grace), daemon=True).start()
 
-    def watch() -> None:
-        for line in lines:
-            if line.strip() == b"cancel":
-                # A worker that has not yet installed its handlers would die of SIGTERM, result and all.
-                time.sleep(max(0.0, started + STARTUP - time.time()))
-                _signal(worker.pid, signal.SIGTERM, group=False)
-            elif line.strip() == b"kill":
+    def feed() -> None:
+        for line in read_lines(0):  # raw reads: a thread blocked in sys.stdin would abort the interpreter at exit
+            if line.strip() == b"kill":
                 stop(KILL_GRACE)
+                continue
+            with contextlib.suppress(OSError):
+                os.write(to_worker, line + b"\n")
+        with contextlib.suppress(OSError):
+            worker.stdin.close()  # type: ignore[union-attr]  # the worker stops its unit and saves its work
         stop(ORPHAN_GRACE)
 
-    threading.Thread(target=watch, daemon=True).start()
+    def relay() -> None:
+        lost = False
+        while chunk := _read(from_worker):
+            if not lost:
+                try:
+                    os.write(1, chunk)
+                except OSError:  # the channel is gone: keep draining so the worker never blocks on its output
+                    lost = True
+
+    threading.Thread(target=feed, daemon=True).start()
+    out = threading.Thread(target=relay, daemon=True)
+    out.start()
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, lambda *_: stop(KILL_GRACE))
-    out = worker.stdout.read()
     code = worker.wait()
+    out.join(RELAY_WAIT)
     _signal(worker.pid, signal.SIGKILL)  # whatever the worker left in its group
     pid_file.unlink(missing_ok=True)
     code = code if code >= 0 else 128 - code
-    try:
-        os.write(1, out)
-        if code not in (0, 130):
+    if code not in (0, 130):
+        with contextlib.suppress(OSError):
             os.write(2, err_path.read_bytes()[-4000:])
-    except OSError:  # the channel is gone: the work stays in the run directory
-        code = code or 1
-    os._exit(code)  # not a normal exit: the watch thread may still sit in a read
+    os._exit(code)  # not a normal exit: the feed thread may still sit in a read
 
 
 def reap(run_dir: str, tag: str = "") -> int:
-    """``python3 -m distpar.backends.ssh reap RUN_DIR [TAG]``: SIGKILL every process of this run (or of one
-    segment) still on the host: the recorded workers' groups and, on Linux, whatever carries the segment's
+    """``python3 -m distpar.supervisor reap RUN_DIR [TAG]``: SIGKILL every process of this run (or of one
+    channel) still on the host: the recorded workers' groups and, on Linux, whatever carries the channel's
     mark in its environment. For when a supervisor could not do it itself."""
     for pid_file in Path(run_dir, "proc").glob(f"{tag or '*'}.pid"):
         with contextlib.suppress(OSError, ValueError):
@@ -106,13 +107,11 @@ def reap(run_dir: str, tag: str = "") -> int:
     return 0
 
 
-def _lines(fd: int) -> Iterator[bytes]:
+def read_lines(fd: int) -> Iterator[bytes]:
+    """The lines of a file descriptor, read raw (without sys.stdin's buffer and its lock); ends at EOF."""
     buf = b""
     while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            chunk = b""
+        chunk = _read(fd)
         if not chunk:
             if buf:
                 yield buf
@@ -121,6 +120,13 @@ def _lines(fd: int) -> Iterator[bytes]:
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             yield line
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
 
 
 def _terminate(worker: subprocess.Popen[bytes], grace: float) -> None:
@@ -177,9 +183,9 @@ def _signal(pid: int, sig: int, group: bool = True) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "supervise":
-        sys.exit(supervise(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == "serve":
+        sys.exit(serve(sys.argv[2]))
     if sys.argv[1:2] == ["reap"] and len(sys.argv) in (3, 4):
         sys.exit(reap(*sys.argv[2:]))
-    print("usage: python3 -m distpar.supervisor supervise TAG | reap RUN_DIR [TAG]", file=sys.stderr)
+    print("usage: python3 -m distpar.supervisor serve TAG | reap RUN_DIR [TAG]", file=sys.stderr)
     sys.exit(2)

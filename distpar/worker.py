@@ -3,13 +3,16 @@
 ``run_segment(spec)`` gets the code (a worktree of a local repository, a bundle, or a git remote), puts the
 stream's branch at ``spec.base``, runs the agent for each batch, commits after every batch, and returns a
 ``SegmentResult``. Local threads call it directly, Ray tasks call it on their node, and SSH hosts run
-``python -m distpar.worker SPEC.json`` (the spec on a file, the result as JSON on stdout).
+``python -m distpar.worker --serve`` (one process per slot for the whole run: JSON-line unit specs in, JSON-line
+events and results out; see ``serve``). ``python -m distpar.worker SPEC.json`` runs one segment from a file.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import queue
 import random
 import re
 import shutil
@@ -19,6 +22,7 @@ import sys
 import tarfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -594,11 +598,81 @@ def _return_bundle(spec: SegmentSpec, ws: Path, head: str, saved_ref: str | None
     return str(path) if gitops.bundle_create(ws, path, revs) else None
 
 
+def serve() -> int:
+    """``python -m distpar.worker --serve``: run units one after another, for the whole run, keeping the
+    workspaces on disk between them. Stdin: JSON lines, ``{"op": "unit", "spec": {...}}`` (queued, run in
+    order) or ``{"op": "cancel"}`` (the running unit stops, its agents' work is saved; later units end at
+    once as interrupted), ``{"op": "drop", "paths": [...]}`` (result bundles that arrived: removed). Stdout:
+    JSON lines as things happen: ``{"event": KIND, "data": {...}}``, then per unit ``{"result": {...}, "files":
+    {path: base64}}`` (its logs and result bundle) or ``{"error": "..."}``. End of stdin or SIGTERM: like
+    cancel, then exit."""
+    from distpar.supervisor import read_lines
+
+    lock = threading.Lock()
+
+    def send(obj: dict[str, Any]) -> None:
+        data = (json.dumps(obj) + "\n").encode()
+        with lock:
+            try:
+                while data:
+                    data = data[os.write(1, data):]
+            except OSError:  # nobody reads any more: the work stays in the workspace (and its bundle)
+                pass
+
+    cancel = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: cancel.set())
+    units: queue.SimpleQueue[SegmentSpec | str | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        for line in read_lines(0):
+            if not line.strip():
+                continue
+            try:
+                msg = json.loads(line)
+                if msg.get("op") == "cancel":
+                    cancel.set()
+                elif msg.get("op") == "drop":  # a result bundle the coordinator has a copy of now
+                    for path in msg["paths"]:
+                        if str(path).endswith(".bundle"):
+                            Path(path).unlink(missing_ok=True)
+                elif msg.get("op") == "unit":
+                    units.put(SegmentSpec.from_dict(msg["spec"]))
+                else:
+                    units.put(f"unknown op {msg.get('op')!r}")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                units.put(f"bad input line: {type(exc).__name__}: {exc}")
+        cancel.set()
+        units.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while (item := units.get()) is not None:
+        if isinstance(item, str):
+            send({"error": item})
+            continue
+        try:
+            result = run_segment(item, cancel, lambda kind, data: send({"event": kind, "data": data}))
+        except Exception as exc:  # git or the disk failed under this unit: report it, stay up for the next one
+            tb = traceback.format_exc(limit=4)
+            send({"error": mask(f"{type(exc).__name__}: {exc}\n{tb}", item.env)})
+            continue
+        # The unit's logs and result bundle travel with the result: no extra round trip, no SFTP needed (not
+        # the copy of the plan run_segment leaves there: the coordinator has it).
+        files = [*(f for f in Path(item.log_dir).iterdir() if f.name != "plan.md"),
+                 *([Path(result.bundle)] if result.bundle else [])]
+        send({"result": result.to_dict(),
+              "files": {str(f): base64.b64encode(f.read_bytes()).decode() for f in files if f.is_file()}})
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m distpar.worker SPEC.json``: run one segment, print its result as JSON on stdout."""
+    """``python -m distpar.worker SPEC.json``: run one segment, print its result as JSON on stdout;
+    ``python -m distpar.worker --serve``: see ``serve``."""
     args = sys.argv[1:] if argv is None else argv
+    if args == ["--serve"]:
+        return serve()
     if len(args) != 1:
-        print("usage: python -m distpar.worker SPEC.json", file=sys.stderr)
+        print("usage: python -m distpar.worker SPEC.json | --serve", file=sys.stderr)
         return 2
     spec = SegmentSpec.from_dict(json.loads(Path(args[0]).read_text()))
     # A process of its own: children its agents move into sessions of their own come back to it (and are

@@ -1,20 +1,34 @@
-"""The SSH backend: segments run on remote hosts that have only python3, git and the agent CLI.
+"""The SSH backend: units run on remote hosts that have only python3, git and the agent CLI.
 
-distpar ships itself: ``start()`` zips the ``distpar`` package once per run, uploads it (with fabric/SFTP)
-into a per-run directory on every host and unpacks it there. Each segment runs the same worker as every
-backend, under ``distpar.supervisor`` (the remote half: own session, pid file, stops everything when the
-channel closes). The spec (which holds the forwarded secrets) goes through the channel's stdin, never on a
-command line or a disk; the result comes back as JSON on stdout and the new commits as a bundle over SFTP.
-One SSH connection per slot; hosts that fail are left out and their segments fail with a BackendError that
-the runtime retries elsewhere.
+distpar ships itself: ``start()`` zips the ``distpar`` package once per run, uploads it into a per-run
+directory on every host and unpacks it there. Each worker slot then gets ONE long-lived channel for the whole
+run (opened as soon as the hosts are ready): ``distpar.supervisor serve`` (the remote half: own session, pid file, stops
+everything when the channel closes) running ``distpar.worker --serve``, fed unit specs one by one as JSON lines
+on its stdin (they hold the forwarded secrets: never on a command line or a disk) and answering with JSON lines
+as things happen (``unit_started`` and the other events reach ``ctx.events`` at once, then the unit's
+result, which carries the unit's logs and result bundle). The worker's workspace (``wt/w<k>``) stays on the
+host between its units; once it has the run's start bundle, it is sent only the increments.
+
+Everything goes through fabric's ``Connection``: ``run(..., asynchronous=True, in_stream=..., out_stream=...)``
+for the channel, ``run(...)`` and its ``Result`` for short commands, ``put`` (SFTP) for bundles going out. A host
+without an SFTP subsystem works too: files then go out over an exec channel (base64 lines on ``run``'s
+``in_stream``); nothing comes back over SFTP in any case.
+
+One SSH connection per slot, opened with the slot's worker as soon as the hosts are ready. Workers are spread
+over the hosts' slots; a host that fails is marked down, the unit it ran fails with a BackendError (the
+executor runs it again), and that worker's next units go to a slot of a live host (its workspace is made anew
+there). When fewer slots are left than workers, workers share slots (their units wait for one).
 """
 
 from __future__ import annotations
 
+import base64
+import collections
 import contextlib
 import json
 import logging
 import os
+import queue
 import shlex
 import socket
 import sys
@@ -39,11 +53,18 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 15  # seconds to reach a host and authenticate
 COMMAND_TIMEOUT = 120.0  # short remote commands (probe, mkdir, cleanup)
 CANCEL_GRACE = 20.0  # after "cancel": time the worker gets to save its agents' work before "kill"
-CLOSE_WAIT = 30.0  # close(): how long running segments get to stop
+CLOSE_WAIT = 30.0  # close(): how long running units get to stop
+CHANNEL_WAIT = 10.0  # close(): how long idle workers get to exit once their input ends
+LINK_WAIT = 2.0  # paramiko closes the channels just before it marks a dead link inactive
 MIN_PYTHON = (3, 10)
 POLL = 0.05
-_UNPACK = ("import compileall, os, zipfile; zipfile.ZipFile('distpar.zip').extractall('lib'); "
-           "os.remove('distpar.zip'); compileall.compile_dir('lib', quiet=1)")
+CHUNK = 3 * 256 * 1024  # bytes per base64 line when a file goes over an exec channel
+_CONFIG_LOCK = threading.Lock()
+_UNPACK = "import os, zipfile; zipfile.ZipFile('distpar.zip').extractall('lib'); os.remove('distpar.zip')"
+# Without SFTP: a file arrives as base64 lines on stdin.
+_RECEIVE = ("import base64, os, sys; p = sys.argv[1]; f = open(p + '.part', 'wb')\n"
+            "for line in sys.stdin.buffer: f.write(base64.b64decode(line))\n"
+            "f.close(); os.replace(p + '.part', p)")
 
 
 class _HostDown(Exception):
@@ -56,22 +77,141 @@ class _UnknownHostKey(Exception):
 
 class _Host:
     def __init__(self, spec: HostSpec, slots: int) -> None:
-        self.spec, self.label, self.slots = spec, spec.label, slots
-        self.free = list(range(slots))  # slot indices; one SSH connection per slot, made on first use
-        self.conns: dict[int, Any] = {}
-        self.control: Any = None  # connection for probes and cleanup
+        self.spec, self.label = spec, spec.label
+        self.slots = [_Slot(self, i) for i in range(slots)]
+        self.control: Any = None  # connection for probes, uploads at start, and cleanup
         self.error = ""  # why the host is unusable ("" = healthy)
         self.run_dir = ""  # absolute path of the per-run directory on the host
+        self.sftp = True  # False: the host has no SFTP subsystem, files go over exec channels
         self.exes: dict[str, bool] = {}  # agent executable -> found on PATH
         self.uploads: dict[tuple[str, int, int], str] = {}
         self.upload_locks: dict[tuple[str, int, int], threading.Lock] = {}
         self.lock = threading.Lock()
-        self.unreturned: set[str] = set()  # segments whose work may still be on the host
+        self.unreturned: set[str] = set()  # units whose work may still be on the host
         self.pinned: list[tuple[str, str, Any]] = []  # unknown host keys accepted in this run
 
     @property
     def healthy(self) -> bool:
         return not self.error
+
+
+class _Slot:
+    """One place to run a unit on a host: its own SSH connection and its long-lived worker channel."""
+
+    def __init__(self, host: _Host, index: int) -> None:
+        self.host, self.index = host, index
+        self.conn: Any = None
+        self.channel: _Channel | None = None
+        self.busy = False
+        self.opened = 0  # channels opened so far: each gets its own tag (pid file, process mark)
+        self.setup = threading.Lock()  # connecting and starting the worker: once at a time
+
+
+class _Feed:
+    """The channel's ``in_stream``: invoke's stdin thread polls ``read`` (None: nothing yet, "": the end)."""
+
+    def __init__(self) -> None:
+        self._parts: collections.deque[str] = collections.deque()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def put(self, text: str) -> None:
+        with self._lock:
+            if not self._closed:
+                self._parts.append(text)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def read(self, _size: int = -1) -> str | None:
+        with self._lock:
+            if self._parts:
+                text = "".join(self._parts)
+                self._parts.clear()
+                return text
+            return "" if self._closed else None
+
+
+class _Lines:
+    """An ``out_stream``: calls ``on_line`` for every complete line, as invoke's stdout thread writes them."""
+
+    def __init__(self, on_line: Any) -> None:
+        self._buf, self._on_line = "", on_line
+
+    def write(self, text: str) -> None:
+        self._buf += text
+        while "\n" in self._buf:
+            line, self._buf = self._buf.split("\n", 1)
+            self._on_line(line)
+
+    def flush(self) -> None:
+        pass
+
+
+class _Tail:
+    """An ``err_stream`` keeping the last few thousand characters."""
+
+    def __init__(self, limit: int = 8000) -> None:
+        self.text, self._limit = "", limit
+
+    def write(self, text: str) -> None:
+        self.text = (self.text + text)[-self._limit:]
+
+    def flush(self) -> None:
+        pass
+
+
+class _Channel:
+    """``distpar.supervisor serve TAG`` on a host, fed and read as JSON lines for the whole run."""
+
+    def __init__(self, conn: Any, host: _Host, tag: str, on_event: Any, on_end: Any) -> None:
+        self.tag, self.host = tag, host
+        self.feed, self.err = _Feed(), _Tail()
+        self.replies: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()  # None: the channel ended
+        self.exited: int | None = None
+        self.ended = threading.Event()
+        self._on_event, self._on_end = on_event, on_end
+        rd = shlex.quote(host.run_dir)
+        mark = shlex.quote(f"{host.run_dir}:{tag}")
+        cmd = (f"cd {rd} && PYTHONPATH={rd}/lib DISTPAR_NODE={shlex.quote(host.label)} {RUN_VAR}={mark} "
+               f"exec python3 -m distpar.supervisor serve {shlex.quote(tag)}")
+        self.promise = conn.run("/bin/sh -c " + shlex.quote(cmd), asynchronous=True, in_stream=self.feed,
+                                out_stream=_Lines(self._line), err_stream=self.err, warn=True, pty=False,
+                                encoding="utf-8")
+        self._kept: list[str] = self.promise.runner.stdout  # invoke keeps a command's whole output: see _line
+        threading.Thread(target=self._wait, daemon=True, name=f"distpar-ssh-{host.label}-{tag}").start()
+
+    def send(self, line: str) -> None:
+        self.feed.put(line + "\n")
+
+    def close(self) -> None:
+        """End the worker's input: an idle worker exits, a busy one stops its unit and saves the work."""
+        self.feed.close()
+
+    def _line(self, line: str) -> None:
+        # Called from invoke's reader thread, which appends what it read to its buffer right after: for a
+        # channel that lives as long as the run (and carries bundles), that buffer is dropped as it is read.
+        with contextlib.suppress(AttributeError):
+            self._kept.clear()
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            log.debug("host %s: %s: not a message: %.200s", self.host.label, self.tag, line)
+            return
+        if isinstance(msg, dict) and "event" in msg:
+            self._on_event(str(msg["event"]), msg.get("data") or {})
+        elif isinstance(msg, dict):
+            self.replies.put(msg)
+
+    def _wait(self) -> None:
+        try:
+            self.exited = self.promise.join().exited
+        except Exception as exc:  # a thread of invoke's failed (e.g. a write to a channel that just closed)
+            log.debug("host %s: %s: %s", self.host.label, self.tag, exc)
+        self.ended.set()
+        self.replies.put(None)
+        self._on_end(self)
 
 
 class SSHBackend(Backend):
@@ -94,14 +234,16 @@ class SSHBackend(Backend):
         self._cond = threading.Condition()
         self._cancel = threading.Event()
         self._closing = threading.Event()
-        self._affinity: dict[int, _Host] = {}  # stream -> host of its last segment (its workspace is there)
+        self._home: dict[int, _Slot] = {}  # worker -> the slot that runs its units (its workspace is there)
+        self._fetched: dict[tuple[str, int], set[str]] = {}  # (host, worker) -> bundles its workspace has
         self._zip: Path | None = None
         self._config: Any = None
+        self._warming: list[threading.Thread] = []
 
-    # --- paths the runtime puts in specs: relative to the host's run directory, resolved once a host is chosen
+    # --- paths the executor puts in specs: relative to the host's run directory, resolved once a host is chosen
 
-    def workspace(self, ctx: RunContext, stream: int) -> str:
-        return f"wt/w{stream + 1}"
+    def workspace(self, ctx: RunContext, worker: int) -> str:
+        return f"wt/w{worker + 1}"
 
     def log_dir(self, ctx: RunContext) -> str:
         return "logs"
@@ -116,7 +258,7 @@ class SSHBackend(Backend):
         self._config = Config(overrides={"timeouts": {"connect": CONNECT_TIMEOUT}})
         self.hosts = [_Host(s, n) for s, n in zip(self.specs, default_slots(self.specs, ctx.workers), strict=True)]
         self._zip = build_zip(ctx.run_dir / "distpar-worker.zip")
-        exes = executables(getattr(ctx, "agents", ()))  # checked up front when the runtime names the agents
+        exes = executables(getattr(ctx, "agents", ()))  # checked up front when the executor names the agents
         with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
             problems = list(pool.map(lambda h: self._prepare_host(h, exes), self.hosts))
         bad = [f"host {h.label}: {p}" for h, p in zip(self.hosts, problems, strict=True) if p]
@@ -129,9 +271,18 @@ class SSHBackend(Backend):
             raise BackendError(f"no SSH host is reachable:\n  {lines}")
         for h in down:
             log.warning("host %s: %s; its share of the work goes to the other hosts", h.label, h.error)
-        log.debug("ssh: %d host(s) ready in %.2fs", len(self.hosts) - len(down), time.time() - t0)
-        self._pool = ThreadPoolExecutor(max_workers=sum(h.slots for h in self.hosts),
-                                        thread_name_prefix="distpar-ssh")
+        # Workers take the hosts' slots in turn (w1 on the first host, w2 on the second, ...), so that a run
+        # with fewer units than slots still spreads over the hosts.
+        ready = [h for h in self.hosts if h.healthy]
+        order = [h.slots[i] for i in range(max(len(h.slots) for h in ready)) for h in ready if i < len(h.slots)]
+        self._home = {w: order[w % len(order)] for w in range(max(1, ctx.workers))}
+        # The workers' connections and processes start now, while the executor prepares the first units.
+        for slot in dict.fromkeys(self._home.values()):
+            t = threading.Thread(target=self._warm, args=(slot,), daemon=True, name="distpar-ssh-warm")
+            t.start()
+            self._warming.append(t)
+        log.debug("ssh: %d host(s) ready in %.2fs", len(ready), time.time() - t0)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, ctx.workers), thread_name_prefix="distpar-ssh")
 
     def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
         assert self._pool is not None, "start() first"
@@ -140,10 +291,11 @@ class SSHBackend(Backend):
         return fut
 
     def cancel(self) -> None:
-        # Called from a signal handler: only set a flag; each segment's thread tells its host.
+        # Called from a signal handler: only set a flag; each unit's thread tells its worker.
         self._cancel.set()
 
     def close(self) -> None:
+        t0 = time.time()
         self._cancel.set()
         self._closing.set()
         with self._cond:
@@ -154,11 +306,14 @@ class SSHBackend(Backend):
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        for t in self._warming:
+            t.join(CONNECT_TIMEOUT)
         if self.hosts:
             with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
                 list(pool.map(self._cleanup_host, self.hosts))
         if self._zip is not None:
             self._zip.unlink(missing_ok=True)
+        log.debug("ssh: hosts cleaned up in %.2fs", time.time() - t0)
 
     # --- hosts -----------------------------------------------------------------------------------------
 
@@ -169,7 +324,8 @@ class SSHBackend(Backend):
         key = s.key or self.identity
         # Always a fresh, non-empty dict: fabric otherwise adopts (and mutates) the shared config's dict.
         kwargs: dict[str, Any] = {"key_filename": [str(key)]} if key else {"look_for_keys": True}
-        conn = Connection(s.host, user=s.user, port=s.port, config=self._config, connect_kwargs=kwargs)
+        with _CONFIG_LOCK:  # fabric's configs are not thread-safe: each connection gets its own copy
+            conn = Connection(s.host, user=s.user, port=s.port, config=self._config.clone(), connect_kwargs=kwargs)
         conn.client.set_missing_host_key_policy(_host_key_policy(self.accept_unknown_hosts, host))
         for path in _known_hosts_files(conn.ssh_config):
             with contextlib.suppress(OSError, ValueError):
@@ -209,12 +365,14 @@ class SSHBackend(Backend):
             code, _, err = _exec(host.control, mkdir)
             if code != 0:
                 return f"cannot create {host.run_dir}: {err.strip()[-300:]}"
-            sftp = host.control.client.open_sftp()
             try:
-                sftp.put(str(self._zip), f"{host.run_dir}/distpar.zip")
-            finally:
-                sftp.close()
-            # Unpacked and compiled once: importing from the zip would compile every module in every process.
+                host.control.sftp()
+            except Exception as exc:  # paramiko: "Channel closed." when sshd has no sftp subsystem
+                host.sftp = False
+                log.info("host %s: no SFTP (%s): files go over exec channels", host.label, exc or type(exc).__name__)
+            _put(host, host.control, str(self._zip), f"{host.run_dir}/distpar.zip")
+            # Unpacked, not imported from the zip: the first import caches the bytecode of what a host really
+            # uses (compiling all of distpar up front took half of a host's preparation).
             code, _, err = _exec(host.control, f"cd {rd} && python3 -c {shlex.quote(_UNPACK)}")
             if code != 0:
                 return f"cannot unpack distpar in {host.run_dir}: {err.strip()[-300:]}"
@@ -227,11 +385,18 @@ class SSHBackend(Backend):
         return ""
 
     def _cleanup_host(self, host: _Host) -> None:
-        """Stop whatever still runs under the host's run directory; remove the directory unless it holds work
-        that did not come back."""
-        for conn in host.conns.values():
-            with contextlib.suppress(Exception):
-                conn.close()
+        """End the host's workers, stop whatever still runs under its run directory; remove the directory
+        unless it holds work that did not come back."""
+        channels = [s.channel for s in host.slots if s.channel is not None]
+        for chan in channels:
+            chan.close()
+        deadline = time.time() + CHANNEL_WAIT
+        for chan in channels:
+            chan.ended.wait(max(0.0, deadline - time.time()))
+        for slot in host.slots:
+            if slot.conn is not None:
+                with contextlib.suppress(Exception):
+                    slot.conn.close()
         conn = host.control
         if conn is None:
             return
@@ -240,18 +405,18 @@ class SSHBackend(Backend):
                 conn.close()
             return
         rd = shlex.quote(host.run_dir)
-        # A fallback, for a supervisor that was itself killed: stop whatever this run left on the host.
-        script = f"{_reap_command(host.run_dir)}; ls {rd}/wt/*.bundle 2>/dev/null"
+        # A fallback, for a supervisor that was itself killed: stop whatever this run left on the host. Then
+        # remove the run directory, unless result bundles are still there (work that did not come back).
+        keep = f"ls {rd}/wt/*.bundle" if host.unreturned else \
+            f"if ls {rd}/wt/*.bundle >/dev/null 2>&1; then ls {rd}/wt/*.bundle; else rm -rf {rd}; fi"
         try:
-            if not conn.is_connected:
+            if not conn.is_connected or not conn.transport.is_active():
                 raise _HostDown(host.error or "connection lost")
-            _, out, _ = _exec(conn, script)
+            _, out, _ = _exec(conn, f"{_reap_command(host.run_dir)}; {keep} 2>/dev/null")
             leftover = [line for line in out.splitlines() if line.endswith(".bundle")]
             if host.unreturned or leftover:
                 log.warning("host %s: kept %s: it holds work that did not come back (%s)", host.label,
                             host.run_dir, ", ".join(sorted(host.unreturned)) or f"{len(leftover)} bundle(s)")
-            else:
-                _exec(conn, f"rm -rf {rd}")
         except Exception as exc:  # paramiko raises many kinds; cleanup must go on with the other hosts
             log.warning("host %s: could not clean up %s: %s", host.label, host.run_dir, exc)
         finally:
@@ -265,98 +430,114 @@ class SSHBackend(Backend):
                 log.warning("host %s: %s; no more work goes there", host.label, why)
             self._cond.notify_all()
 
-    def _acquire(self, spec: SegmentSpec) -> tuple[_Host, int] | None:
-        """A free slot on a healthy host that has the agents ``spec`` needs; None when the run is cancelled."""
-        need = executables(b.agent for b in spec.batches)
+    # --- slots -----------------------------------------------------------------------------------------
+
+    def _acquire(self, worker: int, need: set[str]) -> _Slot | None:
+        """The slot for ``worker``'s next unit: its home slot; once that host is down, an idle slot of a live
+        host, which becomes its new home. None when the run is cancelled."""
         with self._cond:
             while not self._cancel.is_set():
                 able = [h for h in self.hosts if h.healthy and not any(h.exes.get(e) is False for e in need)]
                 if not able:
                     why = "\n  ".join(f"host {h.label}: {h.error or _not_found(h, need)}" for h in self.hosts)
-                    raise BackendError(f"no SSH host left that can run stream s{spec.stream + 1}:\n  {why}")
-                free = [h for h in able if h.free]
-                if free:
-                    last = self._affinity.get(spec.stream)
-                    host = last if last in free else max(free, key=lambda h: len(h.free) / h.slots)
-                    return host, host.free.pop(0)
+                    raise BackendError(f"no SSH host left that can run worker w{worker + 1}:\n  {why}")
+                home = self._home.get(worker)
+                if home is not None and home.host in able:
+                    if not home.busy:
+                        home.busy = True
+                        return home
+                else:
+                    idle = [s for h in able for s in h.slots if not s.busy]
+                    if idle:
+                        homed = collections.Counter(id(s) for s in self._home.values())
+                        last = home.host if home is not None else None
+                        slot = min(idle, key=lambda s: (s.host is not last, homed[id(s)]))
+                        if home is None or not home.host.healthy:
+                            self._home[worker] = slot
+                            log.info("worker w%d: its units now run on host %s", worker + 1, slot.host.label)
+                        slot.busy = True
+                        return slot
                 self._cond.wait(0.5)
         return None
 
-    def _release(self, host: _Host, slot: int) -> None:
+    def _release(self, slot: _Slot) -> None:
         with self._cond:
-            host.free.append(slot)
+            slot.busy = False
             self._cond.notify_all()
 
-    # --- one segment -----------------------------------------------------------------------------------
-
     def _run(self, spec: SegmentSpec) -> SegmentResult:
-        from paramiko import SSHException
+        from paramiko.ssh_exception import SSHException
 
-        got = self._acquire(spec)
-        if got is None:
+        slot = self._acquire(spec.stream, executables(b.agent for b in spec.batches))
+        if slot is None:
             return _not_started(spec)
-        host, slot = got
-        tag = f"s{spec.stream + 1}-{spec.segment}-a{spec.attempt}"
-        conn = host.conns.get(slot)
+        host = slot.host
+        tag = f"w{spec.stream + 1}-{spec.segment}-{spec.attempt}"
         try:
-            if conn is None or not conn.is_connected:
-                conn = host.conns[slot] = self._connect(host)
-            result = self._run_on(host, conn, spec, tag)
-            self._affinity[spec.stream] = host
-            return result
+            self._ready(slot)
+            return self._run_on(slot, spec, tag)
         except _HostDown as exc:
             self._mark_down(host, str(exc))
             raise BackendError(f"host {host.label}: {exc}") from None
         except (OSError, EOFError, SSHException) as exc:
-            if conn is not None and conn.is_connected:  # a transfer failed, the host is still there
+            if slot.conn is not None and slot.conn.transport.is_active():  # a transfer failed, the host is there
                 raise BackendError(f"host {host.label}: {type(exc).__name__}: {exc}") from None
             self._mark_down(host, f"connection failed: {exc}")
             raise BackendError(f"host {host.label}: connection failed: {exc}") from None
         finally:
-            self._release(host, slot)
+            self._release(slot)
 
-    def _run_on(self, host: _Host, conn: Any, spec: SegmentSpec, tag: str) -> SegmentResult:
+    def _run_on(self, slot: _Slot, spec: SegmentSpec, tag: str) -> SegmentResult:
+        host, conn = slot.host, slot.conn
         need = executables(b.agent for b in spec.batches)
         unknown = {e for e in need if e not in host.exes}
-        if unknown:  # agents the runtime did not name up front: check them before the first batch
+        if unknown:  # agents the executor did not name up front: check them before the first unit
             info = _probe(conn, unknown)
             host.exes.update({e: bool(info.get("exe:" + e)) for e in unknown})
-        missing = sorted(e for e in need if not host.exes.get(e))
-        if missing:
+        if any(not host.exes.get(e) for e in need):
             with self._cond:
                 self._cond.notify_all()
             raise BackendError(f"host {host.label}: {_not_found(host, need)}")
         rd = host.run_dir
         t0 = time.time()
-        source = spec.source
-        if source.kind == "bundle":
-            source = Source("bundle", self._upload(host, conn, source.location),
-                            tuple(self._upload(host, conn, p) for p in source.increments))
+        source, shipped = self._ship(slot, spec)
         rspec = replace(spec, source=source, workspace=f"{rd}/{spec.workspace}", log_dir=f"{rd}/logs/{tag}")
         if self._cancel.is_set():
             return _not_started(spec)
         host.unreturned.add(tag)
         t1 = time.time()
-        code, out, err = self._exec_worker(host, conn, rspec, tag)
+        reply = self._call(slot, rspec)
         t2 = time.time()
-        line = next((x for x in reversed(out.splitlines()) if x.startswith("{")), None)
+        if "error" in reply:  # the worker is still up; this unit broke (git, disk): the executor may retry it
+            detail = _mask(str(reply["error"]).strip(), spec.env)[-1500:]
+            raise BackendError(f"host {host.label}: the worker failed: {detail}")
         try:
-            result = SegmentResult.from_dict(json.loads(line or ""))
-        except (ValueError, KeyError, TypeError):
-            with contextlib.suppress(Exception):  # a worker whose supervisor died must not go on beside a retry
-                _exec(conn, _reap_command(host.run_dir, tag))
-            detail = _mask(err.strip(), spec.env)[-1500:] or "no output"
-            how = f"exit code {code}" if code >= 0 else "killed by a signal"
-            raise BackendError(f"host {host.label}: the worker failed ({how}): {detail}") from None
-        result = self._bring_back(host, conn, rspec, result)
+            result = SegmentResult.from_dict(reply["result"])
+            files = dict(reply.get("files") or {})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(f"host {host.label}: the worker sent a result distpar cannot read: {exc}") from None
+        result = self._bring_back(slot, rspec, result, files)
         host.unreturned.discard(tag)
-        agents = sum(r.duration for r in result.results)
-        log.debug("host %s: %s: upload %.2fs, worker %.2fs (agents %.2fs), bring back %.2fs", host.label, tag,
-                  t1 - t0, t2 - t1, agents, time.time() - t2)
+        self._fetched.setdefault((host.label, spec.stream), set()).update(shipped)
+        agents_time = sum(r.duration for r in result.results)
+        log.debug("host %s: %s: upload %.2fs, unit %.2fs (agents %.2fs), bring back %.2fs", host.label, tag,
+                  t1 - t0, t2 - t1, agents_time, time.time() - t2)
         return result
 
-    def _upload(self, host: _Host, conn: Any, path: str) -> str:
+    def _ship(self, slot: _Slot, spec: SegmentSpec) -> tuple[Source, list[str]]:
+        """Upload the unit's bundles (once per host); the full start bundle is left out of the source when the
+        worker's workspace on this host already has it. Returns the source and every bundle it stands for."""
+        source = spec.source
+        if source.kind != "bundle":
+            return source, []
+        remote = [self._upload(slot, p) for p in (source.location, *source.increments)]
+        have = self._fetched.get((slot.host.label, spec.stream), set())
+        needed = [r for r in remote if r not in have] or remote[-1:]
+        return Source("bundle", needed[0], tuple(needed[1:])), remote
+
+    def _upload(self, slot: _Slot, path: str) -> str:
         """Upload a bundle once per host (several slots may need the same one at the same time)."""
+        host = slot.host
         st = os.stat(path)
         key = (path, st.st_size, st.st_mtime_ns)
         with host.lock:
@@ -364,89 +545,107 @@ class SSHBackend(Backend):
         with lock:
             if key not in host.uploads:
                 remote = f"{host.run_dir}/bundles/{Path(path).name}"
-                sftp = conn.client.open_sftp()
-                try:
-                    sftp.put(path, remote + ".part")
-                    sftp.posix_rename(remote + ".part", remote)
-                finally:
-                    sftp.close()
+                _put(host, slot.conn, path, remote)
                 host.uploads[key] = remote
             return host.uploads[key]
 
-    def _exec_worker(self, host: _Host, conn: Any, spec: SegmentSpec, tag: str) -> tuple[int, str, str]:
-        rd = shlex.quote(host.run_dir)
-        mark = shlex.quote(f"{host.run_dir}:{tag}")
-        cmd = (f"cd {rd} && PYTHONPATH={rd}/lib DISTPAR_NODE={shlex.quote(host.label)} {RUN_VAR}={mark} "
-               f"exec python3 -m distpar.supervisor supervise {shlex.quote(tag)}")
-        transport = conn.client.get_transport()
-        chan = transport.open_session(timeout=COMMAND_TIMEOUT)
-        try:
-            chan.exec_command("/bin/sh -c " + shlex.quote(cmd))
-            chan.sendall(json.dumps(spec.to_dict()).encode() + b"\n")  # secrets travel only in the channel
-            out, err = bytearray(), bytearray()
-            cancelled_at: float | None = None
-            killed = False
-            while True:
-                got = False
-                while chan.recv_ready():
-                    out += chan.recv(65536)
-                    got = True
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                    got = True
-                if chan.exit_status_ready() and (chan.eof_received or chan.closed) \
-                        and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-                if not transport.is_active():
-                    raise _HostDown("connection lost while a worker ran")
-                if self._cancel.is_set() and cancelled_at is None:
-                    cancelled_at = time.time()
-                    with contextlib.suppress(Exception):
-                        chan.sendall(b"cancel\n")
-                if not killed and (self._closing.is_set() or (
-                        cancelled_at is not None and time.time() - cancelled_at > CANCEL_GRACE)):
-                    killed = True
-                    with contextlib.suppress(Exception):
-                        chan.sendall(b"kill\n")
-                if not got:
-                    time.sleep(POLL)
-            if chan.recv_exit_status() == -1:  # closed without an exit status: the process or the link died
-                deadline = time.time() + 2  # paramiko closes the channels just before it marks the link dead
-                while transport.is_active() and time.time() < deadline:
-                    time.sleep(POLL)
-                if not transport.is_active():
-                    raise _HostDown("connection lost while a worker ran")
-            return chan.recv_exit_status(), out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
-        finally:
-            chan.close()  # if we got here early, the supervisor sees the end of its input and stops the worker
+    def _ready(self, slot: _Slot) -> _Channel:
+        """The slot's connection and worker, made on first use (or after the last ones died)."""
+        with slot.setup:
+            if slot.conn is None or not slot.conn.is_connected or not slot.conn.transport.is_active():
+                slot.channel = None
+                slot.conn = self._connect(slot.host)
+            if slot.channel is None or slot.channel.ended.is_set():
+                slot.opened += 1
+                slot.channel = _Channel(slot.conn, slot.host, f"s{slot.index + 1}-{slot.opened}", self._event,
+                                        self._channel_ended)
+            return slot.channel
 
-    def _bring_back(self, host: _Host, conn: Any, spec: SegmentSpec, result: SegmentResult) -> SegmentResult:
-        """Download the result bundle and the batch logs (secrets masked); point the result at the copies."""
+    def _warm(self, slot: _Slot) -> None:
+        try:
+            if not self._closing.is_set():
+                self._ready(slot)
+        except Exception as exc:  # the slot's first unit tries again and reports what is wrong
+            log.debug("host %s: slot %d could not start early: %s", slot.host.label, slot.index + 1, exc)
+
+    def _event(self, kind: str, data: dict[str, Any]) -> None:
+        events = self._ctx.events if self._ctx else None
+        if events is not None:
+            try:
+                events(kind, data)
+            except Exception:  # the coordinator's trouble must not break the channel's reader
+                log.exception("ssh: the event callback failed on %s", kind)
+
+    def _channel_ended(self, chan: _Channel) -> None:
+        """A worker channel ended: if the link to its host is gone, no more work goes there (not even the next
+        unit of an idle slot)."""
+        if self._closing.is_set():
+            return
+        conn = next((s.conn for s in chan.host.slots if s.channel is chan), None)
+        if conn is not None and not _link_alive(conn):
+            self._mark_down(chan.host, "connection lost")
+
+    def _call(self, slot: _Slot, spec: SegmentSpec) -> dict[str, Any]:
+        """Hand one unit to the slot's worker; its events go to ctx.events as they come; returns its reply."""
+        chan = self._ready(slot)
+        chan.send(json.dumps({"op": "unit", "spec": spec.to_dict()}))  # secrets travel only in the channel
+        cancelled_at: float | None = None
+        killed = False
+        while True:
+            try:
+                reply = chan.replies.get(timeout=POLL * 4)
+            except queue.Empty:
+                reply = {}
+            if reply is None:
+                raise self._ended(slot, chan)
+            if reply:
+                return reply
+            if self._cancel.is_set() and cancelled_at is None:
+                cancelled_at = time.time()
+                chan.send(json.dumps({"op": "cancel"}))
+            if not killed and (self._closing.is_set() or (
+                    cancelled_at is not None and time.time() - cancelled_at > CANCEL_GRACE)):
+                killed = True
+                chan.send("kill")
+
+    def _ended(self, slot: _Slot, chan: _Channel) -> Exception:
+        """The worker's channel closed before the unit's reply: the host went away, or the worker died."""
+        slot.channel = None
+        if not _link_alive(slot.conn):
+            return _HostDown("connection lost while a worker ran")
+        with contextlib.suppress(Exception):  # a worker whose supervisor died must not go on beside a retry
+            _exec(slot.conn, _reap_command(slot.host.run_dir, chan.tag))
+        code = chan.exited
+        how = f"exit code {code}" if code is not None and code >= 0 else "killed by a signal"
+        detail = chan.err.text.strip()[-1500:] or "no output"
+        return BackendError(f"host {slot.host.label}: the worker failed ({how}): {detail}")
+
+    def _bring_back(self, slot: _Slot, spec: SegmentSpec, result: SegmentResult,
+                    files: dict[str, str]) -> SegmentResult:
+        """Write the result bundle and the unit's logs (secrets masked) that came with the result; point the
+        result at the copies; tell the worker it may drop its bundle."""
         assert self._ctx is not None
+        host = slot.host
         bundles, logs = self._ctx.run_dir / "bundles", self._ctx.run_dir / "logs"
         bundles.mkdir(parents=True, exist_ok=True)
         logs.mkdir(parents=True, exist_ok=True)
-        sftp = conn.client.open_sftp()
-        try:
-            bundle = None
-            if result.bundle:
-                local = bundles / f"{safe_name(host.label)}-{Path(result.bundle).name}"
-                sftp.get(result.bundle, str(local) + ".part")
-                os.replace(str(local) + ".part", local)
-                sftp.remove(result.bundle)
-                bundle = str(local)
-            try:
-                names = sftp.listdir(spec.log_dir)
-            except FileNotFoundError:
-                names = []
-            for name in names:
-                with sftp.open(f"{spec.log_dir}/{name}", "rb") as f:
-                    text = _mask(f.read().decode("utf-8", "replace"), spec.env)
-                mode = "w" if name.endswith(".prompt.md") else "a"  # logs of earlier attempts stay
-                with (logs / name).open(mode) as f:
-                    f.write(text)
-        finally:
-            sftp.close()
+        bundle = None
+        if result.bundle:
+            if result.bundle not in files:
+                raise BackendError(f"host {host.label}: the result bundle {result.bundle} did not come back")
+            local = bundles / f"{safe_name(host.label)}-{Path(result.bundle).name}"
+            part = Path(str(local) + ".part")
+            part.write_bytes(base64.b64decode(files.pop(result.bundle)))
+            os.replace(part, local)
+            bundle = str(local)
+            if slot.channel is not None:
+                slot.channel.send(json.dumps({"op": "drop", "paths": [result.bundle]}))
+        for path, data in sorted(files.items()):
+            name = Path(path).name
+            text = _mask(base64.b64decode(data).decode("utf-8", "replace"), spec.env)
+            mode = "w" if name.endswith(".prompt.md") else "a"  # logs of earlier attempts stay
+            with (logs / name).open(mode) as f:
+                f.write(text)
         results = tuple(replace(r, log_path=str(logs / Path(r.log_path).name)) if r.log_path else r
                         for r in result.results)
         return replace(result, bundle=bundle, results=results)
@@ -487,23 +686,57 @@ def build_zip(dest: Path) -> Path:
     return dest
 
 
-def _exec(conn: Any, script: str, timeout: float = COMMAND_TIMEOUT) -> tuple[int, str, str]:
+def _exec(conn: Any, script: str, timeout: float = COMMAND_TIMEOUT, in_stream: Any = False) -> tuple[int, str, str]:
     """Run a short shell script on the host (through ``sh``, whatever the login shell is)."""
+    from invoke.exceptions import CommandTimedOut
+
     try:
-        chan = conn.client.get_transport().open_session(timeout=timeout)
-    except Exception as exc:
-        raise _HostDown(f"cannot open a channel: {exc}") from None
-    try:
-        chan.settimeout(timeout)
-        chan.exec_command("/bin/sh -c " + shlex.quote(script))
-        chan.shutdown_write()
-        out = chan.makefile("rb").read().decode("utf-8", "replace")
-        err = chan.makefile_stderr("rb").read().decode("utf-8", "replace")
-        return chan.recv_exit_status(), out, err
-    except TimeoutError:
+        res = conn.run("/bin/sh -c " + shlex.quote(script), hide=True, warn=True, pty=False, timeout=timeout,
+                       in_stream=in_stream, encoding="utf-8")
+    except CommandTimedOut:
         raise _HostDown(f"not responding (a command took over {timeout:g}s)") from None
-    finally:
-        chan.close()
+    except Exception as exc:
+        if not _link_alive(conn):
+            raise _HostDown(f"cannot run a command: {exc}") from None
+        raise
+    return res.exited, res.stdout, res.stderr
+
+
+def _link_alive(conn: Any) -> bool:
+    """Whether the SSH connection still stands (waiting a moment: paramiko closes the channels of a dead link
+    just before it marks the link inactive)."""
+    transport = conn.transport if conn is not None else None
+    deadline = time.time() + LINK_WAIT
+    while transport is not None and transport.is_active() and time.time() < deadline:
+        time.sleep(POLL)
+    return transport is not None and transport.is_active()
+
+
+class _Base64Lines:
+    """An ``in_stream`` sending a file as base64 lines (invoke's stdin thread reads it; "" is the end)."""
+
+    def __init__(self, path: str) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115 - closed at the end of the data
+
+    def read(self, _size: int = -1) -> str:
+        data = b"" if self._f.closed else self._f.read(CHUNK)  # invoke reads on after the end
+        if not data:
+            self._f.close()
+            return ""
+        return base64.b64encode(data).decode() + "\n"
+
+
+def _put(host: _Host, conn: Any, local: str, remote: str) -> None:
+    """Copy a file to the host atomically: with SFTP (fabric's ``put``) or, without, over an exec channel."""
+    if host.sftp:
+        conn.put(local, remote + ".part")
+        conn.sftp().posix_rename(remote + ".part", remote)
+        return
+    code, _, err = _exec(conn, f"python3 -c {shlex.quote(_RECEIVE)} {shlex.quote(remote)}",
+                         in_stream=_Base64Lines(local))
+    if code != 0:
+        raise BackendError(f"host {host.label}: cannot upload {Path(local).name} to {remote} "
+                           f"(no SFTP, over the exec channel): {err.strip()[-300:] or f'exit code {code}'}")
 
 
 def _probe(conn: Any, exes: set[str]) -> dict[str, str]:

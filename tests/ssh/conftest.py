@@ -131,7 +131,8 @@ class SSHEnv:
     def remote_root(self) -> Path:
         return self.base / "remote"
 
-    def start(self, name: str, extra: str = "", env: str = "") -> SSHServer:
+    def start(self, name: str, extra: str = "", env: str = "", sftp: bool = True) -> SSHServer:
+        """A server; ``sftp=False``: one without an SFTP subsystem (some hardened hosts)."""
         d = self.base / "sshd" / name
         d.mkdir(parents=True)
         home = self.remote_root / name
@@ -154,8 +155,8 @@ class SSHEnv:
             "PermitUserEnvironment DISTPAR_TEST_MARK\n"
             "MaxStartups 100\n"
             "MaxSessions 100\n"
-            "Subsystem sftp internal-sftp\n"
-            f"SetEnv HOME={home} {env}\n"  # sshd uses only the first SetEnv line
+            + ("Subsystem sftp internal-sftp\n" if sftp else "")
+            + f"SetEnv HOME={home} {env}\n"  # sshd uses only the first SetEnv line
             + extra
         )
         proc = subprocess.Popen([SSHD, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")],
@@ -196,8 +197,8 @@ def start_sshd(ssh_env: SSHEnv) -> Iterator[Callable[..., SSHServer]]:
     """A server only for this test (stopped after it), e.g. one the test crashes."""
     mine: list[SSHServer] = []
 
-    def start(name: str, extra: str = "", env: str = "") -> SSHServer:
-        s = ssh_env.start(f"{name}-{len(ssh_env.servers)}", extra, env)
+    def start(name: str, extra: str = "", env: str = "", sftp: bool = True) -> SSHServer:
+        s = ssh_env.start(f"{name}-{len(ssh_env.servers)}", extra, env, sftp)
         mine.append(s)
         return s
 
