@@ -177,6 +177,7 @@ def _dispatch(d: dict[str, Any], path: Path) -> Path:
         ax.axvline(t0 + lb, color="g", linestyle=":", label="agents' start + lower bound")
         ax.axvline(run["wall"], color="r", linestyle="--", label="end of the run (wall)")
         ax.set_yticks(range(run["used_workers"]), [f"w{k}" for k in range(run["used_workers"])])
+        ax.set_xlim(left=0)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("seconds from the start of the run")

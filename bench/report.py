@@ -162,8 +162,9 @@ def _dispatch_targets(d: dict[str, Any] | None) -> list[dict[str, Any]]:
         "wrong": "issue 11: the same, estimates unrelated to the durations",
         "exact": "issue 11: the same, exact estimates",
     }
-    cast_name = "issue 15: CAST plan, 4 stages (3 x 3 s | 1 s | 2 x 2 s | 1 s), no depends_on"
-    cast_t = f"wall <= {CAST_TARGET} x the sum of each stage's longest agent (6 s, not 14 s)"
+    cast_name = "issue 15: CAST plan, 4 stages (3 x 3 s, then 1 s, then 2 x 2 s, then 1 s), no depends_on"
+    cast_t = (f"wall <= {CAST_TARGET} x the sum of each stage's longest agent (7 s here, not the 15 s of all "
+              "agents)")
     if not d:
         return [_missing(names[m], f"wall <= {SPREAD_TARGETS[m]} x bound", "dispatch section not run")
                 for m in names] + [_missing(cast_name, cast_t, "dispatch section not run")]
