@@ -101,3 +101,44 @@ def test_stage_checks_see_missing_work_and_overlapping_stages(tmp_path: Path) ->
     assert not bad["found_previous_work"] and bad["missing"] == ["s2a1 lacks stage(s) [1]"]
     assert not bad["stages_in_order"]
     session.close()
+
+
+def test_cast_form_maps_each_unit_of_the_unit_graph_to_its_stage_and_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a unit graph of the plan helper's shape (uid ``<batch>#<k>`` per agent of a parallel batch), each
+    unit's sleep and stage come from the graph; a graph that is not the stages rule is not measured as one."""
+    from dataclasses import dataclass
+
+    from bench import dispatch
+
+    @dataclass(frozen=True)
+    class Unit:
+        uid: str
+        batch_id: str
+        index: int | None
+
+    @dataclass(frozen=True)
+    class Graph:
+        units: tuple[Unit, ...]
+        rule: str
+
+    def stages_graph(plan: object) -> Graph:
+        units = []
+        for b in plan.batches:  # type: ignore[attr-defined]
+            n = len(b.agents)
+            units += [Unit(b.id if n == 1 else f"{b.id}#{k}", b.id, None if n == 1 else k) for k in range(1, n + 1)]
+        return Graph(tuple(units), "stages")
+
+    durations = [[3.0, 3.0, 3.0], [1.0], [2.0, 2.0], [1.0]]
+    monkeypatch.setattr(dispatch, "unit_graph_fn", lambda: stages_graph)
+    form = dispatch._cast_form(durations)
+    assert not isinstance(form, str)
+    manifest, sleeps, stage_of = form
+    assert sleeps == {"stage1#1": 3.0, "stage1#2": 3.0, "stage1#3": 3.0, "stage2": 1.0, "stage3#1": 2.0,
+                      "stage3#2": 2.0, "stage4": 1.0}
+    assert stage_of["stage3#2"] == 3 and stage_of["stage4"] == 4
+    assert [b["id"] for b in manifest("r9")] == ["stage1", "stage2", "stage3", "stage4"]
+
+    monkeypatch.setattr(dispatch, "unit_graph_fn", lambda: lambda plan: Graph(stages_graph(plan).units, "dag"))
+    assert "not 7 under 'stages'" in str(dispatch._cast_form(durations))
+    monkeypatch.setattr(dispatch, "unit_graph_fn", lambda: None)
+    assert "no unit graph yet" in str(dispatch._cast_form(durations))
