@@ -223,22 +223,17 @@ def _backend_targets(be: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not be:
         return [_missing(n1, t1, "backends section not run"), _missing(n2, t2, "backends section not run")]
     out = []
-    rs = be.get("ray_speedup")
-    if not rs:
-        out.append(_missing(n1, t1, "runs in the full profile only"))
-    elif "error" in rs:
-        out.append(_missing(n1, t1, f"run failed: {rs['error'][:200]}"))
+    rs, st = be.get("ray_speedup"), be.get("ssh_target")
+    if not rs or "error" in rs:
+        out.append(_missing(n1, t1, f"run failed: {rs['error'][:200]}" if rs else "runs in the full profile only"))
     else:
         v = rs["speedup"]
         out.append(_target(n1, t1, f"{v:.2f}x (Ray {rs['wall']:.1f} s, local serial {rs['serial_wall']:.1f} s)",
                            v >= 3.5, _pct(v, 3.5, True),
                            "one run each; Ray " + ("started by the backend for the run" if rs["startup_included"]
                                                    else "already running at --ray-address (start-up not included)")))
-    st = be.get("ssh_target")
-    if not st:
-        out.append(_missing(n2, t2, "runs in the full profile only"))
-    elif "error" in st:
-        out.append(_missing(n2, t2, f"run failed: {st['error'][:200]}"))
+    if not st or "error" in st:
+        out.append(_missing(n2, t2, f"run failed: {st['error'][:200]}" if st else "runs in the full profile only"))
     else:
         v = st["conservative_speedup"]
         out.append(_target(n2, t2, f">= {v:.2f}x (wall {st['wall']:.1f} s)", v >= 4.0, _pct(v, 4.0, True),
