@@ -485,7 +485,7 @@ def _dispatch_md(d: dict[str, Any]) -> list[str]:
     rows = [[r["estimates"], "-" if r["correlation"] is None else f"{r['correlation']:+.2f}", spread(r["wall_ratio"]),
              spread(r["span_ratio"]), f"{r['dispatch_ratio']:.3f}", f"{r['static_ratio']:.3f}"]
             for r in sp["rows"]]
-    crow = [[i + 1, run["wall"], f"{run['wall'] / c['stage_bound']:.3f}",
+    crow = [[i + 1, f"{run['wall']:.2f}", f"{run['wall'] / c['stage_bound']:.3f}",
              "yes" if ch["found_previous_work"] else "NO: " + "; ".join(ch["missing"])[:200],
              "yes" if ch["stages_in_order"] else "NO",
              ", ".join(f"{k}: {v[0]:.2f}-{v[1]:.2f}" for k, v in ch["stage_spans"].items())]
@@ -502,7 +502,7 @@ def _dispatch_md(d: dict[str, Any]) -> list[str]:
                 "run state alone", "static streams"], rows),
         "", f"CAST stages {' | '.join(' + '.join(f'{x:g}' for x in st) for st in c['stages'])} s on {c['workers']} "
         f"workers, run as **{c['form']}**: the sum of each stage's longest agent is {c['stage_bound']:g} s, all "
-        f"agents together {c['all_agents']:g} s." + "".join(f" {n}." for n in c["notes"]), "",
+        f"agents together {c['all_agents']:g} s." + "".join(f" {n[:1].upper()}{n[1:]}." for n in c["notes"]), "",
         _table(["run", "wall s", "wall / stage bound", "every unit has the earlier stages' work",
                 "stages in order", "stage spans (s from the start)"], crow),
     ]
