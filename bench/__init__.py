@@ -1,8 +1,8 @@
-"""distpar's benchmarks: wall-clock speedup, scheduling quality, overhead, coordinator scale and backends,
-all with the shipped fake agent (batch durations set by the plan).
+"""distpar's benchmarks: wall-clock speedup, scheduling quality, run-time dispatch, overhead, coordinator scale
+and backends, all with the shipped fake agent (batch durations set by the plan).
 
-    python -m bench --quick            # about 2-3 minutes on a 2-core machine
-    python -m bench                    # the full profile (the issue's configurations; about 20 minutes)
+    python -m bench --quick            # about 4 minutes on a 2-core machine
+    python -m bench                    # the full profile (the issues' configurations; about 30 minutes)
     python -m bench --quick --publish  # also copy the results to bench/results/
 
 Writes ``results.json`` (machine, versions, every measurement with its repetitions), ``REPORT.md`` (tables,

@@ -17,9 +17,9 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description="distpar benchmarks (see bench/__init__.py).")
     parser.add_argument("--quick", action="store_const", const="quick", dest="profile",
-                        help="The quick profile (under 3 minutes on a 2-core machine).")
+                        help="The quick profile (about 4 minutes on a 2-core machine).")
     parser.add_argument("--profile", choices=sorted(PROFILES),
-                        help="full (default; the issue's configurations), quick, or tiny (seconds; a smoke test).")
+                        help="full (default; the issues' configurations), quick, or tiny (seconds; a smoke test).")
     parser.set_defaults(profile="full")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Output directory (default {DEFAULT_OUT}).")
     parser.add_argument("--only", action="append", choices=SECTIONS, help="Run only this section (repeatable).")

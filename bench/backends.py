@@ -9,6 +9,11 @@ target there: 64 independent 5-second batches on 32 workers (efficiency taken co
 pure work as the serial time); without ``--ssh-hosts`` it starts loopback sshd servers (``bench.loopback``) for
 SSH. The quick profile makes one run on the local Ray instance the backend starts by itself (so that run's wall
 time includes Ray's start-up), and one over loopback SSH.
+
+The full profile also measures issue 11's backend targets: 16 x 2 s on Ray with 8 workers, Ray started by the
+backend for the run (before any cluster of this section exists, so start-up is included), against the same
+plan on local ``--workers 1``; and 12 x 3 s over SSH on 2 hosts x 3 slots (6 workers spread evenly), its
+speedup taken conservatively against the plan's pure work (a serial run takes at least that).
 """
 
 from __future__ import annotations
@@ -108,9 +113,52 @@ def run(session: Session, cfg: Config, remote: RemoteOptions) -> dict[str, Any]:
         except (RuntimeError, OSError, subprocess.CalledProcessError) as exc:  # no sshd here: go on without
             session.log(f"  backends: no loopback SSH hosts: {exc}")
             remote_ssh, where = remote, f"could not start loopback sshd servers: {exc}"[:400]
+        speedup = _ray_speedup(session, cfg, remote) if cfg.ray_speedup else None
         out = _run_ray(session, cfg, remote_ssh)
+        if speedup is not None:
+            out["ray_speedup"] = speedup
         out["ssh_hosts"] = where
+        if cfg.ssh_target:
+            out["ssh_target"] = _ssh_target(session, cfg, remote_ssh)
         return out
+
+
+def _ray_speedup(session: Session, cfg: Config, remote: RemoteOptions) -> dict[str, Any]:
+    """n x secs on Ray with w workers (start-up included unless --ray-address names a running cluster) against
+    local --workers 1, one run each."""
+    assert cfg.ray_speedup
+    n, secs, w = cfg.ray_speedup
+    why = _importable("ray")
+    if why:
+        return {"error": f"Ray backend not available: {why}"[:600]}
+    nodes = make_shape("independent-equal", n, secs)
+    try:
+        session.log(f"  backends: Ray speedup, {n} x {secs:g}s, local --workers 1")
+        serial = session.run("ray-speedup-local-w1", nodes, 1)
+        session.log(f"  backends: Ray speedup, {n} x {secs:g}s, Ray --workers {w} (start-up included)")
+        ray = session.run(f"ray-speedup-w{w}", nodes, w, backend="ray",
+                          backend_options={"address": remote.ray_address})
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:600]}
+    return {"batches": n, "seconds": secs, "workers": w, "serial_wall": round(serial.wall, 4),
+            "wall": round(ray.wall, 4), "speedup": round(serial.wall / ray.wall, 4),
+            "startup_included": remote.ray_address is None, "runs": [serial.to_dict(), ray.to_dict()]}
+
+
+def _ssh_target(session: Session, cfg: Config, remote: RemoteOptions) -> dict[str, Any]:
+    assert cfg.ssh_target
+    n, secs, w = cfg.ssh_target
+    opts = _options("ssh", remote) if _importable("ssh") is None else _importable("ssh")
+    if isinstance(opts, str):
+        return {"error": f"SSH backend not available: {opts}"[:600]}
+    nodes = make_shape("independent-equal", n, secs)
+    session.log(f"  backends: SSH target, {n} x {secs:g}s at {w} workers over {len(remote.ssh_hosts)} host(s)")
+    try:
+        rec = session.run(f"ssh-target-w{w}", nodes, w, backend="ssh", backend_options=opts)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:600]}
+    return {"batches": n, "seconds": secs, "workers": w, "hosts": len(remote.ssh_hosts), "wall": round(rec.wall, 4),
+            "conservative_speedup": round(n * secs / rec.wall, 4), "runs": [rec.to_dict()]}
 
 
 def _run_ray(session: Session, cfg: Config, remote: RemoteOptions) -> dict[str, Any]:

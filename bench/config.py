@@ -1,5 +1,5 @@
-"""What each benchmark profile measures: ``quick`` (under 3 minutes on a 2-core machine), ``full`` (the issue's
-configurations, about 20 minutes), ``tiny`` (seconds; for the smoke test, numbers meaningless)."""
+"""What each benchmark profile measures: ``quick`` (under 4 minutes on a 2-core machine), ``full`` (the issues'
+configurations, about 30 minutes), ``tiny`` (seconds; for the smoke test, numbers meaningless)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,14 @@ class Config:
     measured_batches: int = 12
     measured_unit: float = 0.5
     measured_workers: int = 4
-    # 3. overhead: batches that only start the agent (no sleep), one per stream; repo size -> stream counts
+    # 2b. run-time dispatch (issue 11): independent batches of spread durations (n, shortest s, longest s,
+    # workers), with each way of giving estimates; issue 15's CAST stages (seconds of each agent, per stage)
+    spread_plan: tuple[int, float, float, int] = (16, 1.0, 12.0, 4)
+    spread_estimates: tuple[str, ...] = ("none", "wrong", "exact")
+    cast_stages: tuple[tuple[float, ...], ...] = ((3.0, 3.0, 3.0), (1.0,), (2.0, 2.0), (1.0,))
+    cast_scale: float = 1.0  # multiplies cast_stages
+    cast_workers: int = 3
+    # 3. overhead: batches that only start the agent (no sleep), one per worker; repo size -> worker counts
     overhead_runs: dict[int, tuple[int, ...]] = field(
         default_factory=lambda: {2: (1, 4, 16), 1000: (1, 4, 8, 16), 20000: (1, 4, 16)})
     gitops_repos: tuple[int, ...] = (2, 1000, 20000)
@@ -35,14 +42,18 @@ class Config:
     scale_workers: int = 64
     planning_reps: int = 3  # pure code: cheap, and its best-of-N is the least disturbed by other load
     trace_max_batches: int | None = None  # tracemalloc the planning only up to this size (tracing is slow)
+    executor_max_units: int | None = None  # registration and run-state timings only up to this size (O(n^2) today)
     journal_batches: int = 1000
-    memory_streams: int = 64
+    memory_workers: int = 64
     memory_seconds: float = 2.0
     # 5. backends: the same plan on each available backend; Ray's target run in full mode
     backend_plan: tuple[int, float, int] = (8, 1.0, 4)
     ray_target: tuple[int, float, int] | None = (64, 5.0, 32)
     ray_cluster: tuple[int, int] | None = (4, 8)  # a local multi-node cluster: nodes, distpar slots per node
     ssh_loopback: int = 2  # loopback sshd servers to start when no --ssh-hosts are given (0: none)
+    # issue 11's backend targets: Ray started for the run vs local --workers 1; SSH over the loopback hosts
+    ray_speedup: tuple[int, float, int] | None = (16, 2.0, 8)
+    ssh_target: tuple[int, float, int] | None = (12, 3.0, 6)  # workers spread evenly: 3 slots on each of 2 hosts
 
 
 FULL = Config(name="full", reps=3, light_reps=3)
@@ -57,11 +68,16 @@ QUICK = Config(
     overhead_runs={2: (1, 4, 16), 1000: (1, 4, 16), 20000: (1, 2)},
     gitops_remote_max_files=1000,
     trace_max_batches=1000,
+    executor_max_units=1000,
     memory_seconds=0.5,
     backend_plan=(8, 0.25, 4),
     ray_target=None,
     ray_cluster=None,
     ssh_loopback=2,
+    spread_plan=(16, 0.25, 3.0, 4),
+    cast_scale=0.5,
+    ray_speedup=None,
+    ssh_target=None,
 )
 
 TINY = Config(
@@ -85,12 +101,17 @@ TINY = Config(
     planning_reps=1,
     scale_workers=4,
     journal_batches=20,
-    memory_streams=2,
+    memory_workers=2,
     memory_seconds=0.05,
     backend_plan=(2, 0.05, 2),
     ray_target=None,
     ray_cluster=None,
     ssh_loopback=0,
+    spread_plan=(4, 0.05, 0.5, 2),
+    spread_estimates=("none",),
+    cast_scale=0.05,
+    ray_speedup=None,
+    ssh_target=None,
 )
 
 PROFILES = {"quick": QUICK, "full": FULL, "tiny": TINY}

@@ -13,15 +13,16 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.plans import Node, to_batches
 from distpar import runtime
 from distpar.backends import make_backend
+from distpar.executor import Runner
 from distpar.model import AgentConfig
 from distpar.plan import load_plan
 from distpar.schedule import make_schedule
@@ -40,9 +41,9 @@ class RunRecord:
     label: str
     backend: str
     strategy: str
-    workers: int
-    streams: int
-    batches: int
+    workers: int  # --workers as given
+    used_workers: int  # the workers the executor ran (a pinned strategy runs one per stream)
+    batches: int  # units that ran (one per batch today)
     state: str
     wall: float  # planning + preflight + Runner.run, seconds
     planning: float  # parse + schedule
@@ -52,19 +53,23 @@ class RunRecord:
     predicted: dict[str, float]  # the scheduler's makespan, lower bound, serial, critical path (seconds)
     agent_busy: float  # sum of agent process lifetimes
     agent_span: float  # first agent start -> last agent end
-    longest_stream_agent: float  # max over streams of the agent process time in that stream
+    busiest_worker_agent: float  # max over workers of the agent process time of the units it ran
     phases: dict[str, float]
     loadavg: float
+    nonce: str = ""  # the run's own name in the plan (its files are under bench/<nonce>/)
+    timeline: list[list[Any]] = field(default_factory=list)  # [unit, worker, agent start, agent end], s from t0
+    commits: dict[str, str] = field(default_factory=dict)  # unit -> its commit (not in to_dict)
     journal_bytes_before: int = 0
     journal_bytes_after: int = 0
 
     @property
     def overhead(self) -> float:
-        """Coordinator overhead: the wall time minus the agents' own time on the busiest stream."""
-        return self.wall - self.longest_stream_agent
+        """Coordinator overhead: the wall time minus the agents' own time on the busiest worker."""
+        return self.wall - self.busiest_worker_agent
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d.pop("commits")
         d["overhead"] = round(self.overhead, 4)
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
 
@@ -144,12 +149,18 @@ class Session:
     # --- one run -------------------------------------------------------------------------------------------
 
     def run(self, label: str, nodes: list[Node], workers: int, *, strategy: str = "balanced", files: int = 2,
-            backend: str = "local", backend_options: dict[str, Any] | None = None) -> RunRecord:
+            backend: str = "local", backend_options: dict[str, Any] | None = None,
+            manifest: Callable[[str], list[dict[str, Any]]] | None = None,
+            sleeps: dict[str, float] | None = None) -> RunRecord:
         """Run a plan; a run that does not end ok is recorded in ``failures`` and run again (twice at most),
-        so one flaky run does not lose a session, and the report still shows that it happened."""
+        so one flaky run does not lose a session, and the report still shows that it happened.
+
+        The plan is ``nodes`` (one batch each), or ``manifest(nonce)``'s batches when given (then ``sleeps``
+        holds each unit's requested seconds and ``nodes`` is not used)."""
         for attempt in range(1, RUN_ATTEMPTS + 1):
             try:
-                return self._run_once(label, nodes, workers, strategy, files, backend, backend_options)
+                return self._run_once(label, nodes, workers, strategy, files, backend, backend_options, manifest,
+                                      sleeps)
             except BenchError as exc:
                 self.failures.append({"label": label, "attempt": attempt, "error": str(exc)[:1000]})
                 self.log(f"  ! run {label} failed (attempt {attempt} of {RUN_ATTEMPTS}): {str(exc)[:300]}")
@@ -158,16 +169,19 @@ class Session:
         raise AssertionError("unreachable")
 
     def _run_once(self, label: str, nodes: list[Node], workers: int, strategy: str, files: int, backend: str,
-                  backend_options: dict[str, Any] | None) -> RunRecord:
+                  backend_options: dict[str, Any] | None,
+                  manifest: Callable[[str], list[dict[str, Any]]] | None,
+                  unit_sleeps: dict[str, float] | None) -> RunRecord:
         self._count += 1
         nonce = f"r{self._count}"
         repo = self.repo(files)
-        plan_path = write_plan(self.root / f"plan-{nonce}.md", to_batches(nodes, nonce), plan_id=f"bench-{label}")
-        sleeps = {x.id: x.seconds for x in nodes}
+        batches = manifest(nonce) if manifest else to_batches(nodes, nonce)
+        plan_path = write_plan(self.root / f"plan-{nonce}.md", batches, plan_id=f"bench-{label}")
+        sleeps = unit_sleeps if manifest and unit_sleeps is not None else {x.id: x.seconds for x in nodes}
         journal_before = self.journal_bytes()
         load = os.getloadavg()[0]
 
-        t0 = time.perf_counter()
+        t0, t_wall0 = time.perf_counter(), time.time()
         plan = load_plan(plan_path)
         schedule = make_schedule(plan, workers, strategy)
         t1 = time.perf_counter()
@@ -176,8 +190,8 @@ class Session:
         t2 = time.perf_counter()
         journal = runtime.open_journal(root)
         try:
-            runner = runtime.Runner(root, plan, schedule, opts, make_backend(backend, backend_options or {}),
-                                    journal, target, start)
+            runner = Runner(root, plan, schedule, opts, make_backend(backend, backend_options or {}), journal,
+                            target, start)
             t_run = time.time()
             report = runner.run()
             t3 = time.perf_counter()
@@ -190,19 +204,19 @@ class Session:
             bad = [f"{r.batch_id}: {r.status.value} {r.error}" for r in report.results if not r.status.ok]
             raise BenchError(f"run {label} ended {report.state}: {'; '.join(report.errors + bad)[:500]}")
 
-        self.batches_run += len(nodes)
-        to_s = 60.0  # the scheduler works in minutes; plans carry seconds / 60
+        self.batches_run += len(rows)
+        to_s = 60.0  # the scheduler works in minutes
         agent = {r["batch_id"]: (r["started"], r["ended"]) for r in rows}
-        per_stream: dict[int, float] = {}
+        per_worker: dict[int, float] = {}
         for r in rows:
-            per_stream[r["stream"]] = per_stream.get(r["stream"], 0.0) + (r["ended"] - r["started"])
+            per_worker[r["stream"]] = per_worker.get(r["stream"], 0.0) + (r["ended"] - r["started"])
         return RunRecord(
             label=label,
             backend=backend,
             strategy=strategy,
             workers=workers,
-            streams=len(schedule.streams),
-            batches=len(nodes),
+            used_workers=runner.workers,
+            batches=len(rows),
             state=report.state,
             wall=t3 - t0,
             planning=t1 - t0,
@@ -217,34 +231,38 @@ class Session:
             },
             agent_busy=sum(e - s for s, e in agent.values()),
             agent_span=max(e for _, e in agent.values()) - min(s for s, _ in agent.values()),
-            longest_stream_agent=max(per_stream.values()),
+            busiest_worker_agent=max(per_worker.values()),
             phases=phases(events, agent, sleeps, t_run, t_end, t1 - t0, t2 - t1),
             loadavg=load,
+            nonce=nonce,
+            timeline=[[r["batch_id"], r["stream"], round(r["started"] - t_wall0, 3), round(r["ended"] - t_wall0, 3)]
+                      for r in sorted(rows, key=lambda r: r["started"])],
+            commits={r["batch_id"]: r["commit_oid"] for r in rows if r["commit_oid"]},
             journal_bytes_before=journal_before,
             journal_bytes_after=self.journal_bytes(),
         )
 
 
 PHASES = (
-    "planning", "preflight", "startup", "code_transfer", "agent_start", "commit_and_return",
-    "dependency_merge", "merge", "cleanup",
+    "planning", "preflight", "startup", "prepare", "agent_start", "commit_and_return", "dispatch", "merge",
+    "cleanup",
 )
 PHASE_HELP = {
     "planning": "parse the plan file and schedule it (pure code)",
     "preflight": "git version, repository and working-tree checks",
-    "startup": "Runner.run until the first segment is submitted: journal rows for the run and its batches, "
-               "backend start",
-    "code_transfer": "segment submitted -> its first agent process starts: worktree creation (local) or "
-                     "task or connection start, bundle and clone (Ray, SSH), prompt file, HEAD lookup; summed over "
-                     "segments",
+    "startup": "Runner.run until the first unit is submitted: journal rows for the run and its batches, "
+               "backend start, the first unit's base",
+    "prepare": "unit submitted -> its agent process starts: the worker's workspace created (its first unit) or "
+               "moved to the unit's branch and base, code sent to a remote worker (bundle, clone or fetch), "
+               "prompt file; summed over units",
     "agent_start": "agent process lifetime beyond the sleep the plan asked for: interpreter start, imports, "
                    "file write, JSON result, exit (a real agent's start-up would show here); summed",
-    "commit_and_return": "an agent ends -> the next agent of the segment starts, or the coordinator has the "
-                         "segment's result: commit of the batch, log handling, hand-back (none locally); summed",
-    "dependency_merge": "a dependency's segment collected -> the waiting segment submitted: merging the "
-                        "dependency into the stream's base and dispatch; summed",
-    "merge": "ordered merge of the streams into the integration branch and the target",
-    "cleanup": "worktree snapshots and removal, branch deletion, journal close of the run",
+    "commit_and_return": "an agent ends -> the coordinator has collected the unit: commit, log handling, "
+                         "hand-back and fetch (remote), the early conflict check; summed",
+    "dispatch": "a unit collected -> the next unit it made possible (a free worker, a dependency done) is "
+                "submitted: its base merged from its dependencies (deps.base_for) and its transfer source; summed",
+    "merge": "ordered merge of the units' branches into the integration branch and the target",
+    "cleanup": "workspace snapshots and removal, branch deletion, journal close of the run",
 }
 
 
@@ -252,33 +270,30 @@ def phases(events: list[Any], agent: dict[str, tuple[float, float]], sleeps: dic
            t_end: float, planning: float, preflight: float) -> dict[str, float]:
     """Split a run's time into phases from its journal events and the agents' process start/end times.
 
-    Per-segment phases are summed over segments (so with several streams they add up to more than the wall
-    time: they ran in parallel); the other phases are on the coordinator's one thread."""
+    Per-unit phases are summed over units (so with several workers they add up to more than the wall time:
+    they ran in parallel); the other phases are on the coordinator's one thread."""
     collected: dict[str, float] = {}
     for e in events:
         if e.kind == "batch_ended":
             collected[e.batch_id] = e.ts
-    submits = [e for e in events if e.kind == "segment_submitted"]
+    submits = [e for e in events if e.kind == "segment_submitted" and e.batch_id in agent]
     out = dict.fromkeys(PHASES, 0.0)
     out["planning"], out["preflight"] = planning, preflight
     out["startup"] = (min(e.ts for e in submits) - t_run) if submits else 0.0
-    first_submit_of: dict[str, float] = {}
-    for e in submits:
-        ids = e.data["batches"]
-        first_submit_of[ids[0]] = e.ts
-        out["code_transfer"] += agent[ids[0]][0] - e.ts
-        for i, b in enumerate(ids):
-            start, end = agent[b]
-            out["agent_start"] += max(0.0, (end - start) - sleeps[b])
-            nxt = agent[ids[i + 1]][0] if i + 1 < len(ids) else collected[b]
-            out["commit_and_return"] += nxt - end
-    # A segment submitted after the first wave was released by the collection just before it (the runtime's
-    # loop collects, then dispatches): the time between is merging its dependencies into its base.
+    last_submit = {e.batch_id: e.ts for e in submits}  # a retried unit: its last attempt ran
+    for uid, ts in last_submit.items():
+        start, end = agent[uid]
+        out["prepare"] += max(0.0, start - ts)
+        out["agent_start"] += max(0.0, (end - start) - sleeps.get(uid, 0.0))
+        out["commit_and_return"] += max(0.0, collected.get(uid, end) - end)
+    # A unit submitted after the first wave was released by the collection just before it (the executor
+    # collects, hands the event to the run state, then starts what it says): the time between is its dispatch.
     done = sorted(collected.values())
-    for e in submits:
-        earlier = [t for t in done if t <= e.ts]
-        if earlier:
-            out["dependency_merge"] += e.ts - earlier[-1]
+    first = min(last_submit.values(), default=0.0)
+    for ts in last_submit.values():
+        earlier = [t for t in done if t <= ts]
+        if earlier and ts > first:
+            out["dispatch"] += ts - earlier[-1]
     by_kind = {e.kind: e.ts for e in events}
     if "merge_started" in by_kind and "merged" in by_kind:
         out["merge"] = by_kind["merged"] - by_kind["merge_started"]

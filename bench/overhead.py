@@ -1,11 +1,11 @@
-"""3. Overhead: where the time goes that is not the agents' own, and how it grows with streams and repo size.
+"""3. Overhead: where the time goes that is not the agents' own, and how it grows with workers and repo size.
 
 Two views that check each other:
 
-* *Runs*: plans of S batches that only start the fake agent (no sleep), one batch per stream, on repositories
-  of 2, 1,000 and 20,000 files. Each run is split into phases from its journal events and the agents' process
-  start/end times (``harness.phases``). The coordinator overhead of a run is its wall time minus the agents'
-  own time on the busiest stream.
+* *Runs*: plans of W batches that only start the fake agent (no sleep) on W workers (one unit each), on
+  repositories of 2, 1,000 and 20,000 files. Each run is split into phases from its journal events and the
+  agents' process start/end times (``harness.phases``). The coordinator overhead of a run is its wall time
+  minus the agents' own time on the busiest worker.
 * *Git operations*, timed directly through ``distpar.gitops``, one at a time on an idle coordinator: the
   steps the phases are made of (worktree add/remove, commit, snapshot, merge, bundle and clone for remote
   workers, status for the preflight).
@@ -29,20 +29,20 @@ from distpar.testing import IDENTITY
 
 def runs(session: Session, cfg: Config) -> list[dict[str, Any]]:
     rows = []
-    for files, stream_counts in cfg.overhead_runs.items():
+    for files, worker_counts in cfg.overhead_runs.items():
         session.repo(files)
-        for s in stream_counts:
-            nodes = make_shape("independent-equal", s, 0.0)
+        for w in worker_counts:
+            nodes = make_shape("independent-equal", w, 0.0)
             recs = []
             for rep in range(cfg.light_reps):
-                session.log(f"  overhead: {files}-file repo, {s} stream(s), rep {rep + 1}")
-                recs.append(session.run(f"overhead-{files}-s{s}", nodes, s, files=files))
+                session.log(f"  overhead: {files}-file repo, {w} worker(s), rep {rep + 1}")
+                recs.append(session.run(f"overhead-{files}-w{w}", nodes, w, files=files))
             rows.append({
                 "files": files,
-                "streams": s,
+                "workers": w,
                 "wall": summary([r.wall for r in recs]),
                 "overhead": summary([r.overhead for r in recs]),
-                "agents": summary([r.longest_stream_agent for r in recs]),
+                "agents": summary([r.busiest_worker_agent for r in recs]),
                 "phases": {p: summary([r.phases[p] for r in recs]) for p in PHASES},
                 "runs": [r.to_dict() for r in recs],
             })

@@ -2,7 +2,8 @@
 
 The same shape becomes a ``Plan`` for the pure scheduler (``to_plan``) or a manifest for a real run with the
 fake agent (``to_batches``: each batch sleeps its seconds and writes one file of its own). Durations are in
-seconds; the plan's ``estimate`` (minutes) is set from them, so the scheduler sees the true durations.
+seconds. A node's ``estimate`` (seconds; the plan carries it in minutes) is what the plan tells the scheduler:
+the shapes set it to the true duration; ``with_estimates`` makes plans that give none, wrong ones or exact ones.
 
 Plans list batches grouped by feature (a chain at a time), the way people write them: that is the order the
 seed's midpoint split cuts in two.
@@ -11,13 +12,14 @@ seed's midpoint split cuts in two.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from distpar.plan import AgentTask, Batch, Plan
+from distpar.plan import DEFAULT_ESTIMATE, AgentTask, Batch, Plan
 from distpar.testing import fake_batch, plan_text
 
 SHAPES = ("independent-equal", "independent-heavy-tailed", "chains", "diamonds", "mixed-dag")
+ESTIMATES = ("none", "wrong", "exact")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class Node:
     id: str
     seconds: float
     deps: tuple[str, ...] = ()
+    estimate: float | None = None  # seconds, as the plan states it; None: the plan gives no estimate
 
 
 def make_shape(shape: str, n: int, unit: float = 1.0, seed: int = 7) -> list[Node]:
@@ -38,7 +41,76 @@ def make_shape(shape: str, n: int, unit: float = 1.0, seed: int = 7) -> list[Nod
     }
     if shape not in builders:
         raise ValueError(f"unknown shape {shape!r} (known: {', '.join(SHAPES)})")
-    return builders[shape]()
+    return with_estimates(builders[shape](), "exact")
+
+
+def spread(n: int, low: float, high: float, seed: int = 11) -> list[Node]:
+    """``n`` independent batches whose durations spread from ``low`` to ``high`` seconds (log-uniform, seeded,
+    stretched so that the shortest is ``low`` and the longest ``high``), in random order; no estimates."""
+    rng = random.Random(seed)
+    raw = [rng.random() for _ in range(n)]
+    lo, hi = min(raw), max(raw)
+    ratio = high / low
+    return [Node(f"b{i}", round(low * ratio ** ((r - lo) / (hi - lo) if hi > lo else 0.0), 3))
+            for i, r in enumerate(raw, 1)]
+
+
+def with_estimates(nodes: list[Node], mode: str, seed: int = 23) -> list[Node]:
+    """The same plan with no estimates (``none``), estimates unrelated to the durations (``wrong``: a seeded
+    shuffle of the real durations, so they span the same range but belong to other batches) or ``exact``."""
+    if mode == "none":
+        return [replace(x, estimate=None) for x in nodes]
+    if mode == "exact":
+        return [replace(x, estimate=x.seconds) for x in nodes]
+    if mode == "wrong":
+        values = [x.seconds for x in nodes]
+        random.Random(seed).shuffle(values)
+        return [replace(x, estimate=v) for x, v in zip(nodes, values, strict=True)]
+    raise ValueError(f"unknown estimate mode {mode!r} (known: {', '.join(ESTIMATES)})")
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (ties broken by position): how related wrong estimates are to the truth."""
+    def ranks(v: list[float]) -> list[int]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        out = [0] * len(v)
+        for r, i in enumerate(order):
+            out[i] = r
+        return out
+
+    n = len(a)
+    if n < 2:
+        return 0.0
+    ra, rb = ranks(a), ranks(b)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb, strict=True)) / (n * (n * n - 1))
+
+
+def stages(durations: list[list[float]]) -> list[Node]:
+    """A staged plan written as batches with explicit ``depends_on``: batch ``s<k>a<j>`` (stage k, agent j)
+    depends on every batch of stage k - 1. The same order a CAST plan of one batch per stage states without
+    any ``depends_on`` (see ``cast_manifest``). Estimates are exact."""
+    nodes: list[Node] = []
+    previous: tuple[str, ...] = ()
+    for k, stage in enumerate(durations, 1):
+        ids = tuple(f"s{k}a{j}" for j in range(1, len(stage) + 1))
+        nodes += [Node(i, s, previous, s) for i, s in zip(ids, stage, strict=True)]
+        previous = ids
+    return nodes
+
+
+def cast_manifest(durations: list[list[float]], nonce: str) -> list[dict[str, Any]]:
+    """The CAST form of ``stages``: one batch per stage, in order, no ``depends_on``; a stage of several agents
+    is a ``parallel: true`` batch. Agent j of stage k sleeps its seconds and writes ``bench/<nonce>/s<k>a<j>.txt``
+    (the file ``stages`` would write), so the work of every stage can be looked for in the later ones."""
+    out = []
+    for k, stage in enumerate(durations, 1):
+        agents = [{"subagent_type": "general-purpose",
+                   "prompt": f"Stage {k}, agent {j}.\n@fake sleep {s:g}\n"
+                             f"@fake write \"bench/{nonce}/s{k}a{j}.txt\" \"{nonce} s{k}a{j}\\n\""}
+                  for j, s in enumerate(stage, 1)]
+        out.append({"id": f"stage{k}", "description": f"stage {k}", "parallel": len(stage) > 1, "agents": agents,
+                    "estimate": max(stage) / 60.0})
+    return out
 
 
 def independent(n: int, seconds: float) -> list[Node]:
@@ -110,23 +182,26 @@ def total_seconds(nodes: list[Node]) -> float:
 def to_plan(nodes: list[Node], plan_id: str = "bench") -> Plan:
     """A ``Plan`` for the pure scheduler, built directly (no text, no parsing)."""
     task = (AgentTask("general-purpose", "benchmark batch"),)
-    batches = tuple(Batch(x.id, x.id, task, depends_on=x.deps, estimate=x.seconds / 60.0) for x in nodes)
+    batches = tuple(Batch(x.id, x.id, task, depends_on=x.deps, estimate=_minutes(x)) for x in nodes)
     return Plan(plan_id, batches, "<bench>", any(x.deps for x in nodes))
 
 
 def to_batches(nodes: list[Node], nonce: str) -> list[dict[str, Any]]:
     """Manifest batches for a real run: the fake agent sleeps each batch's seconds and writes one file named
-    after the run (``nonce``), so no two batches or runs conflict and every batch makes a commit."""
-    return [
-        fake_batch(
-            x.id,
-            writes={f"bench/{nonce}/{x.id}.txt": f"{nonce} {x.id}\n"},
-            sleep=x.seconds,
-            depends_on=list(x.deps),
-            estimate=max(x.seconds, 0.001) / 60.0,
-        )
-        for x in nodes
-    ]
+    after the run (``nonce``), so no two batches or runs conflict and every batch makes a commit. A node
+    without an estimate gives none in the plan."""
+    out = []
+    for x in nodes:
+        fields: dict[str, Any] = {"depends_on": list(x.deps)}
+        if x.estimate is not None:
+            fields["estimate"] = _minutes(x)
+        out.append(fake_batch(x.id, writes={f"bench/{nonce}/{x.id}.txt": f"{nonce} {x.id}\n"}, sleep=x.seconds,
+                              **fields))
+    return out
+
+
+def _minutes(x: Node) -> float:
+    return DEFAULT_ESTIMATE if x.estimate is None else max(x.estimate, 0.001) / 60.0
 
 
 def plan_document(nodes: list[Node], nonce: str = "scale") -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 STRATEGY_COLORS = {"balanced": "#1f77b4", "midpoint": "#d62728", "round-robin": "#7f7f7f"}
 PHASE_COLORS = {
-    "plan+preflight+startup": "#9467bd", "code transfer": "#1f77b4", "agent start": "#ff7f0e",
+    "plan+preflight+startup": "#9467bd", "prepare": "#1f77b4", "agent start": "#ff7f0e",
     "commit+return": "#2ca02c", "merge": "#d62728", "cleanup": "#8c564b",
 }
 
@@ -22,6 +22,8 @@ def draw(results: dict[str, Any], out_dir: Path) -> list[Path]:
         paths.append(_speedup(s["speedup"]["speedup"], out_dir / "speedup.png"))
     if "scheduling" in s:
         paths.append(_scheduling(s["scheduling"], out_dir / "scheduling.png"))
+    if "dispatch" in s:
+        paths.append(_dispatch(s["dispatch"], out_dir / "dispatch.png"))
     if "overhead" in s:
         paths.append(_overhead(s["overhead"], out_dir / "overhead.png"))
     return paths
@@ -86,16 +88,16 @@ def _scheduling(sc: dict[str, Any], path: Path) -> Path:
                     rows = [r for r in pred if r["shape"] == shape and r["workers"] == n]
                     sizes = sorted(r["batches"] for r in rows)
                     mid = sizes[len(sizes) // 2]
-                    segs.append(next(r[st]["segment_ratio"] for r in rows if r["batches"] == mid))
+                    segs.append(next(r[st]["dispatch_ratio"] for r in rows if r["batches"] == mid))
                 ax.plot(xs, segs, "x", color="orange", markersize=9, mew=2,
-                        label="balanced with today's segment hand-back")
+                        label="balanced, run-time dispatch (run state, simulated)")
         for r in sc["measured"]:
             if r["workers"] == n and r["shape"] in shapes:
                 j = shapes.index(r["shape"]) + (strategies.index(r["strategy"]) - 1) * 0.27
                 ax.plot(j, r["span_ratio"]["median"], "kD", markersize=6,
                         label="measured (agents' span)" if r["strategy"] == "balanced" else None)
         ax.axhline(1.0, color="k", linewidth=0.8)
-        ax.axhline(1.1, color="g", linestyle=":", linewidth=1, label="target 1.1 (mixed DAG)")
+        ax.axhline(1.3, color="g", linestyle=":", linewidth=1, label="target 1.3 (mixed DAG, measured)")
         ax.set_xticks(range(len(shapes)), [s.replace("independent-", "indep. ") for s in shapes], rotation=15)
         ax.set_ylabel("makespan / lower bound")
         ax.set_title(f"N = {n} workers (middle plan size)")
@@ -114,15 +116,15 @@ def _overhead(ov: dict[str, Any], path: Path) -> Path:
     runs = ov["runs"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for files in sorted({r["files"] for r in runs}):
-        rows = sorted((r for r in runs if r["files"] == files), key=lambda r: r["streams"])
-        xs = [r["streams"] for r in rows]
+        rows = sorted((r for r in runs if r["files"] == files), key=lambda r: r["workers"])
+        xs = [r["workers"] for r in rows]
         left.plot(xs, [r["overhead"]["median"] for r in rows], "o-", label=f"{files:,} files")
-    top = max(r["streams"] for r in runs)
-    left.plot([1, top], [1.1, 1 + 0.1 * top], "g:", label="target 1 s + 0.1 s/stream (1,000 files)")
+    top = max(r["workers"] for r in runs)
+    left.plot([1, top], [1.1, 1 + 0.1 * top], "g:", label="target 1 s + 0.1 s/worker (1,000 files)")
     left.set_xscale("log", base=2)
-    ticks = sorted({r["streams"] for r in runs})
+    ticks = sorted({r["workers"] for r in runs})
     left.set_xticks(ticks, [str(t) for t in ticks])
-    left.set_xlabel("streams (one batch each, agent start only)")
+    left.set_xlabel("workers (one unit each, agent start only)")
     left.set_ylabel("coordinator overhead, s (median)")
     left.legend(fontsize=8)
     left.grid(alpha=0.3)
@@ -131,10 +133,10 @@ def _overhead(ov: dict[str, Any], path: Path) -> Path:
     stacks: dict[str, list[float]] = {k: [] for k in PHASE_COLORS}
     for r in runs:
         ph = {p: v["median"] for p, v in r["phases"].items()}
-        k = r["streams"]
-        labels.append(f"{r['files']}f/{k}s")
+        k = r["workers"]
+        labels.append(f"{r['files']}f/{k}w")
         stacks["plan+preflight+startup"].append(ph["planning"] + ph["preflight"] + ph["startup"])
-        stacks["code transfer"].append(ph["code_transfer"] / k)
+        stacks["prepare"].append(ph["prepare"] / k)
         stacks["agent start"].append(ph["agent_start"] / k)
         stacks["commit+return"].append(ph["commit_and_return"] / k)
         stacks["merge"].append(ph["merge"])
@@ -144,8 +146,40 @@ def _overhead(ov: dict[str, Any], path: Path) -> Path:
         right.bar(range(len(labels)), vals, bottom=bottom, color=PHASE_COLORS[name], label=name)
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     right.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
-    right.set_ylabel("seconds (per-stream phases: mean per stream)")
-    right.set_title("phases (files / streams)")
+    right.set_ylabel("seconds (per-unit phases: mean per unit)")
+    right.set_title("phases (files / workers)")
     right.legend(fontsize=8)
     right.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def _dispatch(d: dict[str, Any], path: Path) -> Path:
+    """One Gantt chart per way of giving estimates (the first run of each): which worker ran which batch when,
+    against the lower bound; and the CAST stages run."""
+    import matplotlib.pyplot as plt
+
+    sp, cast = d["spread"], d["cast_stages"]
+    panels = [(f"estimates: {r['estimates']} (wall / bound {r['wall_ratio']['median']:.2f})", r["runs"][0],
+               sp["plan"]["lower_bound"]) for r in sp["rows"] if r["runs"]]
+    if cast["runs"]:
+        panels.append((f"CAST stages, {cast['form']} (wall / stage bound {cast['wall_ratio']['median']:.2f})",
+                       cast["runs"][0], cast["stage_bound"]))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.2 * len(panels) + 0.6), squeeze=False)
+    longest = max(sp["plan"]["seconds"], default=1.0)
+    cmap = plt.get_cmap("viridis")
+    for ax, (title, run, lb) in zip(axes[:, 0], panels, strict=True):
+        for uid, worker, start, end in run["timeline"]:
+            ax.barh(worker, end - start, left=start, color=cmap(min(1.0, (end - start) / longest)),
+                    edgecolor="k", linewidth=0.5)
+            if end - start > 0.04 * run["wall"]:
+                ax.text(start + (end - start) / 2, worker, uid, ha="center", va="center", fontsize=7, color="w")
+        t0 = min((s for _, _, s, _ in run["timeline"]), default=0.0)
+        ax.axvline(t0 + lb, color="g", linestyle=":", label="agents' start + lower bound")
+        ax.axvline(run["wall"], color="r", linestyle="--", label="end of the run (wall)")
+        ax.set_yticks(range(run["used_workers"]), [f"w{k}" for k in range(run["used_workers"])])
+        ax.set_xlim(left=0)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("seconds from the start of the run")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
     return _save(fig, path)

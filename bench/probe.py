@@ -1,8 +1,8 @@
 """Coordinator memory probe, run in a fresh process so that nothing else the benchmark holds is counted:
 
-    python -m bench.probe ROOT STREAMS SECONDS
+    python -m bench.probe ROOT WORKERS SECONDS
 
-runs STREAMS independent batches of SECONDS on STREAMS local workers and prints, as JSON, the process's
+runs WORKERS independent batches of SECONDS on WORKERS local workers and prints, as JSON, the process's
 resident memory after the imports, its peak during the run (VmHWM; the agents are other processes and are not
 counted) and the run's wall time.
 """
@@ -24,7 +24,7 @@ def rss_kib(field: str = "VmRSS") -> int:
 
 
 def main(argv: list[str]) -> int:
-    root, streams, seconds = Path(argv[0]), int(argv[1]), float(argv[2])
+    root, workers, seconds = Path(argv[0]), int(argv[1]), float(argv[2])
     from bench.harness import Session
     from bench.plans import make_shape
 
@@ -41,12 +41,12 @@ def main(argv: list[str]) -> int:
 
         t = threading.Thread(target=sample, daemon=True)
         t.start()
-        rec = session.run(f"memory-s{streams}", make_shape("independent-equal", streams, seconds), streams)
+        rec = session.run(f"memory-w{workers}", make_shape("independent-equal", workers, seconds), workers)
         stop.set()
         t.join()
     print(json.dumps({
-        "streams": streams,
-        "batches": streams,
+        "workers": workers,
+        "batches": workers,
         "seconds": seconds,
         "baseline_rss_mib": round(baseline / 1024, 2),
         "peak_rss_mib": round(rss_kib("VmHWM") / 1024, 2),

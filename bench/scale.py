@@ -1,10 +1,11 @@
 """4. Coordinator scale: planning time and memory for plans of 100 to 10,000 batches, the journal's size per
-batch, and the coordinator's memory while it runs 64 streams.
+batch, and the coordinator's memory while it runs 64 workers.
 
 Planning is the parser on the plan file's text and the default scheduler; its memory is the peak of Python
 allocations (tracemalloc) during parse + schedule, measured in a separate pass (tracing slows the code).
-*Registration* is what ``Runner.run`` does with the plan before the first dispatch: each batch's stream, the
-plan and schedule as JSON, and the journal's run and batch rows — done here the same way, on a scratch journal.
+*Registration* is what the executor's ``Runner`` does with the plan before the first dispatch: the units with
+their priorities (``plan_units``: critical path by estimate), the plan and schedule as JSON, and the journal's
+run and batch rows — done here the same way, on a scratch journal.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from bench.config import Config
 from bench.harness import Session
 from bench.plans import make_shape, plan_document
 from bench.stats import summary
+from distpar.executor import plan_units
 from distpar.journal import Journal
 from distpar.model import AgentOutcome, BatchResult, BatchStatus
 from distpar.plan import parse_plan
 from distpar.schedule import make_schedule
+from distpar.state import RunState, Start, UnitEnded, WorkerUp
 
 BENCH_ROOT = Path(__file__).parent.parent  # not resolved: the probe must import this very bench and distpar
 
@@ -44,14 +47,14 @@ def planning(session: Session, cfg: Config) -> list[dict[str, Any]]:
             t1 = time.perf_counter()
             sched = make_schedule(plan, cfg.scale_workers)
             t2 = time.perf_counter()
-            journal = Journal(session.root / f"scale-{n}-{rep}.db")
-            t3 = time.perf_counter()
-            _register(journal, plan, sched, f"scale-{n}-{rep}")
-            t4 = time.perf_counter()
-            journal.close()
             parse_t.append(t1 - t0)
             sched_t.append(t2 - t1)
-            reg_t.append(t4 - t3)
+            if cfg.executor_max_units is None or len(nodes) <= cfg.executor_max_units:
+                journal = Journal(session.root / f"scale-{n}-{rep}.db")
+                t3 = time.perf_counter()
+                _register(journal, plan, sched, f"scale-{n}-{rep}")
+                reg_t.append(time.perf_counter() - t3)
+                journal.close()
         peak = None
         if cfg.trace_max_batches is None or len(nodes) <= cfg.trace_max_batches:
             tracemalloc.start()
@@ -62,7 +65,6 @@ def planning(session: Session, cfg: Config) -> list[dict[str, Any]]:
         rows.append({
             "batches": len(nodes),
             "workers": cfg.scale_workers,
-            "streams": len(sched.streams),
             "plan_bytes": len(text),
             "parse": summary(parse_t),
             "schedule": summary(sched_t),
@@ -73,20 +75,58 @@ def planning(session: Session, cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
+def run_state_cost(session: Session, cfg: Config, events: int = 64) -> list[dict[str, Any]]:
+    """Time the run state's decisions on big plans: the units of a mixed-DAG plan, ``scale_workers`` workers
+    up, then ``events`` units ending one at a time (each ``handle`` decides what starts next). Per event, in
+    milliseconds; the run state's work per event grows with the plan, so this is what a big plan costs the
+    coordinator between two units."""
+    rows = []
+    for n in cfg.scale_sizes:
+        nodes = make_shape("mixed-dag", n)
+        if cfg.executor_max_units is not None and len(nodes) > cfg.executor_max_units:
+            continue
+        plan = parse_plan(plan_document(nodes))
+        sched = make_schedule(plan, cfg.scale_workers)
+        session.log(f"  scale: run state decisions at {len(nodes)} units")
+        t0 = time.perf_counter()
+        units = plan_units(plan, sched)
+        st = RunState.create(units)
+        t1 = time.perf_counter()
+        started: list[Start] = []
+        for w in range(cfg.scale_workers):
+            started += [i for i in st.handle(WorkerUp(w)) if isinstance(i, Start)]
+        t2 = time.perf_counter()
+        times = []
+        for _ in range(min(events, len(units))):
+            if not started:
+                break
+            ins = started.pop(0)
+            t = time.perf_counter()
+            out = st.handle(UnitEnded(ins.uid, ins.worker, BatchStatus.OK))
+            times.append(time.perf_counter() - t)
+            started += [i for i in out if isinstance(i, Start)]
+        rows.append({"units": len(units), "workers": cfg.scale_workers, "units_and_state_s": round(t1 - t0, 4),
+                     "first_dispatch_s": round(t2 - t1, 4),
+                     "per_event_ms": summary([x * 1000 for x in times])})
+    return rows
+
+
 def _register(journal: Journal, plan: Any, sched: Any, run_id: str) -> None:
-    """What ``Runner.run`` does before dispatching (``_run_row`` and ``start_run``)."""
+    """What ``Runner`` does before dispatching (``plan_units``, ``run_row`` and ``start_run``)."""
+    units = plan_units(plan, sched)
     row = {
         "id": run_id, "plan_path": "bench", "plan_id": plan.plan_id, "repo": "bench", "target": "main",
         "base": "0" * 40, "backend": "local", "workers": sched.workers, "strategy": sched.strategy,
         "state": "running", "started": time.time(), "pid": os.getpid(), "plan": json.dumps(plan.to_dict()),
         "schedule": json.dumps(sched.to_dict()), "options": "{}",
     }
-    journal.start_run(row, [(b.id, sched.stream_of(b.id)) for b in plan.batches])
+    journal.start_run(row, [(u.uid, u.pin or 0) for u in units])
 
 
 def journal_size(session: Session, cfg: Config) -> dict[str, Any]:
     """Bytes per batch of a journal that records N batches the way a run does: the run and batch rows, one
-    segment_submitted, batch_started and batch_ended per batch, a run_ended (checkpointed, so the WAL is in)."""
+    segment_submitted (a unit to a worker), two batch_started (at submit, and when the agent starts) and a
+    batch_ended per batch, a run_ended (checkpointed, so the WAL is in)."""
     n = cfg.journal_batches
     nodes = make_shape("independent-equal", n, 1.0)
     plan = parse_plan(plan_document(nodes))
@@ -98,10 +138,11 @@ def journal_size(session: Session, cfg: Config) -> dict[str, Any]:
     _register(journal, plan, sched, "size")
     outcome = AgentOutcome("success", True, "done", 0.01, 1000, 200, 0, 0, 1, 500, "session", "fake-model-1")
     now = time.time()
-    for b in plan.batches:
-        k = sched.stream_of(b.id)
-        journal.event("size", "segment_submitted", k, b.id, batches=[b.id], attempt=1, base="0" * 40)
+    for i, b in enumerate(plan.batches):
+        k = i % sched.workers  # the worker that ran it
+        journal.event("size", "segment_submitted", k, b.id, batches=[b.id], attempt=1, base="0" * 40, worker=k)
         journal.batch_started("size", b.id, k, 1, "")
+        journal.batch_started("size", b.id, k, 1, "node")
         journal.batch_ended("size", BatchResult(b.id, k, BatchStatus.OK, 0, now, now + 1, "1" * 40, True, outcome,
                                                 f"/state/runs/size/logs/{b.id}.log", "", "", "node", 1))
     journal.end_run("size", "ok", 0, {"state": "ok"})
@@ -121,10 +162,10 @@ def _db_bytes(path: Path) -> int:
 
 
 def memory_probe(session: Session, cfg: Config) -> dict[str, Any]:
-    session.log(f"  scale: coordinator memory at {cfg.memory_streams} streams (separate process)")
+    session.log(f"  scale: coordinator memory at {cfg.memory_workers} workers (separate process)")
     root = session.root / "probe"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.probe", str(root), str(cfg.memory_streams), str(cfg.memory_seconds)],
+        [sys.executable, "-m", "bench.probe", str(root), str(cfg.memory_workers), str(cfg.memory_seconds)],
         cwd=BENCH_ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
@@ -135,6 +176,7 @@ def memory_probe(session: Session, cfg: Config) -> dict[str, Any]:
 def run(session: Session, cfg: Config) -> dict[str, Any]:
     return {
         "planning": planning(session, cfg),
+        "run_state": run_state_cost(session, cfg),
         "journal": journal_size(session, cfg),
         "memory": memory_probe(session, cfg),
     }

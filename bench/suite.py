@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import backends, overhead, scale, scheduling, speedup
+from bench import backends, dispatch, overhead, scale, scheduling, speedup
 from bench.backends import RemoteOptions
 from bench.config import Config
 from bench.harness import PHASE_HELP, Session
 from bench.machine import describe
 
 RESULTS_SCHEMA = 1
-SECTIONS = ("speedup", "scheduling", "overhead", "scale", "backends")
+SECTIONS = ("speedup", "scheduling", "dispatch", "overhead", "scale", "backends")
 PUBLISH_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -44,6 +44,7 @@ def run_suite(cfg: Config, out_dir: Path, *, sections: tuple[str, ...] = SECTION
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "speedup": lambda: speedup.run(session, cfg),
         "scheduling": lambda: scheduling.run(session, cfg),
+        "dispatch": lambda: dispatch.run(session, cfg),
         "overhead": lambda: overhead.run(session, cfg),
         "scale": lambda: scale.run(session, cfg),
         "backends": lambda: backends.run(session, cfg, remote),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import TINY
+from bench.plans import make_shape
 from bench.suite import SECTIONS, run_suite
 
 pytestmark = pytest.mark.integration
@@ -45,18 +46,35 @@ def test_tiny_profile_writes_results_report_and_plots(tmp_path: Path) -> None:
             assert row[strategy]["ratio"] >= 1.0 - 1e-9  # never below the lower bound
     assert {r["strategy"] for r in sched["measured"]} == {"balanced", "midpoint", "round-robin"}
 
+    # issue 11's spread plan, small: it ran and produced its ratios (never judged on timing here)
+    spread = results["sections"]["dispatch"]["spread"]
+    n, _, _, workers = TINY.spread_plan
+    assert (spread["plan"]["batches"], spread["plan"]["workers"]) == (n, workers)
+    assert [r["estimates"] for r in spread["rows"]] == list(TINY.spread_estimates)
+    for row in spread["rows"]:
+        for key in ("wall_ratio", "span_ratio"):
+            assert row[key]["n"] == TINY.light_reps and row[key]["median"] > 0
+        assert row["dispatch_ratio"] >= 1.0 - 1e-9 and row["static_ratio"] >= 1.0 - 1e-9
+        assert {u for u, *_ in row["runs"][0]["timeline"]} == {f"b{i}" for i in range(1, n + 1)}
+    # issue 15's stages: whatever the timing, every stage found the earlier stages' work and ran after them
+    cast = results["sections"]["dispatch"]["cast_stages"]
+    assert cast["form"] in ("explicit depends_on", "CAST plan (unit graph)")
+    assert cast["wall_ratio"]["n"] == TINY.light_reps
+    assert all(c["found_previous_work"] and c["stages_in_order"] for c in cast["checks"]), cast["checks"]
+
     overhead = results["sections"]["overhead"]
-    assert {(r["files"], r["streams"]) for r in overhead["runs"]} == {
-        (f, s) for f, streams in TINY.overhead_runs.items() for s in streams}
+    assert {(r["files"], r["workers"]) for r in overhead["runs"]} == {
+        (f, w) for f, workers in TINY.overhead_runs.items() for w in workers}
     for row in overhead["runs"]:
-        assert set(row["phases"]) >= {"planning", "code_transfer", "agent_start", "commit_and_return", "merge",
-                                      "cleanup"}
+        assert set(row["phases"]) >= {"planning", "prepare", "agent_start", "commit_and_return", "dispatch",
+                                      "merge", "cleanup"}
     assert [g["files"] for g in overhead["git_operations"]] == list(TINY.gitops_repos)
 
     scale = results["sections"]["scale"]
     assert [r["batches"] for r in scale["planning"]] == list(TINY.scale_sizes)
     assert scale["journal"]["bytes_per_batch"] > 0
-    assert scale["memory"]["streams"] == TINY.memory_streams
+    assert [r["units"] for r in scale["run_state"]] == [len(make_shape("mixed-dag", n)) for n in TINY.scale_sizes]
+    assert scale["memory"]["workers"] == TINY.memory_workers
     assert scale["memory"]["peak_rss_mib"] > 0
 
     backends = results["sections"]["backends"]["backends"]
@@ -67,13 +85,14 @@ def test_tiny_profile_writes_results_report_and_plots(tmp_path: Path) -> None:
     assert results["targets"] and all(t["status"] in TARGET_STATUSES for t in results["targets"])
 
     report = (tmp_path / "REPORT.md").read_text()
-    for heading in ("## Targets", "## 1. Speedup", "## 2. Scheduling quality", "## 3. Overhead",
+    for heading in ("## Targets", "## 1. Speedup", "## 2. Scheduling quality", "## 2b. Run-time dispatch",
+                    "## 3. Overhead",
                     "## 4. Coordinator scale", "## 5. Backends"):
         assert heading in report
 
     if importlib.util.find_spec("matplotlib") is None:  # the plots come with the `bench` extra
         assert results["plots"] == [] and "bench" in results["plots_skipped"]
     else:
-        assert sorted(results["plots"]) == ["overhead.png", "scheduling.png", "speedup.png"]
+        assert sorted(results["plots"]) == ["dispatch.png", "overhead.png", "scheduling.png", "speedup.png"]
         for name in results["plots"]:
             assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
