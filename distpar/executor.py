@@ -90,6 +90,7 @@ class Runner:
                                 split=options.split)
         self.workers = 2 if self.graph.rule == "midpoint" else max(1, schedule.workers)
         self.units = state_units(self.graph, schedule.strategy, self.workers)
+        self.batches = {b.id: b for b in plan.batches}
         self.empty = [b.id for b in plan.batches if not b.agents]  # agents: [] - recorded as skipped
         # What the journal and the report list, in plan order: each batch's units (or the empty batch itself).
         self.order = [x for b in plan.batches for x in ([u.uid for u in self.graph.of_batch(b.id)] or [b.id])]
@@ -356,7 +357,7 @@ class Runner:
     def _verify_files(self, r: BatchResult) -> BatchResult:
         """CAST ``verify_files``: once the last of a batch's final units is done, the files must exist (and not
         be empty) in the batch's work; else that unit fails, naming the missing paths (its work is kept)."""
-        batch = self.plan.batch(self.graph.unit(r.batch_id).batch_id)
+        batch = self.batches[self.graph.unit(r.batch_id).batch_id]
         if not batch.verify_files or not r.status.ok:
             return r
         units = self.graph.of_batch(batch.id)

@@ -12,6 +12,7 @@ skipped, and so is everything after it. The run is over when nothing runs and no
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -189,6 +190,10 @@ class RunState:
     now: float = 0.0
     finished: bool = False
     assignment: dict[str, int] = field(default_factory=dict)  # uid -> worker that ran it last
+    # Kept as units settle, so that an event costs what it touches, not the size of the plan:
+    waiting: dict[str, int] = field(default_factory=dict)  # uid -> dependencies not (yet) ended ok
+    ready_set: set[str] = field(default_factory=set)  # pending units whose dependencies all ended ok
+    heap: list[tuple[float, int, str]] = field(default_factory=list)  # ready units, best first (stale entries)
 
     @classmethod
     def create(cls, units: Sequence[UnitInfo], done: dict[str, BatchStatus] | None = None, **kw: object) -> RunState:
@@ -199,6 +204,11 @@ class RunState:
                     raise ValueError(f"unit {u.uid!r} depends on unknown unit {d!r}")
                 st.dependents.setdefault(d, []).append(u.uid)
         st.done.update(done or {})
+        for u in units:
+            if u.uid not in st.done:
+                st.waiting[u.uid] = sum(1 for d in u.deps if st.done.get(d) is not BatchStatus.OK)
+                if st.waiting[u.uid] == 0:
+                    st._make_ready(u.uid)
         return st
 
     # --- queries -------------------------------------------------------------------------------------
@@ -209,8 +219,16 @@ class RunState:
 
     def ready(self) -> list[str]:
         """Pending units whose dependencies all ended ok, best first."""
-        out = [u for u in self.pending if all(self.done.get(d) is BatchStatus.OK for d in self.units[u].deps)]
-        return sorted(out, key=lambda u: (-self.units[u].priority, self.units[u].order))
+        return sorted(self.ready_set, key=self._key)
+
+    def _key(self, uid: str) -> tuple[float, int, str]:
+        u = self.units[uid]
+        return (-u.priority, u.order, uid)
+
+    def _make_ready(self, uid: str) -> None:
+        if uid not in self.ready_set:
+            self.ready_set.add(uid)
+            heapq.heappush(self.heap, self._key(uid))
 
     @property
     def complete(self) -> bool:
@@ -254,6 +272,7 @@ class RunState:
                 out += self._observe(event.outcome)
             if event.requeue and not self.interrupted:
                 self.attempts[event.uid] = attempt  # runs again with the same attempt: it never really ran
+                self._make_ready(event.uid)
             else:
                 out += self._settle(event.uid, event.status, "")
             if self.budget_usd is not None and self.spent >= self.budget_usd and not self.budget_exhausted:
@@ -304,7 +323,14 @@ class RunState:
         """``uid`` reached ``status``; a failure skips everything that depends on it, transitively."""
         out: list[Instruction] = []
         self.done[uid] = status
-        if status is not BatchStatus.OK:
+        self.ready_set.discard(uid)
+        if status is BatchStatus.OK:
+            for d in self.dependents.get(uid, ()):
+                if d in self.waiting:
+                    self.waiting[d] -= 1
+                    if self.waiting[d] == 0 and d not in self.done and d not in self.running:
+                        self._make_ready(d)
+        else:
             stack = [(d, uid) for d in self.dependents.get(uid, [])]
             while stack:
                 dep, cause = stack.pop()
@@ -321,6 +347,7 @@ class RunState:
             self._release(worker)
         if attempt <= self.retries and not (self.interrupted or self.fatal):
             self.attempts[uid] = attempt + 1
+            self._make_ready(uid)
             return [Retry(uid, attempt + 1, error)]
         out: list[Instruction] = [Record(uid, BatchStatus.FAILED, error)]
         return out + self._settle(uid, BatchStatus.FAILED, error)
@@ -345,39 +372,42 @@ class RunState:
         """Could anything still start (now or once something running ends)?"""
         if not self._may_start() or not self.alive:
             return False
-        return bool(self.ready())
+        return bool(self.ready_set)
 
     def _dispatch(self) -> list[Instruction]:
+        """Free workers take the best ready units they may take (a pinned unit waits for its own worker)."""
         if not self._may_start():
             return []
         out: list[Instruction] = []
-        ready = self.ready()
-        while ready and self.free and (self.limiter is None or self.limiter.decide(self.now, len(self.running)).start):
-            choice = self._choose(ready)
-            if choice is None:
-                break
-            uid, worker = choice
-            ready.remove(uid)
+        aside: list[tuple[float, int, str]] = []  # ready, but their pinned worker is busy: back in the heap after
+        while self.heap and self.free and (self.limiter is None
+                                           or self.limiter.decide(self.now, len(self.running)).start):
+            key = heapq.heappop(self.heap)
+            uid = key[2]
+            if uid not in self.ready_set or key != self._key(uid):
+                continue  # stale: started or settled since it was pushed
+            worker = self._worker_for(self.units[uid])
+            if worker is None:
+                aside.append(key)
+                continue
+            self.ready_set.discard(uid)
             self.free.remove(worker)
             attempt = self.attempts.setdefault(uid, 1)
             self.running[uid] = (worker, attempt)
             self.assignment[uid] = worker
             out.append(Start(uid, worker, attempt))
+        for key in aside:
+            heapq.heappush(self.heap, key)
         return out
 
-    def _choose(self, ready: list[str]) -> tuple[str, int] | None:
-        """The best ready unit a free worker may take, and that worker: for a pinned unit its own worker (or,
-        once that worker went down, any); otherwise the worker that ran one of its dependencies (its workspace
-        already has that work), else the worker that came free first."""
-        for uid in ready:
-            unit = self.units[uid]
-            if unit.pin is not None and unit.pin not in self.gone:  # its worker is busy or not up yet: wait
-                if unit.pin in self.free:
-                    return uid, unit.pin
-                continue
-            near = [self.assignment[d] for d in unit.deps if self.assignment.get(d) in self.free]
-            return uid, (near[0] if near else self.free[0])
-        return None
+    def _worker_for(self, unit: UnitInfo) -> int | None:
+        """The free worker that takes ``unit``: a pinned unit's own worker (or, once that worker went down, any);
+        otherwise the worker that ran one of its dependencies (its workspace already has that work), else the
+        worker that came free first. None: it must wait (its pinned worker is busy or not up yet)."""
+        if unit.pin is not None and unit.pin not in self.gone:
+            return unit.pin if unit.pin in self.free else None
+        near = [self.assignment[d] for d in unit.deps if self.assignment.get(d) in self.free]
+        return near[0] if near else self.free[0]
 
 
 def critical_path(units: Iterable[tuple[str, tuple[str, ...], float]]) -> dict[str, float]:
