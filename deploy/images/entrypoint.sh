@@ -10,6 +10,10 @@
 #                              /etc/distpar/authorized_keys)
 # Host keys are generated at start if absent (bind-mount existing
 # /etc/ssh/ssh_host_*_key files to keep them stable across containers).
+# Secrets as files (compose `secrets:`): every /run/secrets/NAME whose NAME is
+# an environment variable name (e.g. ANTHROPIC_API_KEY) is exported to CMD
+# (so to Ray and the agents it starts) unless NAME is set already;
+# DISTPAR_SECRETS_DIR changes the directory. Values are never printed.
 set -euo pipefail
 
 log() { echo "distpar-entrypoint: $*" >&2; }
@@ -34,6 +38,19 @@ setup_sshd() {
     /usr/sbin/sshd -t
 }
 
+load_secrets() {
+    local dir=${DISTPAR_SECRETS_DIR:-/run/secrets} f name
+    [[ -d $dir ]] || return 0
+    for f in "$dir"/*; do
+        name=${f##*/}
+        [[ -f $f && -r $f && $name =~ ^[A-Z_][A-Z0-9_]*$ ]] || continue
+        [[ -n ${!name:-} ]] && continue
+        export "$name=$(<"$f")"
+        log "exported the secret $name from $f"
+    done
+}
+
+load_secrets
 cmd=${1:-sshd}
 if [[ $cmd == sshd ]]; then
     [[ $# -gt 0 ]] && shift

@@ -164,12 +164,7 @@ def ray_cluster(containers: Containers, network: Any) -> Iterator[RayContainers]
     t0 = time.monotonic()
     head = containers.start("ray-head", command=HEAD_CMD, env=HEAD_ENV, publish=(CLIENT_PORT,), shm_size=SHM,
                             init=True)
-    modules = node_modules()
-    here = subprocess.run(digest(modules), capture_output=True, text=True, check=True).stdout.strip()
-    there = exec_in(head, shlex.join(digest(modules, ("python3",)))).strip()
-    if there != here:
-        unavailable(f"the worker image {containers.image} holds another version of distpar than this checkout "
-                    f"(Ray nodes run the image's); {BUILD_HINT}")
+    image_has_this_distpar(head, containers.image)
     cluster = RayContainers(containers, network, head, published_port(head, CLIENT_PORT))
     for i in (1, 2):
         cluster.add_worker(f"ray-worker{i}")
@@ -177,8 +172,7 @@ def ray_cluster(containers: Containers, network: Any) -> Iterator[RayContainers]
     wait_until(lambda: tcp_open(cluster.port) and "Ray runtime started" in logs_of(head, 200), 120,
                "the Ray head", on_timeout=lambda: logs_of(head))
     log.info("ray head up after %.1fs", time.monotonic() - t0)
-    wait_until(lambda: _connect(cluster.address), 90, f"a Ray client connection to {cluster.address}",
-               on_timeout=cluster.diagnostics)
+    ray_client_ready(cluster.address, on_timeout=cluster.diagnostics)
     log.info("ray client connected after %.1fs", time.monotonic() - t0)
     try:
         cluster.wait_for_workers()
@@ -186,6 +180,21 @@ def ray_cluster(containers: Containers, network: Any) -> Iterator[RayContainers]
         yield cluster
     finally:
         ray.shutdown()
+
+
+def image_has_this_distpar(container: Any, image: str) -> None:
+    """Skip (fail in CI) unless the node code in ``container`` is this checkout's: Ray nodes run the image's."""
+    modules = node_modules()
+    here = subprocess.run(digest(modules), capture_output=True, text=True, check=True).stdout.strip()
+    there = exec_in(container, shlex.join(digest(modules, ("python3",)))).strip()
+    if there != here:
+        unavailable(f"the worker image {image} holds another version of distpar than this checkout "
+                    f"(Ray nodes run the image's); {BUILD_HINT}")
+
+
+def ray_client_ready(address: str, on_timeout: Any = lambda: "") -> None:
+    """Connect this process to ``address`` as a Ray client, retrying while the client server starts."""
+    wait_until(lambda: _connect(address), 90, f"a Ray client connection to {address}", on_timeout=on_timeout)
 
 
 def _connect(address: str) -> bool:
