@@ -144,7 +144,8 @@ class Containers:
     def start(self, alias: str, command: list[str] | None = None, env: dict[str, str] | None = None,
               publish: tuple[int, ...] = (), aliases: tuple[str, ...] = (), tmpfs: dict[str, str] | None = None,
               binds: dict[str, str] | None = None, **kwargs: Any) -> Any:
-        """``tmpfs``: container path -> mount options; ``binds``: host path -> container path (read-only)."""
+        """``tmpfs``: container path -> mount options; ``binds``: host path -> container path, read-only unless
+        it ends in ``:rw``."""
         from testcontainers.core.container import DockerContainer
 
         c = DockerContainer(self.image)
@@ -159,7 +160,8 @@ class Containers:
         for path, options in (tmpfs or {}).items():
             c.tmpfs[path] = options
         for host, path in (binds or {}).items():
-            c.with_volume_mapping(host, path, "ro")
+            target, rw = (path[:-3], "rw") if path.endswith(":rw") else (path, "ro")
+            c.with_volume_mapping(host, target, rw)
         c.with_kwargs(labels={LABEL: SESSION}, hostname=alias, **kwargs)
         self.started.append(c)
         c.start()

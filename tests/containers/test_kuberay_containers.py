@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,7 @@ import yaml
 
 from distpar.backends.ray import SLOT
 from distpar.runtime import open_journal
-from distpar.testing import fake_batch, make_repo, tree_files, write_plan
+from distpar.testing import fake_batch, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import REPO_ROOT, run_distpar
 from tests.containers import kuberay
 from tests.containers.conftest import (
@@ -270,3 +271,45 @@ def test_agent_key_from_the_secret_reaches_the_workers_only_by_reference(kube: K
             assert "ANTHROPIC_API_KEY=" not in raylet_env
     _, cluster = manifest()
     assert AGENT_KEY not in json.dumps(cluster)  # the manifest names the Secret, never holds the key
+
+
+def test_coordinator_job_runs_the_plan_inside_the_cluster(kube: KubeCluster, tmp_path: Path) -> None:
+    """deploy/k8s/coordinator-job.yaml's container, as the kubelet would run it next to the cluster: it clones
+    the repository, runs the plan through the head service's name and pushes the result branch back."""
+    if kube.version != "v1.7.0":
+        pytest.skip("the Job runs once, next to the v1.7 cluster: it does not depend on the KubeRay version")
+    job = yaml.safe_load((REPO_ROOT / "deploy" / "k8s" / "coordinator-job.yaml").read_text())
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    batches = [fake_batch(x, writes={f"{x}.txt": f"{x}\n"}, sleep=1) for x in "abc"]
+    work = make_repo(tmp_path / "work")
+    write_plan(work / "plan.md", batches)
+    sh_git(work, "add", "plan.md")
+    sh_git(work, "commit", "-q", "-m", "plan")
+    origin = tmp_path / "origin.git"
+    sh_git(tmp_path, "clone", "-q", "--bare", str(work), str(origin))
+    subprocess.run(["chown", "-R", "1000:1000", str(origin)], check=True)
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["RAY_ADDRESS"] == f"ray://{kuberay.head_service(kube.cluster)}:{CLIENT_PORT}"
+    env.update(REPO_URL="file:///srv/origin.git", DISTPAR_ARGS="--workers 3 --agent fake")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    tmpfs = {m["mountPath"]: "mode=1777" for m in c["volumeMounts"] if "emptyDir" in volumes[m["name"]]}
+    sc = {**pod["securityContext"], **c["securityContext"]}
+    coord = kube.containers.start(
+        "distpar-run", None, env, entrypoint=c["command"], tmpfs=tmpfs, binds={str(origin): "/srv/origin.git:rw"},
+        user=f"{sc['runAsUser']}:{sc['runAsGroup']}", cap_drop=c["securityContext"]["capabilities"]["drop"],
+        security_opt=["no-new-privileges:true"])
+    try:
+        wait_until(lambda: _exited(coord), 300, "the coordinator Job to finish", step=1,
+                   on_timeout=lambda: logs_of(coord, 80))
+        code = coord.get_wrapped_container().attrs["State"]["ExitCode"]
+        assert code == 0, logs_of(coord, 80)
+    finally:
+        kube.containers.remove(coord)
+    serial = make_repo(tmp_path / "serial")
+    write_plan(serial / "plan.md", batches)
+    sh_git(serial, "add", "plan.md")
+    sh_git(serial, "commit", "-q", "-m", "plan")
+    assert run_distpar("run", "plan.md", "--workers", "1", *FAKE, cwd=serial).returncode == 0
+    result = sh_git(origin, "rev-parse", "--verify", f"refs/heads/{env['RESULT_BRANCH']}").strip()
+    assert tree_files(origin, result) == tree_files(serial)

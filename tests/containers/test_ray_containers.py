@@ -294,3 +294,45 @@ def test_worker_container_killed_mid_run(ray_cluster: RayContainers, tmp_path: P
         assert all("node" in e.data["error"] for e in retries), [e.data for e in retries]
     finally:
         ray_cluster.remove_worker("ray-doomed")
+
+
+def test_pinned_ray_mismatch_is_refused_naming_both(ray_cluster: RayContainers,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """raycompat over the Ray client: the versions are the image's, read from the head; a coordinator that pins
+    another Ray (patched here, never the cluster) is refused with both named."""
+    import ray
+
+    from distpar import raycompat
+    from distpar.errors import BackendError
+
+    assert raycompat.cluster_versions(ray)[0] == raycompat.RAY_VERSION
+    raycompat.check_cluster(ray)
+    monkeypatch.setattr(raycompat, "RAY_VERSION", "2.59.0")
+    with pytest.raises(BackendError, match=r"the cluster runs Ray 2\.60\.0 on Python 3\.11\.\d+; distpar needs "
+                                           r"Ray 2\.59\.0"):
+        raycompat.check_cluster(ray)
+
+
+def test_cli_refuses_a_mismatched_cluster_before_starting_anything(ray_cluster: RayContainers,
+                                                                  tmp_path: Path) -> None:
+    import distpar.backends.ray as backend
+    from distpar import raycompat
+
+    if "raycompat.check_cluster" not in Path(backend.__file__).read_text():
+        pytest.skip("the Ray backend does not call raycompat.check_cluster after ray.init yet")
+    repo = make_repo(tmp_path / "repo")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
+    plan = write_plan(tmp_path / "plan.md", independent_plan(2))
+    agent_log = tmp_path / "agents.jsonl"
+    patched = ("import sys, distpar.raycompat as r; r.RAY_VERSION = '2.59.0'; "
+               "from distpar.cli import main; sys.argv[0] = 'distpar'; main()")
+    proc = subprocess.run([sys.executable, "-c", patched, "run", str(plan), "--backend", "ray", "--ray-address",
+                           ray_cluster.address, *FAKE], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FAKE_AGENT_LOG": str(agent_log)}, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "2.59.0" in proc.stderr and f"Ray {raycompat.RAY_VERSION}" in proc.stderr, proc.stderr
+    assert not agent_log.exists()  # no agent ran
+    branches = subprocess.run(["git", "branch", "--format=%(refname:short)"], cwd=repo, capture_output=True,
+                              text=True).stdout.split()
+    assert branches == ["main"]
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout == head
