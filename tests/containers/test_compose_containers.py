@@ -31,7 +31,7 @@ from tests.conftest import REPO_ROOT
 from tests.containers.conftest import SESSION, exec_in, unavailable, wait_until
 from tests.containers.test_ray_containers import image_has_this_distpar, ray_client_ready
 
-pytestmark = [pytest.mark.containers, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]  # a loaded host starts Ray slowly
 
 README = REPO_ROOT / "deploy" / "README.md"
 COMPOSE = ("-f", "deploy/compose/docker-compose.yml")
@@ -117,7 +117,7 @@ def compose(worker_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     t0 = time.monotonic()
     try:
         for line in run[:2]:  # export the image, up -d --wait
-            c.sh(line, timeout=400)
+            c.sh(line, timeout=900)
         assert c.env["DISTPAR_WORKER_IMAGE"] == worker_image  # what build.sh just wrote
         print(f"compose: up --wait returned after {time.monotonic() - t0:.1f}s")
         image_has_this_distpar(_Wrapped(c.containers("ray-head")[0]), worker_image)

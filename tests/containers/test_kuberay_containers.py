@@ -128,7 +128,10 @@ class KubeCluster:
         publish: tuple[int, ...] = ()
         if pod.node_type == "head":
             aliases, publish = (kuberay.head_service(self.cluster), kuberay.fqdn(self.cluster)), (CLIENT_PORT,)
-        c = self.containers.start(pod.name, a.pop("command"), a.pop("env"), publish=publish, aliases=aliases, **a)
+        # restartPolicy Always: a Ray container that exits (a node that could not register in time on a loaded
+        # host) is started again, as the kubelet would.
+        c = self.containers.start(pod.name, a.pop("command"), a.pop("env"), publish=publish, aliases=aliases,
+                                  restart_policy={"Name": "always"}, **a)
         self.pods[pod.name], self.specs[pod.name] = c, pod
         return c
 
