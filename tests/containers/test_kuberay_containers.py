@@ -309,6 +309,7 @@ def test_coordinator_job_runs_the_plan_inside_the_cluster(kube: KubeCluster, tmp
         assert code == 0, logs_of(coord, 80)
     finally:
         kube.containers.remove(coord)
+    subprocess.run(["chown", "-R", "0:0", str(origin)], check=True)  # git refuses a repository of another user
     serial = make_repo(tmp_path / "serial")
     write_plan(serial / "plan.md", batches)
     sh_git(serial, "add", "plan.md")
