@@ -329,8 +329,10 @@ def test_cli_refuses_a_mismatched_cluster_before_starting_anything(ray_cluster: 
     proc = subprocess.run([sys.executable, "-c", patched, "run", str(plan), "--backend", "ray", "--ray-address",
                            ray_cluster.address, *FAKE], cwd=repo, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "FAKE_AGENT_LOG": str(agent_log)}, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert "2.59.0" in proc.stderr and f"Ray {raycompat.RAY_VERSION}" in proc.stderr, proc.stderr
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 4, text
+    assert "Ray version mismatch" in text and "needs Ray 2.59.0" in text, text
+    assert f"the cluster runs Ray {raycompat.RAY_VERSION}" in text, text
     assert not agent_log.exists()  # no agent ran
     branches = subprocess.run(["git", "branch", "--format=%(refname:short)"], cwd=repo, capture_output=True,
                               text=True).stdout.split()
