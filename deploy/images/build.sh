@@ -18,10 +18,11 @@
 #   REBUILD_WORKER=1    rebuild the worker even if its hash tag exists
 #   INSTALL_CLAUDE=1    also install the agent CLI with npm (needs network;
 #                       BUILD_CA_BUNDLE, default the host's, is trusted by npm)
-#   CLAUDE_CODE_PACKAGE=@anthropic-ai/claude-code   npm spec for it
+#   CLAUDE_CODE_PACKAGE=@anthropic-ai/claude-code@2.1.332   npm spec for it: NAME@X.Y.Z, an
+#                       exact version (the spec is part of the image hash, a range or tag would not be)
 #   EXTRAS=ray,ssh      extras of the project to install
-#   PYTHON=python3      host interpreter used to build wheels (must match the
-#                       image's python3 major.minor, 3.11 for bookworm)
+#   PYTHON=python3      host interpreter used to build wheels (its major.minor and
+#                       the image's python3 must be PYTHON_MINOR in distpar/raycompat.py)
 #   DEBIAN_MIRROR=URL   override the mirror (default: read from /etc/apt)
 #   VERBOSE=1           stream command output instead of logging to files
 #   DOCKERD_WAIT=60     seconds to wait for a dockerd this script starts
@@ -42,7 +43,7 @@ WHEELHOUSE=${WHEELHOUSE:-$DEPLOY_DIR/.wheelhouse}
 BUILD_DIR=${BUILD_DIR:-$DEPLOY_DIR/.build}
 LOG_DIR=$BUILD_DIR/logs
 INSTALL_CLAUDE=${INSTALL_CLAUDE:-0}
-CLAUDE_CODE_PACKAGE=${CLAUDE_CODE_PACKAGE:-@anthropic-ai/claude-code}
+CLAUDE_CODE_PACKAGE=${CLAUDE_CODE_PACKAGE:-@anthropic-ai/claude-code@2.1.332}
 BUILD_CA_BUNDLE=${BUILD_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 REBUILD_BASE=${REBUILD_BASE:-0}
 REFRESH_WHEELS=${REFRESH_WHEELS:-0}
@@ -59,6 +60,12 @@ case "${1:-}" in
     "") ;;
     *) echo "usage: $0 [--help]" >&2; exit 2 ;;
 esac
+
+# The one pinned Ray release and Python minor (distpar/raycompat.py; pyproject.toml and the k8s manifest
+# repeat them, and a test checks that they agree).
+pinned() { sed -n "s/^$1 = \"\(.*\)\".*/\1/p" "$REPO_ROOT/distpar/raycompat.py"; }
+RAY_VERSION=$(pinned RAY_VERSION)
+PYTHON_MINOR=$(pinned PYTHON_MINOR)
 
 # ------------------------------------------------------------------ helpers --
 log() { printf '[build %5ss] %s\n' "$SECONDS" "$*" >&2; }
@@ -277,6 +284,8 @@ check_python_abi() {
     fi
     [[ $host == "$img" ]] ||
         die "host $PYTHON is $host but $BASE_IMAGE has python3 $img: the wheels would not install (set PYTHON=python$img)"
+    [[ $img == "$PYTHON_MINOR" ]] ||
+        die "$BASE_IMAGE has python3 $img but distpar/raycompat.py pins Python $PYTHON_MINOR for coordinator and cluster"
 }
 
 # --------------------------------------------------------------- wheelhouse --
@@ -364,7 +373,9 @@ stage_context() {
         esac
     done
     compgen -G "$ctx/app/*.whl" >/dev/null || die "no $PROJECT wheel in $WHEELHOUSE"
-    cp "$LOCK" "$HERE/Dockerfile" "$HERE/entrypoint.sh" "$HERE/sshd_config" "$ctx/"
+    grep -qx "ray==$RAY_VERSION" "$LOCK" ||
+        die "the wheelhouse holds $(grep '^ray==' "$LOCK" || echo 'no ray'), but distpar/raycompat.py pins ray==$RAY_VERSION (so must pyproject.toml's ray extra)"
+    cp "$LOCK" "$HERE/Dockerfile" "$HERE/entrypoint.sh" "$HERE/node-health" "$HERE/sshd_config" "$ctx/"
     # CA bundle for npm in the throwaway `claude` stage (TLS-intercepting proxies).
     if [[ $INSTALL_CLAUDE == 1 && -r $BUILD_CA_BUNDLE ]]; then
         cp "$BUILD_CA_BUNDLE" "$ctx/build-ca.crt"
@@ -374,7 +385,7 @@ stage_context() {
     WORKER_HASH=$({
         (cd "$ctx" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
         echo "base=$(docker image inspect -f '{{.Id}}' "$BASE_IMAGE")"
-        echo "install_claude=$INSTALL_CLAUDE package=$CLAUDE_CODE_PACKAGE"
+        echo "install_claude=$INSTALL_CLAUDE package=$CLAUDE_CODE_PACKAGE ray=$RAY_VERSION"
     } | sha256sum | cut -c1-12)
 }
 
@@ -388,6 +399,7 @@ build_worker() {
             --build-arg BASE_IMAGE="$BASE_IMAGE"
             --build-arg INSTALL_CLAUDE="$INSTALL_CLAUDE"
             --build-arg CLAUDE_CODE_PACKAGE="$CLAUDE_CODE_PACKAGE"
+            --build-arg RAY_VERSION="$RAY_VERSION"
         )
         # Tag the intermediate stages (they are the layer cache of the next
         # build), then drop older untagged ones instead of leaking them.
@@ -412,6 +424,10 @@ build_worker() {
 }
 
 # --------------------------------------------------------------------- main --
+[[ -n $RAY_VERSION && -n $PYTHON_MINOR ]] || die "no RAY_VERSION / PYTHON_MINOR in $REPO_ROOT/distpar/raycompat.py"
+if [[ $INSTALL_CLAUDE == 1 && ! $CLAUDE_CODE_PACKAGE =~ ^@?[^@]+@[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+    die "CLAUDE_CODE_PACKAGE=$CLAUDE_CODE_PACKAGE: give an exact version (NAME@X.Y.Z), or two builds of one tag could differ"
+fi
 mkdir -p "$BUILD_DIR" "$LOG_DIR"
 exec 9>"$BUILD_DIR/.lock"
 flock -w 3600 9 || die "another build.sh holds $BUILD_DIR/.lock"

@@ -142,18 +142,26 @@ class Containers:
         self.started: list[Any] = []
 
     def start(self, alias: str, command: list[str] | None = None, env: dict[str, str] | None = None,
-              publish: tuple[int, ...] = (), **kwargs: Any) -> Any:
+              publish: tuple[int, ...] = (), aliases: tuple[str, ...] = (), tmpfs: dict[str, str] | None = None,
+              binds: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        """``tmpfs``: container path -> mount options; ``binds``: host path -> container path, read-only unless
+        it ends in ``:rw``."""
         from testcontainers.core.container import DockerContainer
 
         c = DockerContainer(self.image)
         c.with_name(f"distpar-test-{SESSION}-{alias}-{uuid.uuid4().hex[:6]}")
-        c.with_network(self.network).with_network_aliases(alias)
+        c.with_network(self.network).with_network_aliases(alias, *aliases)
         for port in publish:  # loopback only, host port picked by the engine (testcontainers binds 0.0.0.0)
             c.ports[f"{port}/tcp"] = ("127.0.0.1", None)
         for k, v in (env or {}).items():
             c.with_env(k, v)
         if command:
             c.with_command(command)
+        for path, options in (tmpfs or {}).items():
+            c.tmpfs[path] = options
+        for host, path in (binds or {}).items():
+            target, rw = (path[:-3], "rw") if path.endswith(":rw") else (path, "ro")
+            c.with_volume_mapping(host, target, rw)
         c.with_kwargs(labels={LABEL: SESSION}, hostname=alias, **kwargs)
         self.started.append(c)
         c.start()

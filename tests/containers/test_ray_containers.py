@@ -164,12 +164,7 @@ def ray_cluster(containers: Containers, network: Any) -> Iterator[RayContainers]
     t0 = time.monotonic()
     head = containers.start("ray-head", command=HEAD_CMD, env=HEAD_ENV, publish=(CLIENT_PORT,), shm_size=SHM,
                             init=True)
-    modules = node_modules()
-    here = subprocess.run(digest(modules), capture_output=True, text=True, check=True).stdout.strip()
-    there = exec_in(head, shlex.join(digest(modules, ("python3",)))).strip()
-    if there != here:
-        unavailable(f"the worker image {containers.image} holds another version of distpar than this checkout "
-                    f"(Ray nodes run the image's); {BUILD_HINT}")
+    image_has_this_distpar(head, containers.image)
     cluster = RayContainers(containers, network, head, published_port(head, CLIENT_PORT))
     for i in (1, 2):
         cluster.add_worker(f"ray-worker{i}")
@@ -177,8 +172,7 @@ def ray_cluster(containers: Containers, network: Any) -> Iterator[RayContainers]
     wait_until(lambda: tcp_open(cluster.port) and "Ray runtime started" in logs_of(head, 200), 120,
                "the Ray head", on_timeout=lambda: logs_of(head))
     log.info("ray head up after %.1fs", time.monotonic() - t0)
-    wait_until(lambda: _connect(cluster.address), 90, f"a Ray client connection to {cluster.address}",
-               on_timeout=cluster.diagnostics)
+    ray_client_ready(cluster.address, on_timeout=cluster.diagnostics)
     log.info("ray client connected after %.1fs", time.monotonic() - t0)
     try:
         cluster.wait_for_workers()
@@ -186,6 +180,21 @@ def ray_cluster(containers: Containers, network: Any) -> Iterator[RayContainers]
         yield cluster
     finally:
         ray.shutdown()
+
+
+def image_has_this_distpar(container: Any, image: str) -> None:
+    """Skip (fail in CI) unless the node code in ``container`` is this checkout's: Ray nodes run the image's."""
+    modules = node_modules()
+    here = subprocess.run(digest(modules), capture_output=True, text=True, check=True).stdout.strip()
+    there = exec_in(container, shlex.join(digest(modules, ("python3",)))).strip()
+    if there != here:
+        unavailable(f"the worker image {image} holds another version of distpar than this checkout "
+                    f"(Ray nodes run the image's); {BUILD_HINT}")
+
+
+def ray_client_ready(address: str, on_timeout: Any = lambda: "") -> None:
+    """Connect this process to ``address`` as a Ray client, retrying while the client server starts."""
+    wait_until(lambda: _connect(address), 90, f"a Ray client connection to {address}", on_timeout=on_timeout)
 
 
 def _connect(address: str) -> bool:
@@ -285,3 +294,47 @@ def test_worker_container_killed_mid_run(ray_cluster: RayContainers, tmp_path: P
         assert all("node" in e.data["error"] for e in retries), [e.data for e in retries]
     finally:
         ray_cluster.remove_worker("ray-doomed")
+
+
+def test_pinned_ray_mismatch_is_refused_naming_both(ray_cluster: RayContainers,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """raycompat over the Ray client: the versions are the image's, read from the head; a coordinator that pins
+    another Ray (patched here, never the cluster) is refused with both named."""
+    import ray
+
+    from distpar import raycompat
+    from distpar.errors import BackendError
+
+    assert raycompat.cluster_versions(ray)[0] == raycompat.RAY_VERSION
+    raycompat.check_cluster(ray)
+    monkeypatch.setattr(raycompat, "RAY_VERSION", "2.59.0")
+    with pytest.raises(BackendError, match=r"the cluster runs Ray 2\.60\.0 on Python 3\.11\.\d+; distpar needs "
+                                           r"Ray 2\.59\.0"):
+        raycompat.check_cluster(ray)
+
+
+def test_cli_refuses_a_mismatched_cluster_before_starting_anything(ray_cluster: RayContainers,
+                                                                  tmp_path: Path) -> None:
+    import distpar.backends.ray as backend
+    from distpar import raycompat
+
+    if "raycompat.check_cluster" not in Path(backend.__file__).read_text():
+        pytest.skip("the Ray backend does not call raycompat.check_cluster after ray.init yet")
+    repo = make_repo(tmp_path / "repo")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
+    plan = write_plan(tmp_path / "plan.md", independent_plan(2))
+    agent_log = tmp_path / "agents.jsonl"
+    patched = ("import sys, distpar.raycompat as r; r.RAY_VERSION = '2.59.0'; "
+               "from distpar.cli import main; sys.argv[0] = 'distpar'; main()")
+    proc = subprocess.run([sys.executable, "-c", patched, "run", str(plan), "--backend", "ray", "--ray-address",
+                           ray_cluster.address, *FAKE], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FAKE_AGENT_LOG": str(agent_log)}, stdin=subprocess.DEVNULL)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 4, text
+    assert "Ray version mismatch" in text and "needs Ray 2.59.0" in text, text
+    assert f"the cluster runs Ray {raycompat.RAY_VERSION}" in text, text
+    assert not agent_log.exists()  # no agent ran
+    branches = subprocess.run(["git", "branch", "--format=%(refname:short)"], cwd=repo, capture_output=True,
+                              text=True).stdout.split()
+    assert branches == ["main"]
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout == head
