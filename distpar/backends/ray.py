@@ -116,6 +116,10 @@ class SlotActor:
         self.stop = threading.Event()  # set once by interrupt(): the run is ending, every unit stops
         self.lock = threading.Lock()
 
+    def ready(self) -> str:
+        """The node this actor runs on (answers once the actor is up)."""
+        return self.node
+
     def interrupt(self) -> None:
         self.stop.set()
 
@@ -380,7 +384,14 @@ class RayBackend(Backend):
             if slot is None or slot.dead:
                 assert self._ctx is not None
                 slot = self._slots[worker] = _Slot(self._actor.remote(self._ctx.run_id, worker))
+                new = slot
+                slot.handle.ready.remote().future().add_done_callback(lambda f: self._placed(new, f))
             return slot
+
+    def _placed(self, slot: _Slot, fut: Future[str]) -> None:
+        """An actor is up: remember its node, so that it is replaced as soon as that node is known gone."""
+        if not fut.cancelled() and fut.exception() is None:
+            slot.node = slot.node or fut.result()
 
     def _send(self, spec: SegmentSpec) -> tuple[_Slot, Any]:
         slot = self._slot(spec.stream)

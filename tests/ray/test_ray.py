@@ -192,6 +192,41 @@ def test_node_removed_mid_run_is_retried_elsewhere(ray_cluster: RayCluster, repo
     assert poll(lambda: not processes_with_mark(isolated_env, wait=0), 15), "the removed node's agent lives on"
 
 
+def test_a_unit_sent_to_an_actor_that_died_idle_goes_to_a_new_actor(ray_cluster: RayCluster, repo: Path,
+                                                                     tmp_path: Path) -> None:
+    """The worker's actor dies between two units: the second unit never ran, so it goes to a new actor without
+    spending a retry, and that actor gets the whole base again."""
+    import ray
+
+    batches = [*independent_plan(1), fake_batch(2, extra=['@fake append src/mod1.py "X = 2"'], depends_on=["1"])]
+    backend = RayBackend()
+    killed: list[Any] = []
+
+    def kill_between_units(kind: str, data: dict[str, Any]) -> None:
+        if kind == "batch_ended" and data["batch"] == "1":
+            handle = backend._slots[0].handle
+            ray.kill(handle)
+            killed.append(handle)
+
+            def dead() -> bool:
+                try:
+                    ray.get(handle.ready.remote(), timeout=5)
+                except ray.exceptions.RayActorError:
+                    return True
+                except ray.exceptions.GetTimeoutError:
+                    pass
+                return False
+            assert poll(dead, 30, step=0.5)
+
+    report, runner, journal = run_plan(repo, write_plan(tmp_path / "plan.md", batches), backend=backend, workers=1,
+                                       observer=kill_between_units)
+    assert killed and report.state == "ok", report.summary()
+    assert [r.attempt for r in report.results] == [1, 1]
+    assert (repo / "src/mod1.py").read_text() == "VALUE = 1\nX = 2\n"
+    assert not any(e.kind == "segment_retry" for e in journal.events(runner.run_id))
+    assert [s["full"] for s in backend.shipped] == [True, False, True], backend.shipped  # sent, then sent again
+
+
 def test_repo_url_mode_against_a_bare_repository(ray_cluster: RayCluster, repo: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "--quiet", "--bare", str(remote)], check=True)
