@@ -19,9 +19,10 @@ Events
 
 Where it runs on a node
     ``$DISTPAR_RAY_DIR`` (default ``<tempdir>/distpar-ray``) ``/<run id>/<node id>/`` holds the staged bundles,
-    the actors' workspaces (``wt/w<k>``, kept for the run) and the logs. At close the actors are killed and one
-    small task per node that ran units removes the directory, except a workspace whose last unit never handed
-    its work back (a ``wt/w<k>.busy`` marker): that one is kept, and logged, for manual recovery.
+    the actors' workspaces (``wt/w<k>``, kept for the run) and the logs. At close one actor per node that ran
+    units (or a small task, where none is left) removes the directory, except a workspace whose last unit never
+    handed its work back (a ``wt/w<k>.busy`` marker): that one is kept, and logged, for manual recovery. Then
+    the actors are killed.
 
 Resources
     Agents mostly wait on an API, so an actor asks for ``0.01`` CPU. An operator who wants to cap the agents per
@@ -123,6 +124,11 @@ class SlotActor:
     def interrupt(self) -> None:
         self.stop.set()
 
+    def cleanup(self) -> list[str]:
+        """At the end of the run (every actor of the node idle): remove the node's run directory, except the
+        workspaces whose work did not come back; returns those."""
+        return _clean(self.root)
+
     def run(self, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
             increments: list[bytes]) -> Iterator[dict[str, Any]]:
         """Stage what was shipped, run the unit, stream its events, end with its result (or an error)."""
@@ -209,10 +215,11 @@ def _tail(path: Path, limit: int = LOG_LIMIT) -> str:
 
 
 def _cleanup_task(run_id: str) -> list[str]:
-    """Remove this node's run directory except workspaces whose work did not come back; returns those."""
-    import ray
+    return _clean(node_dir(run_id, _node_id()))
 
-    root = node_dir(run_id, ray.get_runtime_context().get_node_id())
+
+def _clean(root: Path) -> list[str]:
+    """Remove a node's run directory except workspaces whose work did not come back; returns those."""
     kept = [str(m.with_suffix("")) for m in (root / "wt").glob("*.busy")]
     if not kept:
         shutil.rmtree(root, ignore_errors=True)
@@ -355,12 +362,12 @@ class RayBackend(Backend):
         for w in running:  # still running when the run ends (after an error): nothing more will be collected
             self._kill(w)
         wait_futures(list(running.values()), timeout=CLOSE_WAIT)
-        for w in list(self._slots):
-            self._kill(w, cancelled=False)
         try:
             self._clean_nodes()
         except Exception as exc:  # the cluster may be gone; nothing here may hide the run's outcome
             log.warning("ray backend: cleanup failed: %s", _first_line(exc))
+        for w in list(self._slots):
+            self._kill(w, cancelled=False)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
             if self._thread is not None:
@@ -544,15 +551,22 @@ class RayBackend(Backend):
             log.debug("ray backend: kill failed: %s", exc)
 
     def _clean_nodes(self) -> None:
+        """Every node that ran units removes its run directory: one of its (idle) actors does it, or, where none
+        is left, a small task pinned to the node."""
         assert self._ctx is not None
         ray = self._ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        cleanup = ray.remote(_cleanup_task)
-        refs = {cleanup.options(num_cpus=0, max_retries=0,
-                                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                .remote(self._ctx.run_id): node for node in self._nodes & alive}
+        by_node = {s.node: s for s in self._slots.values() if not s.dead and s.node}
+        refs: dict[Any, str] = {}
+        for node in self._nodes & alive:
+            if node in by_node:
+                refs[by_node[node].handle.cleanup.remote()] = node
+            else:
+                task = ray.remote(_cleanup_task).options(
+                    num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                refs[task.remote(self._ctx.run_id)] = node
         if not refs:
             return
         ready, left = ray.wait(list(refs), num_returns=len(refs), timeout=CLOSE_WAIT)
@@ -562,8 +576,8 @@ class RayBackend(Backend):
                     log.warning("ray backend: kept %s on node %s: its work did not come back", ws, refs[ref][:12])
             except Exception as exc:
                 log.warning("ray backend: cleanup on node %s failed: %s", refs[ref][:12], _first_line(exc))
-        for ref in left:
-            ray.cancel(ref, force=True)
+        for ref in left:  # the actors are killed next; a task does no harm when it finishes late
+            log.warning("ray backend: cleanup on node %s did not finish within %gs", refs[ref][:12], CLOSE_WAIT)
 
 
 def _check_reachable(address: str) -> None:
