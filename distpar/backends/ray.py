@@ -15,7 +15,8 @@ Events
     ``run`` is a streaming generator: it yields ``accepted`` when the actor takes the unit, then whatever the
     worker reports as it happens (``unit_started`` when the agent really starts), then the result. The
     coordinator follows every running unit in one asyncio thread (``async for`` over the stream, ``await`` on
-    each reference: no polling) and hands events to ``ctx.events``.
+    each reference: no polling) and hands events to ``ctx.events``. Ray Client (``ray://``) cannot stream
+    generators: over it a unit's items, events included, arrive together when the unit ends.
 
 Where it runs on a node
     ``$DISTPAR_RAY_DIR`` (default ``<tempdir>/distpar-ray``) ``/<run id>/<node id>/`` holds the staged bundles,
@@ -60,7 +61,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field, replace
@@ -135,6 +136,11 @@ class SlotActor:
         yield {"kind": "accepted", "node": self.node}
         with self.lock:
             yield from self._run(spec, full, increments)
+
+    def run_all(self, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
+                increments: list[bytes]) -> list[dict[str, Any]]:
+        """``run`` for Ray Client connections (``ray://``), which cannot stream: everything comes at the end."""
+        return list(self.run(spec, full, increments))
 
     def _run(self, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
              increments: list[bytes]) -> Iterator[dict[str, Any]]:
@@ -264,6 +270,7 @@ class RayBackend(Backend):
         self.cancel_grace = cancel_grace
         self._ray: Any = None
         self._owns = False  # this backend called ray.init, so close() calls ray.shutdown
+        self._client = False  # connected through Ray Client (ray://), which has no streaming generators
         self._ctx: RunContext | None = None
         self._actor: Any = None  # the actor class, with its resources and placement
         self._slots: dict[int, _Slot] = {}
@@ -308,6 +315,7 @@ class RayBackend(Backend):
                 raise BackendError(f"cannot connect to {where}: {_first_line(exc)}") from exc
             self._owns = True
         self._ray = ray
+        self._client = ray.util.client.ray.is_connected()
         try:
             slots = ray.cluster_resources().get(SLOT, 0)
         except Exception as exc:
@@ -403,7 +411,8 @@ class RayBackend(Backend):
     def _send(self, spec: SegmentSpec) -> tuple[_Slot, Any]:
         slot = self._slot(spec.stream)
         full, increments = self._shipment(slot, spec)
-        return slot, slot.handle.run.remote(spec, full, increments)
+        method = slot.handle.run_all if self._client else slot.handle.run
+        return slot, method.remote(spec, full, increments)
 
     def _shipment(self, slot: _Slot, spec: SegmentSpec) -> tuple[tuple[str, list[Any]] | None, list[bytes]]:
         """What ``slot``'s actor lacks of ``spec.base``: the start bundle and the unit's increments for a new
@@ -441,8 +450,7 @@ class RayBackend(Backend):
         for sent in range(RESEND + 1):
             accepted = False
             try:
-                async for ref in stream:
-                    item = await ref
+                async for item in self._items(stream):
                     if item["kind"] == "accepted":
                         accepted, slot.node = True, item["node"]
                         self._nodes.add(slot.node)
@@ -470,6 +478,15 @@ class RayBackend(Backend):
             except ray.exceptions.RayError as exc:
                 raise BackendError(f"the Ray actor failed: {type(exc).__name__}: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")
+
+    async def _items(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
+        """A unit's items as the actor yields them (over Ray Client, all at once when the unit ends)."""
+        if self._client:
+            for item in await asyncio.wrap_future(stream.future()):
+                yield item
+            return
+        async for ref in stream:
+            yield await ref
 
     def _land(self, spec: SegmentSpec, slot: _Slot, item: dict[str, Any]) -> SegmentResult:
         """Write the returned bundle and logs on the coordinator; point the result at them."""

@@ -247,11 +247,15 @@ def test_bundle_mode_through_the_cli(ray_cluster: RayCluster, repo: Path, tmp_pa
     proc = run_distpar("run", str(plan_file), "--workers", "2", "--backend", "ray", "--ray-address",
                        ray_cluster.address, "--agent", "fake", "--forward-env", "DISTPAR_TEST_MARK", "--json", "-q",
                        cwd=repo)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["state"] == "ok" and summary["batches"] == {"ok": 4}
     assert (repo / "src/mod2.py").read_text() == "VALUE = 2\nW = 4\n"
     assert sh_git(repo, "status", "--porcelain") == ""
+    journal = open_journal(repo)
+    rows = journal.batches(summary["run_id"])
+    journal.close()
+    assert {row["node"] for row in rows} <= ray_cluster.node_ids() and all(row["started"] for row in rows), rows
 
 
 def test_ctrl_c_stops_every_actor_and_agent_and_keeps_their_work(ray_cluster: RayCluster, repo: Path,
