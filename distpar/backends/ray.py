@@ -466,8 +466,9 @@ class RayBackend(Backend):
             except ray.exceptions.RayActorError as exc:
                 if slot.killed:
                     raise BackendError(
-                        f"the unit was cancelled and its Ray actor killed after it did not stop within "
-                        f"{self.cancel_grace:g}s; its workspace stays on node {slot.node[:12] or '?'}") from exc
+                        f"the unit was cancelled and its Ray actor killed before it handed its work back (it did "
+                        f"not stop within {self.cancel_grace:g}s, or the run closed); its workspace stays on node "
+                        f"{slot.node[:12] or '?'}") from exc
                 self._lost(slot)
                 if accepted or sent == RESEND or self._cancelled.is_set() or self._closing.is_set():
                     raise BackendError(f"the Ray actor of worker {spec.stream + 1} died "
