@@ -8,16 +8,16 @@
 - ``url`` (``--repo-url``): the base is pushed to the remote under ``refs/distpar/<run>/bases/…``; the worker
   clones or fetches from there and pushes its branch back.
 
-A worker that keeps its clone for the whole run (a Ray actor) needs only what it lacks: ``increment(repo, ref,
-base, have)`` bundles ``base`` without the history of the commits the worker already holds (what it was sent
-and what it handed back), straight into bytes, or says that nothing is missing. A ``bundle`` source without a
-location then means "the workspace already holds the base".
+A worker that keeps its clone for the whole run (a Ray actor) needs only what it lacks: ``increment(repo, tips,
+have)`` bundles the base (and saved work to restore) without the history of the commits the worker already
+holds (what it was sent and what it handed back), straight into bytes, or says that nothing is missing. A
+``bundle`` source without a location then means "the workspace already holds the base".
 """
 
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from distpar import gitops
@@ -92,15 +92,16 @@ def push_run(repo: Path, remote: str, branches: list[str], target: str) -> list[
     return refs
 
 
-def increment(repo: Path, ref: str, base: str, have: Sequence[str]) -> bytes | None:
-    """The bytes of a bundle of ``ref`` (set to ``base``) holding what a worker with the commits ``have`` lacks
-    of ``base``; None when ``have`` already holds ``base``. Commits of ``have`` this repository does not know
-    are not excluded (the bundle is then larger, never incomplete)."""
+def increment(repo: Path, tips: Mapping[str, str], have: Sequence[str]) -> bytes | None:
+    """The bytes of a bundle of the refs ``tips`` (ref name -> commit, set here) holding what a worker with the
+    commits ``have`` lacks of them; None when ``have`` already holds every tip. Commits of ``have`` this
+    repository does not know are not excluded (the bundle is then larger, never incomplete)."""
     known = _known(repo, have)
-    if known and not gitops.out(repo, "rev-list", "-n1", base, "--not", *known):
+    if known and not gitops.out(repo, "rev-list", "-n1", *tips.values(), "--not", *known):
         return None
-    gitops.update_ref(repo, ref, base)
-    argv = ["bundle", "create", "--quiet", "-", ref, *(f"^{c}" for c in known)]
+    for ref, commit in tips.items():
+        gitops.update_ref(repo, ref, commit)
+    argv = ["bundle", "create", "--quiet", "-", *tips, *(f"^{c}" for c in known)]
     proc = subprocess.run(["git", *argv], cwd=repo, env=gitops.git_env(), stdin=subprocess.DEVNULL,
                           capture_output=True)
     if proc.returncode != 0:

@@ -420,9 +420,11 @@ class RayBackend(Backend):
         assert self._ctx is not None
         full, increments = None, []
         if spec.source.kind == "bundle":
-            if slot.have:
+            if slot.have:  # the base, and any saved work a resumed batch restores
                 ref = f"refs/distpar/{self._ctx.run_id}/ray/{spec.segment}"
-                data = transfer.increment(self._ctx.repo, ref, spec.base, slot.have)
+                tips = {f"{ref}-base": spec.base, **{f"{ref}-restore{i}": b.restore
+                                                      for i, b in enumerate(spec.batches) if b.restore}}
+                data = transfer.increment(self._ctx.repo, tips, slot.have)
                 increments = [data] if data is not None else []
             else:
                 path = spec.source.location

@@ -24,8 +24,8 @@ def test_increment_holds_only_what_the_worker_lacks(tmp_path: Path) -> None:
     a = commit(repo, "a.txt")
     ref = "refs/distpar/r/ray/1"
 
-    assert transfer.increment(repo, ref, start, [start]) is None  # it holds the base already
-    data = transfer.increment(repo, ref, a, [start, "0" * 40])  # an unknown commit is not excluded, not fatal
+    assert transfer.increment(repo, {ref: start}, [start]) is None  # it holds the base already
+    data = transfer.increment(repo, {ref: a}, [start, "0" * 40])  # an unknown commit is not excluded, not fatal
     assert data is not None and data.startswith(b"# v2 git bundle")
     bundle = tmp_path / "inc.bundle"
     bundle.write_bytes(data)
@@ -36,5 +36,5 @@ def test_increment_holds_only_what_the_worker_lacks(tmp_path: Path) -> None:
     gitops.fetch(worker, bundle, [f"+{ref}:refs/in/base"])
     assert sh_git(worker, "rev-parse", "refs/in/base") == a
     assert sh_git(worker, "rev-list", "--count", f"{start}..refs/in/base") == "1"
-    everything = transfer.increment(repo, ref, a, [])
+    everything = transfer.increment(repo, {ref: a}, [])
     assert everything is not None and len(everything) > len(data)
