@@ -7,13 +7,21 @@
   new commits and saved work come back as a bundle, fetched into the coordinator's repository.
 - ``url`` (``--repo-url``): the base is pushed to the remote under ``refs/distpar/<run>/bases/…``; the worker
   clones or fetches from there and pushes its branch back.
+
+A worker that keeps its clone for the whole run (a Ray actor) needs only what it lacks: ``increment(repo, tips,
+have)`` bundles the base (and saved work to restore) without the history of the commits the worker already
+holds (what it was sent and what it handed back), straight into bytes, or says that nothing is missing. A
+``bundle`` source without a location then means "the workspace already holds the base".
 """
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from distpar import gitops
+from distpar.errors import GitError
 from distpar.model import SegmentResult, Source
 
 
@@ -82,3 +90,27 @@ def push_run(repo: Path, remote: str, branches: list[str], target: str) -> list[
     if specs:
         gitops.git(repo, "push", "--quiet", remote, *specs)
     return refs
+
+
+def increment(repo: Path, tips: Mapping[str, str], have: Sequence[str]) -> bytes | None:
+    """The bytes of a bundle of the refs ``tips`` (ref name -> commit, set here) holding what a worker with the
+    commits ``have`` lacks of them; None when ``have`` already holds every tip. Commits of ``have`` this
+    repository does not know are not excluded (the bundle is then larger, never incomplete)."""
+    known = _known(repo, have)
+    if known and not gitops.out(repo, "rev-list", "-n1", *tips.values(), "--not", *known):
+        return None
+    for ref, commit in tips.items():
+        gitops.update_ref(repo, ref, commit)
+    argv = ["bundle", "create", "--quiet", "-", *tips, *(f"^{c}" for c in known)]
+    proc = subprocess.run(["git", *argv], cwd=repo, env=gitops.git_env(), stdin=subprocess.DEVNULL,
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc.stdout
+
+
+def _known(repo: Path, commits: Sequence[str]) -> list[str]:
+    if not commits:
+        return []
+    lines = gitops.git(repo, "cat-file", "--batch-check", input="".join(f"{c}\n" for c in commits)).stdout
+    return [c for c, line in zip(commits, lines.splitlines(), strict=False) if not line.endswith(" missing")]

@@ -165,7 +165,7 @@ def _prepare(spec: SegmentSpec, ws: Path, env: dict[str, str]) -> None:
             gitops.git(ws, "init", "--quiet")
         refspecs = ["+refs/*:refs/distpar-in/*"] if kind == "bundle" else [
             "+refs/heads/*:refs/remotes/origin/*", "+refs/distpar/*:refs/distpar/*"]
-        for src in (location, *spec.source.increments):
+        for src in filter(None, (location, *spec.source.increments)):  # no location: the workspace has the base
             gitops.git(ws, "fetch", "--quiet", "--no-tags", "--force", src, *refspecs)
         if fresh:
             gitops.git(ws, "checkout", "--quiet", "-B", spec.branch, spec.base, env=gitops.hooks_env(env, spec.hooks))

@@ -1,5 +1,5 @@
-"""The Ray backend on a real three-node Ray cluster, with the fake agent: spread, faults, both ways of moving
-code, interrupts. No mocks of Ray."""
+"""The Ray backend on a real three-node Ray cluster, with the fake agent: spread, persistent actors and their
+workspaces, faults, both ways of moving code, interrupts. No mocks of Ray."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from distpar import agents
 from distpar.backends import make_backend
 from distpar.backends.base import Backend, RunContext
-from distpar.backends.ray import RayBackend
+from distpar.backends.ray import SLOT, RayBackend
 from distpar.errors import BackendError
 from distpar.journal import Journal
 from distpar.model import AgentConfig, BatchStatus
@@ -37,7 +37,8 @@ FILES = {"README.md": "# demo\n", "src/__init__.py": ""}
 
 def run_plan(repo: Path, plan_file: Path, *, backend: Backend | None = None, workers: int = 3, retries: int = 0,
              repo_url: str | None = None, forward: tuple[str, ...] = (),
-             runner_hook: Callable[[Runner], None] | None = None) -> tuple[RunReport, Runner, Journal]:
+             runner_hook: Callable[[Runner], None] | None = None,
+             observer: Callable[[str, dict[str, Any]], None] | None = None) -> tuple[RunReport, Runner, Journal]:
     """A run through the Python API, assembled as ``distpar run`` does; the backend is Ray unless given."""
     plan = load_plan(plan_file)
     options = RunOptions(agent=agents.agent_config("fake", AgentConfig()), retries=retries,
@@ -46,7 +47,7 @@ def run_plan(repo: Path, plan_file: Path, *, backend: Backend | None = None, wor
     root, target, start = preflight(repo, options)
     journal = open_journal(root)
     backend = backend or make_backend("ray", {"address": None})
-    runner = Runner(root, plan, make_schedule(plan, workers), options, backend, journal, target, start)
+    runner = Runner(root, plan, make_schedule(plan, workers), options, backend, journal, target, start, observer)
     if runner_hook:
         runner_hook(runner)
     return runner.run(), runner, journal
@@ -59,7 +60,7 @@ def agent_starts(log: Path) -> list[dict[str, Any]]:
 
 
 def node_of(entry: dict[str, Any], cluster: RayCluster) -> str:
-    """The node-id prefix of the run directory an agent worked in: <DISTPAR_RAY_DIR>/<run>/<node>/wt/s<k>."""
+    """The node-id prefix of the run directory an agent worked in: <DISTPAR_RAY_DIR>/<run>/<node>/wt/w<k>."""
     return Path(entry["cwd"]).resolve().relative_to(cluster.node_dir.resolve()).parts[1]
 
 
@@ -96,16 +97,66 @@ def test_plan_spreads_over_nodes_and_equals_a_serial_run(ray_cluster: RayCluster
     assert not (ray_cluster.node_dir / runner.run_id).exists(), "the nodes' run directories were not removed"
 
 
-def test_node_removed_mid_run_is_retried_elsewhere(ray_cluster: RayCluster, repo: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch, isolated_env: str) -> None:
+def test_an_actor_keeps_its_workspace_and_gets_only_what_it_lacks(ray_cluster: RayCluster, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker, four units: one actor runs them all in one workspace (an ignored build cache left by the first
+    unit is still there for the next); only its first unit gets the start bundle, later ones get nothing or just
+    the merge commit of their base; each agent's start reaches the coordinator while the unit runs."""
     agent_log = tmp_path / "agents.jsonl"
     monkeypatch.setenv("FAKE_AGENT_LOG", str(agent_log))
-    plan_file = write_plan(tmp_path / "plan.md", independent_plan(4, sleep=4))
+    repo = make_repo(tmp_path / "repo", {**FILES, ".gitignore": "cache/\n"})
+    batches = [
+        fake_batch(1, writes={"src/mod1.py": "VALUE = 1\n", "cache/warm": "built once\n"}),
+        fake_batch(2, extra=['@fake append src/mod1.py "X = 2"'], depends_on=["1"], sleep=3),
+        fake_batch(3, writes={"src/mod3.py": "VALUE = 3\n"}, depends_on=["2"]),
+        fake_batch(4, writes={"src/mod4.py": "VALUE = 4\n"}),  # its base is the start: nothing to ship
+        fake_batch(5, extra=['@fake append src/mod3.py "Y = 5"'], depends_on=["3", "4"]),  # a merge commit
+    ]
+    backend = RayBackend()
+    seen: list[tuple[str, dict[str, Any]]] = []
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(zip(("report", "runner", "journal"), run_plan(
+        repo, write_plan(tmp_path / "plan.md", batches), backend=backend, workers=1, forward=("FAKE_AGENT_LOG",),
+        observer=lambda kind, data: seen.append((kind, data))), strict=True)))
+    thread.start()
+    try:
+        second = poll(lambda: next((e for e in agent_starts(agent_log) if e["batch"] == "2"), None), 90)
+        assert second, agent_starts(agent_log)
+        assert (Path(second["cwd"]) / "cache/warm").read_text() == "built once\n"  # the same clone, kept
+    finally:
+        thread.join(150)
+    assert not thread.is_alive()
+    report, runner, journal = out["report"], out["runner"], out["journal"]
+
+    assert report.state == "ok", report.summary()
+    assert (repo / "src/mod1.py").read_text() == "VALUE = 1\nX = 2\n"
+    assert (repo / "src/mod3.py").read_text() == "VALUE = 3\nY = 5\n"
+    assert not (repo / "cache").exists()  # ignored files never travel
+    assert len({e["cwd"] for e in agent_starts(agent_log)}) == 1
+    shipped = {s["unit"]: s for s in backend.shipped}
+    assert [s["full"] for s in backend.shipped] == [True, False, False, False, False], backend.shipped
+    assert shipped["2"]["bytes"] == shipped["3"]["bytes"] == shipped["4"]["bytes"] == 0, backend.shipped
+    assert shipped["5"]["bytes"] > 0, backend.shipped
+    rows = {row["batch_id"]: row for row in journal.batches(runner.run_id)}
+    assert len({row["node"] for row in rows.values()}) == 1 and rows["1"]["node"] in ray_cluster.node_ids()
+    kinds = [(kind, data.get("batch")) for kind, data in seen if kind in ("unit_started", "batch_ended")]
+    for b in rows:  # each agent's start was reported while its unit ran, from the node it ran on
+        assert kinds.index(("unit_started", b)) < kinds.index(("batch_ended", b)), kinds
+        assert next(d for k, d in seen if k == "unit_started" and d["batch"] == b)["node"] == rows[b]["node"]
+
+
+def test_node_removed_mid_run_is_retried_elsewhere(ray_cluster: RayCluster, repo: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, isolated_env: str) -> None:
+    """A node dies under a running unit: the unit runs again on a live node, and the worker whose actor died
+    goes on with a new actor on a live node."""
+    agent_log = tmp_path / "agents.jsonl"
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(agent_log))
+    plan_file = write_plan(tmp_path / "plan.md", independent_plan(6, sleep=3))
     workers = {n.node_id[:12]: n for n in ray_cluster.worker_nodes()}
     out: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: out.update(
         zip(("report", "runner", "journal"),
-            run_plan(repo, plan_file, workers=4, retries=1, forward=("FAKE_AGENT_LOG",)), strict=True)))
+            run_plan(repo, plan_file, workers=3, retries=1, forward=("FAKE_AGENT_LOG",)), strict=True)))
     thread.start()
     removed = None
     try:
@@ -124,16 +175,56 @@ def test_node_removed_mid_run_is_retried_elsewhere(ray_cluster: RayCluster, repo
 
     report, runner, journal = out["report"], out["runner"], out["journal"]
     assert report.state == "ok", report.summary()
-    assert {r.batch_id: r.status for r in report.results} == {str(i): BatchStatus.OK for i in range(1, 5)}
+    assert {r.batch_id: r.status for r in report.results} == {str(i): BatchStatus.OK for i in range(1, 7)}
     retried = next(r for r in report.results if r.batch_id == str(hit["batch"]))
     assert retried.attempt == 2 and retried.node != removed.node_id
     events = journal.events(runner.run_id)
     retried_batches = {e.batch_id for e in events if e.kind == "segment_retry"}
     assert str(hit["batch"]) in retried_batches, [(e.kind, e.batch_id, e.data) for e in events]
-    assert any(e.kind == "segment_error" and "died" in e.data["error"] for e in events)
-    assert all((repo / f"src/mod{i}.py").read_text() == f"VALUE = {i}\n" for i in range(1, 5))
+    lost = next(e for e in events if e.kind == "segment_error" and e.batch_id == str(hit["batch"]))
+    assert "died" in lost.data["error"], lost.data
+    rows = journal.batches(runner.run_id)
+    assert removed.node_id not in {row["node"] for row in rows}
+    later = [row for row in rows if row["stream"] == lost.stream and row["started"] > lost.ts]
+    assert later and all(row["node"] in ray_cluster.node_ids() for row in later), rows  # a new actor, alive
+    assert all((repo / f"src/mod{i}.py").read_text() == f"VALUE = {i}\n" for i in range(1, 7))
     # Ray kills the dead worker's agent (its direct child) shortly after the node goes away.
     assert poll(lambda: not processes_with_mark(isolated_env, wait=0), 15), "the removed node's agent lives on"
+
+
+def test_a_unit_sent_to_an_actor_that_died_idle_goes_to_a_new_actor(ray_cluster: RayCluster, repo: Path,
+                                                                     tmp_path: Path) -> None:
+    """The worker's actor dies between two units: the second unit never ran, so it goes to a new actor without
+    spending a retry, and that actor gets the whole base again."""
+    import ray
+
+    batches = [*independent_plan(1), fake_batch(2, extra=['@fake append src/mod1.py "X = 2"'], depends_on=["1"])]
+    backend = RayBackend()
+    killed: list[Any] = []
+
+    def kill_between_units(kind: str, data: dict[str, Any]) -> None:
+        if kind == "batch_ended" and data["batch"] == "1":
+            handle = backend._slots[0].handle
+            ray.kill(handle)
+            killed.append(handle)
+
+            def dead() -> bool:
+                try:
+                    ray.get(handle.ready.remote(), timeout=5)
+                except ray.exceptions.RayActorError:
+                    return True
+                except ray.exceptions.GetTimeoutError:
+                    pass
+                return False
+            assert poll(dead, 30, step=0.5)
+
+    report, runner, journal = run_plan(repo, write_plan(tmp_path / "plan.md", batches), backend=backend, workers=1,
+                                       observer=kill_between_units)
+    assert killed and report.state == "ok", report.summary()
+    assert [r.attempt for r in report.results] == [1, 1]
+    assert (repo / "src/mod1.py").read_text() == "VALUE = 1\nX = 2\n"
+    assert not any(e.kind == "segment_retry" for e in journal.events(runner.run_id))
+    assert [s["full"] for s in backend.shipped] == [True, False, True], backend.shipped  # sent, then sent again
 
 
 def test_repo_url_mode_against_a_bare_repository(ray_cluster: RayCluster, repo: Path, tmp_path: Path) -> None:
@@ -147,7 +238,7 @@ def test_repo_url_mode_against_a_bare_repository(ray_cluster: RayCluster, repo: 
     assert (repo / "src/mod1.py").read_text() == "VALUE = 1\nY = 4\n"
     assert all((repo / f"src/mod{i}.py").exists() for i in (2, 3))
     pushed = sh_git(remote, "for-each-ref", "--format=%(refname)", f"refs/heads/distpar/{runner.run_id}/")
-    assert len(pushed.splitlines()) == 3  # every stream pushed its branch
+    assert len(pushed.splitlines()) == 4  # every unit pushed its branch
 
 
 def test_bundle_mode_through_the_cli(ray_cluster: RayCluster, repo: Path, tmp_path: Path) -> None:
@@ -156,17 +247,25 @@ def test_bundle_mode_through_the_cli(ray_cluster: RayCluster, repo: Path, tmp_pa
     proc = run_distpar("run", str(plan_file), "--workers", "2", "--backend", "ray", "--ray-address",
                        ray_cluster.address, "--agent", "fake", "--forward-env", "DISTPAR_TEST_MARK", "--json", "-q",
                        cwd=repo)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["state"] == "ok" and summary["batches"] == {"ok": 4}
     assert (repo / "src/mod2.py").read_text() == "VALUE = 2\nW = 4\n"
     assert sh_git(repo, "status", "--porcelain") == ""
+    journal = open_journal(repo)
+    rows = journal.batches(summary["run_id"])
+    journal.close()
+    assert {row["node"] for row in rows} <= ray_cluster.node_ids() and all(row["started"] for row in rows), rows
 
 
-def test_ctrl_c_stops_every_task_and_agent_and_keeps_their_work(ray_cluster: RayCluster, repo: Path,
-                                                                 tmp_path: Path, isolated_env: str) -> None:
+def test_ctrl_c_stops_every_actor_and_agent_and_keeps_their_work(ray_cluster: RayCluster, repo: Path,
+                                                                  tmp_path: Path, isolated_env: str) -> None:
+    """Each actor finished a unit, then runs a second one (in the same workspace) when Ctrl+C comes: every
+    agent stops, the finished work stays finished, the unfinished work comes back on refs."""
     agent_log = tmp_path / "agents.jsonl"
-    batches = [fake_batch(i, writes={f"src/w{i}.py": "half done\n"}, extra=["@fake hang"]) for i in (1, 2, 3)]
+    batches = [*independent_plan(3),
+               *(fake_batch(i, writes={f"src/w{i}.py": "half done\n"}, extra=["@fake hang"], depends_on=[str(i - 3)])
+                 for i in (4, 5, 6))]
     plan_file = write_plan(tmp_path / "plan.md", batches)
     proc = subprocess.Popen(
         [sys.executable, "-m", "distpar", "run", str(plan_file), "--workers", "3", "--backend", "ray",
@@ -176,7 +275,7 @@ def test_ctrl_c_stops_every_task_and_agent_and_keeps_their_work(ray_cluster: Ray
         env={**os.environ, "FAKE_AGENT_LOG": str(agent_log)},
     )
     try:
-        assert poll(lambda: len(agent_starts(agent_log)) == 3, 90), agent_starts(agent_log)
+        assert poll(lambda: len(agent_starts(agent_log)) == 6, 90), agent_starts(agent_log)
         assert len(processes_with_mark(isolated_env, wait=0)) >= 3  # the agents run, and carry the mark
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -186,7 +285,9 @@ def test_ctrl_c_stops_every_task_and_agent_and_keeps_their_work(ray_cluster: Ray
             proc.communicate()
     assert proc.returncode == 130, err
     summary = json.loads(out)
-    assert summary["state"] == "interrupted" and summary["batches"] == {"interrupted": 3}, summary
+    assert summary["state"] == "interrupted" and summary["batches"] == {"ok": 3, "interrupted": 3}, summary
+    cwd = {e["batch"]: e["cwd"] for e in agent_starts(agent_log)}
+    assert all(cwd[str(i)] == cwd[str(i - 3)] for i in (4, 5, 6)), cwd  # on the actor that ran its dependency
     assert processes_with_mark(isolated_env) == []
     assert poll(lambda: ray_cluster.busy_slots() == 0, 15), "a distpar task is still running"
     assert not (ray_cluster.node_dir / summary["run_id"]).exists()  # everything came back: nodes cleaned
@@ -198,16 +299,16 @@ def test_ctrl_c_stops_every_task_and_agent_and_keeps_their_work(ray_cluster: Ray
 
 
 class ForceCancelOnly(RayBackend):
-    """Skips the cooperative cancel, as if every task ignored it: only the force-cancel fallback is left."""
+    """Skips the cooperative interrupt, as if every unit ignored it: only killing the actors is left."""
 
-    def _cancel(self, refs: list[Any], force: bool) -> None:
-        super()._cancel(refs, force=True)
+    def _interrupt(self, slot: Any) -> None:
+        pass
 
 
 def test_force_cancel_fallback_resolves_every_segment(ray_cluster: RayCluster, repo: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch, isolated_env: str) -> None:
-    """Force-cancelled tasks: every future still resolves, no agent survives, and workspaces whose work never
-    came back are kept on the nodes."""
+    """Killed actors: every future still resolves, no agent survives, and workspaces whose work never came back
+    are kept on the nodes."""
     agent_log = tmp_path / "agents.jsonl"
     monkeypatch.setenv("FAKE_AGENT_LOG", str(agent_log))
     plan_file = write_plan(tmp_path / "plan.md", [fake_batch(i, extra=["@fake hang"]) for i in (1, 2)])
@@ -218,14 +319,26 @@ def test_force_cancel_fallback_resolves_every_segment(ray_cluster: RayCluster, r
                 runner.interrupt()
         threading.Thread(target=watch, daemon=True).start()
 
-    report, runner, _ = run_plan(repo, plan_file, backend=ForceCancelOnly(), workers=2,
+    report, runner, _ = run_plan(repo, plan_file, backend=ForceCancelOnly(cancel_grace=3), workers=2,
                                  forward=("FAKE_AGENT_LOG",), runner_hook=interrupt_when_running)
     assert report.state == "interrupted", report.summary()
     assert all(r.status is BatchStatus.FAILED and "cancelled" in r.error for r in report.results), report.results
     kept = sorted(p.name for p in (ray_cluster.node_dir / runner.run_id).glob("*/wt/w*") if p.is_dir())
-    assert kept == ["s1", "s2"]
-    # Ray kills a force-cancelled worker's agent (its direct child) as the worker exits.
+    assert kept == ["w1", "w2"]
+    # Ray kills a killed actor's agent (its direct child) as the worker exits.
     assert poll(lambda: not processes_with_mark(isolated_env, wait=0), 15), "an agent outlived its task"
+
+
+def test_more_workers_than_slots_is_a_clear_backend_error(ray_cluster: RayCluster, tmp_path: Path) -> None:
+    import ray
+
+    slots = int(ray.cluster_resources()[SLOT])
+    backend = RayBackend()
+    try:
+        with pytest.raises(BackendError, match=f"has {slots} {SLOT} resources, fewer than the {slots + 1} workers"):
+            backend.start(RunContext("r", tmp_path, tmp_path, slots + 1))
+    finally:
+        backend.close()
 
 
 def test_unreachable_address_is_a_clear_backend_error(repo: Path, tmp_path: Path) -> None:
