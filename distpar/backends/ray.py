@@ -68,7 +68,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from distpar import transfer
+from distpar import names, transfer
 from distpar.backends.base import Backend, RunContext
 from distpar.errors import BackendError
 from distpar.model import SegmentResult, SegmentSpec, Source
@@ -314,6 +314,14 @@ class RayBackend(Backend):
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise BackendError(f"cannot connect to {where}: {_first_line(exc)}") from exc
             self._owns = True
+        from distpar import raycompat
+
+        try:  # one pinned Ray for coordinator and cluster: a mismatch stops here, naming both, nothing started
+            raycompat.check_cluster(ray)
+        except BackendError:
+            if self._owns:
+                ray.shutdown()
+            raise
         self._ray = ray
         self._client = ray.util.client.ray.is_connected()
         try:
@@ -510,7 +518,7 @@ class RayBackend(Backend):
         for r in result.results:
             text = item["logs"].get(r.batch_id)
             if text is not None:
-                p = logs / f"{safe_name(r.batch_id)}.log"
+                p = logs / f"{names.key(r.batch_id)}.log"
                 p.write_text(text)
                 r = replace(r, log_path=str(p))
             results.append(r)
