@@ -73,7 +73,7 @@ def executable(cfg: AgentConfig, env: Mapping[str, str]) -> str | None:
     """The program ``cfg`` starts (argv[0]); None when it is not known before the batch runs (a placeholder)."""
     if cfg.preset == "template":
         argv = shlex.split(cfg.template or "")
-    elif cfg.preset in agents.PRESETS:
+    elif cfg.preset in agents.PRESETS or cfg.preset_pickle:  # installed, or a preset of the user's own
         argv = agents.command(cfg, env)
     else:
         raise UsageError(f"unknown agent preset {cfg.preset!r} (known: {', '.join(agents.PRESETS)})")

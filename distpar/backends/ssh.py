@@ -673,15 +673,19 @@ def executables(configs: Any) -> set[str]:
 
 
 def build_zip(dest: Path) -> Path:
-    """The ``distpar`` package as a zip (importable from PYTHONPATH): all a host needs of distpar."""
+    """The ``distpar`` package as a zip (importable from PYTHONPATH): all a host needs of distpar, and
+    cloudpickle (pure Python), which a preset defined in the user's own code needs to load there."""
+    import cloudpickle
+
     import distpar
 
-    pkg = Path(distpar.__file__).parent
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(pkg.rglob("*.py")):
-            z.write(f, f"distpar/{f.relative_to(pkg).as_posix()}")
+        for mod in (distpar, cloudpickle):
+            pkg = Path(mod.__file__ or "").parent
+            for f in sorted(pkg.rglob("*.py")):
+                z.write(f, f"{pkg.name}/{f.relative_to(pkg).as_posix()}")
     os.replace(tmp, dest)
     return dest
 

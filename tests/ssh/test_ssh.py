@@ -403,3 +403,22 @@ def test_killed_supervisor_is_retried_without_a_stray_worker(two_hosts: tuple[SS
     assert proc.returncode == 0, stdout + stderr
     assert "retrying on a worker (attempt 2): host" in stderr and "the worker failed (killed by a signal)" in stderr
     assert (repo / "one.txt").read_text() == "1\n"
+
+
+def test_a_preset_of_my_own_runs_on_ssh_hosts_by_value(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv,
+                                                       tmp_path: Path, repo: Path) -> None:
+    """``distpar.run(..., agent=MyPreset)``: the preset lives in this test module, which no host can import;
+    it travels by value (cloudpickle, shipped to the hosts with distpar)."""
+    import distpar
+    from tests.integration.test_api import my_preset
+
+    h1, h2 = two_hosts
+    trust(h1, h2)
+    hosts = inventory(tmp_path / "hosts.toml", ssh_env.client_key, [(h1, 1), (h2, 1)])
+    plan = write_plan(tmp_path / "plan.md", independent_plan(2))
+    report = distpar.run(plan, repo=repo, workers=2, agent=my_preset(), backend="ssh",
+                         backend_options={"hosts": [], "hosts_file": hosts, "identity": None,
+                                          "accept_unknown_hosts": False})
+    assert report.exit_code == 0, [r.error for r in report.results] + report.errors
+    assert all(r.outcome and r.outcome.message == "read by my own preset" for r in report.results)
+    assert {r.node for r in report.results} <= {h1.address, h2.address}
