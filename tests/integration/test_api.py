@@ -32,7 +32,8 @@ def my_preset() -> Preset:
 
 
 def test_run_a_plan_from_python_with_a_preset_of_my_own(repo: Path) -> None:
-    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a.txt": "a"}), fake_batch(2, writes={"b.txt": "b"})])
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a.txt": "a"}),
+                                             fake_batch(2, writes={"b.txt": "b"})])
     events: list[str] = []
     report = distpar.run(plan, repo=repo, workers=2, agent=my_preset(), observer=lambda k, d: events.append(k))
     assert report.exit_code == ExitCode.OK, [r.error for r in report.results]
