@@ -147,7 +147,8 @@ def _cast_form(durations: list[list[float]]) -> str | tuple[Callable[[str], list
     if fn is None:
         return "no unit graph yet (distpar.plan.unit_graph / distpar.units.unit_graph): ran the explicit form"
     try:
-        graph = fn(parse_plan(plan_text(cast_manifest(durations, "probe"), plan_id="bench-cast")))
+        graph = fn(parse_plan(plan_text(cast_manifest(durations, "probe"), plan_id="bench-cast",
+                                        independent=False)))
         units = list(graph.units)
     except Exception as exc:  # a unit graph under construction: say so, run the explicit form
         return f"the unit graph failed on the CAST plan: {type(exc).__name__}: {exc}"[:400]

@@ -176,7 +176,10 @@ class Session:
         nonce = f"r{self._count}"
         repo = self.repo(files)
         batches = manifest(nonce) if manifest else to_batches(nodes, nonce)
-        plan_path = write_plan(self.root / f"plan-{nonce}.md", batches, plan_id=f"bench-{label}")
+        # Node plans say their batches are independent (but for declared depends_on); a manifest (the CAST
+        # plan) follows the protocol's default, ordered stages.
+        plan_path = write_plan(self.root / f"plan-{nonce}.md", batches, plan_id=f"bench-{label}",
+                               independent=manifest is None)
         sleeps = unit_sleeps if manifest and unit_sleeps is not None else {x.id: x.seconds for x in nodes}
         journal_before = self.journal_bytes()
         load = os.getloadavg()[0]

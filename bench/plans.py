@@ -180,10 +180,11 @@ def total_seconds(nodes: list[Node]) -> float:
 
 
 def to_plan(nodes: list[Node], plan_id: str = "bench") -> Plan:
-    """A ``Plan`` for the pure scheduler, built directly (no text, no parsing)."""
+    """A ``Plan`` for the pure scheduler, built directly (no text, no parsing): independent batches but for
+    their declared dependencies, as the benchmark's plan files say."""
     task = (AgentTask("general-purpose", "benchmark batch"),)
     batches = tuple(Batch(x.id, x.id, task, depends_on=x.deps, estimate=_minutes(x)) for x in nodes)
-    return Plan(plan_id, batches, "<bench>", any(x.deps for x in nodes))
+    return Plan(plan_id, batches, "<bench>", any(x.deps for x in nodes), independent=True)
 
 
 def to_batches(nodes: list[Node], nonce: str) -> list[dict[str, Any]]:

@@ -4,8 +4,8 @@ batch, and the coordinator's memory while it runs 64 workers.
 Planning is the parser on the plan file's text and the default scheduler; its memory is the peak of Python
 allocations (tracemalloc) during parse + schedule, measured in a separate pass (tracing slows the code).
 *Registration* is what the executor's ``Runner`` does with the plan before the first dispatch: the units with
-their priorities (``plan_units``: critical path by estimate), the plan and schedule as JSON, and the journal's
-run and batch rows — done here the same way, on a scratch journal.
+their priorities (``state_units`` of the unit graph: critical path by estimate), the plan and schedule as JSON,
+and the journal's run and batch rows — done here the same way, on a scratch journal.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from bench.config import Config
 from bench.harness import Session
 from bench.plans import make_shape, plan_document
 from bench.stats import summary
-from distpar.executor import plan_units
 from distpar.journal import Journal
 from distpar.model import AgentOutcome, BatchResult, BatchStatus
 from distpar.plan import parse_plan
 from distpar.schedule import make_schedule
 from distpar.state import RunState, Start, UnitEnded, WorkerUp
+from distpar.stateunits import state_units
+from distpar.units import unit_graph
 
 BENCH_ROOT = Path(__file__).parent.parent  # not resolved: the probe must import this very bench and distpar
 
@@ -89,7 +90,7 @@ def run_state_cost(session: Session, cfg: Config, events: int = 64) -> list[dict
         sched = make_schedule(plan, cfg.scale_workers)
         session.log(f"  scale: run state decisions at {len(nodes)} units")
         t0 = time.perf_counter()
-        units = plan_units(plan, sched)
+        units = state_units(unit_graph(plan, independent=True), sched.strategy, cfg.scale_workers)
         st = RunState.create(units)
         t1 = time.perf_counter()
         started: list[Start] = []
@@ -112,8 +113,8 @@ def run_state_cost(session: Session, cfg: Config, events: int = 64) -> list[dict
 
 
 def _register(journal: Journal, plan: Any, sched: Any, run_id: str) -> None:
-    """What ``Runner`` does before dispatching (``plan_units``, ``run_row`` and ``start_run``)."""
-    units = plan_units(plan, sched)
+    """What ``Runner`` does before dispatching (the unit graph, ``run_row`` and ``start_run``)."""
+    units = state_units(unit_graph(plan, independent=True), sched.strategy, sched.workers)
     row = {
         "id": run_id, "plan_path": "bench", "plan_id": plan.plan_id, "repo": "bench", "target": "main",
         "base": "0" * 40, "backend": "local", "workers": sched.workers, "strategy": sched.strategy,

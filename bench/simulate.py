@@ -1,5 +1,6 @@
-"""What the coordinator's own decisions give, without any overhead: the executor's units (``plan_units``) fed
-through the real pure ``RunState`` on a simulated clock, every unit taking exactly its true duration.
+"""What the coordinator's own decisions give, without any overhead: the executor's units (``state_units`` of
+the unit graph) fed through the real pure ``RunState`` on a simulated clock, every unit taking exactly its true
+duration.
 
 ``dispatch``: what ``distpar run`` does today (a free worker takes the best ready unit; midpoint/round-robin
 stay pinned to their streams). ``static``: the plan frozen into the scheduler's streams before anything runs,
@@ -12,11 +13,12 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from distpar.executor import PINNED, plan_units
 from distpar.model import BatchStatus
 from distpar.plan import Plan
 from distpar.schedule import Schedule
 from distpar.state import Finish, Instruction, RunState, Start, UnitEnded, UnitInfo, WorkerUp
+from distpar.stateunits import state_units
+from distpar.units import unit_graph
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +64,9 @@ def run_state(units: list[UnitInfo], workers: int, durations: dict[str, float], 
 
 def dispatch(plan: Plan, schedule: Schedule, durations: dict[str, float]) -> Simulated:
     """The executor's run-time dispatch of ``plan`` (its units, its worker count)."""
-    workers = len(schedule.streams) if schedule.strategy in PINNED else max(1, schedule.workers)
-    return run_state(plan_units(plan, schedule), workers, durations)
+    graph = unit_graph(plan, strategy=schedule.strategy)
+    workers = 2 if graph.rule == "midpoint" else max(1, schedule.workers)
+    return run_state(state_units(graph, schedule.strategy, workers), workers, durations)
 
 
 def static(plan: Plan, schedule: Schedule, durations: dict[str, float]) -> Simulated:
