@@ -13,23 +13,22 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distpar import agents, gitops, names, workspace
+from distpar import names, workspace
 from distpar.backends.base import Backend, RunContext
 from distpar.deps import Preview, base_for
 from distpar.errors import DistparError
 from distpar.journal import Journal
 from distpar.landing import cleanup, land_run
 from distpar.merge import Conflict
-from distpar.model import BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
+from distpar.model import BatchResult, BatchStatus, SegmentResult, SegmentSpec
 from distpar.plan import Plan
+from distpar.process import on_signals
 from distpar.ratelimit import RateLimiter
 from distpar.runtime import (
     Observer,
@@ -63,8 +62,9 @@ from distpar.state import (
 )
 from distpar.stateunits import state_units
 from distpar.transfer import Transfer
-from distpar.units import unit_graph, with_fan_out_summary
-from distpar.worker import retry_base, totals
+from distpar.units import unit_graph
+from distpar.unitspec import batch_spec, verify_files, with_earlier_tries
+from distpar.worker import retry_base
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,9 @@ class Runner:
             commit = self.results[uid].commit
             if st.ok and commit:
                 self.preview.add(uid, commit)
-        agents_used = tuple(dict.fromkeys(self._batch_spec(u.uid).agent for u in self.units))
+        agents_used = tuple(dict.fromkeys(batch_spec(self, u.uid).agent for u in self.units))
         ctx = RunContext(self.run_id, self.repo, self.run_dir, self.workers, agents_used, self._worker_event)
-        old = self._install_signals()
+        restore_signals = on_signals(self.interrupt)
         landed = None
         try:
             try:
@@ -200,7 +200,7 @@ class Runner:
                     self.journal.event(self.run_id, "interrupt_while_landing", landed=landed)
                     self.emit("interrupt_while_landing", landed=landed)
         finally:
-            self._restore_signals(old)
+            restore_signals()
             cleanup(self)
         report = make_report(self, time.time() - t0, landed)
         self.journal.end_run(self.run_id, report.state, int(report.exit_code), report.summary())
@@ -278,7 +278,7 @@ class Runner:
             self._queue.put(("event", Blocked(ins.uid, ins.worker, reason)))
             return
         self.dispatches += 1
-        batch = self._batch_spec(ins.uid)
+        batch = batch_spec(self, ins.uid)
         spec = SegmentSpec(
             run_id=self.run_id, stream=ins.worker, segment=self.dispatches, branch=self.branch(ins.uid),
             base=base.commit, batches=(batch,),
@@ -308,6 +308,16 @@ class Runner:
         self.running[ins.uid] = (spec, fut)
         fut.add_done_callback(lambda f: self._queue.put(("done", (spec, f))))
 
+    def _conflicts_early(self, uid: str, commit: str) -> bool:
+        """Whether ``commit`` conflicts with the work finished so far (journaled and shown at once, if so)."""
+        found = self.preview.add(uid, commit)
+        if found is not None:
+            files, others = list(found[0]), list(found[1])
+            self.predicted.append({"unit": uid, "files": files, "with": others})
+            self.journal.event(self.run_id, "conflict_predicted", None, uid, files=files, others=others)
+            self.emit("conflict_predicted", batch=uid, files=files, others=others)
+        return found is not None
+
     def _ctx_stub(self) -> RunContext:
         return RunContext(self.run_id, self.repo, self.run_dir, self.workers)
 
@@ -329,7 +339,7 @@ class Runner:
                       node=result.node)
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
-        r = self._verify_files(result.results[0])
+        r = verify_files(self, result.results[0])
         o = r.outcome
         now = time.time()
         if o is not None and o.rate_limited and not o.ok and not self.interrupted.is_set():
@@ -344,50 +354,11 @@ class Runner:
                 self.emit("unit_throttled", stream=spec.stream, batch=uid, result_class=o.result_class)
                 return UnitEnded(uid, spec.stream, r.status, o.cost_usd, outcome=o, at=now, requeue=True)
         if uid in self.carried:  # what the dispatches before it (rate-limited) tried and cost counts too
-            earlier = self.carried.pop(uid)
-            outcomes = [x.outcome for x in (*earlier, r) if x.outcome is not None]
-            r = replace(r, outcome=totals(outcomes) if outcomes else None, tries=sum(x.tries for x in (*earlier, r)),
-                        try_classes=tuple(c for x in (*earlier, r) for c in x.try_classes),
-                        started=earlier[0].started or r.started)
+            r = with_earlier_tries(self.carried.pop(uid), r)
         self._record(r)
-        conflicts = bool(r.status.ok and r.commit and r.changed and self._check_conflicts(uid, r.commit))
+        conflicts = bool(r.status.ok and r.commit and r.changed and self._conflicts_early(uid, r.commit))
         return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, outcome=o, at=now,
                          conflicts=conflicts)
-
-    def _verify_files(self, r: BatchResult) -> BatchResult:
-        """CAST ``verify_files``: once the last of a batch's final units is done, the files must exist (and not
-        be empty) in the batch's work; else that unit fails, naming the missing paths (its work is kept)."""
-        batch = self.batches[self.graph.unit(r.batch_id).batch_id]
-        if not batch.verify_files or not r.status.ok:
-            return r
-        units = self.graph.of_batch(batch.id)
-        inner = {d for u in units for d in u.depends_on}
-        finals = [u.uid for u in units if u.uid not in inner]
-        if any(f != r.batch_id and not (f in self.results and self.results[f].status.ok) for f in finals):
-            return r
-        commits = [r.commit if f == r.batch_id else self.results[f].commit for f in finals]
-
-        def present(path: str) -> bool:
-            return any(c and gitops.git(self.repo, "cat-file", "-s", f"{c}:{path}", check=False).stdout.strip()
-                       not in ("", "0") for c in commits)
-
-        missing = [p for p in batch.verify_files if not present(p)]
-        if not missing:
-            return r
-        return replace(r, status=BatchStatus.FAILED,
-                       error=f"verify_files: batch {batch.id} left no {', '.join(missing)} (its work is kept on "
-                             f"{self.branch(r.batch_id)})")
-
-    def _check_conflicts(self, uid: str, commit: str) -> bool:
-        found = self.preview.add(uid, commit)
-        if found is None:
-            return False
-        files, others = found
-        info = {"unit": uid, "files": list(files), "with": list(others)}
-        self.predicted.append(info)
-        self.journal.event(self.run_id, "conflict_predicted", None, uid, files=list(files), others=list(others))
-        self.emit("conflict_predicted", batch=uid, files=list(files), others=list(others))
-        return True
 
     def _worker_event(self, kind: str, data: dict[str, Any]) -> None:
         """Called by workers (any thread) as things happen inside a unit."""
@@ -427,24 +398,6 @@ class Runner:
                   duration=r.duration, error=r.error, log_tail=r.log_tail, changed=r.changed,
                   cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries, notes=list(r.notes))
 
-    def _answer(self, uid: str) -> str:
-        r = self.results.get(uid)
-        return r.outcome.message if r is not None and r.outcome is not None else ""
-
-    def _batch_spec(self, uid: str) -> BatchSpec:
-        u = self.graph.unit(uid)
-        cfg = agents.agent_config(u.agent, self.options.agent) if u.agent else self.options.agent
-        session, restore, node = self.resume_sessions.get(uid, (None, None, None))
-        if session and not agents.can_resume(cfg):
-            session = node = None
-        prompt = u.prompt
-        source = self.plan.fan_out_source(u.batch_id)
-        if source:  # CAST fan-out: the agents' final answers are handed to the next batch's prompts
-            answers = {s.uid: self._answer(s.uid) for s in self.graph.of_batch(source)}
-            prompt = with_fan_out_summary(prompt, source, answers, self.graph)
-        return BatchSpec(uid, u.description, prompt, cfg, u.timeout or self.options.timeout, session, restore,
-                         node if self.backend.remote else None, u.subagent_type)
-
     # --- signals ---------------------------------------------------------------------------------------
 
     def interrupt(self) -> None:
@@ -457,16 +410,3 @@ class Runner:
         if not self.interrupted.is_set():
             self.interrupted.set()
             self.backend.cancel()
-
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        old: dict[int, Any] = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, lambda *_: self.interrupt())
-        return old
-
-    @staticmethod
-    def _restore_signals(old: dict[int, Any]) -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)

@@ -295,3 +295,17 @@ def reap_orphans(known: Iterable[int] = ()) -> None:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
+
+
+def on_signals(handler: Callable[[], None]) -> Callable[[], None]:
+    """SIGINT and SIGTERM call ``handler`` from now on (in the main thread only: elsewhere nothing changes);
+    returns what puts the previous handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {sig: signal.signal(sig, lambda *_: handler()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+    return restore
