@@ -231,6 +231,22 @@ def _claude_agent(ctx: Context) -> str | None:
     return None
 
 
+def subagent_how(cfg: AgentConfig, repo_root: str | Path | None) -> Callable[[str], str]:
+    """For ``distpar plan`` / ``--dry-run``: how each subagent_type will reach the agent, by the same rule the
+    claude preset applies in a worktree (a worktree has the repository's ``.claude/agents``)."""
+    def how(name: str) -> str:
+        if name in ("main", "general-purpose"):
+            return "the agent's default agent (no flag)"
+        if cfg.preset != "claude" or cfg.preset_pickle:
+            return f"stays in the prompt (only claude selects an agent by name; this run uses {cfg.preset})"
+        ctx = Context("", Path(), "", Path(repo_root or "."), "", 0, subagent_type=name)
+        if _claude_agent(ctx):
+            return f"claude --agent {name} (defined in .claude/agents/{name}.md)"
+        return f"stays in the prompt (no .claude/agents/{name}.md for the repository or the user)"
+
+    return how
+
+
 def _claude_env() -> dict[str, str]:
     # As root, bypassPermissions refuses to start ("cannot be used with root/sudo privileges") unless
     # IS_SANDBOX=1 (https://github.com/anthropics/claude-code/issues/3490). distpar runs agents in worktrees,

@@ -118,7 +118,9 @@ def plan_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, in
             raise UsageError(f"{option} goes with --suggest-deps")
     graph = unit_graph(plan, independent=independent, strategy=strategy, split=split)
     schedule = make_schedule(plan, workers, strategy, split)
-    _print_schedule(plan, graph, schedule, as_json, repo_root=repo_root, plan_path=str(plan_file.resolve()))
+    cfg = agents.agent_config(agent_name, AgentConfig())
+    _print_schedule(plan, graph, schedule, as_json, repo_root=repo_root, plan_path=str(plan_file.resolve()),
+                    subagent=agents.subagent_how(cfg, repo_root))
 
 
 def _repo_root_or_none(path: Path) -> str | None:
@@ -330,8 +332,9 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
         err(f"warning: {warning}", fg="yellow")
     if dry_run:
         graph = unit_graph(plan, independent=independent, strategy=strategy, split=split)
-        _print_schedule(plan, graph, schedule, as_json, repo_root=_repo_root_or_none(repo_path),
-                        plan_path=str(plan_file.resolve()))
+        root = _repo_root_or_none(repo_path)
+        _print_schedule(plan, graph, schedule, as_json, repo_root=root, plan_path=str(plan_file.resolve()),
+                        subagent=agents.subagent_how(agent, root))
         return
     if repo_url and backend == "local":
         raise UsageError("--repo-url goes with a remote backend (--backend ray or ssh)")

@@ -1,12 +1,9 @@
 """Carries out a run: feeds what happens (workers up, units ended, transports broken, Ctrl+C) to the pure
-``RunState`` and does what it says (compute a unit's base, ship it, submit it, journal, merge). The only place
-with effects on the coordinator's repository during a run, through gitops, deps, transfer and merge.
-
-Where work lands does not depend on timing: every unit commits on a branch of its own
-(``distpar/<run>/b/<unit>``) that starts from the merge of exactly the units it depends on, and the final merge
-takes the units in plan order. Which worker ran a unit (journaled) changes nothing in the result, so when nothing
-conflicts the landed tree is the same whatever the timing, and resume needs no replay of the assignment.
-"""
+``RunState`` and does what it says (a unit's base, ship it, submit it, journal, merge), with effects on the
+coordinator's repository only through gitops, deps, transfer and landing. Every unit commits on a branch of its
+own (``distpar/<run>/b/<unit>``) from the merge of exactly its dependencies, and the final merge takes the units
+in plan order: which worker ran a unit (journaled) changes nothing in the result, so when nothing conflicts the
+landed tree is the same whatever the timing, and resume needs no replay of the assignment."""
 
 from __future__ import annotations
 
@@ -47,7 +44,6 @@ from distpar.state import (
     BudgetSpent,
     CancelAll,
     Event,
-    Finish,
     Instruction,
     Interrupt,
     Record,
@@ -63,7 +59,7 @@ from distpar.state import (
 from distpar.stateunits import state_units
 from distpar.transfer import Transfer
 from distpar.units import unit_graph
-from distpar.unitspec import batch_spec, verify_files, with_earlier_tries
+from distpar.unitspec import batch_spec, note_owned_files, verify_files, with_earlier_tries
 from distpar.worker import retry_base
 
 log = logging.getLogger(__name__)
@@ -123,8 +119,7 @@ class Runner:
             self.plan_text = ""
         self.pushed: list[str] = []
         self.lock: RunLock | None = None  # one coordinator per run (resume hands in the lock it took)
-        self.landing = False  # an interrupt while landing does not stop the landing (it is one atomic step)
-        self.interrupted_while_landing = False
+        self.landing = self.interrupted_while_landing = False  # an interrupt while landing lets it finish
 
     def saved_ref(self, uid: str) -> str:
         """Where a unit's unfinished work is kept when it fails or is interrupted."""
@@ -136,6 +131,13 @@ class Runner:
     @property
     def integration(self) -> str:
         return f"distpar/{self.run_id}/integration"
+
+    def publish(self, kind: str, stream: int | None = None, batch: str | None = None, **data: Any) -> None:
+        """One event, once, to everything that follows the run: the journal, and the observer (live view,
+        ``--json``), which gets ``stream``/``batch`` in its data."""
+        self.journal.event(self.run_id, kind, stream, batch, **data)
+        self.emit(kind, **({"stream": stream} if stream is not None else {}),
+                  **({"batch": batch} if batch is not None else {}), **data)
 
     def emit(self, kind: str, **data: Any) -> None:
         try:
@@ -197,8 +199,7 @@ class Runner:
                 finally:
                     self.landing = False
                 if self.interrupted_while_landing:
-                    self.journal.event(self.run_id, "interrupt_while_landing", landed=landed)
-                    self.emit("interrupt_while_landing", landed=landed)
+                    self.publish("interrupt_while_landing", landed=landed)
         finally:
             restore_signals()
             cleanup(self)
@@ -219,8 +220,7 @@ class Runner:
                 kind, item = "event", Tick(time.time())
             if self.interrupted.is_set() and not self.state.interrupted:
                 interrupted_at = time.time()
-                self.journal.event(self.run_id, "interrupted")
-                self.emit("interrupted")
+                self.publish("interrupted")
                 self._apply(self.state.handle(Interrupt()))
             if kind == "done":
                 event = self._collect(*item)
@@ -242,24 +242,17 @@ class Runner:
                 worker = self.state.assignment.get(ins.uid, -1) if self.state else -1
                 self._record(BatchResult(ins.uid, worker, ins.status, error=ins.reason))
             elif isinstance(ins, Retry):
-                self.journal.event(self.run_id, "segment_retry", None, ins.uid, attempt=ins.attempt, error=ins.error)
-                self.emit("segment_retry", batch=ins.uid, attempt=ins.attempt, error=ins.error)
+                self.publish("segment_retry", None, ins.uid, attempt=ins.attempt, error=ins.error)
             elif isinstance(ins, CancelAll):
                 self.backend.cancel()
             elif isinstance(ins, BudgetSpent):
                 self.budget_exhausted = True
-                budget = self.options.budget_usd
-                left = list(ins.not_started)
-                self.journal.event(self.run_id, "budget_exhausted", spent=ins.spent, budget=budget, not_started=left)
-                self.emit("budget_exhausted", spent=ins.spent, budget=budget, not_started=left)
+                self.publish("budget_exhausted", spent=ins.spent, budget=self.options.budget_usd,
+                             not_started=list(ins.not_started))
             elif isinstance(ins, Throttle):
-                self.journal.event(self.run_id, "throttled", limit=ins.limit, until=ins.until, stop=ins.stop,
-                                   reason=ins.reason)
-                self.emit("throttled", limit=ins.limit, until=ins.until, stop=ins.stop, reason=ins.reason)
+                self.publish("throttled", limit=ins.limit, until=ins.until, stop=ins.stop, reason=ins.reason)
                 if ins.stop:
                     self.rate_stop = ins.reason
-            elif isinstance(ins, Finish):
-                pass
 
     def _start(self, ins: Start) -> None:
         unit = self.state.units[ins.uid] if self.state else None
@@ -295,9 +288,7 @@ class Runner:
             hooks=self.options.hooks, warn_size=self.options.warn_size, sandbox=self.options.sandbox,
             sandbox_allow=self.options.sandbox_allow,
         )
-        self.journal.event(self.run_id, "segment_submitted", ins.worker, ins.uid, batches=[ins.uid],
-                           attempt=ins.attempt, base=base.commit, worker=ins.worker)
-        self.emit("segment_submitted", stream=ins.worker, batches=[ins.uid], attempt=ins.attempt)
+        self.publish("segment_submitted", ins.worker, ins.uid, batches=[ins.uid], attempt=ins.attempt, base=base.commit)
         self.journal.batch_started(self.run_id, ins.uid, ins.worker, ins.attempt, "")
         self.emit("batch_started", stream=ins.worker, batch=ins.uid, attempt=ins.attempt)
         try:
@@ -314,8 +305,7 @@ class Runner:
         if found is not None:
             files, others = list(found[0]), list(found[1])
             self.predicted.append({"unit": uid, "files": files, "with": others})
-            self.journal.event(self.run_id, "conflict_predicted", None, uid, files=files, others=others)
-            self.emit("conflict_predicted", batch=uid, files=files, others=others)
+            self.publish("conflict_predicted", None, uid, files=files, others=others)
         return found is not None
 
     def _ctx_stub(self) -> RunContext:
@@ -333,13 +323,11 @@ class Runner:
         self.transfer.fetch_back(result, spec.source)
         if result.setup:
             setup = result.setup
-            self.journal.event(self.run_id, "workspace_setup", spec.stream, uid, ok=setup["ok"],
-                               seconds=round(setup["seconds"], 3), exit_code=setup["exit_code"], node=result.node)
-            self.emit("workspace_setup", stream=spec.stream, ok=setup["ok"], seconds=setup["seconds"],
-                      node=result.node)
+            self.publish("workspace_setup", spec.stream, uid, ok=setup["ok"], seconds=round(setup["seconds"], 3),
+                         exit_code=setup["exit_code"], node=result.node)
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
-        r = verify_files(self, result.results[0])
+        r = note_owned_files(self, verify_files(self, result.results[0]), spec.base)
         o = r.outcome
         now = time.time()
         if o is not None and o.rate_limited and not o.ok and not self.interrupted.is_set():
@@ -349,9 +337,8 @@ class Runner:
             if self.requeues[uid] <= self.options.agent_retries:
                 self.carried.setdefault(uid, []).append(r)
                 self.journal.batch_requeued(self.run_id, uid)
-                self.journal.event(self.run_id, "unit_throttled", spec.stream, uid, result_class=o.result_class,
-                                   retry_after=o.retry_after, resets_at=o.resets_at, requeued=self.requeues[uid])
-                self.emit("unit_throttled", stream=spec.stream, batch=uid, result_class=o.result_class)
+                self.publish("unit_throttled", spec.stream, uid, result_class=o.result_class, retry_after=o.retry_after,
+                             resets_at=o.resets_at, requeued=self.requeues[uid])
                 return UnitEnded(uid, spec.stream, r.status, o.cost_usd, outcome=o, at=now, requeue=True)
         if uid in self.carried:  # what the dispatches before it (rate-limited) tried and cost counts too
             r = with_earlier_tries(self.carried.pop(uid), r)

@@ -25,8 +25,7 @@ def land_run(run: Runner) -> str | None:
     push (--push). Returns the target's new head, or None when a conflict or the gate stopped it."""
     order = [(run.branch(u.uid), run.results[u.uid].commit or run.start)
              for u in sorted(run.units, key=lambda u: u.order)]
-    run.journal.event(run.run_id, "merge_started", streams=[b for b, _ in order])
-    run.emit("merge_started", streams=[b for b, _ in order])
+    run.publish("merge_started", streams=[b for b, _ in order])
     # A resumed run continues from what the integration branch already holds (e.g. a conflict the user
     # resolved by hand there); units it already contains are skipped by merge_streams.
     begin = gitops.try_rev(run.repo, f"refs/heads/{run.integration}")
@@ -57,9 +56,8 @@ def _verify_merged(run: Runner, head: str) -> workspace.HookResult | None:
     run.emit("verify_merged_started", head=head)
     gate = workspace.verify_merged(run.repo, head, run.run_dir / "verify-merged", run.options.verify_merged,
                                    run.options.setup, run.include, run.run_dir / "logs" / "verify-merged.log")
-    run.journal.event(run.run_id, "verify_merged", ok=gate.ok, exit_code=gate.exit_code,
-                       seconds=round(gate.seconds, 3), head=head)
-    run.emit("verify_merged", ok=gate.ok, exit_code=gate.exit_code, seconds=gate.seconds, tail=gate.tail)
+    run.publish("verify_merged", ok=gate.ok, exit_code=gate.exit_code, seconds=round(gate.seconds, 3), head=head,
+                tail=gate.tail[-2000:])  # the tail of the user's own command: its output, masked of nothing secret
     return None if gate.ok else gate
 
 

@@ -18,6 +18,26 @@ from dataclasses import dataclass, field
 
 from distpar.model import AgentOutcome, BatchStatus
 from distpar.ratelimit import RateLimiter
+from distpar.stimuli import (
+    Blocked,
+    BudgetSpent,
+    CancelAll,
+    ConflictFound,
+    Event,
+    Fatal,
+    Finish,
+    Instruction,
+    Interrupt,
+    Record,
+    Retry,
+    Start,
+    Throttle,
+    Tick,
+    UnitEnded,
+    UnitLost,
+    WorkerDown,
+    WorkerUp,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,141 +50,6 @@ class UnitInfo:
     order: int = 0  # plan order, the tie-break
     pin: int | None = None  # the only worker that may run it (the seed's pinned streams); it waits for that
     # worker to come up, and goes to any worker only once that one is down (so every pin must come up or go down)
-
-
-# --- events (stimuli) ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerUp:
-    worker: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerDown:
-    """A worker is gone for good (its node or host died); what it ran goes to another worker."""
-
-    worker: int
-    error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class UnitEnded:
-    uid: str
-    worker: int
-    status: BatchStatus
-    cost_usd: float | None = None
-    outcome: AgentOutcome | None = None  # what the agent reported: rate limits change how many run at once
-    at: float | None = None  # when it ended (the executor's clock)
-    requeue: bool = False  # the unit did not really run (rate-limited before it could work): run it again
-    conflicts: bool = False  # its work conflicts with work already finished (found before the final merge)
-
-
-@dataclass(frozen=True, slots=True)
-class UnitLost:
-    """The transport failed while the unit ran (not the agent): it may run again from the same base."""
-
-    uid: str
-    worker: int
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Blocked:
-    """Merging the unit's dependencies into its base conflicted: it cannot run."""
-
-    uid: str
-    worker: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConflictFound:
-    """A finished unit's work conflicts with work already finished (found early, before the final merge)."""
-
-    uid: str
-
-
-@dataclass(frozen=True, slots=True)
-class Interrupt:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Fatal:
-    """The coordinator cannot go on (git or a transport broke under it): start nothing more."""
-
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Time passed (the executor sends its clock, so that pauses end without the state reading a clock)."""
-
-    now: float
-
-
-Event = WorkerUp | WorkerDown | UnitEnded | UnitLost | Blocked | ConflictFound | Interrupt | Fatal | Tick
-
-
-# --- instructions ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    uid: str
-    worker: int
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A unit ends without running (skipped after a failed dependency, or failed after its transport broke)."""
-
-    uid: str
-    status: BatchStatus
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """The unit's transport broke; it goes back to the queue (journaled as such)."""
-
-    uid: str
-    attempt: int
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class CancelAll:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetSpent:
-    spent: float
-    not_started: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Throttle:
-    """How many agents may run at once changed (rate limits), or starts pause until ``until``; ``stop``: a usage
-    limit far away, nothing more starts in this run (it ends resumable)."""
-
-    limit: int
-    until: float | None
-    stop: bool = False
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """Nothing runs and nothing more will start. ``complete``: every unit ended ok (the executor merges)."""
-
-    complete: bool
-
-
-Instruction = Start | Record | Retry | CancelAll | BudgetSpent | Throttle | Finish
 
 
 @dataclass
@@ -423,3 +308,28 @@ def critical_path(units: Iterable[tuple[str, tuple[str, ...], float]]) -> dict[s
     for u, _, _ in reversed(items):
         rank[u] = est[u] + max((rank[v] for v in after.get(u, ())), default=0.0)
     return rank
+
+
+__all__ = [
+    "Blocked",
+    "BudgetSpent",
+    "CancelAll",
+    "ConflictFound",
+    "Event",
+    "Fatal",
+    "Finish",
+    "Instruction",
+    "Interrupt",
+    "Record",
+    "Retry",
+    "RunState",
+    "Start",
+    "Throttle",
+    "Tick",
+    "UnitEnded",
+    "UnitInfo",
+    "UnitLost",
+    "WorkerDown",
+    "WorkerUp",
+    "critical_path",
+]

@@ -4,6 +4,7 @@ beyond reading the unit's commits."""
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -70,3 +71,23 @@ def with_earlier_tries(earlier: list[BatchResult], r: BatchResult) -> BatchResul
     return replace(r, outcome=totals(outcomes) if outcomes else None, tries=sum(x.tries for x in (*earlier, r)),
                    try_classes=tuple(c for x in (*earlier, r) for c in x.try_classes),
                    started=earlier[0].started or r.started)
+
+
+def note_owned_files(run: Runner, r: BatchResult, base: str) -> BatchResult:
+    """CAST ``owns_files``: a unit that changed files another unit owns (and it does not) is reported, in the
+    result's notes (and so in the journal and at the end of the run); its work is kept as it is."""
+    owners = [(u.uid, u.owns_files) for u in run.graph.units if u.owns_files and u.uid != r.batch_id]
+    if not owners or not r.status.ok or not r.commit or not r.changed:
+        return r
+    mine = run.graph.unit(r.batch_id).owns_files
+    changed = gitops.out(run.repo, "diff", "--name-only", base, r.commit).splitlines()
+    crossed = []
+    for uid, owned in owners:
+        files = [f for f in changed if _owned(f, owned) and not _owned(f, mine)]
+        if files:
+            crossed.append(f"edited {', '.join(files[:5])} that unit {uid} owns (owns_files)")
+    return replace(r, notes=(*r.notes, *crossed)) if crossed else r
+
+
+def _owned(path: str, patterns: tuple[str, ...]) -> bool:
+    return any(path == p or fnmatch.fnmatch(path, p) or path.startswith(p.rstrip("/") + "/") for p in patterns)

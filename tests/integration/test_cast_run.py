@@ -119,3 +119,18 @@ def test_unit_ids_map_to_distinct_safe_names(repo: Path) -> None:
     logs = {Path(r.log_path or "").name for r in report.results}
     assert len(logs) == 3
     assert json.dumps(sorted(r.batch_id for r in report.results)) == json.dumps(sorted(["a/b", "a b", ".."]))
+
+
+def test_a_unit_that_edits_files_another_unit_owns_is_reported(repo: Path) -> None:
+    batches = [
+        stage(1, [{**agent(["@fake write api/schema.txt mine"]), "owns_files": ["api/"]},
+                  {**agent(["@fake write ui/view.txt v", "@fake write api/extra.txt sneaky"]),
+                   "owns_files": ["ui/view.txt"]}]),
+    ]
+    report, _ = run_plan(repo, batches, workers=2, independent_plan=False)
+    assert report.exit_code == ExitCode.OK
+    notes = {r.batch_id: r.notes for r in report.results}
+    assert notes["1#2"] == ("edited api/extra.txt that unit 1#1 owns (owns_files)",)
+    assert notes["1#1"] == ()
+    ended = [e for e in journal().events(report.run_id) if e.kind == "batch_ended" and e.batch_id == "1#2"]
+    assert ended and ended[-1].data.get("notes") == ["edited api/extra.txt that unit 1#1 owns (owns_files)"]

@@ -123,3 +123,18 @@ def test_a_batch_without_agents_is_skipped_and_recorded(repo: Path) -> None:
     assert rows["2"]["state"] == "skipped" and rows["2"]["error"] == "the batch has no agents (agents: [])"
     # Stage 3 still came after stage 1 (the empty stage between them gates nothing).
     assert {"a.txt", "c.txt"} <= set(sh_git(repo, "ls-tree", "--name-only", "main").split())
+
+
+def test_the_dry_run_says_how_each_subagent_type_reaches_the_agent(repo: Path) -> None:
+    (repo / ".claude" / "agents").mkdir(parents=True)
+    (repo / ".claude" / "agents" / "reviewer.md").write_text("---\nname: reviewer\n---\nReview the code.\n")
+    plan = write_plan(repo.parent / "p.md", [
+        {**fake_batch(1), "agents": [{"subagent_type": "reviewer", "prompt": "review"}]},
+        {**fake_batch(2), "agents": [{"subagent_type": "frontend-dev", "prompt": "build"}]},
+    ])
+    res = run_distpar("plan", str(plan), cwd=repo)
+    assert res.returncode == 0, res.stderr
+    assert "subagent_type reviewer: claude --agent reviewer (defined in .claude/agents/reviewer.md)" in res.stdout
+    assert "subagent_type frontend-dev: stays in the prompt (no .claude/agents/frontend-dev.md" in res.stdout
+    codex = run_distpar("run", str(plan), "--agent", "codex", "--dry-run", cwd=repo)
+    assert "stays in the prompt (only claude selects an agent by name; this run uses codex)" in codex.stdout
