@@ -480,7 +480,9 @@ class RayBackend(Backend):
                         f"not stop within {self.cancel_grace:g}s, or the run closed); its workspace stays on node "
                         f"{slot.node[:12] or '?'}") from exc
                 self._lost(slot)
-                if accepted or sent == RESEND or self._cancelled.is_set() or self._closing.is_set():
+                # Over Ray Client nothing arrives before the unit ends, so whether the actor took it cannot be
+                # known: it may have run (and done things outside its workspace), so it counts as a retry.
+                if accepted or self._client or sent == RESEND or self._cancelled.is_set() or self._closing.is_set():
                     raise BackendError(f"the Ray actor of worker {spec.stream + 1} died "
                                        f"({_first_line(exc)})") from exc
                 log.info("ray backend: worker %d's actor died before it took unit %s; sending it again",
