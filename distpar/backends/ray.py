@@ -483,8 +483,8 @@ class RayBackend(Backend):
                 # Over Ray Client nothing arrives before the unit ends, so whether the actor took it cannot be
                 # known: it may have run (and done things outside its workspace), so it counts as a retry.
                 if accepted or self._client or sent == RESEND or self._cancelled.is_set() or self._closing.is_set():
-                    raise BackendError(f"the Ray actor of worker {spec.stream + 1} died "
-                                       f"({_first_line(exc)})") from exc
+                    raise BackendError(f"the Ray actor of worker {spec.stream + 1} died: its node went away or its "
+                                       f"process was killed ({_first_line(exc)})") from exc
                 log.info("ray backend: worker %d's actor died before it took unit %s; sending it again",
                          spec.stream + 1, spec.batches[0].id)
                 slot, stream = self._send(spec)  # it never ran: a new actor gets it, no retry is spent
