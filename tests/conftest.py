@@ -84,6 +84,17 @@ def run_distpar(*args: str, cwd: Path, timeout: float = 120, env: dict[str, str]
     )
 
 
+def run_and_interrupt(plan: Path, repo: Path, started: str, *args: str, timeout: float = 30) -> None:
+    """``distpar run PLAN --workers 1 --agent fake ARGS`` in a subprocess, Ctrl+C'd once a file matching
+    ``started`` (a glob under DISTPAR_HOME) exists; it must end with 130 (interrupted, resumable)."""
+    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "1", "--agent", "fake",
+                             *args], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    home = Path(os.environ["DISTPAR_HOME"])
+    poll(lambda: list(home.glob(started)), timeout)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+
+
 def run_status(repo: Path, run_id: str) -> dict[str, Any]:
     """``distpar status RUN_ID --json``, parsed."""
     out = run_distpar("status", run_id, "--json", cwd=repo)
