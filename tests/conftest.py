@@ -126,7 +126,13 @@ def wait_for(cond: Callable[[], T], timeout: float = 60.0, what: str = "conditio
     return value
 
 
-def pytest_report_header() -> list[str]:
-    from tests.realagents.clis import report_header  # the real agent CLIs' versions (the realagents tier)
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The real agent CLIs' versions, when the run may include the realagents tier (each costs a --version)."""
+    from tests.realagents.clis import report_header
 
+    if "not realagents" in (config.getoption("markexpr") or ""):
+        return []
+    args = [str(a) for a in config.args]
+    if args and not any("realagents" in a or Path(a).resolve() in (REPO_ROOT, REPO_ROOT / "tests") for a in args):
+        return []
     return report_header()
