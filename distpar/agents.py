@@ -42,7 +42,7 @@ ARGV_PROMPT_MAX = 100_000
 PLACEHOLDERS = ("prompt", "prompt_file", "batch_id", "workdir", "run_id", "stream")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 BIN_VAR = "DISTPAR_AGENT_{}_BIN"
-VERSION_TIMEOUT = 10.0
+VERSION_TIMEOUT = 20.0  # node CLIs start slowly on a loaded machine (gemini: several seconds)
 
 # (stdout, stderr, exit code) -> outcome. Every preset gets both streams: gemini writes its error object to
 # stderr, codex and aider print some failures only there.

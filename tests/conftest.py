@@ -84,6 +84,20 @@ def run_distpar(*args: str, cwd: Path, timeout: float = 120, env: dict[str, str]
     )
 
 
+def run_and_interrupt(plan: Path, repo: Path, started: str, *args: str, timeout: float = 30) -> None:
+    """``distpar run PLAN --workers 1 --agent fake ARGS`` in a subprocess, Ctrl+C'd once a file matching
+    ``started`` (a glob under DISTPAR_HOME) exists; it must end with 130 (interrupted, resumable)."""
+    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "1", "--agent", "fake",
+                             *args], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    home = Path(os.environ["DISTPAR_HOME"])
+    if not poll(lambda: list(home.glob(started)), timeout):
+        proc.kill()
+        proc.wait(timeout=60)
+        raise AssertionError(f"nothing matched {started} under DISTPAR_HOME within {timeout:g}s")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+
+
 def run_status(repo: Path, run_id: str) -> dict[str, Any]:
     """``distpar status RUN_ID --json``, parsed."""
     out = run_distpar("status", run_id, "--json", cwd=repo)
@@ -115,7 +129,13 @@ def wait_for(cond: Callable[[], T], timeout: float = 60.0, what: str = "conditio
     return value
 
 
-def pytest_report_header() -> list[str]:
-    from tests.realagents.clis import report_header  # the real agent CLIs' versions (the realagents tier)
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The real agent CLIs' versions, when the run may include the realagents tier (each costs a --version)."""
+    from tests.realagents.clis import report_header
 
+    if "not realagents" in (config.getoption("markexpr") or ""):
+        return []
+    args = [str(a) for a in config.args]
+    if args and not any("realagents" in a or Path(a).resolve() in (REPO_ROOT, REPO_ROOT / "tests") for a in args):
+        return []
     return report_header()

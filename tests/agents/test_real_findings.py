@@ -219,26 +219,18 @@ def test_aider_litellm_errors_by_class_then_status(line: str, cls: str, transien
 def test_a_resumed_session_claude_never_saved_continues_in_a_fresh_one(repo: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import os
-    import signal
-    import time
 
     from distpar.journal import Journal
     from distpar.testing import write_plan
-    from tests.conftest import run_distpar
+    from tests.conftest import run_and_interrupt, run_distpar
 
     log = tmp_path / "inv.jsonl"
     monkeypatch.setenv("FAKE_AGENT_LOG", str(log))
     monkeypatch.setenv("FAKE_AGENT_SESSIONS", str(tmp_path / "sessions"))
     plan = write_plan(tmp_path / "plan.md", [
         fake_batch(1, extra=["@fake unsaved-session", "@fake append notes.txt 'first half'", "@fake sleep 60"])])
-    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "1", "--agent", "fake"],
-                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_and_interrupt(plan, repo, "worktrees/*/*/w1/notes.txt")
     home = Path(os.environ["DISTPAR_HOME"])
-    deadline = time.time() + 30
-    while time.time() < deadline and not list(home.glob("runs/*/wt/s1/notes.txt")):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
     run_id = Journal(home / "journal.db").runs()[0]["id"]
     plan.write_text(plan.read_text().replace("@fake sleep 60", "@fake sleep 0"))
     res = run_distpar("resume", run_id, cwd=repo)

@@ -15,7 +15,7 @@ import pytest
 from distpar import gitops
 from distpar.journal import Journal
 from distpar.testing import fake_batch, make_repo, sh_git, tree_files, write_plan
-from tests.conftest import run_distpar
+from tests.conftest import run_and_interrupt, run_distpar
 from tests.integration.conftest import run_plan
 
 pytestmark = pytest.mark.integration
@@ -128,14 +128,7 @@ def test_interrupted_session_is_resumed_with_its_work_restored(repo: Path, tmp_p
     plan = write_plan(tmp_path / "plan.md", [
         fake_batch(1, extra=["@fake append notes.txt 'first half'", "@fake sleep 60"]),
     ])
-    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "1", "--agent", "fake"],
-                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    home = Path(os.environ["DISTPAR_HOME"])
-    deadline = time.time() + 30
-    while time.time() < deadline and not list(home.glob("worktrees/*/*/w1/notes.txt")):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 130
+    run_and_interrupt(plan, repo, "worktrees/*/*/w1/notes.txt")
     run_id = journal().runs()[0]["id"]
     first = json.loads(log.read_text().splitlines()[0])["argv"]
     session = next(a.split("=", 1)[1] for a in first if a.startswith("--session-id="))

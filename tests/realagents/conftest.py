@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +112,16 @@ def agent(request: pytest.FixtureRequest, standin: StandIn, scratch_home: Path,
     for k, v in a.env.items():
         monkeypatch.setenv(k, v)
     return a
+
+
+@pytest.fixture
+def wired(standin: StandIn, scratch_home: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Agent]:
+    """``wired(name)``: one real CLI wired to the test's stand-in, its variables set in this process."""
+    def make(name: str) -> Agent:
+        a = wire(name, standin, Path(os.environ["HOME"]), scratch_home)
+        git_identity()
+        for k, v in a.env.items():
+            monkeypatch.setenv(k, v)
+        return a
+
+    return make

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,14 +44,8 @@ def _claude(agent: Agent, ctx: agents.Context, tmp: Path, name: str = "claude") 
 
 
 @pytest.fixture
-def claude(request: pytest.FixtureRequest, standin: StandIn, scratch_home: Path,
-           monkeypatch: pytest.MonkeyPatch) -> Agent:
-    from tests.realagents.conftest import wire
-
-    a = wire("claude", standin, Path(os.environ["HOME"]), scratch_home)
-    for k, v in a.env.items():
-        monkeypatch.setenv(k, v)
-    return a
+def claude(wired: Callable[[str], Agent]) -> Agent:
+    return wired("claude")
 
 
 def test_claude_agent_flag_selects_a_defined_agent(repo: Path, claude: Agent, standin: StandIn,
