@@ -36,7 +36,7 @@ from bench.plans import (
     to_plan,
     with_estimates,
 )
-from bench.stats import summary
+from bench.stats import actual_bound, summary
 from distpar import gitops
 from distpar.plan import parse_plan
 from distpar.schedule import make_schedule
@@ -71,6 +71,9 @@ def spread_runs(session: Session, cfg: Config) -> dict[str, Any]:
             if mode == "wrong" else None,
             "wall_ratio": summary([r.wall / lb for r in recs]),
             "span_ratio": summary([r.agent_span / lb for r in recs]),
+            # over max(longest, work / workers) of the durations the agents really took (their start-up included)
+            "actual_bound_s": summary([actual_bound(nodes, r.timeline, w) for r in recs]),
+            "actual_wall_ratio": summary([r.wall / actual_bound(nodes, r.timeline, w) for r in recs]),
             "dispatch_ratio": round(simulate.dispatch(plan, sched, truth).makespan / lb, 4),
             "static_ratio": round(simulate.static(plan, sched, truth).makespan / lb, 4),
             "runs": [r.to_dict() for r in recs],

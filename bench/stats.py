@@ -35,3 +35,23 @@ def ratio_range(num: dict[str, Any], den: dict[str, Any]) -> dict[str, float]:
         "min": round(num["min"] / den["max"], 4),
         "max": round(num["max"] / den["min"], 4),
     }
+
+
+def actual_bound(nodes: list[Any], timeline: list[list[Any]], workers: int) -> float:
+    """The lower bound of a run with the durations its agents really took (each unit's agent process, start to
+    end, from the run's timeline): max(critical path, work / workers). This is the best any scheduler could do
+    with those agents; the bound from the requested sleeps leaves out each agent's own start-up (the fake
+    agent's Python start, 0.05-0.15 s a unit here), which no scheduler can remove."""
+    took = {row[0]: max(0.0, float(row[3]) - float(row[2])) for row in timeline}
+    by_id = {x.id: x for x in nodes}
+    finish: dict[str, float] = {}
+
+    def end(uid: str) -> float:
+        if uid not in finish:
+            x = by_id[uid]
+            finish[uid] = took.get(uid, x.seconds) + max((end(d) for d in x.deps), default=0.0)
+        return finish[uid]
+
+    for x in nodes:
+        end(x.id)
+    return max(max(finish.values(), default=0.0), sum(took.get(x.id, x.seconds) for x in nodes) / max(1, workers))

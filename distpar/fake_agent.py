@@ -701,6 +701,7 @@ def _record(name: str, args: list[str]) -> None:
         "run": os.environ.get("DISTPAR_RUN_ID"),
         "time": time.time(),
         "pid": os.getpid(),
+        "ppid": os.getppid(),  # the worker process that started it (on Ray: the node's actor)
     }
     with open(log, "a") as f:
         f.write(json.dumps(entry) + "\n")

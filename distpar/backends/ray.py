@@ -1,5 +1,12 @@
-"""The Ray backend: one Ray actor per worker, living for the whole run on some node of a Ray cluster, keeping its
-clone there and running the units sent to it one at a time (``distpar.worker.run_segment`` on the node).
+"""The Ray backend: one Ray actor per node, living for the whole run and hosting that node's workers as threads;
+each worker keeps its own clone there and runs the units sent to it one at a time (``distpar.worker.run_segment``
+on the node).
+
+Why one actor per node, not one per worker
+    A Ray actor is a process that imports Ray and distpar before it takes anything: 32 workers meant 32 such
+    processes starting at once, which on a small cluster took longer than the agents' work. Agents mostly wait
+    on an API, so a node's workers share one process (one thread per running unit, as the local backend does),
+    and the process-wide agent cap and start spacing (``--max-concurrent-agents``, ``--stagger``) apply per node.
 
 How the pieces travel
     Code out: the coordinator remembers which commits each actor holds (the bases it was sent, the heads it
@@ -20,26 +27,29 @@ Events
 
 Where it runs on a node
     ``$DISTPAR_RAY_DIR`` (default ``<tempdir>/distpar-ray``) ``/<run id>/<node id>/`` holds the staged bundles,
-    the actors' workspaces (``wt/w<k>``, kept for the run) and the logs. At close one actor per node that ran
-    units (or a small task, where none is left) removes the directory, except a workspace whose last unit never
+    the workers' workspaces (``wt/w<k>``, kept for the run) and the logs. At close each node's actor (or a small
+    task, where none is left) removes the directory, except a workspace whose last unit never
     handed its work back (a ``wt/w<k>.busy`` marker): that one is kept, and logged, for manual recovery. Then
     the actors are killed.
 
-Resources
-    Agents mostly wait on an API, so an actor asks for ``0.01`` CPU. An operator who wants to cap the agents per
-    host starts each node with a custom resource, e.g. ``ray start ... --resources='{"distpar_slot": 4}'``; when
-    the cluster defines ``distpar_slot`` every actor holds one slot (and no CPU) for the run, so a run may not
-    ask for more workers than there are slots. Actors are spread over the nodes (``SPREAD``) and never restarted
-    by Ray: a unit whose actor died (its node went away) raises ``BackendError`` and distpar's ``--retries``
-    decides; that worker's next unit goes to a new actor on a live node. A unit sent to an actor that died
-    before taking it is sent again to a new actor (it never ran).
+Placement and resources
+    The workers are spread evenly over the live nodes, one actor per node that gets any, placed there by node
+    affinity. Agents mostly wait on an API, so a worker asks for ``0.01`` CPU. An operator who wants to cap the
+    agents per host starts each node with a custom resource, e.g. ``ray start ... --resources='{"distpar_slot":
+    4}'``; when the cluster defines ``distpar_slot`` a node gets at most its slots' worth of workers, each
+    holding one slot (and no CPU) for the run, so a run may not ask for more workers than there are slots.
+    Actors are never restarted by Ray: a unit whose actor died (its node went away) raises ``BackendError`` and
+    distpar's ``--retries`` decides; each worker of that actor goes on with an actor of its own on a live node
+    (``SPREAD``), made when its next unit comes. A unit sent to an actor that died before taking it is sent again
+    to a new actor (it never ran).
 
 Cancel
-    ``cancel()`` calls every actor's ``interrupt``: the worker's cancel event is set, the agent's process group is
+    ``cancel()`` calls every actor's ``interrupt``: its workers' cancel event is set, the agent's process group is
     killed, unfinished work is saved on a ref and handed back with the result. Actors whose unit is still running
-    after a grace period are killed (``ray.kill``): their workspace, with whatever the agent left in it, stays on
-    the node. Ray kills a dying worker's direct children (the agent); to also reap what an agent started in its
-    own session, start the nodes with ``RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper=true``.
+    after a grace period are killed (``ray.kill``, with every unit of that node): their workspace, with whatever
+    the agent left in it, stays on the node. Ray kills a dying worker's direct children (the agents); to also reap
+    what an agent started in its own session, start the nodes with
+    ``RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper=true``.
 
 Secrets
     Forwarded variables travel inside the unit's spec (an argument of ``run``), not in a ``runtime_env``: Ray
@@ -77,7 +87,8 @@ from distpar.worker import mask, run_segment, safe_name
 log = logging.getLogger(__name__)
 
 SLOT = "distpar_slot"
-CPU_PER_ACTOR = 0.01
+CPU_PER_ACTOR = 0.01  # per worker it hosts
+CONTROL_CALLS = 4  # an actor's threads beyond its workers' units: ready, interrupt, cleanup
 NODE_DIR_VAR = "DISTPAR_RAY_DIR"
 LOG_LIMIT = 1 << 20  # bytes of each batch log handed back
 LOCAL_OBJECT_STORE = 256 << 20  # object store of a Ray instance this backend starts itself
@@ -103,20 +114,21 @@ def _node_id() -> str:
     return str(ray.get_runtime_context().get_node_id())
 
 
-class SlotActor:
-    """One worker of the run on one node: its workspace lives as long as the actor; units run one at a time."""
+class NodeActor:
+    """The workers of the run on one node: one process; each worker has its own workspace and runs its units one
+    at a time, each unit in a thread of its own."""
 
-    def __init__(self, run_id: str, worker: int) -> None:
+    def __init__(self, run_id: str, workers: list[int]) -> None:
         # Ray's subreaper mode (RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper) sets SIGCHLD to
         # SIG_IGN behind Python's back, and then every subprocess seems to exit 0: put the default back.
         if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        self.worker = worker
+        self.workers = list(workers)
         self.node = _node_id()
         os.environ["DISTPAR_NODE"] = self.node  # worker.node_name(): the journal records where each batch ran
         self.root = node_dir(run_id, self.node)
         self.stop = threading.Event()  # set once by interrupt(): the run is ending, every unit stops
-        self.lock = threading.Lock()
+        self.locks = {w: threading.Lock() for w in workers}  # a worker's units, one at a time
 
     def ready(self) -> str:
         """The node this actor runs on (answers once the actor is up)."""
@@ -126,23 +138,23 @@ class SlotActor:
         self.stop.set()
 
     def cleanup(self) -> list[str]:
-        """At the end of the run (every actor of the node idle): remove the node's run directory, except the
+        """At the end of the run (every worker of the node idle): remove the node's run directory, except the
         workspaces whose work did not come back; returns those."""
         return _clean(self.root)
 
-    def run(self, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
+    def run(self, worker: int, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
             increments: list[bytes]) -> Iterator[dict[str, Any]]:
         """Stage what was shipped, run the unit, stream its events, end with its result (or an error)."""
         yield {"kind": "accepted", "node": self.node}
-        with self.lock:
-            yield from self._run(spec, full, increments)
+        with self.locks.setdefault(worker, threading.Lock()):
+            yield from self._run(worker, spec, full, increments)
 
-    def run_all(self, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
+    def run_all(self, worker: int, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
                 increments: list[bytes]) -> list[dict[str, Any]]:
         """``run`` for Ray Client connections (``ray://``), which cannot stream: everything comes at the end."""
-        return list(self.run(spec, full, increments))
+        return list(self.run(worker, spec, full, increments))
 
-    def _run(self, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
+    def _run(self, worker: int, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
              increments: list[bytes]) -> Iterator[dict[str, Any]]:
         ws = self.root / spec.workspace
         busy = ws.with_name(ws.name + ".busy")
@@ -153,7 +165,7 @@ class SlotActor:
             if spec.source.kind == "bundle":
                 sources = [str(_stage(self.root / "bundles", *full))] if full else []
                 for i, data in enumerate(increments):
-                    path = self.root / "bundles" / f"w{self.worker + 1}-{spec.segment}-{i}.bundle"
+                    path = self.root / "bundles" / f"w{worker + 1}-{spec.segment}-{i}.bundle"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(data)
                     staged.append(path)
@@ -171,7 +183,7 @@ class SlotActor:
             except BaseException as exc:  # whatever happens, the stream must end
                 inbox.put(("error", f"{type(exc).__name__}: {exc}"))
 
-        threading.Thread(target=body, name=f"distpar-w{self.worker + 1}", daemon=True).start()
+        threading.Thread(target=body, name=f"distpar-w{worker + 1}", daemon=True).start()
         while True:
             kind, payload = inbox.get()
             if kind != "event":
@@ -251,14 +263,59 @@ def _clean(root: Path) -> list[str]:
 
 
 @dataclass
-class _Slot:
-    """The coordinator's view of one worker's actor."""
+class _Host:
+    """The coordinator's view of one actor and the workers it hosts."""
 
     handle: Any
-    have: list[str] = field(default_factory=list)  # commits its workspace holds, newest first (bundle mode)
-    node: str = ""  # where it runs, once it took a unit
-    dead: bool = False  # died or was killed: the worker's next unit goes to a new actor
+    workers: tuple[int, ...]
+    node: str = ""  # where it runs, once it is up
+    dead: bool = False  # died or was killed: its workers' next units go to new actors
     killed: bool = False  # killed by cancel() after the grace period
+
+
+@dataclass
+class _Slot:
+    """The coordinator's view of one worker: the actor hosting it and what its workspace holds."""
+
+    host: _Host
+    have: list[str] = field(default_factory=list)  # commits its workspace holds, newest first (bundle mode)
+
+    @property
+    def handle(self) -> Any:
+        return self.host.handle
+
+    @property
+    def node(self) -> str:
+        return self.host.node
+
+    @property
+    def dead(self) -> bool:
+        return self.host.dead
+
+    @property
+    def killed(self) -> bool:
+        return self.host.killed
+
+
+def placement(nodes: list[dict[str, Any]], workers: int, per_slot: bool) -> dict[str, list[int]]:
+    """Workers spread evenly over the live nodes that can take them: node id -> its workers (in order). With
+    ``distpar_slot`` resources a node takes at most its slots; without, any node with CPUs takes workers."""
+    room: dict[str, float] = {}
+    for n in nodes:
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources") or {}
+        cap = int(res.get(SLOT, 0)) if per_slot else (workers if res.get("CPU", 0) > 0 else 0)
+        if cap > 0:
+            room[str(n["NodeID"])] = cap
+    out: dict[str, list[int]] = {}
+    for w in range(workers):
+        free = [n for n in room if room[n] > len(out.get(n, []))]
+        if not free:
+            break
+        node = min(free, key=lambda n: (len(out.get(n, [])), -room[n]))  # the emptiest, then the roomiest
+        out.setdefault(node, []).append(w)
+    return out
 
 
 class RayBackend(Backend):
@@ -333,18 +390,25 @@ class RayBackend(Backend):
                 f"the Ray cluster has {int(slots)} {SLOT} resources, fewer than the {ctx.workers} workers of the "
                 f"run (each worker holds one for the whole run)",
                 hint=f"run with --workers {int(slots)} or fewer, or start more nodes with {SLOT} resources")
-        need = {"num_cpus": 0, "resources": {SLOT: 1}} if slots else {"num_cpus": CPU_PER_ACTOR}
-        self._actor = ray.remote(SlotActor).options(max_concurrency=4, max_restarts=0, max_task_retries=0,
-                                                    scheduling_strategy="SPREAD", **need)
+        self._per_slot = bool(slots)
+        self._actor = ray.remote(NodeActor)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="distpar-ray", daemon=True)
         self._thread.start()
         try:
-            for w in range(ctx.workers):  # they start up in parallel while the first units are prepared
-                self._slot(w)
+            nodes = ray.nodes()
+        except Exception as exc:
+            log.debug("ray backend: cannot list nodes (%s): one actor per worker", exc)
+            nodes = []
+        try:  # they start up in parallel while the first units are prepared
+            for node, workers in placement(nodes, ctx.workers, self._per_slot).items():
+                self._host(tuple(workers), node)
+            for w in range(ctx.workers):  # any the nodes' listing did not place: an actor each, spread by Ray
+                if w not in self._slots:
+                    self._slot(w)
         except Exception as exc:
             raise BackendError(f"the Ray cluster refused the run's actors: {_first_line(exc)}") from exc
-        log.debug("ray backend: %d actors, each asking for %s", ctx.workers, need)
+        log.debug("ray backend: %d workers on %d actors", ctx.workers, len({id(s.host) for s in self._slots.values()}))
 
     def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
         assert self._loop is not None and self._actor is not None, "start() first"
@@ -400,27 +464,46 @@ class RayBackend(Backend):
 
     # --- sending a unit --------------------------------------------------------------------------------
 
+    def _host(self, workers: tuple[int, ...], node: str | None) -> _Host:
+        """A new actor for ``workers``: on ``node`` (by affinity) when given, else wherever Ray spreads it."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        assert self._ctx is not None
+        k = len(workers)
+        need: dict[str, Any] = {"num_cpus": 0, "resources": {SLOT: k}} if self._per_slot else \
+            {"num_cpus": round(CPU_PER_ACTOR * k, 4)}
+        where = NodeAffinitySchedulingStrategy(node, soft=True) if node else "SPREAD"
+        handle = self._actor.options(max_concurrency=k + CONTROL_CALLS, max_restarts=0, max_task_retries=0,
+                                     scheduling_strategy=where, **need).remote(
+            self._ctx.run_id, list(workers))
+        host = _Host(handle, workers)
+        with self._lock:
+            for w in workers:
+                old = self._slots.get(w)
+                self._slots[w] = _Slot(host, old.have if old and not old.dead else [])
+        handle.ready.remote().future().add_done_callback(lambda f: self._placed(host, f))
+        return host
+
     def _slot(self, worker: int) -> _Slot:
-        """The worker's actor; a new one (on a live node) when it died."""
+        """The worker's slot; on a new actor of its own (on a live node) when its actor died."""
         with self._lock:
             slot = self._slots.get(worker)
-            if slot is None or slot.dead:
-                assert self._ctx is not None
-                slot = self._slots[worker] = _Slot(self._actor.remote(self._ctx.run_id, worker))
-                new = slot
-                slot.handle.ready.remote().future().add_done_callback(lambda f: self._placed(new, f))
-            return slot
+        if slot is None or slot.dead:
+            self._host((worker,), None)
+            with self._lock:
+                slot = self._slots[worker]
+        return slot
 
-    def _placed(self, slot: _Slot, fut: Future[str]) -> None:
+    def _placed(self, host: _Host, fut: Future[str]) -> None:
         """An actor is up: remember its node, so that it is replaced as soon as that node is known gone."""
         if not fut.cancelled() and fut.exception() is None:
-            slot.node = slot.node or fut.result()
+            host.node = host.node or fut.result()
 
     def _send(self, spec: SegmentSpec) -> tuple[_Slot, Any]:
         slot = self._slot(spec.stream)
         full, increments = self._shipment(slot, spec)
         method = slot.handle.run_all if self._client else slot.handle.run
-        return slot, method.remote(spec, full, increments)
+        return slot, method.remote(spec.stream, spec, full, increments)
 
     def _shipment(self, slot: _Slot, spec: SegmentSpec) -> tuple[tuple[str, list[Any]] | None, list[bytes]]:
         """What ``slot``'s actor lacks of ``spec.base``: the start bundle and the unit's increments for a new
@@ -462,7 +545,7 @@ class RayBackend(Backend):
             try:
                 async for item in self._items(stream):
                     if item["kind"] == "accepted":
-                        accepted, slot.node = True, item["node"]
+                        accepted, slot.host.node = True, item["node"]
                         self._nodes.add(slot.node)
                     elif item["kind"] == "event":
                         if self._ctx is not None and self._ctx.events is not None:
@@ -527,8 +610,8 @@ class RayBackend(Backend):
         return replace(result, bundle=bundle, results=tuple(results))
 
     def _lost(self, slot: _Slot) -> None:
-        """An actor died: it and every actor on a node that is gone get replaced at their worker's next unit."""
-        slot.dead = True
+        """An actor died: it and every actor on a node that is gone get replaced at their workers' next units."""
+        slot.host.dead = True
         try:
             self._ray.kill(slot.handle)  # an unavailable actor would otherwise hold its resources
         except Exception as exc:
@@ -541,7 +624,7 @@ class RayBackend(Backend):
         with self._lock:
             for other in self._slots.values():
                 if other.node and other.node not in alive:
-                    other.dead = True
+                    other.host.dead = True
 
     def _resolved(self, worker: int, fut: Future[SegmentResult]) -> None:
         with self._settled:
@@ -554,7 +637,7 @@ class RayBackend(Backend):
     def _stop_all(self) -> None:
         """Interrupt every actor (the agent stops, its work comes back); kill those whose unit still runs after
         the grace period."""
-        for slot in list(self._slots.values()):
+        for slot in {id(s.host): s for s in list(self._slots.values())}.values():  # once per actor
             self._interrupt(slot)
         deadline = time.monotonic() + self.cancel_grace
         with self._settled:
@@ -571,10 +654,11 @@ class RayBackend(Backend):
             log.debug("ray backend: interrupt failed: %s", exc)
 
     def _kill(self, worker: int, cancelled: bool = True) -> None:
+        """Kill the actor hosting ``worker`` (and so every unit running on it)."""
         slot = self._slots.get(worker)
         if slot is None or slot.dead:
             return
-        slot.dead, slot.killed = True, cancelled
+        slot.host.dead, slot.host.killed = True, cancelled
         try:
             self._ray.kill(slot.handle)
         except Exception as exc:

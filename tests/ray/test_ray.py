@@ -97,6 +97,32 @@ def test_plan_spreads_over_nodes_and_equals_a_serial_run(ray_cluster: RayCluster
     assert not (ray_cluster.node_dir / runner.run_id).exists(), "the nodes' run directories were not removed"
 
 
+def test_one_actor_per_node_hosts_that_nodes_workers(ray_cluster: RayCluster, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six workers on three nodes: two per node, both in one actor process, each in a workspace of its own; the
+    two agents of a node run at the same time."""
+    agent_log = tmp_path / "agents.jsonl"
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(agent_log))
+    repo = make_repo(tmp_path / "repo", FILES)
+    report, runner, journal = run_plan(repo, write_plan(tmp_path / "plan.md", independent_plan(6, sleep=2)),
+                                       workers=6, forward=("FAKE_AGENT_LOG",))
+    assert report.state == "ok", report.summary()
+    starts = agent_starts(agent_log)
+    assert len(starts) == 6
+    by_node: dict[str, list[dict[str, Any]]] = {}
+    for e in starts:
+        by_node.setdefault(node_of(e, ray_cluster), []).append(e)
+    assert len(by_node) == 3 and all(len(es) == 2 for es in by_node.values()), by_node
+    for es in by_node.values():
+        assert len({e["ppid"] for e in es}) == 1, es  # one process per node
+        assert len({e["cwd"] for e in es}) == 2, es  # a workspace per worker
+    rows = journal.batches(runner.run_id)
+    spans = {r["batch_id"]: (r["started"], r["ended"]) for r in rows}
+    for es in by_node.values():  # the node's two units overlapped: threads of one actor, not one after the other
+        (a0, a1), (b0, b1) = (spans[e["batch"]] for e in es)
+        assert max(a0, b0) < min(a1, b1), spans
+
+
 def test_an_actor_keeps_its_workspace_and_gets_only_what_it_lacks(ray_cluster: RayCluster, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """One worker, four units: one actor runs them all in one workspace (an ignored build cache left by the first
