@@ -27,6 +27,7 @@ from distpar.plan import Plan
 from distpar.schedule import Schedule
 
 Clock = Callable[[], float]
+OUTPUT_CHARS = 200  # of a worker's last output line kept for the live view (which cuts it to the width)
 
 STATUS_STYLE = {
     "ok": "green", "failed": "red", "timeout": "red", "blocked": "magenta", "skipped": "dim",
@@ -46,6 +47,7 @@ class WorkerRow:
     done: int = 0
     failed: int = 0
     cost: float | None = None
+    output: str = ""  # the last line its running unit's agent printed
 
     @property
     def name(self) -> str:
@@ -96,10 +98,16 @@ class RunProgress:
         elif kind in ("batch_started", "unit_started"):
             row = self._row(data)
             if row is not None and data.get("batch") not in self.ended:
+                if row.current != data["batch"]:
+                    row.output = ""
                 row.current, row.since = data["batch"], data.get("at") or now
                 row.attempt = data.get("attempt", 1)
                 if data.get("node"):
                     row.node = data["node"]
+        elif kind == "agent_output":
+            row = self._row(data)
+            if row is not None and row.current == data.get("batch") and data.get("line"):
+                row.output = "".join(c if c.isprintable() else " " for c in str(data["line"])[:OUTPUT_CHARS])
         elif kind == "segment_retry":
             for row in self.streams:
                 if row.current == data.get("batch"):
@@ -133,7 +141,7 @@ class RunProgress:
         if data.get("node"):
             row.node = data["node"]
         if row.current == batch:
-            row.current, row.since = None, None
+            row.current, row.since, row.output = None, None, ""
         if status in ("skipped", "blocked"):
             return  # never ran on a worker
         row.done += 1
@@ -327,6 +335,8 @@ class LiveView(Observer):
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         with self._lock:
             self.progress.update(kind, data)
+        if kind == "agent_output":  # many a second: shown at the next refresh (4 a second)
+            return
         line = event_line(kind, data)
         if kind in ("segment_retry", "interrupted", "run_resumed", "conflict_predicted", "throttled") or (
                 kind == "batch_ended" and data["status"] not in ("ok", "skipped")):
@@ -356,13 +366,16 @@ def render(p: RunProgress, width: int = 120) -> RenderableType:
     table.add_column("elapsed", justify="right")
     table.add_column("done", justify="right")
     table.add_column("cost", justify="right")
+    shown = any(st.current and st.output for st in p.streams)
+    if shown:  # what each running agent printed last, in what is left of the width
+        table.add_column("output", style="dim", no_wrap=True, overflow="ellipsis", max_width=max(12, width - 110))
     now = p.clock()
     for st in p.streams:
         state = p.stream_state(st)
         table.add_row(
             st.name, st.node or "-", p.stream_activity(st), Text(state, style=STATUS_STYLE.get(state, "")),
             duration(now - st.since) if st.current and st.since else "",
-            str(st.done), money(st.cost),
+            str(st.done), money(st.cost), *([Text(st.output if st.current else "")] if shown else []),
         )
     eta = "" if p.phase == "ended" else f"  ETA ~{duration(p.eta())}"
     bad = f", {p.failed} not ok" if p.failed else ""
