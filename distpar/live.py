@@ -9,6 +9,7 @@ the CLI hands in the console (or the write function) to use.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from distpar.schedule import Schedule
 
 Clock = Callable[[], float]
 OUTPUT_CHARS = 200  # of a worker's last output line kept for the live view (which cuts it to the width)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 STATUS_STYLE = {
     "ok": "green", "failed": "red", "timeout": "red", "blocked": "magenta", "skipped": "dim",
@@ -107,7 +109,8 @@ class RunProgress:
         elif kind == "agent_output":
             row = self._row(data)
             if row is not None and row.current == data.get("batch") and data.get("line"):
-                row.output = "".join(c if c.isprintable() else " " for c in str(data["line"])[:OUTPUT_CHARS])
+                text = ANSI.sub("", str(data["line"])[:OUTPUT_CHARS * 2])  # colours: the view is not a terminal
+                row.output = "".join(c if c.isprintable() else " " for c in text)[:OUTPUT_CHARS]
         elif kind == "segment_retry":
             for row in self.streams:
                 if row.current == data.get("batch"):
@@ -359,24 +362,22 @@ def render(p: RunProgress, width: int = 120) -> RenderableType:
         f"   elapsed {duration(p.elapsed())}",
     )
     table = Table(box=None, pad_edge=False, expand=False, header_style="bold dim")
-    table.add_column("worker")
-    table.add_column("node", max_width=24, no_wrap=True, overflow="ellipsis")
-    table.add_column("batch", max_width=48, no_wrap=True, overflow="ellipsis")
-    table.add_column("state")
-    table.add_column("elapsed", justify="right")
-    table.add_column("done", justify="right")
-    table.add_column("cost", justify="right")
-    shown = any(st.current and st.output for st in p.streams)
-    if shown:  # what each running agent printed last, in what is left of the width
-        table.add_column("output", style="dim", no_wrap=True, overflow="ellipsis", max_width=max(12, width - 110))
+    columns = (("worker", None, "left"), ("node", 24, "left"), ("batch", 48, "left"), ("state", None, "left"),
+               ("elapsed", None, "right"), ("done", None, "right"), ("cost", None, "right"))
+    for name, cap, justify in columns:
+        table.add_column(name, max_width=cap, no_wrap=cap is not None, overflow="ellipsis", justify=justify)
     now = p.clock()
-    for st in p.streams:
-        state = p.stream_state(st)
-        table.add_row(
-            st.name, st.node or "-", p.stream_activity(st), Text(state, style=STATUS_STYLE.get(state, "")),
-            duration(now - st.since) if st.current and st.since else "",
-            str(st.done), money(st.cost), *([Text(st.output if st.current else "")] if shown else []),
-        )
+    rows = [[st.name, st.node or "-", p.stream_activity(st), p.stream_state(st),
+             duration(now - st.since) if st.current and st.since else "", str(st.done), money(st.cost)]
+            for st in p.streams]
+    if any(st.current and st.output for st in p.streams):  # what each running agent printed last, in the room left
+        used = sum(min(cap or width, max(len(name), *(len(r[i]) for r in rows)))
+                   for i, (name, cap, _) in enumerate(columns)) + 2 * len(columns)  # 2: between columns
+        table.add_column("output", style="dim", no_wrap=True, overflow="ellipsis", max_width=max(8, width - used - 1))
+        for row, st in zip(rows, p.streams, strict=True):
+            row.append(st.output if st.current else "")
+    for row in rows:
+        table.add_row(*row[:3], Text(row[3], style=STATUS_STYLE.get(row[3], "")), *(Text(c) for c in row[4:]))
     eta = "" if p.phase == "ended" else f"  ETA ~{duration(p.eta())}"
     bad = f", {p.failed} not ok" if p.failed else ""
     held = f"  {p.throttle}" if p.throttle else ""
