@@ -362,17 +362,18 @@ def render(p: RunProgress, width: int = 120) -> RenderableType:
         f"   elapsed {duration(p.elapsed())}",
     )
     table = Table(box=None, pad_edge=False, expand=False, header_style="bold dim")
-    columns = (("worker", None, "left"), ("node", 24, "left"), ("batch", 48, "left"), ("state", None, "left"),
-               ("elapsed", None, "right"), ("done", None, "right"), ("cost", None, "right"))
-    for name, cap, justify in columns:
-        table.add_column(name, max_width=cap, no_wrap=cap is not None, overflow="ellipsis", justify=justify)
+    columns = (("worker", None), ("node", 24), ("batch", 48), ("state", None), ("elapsed", None), ("done", None),
+               ("cost", None))
+    for i, (name, cap) in enumerate(columns):
+        table.add_column(name, max_width=cap, no_wrap=cap is not None, overflow="ellipsis",
+                         justify="right" if i >= 4 else "left")  # the numbers
     now = p.clock()
     rows = [[st.name, st.node or "-", p.stream_activity(st), p.stream_state(st),
              duration(now - st.since) if st.current and st.since else "", str(st.done), money(st.cost)]
             for st in p.streams]
     if any(st.current and st.output for st in p.streams):  # what each running agent printed last, in the room left
         used = sum(min(cap or width, max(len(name), *(len(r[i]) for r in rows)))
-                   for i, (name, cap, _) in enumerate(columns)) + 2 * len(columns)  # 2: between columns
+                   for i, (name, cap) in enumerate(columns)) + 2 * len(columns)  # 2: between columns
         table.add_column("output", style="dim", no_wrap=True, overflow="ellipsis", max_width=max(8, width - used - 1))
         for row, st in zip(rows, p.streams, strict=True):
             row.append(st.output if st.current else "")
