@@ -6,6 +6,9 @@ write end of a pipe that a thread drains (no file, FIFO or temporary directory i
 behind even when the worker is killed). distpar keeps the write end open itself, so a grandchild that escaped
 the process group cannot keep the reader waiting for an end of file: after the process is gone the reader
 drains what is buffered and stops.
+
+``OutputLines`` hands the complete masked lines on as they come (the ``agent_output`` events a worker emits),
+bounded in length and in rate; the log files always get everything.
 """
 
 from __future__ import annotations
@@ -14,20 +17,25 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 MASK = b"***"
 CHUNK = 65536
 LONG_LINE = 65536  # a line longer than this is written before its end (keeping a possible partial secret back)
+LINE_CHARS = 2000  # an output line is cut to this many characters in its event (the logs keep it whole)
+LINES_PER_SECOND = 50  # per unit, in events: the rest of each second's lines are counted in one "skipped" line
 
 
 class MaskedPipe:
     """A pipe, opened for writing by ``path`` (valid in this process), whose bytes are masked and appended to
-    each of ``dests``; ``text`` has them all."""
+    each of ``dests``; ``text`` has them all. ``on_line(line, cut)`` gets each complete masked line (without
+    its newline; at most ``4 * LINE_CHARS`` bytes of it, ``cut`` when there were more), from the draining thread."""
 
-    def __init__(self, dests: Sequence[Path], secrets: Iterable[str]) -> None:
+    def __init__(self, dests: Sequence[Path], secrets: Iterable[str],
+                 on_line: Callable[[bytes, bool], None] | None = None) -> None:
         self.secrets = sorted({s.encode() for s in secrets if len(s) >= 4}, key=len, reverse=True)
         self._keep = max((len(s) for s in self.secrets), default=1) - 1
         self._fd, self._wfd = os.pipe()  # not inherited by children (PEP 446)
@@ -35,6 +43,9 @@ class MaskedPipe:
         self.path = Path(f"/dev/fd/{self._wfd}")
         self._dests = [d.open("ab") for d in dests]
         self._kept = bytearray()
+        self._on_line = on_line
+        self._line = bytearray()  # the masked start of the line being written (bounded)
+        self._line_cut = False
         self.last_output = 0.0  # epoch of the last bytes read (stall detection)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="distpar-capture", daemon=True)
@@ -61,6 +72,8 @@ class MaskedPipe:
                 while chunk := self._read():  # what the process wrote just before it ended
                     pending = self._emit(pending + chunk, final=False)
                 self._emit(pending, final=True)
+                if self._line or self._line_cut:  # the last line had no newline
+                    self._lines_done(bytes(self._line))
                 return
 
     def _read(self) -> bytes:
@@ -90,12 +103,37 @@ class MaskedPipe:
 
     def _write(self, data: bytes) -> None:
         self._kept += data
+        if self._on_line is not None:
+            self._split(data)
         for f in self._dests:
             try:
                 f.write(data)
                 f.flush()
             except OSError:  # a full disk must not block the agent: keep draining the pipe
                 pass
+
+    def _split(self, data: bytes) -> None:
+        """Hand on the complete lines in ``data`` (masked already), keeping a bounded start of the last one."""
+        limit = 4 * LINE_CHARS  # bytes: LINE_CHARS characters of UTF-8 at most
+        *complete, rest = data.split(b"\n")
+        for part in complete:
+            room = limit - len(self._line)
+            self._lines_done(bytes(self._line) + part[: max(0, room)], len(part) > room)
+        room = limit - len(self._line)
+        if len(rest) > room:
+            self._line_cut = True
+        self._line += rest[: max(0, room)]
+
+    def _lines_done(self, line: bytes, cut: bool = False) -> None:
+        cut = cut or self._line_cut
+        self._line.clear()
+        self._line_cut = False
+        if self._on_line is None:
+            return
+        try:
+            self._on_line(line.rstrip(b"\r"), cut)
+        except Exception:  # whoever listens must not stop the draining (the agent would block on a full pipe)
+            self._on_line = None
 
     def close(self) -> None:
         self._stop.set()
@@ -110,3 +148,56 @@ class MaskedPipe:
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class OutputLines:
+    """A unit's output lines as ``agent_output`` events: ``emit(data)`` gets ``{"fd": "out"|"err", "line": ...,
+    "at": EPOCH}`` (plus ``fields``) for each line, cut at LINE_CHARS characters (``"cut": true``, and the line
+    says so), at most LINES_PER_SECOND lines a second over both pipes; the lines beyond that in a second are
+    counted and reported as one line (``"skipped": N``) when the next second's first line comes, or at
+    ``close``. An agent printing megabytes thus never floods a transport or the coordinator."""
+
+    def __init__(self, emit: Callable[[dict[str, Any]], None], fields: dict[str, Any],
+                 rate: int = LINES_PER_SECOND, clock: Callable[[], float] = time.monotonic) -> None:
+        self._emit, self._fields, self._rate, self._clock = emit, fields, rate, clock
+        self._lock = threading.Lock()  # the stdout and the stderr pipe call in from their own threads
+        self._window = float("-inf")
+        self._sent = 0
+        self._skipped = {"out": 0, "err": 0}
+
+    def pipe(self, fd: str) -> Callable[[bytes, bool], None]:
+        """The ``on_line`` of the pipe for ``fd`` ("out" or "err")."""
+        return lambda line, cut: self.line(fd, line, cut)
+
+    def line(self, fd: str, raw: bytes, cut: bool = False) -> None:
+        text = raw.decode("utf-8", "replace")
+        if cut or len(text) > LINE_CHARS:
+            text = text[:LINE_CHARS] + f" [... cut at {LINE_CHARS} characters; the log has the whole line]"
+            cut = True
+        with self._lock:  # events stay in the order the lines came
+            now = self._clock()
+            if now - self._window >= 1.0:
+                self._flush()
+                self._window, self._sent = now, 0
+            if self._sent >= self._rate:
+                self._skipped[fd] += 1
+                return
+            self._sent += 1
+            self._send({"fd": fd, "line": text, **({"cut": True} if cut else {})})
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        for fd, n in self._skipped.items():
+            if n:
+                self._send({"fd": fd, "skipped": n, "line": f"--- distpar: {n} line(s) of std{fd} not sent as events "
+                                                            f"(at most {self._rate} a second); the log has them all"})
+                self._skipped[fd] = 0
+
+    def _send(self, data: dict[str, Any]) -> None:
+        try:
+            self._emit({**self._fields, **data, "at": time.time()})
+        except Exception:  # a listener that failed must not stop the agent's output from being drained
+            pass

@@ -22,6 +22,7 @@ from distpar.deps import Preview, base_for
 from distpar.errors import DistparError
 from distpar.journal import Journal
 from distpar.landing import cleanup, land_run
+from distpar.logs import LiveLogs
 from distpar.merge import Conflict
 from distpar.model import BatchResult, BatchStatus, SegmentResult, SegmentSpec
 from distpar.plan import Plan
@@ -120,6 +121,7 @@ class Runner:
         self.pushed: list[str] = []
         self.lock: RunLock | None = None  # one coordinator per run (resume hands in the lock it took)
         self.landing = self.interrupted_while_landing = False  # an interrupt while landing lets it finish
+        self.live = LiveLogs(self.run_dir, backend.remote)  # what remote units print, for logs --follow
 
     def saved_ref(self, uid: str) -> str:
         """Where a unit's unfinished work is kept when it fails or is interrupted."""
@@ -163,8 +165,7 @@ class Runner:
             restore(self)
         else:
             self.journal.start_run(run_row(self, t0), [(uid, 0) for uid in self.order])
-        self.emit("run_started", run_id=self.run_id, streams=self.workers, workers=self.workers,
-                  target=self.target)
+        self.emit("run_started", run_id=self.run_id, streams=self.workers, workers=self.workers, target=self.target)
         for bid in self.empty:
             self._record(BatchResult(bid, -1, BatchStatus.SKIPPED, error="the batch has no agents (agents: [])"))
         done = {uid: r.status for uid, r in self.results.items() if r.status.ok and uid not in self.empty}
@@ -178,7 +179,8 @@ class Runner:
             if st.ok and commit:
                 self.preview.add(uid, commit)
         agents_used = tuple(dict.fromkeys(batch_spec(self, u.uid).agent for u in self.units))
-        ctx = RunContext(self.run_id, self.repo, self.run_dir, self.workers, agents_used, self._worker_event)
+        ctx = RunContext(self.run_id, self.repo, self.run_dir, self.workers, agents_used,  # events: from any thread
+                         lambda kind, data: self._queue.put(("worker", (kind, data))))
         restore_signals = on_signals(self.interrupt)
         landed = None
         try:
@@ -347,15 +349,12 @@ class Runner:
         return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, outcome=o, at=now,
                          conflicts=conflicts)
 
-    def _worker_event(self, kind: str, data: dict[str, Any]) -> None:
-        """Called by workers (any thread) as things happen inside a unit."""
-        self._queue.put(("worker", (kind, data)))
-
     def _on_worker_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "unit_started" and data.get("batch") in self.running:
             spec, _ = self.running[data["batch"]]
             self.journal.unit_started(self.run_id, data["batch"], spec.stream, spec.attempt, data.get("node", ""),
                                       data.get("at") or time.time())
+        self.live.update(kind, data)  # agent_output: never journaled, see LiveLogs
         self.emit(kind, **data)
 
     def _drain(self) -> None:
@@ -376,6 +375,7 @@ class Runner:
                     log.exception("a unit failed while the run stopped after an error")
 
     def _record(self, r: BatchResult) -> None:
+        self.live.ended(r.batch_id, landed=bool(r.log_path))  # a log_path: the backend landed the unit's full log
         self.results[r.batch_id] = r
         self.journal.batch_ended(self.run_id, r)
         if r.tries > 1:  # the agent was tried again after transient failures: journal each try's class

@@ -34,6 +34,7 @@ quoting, ``\\n`` in text means a newline); other text is ignored. Commands:
     commit MESSAGE        commit its own changes          spawn-child        leave a sleeping child behind
     cost USD | tokens IN OUT | turns N    the values it reports (claude, aider: cost; all: tokens)
     print-env NAME        print NAME=value on stdout and stderr and put it in the result text
+    say TEXT              print TEXT on stdout (at once: what the agent says as it works)
     sh COMMAND            run COMMAND with /bin/sh -c (tests only); a non-zero exit fails the task
     fail-once KEY RESULT  the first invocation with KEY in $FAKE_AGENT_STATE fails with RESULT (a result kind, or
                           crash), later ones go on
@@ -169,6 +170,8 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
             state.turns = int(rest[0])
         elif cmd == "unsaved-session":
             pass  # read by the claude emulation: the session is never saved (see FAKE_AGENT_SESSIONS)
+        elif cmd == "say":
+            print(" ".join(rest), flush=True)
         elif cmd == "print-env":
             line_out = f"{rest[0]}={os.environ.get(rest[0], '')}"
             print(line_out, flush=True)

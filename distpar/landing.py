@@ -84,3 +84,4 @@ def cleanup(run: Runner) -> None:
         gitops.worktree_remove(run.repo, *done)
         paths.remove_worktrees_root(run.repo, run.run_id)
     run.transfer.clear()
+    run.live.close()  # units that never handed a result back: their live copy is kept in their log

@@ -9,6 +9,7 @@ the CLI hands in the console (or the write function) to use.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from distpar.plan import Plan
 from distpar.schedule import Schedule
 
 Clock = Callable[[], float]
+OUTPUT_CHARS = 200  # of a worker's last output line kept for the live view (which cuts it to the width)
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 STATUS_STYLE = {
     "ok": "green", "failed": "red", "timeout": "red", "blocked": "magenta", "skipped": "dim",
@@ -46,6 +49,7 @@ class WorkerRow:
     done: int = 0
     failed: int = 0
     cost: float | None = None
+    output: str = ""  # the last line its running unit's agent printed
 
     @property
     def name(self) -> str:
@@ -96,10 +100,17 @@ class RunProgress:
         elif kind in ("batch_started", "unit_started"):
             row = self._row(data)
             if row is not None and data.get("batch") not in self.ended:
+                if row.current != data["batch"]:
+                    row.output = ""
                 row.current, row.since = data["batch"], data.get("at") or now
                 row.attempt = data.get("attempt", 1)
                 if data.get("node"):
                     row.node = data["node"]
+        elif kind == "agent_output":
+            row = self._row(data)
+            if row is not None and row.current == data.get("batch") and data.get("line"):
+                text = ANSI.sub("", str(data["line"])[:OUTPUT_CHARS * 2])  # colours: the view is not a terminal
+                row.output = "".join(c if c.isprintable() else " " for c in text)[:OUTPUT_CHARS]
         elif kind == "segment_retry":
             for row in self.streams:
                 if row.current == data.get("batch"):
@@ -133,7 +144,7 @@ class RunProgress:
         if data.get("node"):
             row.node = data["node"]
         if row.current == batch:
-            row.current, row.since = None, None
+            row.current, row.since, row.output = None, None, ""
         if status in ("skipped", "blocked"):
             return  # never ran on a worker
         row.done += 1
@@ -327,6 +338,8 @@ class LiveView(Observer):
     def __call__(self, kind: str, data: dict[str, Any]) -> None:
         with self._lock:
             self.progress.update(kind, data)
+        if kind == "agent_output":  # many a second: shown at the next refresh (4 a second)
+            return
         line = event_line(kind, data)
         if kind in ("segment_retry", "interrupted", "run_resumed", "conflict_predicted", "throttled") or (
                 kind == "batch_ended" and data["status"] not in ("ok", "skipped")):
@@ -349,21 +362,23 @@ def render(p: RunProgress, width: int = 120) -> RenderableType:
         f"   elapsed {duration(p.elapsed())}",
     )
     table = Table(box=None, pad_edge=False, expand=False, header_style="bold dim")
-    table.add_column("worker")
-    table.add_column("node", max_width=24, no_wrap=True, overflow="ellipsis")
-    table.add_column("batch", max_width=48, no_wrap=True, overflow="ellipsis")
-    table.add_column("state")
-    table.add_column("elapsed", justify="right")
-    table.add_column("done", justify="right")
-    table.add_column("cost", justify="right")
+    columns = (("worker", None), ("node", 24), ("batch", 48), ("state", None), ("elapsed", None), ("done", None),
+               ("cost", None))
+    for i, (name, cap) in enumerate(columns):
+        table.add_column(name, max_width=cap, no_wrap=cap is not None, overflow="ellipsis",
+                         justify="right" if i >= 4 else "left")  # the numbers
     now = p.clock()
-    for st in p.streams:
-        state = p.stream_state(st)
-        table.add_row(
-            st.name, st.node or "-", p.stream_activity(st), Text(state, style=STATUS_STYLE.get(state, "")),
-            duration(now - st.since) if st.current and st.since else "",
-            str(st.done), money(st.cost),
-        )
+    rows = [[st.name, st.node or "-", p.stream_activity(st), p.stream_state(st),
+             duration(now - st.since) if st.current and st.since else "", str(st.done), money(st.cost)]
+            for st in p.streams]
+    if any(st.current and st.output for st in p.streams):  # what each running agent printed last, in the room left
+        used = sum(min(cap or width, max(len(name), *(len(r[i]) for r in rows)))
+                   for i, (name, cap) in enumerate(columns)) + 2 * len(columns)  # 2: between columns
+        table.add_column("output", style="dim", no_wrap=True, overflow="ellipsis", max_width=max(8, width - used - 1))
+        for row, st in zip(rows, p.streams, strict=True):
+            row.append(st.output if st.current else "")
+    for row in rows:
+        table.add_row(*row[:3], Text(row[3], style=STATUS_STYLE.get(row[3], "")), *(Text(c) for c in row[4:]))
     eta = "" if p.phase == "ended" else f"  ETA ~{duration(p.eta())}"
     bad = f", {p.failed} not ok" if p.failed else ""
     held = f"  {p.throttle}" if p.throttle else ""

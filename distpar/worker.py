@@ -10,6 +10,7 @@ events and results out; see ``serve``). ``python -m distpar.worker SPEC.json`` r
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import queue
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from distpar import agents, gitops, names, process, sandbox, workspace
-from distpar.capture import MaskedPipe
+from distpar.capture import MaskedPipe, OutputLines
 from distpar.errors import GitError
 from distpar.model import AgentOutcome, BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
 from distpar.process import ProcessResult, run_process
@@ -229,13 +230,13 @@ def _run_batch(
             log.write(f"--- distpar: batch {batch.id}, attempt {spec.attempt}, try {n}, on {node_name()}, "
                       f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n--- argv[0]: {inv.argv[0]}\n"
                       + "".join(f"--- distpar: warning: {note}\n" for note in inv.notes))
-        proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel, emit if n == 1 else None)
+        proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel, emit, announce=n == 1)
         if outcome.session_missing and ctx.resume:  # the agent never saved the session: go on in a fresh one
             with log_path.open("a") as log:
                 log.write(f"--- distpar: {outcome.message}; continuing in a fresh session\n")
             ctx = ctx.fresh_session()
             inv = agents.invocation(batch.agent, ctx, os.environ, {**env, **spec.env}, spec.env)
-            proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel)
+            proc, outcome = _invoke(spec, batch, inv, ws, out_path, log_path, cancel, emit, announce=False)
         # The agent may have switched the worktree to another branch: distpar writes only its own branch.
         moved, home_error = _return_home(spec, batch, ws, genv, marks)
         notes += moved
@@ -462,8 +463,11 @@ def _restore(ws: Path, commit: str | None) -> bool:
 
 
 def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Path, out_path: Path, log_path: Path,
-            cancel: threading.Event, emit: Emit | None = None) -> tuple[ProcessResult | None, AgentOutcome]:
-    """One agent process: wait for a slot, run it with its output masked into the logs, classify it."""
+            cancel: threading.Event, emit: Emit | None = None, announce: bool = True
+            ) -> tuple[ProcessResult | None, AgentOutcome]:
+    """One agent process: wait for a slot, run it with its output masked into the logs, classify it. With
+    ``emit``: ``unit_started`` when it starts (if ``announce``: the unit's first try), then its output lines
+    as ``agent_output`` events as they come (masked, bounded: see capture.OutputLines)."""
     if inv.refused:
         with log_path.open("a") as log:
             log.write(f"--- distpar: not started: {inv.refused}\n")
@@ -471,15 +475,18 @@ def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Pat
     with agent_slot(spec.max_concurrent_agents, spec.stagger, cancel) as go:
         if not go:
             return None, AgentOutcome("interrupted", False, "run interrupted")
-        if emit is not None:  # the agent really starts now (not when the unit was handed to the worker)
-            emit("unit_started", {"batch": batch.id, "stream": spec.stream, "node": node_name(),
-                                  "attempt": spec.attempt, "at": time.time()})
+        fields = {"batch": batch.id, "stream": spec.stream, "attempt": spec.attempt, "node": node_name()}
+        if emit is not None and announce:  # the agent really starts now (not when the unit was handed over)
+            emit("unit_started", {**fields, "at": time.time()})
+        lines = OutputLines(functools.partial(emit, "agent_output"), fields) if emit is not None else None
         argv = inv.argv
         try:
             if spec.sandbox:
                 argv = sandbox.wrap(inv.argv, ws, spec.branch, batch.agent.preset, spec.sandbox_allow,
                                     read_only=[spec.log_dir])
-            with MaskedPipe([out_path, log_path], inv.secrets) as out, MaskedPipe([log_path], inv.secrets) as err:
+            # Lines reach the events only masked: the pipes mask before anything is split off.
+            with MaskedPipe([out_path, log_path], inv.secrets, lines.pipe("out") if lines else None) as out, \
+                    MaskedPipe([log_path], inv.secrets, lines.pipe("err") if lines else None) as err:
                 proc = run_process(argv, cwd=ws, env=inv.env, stdout_path=out.path, stderr_path=err.path,
                                    timeout=batch.timeout, cancel=cancel, stdin_path=inv.stdin,
                                    stall_timeout=inv.stall_timeout,
@@ -491,6 +498,8 @@ def _invoke(spec: SegmentSpec, batch: BatchSpec, inv: agents.Invocation, ws: Pat
             return None, AgentOutcome("error", False, msg)
         finally:
             process.reap_unit(spec.run_id, batch.id)  # what it left running in sessions of their own
+            if lines is not None:
+                lines.close()  # the count of the last second's skipped lines
     if proc.timed_out:
         return proc, AgentOutcome("timeout", False, f"killed after {batch.timeout:g}s")
     if proc.cancelled:

@@ -83,9 +83,27 @@ def test_rows_follow_what_workers_report_and_show_throttling(tmp_path: Path) -> 
     assert "1 agent(s) at once" in text and p.predicted == ["b: x.txt"]
 
 
-def render_text(p: live.RunProgress) -> str:
-    console = Console(width=140, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
-    console.print(live.render(p))
+def test_rows_show_the_last_output_line_of_each_running_unit(tmp_path: Path) -> None:
+    p, now = diamond(tmp_path)
+    p.update("run_started", {"run_id": "r1", "workers": 2, "target": "main"})
+    p.update("unit_started", {"stream": 0, "batch": "a", "attempt": 1, "at": now[0], "node": "n"})
+    assert "output" not in render_text(p)  # no column until an agent printed something
+    for line in ("compiling", "[bold]running[/] tests \x1b[31m" + "y" * 300):
+        p.update("agent_output", {"stream": 0, "batch": "a", "attempt": 1, "fd": "out", "line": line})
+    p.update("agent_output", {"stream": 1, "batch": "b", "line": "not running here"})  # w2 runs nothing
+    assert p.streams[0].output.startswith("[bold]running[/] tests y") and len(p.streams[0].output) == 200
+    assert p.streams[1].output == ""
+    text = render_text(p, width=200)
+    assert re.search(r"w1 .* running .* \[bold\]running\[/\] tests +y+", text)  # as printed, not as markup
+    assert "compiling" not in text and "not running here" not in text
+    assert all(len(row) <= 200 for row in text.splitlines())  # cut to the width
+    p.update("batch_ended", {"stream": 0, "batch": "a", "status": "ok", "duration": 1.0})
+    assert p.streams[0].output == "" and "tests" not in render_text(p, width=200)
+
+
+def render_text(p: live.RunProgress, width: int = 140) -> str:
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(live.render(p, width))
     text = console.export_text()
     console.file.close()
     return text

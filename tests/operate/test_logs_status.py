@@ -97,3 +97,31 @@ def test_status_lists_runs_newest_first_and_shows_one(repo: Path) -> None:
     assert rows["4"][2:4] == ["failed", "error"] and rows["4"][4] != "-"
     assert "        broken" in out
     assert any(line.startswith("branches kept: distpar/") for line in out)
+
+
+def test_live_copy_of_a_remote_unit_makes_way_for_its_log_or_is_kept_when_nothing_came_back(tmp_path: Path) -> None:
+    from distpar.logs import LiveLogs, live_path
+
+    logs = tmp_path / "logs"
+    live = LiveLogs(tmp_path, remote=True)
+    line = {"batch": "u", "attempt": 1, "node": "h1", "fd": "out"}
+    live.update("agent_output", {**line, "line": "one"})
+    live.update("unit_started", {**line, "line": "not output"})
+    copy = live_path(tmp_path, "u")
+    assert copy.read_text().splitlines()[1:] == ["one"]
+    assert copy.read_text().startswith("--- distpar: attempt 1 on h1, as it runs")
+    (logs / "u.log").write_text("full log of attempt 1\n")  # what the backend lands when the unit ends
+    live.ended("u", landed=True)
+    assert not copy.exists() and (logs / "u.log").read_text() == "full log of attempt 1\n"
+    # Attempt 2's worker is lost: its result (and log) never come; attempt 3's lines start a new copy.
+    live.update("agent_output", {**line, "attempt": 2, "line": "two"})
+    live.update("agent_output", {**line, "attempt": 3, "line": "three"})
+    kept = (logs / "u.log").read_text()
+    assert kept.startswith("full log of attempt 1\n--- distpar: the worker's log did not come back")
+    assert kept.endswith("attempt 2 on h1, as it runs (lines sent as events; the full log replaces this when the "
+                         "unit ends)\ntwo\n")
+    live.close()  # the end of the run: attempt 3 never handed anything back either
+    assert not copy.exists() and (logs / "u.log").read_text().endswith("\nthree\n")
+    local = LiveLogs(tmp_path / "local", remote=False)  # a local worker writes the log itself
+    local.update("agent_output", {**line, "line": "x"})
+    assert not (tmp_path / "local" / "logs").exists()
