@@ -127,13 +127,14 @@ def test_an_actor_keeps_its_workspace_and_gets_only_what_it_lacks(ray_cluster: R
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """One worker, four units: one actor runs them all in one workspace (an ignored build cache left by the first
     unit is still there for the next); only its first unit gets the start bundle, later ones get nothing or just
-    the merge commit of their base; each agent's start reaches the coordinator while the unit runs."""
+    the merge commit of their base; each agent's start and output reach the coordinator while the unit runs."""
     agent_log = tmp_path / "agents.jsonl"
     monkeypatch.setenv("FAKE_AGENT_LOG", str(agent_log))
     repo = make_repo(tmp_path / "repo", {**FILES, ".gitignore": "cache/\n"})
     batches = [
         fake_batch(1, writes={"src/mod1.py": "VALUE = 1\n", "cache/warm": "built once\n"}),
-        fake_batch(2, extra=['@fake append src/mod1.py "X = 2"'], depends_on=["1"], sleep=3),
+        fake_batch(2, extra=['@fake append src/mod1.py "X = 2"', "@fake say halfway there"], depends_on=["1"],
+                   sleep=3),
         fake_batch(3, writes={"src/mod3.py": "VALUE = 3\n"}, depends_on=["2"]),
         fake_batch(4, writes={"src/mod4.py": "VALUE = 4\n"}),  # its base is the start: nothing to ship
         fake_batch(5, extra=['@fake append src/mod3.py "Y = 5"'], depends_on=["3", "4"]),  # a merge commit
@@ -166,6 +167,9 @@ def test_an_actor_keeps_its_workspace_and_gets_only_what_it_lacks(ray_cluster: R
     rows = {row["batch_id"]: row for row in journal.batches(runner.run_id)}
     assert len({row["node"] for row in rows.values()}) == 1 and rows["1"]["node"] in ray_cluster.node_ids()
     kinds = [(kind, data.get("batch")) for kind, data in seen if kind in ("unit_started", "batch_ended")]
+    said = [(k, d) for k, d in seen if k == "agent_output" and d["batch"] == "2"]
+    assert said and said[0][1]["line"] == "halfway there" and said[0][1]["node"] == rows["2"]["node"], said
+    assert seen.index(said[0]) < seen.index(next(e for e in seen if e[0] == "batch_ended" and e[1]["batch"] == "2"))
     for b in rows:  # each agent's start was reported while its unit ran, from the node it ran on
         assert kinds.index(("unit_started", b)) < kinds.index(("batch_ended", b)), kinds
         assert next(d for k, d in seen if k == "unit_started" and d["batch"] == b)["node"] == rows[b]["node"]
