@@ -4,12 +4,16 @@ stop the final merge is known the moment it exists. Neither ever resolves a conf
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from distpar import gitops
 from distpar.merge import Conflict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,9 @@ def base_for(repo: Path, start: str, uid: str, deps: Sequence[tuple[str, str]], 
     return Base(head)
 
 
+Found = tuple[tuple[str, ...], tuple[str, ...]]  # (conflicting files, finished units that touched them)
+
+
 @dataclass
 class Preview:
     """The merge of every finished unit so far, in the order they finished: a prediction of the final merge."""
@@ -50,7 +57,7 @@ class Preview:
     start: str
     members: dict[str, str] = field(default_factory=dict)  # uid -> commit merged into the preview
 
-    def add(self, uid: str, commit: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    def add(self, uid: str, commit: str) -> Found | None:
         """Merge ``commit`` in. None when clean; else (conflicting files, finished units that touched them)."""
         if gitops.is_ancestor(self.repo, commit, self.head):
             self.members[uid] = commit
@@ -68,3 +75,37 @@ class Preview:
         self.head = outcome.commit
         self.members[uid] = commit
         return None
+
+
+class EarlyConflicts:
+    """Checks each finished unit against the preview off the dispatch path: the coordinator hands a result over
+    and goes on starting units while one thread merges it into the preview (in the order handed over) and
+    reports a conflict through ``report``. With ``inline`` (``--stop-on-conflict``: whether new units start
+    depends on the answer) ``check`` merges at once and answers."""
+
+    def __init__(self, preview: Preview, report: Callable[[str, Found], None], inline: bool) -> None:
+        self.preview, self.report, self.inline = preview, report, inline
+        self._pool: ThreadPoolExecutor | None = None
+
+    def check(self, uid: str, commit: str) -> Found | None:
+        if self.inline:
+            return self.preview.add(uid, commit)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distpar-preview")
+        self._pool.submit(self._later, uid, commit)
+        return None
+
+    def _later(self, uid: str, commit: str) -> None:
+        try:
+            found = self.preview.add(uid, commit)
+        except Exception:  # a prediction only: the final merge still finds and reports every conflict
+            log.exception("early conflict check of %s failed", uid)
+            return
+        if found is not None:
+            self.report(uid, found)
+
+    def settle(self) -> None:
+        """Wait for the checks handed over (before the final merge, so that the report lists them all)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

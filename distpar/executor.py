@@ -18,7 +18,7 @@ from typing import Any
 
 from distpar import names, workspace
 from distpar.backends.base import Backend, RunContext
-from distpar.deps import Preview, base_for
+from distpar.deps import EarlyConflicts, Found, Preview, base_for
 from distpar.errors import DistparError
 from distpar.journal import Journal
 from distpar.landing import cleanup, land_run
@@ -60,7 +60,7 @@ from distpar.state import (
 from distpar.stateunits import state_units
 from distpar.transfer import Transfer
 from distpar.units import unit_graph
-from distpar.unitspec import batch_spec, note_owned_files, verify_files, with_earlier_tries
+from distpar.unitspec import batch_spec, note_owned_files, segment_spec, verify_files, with_earlier_tries
 from distpar.worker import retry_base
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,8 @@ class Runner:
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
         self.preview = Preview(repo, start, self.env, start)
+        self.early = EarlyConflicts(self.preview, lambda uid, found: self._queue.put(("predicted", (uid, found))),
+                                    inline=options.stop_on_conflict)
         self.state: RunState | None = None
         self.include = workspace.included_files(repo)
         self.include_data = workspace.pack_files(repo, self.include) \
@@ -192,6 +194,7 @@ class Runner:
                 self._drain()
             finally:
                 self.backend.close()
+                self._settle_predictions()
             if self.state.complete and not self.errors and not self.interrupted.is_set():
                 self.landing = True
                 try:
@@ -226,8 +229,8 @@ class Runner:
                 self._apply(self.state.handle(Interrupt()))
             if kind == "done":
                 event = self._collect(*item)
-            elif kind == "worker":
-                self._on_worker_event(*item)
+            elif kind in ("worker", "predicted"):
+                (self._on_worker_event if kind == "worker" else self._predicted)(*item)
                 continue
             else:
                 event = item
@@ -273,23 +276,7 @@ class Runner:
             self._queue.put(("event", Blocked(ins.uid, ins.worker, reason)))
             return
         self.dispatches += 1
-        batch = batch_spec(self, ins.uid)
-        spec = SegmentSpec(
-            run_id=self.run_id, stream=ins.worker, segment=self.dispatches, branch=self.branch(ins.uid),
-            base=base.commit, batches=(batch,),
-            source=self.transfer.source(base.commit, f"{names.key(ins.uid)}-{self.dispatches}",
-                                        extra=(self.saved_ref(ins.uid),) if batch.restore else ()),
-            workspace=self.backend.workspace(self._ctx_stub(), ins.worker), log_dir=self.backend.log_dir(
-                self._ctx_stub()),
-            identity=self.identity, env=self.forwarded, return_bundle=self.transfer.return_bundle,
-            attempt=ins.attempt, agent_retries=self.options.agent_retries,
-            max_concurrent_agents=self.options.max_concurrent_agents, stagger=self.options.stagger,
-            setup=self.options.setup, verify=self.options.verify,
-            include=tuple(self.include) if (not self.backend.remote or self.include_data) else (),
-            include_data=self.include_data, plan_text=self.plan_text,
-            hooks=self.options.hooks, warn_size=self.options.warn_size, sandbox=self.options.sandbox,
-            sandbox_allow=self.options.sandbox_allow,
-        )
+        spec = segment_spec(self, ins.uid, ins.worker, ins.attempt, base.commit)
         self.publish("segment_submitted", ins.worker, ins.uid, batches=[ins.uid], attempt=ins.attempt, base=base.commit)
         self.journal.batch_started(self.run_id, ins.uid, ins.worker, ins.attempt, "")
         self.emit("batch_started", stream=ins.worker, batch=ins.uid, attempt=ins.attempt)
@@ -301,14 +288,22 @@ class Runner:
         self.running[ins.uid] = (spec, fut)
         fut.add_done_callback(lambda f: self._queue.put(("done", (spec, f))))
 
-    def _conflicts_early(self, uid: str, commit: str) -> bool:
-        """Whether ``commit`` conflicts with the work finished so far (journaled and shown at once, if so)."""
-        found = self.preview.add(uid, commit)
-        if found is not None:
-            files, others = list(found[0]), list(found[1])
-            self.predicted.append({"unit": uid, "files": files, "with": others})
-            self.publish("conflict_predicted", None, uid, files=files, others=others)
-        return found is not None
+    def _predicted(self, uid: str, found: Found) -> None:
+        """A conflict found early: journaled and shown at once."""
+        files, others = list(found[0]), list(found[1])
+        self.predicted.append({"unit": uid, "files": files, "with": others})
+        self.publish("conflict_predicted", None, uid, files=files, others=others)
+
+    def _settle_predictions(self) -> None:
+        """The early checks handed over finish, and what they found is published, before the final merge."""
+        self.early.settle()
+        while True:
+            try:
+                kind, item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "predicted":  # what is left besides is late: every unit has ended
+                self._predicted(*item)
 
     def _ctx_stub(self) -> RunContext:
         return RunContext(self.run_id, self.repo, self.run_dir, self.workers)
@@ -345,7 +340,10 @@ class Runner:
         if uid in self.carried:  # what the dispatches before it (rate-limited) tried and cost counts too
             r = with_earlier_tries(self.carried.pop(uid), r)
         self._record(r)
-        conflicts = bool(r.status.ok and r.commit and r.changed and self._conflicts_early(uid, r.commit))
+        found = self.early.check(uid, r.commit) if r.status.ok and r.commit and r.changed else None
+        if found is not None:
+            self._predicted(uid, found)
+        conflicts = found is not None
         return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, outcome=o, at=now,
                          conflicts=conflicts)
 

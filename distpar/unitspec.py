@@ -8,8 +8,9 @@ import fnmatch
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from distpar import agents, gitops
-from distpar.model import BatchResult, BatchSpec, BatchStatus
+from distpar import agents, gitops, names
+from distpar.backends.base import RunContext
+from distpar.model import BatchResult, BatchSpec, BatchStatus, SegmentSpec
 from distpar.units import with_fan_out_summary
 from distpar.worker import totals
 
@@ -38,6 +39,26 @@ def batch_spec(run: Runner, uid: str) -> BatchSpec:
         prompt = with_fan_out_summary(prompt, source, answers, run.graph)
     return BatchSpec(uid, u.description, prompt, cfg, u.timeout or run.options.timeout, session, restore,
                      node if run.backend.remote else None, u.subagent_type)
+
+
+def segment_spec(run: Runner, uid: str, worker: int, attempt: int, base: str) -> SegmentSpec:
+    """What worker ``worker`` is sent to run unit ``uid`` (dispatch number ``run.dispatches``) from ``base``."""
+    batch = batch_spec(run, uid)
+    ctx = RunContext(run.run_id, run.repo, run.run_dir, run.workers)
+    o = run.options
+    return SegmentSpec(
+        run_id=run.run_id, stream=worker, segment=run.dispatches, branch=run.branch(uid), base=base,
+        batches=(batch,),
+        source=run.transfer.source(base, f"{names.key(uid)}-{run.dispatches}",
+                                   extra=(run.saved_ref(uid),) if batch.restore else ()),
+        workspace=run.backend.workspace(ctx, worker), log_dir=run.backend.log_dir(ctx),
+        identity=run.identity, env=run.forwarded, return_bundle=run.transfer.return_bundle,
+        attempt=attempt, agent_retries=o.agent_retries, max_concurrent_agents=o.max_concurrent_agents,
+        stagger=o.stagger, setup=o.setup, verify=o.verify,
+        include=tuple(run.include) if (not run.backend.remote or run.include_data) else (),
+        include_data=run.include_data, plan_text=run.plan_text, hooks=o.hooks, warn_size=o.warn_size,
+        sandbox=o.sandbox, sandbox_allow=o.sandbox_allow,
+    )
 
 
 def verify_files(run: Runner, r: BatchResult) -> BatchResult:
