@@ -13,7 +13,8 @@ time includes Ray's start-up), and one over loopback SSH.
 The full profile also measures issue 11's backend targets: 16 x 2 s on Ray with 8 workers, Ray started by the
 backend for the run (before any cluster of this section exists, so start-up is included), against the same
 plan on local ``--workers 1``; and 12 x 3 s over SSH on 2 hosts x 3 slots (6 workers spread evenly), its
-speedup taken conservatively against the plan's pure work (a serial run takes at least that).
+speedup taken conservatively against the plan's pure work (a serial run takes at least that). These target runs
+use ``--stagger 0`` (see ``TARGET_STAGGER``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ from bench.loopback import loopback_hosts
 from bench.plans import make_shape
 from bench.speedup import ideal_speedup
 from bench.stats import summary
+
+# The issue-11 backend targets run with --stagger 0. The default (0.1 s between agent starts in one worker process)
+# spares a provider bursts of new sessions; the fake agent has no provider, and the targets measure how fast
+# distpar dispatches. With one process per Ray node (or SSH slot host) the default would add 0.1 s per start of
+# a burst there: 0.7 s per wave of 8 agents on a node.
+TARGET_STAGGER = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +144,7 @@ def _ray_speedup(session: Session, cfg: Config, remote: RemoteOptions) -> dict[s
         serial = session.run("ray-speedup-local-w1", nodes, 1)
         session.log(f"  backends: Ray speedup, {n} x {secs:g}s, Ray --workers {w} (start-up included)")
         ray = session.run(f"ray-speedup-w{w}", nodes, w, backend="ray",
-                          backend_options={"address": remote.ray_address})
+                          backend_options={"address": remote.ray_address}, stagger=TARGET_STAGGER)
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:600]}
     return {"batches": n, "seconds": secs, "workers": w, "serial_wall": round(serial.wall, 4),
@@ -154,7 +161,7 @@ def _ssh_target(session: Session, cfg: Config, remote: RemoteOptions) -> dict[st
     nodes = make_shape("independent-equal", n, secs)
     session.log(f"  backends: SSH target, {n} x {secs:g}s at {w} workers over {len(remote.ssh_hosts)} host(s)")
     try:
-        rec = session.run(f"ssh-target-w{w}", nodes, w, backend="ssh", backend_options=opts)
+        rec = session.run(f"ssh-target-w{w}", nodes, w, backend="ssh", backend_options=opts, stagger=TARGET_STAGGER)
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:600]}
     return {"batches": n, "seconds": secs, "workers": w, "hosts": len(remote.ssh_hosts), "wall": round(rec.wall, 4),
@@ -217,7 +224,8 @@ def _ray_target(session: Session, cfg: Config, remote: RemoteOptions) -> dict[st
     nodes = make_shape("independent-equal", n, secs)
     session.log(f"  backends: Ray target, {n} x {secs:g}s at {w} workers")
     try:
-        rec = session.run(f"ray-target-w{w}", nodes, w, backend="ray", backend_options={"address": remote.ray_address})
+        rec = session.run(f"ray-target-w{w}", nodes, w, backend="ray", backend_options={"address": remote.ray_address},
+                          stagger=TARGET_STAGGER)
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:600]}
     ideal = ideal_speedup(nodes, w)

@@ -151,16 +151,17 @@ class Session:
     def run(self, label: str, nodes: list[Node], workers: int, *, strategy: str = "balanced", files: int = 2,
             backend: str = "local", backend_options: dict[str, Any] | None = None,
             manifest: Callable[[str], list[dict[str, Any]]] | None = None,
-            sleeps: dict[str, float] | None = None) -> RunRecord:
-        """Run a plan; a run that does not end ok is recorded in ``failures`` and run again (twice at most),
-        so one flaky run does not lose a session, and the report still shows that it happened.
+            sleeps: dict[str, float] | None = None, stagger: float | None = None) -> RunRecord:
+        """Run a plan (``stagger``: ``--stagger``, default distpar's own); a run that does not end ok is recorded
+        in ``failures`` and run again (twice at most), so one flaky run does not lose a session, and the report
+        still shows that it happened.
 
         The plan is ``nodes`` (one batch each), or ``manifest(nonce)``'s batches when given (then ``sleeps``
         holds each unit's requested seconds and ``nodes`` is not used)."""
         for attempt in range(1, RUN_ATTEMPTS + 1):
             try:
                 return self._run_once(label, nodes, workers, strategy, files, backend, backend_options, manifest,
-                                      sleeps)
+                                      sleeps, stagger)
             except BenchError as exc:
                 self.failures.append({"label": label, "attempt": attempt, "error": str(exc)[:1000]})
                 self.log(f"  ! run {label} failed (attempt {attempt} of {RUN_ATTEMPTS}): {str(exc)[:300]}")
@@ -171,7 +172,7 @@ class Session:
     def _run_once(self, label: str, nodes: list[Node], workers: int, strategy: str, files: int, backend: str,
                   backend_options: dict[str, Any] | None,
                   manifest: Callable[[str], list[dict[str, Any]]] | None,
-                  unit_sleeps: dict[str, float] | None) -> RunRecord:
+                  unit_sleeps: dict[str, float] | None, stagger: float | None) -> RunRecord:
         self._count += 1
         nonce = f"r{self._count}"
         repo = self.repo(files)
@@ -188,7 +189,8 @@ class Session:
         plan = load_plan(plan_path)
         schedule = make_schedule(plan, workers, strategy)
         t1 = time.perf_counter()
-        opts = runtime.RunOptions(agent=AgentConfig(preset="fake"), backend=backend, plan_path=str(plan_path))
+        opts = runtime.RunOptions(agent=AgentConfig(preset="fake"), backend=backend, plan_path=str(plan_path),
+                                  **({"stagger": stagger} if stagger is not None else {}))
         root, target, start = runtime.preflight(repo, opts)
         t2 = time.perf_counter()
         journal = runtime.open_journal(root)
