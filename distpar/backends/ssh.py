@@ -14,7 +14,9 @@ for the channel, ``run(...)`` and its ``Result`` for short commands, ``put`` (SF
 without an SFTP subsystem works too: files then go out over an exec channel (base64 lines on ``run``'s
 ``in_stream``); nothing comes back over SFTP in any case.
 
-One SSH connection per slot, opened with the slot's worker as soon as the hosts are ready. Workers are spread
+One SSH connection per host carries up to four slots' workers (the first four share the connection the host was
+prepared on; more slots open one more connection per four), each worker on a channel of its own, started as
+soon as the hosts are ready: a handshake per four slots, not per slot. Workers are spread
 over the hosts' slots; a host that fails is marked down, the unit it ran fails with a BackendError (the
 executor runs it again), and that worker's next units go to a slot of a live host (its workspace is made anew
 there). When fewer slots are left than workers, workers share slots (their units wait for one).
@@ -58,6 +60,9 @@ CHANNEL_WAIT = 10.0  # close(): how long idle workers get to exit once their inp
 LINK_WAIT = 2.0  # paramiko closes the channels just before it marks a dead link inactive
 MIN_PYTHON = (3, 10)
 POLL = 0.05
+# Slots whose workers share one SSH connection: OpenSSH allows 10 sessions per connection (MaxSessions); a slot's
+# worker holds one for the run, and transfers and probes open one for a moment.
+SLOTS_PER_CONNECTION = 4
 CHUNK = 3 * 256 * 1024  # bytes per base64 line when a file goes over an exec channel
 _CONFIG_LOCK = threading.Lock()
 _UNPACK = "import os, zipfile; zipfile.ZipFile('distpar.zip').extractall('lib'); os.remove('distpar.zip')"
@@ -79,7 +84,8 @@ class _Host:
     def __init__(self, spec: HostSpec, slots: int) -> None:
         self.spec, self.label = spec, spec.label
         self.slots = [_Slot(self, i) for i in range(slots)]
-        self.control: Any = None  # connection for probes, uploads at start, and cleanup
+        self.control: Any = None  # connection for probes, uploads at start, cleanup, and the first slots' workers
+        self.conns: dict[int, Any] = {}  # the other groups of slots: group -> their shared connection
         self.error = ""  # why the host is unusable ("" = healthy)
         self.run_dir = ""  # absolute path of the per-run directory on the host
         self.sftp = True  # False: the host has no SFTP subsystem, files go over exec channels
@@ -96,7 +102,8 @@ class _Host:
 
 
 class _Slot:
-    """One place to run a unit on a host: its own SSH connection and its long-lived worker channel."""
+    """One place to run a unit on a host: its long-lived worker channel, on a connection it shares with the
+    host's other slots of its group (``SLOTS_PER_CONNECTION``)."""
 
     def __init__(self, host: _Host, index: int) -> None:
         self.host, self.index = host, index
@@ -393,11 +400,11 @@ class SSHBackend(Backend):
         deadline = time.time() + CHANNEL_WAIT
         for chan in channels:
             chan.ended.wait(max(0.0, deadline - time.time()))
-        for slot in host.slots:
-            if slot.conn is not None:
-                with contextlib.suppress(Exception):
-                    slot.conn.close()
         conn = host.control
+        for other in {id(c): c for c in (*host.conns.values(), *(s.conn for s in host.slots))}.values():
+            if other is not None and other is not conn:  # a slot group's, or one replaced since
+                with contextlib.suppress(Exception):
+                    other.close()
         if conn is None:
             return
         if not host.run_dir:  # the host was never ready: nothing of this run is there
@@ -552,14 +559,36 @@ class SSHBackend(Backend):
     def _ready(self, slot: _Slot) -> _Channel:
         """The slot's connection and worker, made on first use (or after the last ones died)."""
         with slot.setup:
-            if slot.conn is None or not slot.conn.is_connected or not slot.conn.transport.is_active():
+            if not _active(slot.conn):
                 slot.channel = None
-                slot.conn = self._connect(slot.host)
+                slot.conn = self._shared(slot)
             if slot.channel is None or slot.channel.ended.is_set():
+                from paramiko.ssh_exception import ChannelException
+
                 slot.opened += 1
-                slot.channel = _Channel(slot.conn, slot.host, f"s{slot.index + 1}-{slot.opened}", self._event,
-                                        self._channel_ended)
+                tag = f"s{slot.index + 1}-{slot.opened}"
+                try:
+                    slot.channel = _Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
+                except ChannelException as exc:  # the host allows fewer sessions per connection (MaxSessions)
+                    log.info("host %s: slot %d: a shared connection refused a session (%s): it gets its own",
+                             slot.host.label, slot.index + 1, exc)
+                    slot.conn = self._connect(slot.host)
+                    slot.channel = _Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
             return slot.channel
+
+    def _shared(self, slot: _Slot) -> Any:
+        """The connection of the slot's group, (re)opened once for all of them: a handshake per group, not per
+        slot. The first group shares the host's control connection."""
+        host, group = slot.host, slot.index // SLOTS_PER_CONNECTION
+        with host.lock:
+            conn = host.control if group == 0 else host.conns.get(group)
+            if not _active(conn):
+                conn = self._connect(host)
+                if group == 0:
+                    host.control = conn
+                else:
+                    host.conns[group] = conn
+            return conn
 
     def _warm(self, slot: _Slot) -> None:
         try:
@@ -704,6 +733,10 @@ def _exec(conn: Any, script: str, timeout: float = COMMAND_TIMEOUT, in_stream: A
             raise _HostDown(f"cannot run a command: {exc}") from None
         raise
     return res.exited, res.stdout, res.stderr
+
+
+def _active(conn: Any) -> bool:
+    return conn is not None and conn.is_connected and conn.transport is not None and conn.transport.is_active()
 
 
 def _link_alive(conn: Any) -> bool:

@@ -154,7 +154,7 @@ class SSHEnv:
             "UseDNS no\n"
             "PermitUserEnvironment DISTPAR_TEST_MARK\n"
             "MaxStartups 100\n"
-            "MaxSessions 100\n"
+            + ("" if "MaxSessions" in extra else "MaxSessions 100\n")  # sshd takes a keyword's first value
             + ("Subsystem sftp internal-sftp\n" if sftp else "")
             + f"SetEnv HOME={home} {env}\n"  # sshd uses only the first SetEnv line
             + extra

@@ -16,7 +16,16 @@ import pytest
 from distpar.errors import ExitCode
 from distpar.testing import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import processes_with_mark, run_distpar, run_id_of, run_status, wait_for
-from tests.ssh.conftest import SSHEnv, SSHServer, free_port, inventory, keygen, remote_processes, trust
+from tests.ssh.conftest import (
+    SSHEnv,
+    SSHServer,
+    descendants,
+    free_port,
+    inventory,
+    keygen,
+    remote_processes,
+    trust,
+)
 
 pytestmark = [pytest.mark.ssh, pytest.mark.timeout(180)]
 
@@ -222,6 +231,43 @@ def test_failed_authentication_is_reported_per_host(two_hosts: tuple[SSHServer, 
                       str(stranger), *FAKE, cwd=repo)
     assert out.returncode == ExitCode.BACKEND
     assert f"host {h1.address}: authentication failed for user root with key {stranger}\n" in out.stdout
+
+
+def connections(server: SSHServer) -> int:
+    """SSH connections the server is serving now: its listener forks one process per connection."""
+    return len([pid for pid in descendants(server.proc.pid) if _parent(pid) == server.proc.pid])
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+@pytest.mark.parametrize("max_sessions", [None, 2])
+def test_slots_share_a_connection_per_four(start_sshd: Any, ssh_env: SSHEnv, tmp_path: Path,
+                                           max_sessions: int | None) -> None:
+    """Five slots on one host, five agents at once: two connections (four slots' workers on the first), not
+    five handshakes. A host that allows fewer sessions per connection (MaxSessions 2) still runs every slot: a
+    slot whose channel is refused gets a connection of its own."""
+    host = start_sshd(f"shared-{max_sessions}", extra=f"MaxSessions {max_sessions}\n" if max_sessions else "")
+    trust(host)
+    repo = make_repo(tmp_path / "repo")
+    plan = write_plan(tmp_path / "plan.md", independent_plan(5, sleep=4))
+    hosts = inventory(tmp_path / "hosts.toml", ssh_env.client_key, [(host, 5)])
+    proc = start_run(repo, plan, "--backend", "ssh", "--hosts-file", str(hosts), "--workers", "5", *FAKE)
+    try:
+        wait_for(lambda: len(agents_on(host)) == 5, what="five agents running at once")
+        during = connections(host)
+    finally:
+        stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stdout + stderr
+    if max_sessions is None:
+        assert during == 2, during
+    else:  # each worker holds a session: at most two per connection
+        assert during >= 3, during
+    assert all((repo / "src" / f"mod{i}.py").exists() for i in range(1, 6))
 
 
 @pytest.mark.parametrize("retries", [1, 0])
