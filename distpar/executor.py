@@ -207,6 +207,7 @@ class Runner:
                     self.publish("interrupt_while_landing", landed=landed)
         finally:
             restore_signals()
+            self.backend.wait_closed()
             cleanup(self)
         report = make_report(self, time.time() - t0, landed)
         self.journal.end_run(self.run_id, report.state, int(report.exit_code), report.summary())

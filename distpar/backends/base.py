@@ -44,7 +44,12 @@ class Backend(ABC):
         """Ask every running segment to stop: agents are killed, their work saved, results still returned."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Release everything ``start`` acquired. Called once, also after errors and interrupts."""
+        """Release everything ``start`` acquired. Called once, also after errors and interrupts, before the
+        final merge; slow teardown that touches nothing of the run (stopping a cluster it started) may go on
+        in the background until ``wait_closed``."""
+
+    def wait_closed(self) -> None:  # noqa: B027 - optional hook
+        """Wait for what ``close`` left running. Called once, after the final merge."""
 
     def workspace(self, ctx: RunContext, worker: int) -> str:
         """Where worker ``worker`` keeps its workspace for the whole run (units after the first reuse it):

@@ -340,6 +340,7 @@ class RayBackend(Backend):
         self._thread: threading.Thread | None = None
         self._cancelled = threading.Event()
         self._closing = threading.Event()
+        self._stopping: threading.Thread | None = None  # ray.shutdown() of an instance this backend started
         self.shipped: list[dict[str, Any]] = []  # per unit sent: worker, unit, start bundle sent?, increment bytes
 
     def workspace(self, ctx: RunContext, worker: int) -> str:
@@ -458,9 +459,15 @@ class RayBackend(Backend):
         self._full.clear()
         self._slots.clear()
         self._actor = None
-        if self._owns:
-            ray.shutdown()
+        if self._owns:  # the Ray instance it started stops while the coordinator merges (about a second)
+            self._stopping = threading.Thread(target=ray.shutdown, name="distpar-ray-shutdown", daemon=True)
+            self._stopping.start()
         self._ray = None
+
+    def wait_closed(self) -> None:
+        if self._stopping is not None:
+            self._stopping.join(CLOSE_WAIT)
+            self._stopping = None
 
     # --- sending a unit --------------------------------------------------------------------------------
 
