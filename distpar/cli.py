@@ -399,8 +399,7 @@ def _observe_run(runner: Any, as_json: bool, quiet: bool) -> Any:
         console = Console(stderr=True)
         progress = live.RunProgress(runner.plan, runner.schedule, "" if runner.backend.remote else node_name())
         if console.is_terminal and not console.is_dumb_terminal:
-            log_dir = None if runner.backend.remote else runner.run_dir / "logs"
-            observer = live.LiveView(console, progress, log_dir)
+            observer = live.LiveView(console, progress)
         else:
             observer = live.PlainLines(console, progress)
     runner.observer = observer

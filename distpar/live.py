@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -321,9 +320,8 @@ class LiveView(Observer):
     """A table that redraws in place on a terminal: one row per stream, then an overall bar with an ETA.
     Failures, retries and interrupts are also printed above it, so they stay in the scrollback."""
 
-    def __init__(self, console: Console, progress: RunProgress, log_dir: Path | None = None,
-                 refresh_per_second: float = 4.0) -> None:
-        self.console, self.progress, self.log_dir = console, progress, log_dir
+    def __init__(self, console: Console, progress: RunProgress, refresh_per_second: float = 4.0) -> None:
+        self.console, self.progress = console, progress
         self._lock = threading.Lock()
         self._live = Live(console=console, refresh_per_second=refresh_per_second, transient=False,
                           get_renderable=self._render, redirect_stdout=False)

@@ -22,7 +22,6 @@ from distpar.stimuli import (
     Blocked,
     BudgetSpent,
     CancelAll,
-    ConflictFound,
     Event,
     Fatal,
     Finish,
@@ -172,8 +171,6 @@ class RunState:
                 self._release(worker)
                 out += self._settle(event.uid, BatchStatus.BLOCKED, event.reason)
                 self.conflicted = True
-        elif isinstance(event, ConflictFound):
-            self.conflicted = True
         elif isinstance(event, Interrupt):
             if not self.interrupted:
                 self.interrupted = True
@@ -314,7 +311,6 @@ __all__ = [
     "Blocked",
     "BudgetSpent",
     "CancelAll",
-    "ConflictFound",
     "Event",
     "Fatal",
     "Finish",

@@ -55,13 +55,6 @@ class Blocked:
 
 
 @dataclass(frozen=True, slots=True)
-class ConflictFound:
-    """A finished unit's work conflicts with work already finished (found early, before the final merge)."""
-
-    uid: str
-
-
-@dataclass(frozen=True, slots=True)
 class Interrupt:
     pass
 
@@ -80,7 +73,7 @@ class Tick:
     now: float
 
 
-Event = WorkerUp | WorkerDown | UnitEnded | UnitLost | Blocked | ConflictFound | Interrupt | Fatal | Tick
+Event = WorkerUp | WorkerDown | UnitEnded | UnitLost | Blocked | Interrupt | Fatal | Tick
 
 
 # --- instructions ----------------------------------------------------------------------------------------

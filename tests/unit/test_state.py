@@ -15,7 +15,6 @@ from distpar.state import (
     Blocked,
     BudgetSpent,
     CancelAll,
-    ConflictFound,
     Event,
     Fatal,
     Finish,
@@ -313,8 +312,7 @@ def test_conflict_found_stops_new_starts_only_with_stop_on_conflict() -> None:
     for stop in (False, True):
         state = RunState.create(units("a", "b", "c"), stop_on_conflict=stop)
         up(state, 1)
-        assert state.handle(ConflictFound("a")) == []
-        out = state.handle(UnitEnded("a", 0, OK))
+        out = state.handle(UnitEnded("a", 0, OK, conflicts=True))
         assert out == ([Finish(False)] if stop else [Start("b", 0, 1)])
         assert state.conflicted
 
@@ -649,10 +647,12 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
                 w = data.draw(st.sampled_from(back))
                 sim.alive.add(w)
                 sim.send(WorkerUp(w))
-        elif action == "conflict":
+        elif action == "conflict":  # it ended ok, and its work conflicts with finished work (found early)
+            sim.lose(uid)
+            sim.status[uid] = OK
             if stop_on_conflict:
                 sim.stopped.add("conflict")
-            sim.send(ConflictFound(uid))
+            sim.send(UnitEnded(uid, worker, OK, at=sim.now, conflicts=True))
         elif action in ("interrupt", "fatal"):
             sim.stopped.add(action)
             sim.send(Interrupt() if action == "interrupt" else Fatal("boom"))
