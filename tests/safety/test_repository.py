@@ -106,13 +106,16 @@ def conflicting(repo: Path, *args: str) -> bool:
     return proc.returncode == 1 and "CONFLICT" in proc.stdout
 
 
+def diverge(repo: Path, branch: str) -> None:
+    """``branch`` and main each change README.md their own way (main checked out)."""
+    for name, create in ((branch, ("-c",)), ("main", ())):
+        sh_git(repo, "switch", "--quiet", *create, name)
+        (repo / "README.md").write_text(f"{name}\n")
+        sh_git(repo, "commit", "--quiet", "-am", name)
+
+
 def test_landing_into_a_branch_being_rebased_is_refused(repo: Path) -> None:
-    sh_git(repo, "switch", "--quiet", "-c", "topic")
-    (repo / "README.md").write_text("topic\n")
-    sh_git(repo, "commit", "--quiet", "-am", "topic")
-    sh_git(repo, "switch", "--quiet", "main")
-    (repo / "README.md").write_text("main\n")
-    sh_git(repo, "commit", "--quiet", "-am", "main")
+    diverge(repo, "topic")
     sh_git(repo, "switch", "--quiet", "topic")
     assert conflicting(repo, "rebase", "main")
     topic = sh_git(repo, "rev-parse", "topic")
@@ -126,12 +129,7 @@ def test_landing_into_a_branch_being_rebased_is_refused(repo: Path) -> None:
 
 
 def test_landing_into_a_branch_mid_merge_is_refused(repo: Path) -> None:
-    sh_git(repo, "switch", "--quiet", "-c", "side")
-    (repo / "README.md").write_text("side\n")
-    sh_git(repo, "commit", "--quiet", "-am", "side")
-    sh_git(repo, "switch", "--quiet", "main")
-    (repo / "README.md").write_text("main\n")
-    sh_git(repo, "commit", "--quiet", "-am", "main")
+    diverge(repo, "side")
     assert conflicting(repo, "merge", "side")
     plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a.txt": "a"})])
     res = run_distpar("run", str(plan), "--agent", "fake", "--allow-dirty", cwd=repo)
