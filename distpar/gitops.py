@@ -168,7 +168,9 @@ def worktrees(repo: str | Path) -> list[tuple[str, str | None]]:
     result: list[tuple[str, str | None]] = []
     path: str | None = None
     branch: str | None = None
-    for line in [*out(repo, "worktree", "list", "--porcelain").splitlines(), ""]:
+    with repo_lock(repo, "worktree"):  # a worktree being added has no commondir yet: listing it then fails
+        listing = out(repo, "worktree", "list", "--porcelain")
+    for line in [*listing.splitlines(), ""]:
         if line.startswith("worktree "):
             path, branch = line[9:], None
         elif line.startswith("branch "):

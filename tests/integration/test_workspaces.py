@@ -147,3 +147,32 @@ def test_repo_settings_give_defaults_and_flags_win(repo: Path) -> None:
     commit(repo, {"pyproject.toml": '[tool.distpar]\nverfy = "x"\n'}, "typo")
     typo = run_distpar("run", str(plan), "--agent", "fake", cwd=repo)
     assert typo.returncode == 2 and "unknown setting 'verfy'" in typo.stderr
+
+
+def test_listing_worktrees_waits_for_a_worktree_being_added(repo: Path) -> None:
+    """``git worktree add`` creates a worktree's commondir file before it writes it; ``git worktree list`` at that
+    moment fails ("failed to read .git/worktrees/w6/commondir: Success", seen with 16 workers). Listing takes
+    its turn with adding (the worktree lock), so the coordinator never sees a half-made worktree."""
+    import threading
+
+    half = repo / ".git" / "worktrees" / "half"
+    holding, listed = threading.Event(), threading.Event()
+
+    def add_slowly() -> None:  # what `git worktree add` leaves for a moment, under the lock it is taken with
+        with gitops.repo_lock(repo, "worktree"):
+            half.mkdir(parents=True)
+            (half / "gitdir").write_text(f"{repo.parent / 'half'}/.git\n")
+            (half / "commondir").write_text("")
+            holding.set()
+            listed.wait(1.0)  # the listing must not get through while the worktree is half made
+            for f in half.iterdir():
+                f.unlink()
+            half.rmdir()
+
+    adder = threading.Thread(target=add_slowly)
+    adder.start()
+    assert holding.wait(10)
+    found = gitops.worktrees(repo)
+    listed.set()
+    adder.join(10)
+    assert [p for p, _ in found] == [str(repo)]
