@@ -14,7 +14,8 @@ The full profile also measures issue 11's backend targets: 16 x 2 s on Ray with 
 backend for the run (before any cluster of this section exists, so start-up is included), against the same
 plan on local ``--workers 1``; and 12 x 3 s over SSH on 2 hosts x 3 slots (6 workers spread evenly), its
 speedup taken conservatively against the plan's pure work (a serial run takes at least that). These target runs
-use ``--stagger 0`` (see ``TARGET_STAGGER``).
+use ``--stagger 0`` (see ``TARGET_STAGGER``), and each waits first for the CPUs to be idle again
+(``Session.settle``): on 2 cores the tail of the run before (a Ray cluster's teardown) costs a target run 10-20 %.
 """
 
 from __future__ import annotations
@@ -141,8 +142,10 @@ def _ray_speedup(session: Session, cfg: Config, remote: RemoteOptions) -> dict[s
     nodes = make_shape("independent-equal", n, secs)
     try:
         session.log(f"  backends: Ray speedup, {n} x {secs:g}s, local --workers 1")
+        session.settle()
         serial = session.run("ray-speedup-local-w1", nodes, 1)
         session.log(f"  backends: Ray speedup, {n} x {secs:g}s, Ray --workers {w} (start-up included)")
+        session.settle()
         ray = session.run(f"ray-speedup-w{w}", nodes, w, backend="ray",
                           backend_options={"address": remote.ray_address}, stagger=TARGET_STAGGER)
     except Exception as exc:
@@ -160,6 +163,7 @@ def _ssh_target(session: Session, cfg: Config, remote: RemoteOptions) -> dict[st
         return {"error": f"SSH backend not available: {opts}"[:600]}
     nodes = make_shape("independent-equal", n, secs)
     session.log(f"  backends: SSH target, {n} x {secs:g}s at {w} workers over {len(remote.ssh_hosts)} host(s)")
+    session.settle()
     try:
         rec = session.run(f"ssh-target-w{w}", nodes, w, backend="ssh", backend_options=opts, stagger=TARGET_STAGGER)
     except Exception as exc:
@@ -223,6 +227,7 @@ def _ray_target(session: Session, cfg: Config, remote: RemoteOptions) -> dict[st
     n, secs, w = cfg.ray_target
     nodes = make_shape("independent-equal", n, secs)
     session.log(f"  backends: Ray target, {n} x {secs:g}s at {w} workers")
+    session.settle()
     try:
         rec = session.run(f"ray-target-w{w}", nodes, w, backend="ray", backend_options={"address": remote.ray_address},
                           stagger=TARGET_STAGGER)

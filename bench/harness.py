@@ -32,6 +32,22 @@ RUN_ATTEMPTS = 3
 _UNSET = ("DISTPAR_SUBPROCESS", "CLAUDECODE", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
 
 
+def cpu_idle(seconds: float) -> float:
+    """The fraction of CPU time spent idle over the next ``seconds`` (from /proc/stat; 1.0 where absent)."""
+    def sample() -> tuple[int, int] | None:
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)
+    a = sample()
+    time.sleep(seconds)
+    b = sample()
+    if a is None or b is None or b[1] == a[1]:
+        return 1.0
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
 class BenchError(Exception):
     """A benchmark run did not do what it was meant to (a batch failed, a backend broke)."""
 
@@ -91,6 +107,17 @@ class Session:
         self.repo_build_seconds: dict[str, float] = {}
         self.failures: list[dict[str, Any]] = []
         self.batches_run = 0  # batches of successful runs, all journaled in this session's journal
+
+    def settle(self, idle: float = 0.85, limit: float = 90.0) -> float:
+        """Wait (at most ``limit`` s) until the CPUs are ``idle`` idle over a second, so that a target run does
+        not inherit the tail of the one before (a Ray cluster's teardown, 64 agents' exits). Returns the
+        idle fraction it ended with."""
+        deadline = time.monotonic() + limit
+        while True:
+            got = cpu_idle(1.0)
+            if got >= idle or time.monotonic() >= deadline:
+                self.log(f"  (settled: CPUs {got:.0%} idle)")
+                return got
 
     def log(self, msg: str) -> None:
         self._log(f"[{time.perf_counter() - self._t0:6.1f}s] {msg}")
