@@ -668,7 +668,7 @@ def logs_cmd(run_id: str, batch_id: str | None, follow: bool, repo_path: Path) -
         if not rows:
             raise UsageError(f"run {run['id']} has no batch {batch_id!r}")
     if follow:
-        row = rows[0] if batch_id is not None else logs.running_batch(rows, run_dir)
+        row = rows[0] if batch_id is not None else logs.running_batch(rows)
         if row is None:
             raise UsageError(f"run {run['id']} has no running batch to follow"
                              + ("" if run["state"] == "running" else f" (the run is {run['state']})"))

@@ -105,17 +105,11 @@ class LiveLogs:
             self.ended(uid, landed=False)
 
 
-def running_batch(batches: list[dict[str, Any]], run_dir: Path) -> dict[str, Any] | None:
-    """The running batch whose log changed last (the journal marks a whole submitted segment as running)."""
-    best: tuple[float, dict[str, Any]] | None = None
-    for b in batches:
-        if b["state"] != "running":
-            continue
-        path = log_path(b, run_dir)
-        mtime = path.stat().st_mtime if path is not None and path.exists() else 0.0
-        if best is None or mtime > best[0]:
-            best = (mtime, b)
-    return best[1] if best else None
+def running_batch(batches: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The running batch whose agent started last (the journal's state and start time are each unit's own, on
+    every backend: the worker reports when its agent really starts)."""
+    running = [b for b in batches if b["state"] == "running"]
+    return max(running, key=lambda b: b["started"] or 0.0) if running else None
 
 
 def batch_timeout(run: dict[str, Any], batch_id: str) -> float:
@@ -128,8 +122,8 @@ def batch_timeout(run: dict[str, Any], batch_id: str) -> float:
 
 def follow(journal: Journal, run: dict[str, Any], batch_id: str, run_dir: Path, poll: float = 0.2,
            clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> Iterator[str]:
-    """Yield the batch's log as it grows, until the batch has ended (its result journaled, or the next batch
-    of its stream started), the run is no longer live, or the batch's timeout (plus a grace) has passed since
+    """Yield the batch's log as it grows, until the batch has ended (its result journaled), the run is no longer
+    live, or the batch's timeout (plus a grace) has passed since
     its log appeared. Everything written before the end is yielded. A remote unit's live copy is followed as
     soon as it appears (after the log of its earlier attempts, if any); once the unit ends it makes way for the
     full log, which the last line points to."""
@@ -137,7 +131,6 @@ def follow(journal: Journal, run: dict[str, Any], batch_id: str, run_dir: Path, 
     assert row is not None
     path = Path(row["log_path"]) if row["log_path"] else run_dir / "logs" / f"{names.key(batch_id)}.log"
     live = live_path(run_dir, batch_id)
-    later = _later_in_stream(journal, run["id"], row)
     limit = batch_timeout(run, batch_id) + FOLLOW_GRACE
     appeared: float | None = None
     reading: IO[bytes] | None = None
@@ -169,7 +162,7 @@ def follow(journal: Journal, run: dict[str, Any], batch_id: str, run_dir: Path, 
                 last_check = now
                 row = journal.batch(run["id"], batch_id)
                 current = journal.run_exact(run["id"])
-                ended = row is None or row["state"] in TERMINAL or _next_started(later, run_dir, path)
+                ended = row is None or row["state"] in TERMINAL
                 done = ended or not run_is_live(journal, current) or (appeared is not None and now - appeared > limit)
                 if done:
                     continue  # one last read, then stop
@@ -177,19 +170,3 @@ def follow(journal: Journal, run: dict[str, Any], batch_id: str, run_dir: Path, 
     finally:
         if reading is not None:
             reading.close()
-
-
-def _later_in_stream(journal: Journal, run_id: str, row: dict[str, Any]) -> dict[str, Any] | None:
-    rows = [b for b in journal.batches(run_id) if b["stream"] == row["stream"] and b["position"] > row["position"]]
-    return rows[0] if rows else None
-
-
-def _next_started(later: dict[str, Any] | None, run_dir: Path, ours: Path) -> bool:
-    """The stream's next batch wrote its log after ours was last written: ours is over (the worker runs a
-    stream's batches one after another and writes a batch's output to its log before starting the next)."""
-    if later is None:
-        return False
-    try:
-        return (run_dir / "logs" / f"{names.key(later['batch_id'])}.log").stat().st_mtime >= ours.stat().st_mtime
-    except OSError:
-        return False

@@ -70,6 +70,34 @@ def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
     assert batch_state(run_id, "slow") == "ok"
 
 
+def test_logs_follow_picks_the_unit_whose_agent_started_last(repo: Path) -> None:
+    """Two units running at once, the first one printing all the time: without --batch, ``logs --follow``
+    follows the one whose agent started last (from the journal), not the log written last."""
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch("chatty", extra=[x for i in range(40) for x in (f"@fake say line{i}", "@fake sleep 0.1")],
+                   writes={"c": "1"}),
+        fake_batch("late", extra=["@fake sleep 2", "@fake say late-one", "@fake sleep 2"], writes={"l": "1"}),
+    ])
+    run = start_distpar("run", str(plan), "--agent", "fake", "-w", "2", "--stagger", "1", "-q", cwd=repo)
+    try:
+        run_id = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
+        wait_for(lambda: batch_state(run_id, "late") == "running" and batch_state(run_id, "chatty") == "running",
+                 what="both units to run")
+        time.sleep(1.2)  # both agents have started (the second at least 1 s after the first)
+        res = run_distpar("logs", run_id, "--follow", cwd=repo, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("--- distpar: batch late, attempt 1"), res.stdout[:300]
+        assert "late-one" in res.stdout and "line0" not in res.stdout
+        assert run.wait(timeout=60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        for f in (run.stdout, run.stderr):
+            if f:
+                f.close()
+
+
 def test_status_lists_runs_newest_first_and_shows_one(repo: Path) -> None:
     ok_plan = write_plan(repo.parent / "ok.md", [fake_batch(1, writes={"x": "1"}), fake_batch(2, writes={"y": "2"})])
     bad_plan = write_plan(repo.parent / "bad.md", [fake_batch(3, writes={"z": "3"}),
