@@ -9,7 +9,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from distpar import agents, gitops, names
-from distpar.backends.base import RunContext
 from distpar.model import BatchResult, BatchSpec, BatchStatus, SegmentSpec
 from distpar.units import with_fan_out_summary
 from distpar.worker import totals
@@ -44,7 +43,7 @@ def batch_spec(run: Runner, uid: str) -> BatchSpec:
 def segment_spec(run: Runner, uid: str, worker: int, attempt: int, base: str) -> SegmentSpec:
     """What worker ``worker`` is sent to run unit ``uid`` (dispatch number ``run.dispatches``) from ``base``."""
     batch = batch_spec(run, uid)
-    ctx = RunContext(run.run_id, run.repo, run.run_dir, run.workers)
+    ctx = run._ctx_stub()
     o = run.options
     return SegmentSpec(
         run_id=run.run_id, stream=worker, segment=run.dispatches, branch=run.branch(uid), base=base,

@@ -123,7 +123,6 @@ class NodeActor:
         # SIG_IGN behind Python's back, and then every subprocess seems to exit 0: put the default back.
         if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        self.workers = list(workers)
         self.node = _node_id()
         os.environ["DISTPAR_NODE"] = self.node  # worker.node_name(): the journal records where each batch ran
         self.root = node_dir(run_id, self.node)
@@ -267,7 +266,6 @@ class _Host:
     """The coordinator's view of one actor and the workers it hosts."""
 
     handle: Any
-    workers: tuple[int, ...]
     node: str = ""  # where it runs, once it is up
     dead: bool = False  # died or was killed: its workers' next units go to new actors
     killed: bool = False  # killed by cancel() after the grace period
@@ -279,22 +277,6 @@ class _Slot:
 
     host: _Host
     have: list[str] = field(default_factory=list)  # commits its workspace holds, newest first (bundle mode)
-
-    @property
-    def handle(self) -> Any:
-        return self.host.handle
-
-    @property
-    def node(self) -> str:
-        return self.host.node
-
-    @property
-    def dead(self) -> bool:
-        return self.host.dead
-
-    @property
-    def killed(self) -> bool:
-        return self.host.killed
 
 
 def placement(nodes: list[dict[str, Any]], workers: int, per_slot: bool) -> dict[str, list[int]]:
@@ -483,11 +465,9 @@ class RayBackend(Backend):
         handle = self._actor.options(max_concurrency=k + CONTROL_CALLS, max_restarts=0, max_task_retries=0,
                                      scheduling_strategy=where, **need).remote(
             self._ctx.run_id, list(workers))
-        host = _Host(handle, workers)
-        with self._lock:
-            for w in workers:
-                old = self._slots.get(w)
-                self._slots[w] = _Slot(host, old.have if old and not old.dead else [])
+        host = _Host(handle)
+        with self._lock:  # a new actor: the workers' workspaces there start empty
+            self._slots.update({w: _Slot(host) for w in workers})
         handle.ready.remote().future().add_done_callback(lambda f: self._placed(host, f))
         return host
 
@@ -495,7 +475,7 @@ class RayBackend(Backend):
         """The worker's slot; on a new actor of its own (on a live node) when its actor died."""
         with self._lock:
             slot = self._slots.get(worker)
-        if slot is None or slot.dead:
+        if slot is None or slot.host.dead:
             self._host((worker,), None)
             with self._lock:
                 slot = self._slots[worker]
@@ -509,7 +489,7 @@ class RayBackend(Backend):
     def _send(self, spec: SegmentSpec) -> tuple[_Slot, Any]:
         slot = self._slot(spec.stream)
         full, increments = self._shipment(slot, spec)
-        method = slot.handle.run_all if self._client else slot.handle.run
+        method = slot.host.handle.run_all if self._client else slot.host.handle.run
         return slot, method.remote(spec.stream, spec, full, increments)
 
     def _shipment(self, slot: _Slot, spec: SegmentSpec) -> tuple[tuple[str, list[Any]] | None, list[bytes]]:
@@ -553,7 +533,7 @@ class RayBackend(Backend):
                 async for item in self._items(stream):
                     if item["kind"] == "accepted":
                         accepted, slot.host.node = True, item["node"]
-                        self._nodes.add(slot.node)
+                        self._nodes.add(slot.host.node)
                     elif item["kind"] == "event":
                         if self._ctx is not None and self._ctx.events is not None:
                             self._ctx.events(item["name"], item["data"])
@@ -564,11 +544,11 @@ class RayBackend(Backend):
                         return self._land(spec, slot, item)
                 raise BackendError("the Ray actor ended the unit without handing anything back")
             except ray.exceptions.RayActorError as exc:
-                if slot.killed:
+                if slot.host.killed:
                     raise BackendError(
                         f"the unit was cancelled and its Ray actor killed before it handed its work back (it did "
                         f"not stop within {self.cancel_grace:g}s, or the run closed); its workspace stays on node "
-                        f"{slot.node[:12] or '?'}") from exc
+                        f"{slot.host.node[:12] or '?'}") from exc
                 self._lost(slot)
                 # Over Ray Client nothing arrives before the unit ends, so whether the actor took it cannot be
                 # known: it may have run (and done things outside its workspace), so it counts as a retry.
@@ -620,7 +600,7 @@ class RayBackend(Backend):
         """An actor died: it and every actor on a node that is gone get replaced at their workers' next units."""
         slot.host.dead = True
         try:
-            self._ray.kill(slot.handle)  # an unavailable actor would otherwise hold its resources
+            self._ray.kill(slot.host.handle)  # an unavailable actor would otherwise hold its resources
         except Exception as exc:
             log.debug("ray backend: kill after death failed: %s", exc)
         try:
@@ -630,7 +610,7 @@ class RayBackend(Backend):
             return
         with self._lock:
             for other in self._slots.values():
-                if other.node and other.node not in alive:
+                if other.host.node and other.host.node not in alive:
                     other.host.dead = True
 
     def _resolved(self, worker: int, fut: Future[SegmentResult]) -> None:
@@ -656,18 +636,18 @@ class RayBackend(Backend):
 
     def _interrupt(self, slot: _Slot) -> None:
         try:
-            slot.handle.interrupt.remote()
+            slot.host.handle.interrupt.remote()
         except Exception as exc:  # dead already, or the cluster is gone
             log.debug("ray backend: interrupt failed: %s", exc)
 
     def _kill(self, worker: int, cancelled: bool = True) -> None:
         """Kill the actor hosting ``worker`` (and so every unit running on it)."""
         slot = self._slots.get(worker)
-        if slot is None or slot.dead:
+        if slot is None or slot.host.dead:
             return
         slot.host.dead, slot.host.killed = True, cancelled
         try:
-            self._ray.kill(slot.handle)
+            self._ray.kill(slot.host.handle)
         except Exception as exc:
             log.debug("ray backend: kill failed: %s", exc)
 
@@ -679,11 +659,11 @@ class RayBackend(Backend):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
-        by_node = {s.node: s for s in self._slots.values() if not s.dead and s.node}
+        by_node = {s.host.node: s for s in self._slots.values() if not s.host.dead and s.host.node}
         refs: dict[Any, str] = {}
         for node in self._nodes & alive:
             if node in by_node:
-                refs[by_node[node].handle.cleanup.remote()] = node
+                refs[by_node[node].host.handle.cleanup.remote()] = node
             else:
                 task = ray.remote(_cleanup_task).options(
                     num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))

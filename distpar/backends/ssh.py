@@ -417,7 +417,7 @@ class SSHBackend(Backend):
         keep = f"ls {rd}/wt/*.bundle" if host.unreturned else \
             f"if ls {rd}/wt/*.bundle >/dev/null 2>&1; then ls {rd}/wt/*.bundle; else rm -rf {rd}; fi"
         try:
-            if not conn.is_connected or not conn.transport.is_active():
+            if not _active(conn):
                 raise _HostDown(host.error or "connection lost")
             _, out, _ = _exec(conn, f"{_reap_command(host.run_dir)}; {keep} 2>/dev/null")
             leftover = [line for line in out.splitlines() if line.endswith(".bundle")]
@@ -487,7 +487,7 @@ class SSHBackend(Backend):
             self._mark_down(host, str(exc))
             raise BackendError(f"host {host.label}: {exc}") from None
         except (OSError, EOFError, SSHException) as exc:
-            if slot.conn is not None and slot.conn.transport.is_active():  # a transfer failed, the host is there
+            if _active(slot.conn):  # a transfer failed, the host is there
                 raise BackendError(f"host {host.label}: {type(exc).__name__}: {exc}") from None
             self._mark_down(host, f"connection failed: {exc}")
             raise BackendError(f"host {host.label}: connection failed: {exc}") from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,12 +37,23 @@ def only_run_id() -> str:
     return ids[0]
 
 
-def start_distpar(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    """The CLI in the background, in its own session (so a test can SIGKILL the coordinator alone)."""
-    return subprocess.Popen(
+@contextmanager
+def start_distpar(*args: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
+    """The CLI in the background, in its own session (so a test can SIGKILL the coordinator alone); killed, if
+    still running, and its pipes closed when the block ends."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "distpar", *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
 
 
 def batch_state(run_id: str, batch_id: str) -> str | None:

@@ -97,8 +97,7 @@ def test_clean_sweeps_the_orphans_of_a_killed_coordinator(repo: Path, isolated_e
         fake_batch("quick", writes={"q.txt": "q\n"}),
         fake_batch("slow", sleep=60, writes={"s.txt": "s\n"}),
     ])
-    coordinator = start_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "-q", cwd=repo)
-    try:
+    with start_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "-q", cwd=repo) as coordinator:
         rid = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
         wait_for(lambda: batch_state(rid, "quick") == "ok", what="the quick batch")
         agents = wait_for(lambda: clean.agent_processes().get(rid, []), what="the slow agent")
@@ -111,13 +110,6 @@ def test_clean_sweeps_the_orphans_of_a_killed_coordinator(repo: Path, isolated_e
                                                   f"{coordinator.pid}): nothing to clean")
         os.kill(coordinator.pid, signal.SIGKILL)
         coordinator.wait(timeout=30)
-    finally:
-        if coordinator.poll() is None:
-            coordinator.kill()
-            coordinator.wait()
-        for f in (coordinator.stdout, coordinator.stderr):
-            if f:
-                f.close()
     assert processes_with_mark(isolated_env, wait=0)  # the agent outlived its coordinator
     worktree = paths.workspace(repo, rid, 1)  # worktrees live outside the checkout
     assert str(worktree) in [p for p, _ in gitops.worktrees(repo)]

@@ -48,8 +48,7 @@ def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
     plan = write_plan(repo.parent / "p.md", [
         fake_batch("slow", extra=["@fake print-env DISTPAR_STREAM", "@fake sleep 1.5"], writes={"s": "1"}),
     ])
-    run = start_distpar("run", str(plan), "--agent", "fake", "-q", cwd=repo)
-    try:
+    with start_distpar("run", str(plan), "--agent", "fake", "-q", cwd=repo) as run:
         run_id = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
         wait_for(lambda: batch_state(run_id, "slow") == "running", what="the batch to start")
         t0 = time.time()
@@ -60,13 +59,6 @@ def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
         assert "DISTPAR_STREAM=1" in res.stdout and '"type": "result"' in res.stdout  # to the very end
         assert took < 15
         assert run.wait(timeout=60) == 0
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        for f in (run.stdout, run.stderr):
-            if f:
-                f.close()
     assert batch_state(run_id, "slow") == "ok"
 
 
@@ -78,8 +70,7 @@ def test_logs_follow_picks_the_unit_whose_agent_started_last(repo: Path) -> None
                    writes={"c": "1"}),
         fake_batch("late", extra=["@fake sleep 2", "@fake say late-one", "@fake sleep 2"], writes={"l": "1"}),
     ])
-    run = start_distpar("run", str(plan), "--agent", "fake", "-w", "2", "--stagger", "1", "-q", cwd=repo)
-    try:
+    with start_distpar("run", str(plan), "--agent", "fake", "-w", "2", "--stagger", "1", "-q", cwd=repo) as run:
         run_id = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
         wait_for(lambda: batch_state(run_id, "late") == "running" and batch_state(run_id, "chatty") == "running",
                  what="both units to run")
@@ -89,13 +80,6 @@ def test_logs_follow_picks_the_unit_whose_agent_started_last(repo: Path) -> None
         assert res.stdout.startswith("--- distpar: batch late, attempt 1"), res.stdout[:300]
         assert "late-one" in res.stdout and "line0" not in res.stdout
         assert run.wait(timeout=60) == 0
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-        for f in (run.stdout, run.stderr):
-            if f:
-                f.close()
 
 
 def test_status_lists_runs_newest_first_and_shows_one(repo: Path) -> None:

@@ -234,7 +234,7 @@ def test_a_unit_sent_to_an_actor_that_died_idle_goes_to_a_new_actor(ray_cluster:
 
     def kill_between_units(kind: str, data: dict[str, Any]) -> None:
         if kind == "batch_ended" and data["batch"] == "1":
-            handle = backend._slots[0].handle
+            handle = backend._slots[0].host.handle
             ray.kill(handle)
             killed.append(handle)
 
