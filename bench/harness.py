@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.plans import Node, to_batches
-from distpar import runtime
 from distpar.backends import make_backend
-from distpar.executor import Runner
-from distpar.model import AgentConfig
-from distpar.plan import load_plan
-from distpar.schedule import make_schedule
-from distpar.testing import make_repo, write_plan
+from distpar.coordinator import preflight, runtime
+from distpar.coordinator.executor import Runner
+from distpar.core.model import AgentConfig
+from distpar.core.plan import load_plan
+from distpar.core.schedule import make_schedule
+from distpar.testing.builders import make_repo, write_plan
 
 RUN_ATTEMPTS = 3
 _UNSET = ("DISTPAR_SUBPROCESS", "CLAUDECODE", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
@@ -218,7 +218,7 @@ class Session:
         t1 = time.perf_counter()
         opts = runtime.RunOptions(agent=AgentConfig(preset="fake"), backend=backend, plan_path=str(plan_path),
                                   **({"stagger": stagger} if stagger is not None else {}))
-        root, target, start = runtime.preflight(repo, opts)
+        root, target, start = preflight.preflight(repo, opts)
         t2 = time.perf_counter()
         journal = runtime.open_journal(root)
         try:

@@ -15,8 +15,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from distpar.plan import DEFAULT_ESTIMATE, AgentTask, Batch, Plan
-from distpar.testing import fake_batch, plan_text
+from distpar.core.plan import DEFAULT_ESTIMATE, AgentTask, Batch, Plan
+from distpar.testing.builders import fake_batch, plan_text
 
 SHAPES = ("independent-equal", "independent-heavy-tailed", "chains", "diamonds", "mixed-dag")
 ESTIMATES = ("none", "wrong", "exact")

@@ -484,7 +484,7 @@ def _scheduling_md(sc: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         "", f"Worst ratio over every size ({', '.join(str(x) for x in cfg['sched_sizes'])} batches) and N "
         f"({', '.join(str(x) for x in cfg['sched_workers'])}):", "",
         _table(["shape", "balanced", "midpoint", "round-robin", "balanced, run-time dispatch"], wrows),
-        "", "*Run-time dispatch*: the executor's units fed through the real run state (`distpar.state.RunState`) "
+        "", "*Run-time dispatch*: the executor's units fed through the real run state (`distpar.core.state.RunState`) "
         "on a simulated clock, each unit taking its estimate, no overhead (`bench/simulate.py`): what the "
         "coordinator's decisions alone give. Where it is above *balanced*, the static plan, which sees every "
         "duration in advance, would have done better; where it is below, dispatching at run time did.",
@@ -547,7 +547,7 @@ def _overhead_md(ov: dict[str, Any], results: dict[str, Any]) -> list[str]:
                 "agent start / unit", "commit+return / unit", "merge", "cleanup"], rows),
         "", "What each phase covers:", "",
         *[f"- **{p}**: {PHASE_HELP[p]}" for p in PHASES],
-        "", "Git operations timed one at a time through `distpar.gitops` (seconds):", "",
+        "", "Git operations timed one at a time through `distpar.infra.gitops` (seconds):", "",
         _table(["operation", *(f"{g['files']} files" for g in gops)], grows),
         "", "Generating the repositories took " + ", ".join(f"{k}: {v:.1f} s" for k, v in builds.items()) + ".",
     ]
@@ -573,7 +573,7 @@ def _scale_md(sc: dict[str, Any], results: dict[str, Any]) -> list[str]:
         "priorities, plan and schedule JSON, journal rows).", "",
         _table(["batches", "workers", "plan text", "parse", "schedule", "planning", "peak MiB", "registration"],
                rows),
-        "", "The run state's decisions (`distpar.state.RunState`, pure) on the same plans: building the units "
+        "", "The run state's decisions (`distpar.core.state.RunState`, pure) on the same plans: building the units "
         "and the state, the first dispatch to every worker, then the time of one `handle` per unit that ends "
         "(it decides what starts next), milliseconds, median (min-max):", "",
         _table(["units", "workers", "units + state s", "first dispatch s", "per event ms"],

@@ -24,13 +24,13 @@ from bench.config import Config
 from bench.harness import Session
 from bench.plans import make_shape, plan_document
 from bench.stats import summary
-from distpar.journal import Journal
-from distpar.model import AgentOutcome, BatchResult, BatchStatus
-from distpar.plan import parse_plan
-from distpar.schedule import make_schedule
-from distpar.state import RunState, Start, UnitEnded, WorkerUp
-from distpar.stateunits import state_units
-from distpar.units import unit_graph
+from distpar.coordinator.journal import Journal
+from distpar.core.model import AgentOutcome, BatchResult, BatchStatus
+from distpar.core.plan import parse_plan
+from distpar.core.schedule import make_schedule
+from distpar.core.state import RunState, Start, UnitEnded, WorkerUp
+from distpar.core.stateunits import state_units
+from distpar.core.units import unit_graph
 
 BENCH_ROOT = Path(__file__).parent.parent  # not resolved: the probe must import this very bench and distpar
 

@@ -19,7 +19,7 @@ from bench.config import Config
 from bench.harness import Session
 from bench.plans import SHAPES, make_shape, to_plan
 from bench.stats import actual_bound, summary
-from distpar.schedule import STRATEGIES, make_schedule
+from distpar.core.schedule import STRATEGIES, make_schedule
 
 
 def predicted(cfg: Config) -> list[dict[str, Any]]:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from distpar.model import BatchStatus
-from distpar.plan import Plan
-from distpar.schedule import Schedule
-from distpar.state import Finish, Instruction, RunState, Start, UnitEnded, UnitInfo, WorkerUp
-from distpar.stateunits import state_units
-from distpar.units import unit_graph
+from distpar.core.model import BatchStatus
+from distpar.core.plan import Plan
+from distpar.core.schedule import Schedule
+from distpar.core.state import Finish, Instruction, RunState, Start, UnitEnded, UnitInfo, WorkerUp
+from distpar.core.stateunits import state_units
+from distpar.core.units import unit_graph
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from distpar import agents
-from distpar.model import AgentConfig
-from distpar.runtime import Observer, RunOptions, RunReport, open_journal
+from distpar.coordinator.runtime import Observer, RunOptions, RunReport, open_journal
+from distpar.core.model import AgentConfig
 
 
 def run(plan: str | Path, *, repo: str | Path = ".", workers: int = 4, agent: str | AgentConfig | Any = "claude",
@@ -27,10 +27,10 @@ def run(plan: str | Path, *, repo: str | Path = ".", workers: int = 4, agent: st
     ``distpar.agents.Preset`` object of your own; ``options``: any other RunOptions field (``timeout``,
     ``budget_usd``, ``setup``, ``verify``, ...). Bad input raises a DistparError before anything runs."""
     from distpar.backends import make_backend
-    from distpar.executor import Runner
-    from distpar.plan import load_plan
-    from distpar.preflight import preflight
-    from distpar.schedule import make_schedule
+    from distpar.coordinator.executor import Runner
+    from distpar.coordinator.preflight import preflight
+    from distpar.core.plan import load_plan
+    from distpar.core.schedule import make_schedule
 
     if isinstance(agent, agents.Preset):
         cfg = agents.custom_agent(agent)

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from distpar.testing import make_repo
+from distpar.testing.builders import make_repo
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from distpar.testing import make_repo
+from distpar.testing.builders import make_repo
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent

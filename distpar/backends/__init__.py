@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from distpar.backends.base import Backend
-from distpar.errors import UsageError
+from distpar.core.errors import UsageError
 
 BACKENDS = ("local", "ray", "ssh")
 

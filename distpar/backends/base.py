@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from distpar import paths
-from distpar.model import AgentConfig, SegmentResult, SegmentSpec
+from distpar.core.model import AgentConfig, SegmentResult, SegmentSpec
+from distpar.infra import paths
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from distpar.backends.base import Backend, RunContext
-from distpar.model import SegmentResult, SegmentSpec
-from distpar.worker import run_segment
+from distpar.core.model import SegmentResult, SegmentSpec
+from distpar.worker.worker import run_segment
 
 
 class LocalBackend(Backend):

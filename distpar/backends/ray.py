@@ -78,11 +78,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from distpar import names, transfer
 from distpar.backends.base import Backend, RunContext
-from distpar.errors import BackendError
-from distpar.model import SegmentResult, SegmentSpec, Source
-from distpar.worker import mask, run_segment, safe_name
+from distpar.core import names
+from distpar.core.errors import BackendError
+from distpar.core.model import SegmentResult, SegmentSpec, Source
+from distpar.infra import transfer
+from distpar.worker.worker import mask, run_segment, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ class RayBackend(Backend):
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise BackendError(f"cannot connect to {where}: {_first_line(exc)}") from exc
             self._owns = True
-        from distpar import raycompat
+        from distpar.backends import raycompat
 
         try:  # one pinned Ray for coordinator and cluster: a mismatch stops here, naming both, nothing started
             raycompat.check_cluster(ray)

@@ -2,7 +2,8 @@
 
 distpar ships itself: ``start()`` zips the ``distpar`` package once per run, uploads it into a per-run
 directory on every host and unpacks it there. Each worker slot then gets ONE long-lived channel for the whole
-run (opened as soon as the hosts are ready): ``distpar.supervisor serve`` (the remote half: own session, pid file, stops
+run (opened as soon as the hosts are ready): ``distpar.worker.supervisor serve`` (the remote half: own session,
+pid file, stops
 everything when the channel closes) running ``distpar.worker --serve``, fed unit specs one by one as JSON lines
 on its stdin (they hold the forwarded secrets: never on a command line or a disk) and answering with JSON lines
 as things happen (``unit_started`` and the other events reach ``ctx.events`` at once, then the unit's
@@ -27,6 +28,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -44,11 +46,11 @@ from typing import Any
 
 from distpar import agents
 from distpar.backends.base import Backend, RunContext
-from distpar.errors import BackendError, UsageError
-from distpar.hosts import DEFAULT_WORKDIR, HostSpec, default_slots, resolve_hosts
-from distpar.model import AgentConfig, BatchResult, BatchStatus, SegmentResult, SegmentSpec, Source
-from distpar.supervisor import RUN_VAR
-from distpar.worker import safe_name
+from distpar.backends.hosts import DEFAULT_WORKDIR, HostSpec, default_slots, resolve_hosts
+from distpar.core.errors import BackendError, UsageError
+from distpar.core.model import AgentConfig, BatchResult, BatchStatus, SegmentResult, SegmentSpec, Source
+from distpar.worker.supervisor import RUN_VAR
+from distpar.worker.worker import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +172,7 @@ class _Tail:
 
 
 class _Channel:
-    """``distpar.supervisor serve TAG`` on a host, fed and read as JSON lines for the whole run."""
+    """``distpar.worker.supervisor serve TAG`` on a host, fed and read as JSON lines for the whole run."""
 
     def __init__(self, conn: Any, host: _Host, tag: str, on_event: Any, on_end: Any) -> None:
         self.tag, self.host = tag, host
@@ -182,7 +184,7 @@ class _Channel:
         rd = shlex.quote(host.run_dir)
         mark = shlex.quote(f"{host.run_dir}:{tag}")
         cmd = (f"cd {rd} && PYTHONPATH={rd}/lib DISTPAR_NODE={shlex.quote(host.label)} {RUN_VAR}={mark} "
-               f"exec python3 -m distpar.supervisor serve {shlex.quote(tag)}")
+               f"exec python3 -m distpar.worker.supervisor serve {shlex.quote(tag)}")
         self.promise = conn.run("/bin/sh -c " + shlex.quote(cmd), asynchronous=True, in_stream=self.feed,
                                 out_stream=_Lines(self._line), err_stream=self.err, warn=True, pty=False,
                                 encoding="utf-8")
@@ -701,18 +703,22 @@ def executables(configs: Any) -> set[str]:
     return exes
 
 
+def _package_dir(name: str) -> Path:
+    """Where package ``name`` lives, found without importing it (distpar's root imports its Python API)."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def build_zip(dest: Path) -> Path:
     """The ``distpar`` package as a zip (importable from PYTHONPATH): all a host needs of distpar, and
     cloudpickle (pure Python), which a preset defined in the user's own code needs to load there."""
     import cloudpickle
 
-    import distpar
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for mod in (distpar, cloudpickle):
-            pkg = Path(mod.__file__ or "").parent
+        for pkg in (_package_dir("distpar"), Path(cloudpickle.__file__ or "").parent):
             for f in sorted(pkg.rglob("*.py")):
                 z.write(f, f"{pkg.name}/{f.relative_to(pkg).as_posix()}")
     os.replace(tmp, dest)
@@ -859,7 +865,7 @@ def _connect_error(exc: BaseException, conn: Any, key: Path | None) -> str:
 
 def _reap_command(run_dir: str, tag: str = "") -> str:
     rd = shlex.quote(run_dir)
-    return f"PYTHONPATH={rd}/lib python3 -m distpar.supervisor reap {rd} {shlex.quote(tag) if tag else ''}"
+    return f"PYTHONPATH={rd}/lib python3 -m distpar.worker.supervisor reap {rd} {shlex.quote(tag) if tag else ''}"
 
 
 def _not_found(host: _Host, need: set[str]) -> str:

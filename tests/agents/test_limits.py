@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from distpar import gitops
-from distpar.errors import ExitCode
-from distpar.journal import Journal
-from distpar.model import BatchResult, BatchStatus
-from distpar.testing import fake_batch, sh_git, write_plan
+from distpar.coordinator.journal import Journal
+from distpar.core.errors import ExitCode
+from distpar.core.model import BatchResult, BatchStatus
+from distpar.infra import gitops
+from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar
 from tests.integration.conftest import run_plan
 

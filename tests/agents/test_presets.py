@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from distpar import agents
-from distpar.errors import UsageError
-from distpar.model import AgentConfig
-from distpar.plan import parse_plan
-from distpar.testing import fake_batch, plan_text
+from distpar.core.errors import UsageError
+from distpar.core.model import AgentConfig
+from distpar.core.plan import parse_plan
+from distpar.testing.builders import fake_batch, plan_text
 
 CTX = agents.Context("Fix the bug; don't touch $HOME", Path("/logs/b1.prompt.md"), "b1", Path("/wt/s1"), "run-1", 0,
                      session_id="0e639165-79b1-4bd4-bb0f-4cb4c15115d4")

@@ -14,10 +14,10 @@ import pytest
 
 from distpar import agents
 from distpar.agents import Preset, parse_claude, parse_gemini, version_line
-from distpar.errors import ExitCode, PlanError
-from distpar.model import AgentConfig, AgentOutcome, BatchStatus
-from distpar.plan import parse_plan
-from distpar.testing import fake_batch, plan_text, tree_files
+from distpar.core.errors import ExitCode, PlanError
+from distpar.core.model import AgentConfig, AgentOutcome, BatchStatus
+from distpar.core.plan import parse_plan
+from distpar.testing.builders import fake_batch, plan_text, tree_files
 from tests.integration.conftest import run_plan
 
 CTX = agents.Context("p", Path("/logs/b.prompt.md"), "b", Path("/wt"), "r", 0)
@@ -166,7 +166,7 @@ def test_claude_gets_agent_only_when_defined(tmp_path: Path) -> None:
 # --- plugins -------------------------------------------------------------------------------------------------
 
 def _my_args(cfg: AgentConfig, ctx: agents.Context) -> list[str]:
-    return ["-m", "distpar.fake_agent", "-p", "--output-format", "json", "--", ctx.prompt]
+    return ["-m", "distpar.testing.fake_agent", "-p", "--output-format", "json", "--", ctx.prompt]
 
 
 def _my_parse(stdout: str, stderr: str, exit_code: int | None) -> AgentOutcome:
@@ -187,7 +187,7 @@ def test_a_preset_defined_here_travels_by_value(repo: Path) -> None:
                   command=(sys.executable,))
     cfg = agents.custom_agent(mine)
     # a fresh interpreter that cannot import this test module still loads and builds it
-    code = ("import json,sys; from distpar import agents; from distpar.model import AgentConfig; "
+    code = ("import json,sys; from distpar import agents; from distpar.core.model import AgentConfig; "
             "cfg = AgentConfig.from_dict(json.loads(sys.stdin.read())); p = agents.preset_of(cfg); "
             "print(p.name, p.build.__module__)")
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(cfg.to_dict()), capture_output=True,
@@ -220,8 +220,8 @@ def test_a_resumed_session_claude_never_saved_continues_in_a_fresh_one(repo: Pat
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from distpar.journal import Journal
-    from distpar.testing import write_plan
+    from distpar.coordinator.journal import Journal
+    from distpar.testing.builders import write_plan
     from tests.conftest import run_and_interrupt, run_distpar
 
     log = tmp_path / "inv.jsonl"

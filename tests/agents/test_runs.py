@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from distpar import gitops
-from distpar.errors import ExitCode
-from distpar.journal import Journal
-from distpar.model import AgentConfig, BatchResult, BatchStatus
-from distpar.testing import fake_batch, sh_git, tree_files
+from distpar.coordinator.journal import Journal
+from distpar.core.errors import ExitCode
+from distpar.core.model import AgentConfig, BatchResult, BatchStatus
+from distpar.infra import gitops
+from distpar.testing.builders import fake_batch, sh_git, tree_files
 from tests.conftest import processes_with_mark
 from tests.integration.conftest import run_plan
 
@@ -148,7 +148,7 @@ def test_claude_runs_inside_a_claude_session_and_as_root(repo: Path, monkeypatch
     monkeypatch.delenv("IS_SANDBOX", raising=False)
     report, _ = run_plan(repo, [fake_batch(1, writes={"x.txt": "x"})], agent=AgentConfig("claude"))
     assert report.exit_code == ExitCode.OK, report.results[0].error
-    nested = subprocess.run([sys.executable, "-m", "distpar.fake_agent", "-p", "--output-format", "json", "hi"],
+    nested = subprocess.run([sys.executable, "-m", "distpar.testing.fake_agent", "-p", "--output-format", "json", "hi"],
                             capture_output=True, text=True, env={**os.environ, "CLAUDECODE": "1"})
     assert nested.returncode == 1 and "inside another Claude Code session" in nested.stderr
 

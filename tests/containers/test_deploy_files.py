@@ -16,7 +16,7 @@ import pytest
 import tomllib
 import yaml  # PyYAML: a dependency of ray
 
-from distpar import raycompat
+from distpar.backends import raycompat
 from distpar.backends.ray import SLOT
 from tests.conftest import REPO_ROOT
 from tests.containers import kuberay, kuberay_crd
@@ -48,7 +48,7 @@ def raycluster() -> dict[str, Any]:
 
 
 def test_ray_is_pinned_once() -> None:
-    """pyproject's extra, the manifest, the build and the installed Ray all say distpar/raycompat.py's version."""
+    """pyproject's extra, the manifest, the build and the installed Ray all say raycompat.py's version."""
     import ray
 
     extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]

@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from distpar.backends.ray import SLOT
-from distpar.runtime import open_journal
-from distpar.testing import fake_batch, make_repo, sh_git, tree_files, write_plan
+from distpar.coordinator.runtime import open_journal
+from distpar.testing.builders import fake_batch, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import REPO_ROOT, run_distpar
 from tests.containers import kuberay
 from tests.containers.conftest import (

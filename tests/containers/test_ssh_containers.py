@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from distpar.runtime import open_journal
-from distpar.testing import fake_batch, independent_plan, make_repo, tree_files, write_plan
+from distpar.coordinator.runtime import open_journal
+from distpar.testing.builders import fake_batch, independent_plan, make_repo, tree_files, write_plan
 from tests.conftest import run_distpar, run_id_of, run_status
 from tests.containers.conftest import (
     Containers,
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(240)]
 
 FAKE = ("--agent", "fake")
 RUNS_DIR = "/root/.cache/distpar/runs"  # the backend's default workdir, for root
-REMOTE = ("distpar.worker", "distpar.supervisor", "distpar.fake_agent")
+REMOTE = ("distpar.worker", "distpar.worker.supervisor", "distpar.testing.fake_agent")
 
 
 @dataclass
@@ -147,7 +147,7 @@ def test_container_stopped_mid_run_moves_its_streams(containers: Containers, two
         with distpar("run", str(plan), "--workers", "1", *FAKE, cwd=serial_repo) as serial, \
                 distpar("run", str(plan), *hosts_args(client_key, h1, doomed), "--workers", "4", "--retries", "2",
                         *FAKE, cwd=repo) as proc:
-            wait_until(lambda: any("distpar.fake_agent" in p for p in doomed.processes()), 90,
+            wait_until(lambda: any("distpar.testing.fake_agent" in p for p in doomed.processes()), 90,
                        "an agent at work in the doomed container")
             doomed.container.get_wrapped_container().kill()  # the host is gone, mid-batch
             code, text = finished(proc)

@@ -11,15 +11,15 @@ import pytest
 import distpar
 from distpar import agents
 from distpar.agents import Preset
-from distpar.errors import ExitCode, PlanError
-from distpar.model import AgentConfig, AgentOutcome
-from distpar.testing import fake_batch, tree_files, write_plan
+from distpar.core.errors import ExitCode, PlanError
+from distpar.core.model import AgentConfig, AgentOutcome
+from distpar.testing.builders import fake_batch, tree_files, write_plan
 
 pytestmark = pytest.mark.integration
 
 
 def my_args(cfg: AgentConfig, ctx: agents.Context) -> list[str]:
-    return ["-m", "distpar.fake_agent", "-p", "--output-format", "json", "--", ctx.prompt]
+    return ["-m", "distpar.testing.fake_agent", "-p", "--output-format", "json", "--", ctx.prompt]
 
 
 def my_parse(stdout: str, stderr: str, exit_code: int | None) -> AgentOutcome:

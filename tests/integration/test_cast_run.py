@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from distpar import gitops
-from distpar.errors import ExitCode
-from distpar.journal import Journal
-from distpar.model import BatchStatus
-from distpar.testing import fake_batch, sh_git
+from distpar.coordinator.journal import Journal
+from distpar.core.errors import ExitCode
+from distpar.core.model import BatchStatus
+from distpar.infra import gitops
+from distpar.testing.builders import fake_batch, sh_git
 from tests.integration.conftest import run_plan
 
 pytestmark = pytest.mark.integration

@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from distpar import gitops
-from distpar.errors import ExitCode, UsageError
-from distpar.journal import Journal
-from distpar.model import BatchStatus
-from distpar.runtime import RunLock, state_dir
-from distpar.testing import fake_batch, sh_git, write_plan
+from distpar.coordinator.journal import Journal
+from distpar.coordinator.runtime import RunLock
+from distpar.core.errors import ExitCode, UsageError
+from distpar.core.model import BatchStatus
+from distpar.infra import gitops
+from distpar.infra.paths import state_dir
+from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import wait_for
 from tests.integration.conftest import run_plan
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from distpar import gitops
-from distpar.errors import ExitCode
-from distpar.journal import Journal
-from distpar.model import BatchStatus
-from distpar.testing import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
+from distpar.coordinator import executor, preflight
+from distpar.coordinator.journal import Journal
+from distpar.core.errors import ExitCode
+from distpar.core.model import BatchStatus
+from distpar.infra import gitops
+from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import processes_with_mark, run_distpar
 from tests.integration.conftest import run_plan
 
@@ -174,7 +175,7 @@ def test_agent_template_gets_placeholders_as_single_arguments(repo: Path, tmp_pa
         "open('args.json', 'w').write(json.dumps({'argv': sys.argv[1:], 'id': os.environ['DISTPAR_BATCH_ID'],"
         " 'guard': os.environ.get('DISTPAR_SUBPROCESS')}))\n"
     )
-    from distpar.model import AgentConfig
+    from distpar.core.model import AgentConfig
 
     tmpl = f"{sys.executable} {script} --prompt {{prompt}} --file {{prompt_file}} --id {{batch_id}}"
     report, _ = run_plan(repo, [fake_batch(7, description="t")], agent=AgentConfig("template", template=tmpl))
@@ -248,7 +249,7 @@ def test_nested_run_is_refused(repo: Path) -> None:
 
 
 def test_agent_that_commits_itself_is_recorded_and_marked(repo: Path) -> None:
-    from distpar.resume import committed_unit
+    from distpar.coordinator.resume import committed_unit
 
     batches = [fake_batch(1, writes={"own.txt": "mine\n"}, extra=["@fake commit 'agent did it'"])]
     report, runner = run_plan(repo, batches, keep_branches=True)
@@ -265,11 +266,11 @@ def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> N
     from concurrent.futures import Future
     from dataclasses import replace
 
-    from distpar import runtime
     from distpar.backends.local import LocalBackend
-    from distpar.model import AgentConfig
-    from distpar.plan import load_plan
-    from distpar.schedule import make_schedule
+    from distpar.coordinator import runtime
+    from distpar.core.model import AgentConfig
+    from distpar.core.plan import load_plan
+    from distpar.core.schedule import make_schedule
 
     class BrokenReturn(LocalBackend):
         def submit(self, spec):  # type: ignore[no-untyped-def]
@@ -281,9 +282,9 @@ def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> N
     plan_path = write_plan(repo.parent / "p.md", independent_plan(2, sleep=0.2))
     plan = load_plan(plan_path)
     opts = runtime.RunOptions(agent=AgentConfig(preset="fake"), plan_path=str(plan_path))
-    root, target, start = runtime.preflight(repo, opts)
+    root, target, start = preflight.preflight(repo, opts)
     journal = runtime.open_journal(root)
-    runner = runtime.Runner(root, plan, make_schedule(plan, 2), opts, BrokenReturn(), journal, target, start)
+    runner = executor.Runner(root, plan, make_schedule(plan, 2), opts, BrokenReturn(), journal, target, start)
     report = runner.run()
     assert report.exit_code == ExitCode.BACKEND and report.state == "error"
     assert any("fetch" in e for e in report.errors), report.errors

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from distpar.capture import LINE_CHARS, LINES_PER_SECOND
-from distpar.testing import fake_batch, write_plan
+from distpar.infra.capture import LINE_CHARS, LINES_PER_SECOND
+from distpar.testing.builders import fake_batch, write_plan
 from tests.conftest import run_distpar
 
 pytestmark = pytest.mark.integration

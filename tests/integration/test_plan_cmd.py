@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from distpar.plan import load_plan
-from distpar.testing import fake_batch, make_repo, plan_text, sh_git, write_plan
+from distpar.core.plan import load_plan
+from distpar.testing.builders import fake_batch, make_repo, plan_text, sh_git, write_plan
 from tests.conftest import run_distpar
 
 

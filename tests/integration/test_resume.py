@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from distpar import gitops
-from distpar.journal import Journal
-from distpar.testing import fake_batch, make_repo, sh_git, tree_files, write_plan
+from distpar.coordinator.journal import Journal
+from distpar.infra import gitops
+from distpar.testing.builders import fake_batch, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import run_and_interrupt, run_distpar
 from tests.integration.conftest import run_plan
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from distpar import gitops
-from distpar.model import AgentConfig, BatchSpec, Identity, SegmentSpec, Source
-from distpar.testing import sh_git
-from distpar.transfer import Transfer
-from distpar.worker import RESUME_PREFIX, node_name, run_segment
+from distpar.core.model import AgentConfig, BatchSpec, Identity, SegmentSpec, Source
+from distpar.infra import gitops
+from distpar.infra.transfer import Transfer
+from distpar.testing.builders import sh_git
+from distpar.worker.worker import RESUME_PREFIX, node_name, run_segment
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from distpar.journal import Journal
+from distpar.coordinator.journal import Journal
 
 T = TypeVar("T")
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from distpar import live
-from distpar.plan import load_plan
-from distpar.schedule import make_schedule
-from distpar.testing import fake_batch, independent_plan, write_plan
+from distpar.core.plan import load_plan
+from distpar.core.schedule import make_schedule
+from distpar.ops import live
+from distpar.testing.builders import fake_batch, independent_plan, write_plan
 from tests.conftest import run_distpar
 
 pytestmark = pytest.mark.integration

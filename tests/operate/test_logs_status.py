@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distpar.testing import fake_batch, write_plan
+from distpar.testing.builders import fake_batch, write_plan
 from tests.conftest import run_distpar, wait_for
 from tests.operate.conftest import batch_state, only_run_id, run_ids, start_distpar
 
@@ -112,7 +112,7 @@ def test_status_lists_runs_newest_first_and_shows_one(repo: Path) -> None:
 
 
 def test_live_copy_of_a_remote_unit_makes_way_for_its_log_or_is_kept_when_nothing_came_back(tmp_path: Path) -> None:
-    from distpar.logs import LiveLogs, live_path
+    from distpar.coordinator.livelogs import LiveLogs, live_path
 
     logs = tmp_path / "logs"
     live = LiveLogs(tmp_path, remote=True)

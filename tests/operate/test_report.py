@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from distpar.model import worker_label
-from distpar.testing import fake_batch, make_repo, write_plan
+from distpar.core.model import worker_label
+from distpar.testing.builders import fake_batch, make_repo, write_plan
 from tests.conftest import run_distpar
 from tests.operate.conftest import journal, only_run_id
 

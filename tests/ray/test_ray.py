@@ -20,13 +20,15 @@ from distpar import agents
 from distpar.backends import make_backend
 from distpar.backends.base import Backend, RunContext
 from distpar.backends.ray import SLOT, RayBackend
-from distpar.errors import BackendError
-from distpar.journal import Journal
-from distpar.model import AgentConfig, BatchStatus
-from distpar.plan import load_plan
-from distpar.runtime import Runner, RunOptions, RunReport, open_journal, preflight
-from distpar.schedule import make_schedule
-from distpar.testing import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
+from distpar.coordinator.executor import Runner
+from distpar.coordinator.journal import Journal
+from distpar.coordinator.preflight import preflight
+from distpar.coordinator.runtime import RunOptions, RunReport, open_journal
+from distpar.core.errors import BackendError
+from distpar.core.model import AgentConfig, BatchStatus
+from distpar.core.plan import load_plan
+from distpar.core.schedule import make_schedule
+from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import poll, processes_with_mark, run_distpar
 from tests.ray.conftest import RayCluster
 

@@ -6,7 +6,7 @@ the CLIs call, so that a real CLI runs a batch end to end with no network and no
     POST /v1/chat/completions              OpenAI Chat Completions (aider through litellm; SSE when asked)
     POST /v1beta/models/M:generateContent  Gemini (gemini-cli's router and main model; :streamGenerateContent SSE)
 
-What it answers follows the prompt, with the fake agent's convention (``distpar.fake_agent.prompt_commands``):
+What it answers follows the prompt, with the fake agent's convention (``distpar.testing.fake_agent.prompt_commands``):
 
     @fake write PATH TEXT    the model calls the CLI's file tool (or shell, or an edit block) to write TEXT to PATH
     @standin status CODE     answer HTTP CODE with the provider's error body (429 adds retry-after: 1)
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from distpar.fake_agent import prompt_commands
+from distpar.testing.fake_agent import prompt_commands
 
 MAX_DELAY = 120.0
 MAX_BODY = 64 * 1024 * 1024

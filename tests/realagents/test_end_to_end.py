@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from distpar.errors import ExitCode
-from distpar.journal import Journal
-from distpar.testing import fake_batch, sh_git, tree_files, write_plan
+from distpar.coordinator.journal import Journal
+from distpar.core.errors import ExitCode
+from distpar.testing.builders import fake_batch, sh_git, tree_files, write_plan
 from tests.conftest import run_distpar, run_id_of
 from tests.realagents.conftest import Agent
 from tests.realagents.standins import TOKENS_IN, TOKENS_OUT, StandIn

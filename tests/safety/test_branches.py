@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from distpar.testing import fake_batch, sh_git, tree_files, write_plan
+from distpar.testing.builders import fake_batch, sh_git, tree_files, write_plan
 from tests.conftest import run_distpar, run_id_of
 from tests.safety.conftest import event_kinds, sh
 

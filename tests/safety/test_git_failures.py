@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from distpar import gitops, names, worker
-from distpar.model import AgentConfig, BatchSpec, BatchStatus, SegmentSpec, Source
-from distpar.testing import fake_batch, sh_git, write_plan
+from distpar.worker import worker
+from distpar.core import names
+from distpar.core.model import AgentConfig, BatchSpec, BatchStatus, SegmentSpec, Source
+from distpar.infra import gitops
+from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar, run_id_of
 from tests.safety.conftest import agent_calls, event_kinds, journal
 

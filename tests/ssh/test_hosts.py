@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from distpar.errors import UsageError
-from distpar.hosts import HostSpec, default_slots, load_inventory, parse_host, resolve_hosts
+from distpar.backends.hosts import HostSpec, default_slots, load_inventory, parse_host, resolve_hosts
+from distpar.core.errors import UsageError
 
 
 @pytest.mark.parametrize(("text", "spec", "label"), [

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from distpar.capture import LINES_PER_SECOND
-from distpar.testing import fake_batch, write_plan
+from distpar.infra.capture import LINES_PER_SECOND
+from distpar.testing.builders import fake_batch, write_plan
 from tests.conftest import run_distpar, wait_for
 from tests.operate.conftest import batch_state, run_ids
 from tests.ssh.conftest import SSHEnv, SSHServer, inventory, trust

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from distpar.errors import ExitCode
-from distpar.testing import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
+from distpar.core.errors import ExitCode
+from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import processes_with_mark, run_distpar, run_id_of, run_status, wait_for
 from tests.ssh.conftest import (
     SSHEnv,
@@ -48,7 +48,7 @@ def distpar_processes(server: SSHServer, env: SSHEnv, token: str) -> list[str]:
     """Remote workers, supervisors and this test's agents, as ``ps`` on the host shows them."""
     out = ssh(server, env, "ps -eo pid,args")
     return [line for line in out.splitlines()
-            if "distpar.worker" in line or "distpar.supervisor serve" in line or token in line]
+            if "distpar.worker" in line or "distpar.worker.supervisor serve" in line or token in line]
 
 
 def mixed_plan(token: str, sleep: float = 0.3) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ def start_run(repo: Path, plan: Path, *args: str, env: dict[str, str] | None = N
 
 
 def agents_on(server: SSHServer) -> list[tuple[int, str]]:
-    return [p for p in remote_processes(server.home) if "distpar.fake_agent" in p[1]]
+    return [p for p in remote_processes(server.home) if "distpar.testing.fake_agent" in p[1]]
 
 
 # --- the plan across hosts ----------------------------------------------------------------------------------
@@ -441,7 +441,7 @@ def test_killed_supervisor_is_retried_without_a_stray_worker(two_hosts: tuple[SS
     proc = start_run(repo, plan, "--backend", "ssh", "--hosts-file", str(hosts), "--retries", "1", *FAKE)
     wait_for(lambda: agents_on(h1), what="the agent on the host")
     first = agents_on(h1)[0][0]
-    supervisors = [pid for pid, args in remote_processes(h1.home) if "distpar.supervisor serve" in args]
+    supervisors = [pid for pid, args in remote_processes(h1.home) if "distpar.worker.supervisor serve" in args]
     assert len(supervisors) == 1
     os.kill(supervisors[0], signal.SIGKILL)
     wait_for(lambda: not Path(f"/proc/{first}").exists(), timeout=10, what="the first agent to be killed")

@@ -11,7 +11,7 @@ from typing import Any
 import paramiko
 import pytest
 
-from distpar.testing import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
+from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import run_distpar, run_id_of, run_status, wait_for
 from tests.ssh.conftest import SSHEnv, SSHServer, inventory, remote_processes, trust
 from tests.ssh.test_ssh import FAKE, agents_on, start_run
@@ -24,7 +24,7 @@ def serve_workers(server: SSHServer) -> set[int]:
     (not the worker's own children in the moment between fork and exec, which share its command line)."""
     procs = dict(remote_processes(server.home))
     return {pid for pid, args in procs.items() if "distpar.worker --serve" in args
-            and "distpar.supervisor serve" in procs.get(_ppid(pid), "")}
+            and "distpar.worker.supervisor serve" in procs.get(_ppid(pid), "")}
 
 
 def _ppid(pid: int) -> int:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.errors import PlanError
-from distpar.plan import parse_plan
+from distpar.core.errors import PlanError
+from distpar.core.plan import parse_plan
 
 
 def doc(manifest: object, before: str = "# A plan\n\nSome prose.\n\n") -> str:
@@ -135,7 +135,7 @@ def test_two_blocks_are_refused() -> None:
 
 
 def test_roundtrip() -> None:
-    from distpar.plan import Plan
+    from distpar.core.plan import Plan
 
     plan = parse_plan(SEED_PLAN, "seed.md")
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
@@ -276,7 +276,7 @@ def test_refused_at_plan_time(manifest: object, expected: str) -> None:
 
 
 def test_roundtrip_keeps_every_field() -> None:
-    from distpar.plan import Plan
+    from distpar.core.plan import Plan
 
     for manifest in (PLANNER, EXECUTOR_FIXTURE, SPEC_FULL):
         plan = parse_plan(cast_doc(manifest), "x.md")
@@ -314,7 +314,7 @@ def manifests(draw: st.DrawFn) -> dict[str, object]:
 @given(manifests(), st.sampled_from([None, 1, 2, 4]))
 def test_any_valid_manifest_parses_with_exact_lines_and_round_trips(manifest: dict[str, object],
                                                                     indent: int | None) -> None:
-    from distpar.plan import Plan
+    from distpar.core.plan import Plan
 
     text = "# p\n\n```json dispatch\n" + json.dumps(manifest, indent=indent) + "\n```\n"
     plan = parse_plan(text, "p.md")

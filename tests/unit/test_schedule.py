@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.errors import UsageError
-from distpar.plan import AgentTask, Batch, Plan, parse_plan
-from distpar.schedule import STRATEGIES, Schedule, make_schedule, predict, preview, topological_order
-from distpar.units import UnitGraph, unit_graph
+from distpar.core.errors import UsageError
+from distpar.core.plan import AgentTask, Batch, Plan, parse_plan
+from distpar.core.schedule import STRATEGIES, Schedule, make_schedule, predict, preview, topological_order
+from distpar.core.units import UnitGraph, unit_graph
 
 
 def mkplan(specs: list[tuple[float, list[int]]]) -> Plan:

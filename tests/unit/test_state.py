@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.model import AgentOutcome, BatchStatus
-from distpar.ratelimit import RateLimiter
-from distpar.state import (
+from distpar.core.model import AgentOutcome, BatchStatus
+from distpar.core.ratelimit import RateLimiter
+from distpar.core.state import (
     Blocked,
     BudgetSpent,
     CancelAll,
@@ -317,7 +317,7 @@ def test_conflict_found_stops_new_starts_only_with_stop_on_conflict() -> None:
         assert state.conflicted
 
 
-# --- throttling: rate limits are the run's signal (distpar.ratelimit inside the state) ---------------------
+# --- throttling: rate limits are the run's signal (distpar.core.ratelimit inside the state) ---------------------
 
 
 def limited(n: int, *uids: str, pause: float = 30.0) -> RunState:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from distpar import gitops, transfer
-from distpar.testing import make_repo, sh_git
+from distpar.infra import gitops, transfer
+from distpar.testing.builders import make_repo, sh_git
 
 
 def commit(repo: Path, name: str) -> str:
