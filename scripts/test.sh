@@ -37,9 +37,10 @@ fi
 echo "test.sh: agent CLIs (scripts/install-agents.sh)"
 bash scripts/install-agents.sh
 
-echo "test.sh: lint (ruff, mypy)"
+echo "test.sh: lint (ruff, mypy, import-linter)"
 "$VENV/bin/ruff" check .
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports" --no-cache
 
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TESTCONTAINERS_RYUK_DISABLED=true
 exec "$PY" -m pytest "$@"
