@@ -14,6 +14,8 @@ from typing import Any
 import click
 
 from distpar import __version__, agents
+from distpar.cli.options import given_options, run_option_flags
+from distpar.coordinator.options import DEFAULT_WORKERS
 from distpar.core.errors import DistparError, ExitCode, UsageError
 from distpar.core.model import AgentConfig, worker_label
 from distpar.core.plan import Plan, load_plan, parse_plan
@@ -238,47 +240,16 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
 @click.option("--agent-cmd", default=None, metavar="TEMPLATE",
               help="Custom agent command; placeholders: " + ", ".join("{" + p + "}" for p in agents.PLACEHOLDERS))
 @click.option("--model", default=None, help="Model passed to the agent.")
-@click.option("--max-turns", type=click.IntRange(min=1), default=None, help="Per batch.")
-@click.option("--max-budget-usd", type=click.FloatRange(min=0, min_open=True), default=None, help="Per batch.")
+@click.option("--max-turns", type=click.IntRange(min=1), default=None, help="Per unit.")
+@click.option("--max-budget-usd", type=click.FloatRange(min=0, min_open=True), default=None, help="Per unit.")
 @click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Stop an agent that prints nothing for this long (class stalled, retried like a 5xx); "
                    "default: off (claude's json output comes only at the end).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds per batch (default 3600; a plan's per-batch timeout wins).")
-@click.option("--into", default=None, metavar="BRANCH", help="Branch to merge into (default: the checked-out one).")
-@click.option("--allow-dirty", is_flag=True, help="Start even if the working tree has uncommitted changes.")
-@click.option("--keep-branches", is_flag=True, help="Keep stream branches after a successful merge.")
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Times a segment is retried (elsewhere) when its worker, node or host fails.")
-@click.option("--forward-env", multiple=True, metavar="NAME",
-              help="Environment variable passed to agents (its value is masked in logs and the journal).")
-@click.option("--agent-retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Times a batch's agent is tried again after a transient failure (rate limit, 5xx, crash before "
-                   "any edit), with exponential backoff.")
-@click.option("--max-concurrent-agents", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Agents running at once (local backend: the whole run; remote: per worker process/slot).")
-@click.option("--stagger", type=click.FloatRange(min=0), default=0.1, show_default=True, metavar="SECONDS",
-              help="Pause between agent starts (providers rate-limit bursts of new sessions).")
-@click.option("--budget-usd", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Run-wide: once the agents' reported costs reach it, no new batch starts.")
 @click.option("--stream-json", is_flag=True,
               help="Agents that can (claude, gemini) log a live JSON event stream instead of one final result.")
-@click.option("--setup", "setup_cmd", default=None, metavar="CMD",
-              help="Run once in every new workspace before its first batch (e.g. 'npm ci'); [tool.distpar] setup.")
-@click.option("--verify", "verify_cmd", default=None, metavar="CMD",
-              help="Run after each batch in its worktree; a batch whose check fails is failed, its work saved.")
-@click.option("--verify-merged", "verify_merged_cmd", default=None, metavar="CMD",
-              help="Run on the merged tree before the target moves; if it fails nothing lands (exit 5).")
-@click.option("--push", "push_remote", default=None, metavar="REMOTE",
-              help="Push the run's branches (and the target, when it tracks a branch there) to REMOTE.")
-@click.option("--ship-included", is_flag=True,
-              help="Remote workers get the .worktreeinclude files too (they often hold secrets; default: local only).")
-@click.option("--stop-on-conflict", is_flag=True,
-              help="Start no new unit once a finished unit's work is found to conflict with work already finished.")
+@run_option_flags()
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               help="Repository to work on (default: the current directory).")
-@click.option("--repo-url", default=None, metavar="URL",
-              help="Remote workers clone from and push their branches to this git remote (default: bundles).")
 @click.option("--ray-address", default=None, metavar="ADDRESS",
               help="Ray cluster to use, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a local Ray instance).")
 @click.option("--hosts", default=None, metavar="H1,H2", help="SSH hosts: [user@]host[:port], comma-separated.")
@@ -288,40 +259,20 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
               help="SSH private key.")
 @click.option("--accept-unknown-hosts", is_flag=True,
               help="SSH: accept host keys not in known_hosts (insecure; default: refuse).")
-@click.option("--hooks/--no-hooks", default=False, show_default=True,
-              help="Run the repository's pre-commit, commit-msg and post-commit hooks on distpar's batch commits "
-                   "(a failing hook fails that batch, its work saved).")
-@click.option("--warn-size", type=click.FloatRange(min=0), default=50.0, show_default=True, metavar="MB",
-              help="Warn about every file over this size a batch commits (0: never).")
-@click.option("--sandbox", is_flag=True,
-              help="Run agents under bubblewrap: writes only to their worktree, their CLI's state directory, "
-                   "a private /tmp and --sandbox-allow paths; nothing they start outlives them.")
-@click.option("--sandbox-allow", multiple=True, metavar="PATH", help="With --sandbox: a further writable path.")
 @click.option("--dry-run", is_flag=True, help="Show the schedule and stop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the schedule) as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, independent: bool, backend: str,
-            agent_name: str,
-            agent_cmd: str | None, model: str | None, max_turns: int | None, max_budget_usd: float | None,
-            stall_timeout: float | None, timeout: float | None, into: str | None, allow_dirty: bool,
-            keep_branches: bool, retries: int,
-            forward_env: tuple[str, ...], repo_path: Path, repo_url: str | None, ray_address: str | None,
-            hosts: str | None, hosts_file: Path | None, identity: Path | None, accept_unknown_hosts: bool,
-            agent_retries: int, max_concurrent_agents: int | None, stagger: float, budget_usd: float | None,
-            stream_json: bool, setup_cmd: str | None, verify_cmd: str | None, verify_merged_cmd: str | None,
-            push_remote: str | None, ship_included: bool, stop_on_conflict: bool, hooks: bool, warn_size: float,
-            sandbox: bool, sandbox_allow: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
-    """Run PLAN_FILE: schedule its batches into streams, run an agent per batch, merge the streams."""
-    from distpar.backends import make_backend
-    from distpar.coordinator import runtime
-    from distpar.coordinator.preflight import preflight
+def run_cmd(plan_file: Path, workers: int | None, strategy: str, split: int | None, independent: bool, backend: str,
+            agent_name: str, agent_cmd: str | None, model: str | None, max_turns: int | None,
+            max_budget_usd: float | None, stall_timeout: float | None, stream_json: bool, repo_path: Path,
+            ray_address: str | None, hosts: str | None, hosts_file: Path | None, identity: Path | None,
+            accept_unknown_hosts: bool, dry_run: bool, as_json: bool, quiet: bool, **declared: Any) -> None:
+    """Run PLAN_FILE: run an agent per unit on free workers, merge the units in plan order, land the result."""
+    from distpar.coordinator.options import RunOptions
+    from distpar.coordinator.prepare import plan_warnings, prepare_run
 
     plan = load_plan(plan_file)
-    if sandbox_allow and not sandbox:
-        raise UsageError("--sandbox-allow goes with --sandbox")
-    backend_options = _backend_options(backend, ray_address, hosts, hosts_file, identity, accept_unknown_hosts)
-    workers = workers or _default_workers(backend, backend_options)
-    schedule = make_schedule(plan, workers, strategy, split)
+    given = given_options(declared)
     base_cfg = AgentConfig(preset="claude", model=model, max_turns=max_turns, max_budget_usd=max_budget_usd,
                            stream=stream_json, stall_timeout=stall_timeout)
     if agent_cmd:
@@ -329,53 +280,30 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
                                     base_cfg)
     else:
         agent = agents.agent_config(agent_name, base_cfg)
-    for warning in agents.check_plan_agents(plan, agent, budget_usd):
-        err(f"warning: {warning}", fg="yellow")
+    backend_options = _backend_options(backend, ray_address, hosts, hosts_file, identity, accept_unknown_hosts)
+    options = RunOptions(agent=agent, backend=backend, backend_options=backend_options, independent=independent,
+                         split=split, **given)
     if dry_run:
+        for warning in plan_warnings(plan, options):
+            err(f"warning: {warning}", fg="yellow")
+        from distpar.coordinator.prepare import default_workers
+
+        schedule = make_schedule(plan, workers or default_workers(backend, backend_options), strategy, split)
         graph = unit_graph(plan, independent=independent, strategy=strategy, split=split)
         root = _repo_root_or_none(repo_path)
         _print_schedule(plan, graph, schedule, as_json, repo_root=root, plan_path=str(plan_file.resolve()),
                         subagent=agents.subagent_how(agent, root))
         return
-    if repo_url and backend == "local":
-        raise UsageError("--repo-url goes with a remote backend (--backend ray or ssh)")
-    options = runtime.RunOptions(
-        agent=agent, timeout=timeout or runtime.DEFAULT_TIMEOUT, into=into or plan.target_branch,
-        allow_dirty=allow_dirty, independent=independent, split=split,
-        keep_branches=keep_branches, retries=retries, forward_env=forward_env, backend=backend,
-        plan_path=str(plan_file.resolve()), repo_url=repo_url, backend_options=backend_options,
-        budget_usd=budget_usd, agent_retries=agent_retries, max_concurrent_agents=max_concurrent_agents,
-        stagger=stagger, stop_on_conflict=stop_on_conflict, **_repo_settings(repo_path, {
-            "setup": setup_cmd, "verify": verify_cmd, "verify_merged": verify_merged_cmd, "push": push_remote}),
-        ship_included=ship_included, hooks=hooks, warn_size=int(warn_size * 2**20) or None, sandbox=sandbox,
-        sandbox_allow=tuple(str(Path(a).expanduser().resolve()) for a in sandbox_allow),
-    )
-    repo, target, start = preflight(repo_path, options, plan)
-    if options.push and gitops.git(repo, "remote", "get-url", options.push, check=False).returncode != 0:
-        raise UsageError(f"--push {options.push}: no such remote in {repo}", hint="git remote -v lists them")
-    backend_obj = make_backend(backend, backend_options)
-    journal = runtime.open_journal(repo)
-    from distpar.coordinator.executor import Runner
-
-    runner = Runner(repo, plan, schedule, options, backend_obj, journal, target, start)
-    _run_and_exit(runner, journal, as_json, quiet)
+    prepared = prepare_run(plan_file, options, repo=repo_path, workers=workers, strategy=strategy,
+                           given=set(given), plan=plan)
+    for warning in prepared.warnings:
+        err(f"warning: {warning}", fg="yellow")
+    _run_and_exit(prepared, as_json, quiet)
 
 
-def _repo_settings(repo_path: Path, flags: dict[str, Any]) -> dict[str, Any]:
-    """Flags over the repository's [tool.distpar] settings."""
-    from distpar.coordinator.config import repo_settings
-
-    try:
-        root = gitops.repo_root(repo_path)
-    except DistparError:
-        return dict(flags)  # preflight says what is wrong with the repository
-    settings = repo_settings(root)
-    return {k: (v if v is not None else settings.get(k)) for k, v in flags.items()}
-
-
-def _run_and_exit(runner: Any, journal: Any, as_json: bool, quiet: bool) -> None:
-    report = _observe_run(runner, as_json, quiet)
-    journal.close()
+def _run_and_exit(prepared: Any, as_json: bool, quiet: bool) -> None:
+    runner = prepared.runner
+    report = _observe_run(prepared, as_json, quiet)
     if as_json:
         click.echo(json.dumps(report.summary()))  # the last JSON line: the run's summary
     else:
@@ -383,8 +311,8 @@ def _run_and_exit(runner: Any, journal: Any, as_json: bool, quiet: bool) -> None
     sys.exit(int(report.exit_code))
 
 
-def _observe_run(runner: Any, as_json: bool, quiet: bool) -> Any:
-    """Run ``runner`` with the right observer: JSON lines of events on stdout (--json), nothing (-q), a live
+def _observe_run(prepared: Any, as_json: bool, quiet: bool) -> Any:
+    """Run ``prepared`` with the right observer: JSON lines of events on stdout (--json), nothing (-q), a live
     view on a terminal, plain lines on stderr otherwise."""
     from rich.console import Console
 
@@ -398,51 +326,32 @@ def _observe_run(runner: Any, as_json: bool, quiet: bool) -> Any:
         observer = live.Observer()
     else:
         console = Console(stderr=True)
+        runner = prepared.runner
         progress = live.RunProgress(runner.plan, runner.schedule, "" if runner.backend.remote else node_name())
         if console.is_terminal and not console.is_dumb_terminal:
             observer = live.LiveView(console, progress)
         else:
             observer = live.PlainLines(console, progress)
-    runner.observer = observer
+    prepared.runner.observer = observer
     with observer:
-        return runner.run()
+        return prepared.run()
 
 
 @cli.command("resume")
 @click.argument("run_id")
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
-@click.option("--retries", type=click.IntRange(min=0), default=None, help="Override the run's --retries.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Override the run's per-batch timeout.")
+@run_option_flags(resume=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def resume_cmd(run_id: str, repo_path: Path, retries: int | None, timeout: float | None, as_json: bool,
-               quiet: bool) -> None:
+def resume_cmd(run_id: str, repo_path: Path, as_json: bool, quiet: bool, **declared: Any) -> None:
     """Continue a run that was interrupted, failed, or stopped at a conflict you have resolved.
 
-    Finished batches are never run again; interrupted, failed and never-started ones run from their stream's
-    last good commit; the merge continues from where it stopped."""
-    from distpar.coordinator import runtime
+    Finished units are never run again; interrupted, failed and never-started ones run from the merge of their
+    dependencies; the merge continues from where it stopped. The flags below override the run's own."""
+    from distpar.coordinator.prepare import prepare_resume
 
-    repo = gitops.repo_root(repo_path)
-    journal = runtime.open_journal(repo)
-    from distpar.coordinator.resume import resume_runner
-
-    runner = resume_runner(repo, journal, run_id, None, retries, timeout)
-    _run_and_exit(runner, journal, as_json, quiet)
-
-
-DEFAULT_WORKERS = 4
-
-
-def _default_workers(backend: str, backend_options: dict[str, Any]) -> int:
-    """4 streams, or on SSH the hosts' slots (a host without ``slots`` in the inventory counts 2)."""
-    if backend != "ssh":
-        return DEFAULT_WORKERS
-    from distpar.backends.hosts import resolve_hosts
-
-    specs = resolve_hosts(backend_options["hosts"], backend_options["hosts_file"])
-    return sum(s.slots if s.slots is not None else 2 for s in specs)
+    prepared = prepare_resume(gitops.repo_root(repo_path), run_id, **given_options(declared))
+    _run_and_exit(prepared, as_json, quiet)
 
 
 def _backend_options(backend: str, ray_address: str | None, hosts: str | None, hosts_file: Path | None,

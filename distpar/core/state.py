@@ -2,7 +2,8 @@
 
 Modelled on dask.distributed's ``WorkerState.handle_stimulus``: events go in, instructions come out, and
 nothing here touches git, a process, a clock or the journal. The executor (``distpar.coordinator.executor``)
-carries out the instructions and turns what happens (a worker is up, a unit ended, a transport broke, Ctrl+C) into events.
+carries out the instructions and turns what happens (a worker is up, a unit ended, a transport broke, Ctrl+C)
+into events.
 
 Units are the things that run: one agent session each, on one branch of their own. A unit is *ready* when every
 unit it depends on ended ok; a free worker takes the highest-priority ready unit it may take (critical path by
