@@ -41,5 +41,10 @@ echo "test.sh: lint (ruff, mypy)"
 "$VENV/bin/ruff" check .
 "$VENV/bin/mypy"
 
+echo "test.sh: docs (mkdocs build --strict: the generated reference, the checks of the hand-written pages)"
+site=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict -q -d "$site"
+rm -rf "$site"
+
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TESTCONTAINERS_RYUK_DISABLED=true
 exec "$PY" -m pytest "$@"

@@ -9,6 +9,7 @@ function that reads it changes.
 
 from __future__ import annotations
 
+import html
 import importlib
 import inspect
 import logging
@@ -38,6 +39,11 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _code(text: str) -> str:
+    """Code in a table cell: markdown would show a ``\\|`` inside backticks as it is."""
+    return "<code>" + html.escape(" ".join(text.split())).replace("|", "&#124;") + "</code>"
+
+
 # --- the tables --------------------------------------------------------------------------------------------
 
 
@@ -63,7 +69,7 @@ def _params_table(cmd: click.Command, ctx: click.Context) -> str:
             continue
         record = p.get_help_record(ctx)
         if record is not None:
-            rows.append(f"| `{_cell(record[0])}` | {_cell(record[1])} |")
+            rows.append(f"| {_code(record[0])} | {_cell(record[1])} |")
     return "\n".join(rows)
 
 

@@ -23,6 +23,23 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return [(m["lang"], m["body"]) for m in FENCE.finditer(text)]
 
 
+READER = {"GIT_AUTHOR_NAME": "Reader", "GIT_AUTHOR_EMAIL": "reader@example.com",
+          "GIT_COMMITTER_NAME": "Reader", "GIT_COMMITTER_EMAIL": "reader@example.com"}
+
+
+def run_as_typed(commands: list[str], work: Path) -> tuple[subprocess.CompletedProcess[str], str]:
+    """The commands one after another in one ``bash -e``, in ``work``, with this checkout's distpar on PATH."""
+    work.mkdir()
+    script = work.parent / f"{work.name}.sh"
+    script.write_text("\n".join(commands))
+    env = {**os.environ, **READER, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", "-e", str(script)], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=240, stdin=subprocess.DEVNULL)
+    shown = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, shown
+    return proc, shown
+
+
 def test_blocks_are_found_as_a_reader_sees_them() -> None:
     text = "````bash\ncat > p <<'X'\n```json dispatch\n{}\n```\nX\n````\n\n```sh\nnot run\n```\n```text\nout\n```\n"
     assert blocks(text) == [("bash", "cat > p <<'X'\n```json dispatch\n{}\n```\nX\n"), ("sh", "not run\n"),
@@ -33,17 +50,8 @@ def test_the_tutorial_runs_as_printed(tmp_path: Path) -> None:
     found = blocks(TUTORIAL.read_text())
     commands = [body for lang, body in found if lang == "bash"]
     assert any("distpar run plan.md" in c for c in commands), "the tutorial no longer runs a plan"
-    script = tmp_path / "tutorial.sh"
-    script.write_text("\n".join(commands))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "GIT_AUTHOR_NAME": "Reader", "GIT_AUTHOR_EMAIL": "reader@example.com",
-           "GIT_COMMITTER_NAME": "Reader", "GIT_COMMITTER_EMAIL": "reader@example.com"}
     work = tmp_path / "work"
-    work.mkdir()
-    proc = subprocess.run(["bash", "-e", str(script)], cwd=work, env=env, capture_output=True, text=True,
-                          timeout=240, stdin=subprocess.DEVNULL)
-    shown = f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == 0, shown
+    proc, shown = run_as_typed(commands, work)
 
     # Step 4: the prediction is printed as the page shows it (it holds no run id or time).
     after_plan = next(i for i, (lang, body) in enumerate(found) if lang == "bash" and "distpar plan " in body)
@@ -68,3 +76,35 @@ def test_the_tutorial_runs_as_printed(tmp_path: Path) -> None:
     run_id = re.search(r"^run (\S+): ok", proc.stdout, re.M)
     assert run_id is not None
     assert re.search(rf"^{re.escape(run_id[1])}\s+plan\.md\s+.*\sok\s+2/2 ok\s", proc.stdout, re.M), shown
+
+
+def test_the_demo_closing_hint_works_as_typed(tmp_path: Path) -> None:
+    """After `make demo` distpar is in .venv/bin, not on PATH: the commands the demo's last lines print work when
+    typed into a shell whose PATH does not hold it."""
+    bare = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if Path(p, "distpar").resolve() != Path(sys.executable).parent.joinpath("distpar").resolve())
+    env = {**os.environ, **READER, "PATH": bare}
+    env.pop("DISTPAR_HOME", None)  # as a reader runs it: the journal in the sample repository
+    demo = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+    proc = subprocess.run([sys.executable, str(demo), "--workers", "4", "--dir", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    hint = proc.stdout[proc.stdout.index("The sample repository is in"):].splitlines()
+    commands = [line.strip() for line in hint if line.startswith("  ") and " run " not in line]  # run: a real agent
+    assert len(commands) == 3, hint
+    typed = subprocess.run(["bash", "-e", "-c", "\n".join(commands)], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert typed.returncode == 0, typed.stdout + typed.stderr
+    assert re.search(r"^\S+\s+plan\.md\s+.*\sok\s+6/6 ok\s", typed.stdout, re.M), typed.stdout
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_the_readme_quick_start_runs_as_printed(tmp_path: Path) -> None:
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    (quick,) = [body for lang, body in blocks(readme.read_text()) if "distpar run plan.md" in body]
+    proc, shown = run_as_typed([quick], tmp_path / "work")
+    assert re.search(r"^run (\S+): ok \(2 ok\)$", proc.stdout, re.M), shown
+    assert re.search(r"^\S+\s+plan\.md\s+.*\sok\s+2/2 ok\s", proc.stdout, re.M), shown
+    show = subprocess.run(["git", "-C", str(tmp_path / "work" / "hello"), "show", "main:hello.py"],
+                          capture_output=True, text=True)
+    assert show.stdout == 'def greet():\n    return "hello"\n', show.stderr
