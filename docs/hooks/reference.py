@@ -35,8 +35,15 @@ def _module(*names: str) -> Any:
     raise ModuleNotFoundError(f"none of {', '.join(names)}")
 
 
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+def _text(text: str) -> str:
+    """Help text as markdown shows it verbatim: ``<PRESET>`` is not a tag, ``_`` and ``*`` are not emphasis."""
+    return re.sub(r"([\\`*_\[\]])", r"\\\1", html.escape(text, quote=False))
+
+
+def _cell(text: str, markdown: bool = False) -> str:
+    """One table cell: help text verbatim, or (``markdown``) a description written as markdown."""
+    text = " ".join(text.split())
+    return (text if markdown else _text(text)).replace("|", "\\|")
 
 
 def _code(text: str) -> str:
@@ -51,13 +58,13 @@ def cli_reference() -> str:
     """Every command of ``distpar`` with its usage, help and every option, as ``--help`` prints them."""
     group: click.Group = _module("distpar.cli").cli
     root = click.Context(group, info_name="distpar")
-    out = ["## distpar", "", f"```\n{group.get_usage(root)}\n```", "", group.help or "", "",
+    out = ["## distpar", "", f"```\n{group.get_usage(root)}\n```", "", _text(group.help or ""), "",
            _params_table(group, root), ""]
     for name in sorted(group.commands):
         cmd = group.commands[name]
         ctx = click.Context(cmd, info_name=name, parent=root)
         out += [f"## distpar {name}", "", f"```\n{cmd.get_usage(ctx)}\n```", "",
-                inspect.cleandoc(cmd.help or ""), "", _params_table(cmd, ctx), ""]
+                _text(inspect.cleandoc(cmd.help or "")), "", _params_table(cmd, ctx), ""]
     return "\n".join(out)
 
 
@@ -77,7 +84,7 @@ def exit_codes() -> str:
     """The ``ExitCode`` enum: code, name, meaning; then the order the CLI picks the most severe by."""
     codes = _module("distpar.errors").ExitCode
     rows = ["| code | name | meaning |", "|---|---|---|"]
-    rows += [f"| {int(c)} | `{c.name}` | {_cell(c.description)} |" for c in codes]
+    rows += [f"| {int(c)} | `{c.name}` | {_cell(c.description, markdown=True)} |" for c in codes]
     ranks: dict[int, list[str]] = {}
     for c in codes:
         ranks.setdefault(c.severity, []).append(str(int(c)))
