@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -108,3 +109,47 @@ def test_the_readme_quick_start_runs_as_printed(tmp_path: Path) -> None:
     show = subprocess.run(["git", "-C", str(tmp_path / "work" / "hello"), "show", "main:hello.py"],
                           capture_output=True, text=True)
     assert show.stdout == 'def greet():\n    return "hello"\n', show.stderr
+
+
+def build_site(root: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """``mkdocs build --strict`` as CI runs it (never with -q: then mkdocs counts no warning, mkdocs#4126)."""
+    mkdocs = Path(sys.executable).parent / "mkdocs"
+    if not mkdocs.exists():
+        pytest.skip("the docs extra is not installed (pip install -e '.[docs]')")
+    return subprocess.run([str(mkdocs), "build", "--strict", "-d", str(out)], cwd=root, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+
+
+def test_the_site_builds_strictly_with_the_generated_reference(tmp_path: Path) -> None:
+    root = TUTORIAL.parents[1]
+    proc = build_site(root, tmp_path / "site")
+    assert proc.returncode == 0, proc.stderr
+    cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
+    from distpar.cli import cli as group  # every command and every flag of `distpar run` is on the page
+    assert all(f'id="distpar-{name}"' in cli for name in group.commands)
+    flags = [opt for p in group.commands["run"].params if isinstance(p, click.Option) for opt in p.opts]
+    assert len(flags) > 40 and all(opt in cli for opt in flags)
+    codes = (tmp_path / "site" / "reference" / "exit-codes" / "index.html").read_text()
+    assert "GATE_FAILED" in codes and "130 &gt; 2 &gt; 4 &gt; 3 = 5 &gt; 1 &gt; 0" in codes
+
+
+def test_the_build_fails_when_a_hand_written_reference_drifts(tmp_path: Path) -> None:
+    import shutil
+
+    root = TUTORIAL.parents[1]
+    copy = tmp_path / "repo"
+    shutil.copytree(root / "docs", copy / "docs")
+    shutil.copy(root / "mkdocs.yml", copy / "mkdocs.yml")
+    (copy / "distpar").symlink_to(root / "distpar")
+    manifest = copy / "docs" / "reference" / "manifest.md"
+    manifest.write_text(re.sub(r"^\| `owns_files` \| agent \|.*\n", "", manifest.read_text(), flags=re.M))
+    config = copy / "docs" / "reference" / "configuration.md"
+    config.write_text(config.read_text().replace("`DISTPAR_RETRY_BASE_SECONDS`", "`DISTPAR_RETRY_SECONDS`"))
+    proc = build_site(copy, tmp_path / "site")
+    assert proc.returncode == 1
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert warnings == [
+        "WARNING -  reference/configuration.md: DISTPAR_RETRY_BASE_SECONDS is used by distpar but not documented",
+        "WARNING -  reference/configuration.md: DISTPAR_RETRY_SECONDS is documented but distpar does not use it",
+        "WARNING -  reference/manifest.md: agent field 'owns_files' is not documented",
+    ], proc.stderr
