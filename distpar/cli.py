@@ -299,6 +299,8 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
 @click.option("--dry-run", is_flag=True, help="Show the schedule and stop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the schedule) as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@click.option("--run-id", default=None, hidden=True, help="The run's id (distpar mcp chooses it).")
+@click.option("--check-only", is_flag=True, hidden=True, help="Every check a run makes before it starts, then stop.")
 def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, independent: bool, backend: str,
             agent_name: str,
             agent_cmd: str | None, model: str | None, max_turns: int | None, max_budget_usd: float | None,
@@ -309,7 +311,8 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
             agent_retries: int, max_concurrent_agents: int | None, stagger: float, budget_usd: float | None,
             stream_json: bool, setup_cmd: str | None, verify_cmd: str | None, verify_merged_cmd: str | None,
             push_remote: str | None, ship_included: bool, stop_on_conflict: bool, hooks: bool, warn_size: float,
-            sandbox: bool, sandbox_allow: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
+            sandbox: bool, sandbox_allow: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool,
+            run_id: str | None = None, check_only: bool = False) -> None:
     """Run PLAN_FILE: schedule its batches into streams, run an agent per batch, merge the streams."""
     from distpar import runtime
     from distpar.backends import make_backend
@@ -352,11 +355,13 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
     repo, target, start = preflight(repo_path, options, plan)
     if options.push and gitops.git(repo, "remote", "get-url", options.push, check=False).returncode != 0:
         raise UsageError(f"--push {options.push}: no such remote in {repo}", hint="git remote -v lists them")
+    if check_only:
+        return
     backend_obj = make_backend(backend, backend_options)
     journal = runtime.open_journal(repo)
     from distpar.executor import Runner
 
-    runner = Runner(repo, plan, schedule, options, backend_obj, journal, target, start)
+    runner = Runner(repo, plan, schedule, options, backend_obj, journal, target, start, run_id=run_id)
     _run_and_exit(runner, journal, as_json, quiet)
 
 
@@ -738,6 +743,30 @@ def clean_cmd(run_id: str | None, dry_run: bool, force: bool, repo_path: Path) -
     click.echo(f"removed {removed}, kept {kept}" + (f", {len(failures)} failed" if failures else ""))
     if failures:
         sys.exit(int(ExitCode.BACKEND))
+
+
+@cli.command("init")
+@click.argument("path", type=click.Path(path_type=Path), default=Path("plan.md"))
+def init_cmd(path: Path) -> None:
+    """Write a commented plan skeleton to PATH (default plan.md; never over an existing file)."""
+    from distpar.ops.scaffold import write_skeleton
+
+    written = write_skeleton(path)
+    click.echo(f"wrote {written}; see what it would do: distpar plan {written}")
+
+
+@cli.command("mcp")
+@click.option("--http", "http_bind", default=None, metavar="HOST:PORT",
+              help="Serve streamable HTTP on HOST:PORT instead of stdio (an address beyond loopback needs a token).")
+@click.option("--token-env", default="DISTPAR_MCP_TOKEN", show_default=True, metavar="NAME",
+              help="With --http: the environment variable holding the bearer token clients must send.")
+@click.option("--allow-repo", multiple=True, type=click.Path(file_okay=False, path_type=Path), metavar="PATH",
+              help="Repositories the tools may use: under PATH (repeatable; default: the working directory).")
+def mcp_cmd(http_bind: str | None, token_env: str, allow_repo: tuple[Path, ...]) -> None:
+    """Serve distpar's tools (plan, run, status, logs, resume, cancel) to agents over the Model Context Protocol."""
+    from distpar.mcp.server import serve
+
+    serve(http_bind, token_env, allow_repo)
 
 
 @cli.command("agents")
