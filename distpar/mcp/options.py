@@ -101,7 +101,7 @@ def derive(command: click.Command, deny: frozenset[str] = frozenset()) -> list[O
             default = None  # none, a callable, or click's "unset" sentinel
         if p.multiple:
             kind: Any = list[base]  # type: ignore[valid-type]
-            default = list(default) if default else None
+            default = list(default) if isinstance(default, (tuple, list)) and default else None
         else:
             kind = base
         if isinstance(default, Path):

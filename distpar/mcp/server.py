@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from distpar.errors import UsageError
 from distpar.mcp import options as opts
-from distpar.mcp.tools import LOG_BYTES, LOG_BYTES_MAX, MAX_WAIT, Tools, ToolFailure, tool_options
+from distpar.mcp.tools import LOG_BYTES, LOG_BYTES_MAX, MAX_WAIT, ToolFailure, Tools, tool_options
 
 try:
     from mcp.server.mcpserver import Context, MCPServer

@@ -4,6 +4,7 @@ journal shared with the CLI, secrets that never come back."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -109,7 +110,7 @@ def test_plan_run_status_logs_to_the_end(repo: Path) -> None:
     assert {u["unit"]: u["state"] for u in final["units"]} == {"1": "ok", "2": "ok", "3": "ok"}
     assert {"src/one.py", "src/two.py", "docs/three.md"} <= set(tree_files(repo, "main"))
     assert progress and progress[-1][0] == 3 and progress[-1][1] == 3, progress
-    assert all(b[0] >= a[0] for a, b in zip(progress, progress[1:], strict=False))
+    assert all(b[0] >= a[0] for a, b in itertools.pairwise(progress))
     log = out["log"]
     assert log["unit"] == "1" and log["state"] == "ok" and "hello-from-one" in log["text"]
     assert log["text"].count("\n") <= 5 and log["next_offset"] == log["size"]
