@@ -1,0 +1,68 @@
+"""The real Claude Code CLI loads the plugin's MCP configuration (plugin/.mcp.json: ``distpar mcp``) and, told so
+by the stand-in model server, calls ``mcp__distpar__run`` then ``mcp__distpar__status``: the plan runs (the fake
+agent doing its units) and its work lands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distpar.journal import Journal
+from distpar.testing import fake_batch, tree_files, write_plan
+from tests.conftest import REPO_ROOT
+from tests.realagents.conftest import Agent
+from tests.realagents.standins import StandIn, tool_results
+
+pytestmark = pytest.mark.realagents
+
+PLUGIN = REPO_ROOT / "plugin"
+
+
+def claude_env(agent: Agent) -> dict[str, str]:
+    """The CLI's environment: ``distpar`` (this checkout's) on PATH for the plugin's server configuration."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, **agent.env, "PATH": path, "IS_SANDBOX": "1", "MCP_TIMEOUT": "60000",
+            "ENABLE_TOOL_SEARCH": "false"}  # the tools in the first request, not deferred behind ToolSearch
+
+
+def test_the_plugin_validates(wired: object) -> None:
+    claude = wired("claude")  # type: ignore[operator]
+    out = subprocess.run([str(claude.path), "plugin", "validate", str(PLUGIN)], capture_output=True, text=True,
+                         timeout=120, stdin=subprocess.DEVNULL, env=claude_env(claude))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_claude_code_runs_a_plan_through_the_mcp_server(repo: Path, wired: object, standin: StandIn) -> None:
+    claude = wired("claude")  # type: ignore[operator]
+    plan = write_plan(repo.parent / "plan.md", [
+        fake_batch(1, writes={"src/one.py": "ONE = 1\n"}, sleep=1),
+        fake_batch(2, writes={"src/two.py": "TWO = 2\n"}, sleep=1),
+        fake_batch(3, writes={"docs/three.md": "three\n"}, depends_on=[1, 2])], independent=False)
+    run_args = json.dumps({"plan": str(plan), "agent": "fake", "workers": 2})
+    status_args = json.dumps({"run_id": "$run_id", "wait_seconds": 120})
+    prompt = ("Run my plan with distpar and tell me how it went.\n"
+              f"@standin call mcp__distpar__run '{run_args}'\n"
+              f"@standin call mcp__distpar__status '{status_args}'\n")
+    out = subprocess.run(
+        [str(claude.path), "-p", prompt, "--output-format", "json", "--mcp-config", str(PLUGIN / ".mcp.json"),
+         "--strict-mcp-config", "--allowedTools", "mcp__distpar__run,mcp__distpar__status", "--max-turns", "6"],
+        cwd=repo, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=claude_env(claude))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    answered = [r for r in standin.requests if r.get("answer") == "tool"]
+    assert [r["tool"] for r in answered] == ["mcp__distpar__run", "mcp__distpar__status"], standin.requests
+    journal = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
+    runs = journal.runs()
+    assert len(runs) == 1, runs
+    run_id = runs[0]["id"]
+    assert json.loads(answered[1]["input"])["run_id"] == run_id  # status was asked about the run run started
+    assert runs[0]["state"] == "ok", runs[0]
+    assert [b["state"] for b in journal.batches(run_id)] == ["ok", "ok", "ok"]
+    assert {"src/one.py", "src/two.py", "docs/three.md"} <= set(tree_files(repo, "main"))
+    # the model got the status tool's structured result: the run ended ok
+    result = tool_results(standin.requests[-1]["body"])[-1]
+    assert json.loads(result)["run"]["run_id"] == run_id and json.loads(result)["run"]["state"] == "ok", result
