@@ -27,7 +27,8 @@ def claude_env(agent: Agent) -> dict[str, str]:
     """The CLI's environment: ``distpar`` (this checkout's) on PATH for the plugin's server configuration."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return {**os.environ, **agent.env, "PATH": path, "IS_SANDBOX": "1", "MCP_TIMEOUT": "60000",
-            "ENABLE_TOOL_SEARCH": "false"}  # the tools in the first request, not deferred behind ToolSearch
+            # the MCP tools in the first request: not deferred behind ToolSearch, the servers connected before it
+            "ENABLE_TOOL_SEARCH": "false", "MCP_CONNECTION_NONBLOCKING": "false"}
 
 
 def test_the_plugin_validates(wired: object) -> None:
@@ -37,8 +38,17 @@ def test_the_plugin_validates(wired: object) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_claude_code_runs_a_plan_through_the_mcp_server(repo: Path, wired: object, standin: StandIn) -> None:
+# The plugin's server as Claude Code names its tools: from --mcp-config, or with the plugin loaded from its
+# directory (--plugin-dir, as an installed plugin is loaded).
+LOADS = {"mcp-config": (["--mcp-config", str(PLUGIN / ".mcp.json"), "--strict-mcp-config"], "mcp__distpar__"),
+         "plugin-dir": (["--plugin-dir", str(PLUGIN)], "mcp__plugin_distpar_distpar__")}
+
+
+@pytest.mark.parametrize("load", sorted(LOADS))
+def test_claude_code_runs_a_plan_through_the_mcp_server(repo: Path, wired: object, standin: StandIn,
+                                                        load: str) -> None:
     claude = wired("claude")  # type: ignore[operator]
+    flags, prefix = LOADS[load]
     plan = write_plan(repo.parent / "plan.md", [
         fake_batch(1, writes={"src/one.py": "ONE = 1\n"}, sleep=1),
         fake_batch(2, writes={"src/two.py": "TWO = 2\n"}, sleep=1),
@@ -46,15 +56,16 @@ def test_claude_code_runs_a_plan_through_the_mcp_server(repo: Path, wired: objec
     run_args = json.dumps({"plan": str(plan), "agent": "fake", "workers": 2})
     status_args = json.dumps({"run_id": "$run_id", "wait_seconds": 120})
     prompt = ("Run my plan with distpar and tell me how it went.\n"
-              f"@standin call mcp__distpar__run '{run_args}'\n"
-              f"@standin call mcp__distpar__status '{status_args}'\n")
+              f"@standin call {prefix}run '{run_args}'\n"
+              f"@standin call {prefix}status '{status_args}'\n")
     out = subprocess.run(
-        [str(claude.path), "-p", prompt, "--output-format", "json", "--mcp-config", str(PLUGIN / ".mcp.json"),
-         "--strict-mcp-config", "--allowedTools", "mcp__distpar__run,mcp__distpar__status", "--max-turns", "6"],
+        [str(claude.path), "-p", prompt, "--output-format", "json", *flags,
+         "--allowedTools", f"{prefix}run,{prefix}status", "--max-turns", "6"],
         cwd=repo, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, env=claude_env(claude))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     answered = [r for r in standin.requests if r.get("answer") == "tool"]
-    assert [r["tool"] for r in answered] == ["mcp__distpar__run", "mcp__distpar__status"], standin.requests
+    assert [r["tool"] for r in answered] == [f"{prefix}run", f"{prefix}status"], [
+        [t.get("name") for t in r["body"].get("tools") or [] if "mcp" in str(t.get("name"))] for r in standin.requests]
     journal = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
     runs = journal.runs()
     assert len(runs) == 1, runs
