@@ -38,6 +38,20 @@ def test_the_plugin_validates(wired: object) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_the_plugin_installs_from_its_directory(wired: object, repo: Path) -> None:
+    """As a user installs it: the directory is a marketplace of one plugin; installed, its server connects."""
+    claude = wired("claude")  # type: ignore[operator]
+    env = claude_env(claude)
+    for argv in (["plugin", "marketplace", "add", str(PLUGIN)], ["plugin", "install", "distpar@distpar"]):
+        out = subprocess.run([str(claude.path), *argv], capture_output=True, text=True, timeout=120,
+                             stdin=subprocess.DEVNULL, env=env, cwd=repo)
+        assert out.returncode == 0, out.stdout + out.stderr
+    listed = subprocess.run([str(claude.path), "mcp", "list"], capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL, env=env, cwd=repo)
+    line = next(ln for ln in listed.stdout.splitlines() if ln.startswith("plugin:distpar:distpar:"))
+    assert "distpar mcp" in line and "Connected" in line, listed.stdout
+
+
 # The plugin's server as Claude Code names its tools: from --mcp-config, or with the plugin loaded from its
 # directory (--plugin-dir, as an installed plugin is loaded).
 LOADS = {"mcp-config": (["--mcp-config", str(PLUGIN / ".mcp.json"), "--strict-mcp-config"], "mcp__distpar__"),
