@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,16 +32,16 @@ def claude_env(agent: Agent) -> dict[str, str]:
             "ENABLE_TOOL_SEARCH": "false", "MCP_CONNECTION_NONBLOCKING": "false"}
 
 
-def test_the_plugin_validates(wired: object) -> None:
-    claude = wired("claude")  # type: ignore[operator]
+def test_the_plugin_validates(wired: Callable[[str], Agent]) -> None:
+    claude = wired("claude")
     out = subprocess.run([str(claude.path), "plugin", "validate", str(PLUGIN)], capture_output=True, text=True,
                          timeout=120, stdin=subprocess.DEVNULL, env=claude_env(claude))
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_the_plugin_installs_from_its_directory(wired: object, repo: Path) -> None:
+def test_the_plugin_installs_from_its_directory(wired: Callable[[str], Agent], repo: Path) -> None:
     """As a user installs it: the directory is a marketplace of one plugin; installed, its server connects."""
-    claude = wired("claude")  # type: ignore[operator]
+    claude = wired("claude")
     env = claude_env(claude)
     for argv in (["plugin", "marketplace", "add", str(PLUGIN)], ["plugin", "install", "distpar@distpar"]):
         out = subprocess.run([str(claude.path), *argv], capture_output=True, text=True, timeout=120,
@@ -59,9 +60,9 @@ LOADS = {"mcp-config": (["--mcp-config", str(PLUGIN / ".mcp.json"), "--strict-mc
 
 
 @pytest.mark.parametrize("load", sorted(LOADS))
-def test_claude_code_runs_a_plan_through_the_mcp_server(repo: Path, wired: object, standin: StandIn,
+def test_claude_code_runs_a_plan_through_the_mcp_server(repo: Path, wired: Callable[[str], Agent], standin: StandIn,
                                                         load: str) -> None:
-    claude = wired("claude")  # type: ignore[operator]
+    claude = wired("claude")
     flags, prefix = LOADS[load]
     plan = write_plan(repo.parent / "plan.md", [
         fake_batch(1, writes={"src/one.py": "ONE = 1\n"}, sleep=1),
