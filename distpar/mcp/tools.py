@@ -10,6 +10,7 @@ forwarded variables never leave.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -41,11 +42,16 @@ class ToolFailure(Exception):
     """Bad input or a refusal: the message goes to the client as a tool error, and nothing was started."""
 
 
-def _command(name: str) -> click.Command:
-    from distpar import cli
+def _cli() -> Any:
+    """The module of distpar's click group ``cli`` (``distpar.cli``, or ``distpar.cli.main`` once cli is a package)."""
+    try:
+        return importlib.import_module("distpar.cli.main")
+    except ImportError:
+        return importlib.import_module("distpar.cli")
 
-    group = cli.cli
-    cmd = group.commands.get(name)
+
+def _command(name: str) -> click.Command:
+    cmd = _cli().cli.commands.get(name)
     assert cmd is not None, name
     return cmd
 
@@ -205,9 +211,7 @@ class Tools:
             return {"runs": [], "run": self._run_detail(journal, run)}
 
     def _run_info(self, journal: Journal, run: dict[str, Any]) -> dict[str, Any]:
-        from distpar.cli import _run_state  # the state as `distpar status` says it (crashed: coordinator gone)
-
-        state, wall = _run_state(journal, run)
+        state, wall = _cli()._run_state(journal, run)  # as `distpar status` says it (crashed: coordinator gone)
         summ = json.loads(run["summary"]) if run["summary"] else {}
         return {"run_id": run["id"], "state": state, "plan": run["plan_path"], "plan_id": run["plan_id"],
                 "started": run["started"], "wall": round(wall, 3), "backend": run["backend"],
