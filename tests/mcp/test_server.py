@@ -31,6 +31,14 @@ def journal() -> Journal:
     return Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
 
 
+def run_state(run_id: str) -> str:
+    j = journal()
+    try:
+        return str(j.run(run_id)["state"])  # type: ignore[index]
+    finally:
+        j.close()
+
+
 def runs_in_journal() -> list[str]:
     j = journal()
     try:
@@ -171,7 +179,9 @@ def test_cancel_then_resume(repo: Path) -> None:
     assert resumed["run_id"] == cancelled["run_id"]
     assert final["state"] == "ok", final
     assert {"src/one.py", "src/two.py"} <= set(tree_files(repo, "main"))
-    events = [e.kind for e in journal().events(cancelled["run_id"])]
+    j = journal()
+    events = [e.kind for e in j.events(cancelled["run_id"])]
+    j.close()
     assert "interrupted" in events and "run_resumed" in events
 
 
@@ -266,3 +276,20 @@ def test_forwarded_secret_never_in_a_tool_result(repo: Path) -> None:
     assert any("DISTPAR_TEST_SECRET=" in s for s in seen)  # the agent did print it ...
     for s in seen:
         assert secret not in s  # ... and no tool result carries its value
+
+
+def test_a_run_outlives_the_server(repo: Path) -> None:
+    plan = write_plan(repo.parent / "plan.md", [fake_batch(1, writes={"late.txt": "late\n"}, sleep=3)])
+
+    async def main() -> str:
+        async with mcp_session(repo) as s:
+            return str(data(await s.call_tool("run", {"plan": str(plan), "agent": "fake"}))["run_id"])
+
+    run_id = anyio.run(main)  # the session ends, the server exits, the run goes on
+    assert run_state(run_id) == "running"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and run_state(run_id) == "running":
+        time.sleep(0.2)
+    cli = run_distpar("status", run_id, "--json", cwd=repo)
+    assert json.loads(cli.stdout)["run"]["state"] == "ok"
+    assert "late.txt" in tree_files(repo, "main")
