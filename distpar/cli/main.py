@@ -23,6 +23,7 @@ from distpar.core.schedule import Schedule, SubagentHow, make_schedule, predict,
 from distpar.core.units import STRATEGIES, UnitGraph, unit_graph
 from distpar.infra import gitops, paths
 from distpar.ops.report import secs
+from distpar.ops.status import run_state
 
 log = logging.getLogger("distpar")
 
@@ -262,14 +263,17 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
 @click.option("--dry-run", is_flag=True, help="Show the schedule and stop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the schedule) as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+@click.option("--run-id", default=None, hidden=True, help="The run's id (distpar mcp chooses it).")
+@click.option("--check-only", is_flag=True, hidden=True, help="Every check a run makes before it starts, then stop.")
 def run_cmd(plan_file: Path, workers: int | None, strategy: str, split: int | None, independent: bool, backend: str,
             agent_name: str, agent_cmd: str | None, model: str | None, max_turns: int | None,
             max_budget_usd: float | None, stall_timeout: float | None, stream_json: bool, repo_path: Path,
             ray_address: str | None, hosts: str | None, hosts_file: Path | None, identity: Path | None,
-            accept_unknown_hosts: bool, dry_run: bool, as_json: bool, quiet: bool, **declared: Any) -> None:
+            accept_unknown_hosts: bool, dry_run: bool, as_json: bool, quiet: bool, run_id: str | None,
+            check_only: bool, **declared: Any) -> None:
     """Run PLAN_FILE: run an agent per unit on free workers, merge the units in plan order, land the result."""
     from distpar.coordinator.options import RunOptions
-    from distpar.coordinator.prepare import plan_warnings, prepare_run
+    from distpar.coordinator.prepare import check_run, plan_warnings, prepare_run
 
     plan = load_plan(plan_file)
     given = given_options(declared)
@@ -294,8 +298,13 @@ def run_cmd(plan_file: Path, workers: int | None, strategy: str, split: int | No
         _print_schedule(plan, graph, schedule, as_json, repo_root=root, plan_path=str(plan_file.resolve()),
                         subagent=agents.subagent_how(agent, root))
         return
+    if check_only:  # every check a run makes, nothing started (distpar mcp)
+        for warning in check_run(plan_file, options, repo=repo_path, workers=workers, strategy=strategy,
+                                 given=set(given), plan=plan).warnings:
+            err(f"warning: {warning}", fg="yellow")
+        return
     prepared = prepare_run(plan_file, options, repo=repo_path, workers=workers, strategy=strategy,
-                           given=set(given), plan=plan)
+                           given=set(given), plan=plan, run_id=run_id)
     for warning in prepared.warnings:
         err(f"warning: {warning}", fg="yellow")
     _run_and_exit(prepared, as_json, quiet)
@@ -473,7 +482,7 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
                    f"{'SPEEDUP':>8} {'COST':>9}")
         for r in rows:
             summ = json.loads(r["summary"]) if r["summary"] else {}
-            state, wall = _run_state(journal, r)
+            state, wall = run_state(journal, r)
             speed = f"{summ['speedup']:.2f}x" if "speedup" in summ else "-"
             cost = f"${r['cost_usd']:.4f}" if r["cost_usd"] is not None else "-"
             counts = f"{r['n_ok']}/{r['n_batches']} ok" + (f", {r['n_failed']} failed" if r["n_failed"] else "")
@@ -490,7 +499,7 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
         click.echo(json.dumps({"run": run, "batches": batches}, indent=2, default=str))
         return
     summ = json.loads(run["summary"]) if run["summary"] else {}
-    state, wall = _run_state(journal, run)
+    state, wall = run_state(journal, run)
     agent_time = sum(b["ended"] - b["started"] for b in batches if b["ended"] and b["started"])
     costs = [b["cost_usd"] for b in batches if b["cost_usd"] is not None]
     click.echo(f"run {run['id']}: {state}")
@@ -525,19 +534,6 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
         click.echo("branches kept: " + ", ".join(summ["branches"]))
     if summ.get("saved_refs"):
         click.echo("unfinished work saved on: " + ", ".join(summ["saved_refs"]))
-
-
-def _run_state(journal: Any, run: dict[str, Any]) -> tuple[str, float]:
-    """The state to show (``crashed`` for a run whose coordinator is gone) and its wall time so far."""
-    from distpar.ops.clean import run_is_live
-
-    summ = json.loads(run["summary"]) if run["summary"] else {}
-    if run["state"] != "running":
-        return run["state"], float(summ.get("wall") or ((run["ended"] or run["started"]) - run["started"]))
-    if run_is_live(journal, run):
-        return "running", time.time() - run["started"]
-    events = journal.events(run["id"])
-    return "crashed", (events[-1].ts if events else run["started"]) - run["started"]
 
 
 def _when(ts: float | None) -> str:
@@ -651,6 +647,16 @@ def clean_cmd(run_id: str | None, dry_run: bool, force: bool, repo_path: Path) -
         sys.exit(int(ExitCode.BACKEND))
 
 
+@cli.command("init")
+@click.argument("path", type=click.Path(path_type=Path), default=Path("plan.md"))
+def init_cmd(path: Path) -> None:
+    """Write a commented plan skeleton to PATH (default plan.md; never over an existing file)."""
+    from distpar.ops.scaffold import write_skeleton
+
+    written = write_skeleton(path)
+    click.echo(f"wrote {written}; see what it would do: distpar plan {written}")
+
+
 @cli.command("agents")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=agents.VERSION_TIMEOUT,
               show_default=True, help="Seconds to wait for each CLI's --version.")
@@ -671,6 +677,18 @@ def agents_cmd(timeout: float, as_json: bool) -> None:
         click.echo(f"{p.name:<8} {installed:<10} {version:<40} {keys}")
         click.echo(f"{'':<8} {' '.join(p.command)}: {p.description}" + (f"; {p.error}" if p.error else ""))
 
+
+def _plugin_commands() -> None:
+    """Commands of the ``distpar.commands`` entry-point group (``distpar mcp`` is one), registered like a plugin's:
+    the CLI never imports what is built on top of it."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="distpar.commands"):
+        if ep.name not in cli.commands:
+            cli.add_command(ep.load(), ep.name)
+
+
+_plugin_commands()
 
 if __name__ == "__main__":
     main()

@@ -59,13 +59,24 @@ def plan_warnings(plan: Plan, options: RunOptions) -> list[str]:
     return list(agents.check_plan_agents(plan, options.agent, options.budget_usd))
 
 
-def prepare_run(plan_path: str | Path, options: RunOptions, *, repo: str | Path = ".", workers: int | None = None,
-                strategy: str = "balanced", given: set[str] | None = None, plan: Plan | None = None,
-                observer: Observer | None = None, run_id: str | None = None, backend: Backend | None = None
-                ) -> Prepared:
-    """Check everything and build the run of ``plan_path`` on ``repo``. ``given``: the option names the caller set
-    explicitly (the rest may come from the repository's ``[tool.distpar]``; None: every non-default one);
-    ``backend``: a Backend object of the caller's instead of ``options.backend``'s (tests, the bench)."""
+@dataclass
+class Checked:
+    """A run that passed every check, not yet built: what ``prepare_run`` builds it from."""
+
+    plan: Plan
+    options: RunOptions
+    schedule: Schedule
+    root: Path
+    target: str
+    start: str
+    warnings: list[str]
+
+
+def check_run(plan_path: str | Path, options: RunOptions, *, repo: str | Path = ".", workers: int | None = None,
+              strategy: str = "balanced", given: set[str] | None = None, plan: Plan | None = None) -> Checked:
+    """Every check ``distpar run`` makes before anything starts (the MCP server checks a run with it before it
+    starts one detached). ``given``: the option names the caller set explicitly (the rest may come from the
+    repository's ``[tool.distpar]``; None: every non-default one)."""
     plan = plan or load_plan(plan_path)
     if given is None:
         defaults = RunOptions()
@@ -85,15 +96,26 @@ def prepare_run(plan_path: str | Path, options: RunOptions, *, repo: str | Path 
     root, target, start = preflight(repo, options, plan)
     if options.push and gitops.git(root, "remote", "get-url", options.push, check=False).returncode != 0:
         raise UsageError(f"--push {options.push}: no such remote in {root}", hint="git remote -v lists them")
-    backend = backend or make_backend(options.backend, options.backend_options)
-    journal = open_journal(root)
+    return Checked(plan, options, schedule, root, target, start, warnings)
+
+
+def prepare_run(plan_path: str | Path, options: RunOptions, *, repo: str | Path = ".", workers: int | None = None,
+                strategy: str = "balanced", given: set[str] | None = None, plan: Plan | None = None,
+                observer: Observer | None = None, run_id: str | None = None,
+                backend: Backend | None = None) -> Prepared:
+    """``check_run``, then the run built (``backend``: a Backend object of the caller's instead of
+    ``options.backend``'s, for tests and the bench)."""
+    c = check_run(plan_path, options, repo=repo, workers=workers, strategy=strategy, given=given, plan=plan)
+    backend = backend or make_backend(c.options.backend, c.options.backend_options)
+    journal = open_journal(c.root)
     try:
-        runner = Runner(root, plan, schedule, options, backend, journal, target, start, observer, run_id=run_id)
+        runner = Runner(c.root, c.plan, c.schedule, c.options, backend, journal, c.target, c.start, observer,
+                        run_id=run_id)
     except BaseException:
         journal.close()
         raise
-    runner.warnings = warnings
-    return Prepared(runner, journal, warnings)
+    runner.warnings = c.warnings
+    return Prepared(runner, journal, c.warnings)
 
 
 def default_workers(backend: str, backend_options: dict[str, Any]) -> int:
