@@ -138,7 +138,8 @@ def _print_schedule(plan: Plan, graph: UnitGraph, schedule: Schedule, as_json: b
                     subagent: SubagentHow = subagent_not_passed) -> None:
     """The dry run: ordering rule and why, units per batch and what each waits for, the predicted timeline,
     the documented fields distpar accepts without acting on them; warnings on stderr."""
-    pv = preview(graph, schedule.workers, repo_root=repo_root, plan_path=plan_path, subagent=subagent)
+    pv = preview(graph, schedule.workers, strategy=schedule.strategy, repo_root=repo_root, plan_path=plan_path,
+                 subagent=subagent)
     p = pv.prediction
     warnings = [*plan.warnings, *pv.warnings()]
     if as_json:

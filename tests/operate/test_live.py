@@ -118,7 +118,7 @@ def test_plain_lines_when_stderr_is_not_a_terminal(repo: Path) -> None:
     assert res.returncode == 1, res.stderr
     lines = res.stderr.splitlines()
     assert "\x1b[" not in res.stderr  # no colour codes, no cursor movement
-    assert re.fullmatch(r"distpar: run \S+: 2 worker\(s\), 3 batch\(es\), merging into main, estimated 2:00",
+    assert re.fullmatch(r"distpar: run \S+: 2 worker\(s\), 3 unit\(s\), merging into main, estimated 2:00",
                         lines[0]), lines[0]
     # 2 goes first (3 waits for it: the longer path), 1 to the other worker.
     assert "[w1] started 2" in lines and "[w2] started 1" in lines
