@@ -328,7 +328,8 @@ def _observe_run(prepared: Any, as_json: bool, quiet: bool) -> Any:
     else:
         console = Console(stderr=True)
         runner = prepared.runner
-        progress = live.RunProgress(runner.plan, runner.schedule, "" if runner.backend.remote else node_name())
+        progress = live.RunProgress(runner.plan, runner.schedule, "" if runner.backend.remote else node_name(),
+                                    graph=runner.graph)
         if console.is_terminal and not console.is_dumb_terminal:
             observer = live.LiveView(console, progress)
         else:
