@@ -82,10 +82,10 @@ def predict(units: Sequence[UnitInfo], workers: int, estimates: Mapping[str, flo
     by_uid = {u.uid: u for u in units}
     ended = dict(done) if isinstance(done, Mapping) else dict.fromkeys(done, BatchStatus.OK)
     running = dict(running or {})
-    stack = [d for uid in running for d in by_uid[uid].deps]
+    stack = [d for uid in running for d in (by_uid[uid].deps if uid in by_uid else ())]
     while stack:  # a running unit's dependencies ended ok, whatever the caller heard of them
         d = stack.pop()
-        if d not in ended:
+        if d not in ended and d in by_uid:
             ended[d] = BatchStatus.OK
             stack += by_uid[d].deps
     infos = [UnitInfo(u.uid, u.deps, u.priority, u.order, None if u.pin is None else u.pin % workers) for u in units]

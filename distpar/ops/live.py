@@ -109,7 +109,7 @@ class RunProgress:
             if row is not None and data.get("batch") not in self.ended:
                 if row.current != data["batch"]:
                     row.output = ""
-                row.current, row.since = data["batch"], data.get("at") or now
+                row.current, row.since = data["batch"], now if data.get("at") is None else data["at"]
                 row.attempt = data.get("attempt", 1)
                 if data.get("node"):
                     row.node = data["node"]
@@ -192,7 +192,8 @@ class RunProgress:
         now, scale = self.clock(), self.scale()
         workers = max(1, len(self.streams))
         done = {u: _status(s) for u, (s, _) in self.ended.items() if u in self.estimates}
-        running = {row.current: (row.index, max(1.0, self.estimates[row.current] * scale - (now - (row.since or now))))
+        running = {row.current: (row.index, max(1.0, self.estimates[row.current] * scale
+                                               - (now - (now if row.since is None else row.since))))
                    for row in self.streams if row.current in self.estimates and row.current not in done}
         units = state_units(self.graph, self.schedule.strategy, workers)
         return predict(units, workers, {u: e * scale for u, e in self.estimates.items()}, done=done, running=running)
