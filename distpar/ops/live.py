@@ -33,6 +33,7 @@ from distpar.core.stateunits import state_units
 from distpar.core.units import UnitGraph, unit_graph
 
 Clock = Callable[[], float]
+REPREDICT = 1.0  # seconds: the live view redraws 4 times a second, the ETA is predicted again at most once a second
 OUTPUT_CHARS = 200  # of a worker's last output line kept for the live view (which cuts it to the width)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -83,6 +84,7 @@ class RunProgress:
         self.predicted: list[str] = []  # conflicts found early
         self.t0 = clock()
         self.t_end: float | None = None
+        self._eta: tuple[Any, float, float] | None = None  # (what it was predicted from, when, the ETA then)
 
     # --- events ----------------------------------------------------------------------------------------
 
@@ -199,10 +201,17 @@ class RunProgress:
         return predict(units, workers, {u: e * scale for u, e in self.estimates.items()}, done=done, running=running)
 
     def eta(self) -> float:
-        """Seconds until every unit has finished (0 once they all have)."""
+        """Seconds until every unit has finished (0 once they all have). Between events it counts down from the
+        last prediction for up to ``REPREDICT`` seconds (a plan of thousands of units takes a while to predict)."""
         if self.done >= self.total:
             return 0.0
-        return self.prediction().makespan
+        now = self.clock()
+        key = (len(self.ended), tuple((row.current, row.since) for row in self.streams))
+        if self._eta is not None and self._eta[0] == key and 0.0 <= now - self._eta[1] < REPREDICT:
+            return max(1.0, self._eta[2] - (now - self._eta[1]))
+        eta = self.prediction().makespan
+        self._eta = (key, now, eta)
+        return eta
 
     def stream_activity(self, st: WorkerRow) -> str:
         """What a worker is doing, in a few words."""
