@@ -188,3 +188,13 @@ def test_plan_header_live_eta_and_report_make_one_prediction(repo: Path, batches
     j.close()
     assert f"{len(used)} of 3</div>" in page and "ran units: " + ", ".join(used) in page
     assert '<div class="k">workers</div>' in page and '<div class="k">streams</div>' not in page
+
+
+def test_a_journal_whose_plan_cannot_be_rebuilt_falls_back_to_the_declared_batch_dependencies() -> None:
+    from distpar.ops.report import RunData, _unit_graph
+
+    run = {"options": "{}", "strategy": "balanced", "workers": 2}
+    assert _unit_graph(run, {"batches": [{"id": "1"}]}) == (None, None)  # an older journal's plan
+    d = RunData(run=run, batches=[], events=[], plan={"batches": [{"id": "1"}, {"id": "2", "depends_on": ["1"]}]},
+                schedule={}, summary={})
+    assert d.depends_on() == {"1": [], "2": ["1"]} and d.prediction is None
