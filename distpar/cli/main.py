@@ -139,7 +139,8 @@ def _print_schedule(plan: Plan, graph: UnitGraph, schedule: Schedule, as_json: b
                     subagent: SubagentHow = subagent_not_passed) -> None:
     """The dry run: ordering rule and why, units per batch and what each waits for, the predicted timeline,
     the documented fields distpar accepts without acting on them; warnings on stderr."""
-    pv = preview(graph, schedule.workers, repo_root=repo_root, plan_path=plan_path, subagent=subagent)
+    pv = preview(graph, schedule.workers, strategy=schedule.strategy, repo_root=repo_root, plan_path=plan_path,
+                 subagent=subagent)
     p = pv.prediction
     warnings = [*plan.warnings, *pv.warnings()]
     if as_json:
@@ -336,7 +337,8 @@ def _observe_run(prepared: Any, as_json: bool, quiet: bool) -> Any:
     else:
         console = Console(stderr=True)
         runner = prepared.runner
-        progress = live.RunProgress(runner.plan, runner.schedule, "" if runner.backend.remote else node_name())
+        progress = live.RunProgress(runner.plan, runner.schedule, "" if runner.backend.remote else node_name(),
+                                    graph=runner.graph)
         if console.is_terminal and not console.is_dumb_terminal:
             observer = live.LiveView(console, progress)
         else:

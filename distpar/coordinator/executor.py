@@ -40,12 +40,15 @@ from distpar.core.state import (
     BudgetSpent,
     CancelAll,
     Event,
+    GiveUp,
     Instruction,
     Interrupt,
     Record,
+    Requeue,
     Retry,
     RunState,
     Start,
+    StopWaiting,
     Throttle,
     Tick,
     UnitEnded,
@@ -110,8 +113,8 @@ class Runner:
         self.include_data = workspace.pack_files(repo, self.include) \
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
-        self.requeues: dict[str, int] = {}  # unit -> times it went back to the queue after a rate limit
-        self.carried: dict[str, list[BatchResult]] = {}  # ... and what those dispatches reported
+        self.held: dict[str, BatchResult] = {}  # a rate-limited unit's report, until the state says what it means
+        self.carried: dict[str, list[BatchResult]] = {}  # what a unit's requeued (rate-limited) dispatches reported
         self.rate_stop = ""  # why no new unit started (a usage limit far away), when that happened
         try:
             self.plan_text = Path(options.plan_path or plan.source).read_text()
@@ -171,6 +174,7 @@ class Runner:
         self.state = RunState.create(self.units, done, retries=self.options.retries,
                                      budget_usd=self.options.budget_usd,
                                      stop_on_conflict=self.options.stop_on_conflict,
+                                     agent_retries=self.options.agent_retries, cancel_wait=CANCEL_WAIT,
                                      limiter=RateLimiter(ceiling=max(1, ceiling), default_pause=3 * retry_base()))
         for uid, st in done.items():  # finished work is part of the preview from the start
             commit = self.results[uid].commit
@@ -214,16 +218,14 @@ class Runner:
         assert self.state is not None
         for w in range(self.workers):
             self._apply(self.state.handle(WorkerUp(w)))
-        interrupted_at: float | None = None
         while not self.state.finished:
             try:
                 kind, item = self._queue.get(timeout=TICK)
             except queue.Empty:
                 kind, item = "event", Tick(time.time())
             if self.interrupted.is_set() and not self.state.interrupted:
-                interrupted_at = time.time()
                 self.publish("interrupted")
-                self._apply(self.state.handle(Interrupt()))
+                self._apply(self.state.handle(Interrupt(at=time.time())))  # the state keeps the cancel deadline
             if kind == "done":
                 event = self._collect(*item)
             elif kind in ("worker", "predicted"):
@@ -232,9 +234,6 @@ class Runner:
             else:
                 event = item
             self._apply(self.state.handle(event))
-            if interrupted_at is not None and time.time() - interrupted_at > CANCEL_WAIT and self.running:
-                self.errors.append(f"{len(self.running)} unit(s) did not stop within {CANCEL_WAIT:g}s")
-                break
 
     def _apply(self, instructions: list[Instruction]) -> None:
         for ins in instructions:
@@ -243,6 +242,19 @@ class Runner:
             elif isinstance(ins, Record):
                 worker = self.state.assignment.get(ins.uid, -1) if self.state else -1
                 self._record(BatchResult(ins.uid, worker, ins.status, error=ins.reason))
+            elif isinstance(ins, Requeue):  # a rate limit: the unit starts again later, what it reported is kept
+                r = self.held.pop(ins.uid)
+                self.carried.setdefault(ins.uid, []).append(r)
+                self.journal.batch_requeued(self.run_id, ins.uid)
+                o = r.outcome
+                self.publish("unit_throttled", r.stream, ins.uid, result_class=o.result_class if o else None,
+                             retry_after=o.retry_after if o else None, resets_at=o.resets_at if o else None,
+                             requeued=ins.count)
+            elif isinstance(ins, GiveUp):  # rate-limited, and not requeued: its end stands
+                self._record(with_earlier_tries(self.carried.pop(ins.uid), self.held.pop(ins.uid))
+                             if ins.uid in self.carried else self.held.pop(ins.uid))
+            elif isinstance(ins, StopWaiting):
+                self.errors.append(f"{len(ins.uids)} unit(s) did not stop within {ins.waited:g}s")
             elif isinstance(ins, Retry):
                 self.publish("segment_retry", None, ins.uid, attempt=ins.attempt, error=ins.error)
             elif isinstance(ins, CancelAll):
@@ -326,16 +338,10 @@ class Runner:
         r = note_owned_files(self.repo, self.graph, r, spec.base)
         o = r.outcome
         now = time.time()
-        if o is not None and o.rate_limited and not o.ok and not self.interrupted.is_set():
-            # A rate limit is the run's signal, not the unit's failure: it goes back to the queue and starts again
-            # when the run's limiter lets it (a few times at most), from the same base.
-            self.requeues[uid] = self.requeues.get(uid, 0) + 1
-            if self.requeues[uid] <= self.options.agent_retries:
-                self.carried.setdefault(uid, []).append(r)
-                self.journal.batch_requeued(self.run_id, uid)
-                self.publish("unit_throttled", spec.stream, uid, result_class=o.result_class, retry_after=o.retry_after,
-                             resets_at=o.resets_at, requeued=self.requeues[uid])
-                return UnitEnded(uid, spec.stream, r.status, o.cost_usd, outcome=o, at=now, requeue=True)
+        if o is not None and o.rate_limited and not o.ok:
+            # The state decides whether it goes back to the queue (Requeue) or its end stands (GiveUp).
+            self.held[uid] = r
+            return UnitEnded(uid, spec.stream, r.status, o.cost_usd, outcome=o, at=now, rate_limited=True)
         if uid in self.carried:  # what the dispatches before it (rate-limited) tried and cost counts too
             r = with_earlier_tries(self.carried.pop(uid), r)
         self._record(r)
@@ -367,7 +373,9 @@ class Runner:
                 continue
             if kind == "done":
                 try:
-                    self._collect(*item)
+                    ended = self._collect(*item)
+                    if isinstance(ended, UnitEnded) and ended.rate_limited:  # the run stops: its end stands
+                        self._apply([GiveUp(ended.uid, "the run stopped after an error")])
                 except Exception:
                     log.exception("a unit failed while the run stopped after an error")
 
