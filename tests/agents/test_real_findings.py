@@ -139,6 +139,7 @@ def test_nul_bytes_and_oversized_template_prompts_are_refused() -> None:
         agents.check_plan_agents(parse_plan(text, "plan.md"), AgentConfig("fake"))
 
 
+@pytest.mark.integration  # real git and the fake agent
 def test_aider_without_model_or_key_is_not_started(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DEEPSEEK_API_KEY")
     report, _ = run_plan(repo, [fake_batch(1, writes={"a.txt": "a"})], agent=AgentConfig("aider"))
@@ -147,6 +148,7 @@ def test_aider_without_model_or_key_is_not_started(repo: Path, monkeypatch: pyte
     assert r.duration < 30
 
 
+@pytest.mark.integration  # real git and the fake agent
 def test_gemini_runs_in_an_untrusted_worktree(repo: Path) -> None:
     # the fake, like gemini 0.61, exits 55 unless the workspace is trusted; the preset trusts it
     report, _ = run_plan(repo, [fake_batch(1, writes={"g.txt": "g"})], agent=AgentConfig("gemini"))
@@ -182,6 +184,7 @@ def test_the_registry_lists_builtins_through_entry_points() -> None:
     assert agents.PRESETS["template"] is agents.TEMPLATE and "template" not in agents.preset_names()
 
 
+@pytest.mark.integration  # real git and the fake agent
 def test_a_preset_defined_here_travels_by_value(repo: Path) -> None:
     mine = Preset("mine", sys.executable, "a preset defined in a test module", _my_args, _my_parse,
                   command=(sys.executable,))
@@ -216,6 +219,7 @@ def test_aider_litellm_errors_by_class_then_status(line: str, cls: str, transien
     assert (o.result_class, o.transient) == (cls, transient)
 
 
+@pytest.mark.integration  # real git and the fake agent
 def test_a_resumed_session_claude_never_saved_continues_in_a_fresh_one(repo: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import os
@@ -245,6 +249,7 @@ def test_a_resumed_session_claude_never_saved_continues_in_a_fresh_one(repo: Pat
     assert "No conversation found" in batch_log and "continuing in a fresh session" in batch_log
 
 
+@pytest.mark.integration  # real git and the fake agent
 def test_an_agent_that_prints_nothing_is_stopped_as_stalled(repo: Path) -> None:
     batch = fake_batch(1, extra=["@fake write half.txt x", "@fake hang"])
     report, _ = run_plan(repo, [batch], agent=AgentConfig("fake", stall_timeout=1.0), agent_retries=1)

@@ -74,6 +74,7 @@ def test_cast_manifest_and_its_explicit_form_state_the_same_stages() -> None:
     assert explicit["s4a1"] == {"s3a1", "s3a2"}
 
 
+@pytest.mark.integration  # real git
 def test_stage_checks_see_missing_work_and_overlapping_stages(tmp_path: Path) -> None:
     session = Session(tmp_path / "scratch", log=lambda msg: None)
     repo = session.repo(2)

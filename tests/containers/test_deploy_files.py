@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import tomllib
-import yaml  # PyYAML: a dependency of ray
 
 from distpar.backends import raycompat
 from distpar.backends.ray import SLOT
@@ -40,6 +39,7 @@ def flags(command: list[str]) -> dict[str, str]:
 
 
 def load(path: Path) -> list[Any]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with the ray extra: pip install 'distpar[ray]'")
     return [d for d in yaml.safe_load_all(defaults(path.read_text())) if d]
 
 

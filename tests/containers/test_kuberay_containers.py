@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from distpar.backends.ray import SLOT
 from distpar.coordinator.runtime import open_journal
@@ -55,6 +54,7 @@ AGENT_KEY = "sk-test-not-a-real-key-4b1d"  # what the optional Secret holds in t
 
 def manifest() -> tuple[dict[str, Any], dict[str, Any]]:
     """The ConfigMap and the RayCluster of deploy/k8s/raycluster.yaml."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with the ray extra: pip install 'distpar[ray]'")
     docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
     by_kind = {d["kind"]: d for d in docs}
     return by_kind["ConfigMap"], by_kind["RayCluster"]
@@ -281,6 +281,7 @@ def test_coordinator_job_runs_the_plan_inside_the_cluster(kube: KubeCluster, tmp
     the repository, runs the plan through the head service's name and pushes the result branch back."""
     if kube.version != "v1.7.0":
         pytest.skip("the Job runs once, next to the v1.7 cluster: it does not depend on the KubeRay version")
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with the ray extra: pip install 'distpar[ray]'")
     job = yaml.safe_load((REPO_ROOT / "deploy" / "k8s" / "coordinator-job.yaml").read_text())
     pod = job["spec"]["template"]["spec"]
     (c,) = pod["containers"]

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
@@ -103,6 +102,7 @@ def test_unit_started_reaches_the_journal_while_the_agent_runs(two_hosts: tuple[
 
 def test_host_without_sftp_subsystem(start_sshd: Any, ssh_env: SSHEnv, tmp_path: Path) -> None:
     """A host whose sshd has no ``Subsystem sftp``: distpar, bundles and logs go over exec channels."""
+    paramiko = pytest.importorskip("paramiko", reason="paramiko comes with the ssh extra: pip install 'distpar[ssh]'")
     bare = start_sshd("nosftp", sftp=False)
     trust(bare)
     client = paramiko.SSHClient()  # the premise: this server really refuses SFTP

@@ -47,6 +47,7 @@ def test_ids_that_cannot_be_keys(value: str, why: str) -> None:
         names.key(value)
 
 
+@pytest.mark.integration  # real git
 @pytest.mark.parametrize("value", ["x" * 80, "a/b", "..", "x.lock", "3#1", "con", "ü"])
 def test_real_git_accepts_every_key_as_a_ref(value: str) -> None:
     ref = f"refs/heads/distpar/r1/{names.key(value)}"
@@ -54,6 +55,7 @@ def test_real_git_accepts_every_key_as_a_ref(value: str) -> None:
     assert proc.returncode == 0, ref
 
 
+@pytest.mark.integration  # real git
 @pytest.mark.parametrize(("name", "ok"), [("main", True), ("feature/x-1", True), ("a..b", False), ("-x", False),
                                          ("a b", False), ("x.lock", False), ("a/.b", False), ("a~1", False)])
 def test_branch_names_follow_git(name: str, ok: bool) -> None:
