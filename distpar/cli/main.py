@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from distpar import __version__, agents
+from distpar.backends import backend_names
 from distpar.cli.options import given_options, run_option_flags
 from distpar.coordinator.options import DEFAULT_WORKERS
 from distpar.core.errors import DistparError, ExitCode, UsageError
@@ -236,7 +237,7 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
 @cli.command("run")
 @click.argument("plan_file", type=click.Path(dir_okay=False, path_type=Path))
 @_schedule_options
-@click.option("--backend", type=click.Choice(["local", "ray", "ssh"]), default="local", show_default=True)
+@click.option("--backend", type=click.Choice(backend_names()), default="local", show_default=True)
 @click.option("--agent", "agent_name", default="claude", show_default=True,
               help=f"Agent preset ({', '.join(agents.preset_names())}) or a command template.")
 @click.option("--agent-cmd", default=None, metavar="TEMPLATE",
