@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from distpar.coordinator.journal import Journal
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, make_repo, sh_git, tree_files, write_plan
-from tests.conftest import run_and_interrupt, run_distpar
+from tests.conftest import run_and_interrupt, run_distpar, wait_for
 from tests.integration.conftest import run_plan
 
 pytestmark = pytest.mark.integration
@@ -47,6 +46,7 @@ def test_resume_after_sigkill_runs_no_batch_twice(tmp_path: Path, monkeypatch: p
     for b in fast:
         b["agents"] = [{"subagent_type": "x", "prompt": b["agents"][0]["prompt"].replace("@fake sleep 30", "")}]
     run_plan(serial, fast)
+    serial_runs = {r["id"] for r in journal().runs()}
 
     repo = make_repo(tmp_path / "repo")
     log = tmp_path / "invocations.jsonl"
@@ -55,13 +55,20 @@ def test_resume_after_sigkill_runs_no_batch_twice(tmp_path: Path, monkeypatch: p
     proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "2", "--agent", "fake",
                              "--strategy", "round-robin"], cwd=repo, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not {"1", "2", "3"} <= set(invocations(log)):
-        time.sleep(0.1)
-    time.sleep(1.0)  # batches 1 and 2 are done, 3 is sleeping
+    run_id = wait_for(lambda: next((r["id"] for r in journal().runs() if r["id"] not in serial_runs), ""),
+                      what="the run to start")
+
+    def settled() -> bool:
+        """As the journal has it: 1, 2 and 4 ended ok, 3's agent started (it sleeps 30 s), 5 not running."""
+        j = journal()
+        states = {b["batch_id"]: b["state"] for b in j.batches(run_id)}
+        started = {e.batch_id for e in j.events(run_id) if e.kind == "unit_started"}
+        return all(states.get(b) == "ok" for b in ("1", "2", "4")) and states.get("3") == "running" \
+            and "3" in started and states.get("5") != "running"
+
+    wait_for(settled, timeout=60, what="batches 1, 2 and 4 to end while 3 runs")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    run_id = journal().runs()[0]["id"]
     assert journal().run(run_id)["state"] == "running"  # the coordinator died without a word
 
     # Fix the slow batch (the plan file is re-read when its batches are unchanged), then resume.

@@ -10,7 +10,7 @@ import pytest
 
 from distpar.testing.builders import fake_batch, write_plan
 from tests.conftest import run_distpar, wait_for
-from tests.operate.conftest import batch_state, only_run_id, run_ids, start_distpar
+from tests.operate.conftest import batch_state, journal, only_run_id, run_ids, start_distpar
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +62,16 @@ def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
     assert batch_state(run_id, "slow") == "ok"
 
 
+def agents_started(run_id: str) -> dict[str, float]:
+    """Unit -> when its agent started, for the units whose ``unit_started`` the journal holds."""
+    j = journal()
+    try:
+        units = {e.batch_id for e in j.events(run_id) if e.kind == "unit_started"}
+        return {b["batch_id"]: b["started"] for b in j.batches(run_id) if b["batch_id"] in units}
+    finally:
+        j.close()
+
+
 def test_logs_follow_picks_the_unit_whose_agent_started_last(repo: Path) -> None:
     """Two units running at once, the first one printing all the time: without --batch, ``logs --follow``
     follows the one whose agent started last (from the journal), not the log written last."""
@@ -72,9 +82,11 @@ def test_logs_follow_picks_the_unit_whose_agent_started_last(repo: Path) -> None
     ])
     with start_distpar("run", str(plan), "--agent", "fake", "-w", "2", "--stagger", "1", "-q", cwd=repo) as run:
         run_id = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
-        wait_for(lambda: batch_state(run_id, "late") == "running" and batch_state(run_id, "chatty") == "running",
-                 what="both units to run")
-        time.sleep(1.2)  # both agents have started (the second at least 1 s after the first)
+        # Both agents have started, as the journal records it (the second at least 1 s after the first: --stagger).
+        started = wait_for(lambda: agents_started(run_id) if len(agents_started(run_id)) == 2 else {},
+                           what="both agents to start")
+        assert started["late"] > started["chatty"], started
+        assert batch_state(run_id, "late") == "running"
         res = run_distpar("logs", run_id, "--follow", cwd=repo, timeout=60)
         assert res.returncode == 0, res.stderr
         assert res.stdout.startswith("--- distpar: batch late, attempt 1"), res.stdout[:300]

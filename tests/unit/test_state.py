@@ -106,6 +106,18 @@ def test_a_free_worker_takes_the_next_ready_unit_when_one_ends() -> None:
     assert out == [Finish(True)] and state.finished and state.complete
 
 
+def test_while_a_long_unit_runs_the_other_worker_takes_every_short_one() -> None:
+    """Two workers, one long unit and four short ones of equal estimate: each short one goes to the worker that
+    comes free, one after another (a schedule frozen up front would have put two behind the long one)."""
+    state = RunState.create(units("long", "s0", "s1", "s2", "s3"))
+    assert starts(up(state, 2)) == [("long", 0), ("s0", 1)]
+    for i in range(3):
+        assert starts(state.handle(UnitEnded(f"s{i}", 1, OK))) == [(f"s{i + 1}", 1)]
+    assert starts(state.handle(UnitEnded("s3", 1, OK))) == [] and state.free == [1] and not state.finished
+    assert state.handle(UnitEnded("long", 0, OK)) == [Finish(True)]
+    assert state.assignment == {"long": 0, "s0": 1, "s1": 1, "s2": 1, "s3": 1}
+
+
 def test_a_unit_starts_only_after_all_its_dependencies_ended_ok() -> None:
     state = RunState.create(units("a", "b", ("c", "a b")))
     assert starts(up(state, 3)) == [("a", 0), ("b", 1)]
