@@ -5,6 +5,7 @@ presets as plugins and by value."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,7 +18,7 @@ from distpar.agents import Preset, parse_claude, parse_gemini, version_line
 from distpar.core.errors import ExitCode, PlanError
 from distpar.core.model import AgentConfig, AgentOutcome, BatchStatus
 from distpar.core.plan import parse_plan
-from distpar.testing.builders import fake_batch, plan_text, tree_files
+from distpar.testing.builders import fake_batch, make_repo, plan_text, tree_files
 from tests.integration.conftest import run_plan
 
 CTX = agents.Context("p", Path("/logs/b.prompt.md"), "b", Path("/wt"), "r", 0)
@@ -149,10 +150,26 @@ def test_aider_without_model_or_key_is_not_started(repo: Path, monkeypatch: pyte
 
 
 @pytest.mark.integration  # real git and the fake agent
-def test_gemini_runs_in_an_untrusted_worktree(repo: Path) -> None:
-    # the fake, like gemini 0.61, exits 55 unless the workspace is trusted; the preset trusts it
+def test_gemini_runs_in_an_untrusted_worktree(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gemini 0.61 (and the fake emulating it) exits 55 in a folder it was never told to trust, as every fresh
+    worktree is; the preset trusts the worktree itself, so the agent runs there and its work lands."""
+    log = tmp_path / "inv.jsonl"
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(log))
+    monkeypatch.delenv("GEMINI_CLI_TRUST_WORKSPACE", raising=False)
+    assert not (Path.home() / ".gemini").exists()  # nothing trusted beforehand
     report, _ = run_plan(repo, [fake_batch(1, writes={"g.txt": "g"})], agent=AgentConfig("gemini"))
     assert report.exit_code == ExitCode.OK, report.results[0].error
+    assert report.results[0].outcome and report.results[0].outcome.result_class == "success"
+    assert "g.txt" in tree_files(repo, "main")
+    (call,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert call["emulate"] == "gemini" and "--skip-trust" not in call["argv"]
+    assert Path(call["cwd"]) != repo and repo not in Path(call["cwd"]).parents  # a worktree of its own
+    # The premise: the very same command, in a fresh checkout, without what the preset adds, is refused.
+    fresh = make_repo(tmp_path / "fresh")
+    refused = subprocess.run([sys.executable, "-m", "distpar.testing.fake_agent", *call["argv"]], cwd=fresh,
+                             capture_output=True,
+                             text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "FAKE_AGENT_LOG"})
+    assert refused.returncode == 55 and "not running in a trusted directory" in refused.stderr
 
 
 def test_claude_gets_agent_only_when_defined(tmp_path: Path) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import distpar
 from distpar import agents
 from distpar.agents import Preset
-from distpar.core.errors import ExitCode, PlanError, UsageError
+from distpar.coordinator.journal import Journal
+from distpar.core.errors import ExitCode, PlanError, RepoError, UsageError
 from distpar.core.model import AgentConfig, AgentOutcome
+from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, tree_files, write_plan
 
 pytestmark = pytest.mark.integration
@@ -43,11 +47,33 @@ def test_run_a_plan_from_python_with_a_preset_of_my_own(repo: Path) -> None:
     assert events[0] == "run_started" and events[-1] == "run_ended"
 
 
-def test_bad_input_raises_before_anything_runs(repo: Path, tmp_path: Path) -> None:
-    bad = tmp_path / "bad.md"
-    bad.write_text("```json dispatch\n{\"batches\": []}\n```\n")
-    with pytest.raises(PlanError):
-        distpar.run(bad, repo=repo, agent="fake")
+BAD_INPUTS = [
+    ("plan", {}, PlanError, r"bad\.md:2: batches is empty: nothing to run"),
+    ("agent", {"agent": "nosuchagent"}, UsageError, r"unknown agent 'nosuchagent'"),
+    ("backend", {"backend": "nosuch"}, UsageError, r"unknown backend 'nosuch' \(installed: local, ray, ssh, fake"),
+    ("workers", {"workers": 0}, UsageError, r"--workers must be at least 1, got 0"),
+    ("into", {"into": "no-such-branch"}, RepoError, r"--into no-such-branch: no such branch"),
+]
+
+
+@pytest.mark.parametrize(("what", "kw", "error", "message"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_raises_before_anything_runs(repo: Path, tmp_path: Path, what: str, kw: dict[str, Any],
+                                               error: type[Exception], message: str) -> None:
+    """Each bad input raises its own clear error, and nothing ran: no run journaled or started, no branch, no
+    worktree, the checkout untouched."""
+    if what == "plan":
+        plan = tmp_path / "bad.md"
+        plan.write_text("```json dispatch\n{\"batches\": []}\n```\n")
+    else:
+        plan = write_plan(tmp_path / "p.md", [fake_batch(1, writes={"a.txt": "a"})])
+    refs = sh_git(repo, "for-each-ref")
+    with pytest.raises(error, match=message):
+        distpar.run(plan, repo=repo, **{"agent": "fake", **kw})
+    home = Path(os.environ["DISTPAR_HOME"])
+    assert not (home / "journal.db").exists() or Journal(home / "journal.db").runs() == []
+    assert not (home / "runs").exists() and not (home / "worktrees").exists()
+    assert sh_git(repo, "for-each-ref") == refs and len(gitops.worktrees(repo)) == 1
+    assert sh_git(repo, "status", "--porcelain") == "" and not (repo / "a.txt").exists()
 
 
 # The API keeps every guarantee the CLI gives: both build a run with prepare_run.

@@ -327,16 +327,32 @@ def test_any_valid_manifest_parses_with_exact_lines_and_round_trips(manifest: di
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
+def string_leaves(value: object, path: str = "") -> list[str]:
+    """The path (as the plan's errors write it) of every string in ``value``."""
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in string_leaves(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in string_leaves(v, f"{path}[{i}]")]
+    return []
+
+
+def with_nul(manifest: dict[str, object], path: str) -> None:
+    """Append a NUL to the string at ``path`` (``batches[0].agents[1].prompt``) in place."""
+    keys: list[str | int] = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+    parent: object = manifest
+    for k in keys[:-1]:
+        parent = parent[k]  # type: ignore[index]
+    parent[keys[-1]] += "\x00"  # type: ignore[index]
+
+
 @settings(max_examples=100, deadline=None)
 @given(manifests(), st.data())
 def test_a_nul_anywhere_is_refused_naming_its_path(manifest: dict[str, object], data: st.DataObject) -> None:
-    batches = manifest["batches"]
-    assert isinstance(batches, list)
-    i = data.draw(st.integers(0, len(batches) - 1))
-    agents = batches[i]["agents"]
-    if not agents:
-        return
-    j = data.draw(st.integers(0, len(agents) - 1))
-    agents[j]["prompt"] += "\x00"
-    with pytest.raises(PlanError, match=re.escape(f"batches[{i}].agents[{j}].prompt contains a NUL byte")):
+    leaves = string_leaves(manifest)
+    assert leaves  # plan_id and every prompt are strings: every example puts a NUL somewhere
+    path = data.draw(st.sampled_from(leaves), label="where")
+    with_nul(manifest, path)
+    with pytest.raises(PlanError, match=re.escape(f"{path} contains a NUL byte")):
         parse_plan(doc(manifest), "p.md")
