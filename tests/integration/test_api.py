@@ -51,7 +51,6 @@ BAD_INPUTS = [
     ("plan", {}, PlanError, r"bad\.md:2: batches is empty: nothing to run"),
     ("agent", {"agent": "nosuchagent"}, UsageError, r"unknown agent 'nosuchagent'"),
     ("backend", {"backend": "nosuch"}, UsageError, r"unknown backend 'nosuch' \(installed: local, ray, ssh, fake"),
-    ("workers", {"workers": 0}, UsageError, r"--workers must be at least 1, got 0"),
     ("into", {"into": "no-such-branch"}, RepoError, r"--into no-such-branch: no such branch"),
 ]
 

@@ -10,6 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+pytest.importorskip("mcp", reason="the MCP tests need the mcp extra: pip install 'distpar[mcp]'")
+
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.types import CallToolResult
 
