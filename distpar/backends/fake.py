@@ -92,6 +92,8 @@ Script = Mapping[str, "Act | Sequence[Act]"]
 
 
 class FakeBackend(Backend):
+    """Scripted workers (see the module's docstring); ``limit`` bounds every scripted wait, in seconds."""
+
     name = "fake"
     remote = False
 
@@ -133,7 +135,9 @@ class FakeBackend(Backend):
 
     def close(self) -> None:
         if self._pool is not None:
-            self.cancel()
+            with self._changed:  # what still waits ends (not counted in ``cancels``: only the run's own)
+                self._cancel.set()
+                self._changed.notify_all()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
