@@ -63,7 +63,7 @@ esac
 
 # The one pinned Ray release and Python minor (distpar/backends/raycompat.py; pyproject.toml and the k8s manifest
 # repeat them, and a test checks that they agree).
-pinned() { sed -n "s/^$1 = \"\(.*\)\".*/\1/p" "$REPO_ROOT/distpar/raycompat.py"; }
+pinned() { sed -n "s/^$1 = \"\(.*\)\".*/\1/p" "$REPO_ROOT/distpar/backends/raycompat.py"; }
 RAY_VERSION=$(pinned RAY_VERSION)
 PYTHON_MINOR=$(pinned PYTHON_MINOR)
 
@@ -424,7 +424,7 @@ build_worker() {
 }
 
 # --------------------------------------------------------------------- main --
-[[ -n $RAY_VERSION && -n $PYTHON_MINOR ]] || die "no RAY_VERSION / PYTHON_MINOR in $REPO_ROOT/distpar/raycompat.py"
+[[ -n $RAY_VERSION && -n $PYTHON_MINOR ]] || die "no RAY_VERSION / PYTHON_MINOR in $REPO_ROOT/distpar/backends/raycompat.py"
 if [[ $INSTALL_CLAUDE == 1 && ! $CLAUDE_CODE_PACKAGE =~ ^@?[^@]+@[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
     die "CLAUDE_CODE_PACKAGE=$CLAUDE_CODE_PACKAGE: give an exact version (NAME@X.Y.Z), or two builds of one tag could differ"
 fi

@@ -24,7 +24,8 @@ ROW_VERSION = 2  # the journal's ``options`` column (1: written by hand, before 
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """How a run option is offered. ``kind``: bool, int, float, str or list (a repeated flag); ``min``/``min_open``:
+    """How a run option is offered. ``kind``: bool, int, float, str, list (a repeated flag), or agent/dict (set by
+    the program, never a flag); ``min``/``min_open``:
     the smallest value allowed (exclusive when ``min_open``); ``scale``: the flag's unit (warn_size is given in MB
     and kept in bytes)."""
 
@@ -53,7 +54,8 @@ def opt(default: Any = None, *, factory: Any = None, **spec: Any) -> Any:
 class RunOptions:
     """What a run is asked to do beyond the plan and the worker count (see the module's docstring)."""
 
-    agent: AgentConfig = opt(factory=AgentConfig, help="The agent every unit runs (a preset or a template).")
+    agent: AgentConfig = opt(factory=AgentConfig, kind="agent",
+                             help="The agent every unit runs (a preset or a template).")
     timeout: float = opt(
         DEFAULT_TIMEOUT, flag="--timeout", kind="float", min=0, min_open=True, metavar="SECONDS", config=True,
         resume=True, help="Seconds per unit (a plan's per-batch timeout wins).")
@@ -76,7 +78,7 @@ class RunOptions:
     repo_url: str | None = opt(
         flag="--repo-url", metavar="URL",
         help="Remote workers clone from and push their branches to this git remote (default: bundles).")
-    backend_options: dict[str, Any] = opt(factory=dict, help="The backend's own options (never secrets).")
+    backend_options: dict[str, Any] = opt(factory=dict, kind="dict", help="The backend's own options (never secrets).")
     budget_usd: float | None = opt(
         flag="--budget-usd", kind="float", min=0, min_open=True, metavar="USD", config=True,
         help="Run-wide: once the agents' reported costs reach it, no new unit starts.")
@@ -108,8 +110,8 @@ class RunOptions:
     ship_included: bool = opt(
         False, flag="--ship-included", kind="bool",
         help="Remote workers get the .worktreeinclude files too (they often hold secrets; default: local only).")
-    independent: bool = opt(False, help="The plan's batches need not wait for each other (--independent).")
-    split: int | None = opt(help="Midpoint: cut after this batch (--split).")
+    independent: bool = opt(False, kind="bool", help="The plan's batches need not wait for each other (--independent).")
+    split: int | None = opt(kind="int", min=1, help="Midpoint: cut after this batch (--split).")
     hooks: bool = opt(
         False, flag="--hooks", kind="bool", config=True, worker=True, negatable=True,
         help="Run the repository's pre-commit, commit-msg and post-commit hooks on distpar's unit commits (a "
@@ -130,6 +132,32 @@ def declared() -> Iterator[tuple[str, Option, Any]]:
     for f in dataclasses.fields(RunOptions):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         yield f.name, f.metadata["option"], default
+
+
+def check(options: RunOptions) -> None:
+    """Refuse a value the declaration does not allow (the CLI's flags check the same through click; this is for
+    the Python API, the config and the MCP server), naming the option as its flag."""
+    from distpar.core.errors import UsageError
+
+    for name, o, _ in declared():
+        value = getattr(options, name)
+        label = o.flag or name
+        if value is None:
+            continue
+        if o.kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (o.kind == "int" and
+                                                                                  not isinstance(value, int)):
+                raise UsageError(f"{label}: {value!r} is not {'an integer' if o.kind == 'int' else 'a number'}")
+            if o.min is not None:
+                low = o.min * (o.scale if o.scale != 1 else 1)
+                if value < low or (o.min_open and value == low):
+                    raise UsageError(f"{label}: {value!r} is not {'>' if o.min_open else '>='} {o.min:g}")
+        elif o.kind == "bool" and not isinstance(value, bool):
+            raise UsageError(f"{label}: {value!r} is not true or false")
+        elif o.kind == "str" and not isinstance(value, str):
+            raise UsageError(f"{label}: {value!r} is not a string")
+        elif o.kind == "list" and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
+            raise UsageError(f"{label}: {value!r} is not a list of strings")
 
 
 def config_keys() -> dict[str, str]:

@@ -83,6 +83,9 @@ def check_run(plan_path: str | Path, options: RunOptions, *, repo: str | Path = 
         given = {f.name for f in dataclasses.fields(RunOptions)
                  if getattr(options, f.name) != getattr(defaults, f.name)}
     options = apply_repo_settings(repo, options, given)
+    run_options.check(options)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise UsageError(f"--workers: {workers!r} is not an integer >= 1")
     allow = tuple(str(Path(a).expanduser().resolve()) for a in options.sandbox_allow)
     options = dataclasses.replace(options, plan_path=options.plan_path or str(Path(plan_path).resolve()),
                                   into=options.into or plan.target_branch, sandbox_allow=allow)

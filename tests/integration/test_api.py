@@ -52,6 +52,10 @@ BAD_INPUTS = [
     ("agent", {"agent": "nosuchagent"}, UsageError, r"unknown agent 'nosuchagent'"),
     ("backend", {"backend": "nosuch"}, UsageError, r"unknown backend 'nosuch' \(installed: local, ray, ssh, fake"),
     ("into", {"into": "no-such-branch"}, RepoError, r"--into no-such-branch: no such branch"),
+    ("workers", {"workers": 0}, UsageError, r"--workers: 0 is not an integer >= 1"),
+    ("timeout", {"timeout": -1}, UsageError, r"--timeout: -1 is not > 0"),
+    ("retries", {"retries": "2"}, UsageError, r"--retries: '2' is not an integer"),
+    ("hooks", {"hooks": "yes"}, UsageError, r"--hooks: 'yes' is not true or false"),
 ]
 
 
