@@ -124,6 +124,9 @@ def plan_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, in
                     subagent=agents.subagent_how(cfg, repo_root))
 
 
+NOTHING_TO_RUN = "nothing to run: no batch has an agent (agents: [] everywhere)"
+
+
 def _repo_root_or_none(path: Path) -> str | None:
     try:
         return str(gitops.repo_root(path))
@@ -141,7 +144,8 @@ def _print_schedule(plan: Plan, graph: UnitGraph, schedule: Schedule, as_json: b
     warnings = [*plan.warnings, *pv.warnings()]
     if as_json:
         click.echo(json.dumps({"plan_id": plan.plan_id, "source": plan.source, "batches": len(plan.batches),
-                               "units": len(graph.units), "rule": graph.rule, "why": graph.why,
+                               "units": len(graph.units), "nothing_to_run": not graph.units,
+                               "rule": graph.rule, "why": graph.why,
                                "target_branch": plan.target_branch, "preview": pv.to_dict(),
                                "schedule": schedule.to_dict(), "warnings": warnings}, indent=2))
         return
@@ -163,6 +167,11 @@ def _print_schedule(plan: Plan, graph: UnitGraph, schedule: Schedule, as_json: b
             parts.append(label)
         extra = f"; verifies {', '.join(b.verify_files)}" if b.verify_files else ""
         click.echo(f"{head}: " + "; ".join(parts) + extra)
+    if not graph.units:
+        click.echo(NOTHING_TO_RUN)
+        for warning in warnings:
+            err(f"warning: {warning}", fg="yellow")
+        return
     click.echo("predicted timeline (minutes):")
     for k, row in enumerate(p.timeline()):
         cells = [f"{s.uid} {s.start:g}-{s.finish:g}" for s in row]
@@ -317,6 +326,11 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
     from distpar.coordinator.preflight import preflight
 
     plan = load_plan(plan_file)
+    if not any(b.agents for b in plan.batches) and not dry_run:  # a valid plan; nothing runs, nothing changes
+        click.echo(json.dumps({"run_id": None, "state": "ok", "nothing_to_run": True, "exit_code": 0,
+                               "batches": {"skipped": len(plan.batches)}})
+                   if as_json else NOTHING_TO_RUN + "; nothing was changed")
+        return
     if sandbox_allow and not sandbox:
         raise UsageError("--sandbox-allow goes with --sandbox")
     backend_options = _backend_options(backend, ray_address, hosts, hosts_file, identity, accept_unknown_hosts)
