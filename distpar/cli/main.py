@@ -390,10 +390,16 @@ def _repo_settings(repo_path: Path, flags: dict[str, Any]) -> dict[str, Any]:
 def _run_and_exit(runner: Any, journal: Any, as_json: bool, quiet: bool) -> None:
     report = _observe_run(runner, as_json, quiet)
     journal.close()
+    notices = list(getattr(journal, "notices", ()))  # the journal file removed or replaced during the run
     if as_json:
-        click.echo(json.dumps(report.summary()))  # the last JSON line: the run's summary
+        summary = report.summary()
+        if notices:
+            summary["journal_notices"] = notices
+        click.echo(json.dumps(summary))  # the last JSON line: the run's summary
     else:
         _print_report(report, runner)
+        for note in notices:
+            err(f"warning: {note}", fg="yellow")
     sys.exit(int(report.exit_code))
 
 
