@@ -558,8 +558,28 @@ def _print_report(report: Any, runner: Any) -> None:
         click.echo(f"not started: {', '.join(report.pending)}")
     if report.branches:
         click.echo("branches kept: " + ", ".join(report.branches))
-    if report.saved_refs:
+    if report.saved_refs and report.landed:  # every unit succeeded in the end: what was saved was superseded
+        click.echo("earlier attempts' work (superseded; distpar clean removes it) saved on: "
+                   + ", ".join(report.saved_refs))
+    elif report.saved_refs:
         click.echo("unfinished work saved on: " + ", ".join(report.saved_refs))
+    line = _resume_line(report)
+    if line:
+        click.echo(line)
+
+
+def _resume_line(report: Any) -> str:
+    """How to go on, for every resumable end that has not printed it already (a conflict and a failed gate
+    print their own, with the commands before it; so does a usage limit)."""
+    if report.landed or report.conflict or report.gate or report.stopped:
+        return ""
+    if report.state == "interrupted":
+        return f"interrupted; to go on where it stopped: distpar resume {report.run_id}"
+    if report.state == "failed" and report.budget_exhausted:
+        return f"budget spent; to go on: distpar resume {report.run_id}"
+    if report.state in ("failed", "error"):
+        return f"fix what failed (above), then: distpar resume {report.run_id}"
+    return ""
 
 
 @cli.command("status")

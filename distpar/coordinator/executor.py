@@ -175,6 +175,7 @@ class Runner:
         self.state = RunState.create(self.units, done, retries=self.options.retries,
                                      budget_usd=self.options.budget_usd,
                                      stop_on_conflict=self.options.stop_on_conflict,
+                                     spent=(self.journal.spent(self.run_id) or 0.0) if self.resumed else 0.0,
                                      limiter=RateLimiter(ceiling=max(1, ceiling), default_pause=3 * retry_base()))
         for uid, st in done.items():  # finished work is part of the preview from the start
             commit = self.results[uid].commit

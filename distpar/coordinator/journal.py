@@ -97,6 +97,10 @@ CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
 """
 
 
+_SUMMED = ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+_ADD = "CASE WHEN ? IS NULL THEN {c} ELSE COALESCE({c}, 0) + ? END"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int
@@ -390,16 +394,17 @@ class Journal:
     def batch_ended(self, run_id: str, r: BatchResult) -> None:
         o = r.outcome
         with self._tx() as db:
+            # Cost and tokens add up over every attempt, across retries and resumes (each was paid for); the
+            # rest describes the last attempt.
             db.execute(
-                """UPDATE batches SET state=?, attempt=?, started=COALESCE(?, started), ended=?, exit_code=?,
-                   result_class=?, cost_usd=?, input_tokens=?, output_tokens=?, cache_read_tokens=?,
-                   cache_creation_tokens=?, turns=?, session_id=?, model=?, node=COALESCE(NULLIF(?, ''), node),
+                f"""UPDATE batches SET state=?, attempt=?, started=COALESCE(?, started), ended=?, exit_code=?,
+                   result_class=?, {', '.join(f'{c}={_ADD.format(c=c)}' for c in _SUMMED)},
+                   turns=?, session_id=?, model=?, node=COALESCE(NULLIF(?, ''), node),
                    commit_oid=?, changed=?, log_path=?, error=? WHERE run_id=? AND batch_id=?""",
                 (
                     r.status.value, r.attempt, r.started, r.ended, r.exit_code,
-                    o.result_class if o else None, o.cost_usd if o else None,
-                    o.input_tokens if o else None, o.output_tokens if o else None,
-                    o.cache_read_tokens if o else None, o.cache_creation_tokens if o else None,
+                    o.result_class if o else None,
+                    *(v for c in _SUMMED for v in (getattr(o, c, None),) * 2),
                     o.turns if o else None, o.session_id if o else None, o.model if o else None,
                     r.node, r.commit, int(r.changed), r.log_path, r.error, run_id, r.batch_id,
                 ),
@@ -457,6 +462,11 @@ class Journal:
             (limit,),
         )
         return [dict(r) for r in rows]
+
+    def spent(self, run_id: str) -> float | None:
+        """What every attempt of every batch of the run cost (across retries and resumes); None: none reported."""
+        rows = self._read("SELECT SUM(cost_usd) FROM batches WHERE run_id=?", (run_id,))
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._read("SELECT * FROM runs WHERE id=?", (run_id,))

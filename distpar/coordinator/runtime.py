@@ -83,6 +83,7 @@ class RunReport:
     gate: dict[str, Any] | None = None  # --verify-merged's result when it failed (workspace.HookResult)
     pushed: list[str] = field(default_factory=list)  # refs pushed to --push REMOTE
     stopped: str = ""  # why no new unit started before the end (a usage limit that resets far away)
+    spent: float | None = None  # the journal's sum: every attempt's cost, across retries and resumes
 
     @property
     def agent_time(self) -> float:
@@ -94,6 +95,8 @@ class RunReport:
 
     @property
     def cost_usd(self) -> float | None:
+        if self.spent is not None:
+            return self.spent
         costs = [r.outcome.cost_usd for r in self.results if r.outcome and r.outcome.cost_usd is not None]
         return sum(costs) if costs else None
 
@@ -313,4 +316,5 @@ def make_report(runner: Runner, wall: float, landed: str | None) -> RunReport:
         saved_refs=sorted(set(runner.saved_refs)), landed=landed, budget_usd=runner.options.budget_usd,
         budget_exhausted=runner.budget_exhausted, predicted_conflicts=runner.predicted,
         gate=runner.gate.to_dict() if runner.gate else None, pushed=runner.pushed, stopped=runner.rate_stop,
+        spent=runner.journal.spent(runner.run_id),
     )
