@@ -577,6 +577,8 @@ def _resume_line(report: Any) -> str:
         return f"interrupted; to go on where it stopped: distpar resume {report.run_id}"
     if report.state == "failed" and report.budget_exhausted:
         return f"budget spent; to go on: distpar resume {report.run_id}"
+    if report.state == "failed" and report.predicted_conflicts and report.pending:
+        return f"stopped at the conflict found early; to go on: distpar resume {report.run_id}"
     if report.state in ("failed", "error"):
         return f"fix what failed (above), then: distpar resume {report.run_id}"
     return ""

@@ -105,7 +105,7 @@ class Runner:
         self.dispatches = 0
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
-        self.preview = Preview(repo, start, self.env, start)
+        self.preview = Preview(repo, start, self.env, start, ref=f"refs/distpar/{self.run_id}/preview/head")
         self.early = EarlyConflicts(self.preview, lambda uid, found: self._queue.put(("predicted", (uid, found))),
                                     inline=options.stop_on_conflict)
         self.state: RunState | None = None
