@@ -134,17 +134,58 @@ def busy_wait() -> float:
 
 
 def holders(path: Path, db: sqlite3.Connection | None = None, limit: int = 3) -> list[str]:
-    """Who else has the journal open: processes found through /proc (Linux; own user's only), else the live runs
-    its rows name. Bounded: a few holders, one pass over /proc."""
-    names = {str(path.resolve()) + suffix for suffix in ("", "-wal", "-shm", "-journal")}
-    out: list[str] = []
-    me = os.getpid()
+    """Who holds the journal (Linux): the processes with a write lock on its files (``/proc/locks``), else those
+    that have it open (``/proc/*/fd``, own user's only), else the live runs its rows name. Bounded."""
+    files = [Path(str(path) + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    pids = _lockers(files) or _openers(files)
+    if pids:
+        return [f"pid {pid} ({_command(pid)})" for pid in pids[:limit]]
+    if db is not None:
+        try:
+            rows = db.execute("SELECT id, pid FROM runs WHERE state='running' AND pid IS NOT NULL").fetchall()
+        except sqlite3.Error:
+            rows = []
+        me = os.getpid()
+        return [f"pid {pid} (distpar run {rid})" for rid, pid in rows if pid != me and _alive(int(pid))][:limit]
+    return []
+
+
+def _lockers(files: list[Path]) -> list[int]:
+    """Processes other than this one holding a POSIX write lock on one of ``files``."""
+    ids = set()
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            continue
+        ids.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+    out: list[int] = []
+    try:
+        with open("/proc/locks") as table:
+            lines = table.readlines()[:100000]
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if parts and parts[1] == "->":
+            parts = parts[:1] + parts[2:]  # a waiter
+        if len(parts) >= 6 and parts[3] == "WRITE" and parts[5] in ids and parts[4].isdigit():
+            pid = int(parts[4])
+            if pid != os.getpid() and pid not in out:
+                out.append(pid)
+    return out
+
+
+def _openers(files: list[Path]) -> list[int]:
+    """Processes other than this one with one of ``files`` open."""
+    names = {str(f.resolve()) for f in files}
+    out: list[int] = []
     try:
         pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
     except OSError:
-        pids = []
+        return out
     for pid in pids[:20000]:
-        if pid == me:
+        if pid == os.getpid():
             continue
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -153,26 +194,20 @@ def holders(path: Path, db: sqlite3.Connection | None = None, limit: int = 3) ->
         for fd in fds:
             try:
                 if os.readlink(f"/proc/{pid}/fd/{fd}") in names:
+                    out.append(pid)
                     break
             except OSError:
                 continue
-        else:
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = " ".join(f.read(300).replace(b"\0", b" ").decode(errors="replace").split())
-        except OSError:
-            cmd = "?"
-        out.append(f"pid {pid} ({cmd[:120]})")
-        if len(out) >= limit:
-            return out
-    if not out and db is not None:
-        try:
-            rows = db.execute("SELECT id, pid FROM runs WHERE state='running' AND pid IS NOT NULL").fetchall()
-        except sqlite3.Error:
-            rows = []
-        out = [f"pid {pid} (distpar run {rid})" for rid, pid in rows if pid != me and _alive(int(pid))][:limit]
     return out
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = " ".join(f.read(300).replace(b"\0", b" ").decode(errors="replace").split())
+    except OSError:
+        return "?"
+    return cmd[:120] or "?"
 
 
 def _alive(pid: int) -> bool:
