@@ -101,3 +101,19 @@ def test_clean_after_a_success_removes_the_saved_refs_it_superseded(repo: Path, 
     res = run_distpar("clean", cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
     assert sh_git(repo, "for-each-ref", "refs/distpar/") == ""
+
+
+def test_the_budget_counts_what_was_spent_before_a_resume(repo: Path, tmp_path: Path) -> None:
+    fixed = tmp_path / "fixed"
+    need = f"@fake sh 'test -e {fixed}'"
+    plan = write_plan(repo.parent / "p.md", [fake_batch(k, writes={f"f{k}.txt": str(k)}, extra=[need])
+                                             for k in (1, 2, 3)] + [fake_batch(4, writes={"f4.txt": "4"})])
+    args = ("--workers", "1", "--agent", "fake", "--budget-usd", "0.055")
+    assert run_distpar("run", str(plan), *args, cwd=repo).returncode == 1  # 1-3 fail, 4 ok: $0.04 spent
+    run_id = _only_run()
+    fixed.touch()
+    res = run_distpar("resume", run_id, cwd=repo)
+    # $0.04 before; 1 and 2 again: $0.06, over the $0.055: 3 never starts.
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "budget $0.0550: spent $0.0600, left $0.0000; spent before 1 batch(es) could start" in res.stdout
+    assert "not started: 3" in res.stdout
