@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.plans import Node, to_batches
-from distpar.backends import make_backend
-from distpar.coordinator import preflight, runtime
-from distpar.coordinator.executor import Runner
+from distpar.coordinator.options import RunOptions
+from distpar.coordinator.prepare import prepare_run
 from distpar.core.model import AgentConfig
 from distpar.core.plan import load_plan
 from distpar.core.schedule import make_schedule
@@ -216,14 +215,12 @@ class Session:
         plan = load_plan(plan_path)
         schedule = make_schedule(plan, workers, strategy)
         t1 = time.perf_counter()
-        opts = runtime.RunOptions(agent=AgentConfig(preset="fake"), backend=backend, plan_path=str(plan_path),
-                                  **({"stagger": stagger} if stagger is not None else {}))
-        root, target, start = preflight.preflight(repo, opts)
+        opts = RunOptions(agent=AgentConfig(preset="fake"), backend=backend, backend_options=backend_options or {},
+                          **({"stagger": stagger} if stagger is not None else {}))
+        prepared = prepare_run(plan_path, opts, repo=repo, workers=workers, strategy=strategy, plan=plan)
         t2 = time.perf_counter()
-        journal = runtime.open_journal(root)
+        runner, journal = prepared.runner, prepared.journal
         try:
-            runner = Runner(root, plan, schedule, opts, make_backend(backend, backend_options or {}), journal,
-                            target, start)
             t_run = time.time()
             report = runner.run()
             t3 = time.perf_counter()

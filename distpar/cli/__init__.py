@@ -1,5 +1,2 @@
-"""The command line: the only place that prints or exits (``distpar.cli.main``)."""
-
-from distpar.cli.main import main
-
-__all__ = ["main"]
+"""The command line: the only place that prints or exits (``distpar.cli.main``; the run options' flags are
+derived in ``distpar.cli.options``)."""

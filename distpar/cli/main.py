@@ -14,6 +14,8 @@ from typing import Any
 import click
 
 from distpar import __version__, agents
+from distpar.cli.options import given_options, run_option_flags
+from distpar.coordinator.options import DEFAULT_WORKERS
 from distpar.core.errors import DistparError, ExitCode, UsageError
 from distpar.core.model import AgentConfig, worker_label
 from distpar.core.plan import Plan, load_plan, parse_plan
@@ -21,6 +23,7 @@ from distpar.core.schedule import Schedule, SubagentHow, make_schedule, predict,
 from distpar.core.units import STRATEGIES, UnitGraph, unit_graph
 from distpar.infra import gitops, paths
 from distpar.ops.report import secs
+from distpar.ops.status import run_state
 
 log = logging.getLogger("distpar")
 
@@ -139,7 +142,8 @@ def _print_schedule(plan: Plan, graph: UnitGraph, schedule: Schedule, as_json: b
                     subagent: SubagentHow = subagent_not_passed) -> None:
     """The dry run: ordering rule and why, units per batch and what each waits for, the predicted timeline,
     the documented fields distpar accepts without acting on them; warnings on stderr."""
-    pv = preview(graph, schedule.workers, repo_root=repo_root, plan_path=plan_path, subagent=subagent)
+    pv = preview(graph, schedule.workers, strategy=schedule.strategy, repo_root=repo_root, plan_path=plan_path,
+                 subagent=subagent)
     p = pv.prediction
     warnings = [*plan.warnings, *pv.warnings()]
     if as_json:
@@ -247,47 +251,16 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
 @click.option("--agent-cmd", default=None, metavar="TEMPLATE",
               help="Custom agent command; placeholders: " + ", ".join("{" + p + "}" for p in agents.PLACEHOLDERS))
 @click.option("--model", default=None, help="Model passed to the agent.")
-@click.option("--max-turns", type=click.IntRange(min=1), default=None, help="Per batch.")
-@click.option("--max-budget-usd", type=click.FloatRange(min=0, min_open=True), default=None, help="Per batch.")
+@click.option("--max-turns", type=click.IntRange(min=1), default=None, help="Per unit.")
+@click.option("--max-budget-usd", type=click.FloatRange(min=0, min_open=True), default=None, help="Per unit.")
 @click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
               help="Stop an agent that prints nothing for this long (class stalled, retried like a 5xx); "
                    "default: off (claude's json output comes only at the end).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds per batch (default 3600; a plan's per-batch timeout wins).")
-@click.option("--into", default=None, metavar="BRANCH", help="Branch to merge into (default: the checked-out one).")
-@click.option("--allow-dirty", is_flag=True, help="Start even if the working tree has uncommitted changes.")
-@click.option("--keep-branches", is_flag=True, help="Keep stream branches after a successful merge.")
-@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Times a segment is retried (elsewhere) when its worker, node or host fails.")
-@click.option("--forward-env", multiple=True, metavar="NAME",
-              help="Environment variable passed to agents (its value is masked in logs and the journal).")
-@click.option("--agent-retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Times a batch's agent is tried again after a transient failure (rate limit, 5xx, crash before "
-                   "any edit), with exponential backoff.")
-@click.option("--max-concurrent-agents", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Agents running at once (local backend: the whole run; remote: per worker process/slot).")
-@click.option("--stagger", type=click.FloatRange(min=0), default=0.1, show_default=True, metavar="SECONDS",
-              help="Pause between agent starts (providers rate-limit bursts of new sessions).")
-@click.option("--budget-usd", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Run-wide: once the agents' reported costs reach it, no new batch starts.")
 @click.option("--stream-json", is_flag=True,
               help="Agents that can (claude, gemini) log a live JSON event stream instead of one final result.")
-@click.option("--setup", "setup_cmd", default=None, metavar="CMD",
-              help="Run once in every new workspace before its first batch (e.g. 'npm ci'); [tool.distpar] setup.")
-@click.option("--verify", "verify_cmd", default=None, metavar="CMD",
-              help="Run after each batch in its worktree; a batch whose check fails is failed, its work saved.")
-@click.option("--verify-merged", "verify_merged_cmd", default=None, metavar="CMD",
-              help="Run on the merged tree before the target moves; if it fails nothing lands (exit 5).")
-@click.option("--push", "push_remote", default=None, metavar="REMOTE",
-              help="Push the run's branches (and the target, when it tracks a branch there) to REMOTE.")
-@click.option("--ship-included", is_flag=True,
-              help="Remote workers get the .worktreeinclude files too (they often hold secrets; default: local only).")
-@click.option("--stop-on-conflict", is_flag=True,
-              help="Start no new unit once a finished unit's work is found to conflict with work already finished.")
+@run_option_flags()
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               help="Repository to work on (default: the current directory).")
-@click.option("--repo-url", default=None, metavar="URL",
-              help="Remote workers clone from and push their branches to this git remote (default: bundles).")
 @click.option("--ray-address", default=None, metavar="ADDRESS",
               help="Ray cluster to use, e.g. ray://head:10001 (default: $RAY_ADDRESS, else a local Ray instance).")
 @click.option("--hosts", default=None, metavar="H1,H2", help="SSH hosts: [user@]host[:port], comma-separated.")
@@ -297,33 +270,20 @@ def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agen
               help="SSH private key.")
 @click.option("--accept-unknown-hosts", is_flag=True,
               help="SSH: accept host keys not in known_hosts (insecure; default: refuse).")
-@click.option("--hooks/--no-hooks", default=False, show_default=True,
-              help="Run the repository's pre-commit, commit-msg and post-commit hooks on distpar's batch commits "
-                   "(a failing hook fails that batch, its work saved).")
-@click.option("--warn-size", type=click.FloatRange(min=0), default=50.0, show_default=True, metavar="MB",
-              help="Warn about every file over this size a batch commits (0: never).")
-@click.option("--sandbox", is_flag=True,
-              help="Run agents under bubblewrap: writes only to their worktree, their CLI's state directory, "
-                   "a private /tmp and --sandbox-allow paths; nothing they start outlives them.")
-@click.option("--sandbox-allow", multiple=True, metavar="PATH", help="With --sandbox: a further writable path.")
 @click.option("--dry-run", is_flag=True, help="Show the schedule and stop.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the schedule) as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, independent: bool, backend: str,
-            agent_name: str,
-            agent_cmd: str | None, model: str | None, max_turns: int | None, max_budget_usd: float | None,
-            stall_timeout: float | None, timeout: float | None, into: str | None, allow_dirty: bool,
-            keep_branches: bool, retries: int,
-            forward_env: tuple[str, ...], repo_path: Path, repo_url: str | None, ray_address: str | None,
-            hosts: str | None, hosts_file: Path | None, identity: Path | None, accept_unknown_hosts: bool,
-            agent_retries: int, max_concurrent_agents: int | None, stagger: float, budget_usd: float | None,
-            stream_json: bool, setup_cmd: str | None, verify_cmd: str | None, verify_merged_cmd: str | None,
-            push_remote: str | None, ship_included: bool, stop_on_conflict: bool, hooks: bool, warn_size: float,
-            sandbox: bool, sandbox_allow: tuple[str, ...], dry_run: bool, as_json: bool, quiet: bool) -> None:
-    """Run PLAN_FILE: schedule its batches into streams, run an agent per batch, merge the streams."""
-    from distpar.backends import make_backend
-    from distpar.coordinator import runtime
-    from distpar.coordinator.preflight import preflight
+@click.option("--run-id", default=None, hidden=True, help="The run's id (distpar mcp chooses it).")
+@click.option("--check-only", is_flag=True, hidden=True, help="Every check a run makes before it starts, then stop.")
+def run_cmd(plan_file: Path, workers: int | None, strategy: str, split: int | None, independent: bool, backend: str,
+            agent_name: str, agent_cmd: str | None, model: str | None, max_turns: int | None,
+            max_budget_usd: float | None, stall_timeout: float | None, stream_json: bool, repo_path: Path,
+            ray_address: str | None, hosts: str | None, hosts_file: Path | None, identity: Path | None,
+            accept_unknown_hosts: bool, dry_run: bool, as_json: bool, quiet: bool, run_id: str | None,
+            check_only: bool, **declared: Any) -> None:
+    """Run PLAN_FILE: run an agent per unit on free workers, merge the units in plan order, land the result."""
+    from distpar.coordinator.options import RunOptions
+    from distpar.coordinator.prepare import check_run, plan_warnings, prepare_run
 
     plan = load_plan(plan_file)
     if not any(b.agents for b in plan.batches) and not dry_run:  # a valid plan; nothing runs, nothing changes
@@ -331,11 +291,7 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
                                "batches": {"skipped": len(plan.batches)}})
                    if as_json else NOTHING_TO_RUN + "; nothing was changed")
         return
-    if sandbox_allow and not sandbox:
-        raise UsageError("--sandbox-allow goes with --sandbox")
-    backend_options = _backend_options(backend, ray_address, hosts, hosts_file, identity, accept_unknown_hosts)
-    workers = workers or _default_workers(backend, backend_options)
-    schedule = make_schedule(plan, workers, strategy, split)
+    given = given_options(declared)
     base_cfg = AgentConfig(preset="claude", model=model, max_turns=max_turns, max_budget_usd=max_budget_usd,
                            stream=stream_json, stall_timeout=stall_timeout)
     if agent_cmd:
@@ -343,54 +299,36 @@ def run_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, ind
                                     base_cfg)
     else:
         agent = agents.agent_config(agent_name, base_cfg)
-    for warning in agents.check_plan_agents(plan, agent, budget_usd):
-        err(f"warning: {warning}", fg="yellow")
+    backend_options = _backend_options(backend, ray_address, hosts, hosts_file, identity, accept_unknown_hosts)
+    options = RunOptions(agent=agent, backend=backend, backend_options=backend_options, independent=independent,
+                         split=split, **given)
     if dry_run:
+        for warning in plan_warnings(plan, options):
+            err(f"warning: {warning}", fg="yellow")
+        from distpar.coordinator.prepare import default_workers
+
+        schedule = make_schedule(plan, workers or default_workers(backend, backend_options), strategy, split)
         graph = unit_graph(plan, independent=independent, strategy=strategy, split=split)
         root = _repo_root_or_none(repo_path)
         _print_schedule(plan, graph, schedule, as_json, repo_root=root, plan_path=str(plan_file.resolve()),
                         subagent=agents.subagent_how(agent, root))
         return
-    if repo_url and backend == "local":
-        raise UsageError("--repo-url goes with a remote backend (--backend ray or ssh)")
-    options = runtime.RunOptions(
-        agent=agent, timeout=timeout or runtime.DEFAULT_TIMEOUT, into=into or plan.target_branch,
-        allow_dirty=allow_dirty, independent=independent, split=split,
-        keep_branches=keep_branches, retries=retries, forward_env=forward_env, backend=backend,
-        plan_path=str(plan_file.resolve()), repo_url=repo_url, backend_options=backend_options,
-        budget_usd=budget_usd, agent_retries=agent_retries, max_concurrent_agents=max_concurrent_agents,
-        stagger=stagger, stop_on_conflict=stop_on_conflict, **_repo_settings(repo_path, {
-            "setup": setup_cmd, "verify": verify_cmd, "verify_merged": verify_merged_cmd, "push": push_remote}),
-        ship_included=ship_included, hooks=hooks, warn_size=int(warn_size * 2**20) or None, sandbox=sandbox,
-        sandbox_allow=tuple(str(Path(a).expanduser().resolve()) for a in sandbox_allow),
-    )
-    repo, target, start = preflight(repo_path, options, plan)
-    if options.push and gitops.git(repo, "remote", "get-url", options.push, check=False).returncode != 0:
-        raise UsageError(f"--push {options.push}: no such remote in {repo}", hint="git remote -v lists them")
-    backend_obj = make_backend(backend, backend_options)
-    journal = runtime.open_journal(repo)
-    from distpar.coordinator.executor import Runner
-
-    runner = Runner(repo, plan, schedule, options, backend_obj, journal, target, start)
-    _run_and_exit(runner, journal, as_json, quiet)
+    if check_only:  # every check a run makes, nothing started (distpar mcp)
+        for warning in check_run(plan_file, options, repo=repo_path, workers=workers, strategy=strategy,
+                                 given=set(given), plan=plan).warnings:
+            err(f"warning: {warning}", fg="yellow")
+        return
+    prepared = prepare_run(plan_file, options, repo=repo_path, workers=workers, strategy=strategy,
+                           given=set(given), plan=plan, run_id=run_id)
+    for warning in prepared.warnings:
+        err(f"warning: {warning}", fg="yellow")
+    _run_and_exit(prepared, as_json, quiet)
 
 
-def _repo_settings(repo_path: Path, flags: dict[str, Any]) -> dict[str, Any]:
-    """Flags over the repository's [tool.distpar] settings."""
-    from distpar.coordinator.config import repo_settings
-
-    try:
-        root = gitops.repo_root(repo_path)
-    except DistparError:
-        return dict(flags)  # preflight says what is wrong with the repository
-    settings = repo_settings(root)
-    return {k: (v if v is not None else settings.get(k)) for k, v in flags.items()}
-
-
-def _run_and_exit(runner: Any, journal: Any, as_json: bool, quiet: bool) -> None:
-    report = _observe_run(runner, as_json, quiet)
-    journal.close()
-    notices = list(getattr(journal, "notices", ()))  # the journal file removed or replaced during the run
+def _run_and_exit(prepared: Any, as_json: bool, quiet: bool) -> None:
+    runner = prepared.runner
+    report = _observe_run(prepared, as_json, quiet)
+    notices = list(getattr(prepared.journal, "notices", ()))  # the journal file removed or replaced during the run
     if as_json:
         summary = report.summary()
         if notices:
@@ -403,8 +341,8 @@ def _run_and_exit(runner: Any, journal: Any, as_json: bool, quiet: bool) -> None
     sys.exit(int(report.exit_code))
 
 
-def _observe_run(runner: Any, as_json: bool, quiet: bool) -> Any:
-    """Run ``runner`` with the right observer: JSON lines of events on stdout (--json), nothing (-q), a live
+def _observe_run(prepared: Any, as_json: bool, quiet: bool) -> Any:
+    """Run ``prepared`` with the right observer: JSON lines of events on stdout (--json), nothing (-q), a live
     view on a terminal, plain lines on stderr otherwise."""
     from rich.console import Console
 
@@ -418,51 +356,33 @@ def _observe_run(runner: Any, as_json: bool, quiet: bool) -> Any:
         observer = live.Observer()
     else:
         console = Console(stderr=True)
-        progress = live.RunProgress(runner.plan, runner.schedule, "" if runner.backend.remote else node_name())
+        runner = prepared.runner
+        progress = live.RunProgress(runner.plan, runner.schedule, "" if runner.backend.remote else node_name(),
+                                    graph=runner.graph)
         if console.is_terminal and not console.is_dumb_terminal:
             observer = live.LiveView(console, progress)
         else:
             observer = live.PlainLines(console, progress)
-    runner.observer = observer
+    prepared.runner.observer = observer
     with observer:
-        return runner.run()
+        return prepared.run()
 
 
 @cli.command("resume")
 @click.argument("run_id")
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
-@click.option("--retries", type=click.IntRange(min=0), default=None, help="Override the run's --retries.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Override the run's per-batch timeout.")
+@run_option_flags(resume=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def resume_cmd(run_id: str, repo_path: Path, retries: int | None, timeout: float | None, as_json: bool,
-               quiet: bool) -> None:
+def resume_cmd(run_id: str, repo_path: Path, as_json: bool, quiet: bool, **declared: Any) -> None:
     """Continue a run that was interrupted, failed, or stopped at a conflict you have resolved.
 
-    Finished batches are never run again; interrupted, failed and never-started ones run from their stream's
-    last good commit; the merge continues from where it stopped."""
-    from distpar.coordinator import runtime
+    Finished units are never run again; interrupted, failed and never-started ones run from the merge of their
+    dependencies; the merge continues from where it stopped. The flags below override the run's own."""
+    from distpar.coordinator.prepare import prepare_resume
 
-    repo = gitops.repo_root(repo_path)
-    journal = runtime.open_journal(repo)
-    from distpar.coordinator.resume import resume_runner
-
-    runner = resume_runner(repo, journal, run_id, None, retries, timeout)
-    _run_and_exit(runner, journal, as_json, quiet)
-
-
-DEFAULT_WORKERS = 4
-
-
-def _default_workers(backend: str, backend_options: dict[str, Any]) -> int:
-    """4 streams, or on SSH the hosts' slots (a host without ``slots`` in the inventory counts 2)."""
-    if backend != "ssh":
-        return DEFAULT_WORKERS
-    from distpar.backends.hosts import resolve_hosts
-
-    specs = resolve_hosts(backend_options["hosts"], backend_options["hosts_file"])
-    return sum(s.slots if s.slots is not None else 2 for s in specs)
+    prepared = prepare_resume(gitops.repo_root(repo_path), run_id, **given_options(declared))
+    _run_and_exit(prepared, as_json, quiet)
 
 
 def _backend_options(backend: str, ray_address: str | None, hosts: str | None, hosts_file: Path | None,
@@ -606,7 +526,7 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
                    f"{'SPEEDUP':>8} {'COST':>9}")
         for r in rows:
             summ = json.loads(r["summary"]) if r["summary"] else {}
-            state, wall = _run_state(journal, r)
+            state, wall = run_state(journal, r)
             speed = f"{summ['speedup']:.2f}x" if "speedup" in summ else "-"
             cost = f"${r['cost_usd']:.4f}" if r["cost_usd"] is not None else "-"
             counts = f"{r['n_ok']}/{r['n_batches']} ok" + (f", {r['n_failed']} failed" if r["n_failed"] else "")
@@ -623,7 +543,7 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
         click.echo(json.dumps({"run": run, "batches": batches}, indent=2, default=str))
         return
     summ = json.loads(run["summary"]) if run["summary"] else {}
-    state, wall = _run_state(journal, run)
+    state, wall = run_state(journal, run)
     agent_time = sum(b["ended"] - b["started"] for b in batches if b["ended"] and b["started"])
     costs = [b["cost_usd"] for b in batches if b["cost_usd"] is not None]
     click.echo(f"run {run['id']}: {state}")
@@ -658,19 +578,6 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
         click.echo("branches kept: " + ", ".join(summ["branches"]))
     if summ.get("saved_refs"):
         click.echo("unfinished work saved on: " + ", ".join(summ["saved_refs"]))
-
-
-def _run_state(journal: Any, run: dict[str, Any]) -> tuple[str, float]:
-    """The state to show (``crashed`` for a run whose coordinator is gone) and its wall time so far."""
-    from distpar.ops.clean import run_is_live
-
-    summ = json.loads(run["summary"]) if run["summary"] else {}
-    if run["state"] != "running":
-        return run["state"], float(summ.get("wall") or ((run["ended"] or run["started"]) - run["started"]))
-    if run_is_live(journal, run):
-        return "running", time.time() - run["started"]
-    events = journal.events(run["id"])
-    return "crashed", (events[-1].ts if events else run["started"]) - run["started"]
 
 
 def _when(ts: float | None) -> str:
@@ -784,6 +691,16 @@ def clean_cmd(run_id: str | None, dry_run: bool, force: bool, repo_path: Path) -
         sys.exit(int(ExitCode.BACKEND))
 
 
+@cli.command("init")
+@click.argument("path", type=click.Path(path_type=Path), default=Path("plan.md"))
+def init_cmd(path: Path) -> None:
+    """Write a commented plan skeleton to PATH (default plan.md; never over an existing file)."""
+    from distpar.ops.scaffold import write_skeleton
+
+    written = write_skeleton(path)
+    click.echo(f"wrote {written}; see what it would do: distpar plan {written}")
+
+
 @cli.command("agents")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=agents.VERSION_TIMEOUT,
               show_default=True, help="Seconds to wait for each CLI's --version.")
@@ -804,6 +721,18 @@ def agents_cmd(timeout: float, as_json: bool) -> None:
         click.echo(f"{p.name:<8} {installed:<10} {version:<40} {keys}")
         click.echo(f"{'':<8} {' '.join(p.command)}: {p.description}" + (f"; {p.error}" if p.error else ""))
 
+
+def _plugin_commands() -> None:
+    """Commands of the ``distpar.commands`` entry-point group (``distpar mcp`` is one), registered like a plugin's:
+    the CLI never imports what is built on top of it."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="distpar.commands"):
+        if ep.name not in cli.commands:
+            cli.add_command(ep.load(), ep.name)
+
+
+_plugin_commands()
 
 if __name__ == "__main__":
     main()

@@ -8,9 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from distpar.coordinator.options import config_keys
 from distpar.core.errors import UsageError
 
-KEYS = {"setup": str, "verify": str, "verify_merged": str, "push": str}
+_TYPES: dict[str, type | tuple[type, ...]] = {"bool": bool, "int": int, "float": (int, float), "str": str,
+                                              "list": list}
+KEYS = {name: _TYPES[kind] for name, kind in config_keys().items()}  # declared once: distpar.coordinator.options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +42,7 @@ def repo_settings(root: Path) -> dict[str, Any]:
         norm = key.replace("-", "_")
         if norm not in KEYS:
             raise UsageError(f"{source}: unknown setting {key!r} (known: {', '.join(sorted(KEYS))})")
-        if not isinstance(value, KEYS[norm]):
-            raise UsageError(f"{source}: {key} must be a {KEYS[norm].__name__}")
+        kind = config_keys()[norm]
+        if not isinstance(value, KEYS[norm]) or (kind != "bool" and isinstance(value, bool)):
+            raise UsageError(f"{source}: {key} must be {'a number' if kind == 'float' else 'a ' + kind}")
     return {k.replace("-", "_"): v for k, v in found.items()}

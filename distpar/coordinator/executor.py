@@ -7,6 +7,7 @@ landed tree is the same whatever the timing, and resume needs no replay of the a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -17,25 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from distpar.backends.base import Backend, RunContext
+from distpar.coordinator import options as run_options
 from distpar.coordinator.deps import EarlyConflicts, Found, Preview, base_for
 from distpar.coordinator.journal import Journal
-from distpar.coordinator.landing import cleanup, land_run
+from distpar.coordinator.landing import Landed, cleanup, land_run, release
 from distpar.coordinator.livelogs import LiveLogs
 from distpar.coordinator.merge import Conflict
-from distpar.coordinator.runtime import (
-    Observer,
-    RunLock,
-    RunOptions,
-    RunReport,
-    git_identity,
-    make_report,
-    new_run_id,
-    run_row,
-)
-from distpar.coordinator.unitspec import batch_spec, note_owned_files, segment_spec, verify_files, with_earlier_tries
+from distpar.coordinator.options import RunOptions
+from distpar.coordinator.recovery import recover
+from distpar.coordinator.runtime import RunLock, RunReport, git_identity, new_run_id
+from distpar.coordinator.site import Observer, RunEvents, RunSite
+from distpar.coordinator.unitspec import batch_spec, note_owned_files, verify_files, with_earlier_tries
 from distpar.core import names
-from distpar.core.errors import DistparError
-from distpar.core.model import BatchResult, BatchStatus, SegmentResult, SegmentSpec
+from distpar.core.errors import DistparError, ExitCode, most_severe
+from distpar.core.model import BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
 from distpar.core.plan import Plan
 from distpar.core.ratelimit import RateLimiter, retry_base
 from distpar.core.schedule import Schedule
@@ -44,12 +40,15 @@ from distpar.core.state import (
     BudgetSpent,
     CancelAll,
     Event,
+    GiveUp,
     Instruction,
     Interrupt,
     Record,
+    Requeue,
     Retry,
     RunState,
     Start,
+    StopWaiting,
     Throttle,
     Tick,
     UnitEnded,
@@ -58,7 +57,7 @@ from distpar.core.state import (
 )
 from distpar.core.stateunits import state_units
 from distpar.core.units import unit_graph
-from distpar.infra import workspace
+from distpar.infra import gitops, workspace
 from distpar.infra.paths import state_dir
 from distpar.infra.process import on_signals
 from distpar.infra.transfer import Transfer
@@ -77,11 +76,12 @@ class Runner:
                  run_id: str | None = None, resume: bool = False) -> None:
         self.repo, self.plan, self.schedule, self.options = repo, plan, schedule, options
         self.backend, self.journal, self.target, self.start = backend, journal, target, start
-        self.observer = observer or (lambda kind, data: None)
         self.run_id = run_id or new_run_id()
         self.run_dir = state_dir(repo) / "runs" / self.run_id
         self.identity = git_identity(repo)
         self.env = self.identity.env()
+        self.site = RunSite(repo, self.run_id, self.run_dir, start, target, self.env)
+        self.events = RunEvents(journal, self.run_id, observer)
         self.forwarded = {k: os.environ[k] for k in options.forward_env}
         self.graph = unit_graph(plan, independent=options.independent, strategy=schedule.strategy,
                                 split=options.split)
@@ -113,41 +113,42 @@ class Runner:
         self.include_data = workspace.pack_files(repo, self.include) \
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
-        self.requeues: dict[str, int] = {}  # unit -> times it went back to the queue after a rate limit
-        self.carried: dict[str, list[BatchResult]] = {}  # ... and what those dispatches reported
+        self.held: dict[str, BatchResult] = {}  # a rate-limited unit's report, until the state says what it means
+        self.carried: dict[str, list[BatchResult]] = {}  # what a unit's requeued (rate-limited) dispatches reported
         self.rate_stop = ""  # why no new unit started (a usage limit far away), when that happened
         try:
             self.plan_text = Path(options.plan_path or plan.source).read_text()
         except OSError:
             self.plan_text = ""
         self.pushed: list[str] = []
+        self.warnings: list[str] = []  # what the checks before the run found worth saying (prepare_run)
         self.lock: RunLock | None = None  # one coordinator per run (resume hands in the lock it took)
         self.landing = self.interrupted_while_landing = False  # an interrupt while landing lets it finish
         self.live = LiveLogs(self.run_dir, backend.remote)  # what remote units print, for logs --follow
 
+    @property
+    def observer(self) -> Observer:
+        return self.events.observer
+
+    @observer.setter
+    def observer(self, value: Observer) -> None:
+        self.events.observer = value
+
     def saved_ref(self, uid: str) -> str:
-        """Where a unit's unfinished work is kept when it fails or is interrupted."""
-        return f"refs/distpar/{self.run_id}/saved/{names.key(uid)}"
+        return self.site.saved_ref(uid)
 
     def branch(self, uid: str) -> str:
-        return f"distpar/{self.run_id}/b/{names.key(uid)}"
+        return self.site.branch(uid)
 
     @property
     def integration(self) -> str:
-        return f"distpar/{self.run_id}/integration"
+        return self.site.integration
 
     def publish(self, kind: str, stream: int | None = None, batch: str | None = None, **data: Any) -> None:
-        """One event, once, to everything that follows the run: the journal, and the observer (live view,
-        ``--json``), which gets ``stream``/``batch`` in its data."""
-        self.journal.event(self.run_id, kind, stream, batch, **data)
-        self.emit(kind, **({"stream": stream} if stream is not None else {}),
-                  **({"batch": batch} if batch is not None else {}), **data)
+        self.events.publish(kind, stream, batch, **data)
 
     def emit(self, kind: str, **data: Any) -> None:
-        try:
-            self.observer(kind, data)
-        except Exception:  # an observer must never break a run
-            log.exception("observer failed on %s", kind)
+        self.events.emit(kind, **data)
 
     # --- the run ---------------------------------------------------------------------------------------
 
@@ -162,11 +163,9 @@ class Runner:
         t0 = time.time()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.resumed:
-            from distpar.coordinator.resume import restore
-
-            restore(self)
+            self._restore()
         else:
-            self.journal.start_run(run_row(self, t0), [(uid, 0) for uid in self.order])
+            self.journal.start_run(self._row(t0), [(uid, 0) for uid in self.order])
         self.emit("run_started", run_id=self.run_id, streams=self.workers, workers=self.workers, target=self.target)
         for bid in self.empty:
             self._record(BatchResult(bid, -1, BatchStatus.SKIPPED, error="the batch has no agents (agents: [])"))
@@ -176,12 +175,13 @@ class Runner:
                                      budget_usd=self.options.budget_usd,
                                      stop_on_conflict=self.options.stop_on_conflict,
                                      spent=(self.journal.spent(self.run_id) or 0.0) if self.resumed else 0.0,
+                                     agent_retries=self.options.agent_retries, cancel_wait=CANCEL_WAIT,
                                      limiter=RateLimiter(ceiling=max(1, ceiling), default_pause=3 * retry_base()))
         for uid, st in done.items():  # finished work is part of the preview from the start
             commit = self.results[uid].commit
             if st.ok and commit:
                 self.preview.add(uid, commit)
-        agents_used = tuple(dict.fromkeys(batch_spec(self, u.uid).agent for u in self.units))
+        agents_used = tuple(dict.fromkeys(self._batch(u.uid).agent for u in self.units))
         ctx = RunContext(self.run_id, self.repo, self.run_dir, self.workers, agents_used,  # events: from any thread
                          lambda kind, data: self._queue.put(("worker", (kind, data))))
         restore_signals = on_signals(self.interrupt)
@@ -199,7 +199,7 @@ class Runner:
             if self.state.complete and not self.errors and not self.interrupted.is_set():
                 self.landing = True
                 try:
-                    landed = land_run(self)
+                    landed = self._land()
                 except DistparError as exc:
                     self.errors.append(exc.message)
                 finally:
@@ -209,8 +209,8 @@ class Runner:
         finally:
             restore_signals()
             self.backend.wait_closed()
-            cleanup(self)
-        report = make_report(self, time.time() - t0, landed)
+            self._cleanup()
+        report = self._report(time.time() - t0, landed)
         self.journal.end_run(self.run_id, report.state, int(report.exit_code), report.summary())
         self.emit("run_ended", **report.summary())
         return report
@@ -219,16 +219,14 @@ class Runner:
         assert self.state is not None
         for w in range(self.workers):
             self._apply(self.state.handle(WorkerUp(w)))
-        interrupted_at: float | None = None
         while not self.state.finished:
             try:
                 kind, item = self._queue.get(timeout=TICK)
             except queue.Empty:
                 kind, item = "event", Tick(time.time())
             if self.interrupted.is_set() and not self.state.interrupted:
-                interrupted_at = time.time()
                 self.publish("interrupted")
-                self._apply(self.state.handle(Interrupt()))
+                self._apply(self.state.handle(Interrupt(at=time.time())))  # the state keeps the cancel deadline
             if kind == "done":
                 event = self._collect(*item)
             elif kind in ("worker", "predicted"):
@@ -237,9 +235,6 @@ class Runner:
             else:
                 event = item
             self._apply(self.state.handle(event))
-            if interrupted_at is not None and time.time() - interrupted_at > CANCEL_WAIT and self.running:
-                self.errors.append(f"{len(self.running)} unit(s) did not stop within {CANCEL_WAIT:g}s")
-                break
 
     def _apply(self, instructions: list[Instruction]) -> None:
         for ins in instructions:
@@ -248,6 +243,19 @@ class Runner:
             elif isinstance(ins, Record):
                 worker = self.state.assignment.get(ins.uid, -1) if self.state else -1
                 self._record(BatchResult(ins.uid, worker, ins.status, error=ins.reason))
+            elif isinstance(ins, Requeue):  # a rate limit: the unit starts again later, what it reported is kept
+                r = self.held.pop(ins.uid)
+                self.carried.setdefault(ins.uid, []).append(r)
+                self.journal.batch_requeued(self.run_id, ins.uid)
+                o = r.outcome
+                self.publish("unit_throttled", r.stream, ins.uid, result_class=o.result_class if o else None,
+                             retry_after=o.retry_after if o else None, resets_at=o.resets_at if o else None,
+                             requeued=ins.count)
+            elif isinstance(ins, GiveUp):  # rate-limited, and not requeued: its end stands
+                self._record(with_earlier_tries(self.carried.pop(ins.uid), self.held.pop(ins.uid))
+                             if ins.uid in self.carried else self.held.pop(ins.uid))
+            elif isinstance(ins, StopWaiting):
+                self.errors.append(f"{len(ins.uids)} unit(s) did not stop within {ins.waited:g}s")
             elif isinstance(ins, Retry):
                 self.publish("segment_retry", None, ins.uid, attempt=ins.attempt, error=ins.error)
             elif isinstance(ins, CancelAll):
@@ -278,7 +286,7 @@ class Runner:
             self._queue.put(("event", Blocked(ins.uid, ins.worker, reason)))
             return
         self.dispatches += 1
-        spec = segment_spec(self, ins.uid, ins.worker, ins.attempt, base.commit)
+        spec = self._spec(ins.uid, ins.worker, ins.attempt, base.commit)
         self.publish("segment_submitted", ins.worker, ins.uid, batches=[ins.uid], attempt=ins.attempt, base=base.commit)
         self.journal.batch_started(self.run_id, ins.uid, ins.worker, ins.attempt, "")
         self.emit("batch_started", stream=ins.worker, batch=ins.uid, attempt=ins.attempt)
@@ -326,19 +334,15 @@ class Runner:
                          exit_code=setup["exit_code"], node=result.node)
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
-        r = note_owned_files(self, verify_files(self, result.results[0]), spec.base)
+        r = verify_files(self.repo, self.graph, self.batches[self.graph.unit(uid).batch_id], self.results,
+                         result.results[0], self.branch(uid))
+        r = note_owned_files(self.repo, self.graph, r, spec.base)
         o = r.outcome
         now = time.time()
-        if o is not None and o.rate_limited and not o.ok and not self.interrupted.is_set():
-            # A rate limit is the run's signal, not the unit's failure: it goes back to the queue and starts again
-            # when the run's limiter lets it (a few times at most), from the same base.
-            self.requeues[uid] = self.requeues.get(uid, 0) + 1
-            if self.requeues[uid] <= self.options.agent_retries:
-                self.carried.setdefault(uid, []).append(r)
-                self.journal.batch_requeued(self.run_id, uid)
-                self.publish("unit_throttled", spec.stream, uid, result_class=o.result_class, retry_after=o.retry_after,
-                             resets_at=o.resets_at, requeued=self.requeues[uid])
-                return UnitEnded(uid, spec.stream, r.status, o.cost_usd, outcome=o, at=now, requeue=True)
+        if o is not None and o.rate_limited and not o.ok:
+            # The state decides whether it goes back to the queue (Requeue) or its end stands (GiveUp).
+            self.held[uid] = r
+            return UnitEnded(uid, spec.stream, r.status, o.cost_usd, outcome=o, at=now, rate_limited=True)
         if uid in self.carried:  # what the dispatches before it (rate-limited) tried and cost counts too
             r = with_earlier_tries(self.carried.pop(uid), r)
         self._record(r)
@@ -370,7 +374,9 @@ class Runner:
                 continue
             if kind == "done":
                 try:
-                    self._collect(*item)
+                    ended = self._collect(*item)
+                    if isinstance(ended, UnitEnded) and ended.rate_limited:  # the run stops: its end stands
+                        self._apply([GiveUp(ended.uid, "the run stopped after an error")])
                 except Exception:
                     log.exception("a unit failed while the run stopped after an error")
 
@@ -384,6 +390,102 @@ class Runner:
         self.emit("batch_ended", stream=r.stream, batch=r.batch_id, status=r.status.value, node=r.node,
                   duration=r.duration, error=r.error, log_tail=r.log_tail, changed=r.changed,
                   cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries, notes=list(r.notes))
+
+    # --- what the steps are handed, and what they hand back ----------------------------------------------
+
+    def _batch(self, uid: str) -> BatchSpec:
+        return batch_spec(self.graph, self.plan, self.options.agent, self.options.timeout, uid, self.results,
+                          self.resume_sessions.get(uid), self.backend.remote)
+
+    def _spec(self, uid: str, worker: int, attempt: int, base: str) -> SegmentSpec:
+        """What worker ``worker`` is sent to run unit ``uid`` (dispatch number ``self.dispatches``) from ``base``."""
+        batch = self._batch(uid)
+        ctx = self._ctx_stub()
+        o = self.options
+        return SegmentSpec(
+            run_id=self.run_id, stream=worker, segment=self.dispatches, branch=self.branch(uid), base=base,
+            batches=(batch,),
+            source=self.transfer.source(base, f"{names.key(uid)}-{self.dispatches}",
+                                        extra=(self.saved_ref(uid),) if batch.restore else ()),
+            workspace=self.backend.workspace(ctx, worker), log_dir=self.backend.log_dir(ctx),
+            identity=self.identity, env=self.forwarded, return_bundle=self.transfer.return_bundle,
+            attempt=attempt, agent_retries=o.agent_retries, max_concurrent_agents=o.max_concurrent_agents,
+            stagger=o.stagger, setup=o.setup, verify=o.verify,
+            include=tuple(self.include) if (not self.backend.remote or self.include_data) else (),
+            include_data=self.include_data, plan_text=self.plan_text, hooks=o.hooks, warn_size=o.warn_size,
+            sandbox=o.sandbox, sandbox_allow=o.sandbox_allow,
+        )
+
+    def _restore(self) -> None:
+        """Pick up the journaled run this one continues."""
+        rec = recover(self.site, self.journal, self.units)
+        self.results.update(rec.results)
+        self.resume_sessions.update(rec.sessions)
+        self.dispatches = rec.dispatches
+        self.saved_refs.extend(rec.saved_refs)
+        self.emit("run_resumed", run_id=self.run_id, done=len(self.results), recovered=rec.recovered,
+                  done_batches=sorted(self.results))
+
+    def _row(self, t0: float) -> dict[str, Any]:
+        """The journal's row for a new run: everything resume needs (never a secret: variable names only)."""
+        return {
+            "id": self.run_id, "plan_path": self.options.plan_path or self.plan.source, "plan_id": self.plan.plan_id,
+            "repo": str(self.repo), "target": self.target, "base": self.start, "backend": self.backend.name,
+            "workers": self.workers, "strategy": self.schedule.strategy, "state": "running", "started": t0,
+            "pid": os.getpid(), "plan": json.dumps(self.plan.to_dict()),
+            "schedule": json.dumps(self.schedule.to_dict()),
+            "options": json.dumps(run_options.to_row(self.options)),
+        }
+
+    def _land(self) -> str | None:
+        merges = [(self.branch(u.uid), self.results[u.uid].commit or self.start)
+                  for u in sorted(self.units, key=lambda u: u.order)]
+        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events)
+        self.conflict = self.conflict or landed.conflict
+        self.gate, self.pushed = landed.gate, landed.pushed
+        return landed.head
+
+    def _cleanup(self) -> None:
+        if not self.backend.remote:
+            ctx = self._ctx_stub()
+            self.saved_refs.extend(cleanup(self.site, [Path(self.backend.workspace(ctx, w))
+                                                       for w in range(self.workers)]))
+        self.transfer.clear()
+        self.live.close()  # units that never handed a result back: their live copy is kept in their log
+
+    def _report(self, wall: float, landed: str | None) -> RunReport:
+        """What the run ended with. After a clean landing the run's branches and refs (not its saved work) go."""
+        results = [self.results[uid] for uid in self.order if uid in self.results]
+        pending = [uid for uid in self.order if uid not in self.results]
+        interrupted = self.interrupted.is_set() and landed is None  # an interrupt after landing changed nothing
+        codes = [ExitCode.OK]
+        if any(not r.status.ok for r in results if r.batch_id not in self.empty):
+            codes.append(ExitCode.BATCH_FAILED)
+        if self.conflict:
+            codes.append(ExitCode.CONFLICT)
+        if self.errors:
+            codes.append(ExitCode.BACKEND)
+        if self.gate is not None:
+            codes.append(ExitCode.GATE_FAILED)
+        if interrupted:
+            codes.append(ExitCode.INTERRUPTED)
+        if pending and not interrupted and not self.errors:
+            codes.append(ExitCode.BATCH_FAILED)  # budget spent, or stopped at a conflict found early
+        code = most_severe(*codes)
+        branches = [self.branch(u.uid) for u in self.units] + [self.integration]
+        if landed is not None and self.conflict is None and not self.options.keep_branches:
+            release(self.site, branches)
+            branches = []
+        else:
+            branches = [b for b in branches if gitops.try_rev(self.repo, f"refs/heads/{b}")]
+        return RunReport(
+            run_id=self.run_id, state=RunReport.STATES[code], exit_code=code, target=self.target, results=results,
+            pending=pending, wall=wall, conflict=self.conflict, errors=self.errors, branches=branches,
+            saved_refs=sorted(set(self.saved_refs)), landed=landed, budget_usd=self.options.budget_usd,
+            budget_exhausted=self.budget_exhausted, predicted_conflicts=self.predicted,
+            gate=self.gate.to_dict() if self.gate else None, pushed=self.pushed, stopped=self.rate_stop,
+            warnings=list(self.warnings), spent=self.journal.spent(self.run_id),
+        )
 
     # --- signals ---------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from distpar.core.model import AgentConfig
 from distpar.infra import gitops, paths, sandbox
 
 if TYPE_CHECKING:
-    from distpar.coordinator.runtime import RunOptions
+    from distpar.coordinator.options import RunOptions
     from distpar.core.plan import Plan
 
 

@@ -5,77 +5,57 @@ beyond reading the unit's commits."""
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from distpar import agents
-from distpar.core import names
-from distpar.core.model import BatchResult, BatchSpec, BatchStatus, SegmentSpec, totals
-from distpar.core.units import with_fan_out_summary
+from distpar.core.model import AgentConfig, BatchResult, BatchSpec, BatchStatus, totals
+from distpar.core.plan import Batch, Plan
+from distpar.core.units import UnitGraph, with_fan_out_summary
 from distpar.infra import gitops
 
-if TYPE_CHECKING:
-    from distpar.coordinator.executor import Runner
+
+def batch_spec(graph: UnitGraph, plan: Plan, default: AgentConfig, timeout: float, uid: str,
+               results: Mapping[str, BatchResult], session: tuple[str | None, str | None, str | None] | None,
+               remote: bool) -> BatchSpec:
+    """What the worker runs for unit ``uid``: its agent (the batch's override, else ``default``), its prompt (with
+    the fan-out answers of the batch before it, for CAST ``type: fan-out``, from ``results``), and the session and
+    saved work an interrupted unit goes on from (``session``: a session only where the agent can continue one)."""
+    u = graph.unit(uid)
+    cfg = agents.agent_config(u.agent, default) if u.agent else default
+    resume_session, restore, node = session or (None, None, None)
+    if resume_session and not agents.can_resume(cfg):
+        resume_session = node = None
+    prompt = u.prompt
+    source = plan.fan_out_source(u.batch_id)
+    if source:  # CAST fan-out: the agents' final answers are handed to the next batch's prompts
+        answers = {s.uid: _answer(results, s.uid) for s in graph.of_batch(source)}
+        prompt = with_fan_out_summary(prompt, source, answers, graph)
+    return BatchSpec(uid, u.description, prompt, cfg, u.timeout or timeout, resume_session, restore,
+                     node if remote else None, u.subagent_type)
 
 
-def _answer(run: Runner, uid: str) -> str:
-    r = run.results.get(uid)
+def _answer(results: Mapping[str, BatchResult], uid: str) -> str:
+    r = results.get(uid)
     return r.outcome.message if r is not None and r.outcome is not None else ""
 
 
-def batch_spec(run: Runner, uid: str) -> BatchSpec:
-    """What the worker runs for unit ``uid``: its agent (the batch's override, else the run's), its prompt (with
-    the fan-out answers of the batch before it, for CAST ``type: fan-out``), and the session and saved work an
-    interrupted unit goes on from (a session only where the agent can continue one)."""
-    u = run.graph.unit(uid)
-    cfg = agents.agent_config(u.agent, run.options.agent) if u.agent else run.options.agent
-    session, restore, node = run.resume_sessions.get(uid, (None, None, None))
-    if session and not agents.can_resume(cfg):
-        session = node = None
-    prompt = u.prompt
-    source = run.plan.fan_out_source(u.batch_id)
-    if source:  # CAST fan-out: the agents' final answers are handed to the next batch's prompts
-        answers = {s.uid: _answer(run, s.uid) for s in run.graph.of_batch(source)}
-        prompt = with_fan_out_summary(prompt, source, answers, run.graph)
-    return BatchSpec(uid, u.description, prompt, cfg, u.timeout or run.options.timeout, session, restore,
-                     node if run.backend.remote else None, u.subagent_type)
-
-
-def segment_spec(run: Runner, uid: str, worker: int, attempt: int, base: str) -> SegmentSpec:
-    """What worker ``worker`` is sent to run unit ``uid`` (dispatch number ``run.dispatches``) from ``base``."""
-    batch = batch_spec(run, uid)
-    ctx = run._ctx_stub()
-    o = run.options
-    return SegmentSpec(
-        run_id=run.run_id, stream=worker, segment=run.dispatches, branch=run.branch(uid), base=base,
-        batches=(batch,),
-        source=run.transfer.source(base, f"{names.key(uid)}-{run.dispatches}",
-                                   extra=(run.saved_ref(uid),) if batch.restore else ()),
-        workspace=run.backend.workspace(ctx, worker), log_dir=run.backend.log_dir(ctx),
-        identity=run.identity, env=run.forwarded, return_bundle=run.transfer.return_bundle,
-        attempt=attempt, agent_retries=o.agent_retries, max_concurrent_agents=o.max_concurrent_agents,
-        stagger=o.stagger, setup=o.setup, verify=o.verify,
-        include=tuple(run.include) if (not run.backend.remote or run.include_data) else (),
-        include_data=run.include_data, plan_text=run.plan_text, hooks=o.hooks, warn_size=o.warn_size,
-        sandbox=o.sandbox, sandbox_allow=o.sandbox_allow,
-    )
-
-
-def verify_files(run: Runner, r: BatchResult) -> BatchResult:
-    """CAST ``verify_files``: once the last of a batch's final units is done, the files must exist (and not
-    be empty) in the batch's work; else that unit fails, naming the missing paths (its work is kept)."""
-    batch = run.batches[run.graph.unit(r.batch_id).batch_id]
+def verify_files(repo: Path, graph: UnitGraph, batch: Batch, results: Mapping[str, BatchResult], r: BatchResult,
+                 branch: str) -> BatchResult:
+    """CAST ``verify_files``: once the last of ``batch``'s final units is done, the files must exist (and not be
+    empty) in the batch's work; else that unit fails, naming the missing paths (its work is kept on ``branch``)."""
     if not batch.verify_files or not r.status.ok:
         return r
-    units = run.graph.of_batch(batch.id)
+    units = graph.of_batch(batch.id)
     inner = {d for u in units for d in u.depends_on}
     finals = [u.uid for u in units if u.uid not in inner]
-    if any(f != r.batch_id and not (f in run.results and run.results[f].status.ok) for f in finals):
+    if any(f != r.batch_id and not (f in results and results[f].status.ok) for f in finals):
         return r
-    commits = [r.commit if f == r.batch_id else run.results[f].commit for f in finals]
+    commits = [r.commit if f == r.batch_id else results[f].commit for f in finals]
 
     def present(path: str) -> bool:
-        return any(c and gitops.git(run.repo, "cat-file", "-s", f"{c}:{path}", check=False).stdout.strip()
+        return any(c and gitops.git(repo, "cat-file", "-s", f"{c}:{path}", check=False).stdout.strip()
                    not in ("", "0") for c in commits)
 
     missing = [p for p in batch.verify_files if not present(p)]
@@ -83,7 +63,7 @@ def verify_files(run: Runner, r: BatchResult) -> BatchResult:
         return r
     return replace(r, status=BatchStatus.FAILED,
                    error=f"verify_files: batch {batch.id} left no {', '.join(missing)} (its work is kept on "
-                         f"{run.branch(r.batch_id)})")
+                         f"{branch})")
 
 
 def with_earlier_tries(earlier: list[BatchResult], r: BatchResult) -> BatchResult:
@@ -94,14 +74,14 @@ def with_earlier_tries(earlier: list[BatchResult], r: BatchResult) -> BatchResul
                    started=earlier[0].started or r.started)
 
 
-def note_owned_files(run: Runner, r: BatchResult, base: str) -> BatchResult:
+def note_owned_files(repo: Path, graph: UnitGraph, r: BatchResult, base: str) -> BatchResult:
     """CAST ``owns_files``: a unit that changed files another unit owns (and it does not) is reported, in the
     result's notes (and so in the journal and at the end of the run); its work is kept as it is."""
-    owners = [(u.uid, u.owns_files) for u in run.graph.units if u.owns_files and u.uid != r.batch_id]
+    owners = [(u.uid, u.owns_files) for u in graph.units if u.owns_files and u.uid != r.batch_id]
     if not owners or not r.status.ok or not r.commit or not r.changed:
         return r
-    mine = run.graph.unit(r.batch_id).owns_files
-    changed = gitops.out(run.repo, "diff", "--name-only", base, r.commit).splitlines()
+    mine = graph.unit(r.batch_id).owns_files
+    changed = gitops.out(repo, "diff", "--name-only", base, r.commit).splitlines()
     crossed = []
     for uid, owned in owners:
         files = [f for f in changed if _owned(f, owned) and not _owned(f, mine)]

@@ -9,16 +9,35 @@ class ExitCode(IntEnum):
     """Process exit codes. When several apply, the CLI exits with the most severe (highest rank)."""
 
     OK = 0
-    BATCH_FAILED = 1  # at least one batch failed; everything kept
-    USAGE = 2  # bad input or flags; nothing was changed
-    CONFLICT = 3  # a merge conflicted; target unchanged, everything kept
-    BACKEND = 4  # infrastructure failed (git, host, cluster)
-    GATE_FAILED = 5  # --verify-merged failed on the merged tree; target unchanged, everything kept
-    INTERRUPTED = 130  # Ctrl+C / SIGTERM; work saved
+    BATCH_FAILED = 1
+    USAGE = 2
+    CONFLICT = 3
+    BACKEND = 4
+    GATE_FAILED = 5
+    INTERRUPTED = 130
 
     @property
     def severity(self) -> int:
         return _SEVERITY[self]
+
+    @property
+    def description(self) -> str:
+        """What the code means to the user (the docs' exit code reference is generated from it)."""
+        return _DESCRIPTION[self]
+
+
+_DESCRIPTION = {
+    ExitCode.OK: "every unit succeeded and the units were merged into the target",
+    ExitCode.BATCH_FAILED: "at least one unit failed (or the run's budget ran out): the target is not touched, "
+                           "everything is kept",
+    ExitCode.USAGE: "bad input or flags (a plan, a setting, a refused repository state): nothing was changed",
+    ExitCode.CONFLICT: "a merge conflicted: the target is unchanged, every branch is kept",
+    ExitCode.BACKEND: "a backend or infrastructure error (git, a host, a cluster, a journal that cannot be "
+                      "written): work done so far is kept",
+    ExitCode.GATE_FAILED: "`--verify-merged` failed on the merged tree: the target is unchanged, everything is "
+                          "kept (`distpar resume` runs the gate again)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl+C, SIGTERM): agents stopped, their work saved",
+}
 
 
 _SEVERITY = {

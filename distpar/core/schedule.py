@@ -1,9 +1,8 @@
-"""Predictions over the unit graph (``predict``, ``preview``) and the batch-stream ``Schedule`` that the
-current coordinator carries out (``make_schedule``). Pure code, no I/O.
+"""What ``distpar plan`` shows (``preview``, with ``predict``: the run state on the estimates, see
+``distpar.core.predict``) and the static batch ``Schedule`` (``make_schedule``) the run records and the bench
+compares against. Pure code, no I/O.
 
-``predict`` simulates run-time list scheduling: whenever a worker is free it takes the ready unit with the
-highest priority (the longest path of estimates from it to the end, then plan order); a pinned unit runs only
-on its stream. ``make_schedule`` (streams fixed in advance):
+``make_schedule`` (streams fixed in advance):
 
 Every strategy returns streams that are subsequences of one global topological order, which makes any schedule
 deadlock-free whatever waits across streams it contains. Streams keep plan order (made topological: a batch
@@ -22,6 +21,7 @@ from typing import Any
 
 from distpar.core.errors import UsageError
 from distpar.core.plan import Plan, repo_relative
+from distpar.core.predict import Prediction, Slot, predict_graph
 from distpar.core.units import STRATEGIES, UnitGraph
 
 __all__ = ["STRATEGIES", "Prediction", "Preview", "Schedule", "Slot", "Stream", "make_schedule", "predict",
@@ -261,120 +261,12 @@ def _finish(strategy, workers, groups, order, est, deps) -> Schedule:  # type: i
     )
 
 
-# --- predictions over the unit graph ---------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    uid: str
-    worker: int  # 0-based
-    start: float  # minutes
-    finish: float
+# --- predictions over the unit graph: the run state on the estimates (distpar.core.predict) -------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """What run-time list scheduling of a unit graph on ``workers`` workers should take, by the estimates."""
-
-    workers: int
-    makespan: float
-    serial: float  # the sum of every unit's estimate: one worker, one unit after another
-    critical_path: float
-    slots: tuple[Slot, ...]  # in start order
-    waits: dict[str, tuple[str, ...]]  # uid -> the dependencies that ran on another worker (merged in first)
-
-    @property
-    def lower_bound(self) -> float:
-        return max(self.critical_path, self.serial / self.workers)
-
-    @property
-    def speedup(self) -> float:
-        return self.serial / self.makespan if self.makespan else 1.0
-
-    def timeline(self) -> list[list[Slot]]:
-        """Per worker, its units in the order it runs them."""
-        rows: list[list[Slot]] = [[] for _ in range(self.workers)]
-        for s in self.slots:
-            rows[s.worker].append(s)
-        return rows
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"workers": self.workers, "makespan": self.makespan, "serial": self.serial,
-                "critical_path": self.critical_path, "lower_bound": self.lower_bound, "speedup": self.speedup,
-                "slots": [{"uid": s.uid, "worker": s.worker, "start": s.start, "finish": s.finish}
-                          for s in self.slots],
-                "waits": {k: list(v) for k, v in self.waits.items()}}
-
-
-def predict(graph: UnitGraph, workers: int) -> Prediction:
-    """Simulate run-time list scheduling: a free worker (lowest index first) takes the ready unit with the
-    longest remaining path of estimates (then plan order); a unit pinned to stream p runs on worker
-    p % workers only."""
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
-    units = graph.units
-    position = {u.uid: i for i, u in enumerate(units)}
-    users: dict[str, list[str]] = {u.uid: [] for u in units}
-    for u in units:
-        for d in u.depends_on:
-            users[d].append(u.uid)
-    bottom: dict[str, float] = {}
-    for u in reversed(units):  # units are in topological order
-        bottom[u.uid] = u.estimate + max((bottom[x] for x in users[u.uid]), default=0.0)
-    longest: dict[str, float] = {}
-    for u in units:
-        longest[u.uid] = u.estimate + max((longest[d] for d in u.depends_on), default=0.0)
-
-    general: list[tuple[float, int, str]] = []
-    pinned: list[list[tuple[float, int, str]]] = [[] for _ in range(workers)]
-    missing = {u.uid: len(set(u.depends_on)) for u in units}
-
-    def release(uid: str) -> None:
-        u = graph.unit(uid)
-        entry = (-bottom[uid], position[uid], uid)
-        heapq.heappush(pinned[u.pin % workers] if u.pin is not None else general, entry)
-
-    for u in units:
-        if missing[u.uid] == 0:
-            release(u.uid)
-    free = list(range(workers))
-    running: list[tuple[float, int, str]] = []  # (finish, worker, uid)
-    slots: list[Slot] = []
-    worker_of: dict[str, int] = {}
-    now = 0.0
-    for _ in range(2 * len(units) + 1):
-        for w in sorted(free):
-            heaps = [h for h in (general, pinned[w]) if h]
-            if not heaps:
-                continue
-            best = min(heaps, key=lambda h: h[0])
-            _, _, uid = heapq.heappop(best)
-            finish = now + graph.unit(uid).estimate
-            heapq.heappush(running, (finish, w, uid))
-            slots.append(Slot(uid, w, now, finish))
-            worker_of[uid] = w
-            free.remove(w)
-        if not running:
-            break
-        now = running[0][0]
-        while running and running[0][0] == now:
-            _, w, uid = heapq.heappop(running)
-            free.append(w)
-            for x in users[uid]:
-                missing[x] -= 1
-                if missing[x] == 0:
-                    release(x)
-    if len(slots) != len(units):  # only a hand-built graph with a cycle gets here
-        raise UsageError("the unit graph cannot be scheduled: its dependencies contain a cycle")
-    waits = {u.uid: tuple(d for d in dict.fromkeys(u.depends_on) if worker_of[d] != worker_of[u.uid])
-             for u in units}
-    return Prediction(
-        workers=workers,
-        makespan=max((s.finish for s in slots), default=0.0),
-        serial=sum(u.estimate for u in units),
-        critical_path=max(longest.values(), default=0.0),
-        slots=tuple(slots),
-        waits={k: v for k, v in waits.items() if v},
-    )
+def predict(graph: UnitGraph, workers: int, strategy: str = "balanced") -> Prediction:
+    """The run of ``graph`` with ``workers`` workers, by the estimates (minutes): what ``distpar plan`` shows."""
+    return predict_graph(graph, workers, strategy)
 
 
 # How a unit's subagent_type reaches the agent, as one phrase for the dry run. A hook: the coordinator passes
@@ -417,11 +309,11 @@ class Preview:
                 "subagents": dict(self.subagents), "warnings": self.warnings()}
 
 
-def preview(graph: UnitGraph, workers: int, *, repo_root: str | None = None, plan_path: str | None = None,
-            subagent: SubagentHow = subagent_not_passed) -> Preview:
+def preview(graph: UnitGraph, workers: int, *, strategy: str = "balanced", repo_root: str | None = None,
+            plan_path: str | None = None, subagent: SubagentHow = subagent_not_passed) -> Preview:
     return Preview(
         graph=graph,
-        prediction=predict(graph, workers),
+        prediction=predict(graph, workers, strategy),
         overlaps=tuple(owned_overlaps(graph, repo_root)),
         path_warnings=tuple(prompt_path_warnings(graph, repo_root, plan_path)),
         subagents={s: subagent(s) for s in dict.fromkeys(u.subagent_type for u in graph.units if u.subagent_type)},

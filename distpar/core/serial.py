@@ -37,7 +37,7 @@ def dump(obj: Any) -> Any:
 
 def load(cls: type[T], data: dict[str, Any]) -> T:
     """The dataclass ``cls`` from ``dump``'s output."""
-    hints = _hints(cls)
+    hints = _hints(cls)  # type: ignore[arg-type]
     kwargs = {f.name: _value(hints[f.name], data[f.name]) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
               if f.init and f.name in data}
     return cls(**kwargs)

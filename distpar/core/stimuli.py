@@ -1,5 +1,6 @@
 """What the run state hears and says: events in (a worker is up, a unit ended, a transport broke, Ctrl+C, time
-passed) and instructions out (start this unit on that worker, record, retry, cancel, throttle, finish). Plain
+passed) and instructions out (start this unit on that worker, record, retry, requeue, give up, stop waiting, cancel,
+throttle, finish). Plain
 frozen data, nothing else; ``distpar.core.state`` decides, ``distpar.coordinator.executor`` carries out."""
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class UnitEnded:
     cost_usd: float | None = None
     outcome: AgentOutcome | None = None  # what the agent reported: rate limits change how many run at once
     at: float | None = None  # when it ended (the executor's clock)
-    requeue: bool = False  # the unit did not really run (rate-limited before it could work): run it again
+    rate_limited: bool = False  # the agent hit a rate limit before it could work: the state decides whether the
+    # unit goes back to the queue (``Requeue``, a few times at most) or its end stands (``GiveUp``)
     conflicts: bool = False  # its work conflicts with work already finished (found before the final merge)
 
 
@@ -56,7 +58,9 @@ class Blocked:
 
 @dataclass(frozen=True, slots=True)
 class Interrupt:
-    pass
+    """Ctrl+C: start nothing more, cancel what runs, and wait for it at most ``RunState.cancel_wait`` from ``at``."""
+
+    at: float | None = None  # the executor's clock (None: the last time the state heard of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,33 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class Requeue:
+    """A rate-limited unit goes back to the queue (the ``count``-th time): keep what it reported, it adds to what
+    the unit finally reports."""
+
+    uid: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """A rate-limited unit is not requeued (``reason``: it was too often, or the run was interrupted): its
+    reported end stands, record it."""
+
+    uid: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopWaiting:
+    """An interrupted run waited ``waited`` seconds and these units did not stop: the run ends without them
+    (they stay pending, resumable)."""
+
+    uids: tuple[str, ...]
+    waited: float
+
+
+@dataclass(frozen=True, slots=True)
 class CancelAll:
     pass
 
@@ -133,4 +164,4 @@ class Finish:
     complete: bool
 
 
-Instruction = Start | Record | Retry | CancelAll | BudgetSpent | Throttle | Finish
+Instruction = Start | Record | Retry | Requeue | GiveUp | StopWaiting | CancelAll | BudgetSpent | Throttle | Finish

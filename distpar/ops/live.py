@@ -1,14 +1,16 @@
 """Observers of a running plan: a live view for a terminal, plain lines for logs and CI, JSON lines for machines.
 
 The Runner calls ``observer(kind, data)`` for every event it emits (see ``runtime.Runner.emit``). ``RunProgress``
-is the state the observers share, built from those events alone: per-stream progress and an ETA from the plan's
-estimates, rescaled by how long the finished batches really took. Nothing here writes to the terminal by itself:
-the CLI hands in the console (or the write function) to use.
+is the state the observers share, built from those events alone: per-worker progress, counted in units, and an
+ETA that is the one prediction (``distpar.core.predict``: the run state on the plan's estimates) of what is left,
+rescaled by how long the finished units really took. Nothing here writes to the terminal by itself: the CLI hands
+in the console (or the write function) to use.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -23,10 +25,15 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from distpar.core.model import BatchStatus
 from distpar.core.plan import Plan
+from distpar.core.predict import Prediction, predict, run_workers
 from distpar.core.schedule import Schedule
+from distpar.core.stateunits import state_units
+from distpar.core.units import UnitGraph, unit_graph
 
 Clock = Callable[[], float]
+REPREDICT = 1.0  # seconds: the live view redraws 4 times a second, the ETA is predicted again at most once a second
 OUTPUT_CHARS = 200  # of a worker's last output line kept for the live view (which cuts it to the width)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
@@ -59,12 +66,14 @@ class RunProgress:
     """Progress of one run, from its events alone (workers report when a unit really starts and ends).
     Pure bookkeeping: no I/O, the clock is injectable."""
 
-    def __init__(self, plan: Plan, schedule: Schedule, node: str = "", clock: Clock = time.time) -> None:
+    def __init__(self, plan: Plan, schedule: Schedule, node: str = "", clock: Clock = time.time, *,
+                 graph: UnitGraph | None = None) -> None:
+        """``graph``: the run's unit graph (``Runner.graph``); without it, the plan's under the schedule's strategy."""
         self.plan, self.schedule, self.clock = plan, schedule, clock
-        self.estimates = {b.id: b.estimate * 60.0 for b in plan.batches}  # plan estimates are minutes
-        self.deps = {b.id: b.depends_on for b in plan.batches}
+        self.graph = graph if graph is not None else unit_graph(plan, strategy=schedule.strategy)
+        self.estimates = {u.uid: u.estimate * 60.0 for u in self.graph.units}  # plan estimates are minutes
         self.node = node
-        self.streams = [WorkerRow(i, node) for i in range(max(1, schedule.workers))]
+        self.streams = [WorkerRow(i, node) for i in range(run_workers(self.graph, schedule.workers))]
         self.ended: dict[str, tuple[str, float]] = {}  # unit -> (status, duration)
         self.cost: float | None = None
         self.run_id = ""
@@ -75,6 +84,7 @@ class RunProgress:
         self.predicted: list[str] = []  # conflicts found early
         self.t0 = clock()
         self.t_end: float | None = None
+        self._eta: tuple[Any, float, float] | None = None  # (what it was predicted from, when, the ETA then)
 
     # --- events ----------------------------------------------------------------------------------------
 
@@ -101,7 +111,7 @@ class RunProgress:
             if row is not None and data.get("batch") not in self.ended:
                 if row.current != data["batch"]:
                     row.output = ""
-                row.current, row.since = data["batch"], data.get("at") or now
+                row.current, row.since = data["batch"], now if data.get("at") is None else data["at"]
                 row.attempt = data.get("attempt", 1)
                 if data.get("node"):
                     row.node = data["node"]
@@ -156,15 +166,16 @@ class RunProgress:
 
     @property
     def total(self) -> int:
+        """Units in the run (a batch without agents has none)."""
         return len(self.estimates)
 
     @property
     def done(self) -> int:
-        return len(self.ended)
+        return sum(1 for u in self.ended if u in self.estimates)
 
     @property
     def failed(self) -> int:
-        return sum(1 for s, _ in self.ended.values() if s != "ok")
+        return sum(1 for u, (s, _) in self.ended.items() if s != "ok" and u in self.estimates)
 
     def elapsed(self) -> float:
         return (self.t_end or self.clock()) - self.t0
@@ -176,33 +187,36 @@ class RunProgress:
         est = sum(e for _, e in pairs)
         return sum(d for d, _ in pairs) / est if est > 0 else 1.0
 
+    def prediction(self) -> Prediction:
+        """What is left, by the one model (``distpar.core.predict``): the units that ended stay ended, a running one
+        needs what its rescaled estimate leaves (at least a second: it has not ended), the rest their rescaled
+        estimates. Times in seconds from now."""
+        now, scale = self.clock(), self.scale()
+        workers = max(1, len(self.streams))
+        done = {u: _status(s) for u, (s, _) in self.ended.items() if u in self.estimates}
+        running = {row.current: (row.index, max(1.0, self.estimates[row.current] * scale
+                                               - (now - (now if row.since is None else row.since))))
+                   for row in self.streams if row.current in self.estimates and row.current not in done}
+        units = state_units(self.graph, self.schedule.strategy, workers)
+        return predict(units, workers, {u: e * scale for u, e in self.estimates.items()}, done=done, running=running)
+
     def eta(self) -> float:
-        """Seconds until every unit has finished: what is left, list-scheduled on the workers as the run does it
-        (a free worker takes the next ready unit), with estimates rescaled by the real durations so far."""
+        """Seconds until every unit has finished (0 once they all have). Between events it counts down from the
+        last prediction for up to ``REPREDICT`` seconds (a plan of thousands of units takes a while to predict)."""
         if self.done >= self.total:
             return 0.0
-        now, scale = self.clock(), self.scale()
-        free = []
-        finish: dict[str, float] = {b: 0.0 for b in self.ended}
-        for row in self.streams:
-            if row.current and row.current in self.estimates:
-                left = max(0.0, self.estimates[row.current] * scale - (now - (row.since or now)))
-                finish[row.current] = left
-                free.append(left)
-            else:
-                free.append(0.0)
-        for b in self.plan.ids:
-            if b in finish:
-                continue
-            k = min(range(len(free)), key=lambda i: free[i])
-            begin = max([free[k], *(finish.get(d, 0.0) for d in self.deps.get(b, ()))])
-            finish[b] = free[k] = begin + self.estimates[b] * scale
-        return max(finish.values(), default=0.0)
+        now = self.clock()
+        key = (len(self.ended), tuple((row.current, row.since) for row in self.streams))
+        if self._eta is not None and self._eta[0] == key and 0.0 <= now - self._eta[1] < REPREDICT:
+            return max(1.0, self._eta[2] - (now - self._eta[1]))
+        eta = self.prediction().makespan
+        self._eta = (key, now, eta)
+        return eta
 
     def stream_activity(self, st: WorkerRow) -> str:
         """What a worker is doing, in a few words."""
         if st.current:
-            desc = self.plan.batch(st.current).description if st.current in self.estimates else ""
+            desc = self.graph.unit(st.current).description if st.current in self.estimates else ""
             text = f"{st.current}" + (f" · {desc}" if desc else "")
             return text + (f" (attempt {st.attempt})" if st.attempt > 1 else "")
         if self.phase in ("interrupted", "ended") and self.done < self.total:
@@ -217,6 +231,18 @@ class RunProgress:
         if self.done >= self.total:
             return "failed" if st.failed else "done"
         return "interrupted" if self.phase in ("interrupted", "ended") else "waiting"
+
+
+def _status(value: str) -> BatchStatus:
+    try:
+        return BatchStatus(value)
+    except ValueError:
+        return BatchStatus.FAILED
+
+
+def eta_text(p: RunProgress) -> str:
+    """``~1:05``, rounded up: never ``~0:00`` while a unit is left."""
+    return f"~{duration(math.ceil(p.eta()))}"
 
 
 def duration(seconds: float | None) -> str:
@@ -253,11 +279,9 @@ def event_line(kind: str, data: dict[str, Any], progress: RunProgress | None = N
     """One line for a notable event, with a style name; None for the events not worth a line."""
     counts = f" [{progress.done}/{progress.total}]" if progress else ""
     if kind == "run_started":
-        eta = ""
-        if progress and progress.schedule.makespan:
-            eta = f", estimated {duration(progress.eta())}"
+        eta = f", estimated {duration(math.ceil(progress.eta()))}" if progress and progress.total else ""
         return (f"distpar: run {data['run_id']}: {data.get('workers') or data['streams']} worker(s)"
-                + (f", {progress.total} batch(es)" if progress else "")
+                + (f", {progress.total} unit(s)" if progress else "")
                 + f", merging into {data['target']}{eta}", "")
     if kind == "run_resumed":
         rec = data.get("recovered") or []
@@ -377,7 +401,7 @@ def render(p: RunProgress, width: int = 120) -> RenderableType:
             row.append(st.output if st.current else "")
     for row in rows:
         table.add_row(*row[:3], Text(row[3], style=STATUS_STYLE.get(row[3], "")), *(Text(c) for c in row[4:]))
-    eta = "" if p.phase == "ended" else f"  ETA ~{duration(p.eta())}"
+    eta = "" if p.phase == "ended" else f"  ETA {eta_text(p)}"
     bad = f", {p.failed} not ok" if p.failed else ""
     held = f"  {p.throttle}" if p.throttle else ""
     label = Text(f"{p.done}/{p.total} units{bad}{eta}  cost {money(p.cost)}{held}", no_wrap=True)

@@ -1,8 +1,9 @@
-"""A run as one self-contained HTML page: a Gantt timeline of batches per stream and node, the dependency graph,
-durations, cost, failures and conflicts, serial time against wall time.
+"""A run as one self-contained HTML page: a Gantt timeline of units per worker and node, the dependency graph of
+the units, durations, cost, failures and conflicts, serial time against wall time and the plan's prediction.
 
-Everything comes from the journal. The page has no script and loads nothing: inline CSS and SVG only, so it
-opens offline, from a CI artifact or an e-mail attachment.
+Everything comes from the journal: the plan and options it recorded give the unit graph and the one prediction
+(``distpar.core.predict``, the same numbers ``distpar plan`` showed). The page has no script and loads nothing:
+inline CSS and SVG only, so it opens offline, from a CI artifact or an e-mail attachment.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from distpar.coordinator.journal import Event, Journal
-from distpar.core.errors import UsageError
+from distpar.core.errors import DistparError, UsageError
 from distpar.core.model import worker_label
+from distpar.core.plan import Plan
+from distpar.core.predict import Prediction, predict_graph
+from distpar.core.units import UnitGraph, unit_graph
 
 COLORS = {
     "ok": "#2f9e5b", "failed": "#d64545", "timeout": "#e0701e", "blocked": "#8e5bd6", "skipped": "#a3a8b0",
@@ -35,6 +39,8 @@ class RunData:
     plan: dict[str, Any]
     schedule: dict[str, Any]
     summary: dict[str, Any]
+    graph: UnitGraph | None = None  # the run's units and what each waited for (None: a journal it cannot read)
+    prediction: Prediction | None = None  # minutes, by the plan's estimates, before the run started
 
     @property
     def t0(self) -> float:
@@ -67,7 +73,15 @@ class RunData:
         return ""
 
     def depends_on(self) -> dict[str, list[str]]:
+        """uid -> the units it waited for: the unit graph's edges (stages, multi-agent batches, declared
+        ``depends_on``); the plan's declared batch dependencies when the graph cannot be rebuilt."""
+        if self.graph is not None:
+            return {u.uid: list(dict.fromkeys(u.depends_on)) for u in self.graph.units}
         return {str(b["id"]): [str(d) for d in b.get("depends_on", ())] for b in self.plan.get("batches", ())}
+
+    def workers_used(self) -> list[int]:
+        """The workers that really ran a unit, from the journal."""
+        return sorted({int(b["stream"]) for b in self.batches if b["started"] and (b["stream"] or 0) >= 0})
 
 
 def duration_of(b: dict[str, Any]) -> float | None:
@@ -78,14 +92,29 @@ def load(journal: Journal, run_id: str) -> RunData:
     run = journal.run(run_id)
     if run is None:
         raise UsageError(f"no run {run_id!r} in {journal.path}")
+    plan = json.loads(run["plan"] or "{}")
+    graph, prediction = _unit_graph(run, plan)
     return RunData(
         run=run,
         batches=journal.batches(run["id"]),
         events=journal.events(run["id"]),
-        plan=json.loads(run["plan"] or "{}"),
+        plan=plan,
         schedule=json.loads(run["schedule"] or "{}"),
         summary=json.loads(run["summary"]) if run["summary"] else {},
+        graph=graph,
+        prediction=prediction,
     )
+
+
+def _unit_graph(run: dict[str, Any], plan: dict[str, Any]) -> tuple[UnitGraph | None, Prediction | None]:
+    """The run's unit graph and its prediction, rebuilt as the run built them (plan, strategy, options)."""
+    try:
+        options = json.loads(run["options"] or "{}")
+        graph = unit_graph(Plan.from_dict(plan), independent=bool(options.get("independent")),
+                           strategy=run["strategy"] or "balanced", split=options.get("split"))
+        return graph, predict_graph(graph, int(run["workers"] or 1), run["strategy"] or "balanced")
+    except (DistparError, KeyError, TypeError, ValueError):  # a journal from an older distpar: no unit graph
+        return None, None
 
 
 def html_report(journal: Journal, run_id: str) -> str:
@@ -188,17 +217,19 @@ def money(x: float | None) -> str:
 def _cards(d: RunData, counts: dict[str, int]) -> str:
     wall, agent = d.wall, d.agent_time
     speedup = agent / wall if wall > 0 else 0.0
-    predicted = d.schedule.get("predicted_speedup")
+    predicted = d.prediction.speedup if d.prediction else None
     tin = sum(b["input_tokens"] or 0 for b in d.batches)
     tout = sum(b["output_tokens"] or 0 for b in d.batches)
-    batches = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    units = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    used = d.workers_used()
     cards = [
-        ("batches", f"{counts.get('ok', 0)}/{len(d.batches)} ok", batches),
+        ("units", f"{counts.get('ok', 0)}/{len(d.batches)} ok", units),
         ("wall time", secs(wall), "run start to end"),
         ("serial agent time", secs(agent), "sum of batch durations"),
         ("speedup", f"{speedup:.2f}x", f"predicted {predicted:.2f}x" if predicted else ""),
         ("cost", money(d.cost), f"{tin:,} in / {tout:,} out tokens" if tin or tout else ""),
-        ("streams", str(len(d.schedule.get("streams", ()))), f"{d.run['workers']} worker(s)"),
+        ("workers", f"{len(used)} of {d.run['workers']}",
+         "ran units: " + (", ".join(map(worker_label, used)) or "none")),
     ]
     return '<div class="cards">' + "".join(
         f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div><div class="n">{esc(n)}</div>'
@@ -215,7 +246,7 @@ def _serial_vs_wall(d: RunData) -> str:
     top = max(wall, agent, 1e-9)
     width, label_w, h = 900, 170, 26
     rows = [("serial agent time", agent, "#8a94a6"), ("wall time", wall, "#3b7dd8")]
-    est = d.schedule.get("serial"), d.schedule.get("makespan")
+    est = (d.prediction.serial, d.prediction.makespan) if d.prediction else (None, None)
     out = [f'<svg id="serial-vs-wall" viewBox="0 0 {width + label_w + 90} {len(rows) * (h + 10) + 28}" '
            f'width="100%" style="max-width:{width + label_w + 90}px" role="img">']
     for i, (name, value, color) in enumerate(rows):
@@ -226,7 +257,7 @@ def _serial_vs_wall(d: RunData) -> str:
                    f'<text x="{label_w + w + 8:.1f}" y="{y + 18}" font-size="13" fill="#1d2330">{secs(value)}</text>')
     note = f"speedup {agent / wall:.2f}x" if wall > 0 else ""
     if est[0] and est[1]:
-        note += f" · plan estimate: serial {est[0]:g} min, makespan {est[1]:g} min"
+        note += f" · predicted from the plan's estimates: serial {est[0]:g} min, makespan {est[1]:g} min"
     out.append(f'<text x="{label_w}" y="{len(rows) * (h + 10) + 16}" font-size="12" fill="#667085">'
                f"{esc(note)}</text></svg>")
     return "".join(out)
@@ -338,22 +369,16 @@ def _bar(d: RunData, b: dict[str, Any], x: float, y: float, w: float, h: float, 
 
 
 def dependency_graph(d: RunData) -> str:
-    """Batches as boxes in columns by dependency depth; arrows from each dependency to its dependent, dashed
-    where they cross streams (the waits the schedule had to honour)."""
+    """Units as boxes in columns by dependency depth; an arrow from each dependency to its dependent (every edge of
+    the unit graph: stages, the units of a sequential batch, declared ``depends_on``), dashed where the two ran
+    on different workers (the dependency's work was merged into the unit's base)."""
     deps = d.depends_on()
     rows = {b["batch_id"]: b for b in d.batches}
     ids = [b["batch_id"] for b in sorted(d.batches, key=lambda b: b["position"])]
-    depth: dict[str, int] = {}
-
-    def level(b: str, seen: frozenset[str] = frozenset()) -> int:
-        if b not in depth:
-            ds = [x for x in deps.get(b, []) if x in rows and x not in seen]
-            depth[b] = 1 + max((level(x, seen | {b}) for x in ds), default=-1)
-        return depth[b]
-
+    depth = _depths(ids, {b: [x for x in deps.get(b, []) if x in rows] for b in ids})
     columns: dict[int, list[str]] = {}
     for b in ids:
-        columns.setdefault(level(b), []).append(b)
+        columns.setdefault(depth[b], []).append(b)
     box_w, box_h, gap_x, gap_y, pad = 150, 44, 70, 16, 12
     pos: dict[str, tuple[float, float]] = {}
     for c, members in columns.items():
@@ -361,7 +386,6 @@ def dependency_graph(d: RunData) -> str:
             pos[b] = (pad + c * (box_w + gap_x), pad + r * (box_h + gap_y))
     width = pad * 2 + len(columns) * (box_w + gap_x) - gap_x
     height = pad * 2 + max((len(m) for m in columns.values()), default=1) * (box_h + gap_y) - gap_y
-    waits = {k: set(v) for k, v in d.schedule.get("waits", {}).items()}
     out = [f'<svg id="dependency-graph" viewBox="0 0 {max(width, 200)} {max(height, 60)}" width="{max(width, 200)}" '
            f'role="img" aria-label="dependency graph">',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
@@ -373,7 +397,8 @@ def dependency_graph(d: RunData) -> str:
             (x1, y1), (x2, y2) = pos[dep], pos[b]
             x1, y1, x2, y2 = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
             mid = (x1 + x2) / 2
-            cross = dep in waits.get(b, set())
+            a, z = rows[dep]["stream"], rows[b]["stream"]
+            cross = a is not None and z is not None and a >= 0 and z >= 0 and a != z
             dash = ' stroke-dasharray="5 4"' if cross else ""
             out.append(f'<path class="edge" data-from="{esc(dep)}" data-to="{esc(b)}" data-cross="{str(cross).lower()}"'
                        f' d="M{x1:.1f},{y1:.1f} C{mid:.1f},{y1:.1f} {mid:.1f},{y2:.1f} {x2 - 2:.1f},{y2:.1f}" '
@@ -393,8 +418,27 @@ def dependency_graph(d: RunData) -> str:
                    f'<text x="{x + 14}" y="{y + 34}" font-size="11" fill="#667085">{esc(sub)}</text></g>')
     out.append("</svg>")
     if not any(deps.values()):
-        out.append('<p class="ok-note">No dependencies declared: every batch was independent.</p>')
+        out.append('<p class="ok-note">No dependencies: every unit was independent.</p>')
     return "".join(out)
+
+
+def _depths(ids: list[str], deps: dict[str, list[str]]) -> dict[str, int]:
+    """Each node's column: one more than its deepest dependency (Kahn's order, so no recursion on long chains;
+    a node on a cycle, which a journal should never hold, goes to column 0)."""
+    users: dict[str, list[str]] = {b: [] for b in ids}
+    for b in ids:
+        for x in deps[b]:
+            users[x].append(b)
+    missing = {b: len(deps[b]) for b in ids}
+    order = [b for b in ids if not missing[b]]
+    depth: dict[str, int] = {}
+    for b in order:  # grows while it is read
+        depth[b] = 1 + max((depth[x] for x in deps[b]), default=-1)
+        for u in users[b]:
+            missing[u] -= 1
+            if not missing[u]:
+                order.append(u)
+    return {b: depth.get(b, 0) for b in ids}
 
 
 def _problems(d: RunData) -> str:

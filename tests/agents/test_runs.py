@@ -166,6 +166,9 @@ def test_stream_json_is_logged_live_and_parsed(repo: Path, preset: str) -> None:
 
 def test_missing_agent_executable_fails_once(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTPAR_AGENT_CODEX_BIN", "/nonexistent/codex")
+    # The check before the run refuses this (tests/integration/test_cli.py); a host whose CLI went missing after it
+    # is what the worker meets: skip the up-front check to reach the worker's handling.
+    monkeypatch.setattr("distpar.coordinator.preflight.check_agents", lambda *a, **k: None)
     report, _ = run_plan(repo, [fake_batch(1)], agent=AgentConfig("codex"))
     r = report.results[0]
     assert r.status is BatchStatus.FAILED and r.tries == 1

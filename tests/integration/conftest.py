@@ -5,11 +5,10 @@ from typing import Any
 
 import pytest
 
-from distpar.backends import make_backend
-from distpar.coordinator import executor, preflight, runtime
+from distpar.coordinator import executor, runtime
+from distpar.coordinator.options import RunOptions
+from distpar.coordinator.prepare import prepare_run
 from distpar.core.model import AgentConfig
-from distpar.core.plan import load_plan
-from distpar.core.schedule import make_schedule
 from distpar.testing.builders import write_plan
 
 pytestmark = pytest.mark.integration
@@ -22,15 +21,7 @@ def run_plan(repo: Path, batches: list[dict[str, Any]], workers: int = 1, strate
     """Run a plan through the Python API (the same objects the CLI assembles). ``independent_plan``: the plan
     says its batches need not wait for each other (False: the CAST default, ordered stages)."""
     plan_path = write_plan(repo.parent / f"plan-{workers}-{len(batches)}.md", batches, independent=independent_plan)
-    plan = load_plan(plan_path)
-    schedule = make_schedule(plan, workers, strategy)
     options.setdefault("agent", AgentConfig(preset="fake"))
-    opts = runtime.RunOptions(backend=backend, plan_path=str(plan_path), **options)
-    root, target, start = preflight.preflight(repo, opts)
-    journal = runtime.open_journal(root)
-    runner = executor.Runner(root, plan, schedule, opts, make_backend(backend, backend_options or {}), journal,
-                            target, start, observer)
-    try:
-        return runner.run(), runner
-    finally:
-        journal.close()
+    opts = RunOptions(backend=backend, backend_options=backend_options or {}, **options)
+    prepared = prepare_run(plan_path, opts, repo=repo, workers=workers, strategy=strategy, observer=observer)
+    return prepared.run(), prepared.runner

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,9 +12,9 @@ import pytest
 import distpar
 from distpar import agents
 from distpar.agents import Preset
-from distpar.core.errors import ExitCode, PlanError
+from distpar.core.errors import ExitCode, PlanError, UsageError
 from distpar.core.model import AgentConfig, AgentOutcome
-from distpar.testing.builders import fake_batch, tree_files, write_plan
+from distpar.testing.builders import fake_batch, sh_git, tree_files, write_plan
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +48,58 @@ def test_bad_input_raises_before_anything_runs(repo: Path, tmp_path: Path) -> No
     bad.write_text("```json dispatch\n{\"batches\": []}\n```\n")
     with pytest.raises(PlanError):
         distpar.run(bad, repo=repo, agent="fake")
+
+
+# The API keeps every guarantee the CLI gives: both build a run with prepare_run.
+
+def test_api_honours_the_repository_settings(repo: Path) -> None:
+    """[tool.distpar] applies through the API as through the CLI (here a merged gate that fails: nothing lands)."""
+    (repo / "distpar.toml").write_text('verify_merged = "exit 3"\n')
+    sh_git(repo, "add", "distpar.toml")
+    sh_git(repo, "commit", "-qm", "settings")
+    before = sh_git(repo, "rev-parse", "main")
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a.txt": "a"})])
+    report = distpar.run(plan, repo=repo, workers=1, agent="fake")
+    assert report.exit_code == ExitCode.GATE_FAILED and report.gate and report.gate["exit_code"] == 3
+    assert sh_git(repo, "rev-parse", "main") == before
+    # A keyword argument wins over the setting, as a flag does.
+    report = distpar.run(plan, repo=repo, workers=1, agent="fake", verify_merged="true")
+    assert report.exit_code == ExitCode.OK and "a.txt" in tree_files(repo, "main")
+
+
+def test_api_refuses_a_push_remote_that_does_not_exist(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a.txt": "a"})])
+    with pytest.raises(UsageError, match="--push nowhere: no such remote"):
+        distpar.run(plan, repo=repo, agent="fake", push="nowhere")
+    assert "a.txt" not in tree_files(repo, "main") and not list_runs(repo)
+
+
+def test_api_refuses_repo_url_with_the_local_backend(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a.txt": "a"})])
+    with pytest.raises(UsageError, match="--repo-url goes with a remote backend"):
+        distpar.run(plan, repo=repo, agent="fake", repo_url="file:///nowhere")
+    assert not list_runs(repo)
+
+
+def test_api_reports_the_warnings_the_cli_prints(repo: Path) -> None:
+    """A run budget that a template agent cannot count: the CLI prints the warning, the API returns it."""
+    template = f"{sys.executable} -m distpar.testing.fake_agent -p {{prompt}}"
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a.txt": "a"})])
+    report = distpar.run(plan, repo=repo, workers=1, agent=template, budget_usd=5.0)
+    assert report.exit_code == ExitCode.OK
+    assert report.warnings == ["--budget-usd: the template agent reports no cost, so its batches do not count "
+                               "against it"]
+    assert report.summary()["warnings"] == report.warnings
+    cli = subprocess.run([sys.executable, "-m", "distpar", "run", str(plan), "--repo", str(repo), "--workers", "1",
+                          "--agent-cmd", template, "--budget-usd", "5", "-q"], capture_output=True, text=True)
+    assert cli.returncode == 0 and f"warning: {report.warnings[0]}" in cli.stderr
+
+
+def list_runs(repo: Path) -> list[dict]:
+    from distpar.coordinator.runtime import open_journal
+
+    journal = open_journal(repo)
+    try:
+        return journal.runs()
+    finally:
+        journal.close()

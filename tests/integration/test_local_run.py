@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from distpar.coordinator import executor, preflight
 from distpar.coordinator.journal import Journal
+from distpar.coordinator.options import RunOptions
+from distpar.coordinator.prepare import prepare_run
 from distpar.core.errors import ExitCode
 from distpar.core.model import BatchStatus
 from distpar.infra import gitops
@@ -249,7 +250,7 @@ def test_nested_run_is_refused(repo: Path) -> None:
 
 
 def test_agent_that_commits_itself_is_recorded_and_marked(repo: Path) -> None:
-    from distpar.coordinator.resume import committed_unit
+    from distpar.coordinator.recovery import committed_unit
 
     batches = [fake_batch(1, writes={"own.txt": "mine\n"}, extra=["@fake commit 'agent did it'"])]
     report, runner = run_plan(repo, batches, keep_branches=True)
@@ -267,10 +268,7 @@ def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> N
     from dataclasses import replace
 
     from distpar.backends.local import LocalBackend
-    from distpar.coordinator import runtime
     from distpar.core.model import AgentConfig
-    from distpar.core.plan import load_plan
-    from distpar.core.schedule import make_schedule
 
     class BrokenReturn(LocalBackend):
         def submit(self, spec):  # type: ignore[no-untyped-def]
@@ -280,11 +278,9 @@ def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> N
             return out
 
     plan_path = write_plan(repo.parent / "p.md", independent_plan(2, sleep=0.2))
-    plan = load_plan(plan_path)
-    opts = runtime.RunOptions(agent=AgentConfig(preset="fake"), plan_path=str(plan_path))
-    root, target, start = preflight.preflight(repo, opts)
-    journal = runtime.open_journal(root)
-    runner = executor.Runner(root, plan, make_schedule(plan, 2), opts, BrokenReturn(), journal, target, start)
+    prepared = prepare_run(plan_path, RunOptions(agent=AgentConfig(preset="fake")), repo=repo, workers=2,
+                           backend=BrokenReturn())
+    runner, journal, start = prepared.runner, prepared.journal, prepared.runner.start
     report = runner.run()
     assert report.exit_code == ExitCode.BACKEND and report.state == "error"
     assert any("fetch" in e for e in report.errors), report.errors

@@ -101,6 +101,72 @@ def test_rows_show_the_last_output_line_of_each_running_unit(tmp_path: Path) -> 
     assert p.streams[0].output == "" and "tests" not in render_text(p, width=200)
 
 
+def multi_agent(tmp_path: Path) -> tuple[live.RunProgress, list[float]]:
+    """4 batches, 6 units: a parallel batch of two, a sequential batch of two, and a batch without agents."""
+    def agents(*estimates: float) -> list[dict[str, object]]:
+        return [{"subagent_type": "general-purpose", "prompt": f"p{k}", "estimate": e} for k, e in enumerate(estimates)]
+    plan = load_plan(write_plan(tmp_path / "m.md", [
+        {"id": "x", "parallel": True, "agents": agents(2, 2)}, {"id": "y", "agents": agents(1, 1)},
+        {"id": "z", "agents": []}, {"id": "w", "agents": agents(4), "depends_on": ["x"]},
+        {"id": "v", "agents": agents(1)},
+    ]))
+    now = [0.0]
+    return live.RunProgress(plan, make_schedule(plan, 2), clock=lambda: now[0]), now
+
+
+def test_progress_counts_units_and_never_more_done_than_total(tmp_path: Path) -> None:
+    p, _ = multi_agent(tmp_path)
+    p.update("run_started", {"run_id": "r", "workers": 2, "target": "main"})
+    assert p.total == 6  # units, not the 5 batches
+    seen = []
+    for uid, status in (("z", "skipped"), ("x#1", "ok"), ("x#1", "ok"), ("x#2", "ok"), ("y#1", "failed"),
+                        ("y#2", "skipped"), ("nosuch", "ok"), ("w", "ok"), ("v", "ok")):
+        p.update("batch_ended", {"stream": 0, "batch": uid, "status": status, "duration": 1.0})
+        line = live.event_line("batch_ended", {"stream": 0, "batch": uid, "status": status, "duration": 1.0}, p)
+        assert line is not None
+        seen.append(line[0].rsplit(" ", 1)[1])
+        assert p.done <= p.total
+    assert seen == ["[0/6]", "[1/6]", "[1/6]", "[2/6]", "[3/6]", "[4/6]", "[4/6]", "[5/6]", "[6/6]"]
+    assert (p.done, p.failed) == (6, 2)  # the batch without agents is no unit; a duplicate counts once
+
+
+def test_the_eta_is_not_zero_while_units_remain(tmp_path: Path) -> None:
+    p, now = multi_agent(tmp_path)
+    p.update("run_started", {"run_id": "r", "workers": 2, "target": "main"})
+    # x#1 x#2 (2 min each) on both workers, then w (4) after x, y#1 -> y#2 and v (1 each) around it: 6 min
+    assert p.eta() == 6 * 60 and live.eta_text(p) == "~6:00"
+    for k, uid in enumerate(("x#1", "x#2")):
+        p.update("unit_started", {"stream": k, "batch": uid, "attempt": 1, "at": 0.0})
+    now[0] = 0.5
+    for k, uid in enumerate(("x#1", "x#2")):  # far quicker than their estimates: every estimate shrinks
+        p.update("batch_ended", {"stream": k, "batch": uid, "status": "ok", "duration": 0.25})
+    for k, uid in enumerate(("w", "y#1")):
+        p.update("unit_started", {"stream": k, "batch": uid, "attempt": 1, "at": now[0]})
+    now[0] = 600.0  # ... and then the two running units overrun by far: they have not ended
+    assert p.total - p.done == 4
+    assert p.eta() > 0 and live.eta_text(p) != "~0:00"
+    assert "ETA ~0:00" not in render_text(p)
+    for k, uid in enumerate(("w", "y#1")):
+        p.update("batch_ended", {"stream": k, "batch": uid, "status": "ok", "duration": 600.0})
+    p.update("batch_ended", {"stream": 0, "batch": "y#2", "status": "ok", "duration": 1.0})
+    assert p.total - p.done == 1 and p.eta() > 0  # v is left
+    p.update("batch_ended", {"stream": 1, "batch": "v", "status": "ok", "duration": 1.0})
+    assert p.eta() == 0.0
+
+
+def test_the_live_eta_is_the_run_state_prediction_of_what_is_left(tmp_path: Path) -> None:
+    from distpar.core.predict import predict_graph
+
+    p, now = multi_agent(tmp_path)
+    p.update("run_started", {"run_id": "r", "workers": 2, "target": "main"})
+    assert p.eta() == predict_graph(p.graph, 2, scale=60.0).makespan
+    p.update("unit_started", {"stream": 0, "batch": "x#1", "attempt": 1, "at": 0.0})
+    now[0] = 30.0
+    # x#1 runs on w1 with 90 s left; w2 takes x#2 (120 s); then w: 240 s after both: 120 + 240
+    assert p.eta() == pytest.approx(360.0)
+    assert p.prediction().path == ("x#2", "w")
+
+
 def render_text(p: live.RunProgress, width: int = 140) -> str:
     console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     console.print(live.render(p, width))
@@ -118,7 +184,7 @@ def test_plain_lines_when_stderr_is_not_a_terminal(repo: Path) -> None:
     assert res.returncode == 1, res.stderr
     lines = res.stderr.splitlines()
     assert "\x1b[" not in res.stderr  # no colour codes, no cursor movement
-    assert re.fullmatch(r"distpar: run \S+: 2 worker\(s\), 3 batch\(es\), merging into main, estimated 2:00",
+    assert re.fullmatch(r"distpar: run \S+: 2 worker\(s\), 3 unit\(s\), merging into main, estimated 2:00",
                         lines[0]), lines[0]
     # 2 goes first (3 waits for it: the longer path), 1 to the other worker.
     assert "[w1] started 2" in lines and "[w2] started 1" in lines

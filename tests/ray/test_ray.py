@@ -22,12 +22,11 @@ from distpar.backends.base import Backend, RunContext
 from distpar.backends.ray import SLOT, RayBackend
 from distpar.coordinator.executor import Runner
 from distpar.coordinator.journal import Journal
-from distpar.coordinator.preflight import preflight
-from distpar.coordinator.runtime import RunOptions, RunReport, open_journal
+from distpar.coordinator.options import RunOptions
+from distpar.coordinator.prepare import prepare_run
+from distpar.coordinator.runtime import RunReport, open_journal
 from distpar.core.errors import BackendError
 from distpar.core.model import AgentConfig, BatchStatus
-from distpar.core.plan import load_plan
-from distpar.core.schedule import make_schedule
 from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import poll, processes_with_mark, run_distpar
 from tests.ray.conftest import RayCluster
@@ -42,14 +41,11 @@ def run_plan(repo: Path, plan_file: Path, *, backend: Backend | None = None, wor
              runner_hook: Callable[[Runner], None] | None = None,
              observer: Callable[[str, dict[str, Any]], None] | None = None) -> tuple[RunReport, Runner, Journal]:
     """A run through the Python API, assembled as ``distpar run`` does; the backend is Ray unless given."""
-    plan = load_plan(plan_file)
     options = RunOptions(agent=agents.agent_config("fake", AgentConfig()), retries=retries,
                          forward_env=("DISTPAR_TEST_MARK", *forward), backend=backend.name if backend else "ray",
-                         plan_path=str(plan_file), repo_url=repo_url)
-    root, target, start = preflight(repo, options)
-    journal = open_journal(root)
-    backend = backend or make_backend("ray", {"address": None})
-    runner = Runner(root, plan, make_schedule(plan, workers), options, backend, journal, target, start, observer)
+                         backend_options={"address": None}, repo_url=repo_url)
+    prepared = prepare_run(plan_file, options, repo=repo, workers=workers, observer=observer, backend=backend)
+    runner, journal = prepared.runner, prepared.journal
     if runner_hook:
         runner_hook(runner)
     return runner.run(), runner, journal

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from distpar.worker import worker
 from distpar.core import names
 from distpar.core.model import AgentConfig, BatchSpec, BatchStatus, SegmentSpec, Source
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, write_plan
+from distpar.worker import worker
 from tests.conftest import run_distpar, run_id_of
 from tests.safety.conftest import agent_calls, event_kinds, journal
 
