@@ -345,7 +345,8 @@ class Journal:
                 raise _explain(self.path, exc) from None
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        return self._retry("read", lambda: self._db.execute(sql, params).fetchall())
+        with self._lock:  # never on a connection a write is replacing (see _check_file)
+            return self._retry("read", lambda: self._db.execute(sql, params).fetchall())
 
     # --- the file itself removed or replaced -------------------------------------------------------------
 
