@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs what the tiers need (sshd, Docker engine, images), then pytest.
+# The whole test suite, as CI runs it: installs what the tiers need (sshd, Docker engine, images, bubblewrap),
+# then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -12,6 +13,7 @@ command -v ssh >/dev/null || need+=(openssh-client)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v chromium >/dev/null || need+=(chromium)
+command -v bwrap >/dev/null || need+=(bubblewrap)  # the --sandbox tests (tests/safety/test_reach.py)
 if ((${#need[@]})); then
   echo "test.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -128,6 +128,9 @@ def plan_cmd(plan_file: Path, workers: int, strategy: str, split: int | None, in
                     subagent=agents.subagent_how(cfg, repo_root))
 
 
+NOTHING_TO_RUN = "nothing to run: no batch has an agent (agents: [] everywhere)"
+
+
 def _repo_root_or_none(path: Path) -> str | None:
     try:
         return str(gitops.repo_root(path))
@@ -146,7 +149,8 @@ def _print_schedule(plan: Plan, graph: UnitGraph, schedule: Schedule, as_json: b
     warnings = [*plan.warnings, *pv.warnings()]
     if as_json:
         click.echo(json.dumps({"plan_id": plan.plan_id, "source": plan.source, "batches": len(plan.batches),
-                               "units": len(graph.units), "rule": graph.rule, "why": graph.why,
+                               "units": len(graph.units), "nothing_to_run": not graph.units,
+                               "rule": graph.rule, "why": graph.why,
                                "target_branch": plan.target_branch, "preview": pv.to_dict(),
                                "schedule": schedule.to_dict(), "warnings": warnings}, indent=2))
         return
@@ -168,6 +172,11 @@ def _print_schedule(plan: Plan, graph: UnitGraph, schedule: Schedule, as_json: b
             parts.append(label)
         extra = f"; verifies {', '.join(b.verify_files)}" if b.verify_files else ""
         click.echo(f"{head}: " + "; ".join(parts) + extra)
+    if not graph.units:
+        click.echo(NOTHING_TO_RUN)
+        for warning in warnings:
+            err(f"warning: {warning}", fg="yellow")
+        return
     click.echo("predicted timeline (minutes):")
     for k, row in enumerate(p.timeline()):
         cells = [f"{s.uid} {s.start:g}-{s.finish:g}" for s in row]
@@ -278,6 +287,11 @@ def run_cmd(plan_file: Path, workers: int | None, strategy: str, split: int | No
     from distpar.coordinator.prepare import check_run, plan_warnings, prepare_run
 
     plan = load_plan(plan_file)
+    if not any(b.agents for b in plan.batches) and not dry_run:  # a valid plan; nothing runs, nothing changes
+        click.echo(json.dumps({"run_id": None, "state": "ok", "nothing_to_run": True, "exit_code": 0,
+                               "batches": {"skipped": len(plan.batches)}})
+                   if as_json else NOTHING_TO_RUN + "; nothing was changed")
+        return
     given = given_options(declared)
     base_cfg = AgentConfig(preset="claude", model=model, max_turns=max_turns, max_budget_usd=max_budget_usd,
                            stream=stream_json, stall_timeout=stall_timeout)
@@ -315,10 +329,16 @@ def run_cmd(plan_file: Path, workers: int | None, strategy: str, split: int | No
 def _run_and_exit(prepared: Any, as_json: bool, quiet: bool) -> None:
     runner = prepared.runner
     report = _observe_run(prepared, as_json, quiet)
+    notices = list(getattr(prepared.journal, "notices", ()))  # the journal file removed or replaced during the run
     if as_json:
-        click.echo(json.dumps(report.summary()))  # the last JSON line: the run's summary
+        summary = report.summary()
+        if notices:
+            summary["journal_notices"] = notices
+        click.echo(json.dumps(summary))  # the last JSON line: the run's summary
     else:
         _print_report(report, runner)
+        for note in notices:
+            err(f"warning: {note}", fg="yellow")
     sys.exit(int(report.exit_code))
 
 
@@ -459,8 +479,30 @@ def _print_report(report: Any, runner: Any) -> None:
         click.echo(f"not started: {', '.join(report.pending)}")
     if report.branches:
         click.echo("branches kept: " + ", ".join(report.branches))
-    if report.saved_refs:
+    if report.saved_refs and report.landed:  # every unit succeeded in the end: what was saved was superseded
+        click.echo("earlier attempts' work (superseded; distpar clean removes it) saved on: "
+                   + ", ".join(report.saved_refs))
+    elif report.saved_refs:
         click.echo("unfinished work saved on: " + ", ".join(report.saved_refs))
+    line = _resume_line(report)
+    if line:
+        click.echo(line)
+
+
+def _resume_line(report: Any) -> str:
+    """How to go on, for every resumable end that has not printed it already (a conflict and a failed gate
+    print their own, with the commands before it; so does a usage limit)."""
+    if report.landed or report.conflict or report.gate or report.stopped:
+        return ""
+    if report.state == "interrupted":
+        return f"interrupted; to go on where it stopped: distpar resume {report.run_id}"
+    if report.state == "failed" and report.budget_exhausted:
+        return f"budget spent; to go on: distpar resume {report.run_id}"
+    if report.state == "failed" and report.predicted_conflicts and report.pending:
+        return f"stopped at the conflict found early; to go on: distpar resume {report.run_id}"
+    if report.state in ("failed", "error"):
+        return f"fix what failed (above), then: distpar resume {report.run_id}"
+    return ""
 
 
 @cli.command("status")

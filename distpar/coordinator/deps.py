@@ -56,6 +56,9 @@ class Preview:
     env: dict[str, str]
     start: str
     members: dict[str, str] = field(default_factory=dict)  # uid -> commit merged into the preview
+    # Holds the preview's merge commits (``refs/distpar/<run>/preview/head``): reachable from a ref, a concurrent
+    # ``git gc --prune=now`` keeps them; ``drop`` removes it once the run needs no more predictions.
+    ref: str | None = None
 
     def add(self, uid: str, commit: str) -> Found | None:
         """Merge ``commit`` in. None when clean; else (conflicting files, finished units that touched them)."""
@@ -63,7 +66,7 @@ class Preview:
             self.members[uid] = commit
             return None
         if gitops.is_ancestor(self.repo, self.head, commit):
-            self.head = commit
+            self._move(commit)
             self.members[uid] = commit
             return None
         outcome = gitops.merge_commit(self.repo, self.head, commit, f"distpar: preview {uid}\n", self.env)
@@ -72,9 +75,18 @@ class Preview:
             others = tuple(u for u, c in self.members.items()
                            if files & set(gitops.out(self.repo, "diff", "--name-only", self.start, c).splitlines()))
             return outcome.conflicts, others
-        self.head = outcome.commit
+        self._move(outcome.commit)
         self.members[uid] = commit
         return None
+
+    def _move(self, head: str) -> None:
+        if self.ref is not None and head != self.start:
+            gitops.update_ref(self.repo, self.ref, head)
+        self.head = head
+
+    def drop(self) -> None:
+        if self.ref is not None:
+            gitops.delete_ref(self.repo, self.ref)
 
 
 class EarlyConflicts:
@@ -105,7 +117,9 @@ class EarlyConflicts:
             self.report(uid, found)
 
     def settle(self) -> None:
-        """Wait for the checks handed over (before the final merge, so that the report lists them all)."""
+        """Wait for the checks handed over (before the final merge, so that the report lists them all); the
+        preview's ref goes (a resume builds a new preview)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.preview.drop()

@@ -105,7 +105,7 @@ class Runner:
         self.dispatches = 0
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
-        self.preview = Preview(repo, start, self.env, start)
+        self.preview = Preview(repo, start, self.env, start, ref=f"refs/distpar/{self.run_id}/preview/head")
         self.early = EarlyConflicts(self.preview, lambda uid, found: self._queue.put(("predicted", (uid, found))),
                                     inline=options.stop_on_conflict)
         self.state: RunState | None = None
@@ -174,6 +174,7 @@ class Runner:
         self.state = RunState.create(self.units, done, retries=self.options.retries,
                                      budget_usd=self.options.budget_usd,
                                      stop_on_conflict=self.options.stop_on_conflict,
+                                     spent=(self.journal.spent(self.run_id) or 0.0) if self.resumed else 0.0,
                                      agent_retries=self.options.agent_retries, cancel_wait=CANCEL_WAIT,
                                      limiter=RateLimiter(ceiling=max(1, ceiling), default_pause=3 * retry_base()))
         for uid, st in done.items():  # finished work is part of the preview from the start
@@ -483,7 +484,7 @@ class Runner:
             saved_refs=sorted(set(self.saved_refs)), landed=landed, budget_usd=self.options.budget_usd,
             budget_exhausted=self.budget_exhausted, predicted_conflicts=self.predicted,
             gate=self.gate.to_dict() if self.gate else None, pushed=self.pushed, stopped=self.rate_stop,
-            warnings=list(self.warnings),
+            warnings=list(self.warnings), spent=self.journal.spent(self.run_id),
         )
 
     # --- signals ---------------------------------------------------------------------------------------

@@ -2,26 +2,39 @@
 
 Every write is one transaction, so a coordinator killed at any moment leaves the journal consistent. It holds
 what ``status``, ``report`` and ``resume`` need, and never a secret (forwarded variables are not passed in).
+
+A journal another process holds is *busy*, never "damaged": distpar says so (naming the holder when /proc or the
+journal's run rows tell it), waits up to ``DISTPAR_JOURNAL_WAIT`` seconds (default 120) with a message every few
+seconds, then stops with ``JournalBusy``. A journal file removed (or replaced) while a journal is open is noticed at
+the next write (its device and inode are checked before each one): the history this process can still read (the
+removed file stays open) is copied into the file now at the path (created when missing, merged into when another
+process made one), writing goes on there, each live run of this process gets a ``journal_recreated`` event, and
+``notices`` says it for the end of the run.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from distpar.core.errors import DistparError
 from distpar.core.model import BatchResult
 
 SCHEMA_VERSION = 1
+BUSY_STEP = 2.0  # seconds sqlite itself waits for a lock before distpar says the journal is busy
+BUSY_SAY_EVERY = 10.0  # while waiting: a message this often
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -84,6 +97,10 @@ CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
 """
 
 
+_SUMMED = ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
+_ADD = "CASE WHEN ? IS NULL THEN {c} ELSE COALESCE({c}, 0) + ? END"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int
@@ -97,6 +114,110 @@ class Event:
 
 class JournalError(DistparError):
     """The journal cannot be written or read: a full disk, a read-only or missing directory, a damaged file."""
+
+
+class JournalBusy(JournalError):
+    """Another process held the journal's lock for longer than distpar waits."""
+
+
+def _busy(exc: BaseException) -> bool:
+    low = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("database is locked" in low or "database is busy" in low
+                                                          or "database table is locked" in low)
+
+
+def busy_wait() -> float:
+    try:
+        return max(0.0, float(os.environ.get("DISTPAR_JOURNAL_WAIT", "120")))
+    except ValueError:
+        return 120.0
+
+
+def holders(path: Path, db: sqlite3.Connection | None = None, limit: int = 3) -> list[str]:
+    """Who holds the journal (Linux): the processes with a write lock on its files (``/proc/locks``), else those
+    that have it open (``/proc/*/fd``, own user's only), else the live runs its rows name. Bounded."""
+    files = [Path(str(path) + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    pids = _lockers(files) or _openers(files)
+    if pids:
+        return [f"pid {pid} ({_command(pid)})" for pid in pids[:limit]]
+    if db is not None:
+        try:
+            rows = db.execute("SELECT id, pid FROM runs WHERE state='running' AND pid IS NOT NULL").fetchall()
+        except sqlite3.Error:
+            rows = []
+        me = os.getpid()
+        return [f"pid {pid} (distpar run {rid})" for rid, pid in rows if pid != me and _alive(int(pid))][:limit]
+    return []
+
+
+def _lockers(files: list[Path]) -> list[int]:
+    """Processes other than this one holding a POSIX write lock on one of ``files``."""
+    ids = set()
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            continue
+        ids.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+    out: list[int] = []
+    try:
+        with open("/proc/locks") as table:
+            lines = table.readlines()[:100000]
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if parts and parts[1] == "->":
+            parts = parts[:1] + parts[2:]  # a waiter
+        if len(parts) >= 6 and parts[3] == "WRITE" and parts[5] in ids and parts[4].isdigit():
+            pid = int(parts[4])
+            if pid != os.getpid() and pid not in out:
+                out.append(pid)
+    return out
+
+
+def _openers(files: list[Path]) -> list[int]:
+    """Processes other than this one with one of ``files`` open."""
+    names = {str(f.resolve()) for f in files}
+    out: list[int] = []
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return out
+    for pid in pids[:20000]:
+        if pid == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in names:
+                    out.append(pid)
+                    break
+            except OSError:
+                continue
+    return out
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = " ".join(f.read(300).replace(b"\0", b" ").decode(errors="replace").split())
+    except OSError:
+        return "?"
+    return cmd[:120] or "?"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _explain(path: Path, exc: BaseException) -> JournalError:
@@ -122,8 +243,12 @@ def _explain(path: Path, exc: BaseException) -> JournalError:
     if "unable to open" in low or isinstance(exc, OSError):
         return JournalError(f"the journal {path} cannot be opened: {text}",
                             hint="check that its directory exists and is writable, or set DISTPAR_HOME")
+    if _busy(exc):
+        return JournalBusy(f"the journal {path} is busy: another process holds its lock ({text})",
+                           hint="wait for it to finish or stop it; the journal itself is fine, keep it")
     return JournalError(f"the journal {path} failed: {text} (is the file damaged?)",
-                        hint="move it away to start a new journal (the runs it lists are then forgotten)")
+                        hint="when no run is live (distpar status), move it away to start a new journal (the runs "
+                             "it lists are then forgotten)")
 
 
 def _environmental(exc: BaseException) -> bool:
@@ -133,29 +258,71 @@ def _environmental(exc: BaseException) -> bool:
 
 
 class Journal:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, wait: float | None = None,
+                 say: Callable[[str], None] | None = None) -> None:
         self.path = Path(path)
+        self.wait = busy_wait() if wait is None else wait
+        self.say = say or log.warning  # where "busy, waiting" goes (the CLI shows warnings on stderr)
+        self.notices: list[str] = []  # what happened to the file itself (removed, replaced), for the end of a run
         self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise _explain(self.path, exc) from None
+        self._db = self._connect()
+        self._identity = self._stat()
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(str(self.path), timeout=BUSY_STEP, check_same_thread=False, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            self._retry("open", lambda: db.execute("PRAGMA journal_mode=WAL"), db)
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._retry("open", lambda: db.executescript(_SCHEMA), db)
+        except (sqlite3.Error, OSError) as exc:
+            raise _explain(self.path, exc) from None
+        return db
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     def close(self) -> None:
         self._db.close()
 
+    def _retry(self, what: str, fn: Callable[[], T], db: sqlite3.Connection | None = None) -> T:
+        """``fn``, tried again while another process holds the journal's lock: said at once and every
+        ``BUSY_SAY_EVERY`` seconds, given up (``JournalBusy``) after ``self.wait`` seconds."""
+        start = time.monotonic()
+        told = -BUSY_SAY_EVERY
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                waited = time.monotonic() - start + BUSY_STEP  # sqlite waited BUSY_STEP before it said so
+                who = holders(self.path, db if db is not None else getattr(self, "_db", None))
+                by = f"held by {', '.join(who)}" if who else "held by another process"
+                if waited >= self.wait:
+                    raise JournalBusy(f"the journal {self.path} is busy ({by}): gave up after {waited:.0f} s "
+                                      f"waiting to {what} it",
+                                      hint="let that process finish or stop it, then try again (DISTPAR_JOURNAL_WAIT "
+                                           "sets the wait); the journal itself is fine: do not move it") from None
+                if waited - told >= BUSY_SAY_EVERY:
+                    told = waited
+                    self.say(f"the journal {self.path} is busy ({by}); waiting up to {self.wait:.0f} s")
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self._check_file()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._retry("write", lambda: self._db.execute("BEGIN IMMEDIATE"))
+            except JournalBusy:
+                raise
             except sqlite3.Error as exc:
                 raise _explain(self.path, exc) from None
             try:
@@ -176,6 +343,50 @@ class Journal:
                 except sqlite3.Error:
                     pass
                 raise _explain(self.path, exc) from None
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:  # never on a connection a write is replacing (see _check_file)
+            return self._retry("read", lambda: self._db.execute(sql, params).fetchall())
+
+    # --- the file itself removed or replaced -------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        """Before a write: is the file at ``path`` still the one this journal writes? (Caller holds the lock.)
+
+        When not, the history still open is copied to memory, the old connection closed (sqlite neither
+        checkpoints nor deletes the WAL of a moved database), its leftover ``-wal``/``-shm`` at the path removed
+        (only when they are this process's own: the new file must not pick up the old one's log), and the file at
+        the path opened (created when missing) and merged into."""
+        now = self._stat()
+        if now == self._identity and now is not None:
+            return
+        what = "removed" if now is None else "replaced by another file"
+        old = self._db
+        mem = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        mem.row_factory = sqlite3.Row
+        old.backup(mem)
+        ours = _own_files([Path(f"{self.path}-wal"), Path(f"{self.path}-shm")])
+        old.close()
+        for leftover in ours:
+            leftover.unlink(missing_ok=True)
+        try:
+            self._db = self._connect()  # the file now at the path, created (with the schema) when missing
+            copied = _merge(mem, self._db)
+            mem.close()
+            self._identity = self._stat()
+            note = (f"the journal {self.path} was {what} during the run; distpar recreated it with the history "
+                    f"it still had open ({copied} run(s)) and went on journaling there")
+        except (sqlite3.Error, OSError, JournalError) as exc:
+            self._db, self._identity = mem, now
+            note = (f"the journal {self.path} was {what} during the run and could not be recreated ({exc}): "
+                    "the rest of this run is journaled in memory only")
+        self.notices.append(note)
+        log.warning("%s", note)
+        me = os.getpid()
+        for (rid,) in self._db.execute("SELECT id FROM runs WHERE state='running' AND pid=?", (me,)).fetchall():
+            self._db.execute("INSERT INTO events (run_id, ts, kind, data) VALUES (?, ?, 'journal_recreated', ?)",
+                             (rid, time.time(), json.dumps({"path": str(self.path), "what": what,
+                                                            "warning": note})))
 
     # --- writes ----------------------------------------------------------------------------------------
 
@@ -219,16 +430,17 @@ class Journal:
     def batch_ended(self, run_id: str, r: BatchResult) -> None:
         o = r.outcome
         with self._tx() as db:
+            # Cost and tokens add up over every attempt, across retries and resumes (each was paid for); the
+            # rest describes the last attempt.
             db.execute(
-                """UPDATE batches SET state=?, attempt=?, started=COALESCE(?, started), ended=?, exit_code=?,
-                   result_class=?, cost_usd=?, input_tokens=?, output_tokens=?, cache_read_tokens=?,
-                   cache_creation_tokens=?, turns=?, session_id=?, model=?, node=COALESCE(NULLIF(?, ''), node),
+                f"""UPDATE batches SET state=?, attempt=?, started=COALESCE(?, started), ended=?, exit_code=?,
+                   result_class=?, {', '.join(f'{c}={_ADD.format(c=c)}' for c in _SUMMED)},
+                   turns=?, session_id=?, model=?, node=COALESCE(NULLIF(?, ''), node),
                    commit_oid=?, changed=?, log_path=?, error=? WHERE run_id=? AND batch_id=?""",
                 (
                     r.status.value, r.attempt, r.started, r.ended, r.exit_code,
-                    o.result_class if o else None, o.cost_usd if o else None,
-                    o.input_tokens if o else None, o.output_tokens if o else None,
-                    o.cache_read_tokens if o else None, o.cache_creation_tokens if o else None,
+                    o.result_class if o else None,
+                    *(v for c in _SUMMED for v in (getattr(o, c, None),) * 2),
                     o.turns if o else None, o.session_id if o else None, o.model if o else None,
                     r.node, r.commit, int(r.changed), r.log_path, r.error, run_id, r.batch_id,
                 ),
@@ -276,7 +488,7 @@ class Journal:
     # --- reads -----------------------------------------------------------------------------------------
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self._db.execute(
+        rows = self._read(
             """SELECT r.*, (SELECT COUNT(*) FROM batches b WHERE b.run_id=r.id AND b.state='ok') AS n_ok,
                       (SELECT COUNT(*) FROM batches b WHERE b.run_id=r.id AND b.state IN
                            ('failed','timeout','blocked')) AS n_failed,
@@ -284,24 +496,27 @@ class Journal:
                       (SELECT SUM(cost_usd) FROM batches b WHERE b.run_id=r.id) AS cost_usd
                FROM runs r ORDER BY started DESC LIMIT ?""",
             (limit,),
-        ).fetchall()
+        )
         return [dict(r) for r in rows]
 
+    def spent(self, run_id: str) -> float | None:
+        """What every attempt of every batch of the run cost (across retries and resumes); None: none reported."""
+        rows = self._read("SELECT SUM(cost_usd) FROM batches WHERE run_id=?", (run_id,))
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
     def run(self, run_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        rows = self._read("SELECT * FROM runs WHERE id=?", (run_id,))
+        row = rows[0] if rows else None
         if row is None:
-            matches = self._db.execute("SELECT * FROM runs WHERE id LIKE ?", (run_id + "%",)).fetchall()
+            matches = self._read("SELECT * FROM runs WHERE id LIKE ?", (run_id + "%",))
             row = matches[0] if len(matches) == 1 else None
         return dict(row) if row else None
 
     def batches(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT * FROM batches WHERE run_id=? ORDER BY position", (run_id,))
-        return [dict(r) for r in rows]
+        return [dict(r) for r in self._read("SELECT * FROM batches WHERE run_id=? ORDER BY position", (run_id,))]
 
     def events(self, run_id: str, after: int = 0) -> list[Event]:
-        rows = self._db.execute(
-            "SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq", (run_id, after)
-        ).fetchall()
+        rows = self._read("SELECT * FROM events WHERE run_id=? AND seq>? ORDER BY seq", (run_id, after))
         return [
             Event(r["seq"], r["run_id"], r["ts"], r["kind"], r["stream"], r["batch_id"], json.loads(r["data"] or "{}"))
             for r in rows
@@ -311,14 +526,62 @@ class Journal:
 
     def run_exact(self, run_id: str) -> dict[str, Any] | None:
         """The run with exactly this id (``run`` also accepts a unique prefix)."""
-        row = self._db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
-        return dict(row) if row else None
+        rows = self._read("SELECT * FROM runs WHERE id=?", (run_id,))
+        return dict(rows[0]) if rows else None
 
     def runs_for_repo(self, repo: str) -> list[dict[str, Any]]:
         """Every run of one repository, oldest first."""
-        rows = self._db.execute("SELECT * FROM runs WHERE repo=? ORDER BY started", (repo,)).fetchall()
+        rows = self._read("SELECT * FROM runs WHERE repo=? ORDER BY started", (repo,))
         return [dict(r) for r in rows]
 
     def batch(self, run_id: str, batch_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT * FROM batches WHERE run_id=? AND batch_id=?", (run_id, batch_id)).fetchone()
-        return dict(row) if row else None
+        rows = self._read("SELECT * FROM batches WHERE run_id=? AND batch_id=?", (run_id, batch_id))
+        return dict(rows[0]) if rows else None
+
+
+def _own_files(paths: list[Path]) -> list[Path]:
+    """Those of ``paths`` that this process has open (the same inode as one of its descriptors)."""
+    ids = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        ids[(st.st_dev, st.st_ino)] = p
+    out = []
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in ids:
+            out.append(ids.pop((st.st_dev, st.st_ino)))
+    return out
+
+
+def _merge(old: sqlite3.Connection, new: sqlite3.Connection) -> int:
+    """Copy what ``old`` (a removed file, still open) holds into ``new``: runs and batches it lacks (this process's
+    own rows win: it is the one writing them), the events of those runs. Returns how many runs were copied."""
+    runs = old.execute("SELECT * FROM runs").fetchall()
+    new.execute("BEGIN IMMEDIATE")
+    try:
+        for table in ("meta", "runs", "batches"):
+            rows = old.execute(f"SELECT * FROM {table}").fetchall()
+            if rows:
+                cols = rows[0].keys()
+                new.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
+                                f"VALUES ({', '.join('?' * len(cols))})", [tuple(r) for r in rows])
+        have = {r[0] for r in new.execute("SELECT DISTINCT run_id FROM events").fetchall()}
+        events = [tuple(r) for r in old.execute(
+            "SELECT run_id, ts, kind, stream, batch_id, data FROM events ORDER BY seq").fetchall() if r[0] not in have]
+        new.executemany("INSERT INTO events (run_id, ts, kind, stream, batch_id, data) VALUES (?, ?, ?, ?, ?, ?)",
+                        events)
+        new.execute("COMMIT")
+    except BaseException:
+        new.execute("ROLLBACK")
+        raise
+    return len(runs)

@@ -44,6 +44,7 @@ class RunReport:
     gate: dict[str, Any] | None = None  # --verify-merged's result when it failed (workspace.HookResult)
     pushed: list[str] = field(default_factory=list)  # refs pushed to --push REMOTE
     stopped: str = ""  # why no new unit started before the end (a usage limit that resets far away)
+    spent: float | None = None  # the journal's sum: every attempt's cost, across retries and resumes
     warnings: list[str] = field(default_factory=list)  # what the checks before the run found worth saying
 
     STATES: ClassVar[dict[ExitCode, str]] = {
@@ -61,6 +62,8 @@ class RunReport:
 
     @property
     def cost_usd(self) -> float | None:
+        if self.spent is not None:
+            return self.spent
         costs = [r.outcome.cost_usd for r in self.results if r.outcome and r.outcome.cost_usd is not None]
         return sum(costs) if costs else None
 

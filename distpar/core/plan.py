@@ -7,10 +7,11 @@ warnings (``Plan.warnings``), unknown batch or agent fields are errors (a typo t
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +19,10 @@ from typing import Any
 
 from distpar.core import names
 from distpar.core.errors import PlanError
+from distpar.core.jsonspans import NonFinite, Path_, Spans, decode, dollar_path, json_path
+
+__all__ = ["AgentTask", "Batch", "Plan", "PlanError", "Spans", "extract_block", "find_cycle", "json_path",
+           "load_plan", "parse_plan", "repo_relative"]
 
 FENCE_OPEN = re.compile(r"^(?P<indent>\s{0,3})(?P<fence>`{3,}|~{3,})\s*json\s+dispatch\s*$")
 DEFAULT_ESTIMATE = 1.0  # minutes; equal weights when a plan gives none
@@ -26,8 +31,7 @@ _TOP_KEYS = {"plan_id", "batches", "target_branch", "pre_approved", "independent
 _BATCH_KEYS = {"id", "description", "parallel", "type", "agents", "depends_on", "verify_files", "commit_repos",
                "estimate", "agent", "timeout"}
 _AGENT_KEYS = {"subagent_type", "prompt", "owns_files", "depends_on", "commit_repos", "estimate", "timeout"}
-
-Path_ = tuple[str | int, ...]  # a JSON path: ("batches", 2, "agents", 0, "prompt")
+MAX_PLAN_BYTES = 4 * 2**20  # a plan file larger than this is refused (it is read with this bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,25 +205,69 @@ class Plan:
 
 
 def load_plan(path: str | Path) -> Plan:
+    return parse_plan(read_plan_text(path), source=str(path))
+
+
+def read_plan_text(path: str | Path, limit: int = MAX_PLAN_BYTES) -> str:
+    """The text of the plan file at ``path``: a regular file (a FIFO, a device or a directory is refused at once,
+    without waiting on it) of at most ``limit`` bytes, read with that bound."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise PlanError(f"plan file not found: {p}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(f"cannot read plan file {p}: {exc}") from None
-    return parse_plan(text, source=str(path))
+    except OSError as exc:
+        raise PlanError(f"cannot read plan file {p}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PlanError(f"the plan {p} is not a regular file ({_file_kind(st.st_mode)}): give a file")
+        if st.st_size > limit:
+            raise PlanError(f"the plan {p} is {st.st_size / 2**20:.1f} MiB: larger than the {limit // 2**20} MiB "
+                            "a plan may be")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(2**20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise PlanError(f"cannot read plan file {p}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if size > limit:  # it grew while being read
+        raise PlanError(f"the plan {p} is larger than the {limit // 2**20} MiB a plan may be")
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"cannot read plan file {p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
 
 
 def parse_plan(text: str, source: str = "<plan>") -> Plan:
     block, first_line = extract_block(text, source)
     try:
-        data = json.loads(block, parse_constant=_NonFinite)
+        data, twice = decode(block)
     except json.JSONDecodeError as exc:
         raise PlanError(
             f"invalid JSON in the dispatch block: {exc.msg} (column {exc.colno})",
             where=f"{source}:{first_line + exc.lineno - 1}",
         ) from None
+    if twice is not None:
+        path, key = twice
+        spans = Spans(block, first_line)
+        starts = spans.key_starts(spans.start(path), key)
+        line = spans.line(starts[1]) if len(starts) > 1 else spans.line_of(path)
+        raise PlanError(f"duplicate key {json.dumps(key)} at {dollar_path(path)}", where=f"{source}:{line}",
+                        hint="JSON would keep only the last value silently: merge the two or rename one")
     return _Builder(block, first_line, source).build(data)
 
 
@@ -254,87 +302,6 @@ _BIG = re.compile(r"[eE]\+?[0-9]{3}|[0-9]{300}")
 
 def _suspect(block: str) -> bool:
     return "\\u0000" in block or "NaN" in block or "Infinity" in block or _BIG.search(block) is not None
-
-
-class _NonFinite(str):
-    """``NaN``, ``Infinity`` or ``-Infinity`` in the JSON (Python's json accepts them): refused with a path."""
-
-
-class Spans:
-    """Where each JSON value sits in the block text (offsets), found on demand by walking the path with the
-    standard decoder: exact lines for errors without a parser of our own."""
-
-    _WS = re.compile(r"[ \t\r\n]*")
-
-    def __init__(self, block: str, first_line: int) -> None:
-        self.block = block
-        self.first_line = first_line
-        self._newlines = [m.start() for m in re.finditer("\n", block)]
-        self._decoder = json.JSONDecoder(parse_constant=_NonFinite)
-        # container start -> [children found (name -> value start), scan position, next index, value to skip
-        # before scanning on (-1: none), done]; scanned only as far as asked (a plan may be large)
-        self._scans: dict[int, list[Any]] = {}
-
-    def line(self, offset: int) -> int:
-        return self.first_line + bisect.bisect_left(self._newlines, offset)
-
-    def _skip(self, i: int) -> int:
-        m = self._WS.match(self.block, i)
-        return m.end() if m else i
-
-    def end(self, start: int) -> int:
-        """Where the value opening at ``start`` ends."""
-        return int(self._decoder.raw_decode(self.block, start)[1])
-
-    def child(self, start: int, name: str | int) -> int | None:
-        """Where member ``name`` (object) or element ``name`` (array) of the value at ``start`` opens."""
-        block = self.block
-        scan = self._scans.get(start)
-        if scan is None:
-            opener = block[start] if start < len(block) else ""
-            scan = self._scans[start] = [{}, self._skip(start + 1), 0, -1, opener not in ("{", "[")]
-        found, closer = scan[0], "}" if block[start] == "{" else "]"
-        while name not in found and not scan[4]:
-            pos = scan[1]
-            if scan[3] >= 0:
-                pos = self._skip(self.end(scan[3]))
-                if pos < len(block) and block[pos] == ",":
-                    pos = self._skip(pos + 1)
-                scan[3] = -1
-            if pos >= len(block) or block[pos] == closer:
-                scan[1], scan[4] = pos, True
-                break
-            key: str | int = scan[2]
-            if closer == "}":
-                key, pos = self._decoder.raw_decode(block, pos)
-                pos = self._skip(self._skip(pos) + 1)  # past the ':'
-            found[key] = pos
-            scan[1], scan[2], scan[3] = pos, scan[2] + 1, pos
-        return found.get(name)
-
-    def start(self, path: Path_) -> int:
-        """Where the deepest value along ``path`` that exists opens."""
-        at = self._skip(0)
-        for part in path:
-            nxt = self.child(at, part)
-            if nxt is None:
-                break
-            at = nxt
-        return at
-
-    def line_of(self, path: Path_) -> int:
-        return self.line(self.start(path))
-
-    def text(self, path: Path_) -> str:
-        a = self.start(path)
-        return self.block[a : self.end(a)]
-
-
-def json_path(path: Path_) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
 
 
 class _Builder:
@@ -381,6 +348,7 @@ class _Builder:
         if not raw:
             raise PlanError("batches is empty: nothing to run", where=top)
 
+        # Batches that all have no agents make a valid plan (CAST's own fixtures): there is nothing to run.
         batches: list[Batch] = []
         seen: dict[str, int] = {}
         for i, item in enumerate(raw):
@@ -392,8 +360,6 @@ class _Builder:
             batches.append(batch)
             if not batch.agents:
                 warnings.append(f"{self.source}:{batch.line}: batch {batch.id} has no agents: it is skipped")
-        if not any(b.agents for b in batches):
-            raise PlanError("no batch has an agent: nothing to run", where=top)
         self.check_unit_names(batches, seen)
         self.check_dependencies(batches, seen)
         plan = Plan(
@@ -413,7 +379,7 @@ class _Builder:
         stack: list[tuple[Any, Path_]] = [(value, path)]
         while stack:
             v, p = stack.pop()
-            if isinstance(v, _NonFinite) or (isinstance(v, float) and not math.isfinite(v)):
+            if isinstance(v, NonFinite) or (isinstance(v, float) and not math.isfinite(v)):
                 raise self.error(p, f"must be a finite number, got {self.spans.text(p)}")
             if isinstance(v, str) and "\x00" in v:
                 raise self.error(p, "contains a NUL byte")

@@ -4,8 +4,10 @@ A run leaves worktrees, branches ``distpar/<run>/*``, refs ``refs/distpar/<run>/
 (logs, bundles, worktrees). ``plan_clean`` decides, for each of them, to remove or to keep and says why;
 ``apply_clean`` carries the decisions out. The rule that never bends without ``--force``: a branch or ref
 whose commits are not in the run's target is kept, and a worktree's uncommitted work is saved on a ref before
-the worktree goes. Live runs are never touched; a run is live when the journal says ``running`` and its
-coordinator process still exists (the same process: its start time is checked against the journal).
+the worktree goes. Two kinds of ref are not work and go without ``--force``: the saved attempt of a unit that
+succeeded later in a run that ended ok (superseded; its commit is named), and the early conflict check's
+preview. Live runs are never touched; a run is live when the journal says ``running`` and its coordinator process
+still exists (the same process: its start time is checked against the journal).
 Agents still running for a run that is not live are killed (Linux: found through ``/proc/*/environ``).
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.runtime import run_is_live
+from distpar.core import names
 from distpar.core.errors import UsageError
 from distpar.infra import gitops, paths
 from distpar.infra.process import agent_processes, kill_process_group
@@ -117,8 +120,8 @@ def inventory(repo: Path, state_dir: Path, journal: Journal) -> tuple[dict[str, 
 
 
 def plan_run(repo: Path, run_id: str, f: _Found, row: dict[str, Any] | None, live: bool, force: bool,
-             now: float, state_dir: Path) -> list[Item]:
-    """The decisions for one run."""
+             now: float, state_dir: Path, ok_units: dict[str, str] | None = None) -> list[Item]:
+    """The decisions for one run. ``ok_units``: key (as in ref names) -> unit id of the units that ended ok."""
     if live:
         return [Item(run_id, "run", run_id, "keep", f"live: coordinator pid {row['pid'] if row else '?'} is running")]
     if row is None and _started_recently(run_id, state_dir, now):
@@ -177,8 +180,15 @@ def plan_run(repo: Path, run_id: str, f: _Found, row: dict[str, Any] | None, liv
         for ref, oid in sorted(refs.items()):
             name = ref.removeprefix("refs/heads/") if kind == "branch" else ref
             n = unmerged(oid)
+            superseded = _superseded(run_id, ref, row, ok_units or {})
             if ref in checked_out:
                 items.append(Item(run_id, kind, name, "keep", f"checked out in {checked_out[ref]}", ref))
+            elif ref.startswith(f"refs/distpar/{run_id}/preview/"):
+                items.append(Item(run_id, kind, name, "remove", "the early conflict check's preview merge (a "
+                                  "prediction, never work)", ref))
+            elif superseded:
+                items.append(Item(run_id, kind, name, "remove", f"superseded: unit {superseded} succeeded later "
+                                  f"and the run ended ok (the saved attempt was {oid[:12]})", ref))
             elif n and not force:
                 what = "unfinished work saved by distpar" if "/saved/" in ref else f"{n} commit(s)"
                 items.append(Item(run_id, kind, name, "keep",
@@ -218,8 +228,18 @@ def plan_clean(repo: Path, state_dir: Path, journal: Journal, run_id: str | None
     items: list[Item] = []
     for rid in sorted(found):
         row = rows.get(rid) or journal.run_exact(rid)
-        items += plan_run(repo, rid, found[rid], row, run_is_live(journal, row), force, now, state_dir)
+        ok_units = {names.key(b["batch_id"]): b["batch_id"] for b in journal.batches(rid) if b["state"] == "ok"} \
+            if row is not None and row["state"] == "ok" else {}
+        items += plan_run(repo, rid, found[rid], row, run_is_live(journal, row), force, now, state_dir, ok_units)
     return items
+
+
+def _superseded(run_id: str, ref: str, row: dict[str, Any] | None, ok_units: dict[str, str]) -> str:
+    """The unit whose later success superseded the work saved on ``ref`` (a run that ended ok), or ""."""
+    prefix = f"refs/distpar/{run_id}/saved/"
+    if row is None or row["state"] != "ok" or not ref.startswith(prefix):
+        return ""
+    return ok_units.get(ref[len(prefix):], "")
 
 
 # --- doing -------------------------------------------------------------------------------------------------

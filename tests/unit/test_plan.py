@@ -258,7 +258,6 @@ def test_unknown_top_level_fields_are_warnings() -> None:
          "batches[0].agents[0].depends_on[0]: batch '1' depends on itself"),
         ({"batches": [{**batch(1), "agents": [{"prompt": "x", "depends_on": [2]}]}, batch(2, depends_on=[1])]},
          "dependency cycle: 1 -> 2 -> 1"),
-        ({"batches": [{**batch(1), "agents": []}]}, "no batch has an agent: nothing to run"),
         ({"target_branch": "a..b", "batches": [batch(1)]},
          "target_branch 'a..b' cannot be a branch name: cannot contain '..'"),
         ({"pre_approved": "yes", "batches": [batch(1)]}, "pre_approved must be true or false, not 'yes'"),
@@ -272,6 +271,33 @@ def test_refused_at_plan_time(manifest: object, expected: str) -> None:
     with pytest.raises(PlanError) as exc:
         parse_plan(doc(manifest), "p.md")
     assert expected in str(exc.value), str(exc.value)
+    assert exc.value.exit_code == 2
+
+
+def test_every_batch_without_agents_is_a_valid_plan_with_nothing_to_run() -> None:
+    # As CAST's own executor fixtures write them: valid, nothing to run (issue 21, item 12).
+    plan = parse_plan(doc({"plan_id": "fixture", "batches": [{**batch(1), "agents": []},
+                                                             {"id": 2, "agents": [], "verify_files": []}]}), "p.md")
+    assert plan.ids == ["1", "2"] and not any(b.agents for b in plan.batches)
+    assert plan.warnings == ("p.md:9: batch 1 has no agents: it is skipped",
+                             "p.md:15: batch 2 has no agents: it is skipped")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"batches": [{"id": 1, "agents": [{"prompt": "a"}]}],\n "plan_id": "x",\n "batches": []}',
+         'p.md:8: duplicate key "batches" at $'),
+        ('{"batches": [{"id": 1, "agents": [{"prompt": "a"}]},\n {"id": 2, "agents": [{"prompt": "b",\n'
+         '  "prompt": "c"}]}]}', 'p.md:8: duplicate key "prompt" at $.batches[1].agents[0]'),
+        ('{"batches": [{"id": 1, "id": 2, "agents": [{"prompt": "a"}]}]}',
+         'p.md:6: duplicate key "id" at $.batches[0]'),
+    ],
+)
+def test_duplicate_keys_are_refused_with_their_json_path_and_line(body: str, expected: str) -> None:
+    with pytest.raises(PlanError) as exc:
+        parse_plan(doc(body), "p.md")
+    assert str(exc.value) == expected
     assert exc.value.exit_code == 2
 
 
