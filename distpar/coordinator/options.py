@@ -80,8 +80,8 @@ class RunOptions:
         help="Remote workers clone from and push their branches to this git remote (default: bundles).")
     backend_options: dict[str, Any] = opt(factory=dict, kind="dict", help="The backend's own options (never secrets).")
     budget_usd: float | None = opt(
-        flag="--budget-usd", kind="float", min=0, min_open=True, metavar="USD", config=True,
-        help="Run-wide: once the agents' reported costs reach it, no new unit starts.")
+        flag="--budget-usd", kind="float", min=0, min_open=True, metavar="USD", config=True, resume=True,
+        help="Run-wide: once the agents' reported costs (over every attempt) reach it, no new unit starts.")
     agent_retries: int = opt(
         2, flag="--agent-retries", kind="int", min=0, config=True, worker=True,
         help="Times a unit's agent is tried again after a transient failure (rate limit, 5xx, crash before any "
