@@ -1,4 +1,4 @@
-"""Backends are transports: each runs ``distpar.worker.run_segment`` somewhere and hands the result back."""
+"""Backends are transports: each runs ``distpar.worker.unit.run_unit`` somewhere and hands the reply back."""
 
 from __future__ import annotations
 

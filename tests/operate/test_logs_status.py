@@ -26,7 +26,7 @@ def test_logs_prints_a_batch_log(repo: Path) -> None:
     one = run_distpar("logs", run_id, "--batch", "one", cwd=repo)
     assert one.returncode == 0, one.stderr
     lines = one.stdout.splitlines()
-    assert lines[0].startswith("--- distpar: batch one, attempt 1")
+    assert lines[0].startswith("--- distpar: unit one, attempt 1")
     assert "DISTPAR_BATCH_ID=one" in lines and '"type": "result"' in one.stdout
     assert "DISTPAR_BATCH_ID=two" not in one.stdout
     every = run_distpar("logs", run_id[:12], cwd=repo)  # a unique prefix of the id is enough
@@ -55,7 +55,7 @@ def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
         res = run_distpar("logs", run_id, "--follow", cwd=repo, timeout=60)  # picks the running batch
         took = time.time() - t0
         assert res.returncode == 0, res.stderr
-        assert res.stdout.startswith("--- distpar: batch slow, attempt 1")
+        assert res.stdout.startswith("--- distpar: unit slow, attempt 1")
         assert "DISTPAR_STREAM=1" in res.stdout and '"type": "result"' in res.stdout  # to the very end
         assert took < 15
         assert run.wait(timeout=60) == 0
@@ -77,7 +77,7 @@ def test_logs_follow_picks_the_unit_whose_agent_started_last(repo: Path) -> None
         time.sleep(1.2)  # both agents have started (the second at least 1 s after the first)
         res = run_distpar("logs", run_id, "--follow", cwd=repo, timeout=60)
         assert res.returncode == 0, res.stderr
-        assert res.stdout.startswith("--- distpar: batch late, attempt 1"), res.stdout[:300]
+        assert res.stdout.startswith("--- distpar: unit late, attempt 1"), res.stdout[:300]
         assert "late-one" in res.stdout and "line0" not in res.stdout
         assert run.wait(timeout=60) == 0
 

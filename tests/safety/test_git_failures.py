@@ -37,7 +37,7 @@ def test_failing_commit_signing(repo: Path, tmp_path: Path) -> None:
     sh_git(repo, "config", "gpg.program", "false")
     rid, out, _ = run_two_streams(repo, tmp_path / "calls.jsonl")
     assert "batch 1 (w1) failed: git could not sign the commit (commit.gpgsign is set and signing failed" in out
-    assert f"the batch's work is saved on refs/distpar/{rid}/saved/1" in out
+    assert f"the unit's work is saved on refs/distpar/{rid}/saved/1" in out
     j = journal()
     states = {b["batch_id"]: (b["state"], b["result_class"], b["attempt"]) for b in j.batches(rid)}
     j.close()

@@ -83,7 +83,7 @@ def test_logs_follow_shows_a_remote_units_output_while_it_runs(two_hosts: tuple[
     assert not list(logs.glob("*.live"))
     full = run_distpar("logs", run_id, "--batch", "talk", cwd=repo)
     assert full.returncode == 0, full.stderr
-    assert full.stdout.startswith("--- distpar: batch talk, attempt 1")
+    assert full.stdout.startswith("--- distpar: unit talk, attempt 1")
     assert full.stdout.count("early line\n") == 1 and full.stdout.count("late line\n") == 1
     assert "as it runs" not in full.stdout
     nums = [line for line in (logs / "loud.log").read_text().splitlines() if line.isdigit()]

@@ -103,7 +103,7 @@ def test_plan_across_two_hosts_equals_serial(two_hosts: tuple[SSHServer, SSHServ
     logs = Path(os.environ["DISTPAR_HOME"]) / "runs" / run_id / "logs"
     for b in info["batches"]:
         assert b["log_path"] == str(logs / f"{b['batch_id']}.log")
-        assert "--- distpar: batch" in Path(b["log_path"]).read_text()
+        assert "--- distpar: unit" in Path(b["log_path"]).read_text()
     assert not (logs / "plan.md").exists()  # the copy of the plan each unit gets on its host stays there
     assert not list(h1.runs_dir.glob(f"{run_id}*")) and not list(h2.runs_dir.glob(f"{run_id}*"))
     assert not list((logs.parent / "bundles").glob("*.bundle"))

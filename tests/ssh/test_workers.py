@@ -131,7 +131,7 @@ def test_host_without_sftp_subsystem(start_sshd: Any, ssh_env: SSHEnv, tmp_path:
     info = run_status(repo, run_id)
     assert {b["node"] for b in info["batches"]} == {bare.address}
     for b in info["batches"]:  # the logs came back without SFTP too
-        assert "--- distpar: batch" in Path(b["log_path"]).read_text()
+        assert "--- distpar: unit" in Path(b["log_path"]).read_text()
     assert sh_git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/") == "main"
     assert not list(bare.runs_dir.iterdir())
     assert not list((Path(os.environ["DISTPAR_HOME"]) / "runs" / run_id / "bundles").glob("*.bundle"))
