@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.core.plan import Plan
 from distpar.core.schedule import Schedule
 from distpar.core.state import Finish, Instruction, RunState, Start, UnitEnded, UnitInfo, WorkerUp
@@ -53,7 +53,7 @@ def run_state(units: list[UnitInfo], workers: int, durations: dict[str, float], 
         if st.finished or not pending:
             break
         clock, _, uid, worker = heapq.heappop(pending)
-        out = st.handle(UnitEnded(uid, worker, BatchStatus.OK))
+        out = st.handle(UnitEnded(uid, worker, UnitStatus.OK))
         apply(out)
         if any(isinstance(i, Finish) for i in out):
             break

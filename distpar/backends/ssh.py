@@ -47,13 +47,20 @@ from typing import Any
 from distpar import agents
 from distpar.backends.base import Backend, RunContext
 from distpar.backends.hosts import DEFAULT_WORKDIR, HostSpec, default_slots, resolve_hosts
-from distpar.core.errors import BackendError, UsageError
 from distpar.core import serial
+from distpar.core.errors import BackendError, UsageError
 from distpar.core.model import (
-    SPEC_VERSION, AgentConfig, Source, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings,
+    SPEC_VERSION,
+    AgentConfig,
+    Source,
+    UnitReply,
+    UnitResult,
+    UnitSpec,
+    UnitStatus,
+    WorkerSettings,
 )
-from distpar.worker.supervisor import RUN_VAR
 from distpar.worker.common import safe_name
+from distpar.worker.supervisor import RUN_VAR
 
 log = logging.getLogger(__name__)
 

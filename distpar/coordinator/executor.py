@@ -32,10 +32,17 @@ from distpar.coordinator.runtime import (
     new_run_id,
     run_row,
 )
-from distpar.coordinator.unitspec import batch_spec, note_owned_files, segment_spec, verify_files, with_earlier_tries
+from distpar.coordinator.unitspec import (
+    note_owned_files,
+    unit_agent,
+    unit_spec,
+    verify_files,
+    with_earlier_tries,
+    worker_settings,
+)
 from distpar.core import names
 from distpar.core.errors import DistparError
-from distpar.core.model import BatchResult, BatchStatus, SegmentResult, SegmentSpec
+from distpar.core.model import UnitReply, UnitResult, UnitSpec, UnitStatus
 from distpar.core.plan import Plan
 from distpar.core.ratelimit import RateLimiter, retry_base
 from distpar.core.schedule import Schedule
@@ -91,8 +98,8 @@ class Runner:
         self.empty = [b.id for b in plan.batches if not b.agents]  # agents: [] - recorded as skipped
         # What the journal and the report list, in plan order: each batch's units (or the empty batch itself).
         self.order = [x for b in plan.batches for x in ([u.uid for u in self.graph.of_batch(b.id)] or [b.id])]
-        self.results: dict[str, BatchResult] = {}
-        self.running: dict[str, tuple[SegmentSpec, Future[SegmentResult]]] = {}
+        self.results: dict[str, UnitResult] = {}
+        self.running: dict[str, tuple[UnitSpec, Future[UnitReply]]] = {}
         self.conflict: Conflict | None = None
         self.predicted: list[dict[str, Any]] = []  # conflicts found early, before the final merge
         self.errors: list[str] = []
@@ -114,7 +121,7 @@ class Runner:
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
         self.requeues: dict[str, int] = {}  # unit -> times it went back to the queue after a rate limit
-        self.carried: dict[str, list[BatchResult]] = {}  # ... and what those dispatches reported
+        self.carried: dict[str, list[UnitResult]] = {}  # ... and what those dispatches reported
         self.rate_stop = ""  # why no new unit started (a usage limit far away), when that happened
         try:
             self.plan_text = Path(options.plan_path or plan.source).read_text()
@@ -136,12 +143,12 @@ class Runner:
     def integration(self) -> str:
         return f"distpar/{self.run_id}/integration"
 
-    def publish(self, kind: str, stream: int | None = None, batch: str | None = None, **data: Any) -> None:
+    def publish(self, kind: str, worker: int | None = None, unit: str | None = None, **data: Any) -> None:
         """One event, once, to everything that follows the run: the journal, and the observer (live view,
-        ``--json``), which gets ``stream``/``batch`` in its data."""
-        self.journal.event(self.run_id, kind, stream, batch, **data)
-        self.emit(kind, **({"stream": stream} if stream is not None else {}),
-                  **({"batch": batch} if batch is not None else {}), **data)
+        ``--json``), which gets ``worker``/``unit`` in its data."""
+        self.journal.event(self.run_id, kind, worker, unit, **data)
+        self.emit(kind, **({"worker": worker} if worker is not None else {}),
+                  **({"unit": unit} if unit is not None else {}), **data)
 
     def emit(self, kind: str, **data: Any) -> None:
         try:
@@ -167,9 +174,9 @@ class Runner:
             restore(self)
         else:
             self.journal.start_run(run_row(self, t0), [(uid, 0) for uid in self.order])
-        self.emit("run_started", run_id=self.run_id, streams=self.workers, workers=self.workers, target=self.target)
+        self.emit("run_started", run_id=self.run_id, workers=self.workers, target=self.target)
         for bid in self.empty:
-            self._record(BatchResult(bid, -1, BatchStatus.SKIPPED, error="the batch has no agents (agents: [])"))
+            self._record(UnitResult(bid, -1, UnitStatus.SKIPPED, error="the batch has no agents (agents: [])"))
         done = {uid: r.status for uid, r in self.results.items() if r.status.ok and uid not in self.empty}
         ceiling = min(self.workers, self.options.max_concurrent_agents or self.workers)
         self.state = RunState.create(self.units, done, retries=self.options.retries,
@@ -180,7 +187,7 @@ class Runner:
             commit = self.results[uid].commit
             if st.ok and commit:
                 self.preview.add(uid, commit)
-        agents_used = tuple(dict.fromkeys(batch_spec(self, u.uid).agent for u in self.units))
+        agents_used = tuple(dict.fromkeys(unit_agent(self, u.uid) for u in self.units))
         ctx = RunContext(self.run_id, self.repo, self.run_dir, self.workers, agents_used,  # events: from any thread
                          lambda kind, data: self._queue.put(("worker", (kind, data))))
         restore_signals = on_signals(self.interrupt)
@@ -246,9 +253,9 @@ class Runner:
                 self._start(ins)
             elif isinstance(ins, Record):
                 worker = self.state.assignment.get(ins.uid, -1) if self.state else -1
-                self._record(BatchResult(ins.uid, worker, ins.status, error=ins.reason))
+                self._record(UnitResult(ins.uid, worker, ins.status, error=ins.reason))
             elif isinstance(ins, Retry):
-                self.publish("segment_retry", None, ins.uid, attempt=ins.attempt, error=ins.error)
+                self.publish("unit_retry", None, ins.uid, attempt=ins.attempt, error=ins.error)
             elif isinstance(ins, CancelAll):
                 self.backend.cancel()
             elif isinstance(ins, BudgetSpent):
@@ -273,16 +280,16 @@ class Runner:
             self.journal.event(self.run_id, "conflict", ins.worker, ins.uid, stage="dependency",
                                files=list(base.conflict.files), theirs=base.conflict.theirs)
             reason = f"merging its dependencies conflicts in {', '.join(base.conflict.files)}"
-            self._record(BatchResult(ins.uid, ins.worker, BatchStatus.BLOCKED, error=reason))
+            self._record(UnitResult(ins.uid, ins.worker, UnitStatus.BLOCKED, error=reason))
             self._queue.put(("event", Blocked(ins.uid, ins.worker, reason)))
             return
         self.dispatches += 1
-        spec = segment_spec(self, ins.uid, ins.worker, ins.attempt, base.commit)
-        self.publish("segment_submitted", ins.worker, ins.uid, batches=[ins.uid], attempt=ins.attempt, base=base.commit)
-        self.journal.batch_started(self.run_id, ins.uid, ins.worker, ins.attempt, "")
-        self.emit("batch_started", stream=ins.worker, batch=ins.uid, attempt=ins.attempt)
+        spec = unit_spec(self, ins.uid, ins.worker, ins.attempt, base.commit)
+        self.publish("unit_submitted", ins.worker, ins.uid, attempt=ins.attempt, base=base.commit)
+        self.journal.unit_dispatched(self.run_id, ins.uid, ins.worker, ins.attempt, "")
+        self.emit("unit_dispatched", worker=ins.worker, unit=ins.uid, attempt=ins.attempt)
         try:
-            fut = self.backend.submit(spec)
+            fut = self.backend.submit(worker_settings(self, ins.worker), spec)
         except DistparError as exc:
             fut = Future()
             fut.set_exception(exc)
@@ -309,23 +316,23 @@ class Runner:
     def _ctx_stub(self) -> RunContext:
         return RunContext(self.run_id, self.repo, self.run_dir, self.workers)
 
-    def _collect(self, spec: SegmentSpec, fut: Future[SegmentResult]) -> Event:
-        uid = spec.batches[0].id
+    def _collect(self, spec: UnitSpec, fut: Future[UnitReply]) -> Event:
+        uid = spec.uid
         self.running.pop(uid, None)
         try:
             result = fut.result()
         except Exception as exc:  # the transport failed, not the agent
             msg = exc.message if isinstance(exc, DistparError) else f"{type(exc).__name__}: {exc}"
-            self.journal.event(self.run_id, "segment_error", spec.stream, uid, attempt=spec.attempt, error=msg)
-            return UnitLost(uid, spec.stream, msg)
+            self.journal.event(self.run_id, "unit_error", spec.worker, uid, attempt=spec.attempt, error=msg)
+            return UnitLost(uid, spec.worker, msg)
         self.transfer.fetch_back(result, spec.source)
         if result.setup:
             setup = result.setup
-            self.publish("workspace_setup", spec.stream, uid, ok=setup["ok"], seconds=round(setup["seconds"], 3),
+            self.publish("workspace_setup", spec.worker, uid, ok=setup["ok"], seconds=round(setup["seconds"], 3),
                          exit_code=setup["exit_code"], node=result.node)
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
-        r = note_owned_files(self, verify_files(self, result.results[0]), spec.base)
+        r = note_owned_files(self, verify_files(self, result.result), spec.base)
         o = r.outcome
         now = time.time()
         if o is not None and o.rate_limited and not o.ok and not self.interrupted.is_set():
@@ -334,10 +341,10 @@ class Runner:
             self.requeues[uid] = self.requeues.get(uid, 0) + 1
             if self.requeues[uid] <= self.options.agent_retries:
                 self.carried.setdefault(uid, []).append(r)
-                self.journal.batch_requeued(self.run_id, uid)
-                self.publish("unit_throttled", spec.stream, uid, result_class=o.result_class, retry_after=o.retry_after,
+                self.journal.unit_requeued(self.run_id, uid)
+                self.publish("unit_throttled", spec.worker, uid, result_class=o.result_class, retry_after=o.retry_after,
                              resets_at=o.resets_at, requeued=self.requeues[uid])
-                return UnitEnded(uid, spec.stream, r.status, o.cost_usd, outcome=o, at=now, requeue=True)
+                return UnitEnded(uid, spec.worker, r.status, o.cost_usd, outcome=o, at=now, requeue=True)
         if uid in self.carried:  # what the dispatches before it (rate-limited) tried and cost counts too
             r = with_earlier_tries(self.carried.pop(uid), r)
         self._record(r)
@@ -345,13 +352,13 @@ class Runner:
         if found is not None:
             self._predicted(uid, found)
         conflicts = found is not None
-        return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, outcome=o, at=now,
+        return UnitEnded(uid, spec.worker, r.status, o.cost_usd if o else None, outcome=o, at=now,
                          conflicts=conflicts)
 
     def _on_worker_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "unit_started" and data.get("batch") in self.running:
-            spec, _ = self.running[data["batch"]]
-            self.journal.unit_started(self.run_id, data["batch"], spec.stream, spec.attempt, data.get("node", ""),
+        if kind == "unit_started" and data.get("unit") in self.running:
+            spec, _ = self.running[data["unit"]]
+            self.journal.unit_started(self.run_id, data["unit"], spec.worker, spec.attempt, data.get("node", ""),
                                       data.get("at") or time.time())
         self.live.update(kind, data)  # agent_output: never journaled, see LiveLogs
         self.emit(kind, **data)
@@ -373,14 +380,14 @@ class Runner:
                 except Exception:
                     log.exception("a unit failed while the run stopped after an error")
 
-    def _record(self, r: BatchResult) -> None:
-        self.live.ended(r.batch_id, landed=bool(r.log_path))  # a log_path: the backend landed the unit's full log
-        self.results[r.batch_id] = r
-        self.journal.batch_ended(self.run_id, r)
+    def _record(self, r: UnitResult) -> None:
+        self.live.ended(r.unit_id, landed=bool(r.log_path))  # a log_path: the backend landed the unit's full log
+        self.results[r.unit_id] = r
+        self.journal.unit_ended(self.run_id, r)
         if r.tries > 1:  # the agent was tried again after transient failures: journal each try's class
-            self.journal.event(self.run_id, "batch_tries", r.stream, r.batch_id, tries=r.tries,
+            self.journal.event(self.run_id, "unit_tries", r.worker, r.unit_id, tries=r.tries,
                                classes=list(r.try_classes))
-        self.emit("batch_ended", stream=r.stream, batch=r.batch_id, status=r.status.value, node=r.node,
+        self.emit("unit_ended", worker=r.worker, unit=r.unit_id, status=r.status.value, node=r.node,
                   duration=r.duration, error=r.error, log_tail=r.log_tail, changed=r.changed,
                   cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries, notes=list(r.notes))
 

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distpar.coordinator.merge import land, merge_streams
+from distpar.coordinator.merge import land, merge_branches
 from distpar.core.errors import DistparError
 from distpar.infra import gitops, paths, workspace
 from distpar.infra.transfer import push_run
@@ -25,13 +25,13 @@ def land_run(run: Runner) -> str | None:
     push (--push). Returns the target's new head, or None when a conflict or the gate stopped it."""
     order = [(run.branch(u.uid), run.results[u.uid].commit or run.start)
              for u in sorted(run.units, key=lambda u: u.order)]
-    run.publish("merge_started", streams=[b for b, _ in order])
+    run.publish("merge_started", branches=[b for b, _ in order])
     # A resumed run continues from what the integration branch already holds (e.g. a conflict the user
-    # resolved by hand there); units it already contains are skipped by merge_streams.
+    # resolved by hand there); units it already contains are skipped by merge_branches.
     begin = gitops.try_rev(run.repo, f"refs/heads/{run.integration}")
     if begin is None or not gitops.is_ancestor(run.repo, run.start, begin):
         begin = run.start
-    result = merge_streams(run.repo, begin, order, run.integration, run.run_id, run.env)
+    result = merge_branches(run.repo, begin, order, run.integration, run.run_id, run.env)
     if result.conflict is None and run.options.verify_merged:
         run.gate = _verify_merged(run, result.head)
         if run.gate is not None:

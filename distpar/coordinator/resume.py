@@ -20,7 +20,7 @@ from distpar.coordinator.runtime import (
     load_run,
 )
 from distpar.core.errors import DistparError
-from distpar.core.model import WARN_SIZE, AgentConfig, BatchResult, BatchStatus
+from distpar.core.model import WARN_SIZE, AgentConfig, UnitResult, UnitStatus
 from distpar.core.plan import Plan
 from distpar.core.schedule import Schedule
 from distpar.infra import gitops
@@ -114,7 +114,7 @@ def restore(runner: Runner) -> None:
     kill_run_processes(runner.run_id)  # agents orphaned by a coordinator that was killed
     repo, run_id, journal = runner.repo, runner.run_id, runner.journal
     gitops.worktree_prune(repo)
-    rows = {r["batch_id"]: r for r in journal.batches(run_id)}
+    rows = {r["unit_id"]: r for r in journal.units(run_id)}
     recovered: dict[str, str] = {}
     for u in runner.units:
         if rows.get(u.uid, {}).get("state") == "ok":
@@ -133,15 +133,15 @@ def restore(runner: Runner) -> None:
     journal.resume_run(run_id, os.getpid(), recovered)
     for uid, row in rows.items():
         if row["state"] == "ok" or uid in recovered:
-            runner.results[uid] = BatchResult(
-                uid, row["stream"], BatchStatus.OK, row["exit_code"], row["started"], row["ended"],
+            runner.results[uid] = UnitResult(
+                uid, row["worker"], UnitStatus.OK, row["exit_code"], row["started"], row["ended"],
                 recovered.get(uid) or row["commit_oid"], bool(row["changed"]) or uid in recovered,
                 None, row["log_path"], "", "", row["node"] or "", row["attempt"] or 1,
             )
     runner.dispatches = 1000 * resumes  # keeps bundle and ref names of this attempt unique
     runner.saved_refs.extend(gitops.refs(repo, f"refs/distpar/{run_id}/saved/"))
     runner.emit("run_resumed", run_id=run_id, done=len(runner.results), recovered=sorted(recovered),
-                done_batches=sorted(runner.results))
+                done_units=sorted(runner.results))
 
 
 __all__ = ["committed_unit", "kill_run_processes", "restore", "resume_runner"]

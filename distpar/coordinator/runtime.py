@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from distpar.coordinator.executor import Runner
 
 from distpar.coordinator.merge import Conflict
-from distpar.core.model import BatchResult
+from distpar.core.model import UnitResult
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class RunOptions:
     into: str | None = None
     allow_dirty: bool = False
     keep_branches: bool = False
-    retries: int = 2  # transport failures: a segment whose worker, node or host died runs again
+    retries: int = 2  # transport failures: a unit whose worker, node or host died runs again
     forward_env: tuple[str, ...] = ()
     backend: str = "local"
     plan_path: str = ""
@@ -69,7 +69,7 @@ class RunReport:
     state: str  # ok, failed, conflict, interrupted, error
     exit_code: ExitCode
     target: str
-    results: list[BatchResult]
+    results: list[UnitResult]
     pending: list[str]  # batches never started (interrupted runs)
     wall: float
     conflict: Conflict | None = None
@@ -113,7 +113,7 @@ class RunReport:
             "state": self.state,
             "exit_code": int(self.exit_code),
             "target": self.target,
-            "batches": counts,
+            "units": counts,
             "wall": round(self.wall, 3),
             "agent_time": round(self.agent_time, 3),
             "speedup": round(self.speedup, 3),
@@ -280,7 +280,7 @@ def make_report(runner: Runner, wall: float, landed: str | None) -> RunReport:
     pending = [uid for uid in runner.order if uid not in runner.results]
     interrupted = runner.interrupted.is_set() and landed is None  # an interrupt after landing changed nothing
     codes = [ExitCode.OK]
-    if any(not r.status.ok for r in results if r.batch_id not in runner.empty):
+    if any(not r.status.ok for r in results if r.unit_id not in runner.empty):
         codes.append(ExitCode.BATCH_FAILED)
     if runner.conflict:
         codes.append(ExitCode.CONFLICT)

@@ -2,7 +2,8 @@
 
 Modelled on dask.distributed's ``WorkerState.handle_stimulus``: events go in, instructions come out, and
 nothing here touches git, a process, a clock or the journal. The executor (``distpar.coordinator.executor``)
-carries out the instructions and turns what happens (a worker is up, a unit ended, a transport broke, Ctrl+C) into events.
+carries out the instructions and turns what happens (a worker is up, a unit ended, a transport broke,
+Ctrl+C) into events.
 
 Units are the things that run: one agent session each, on one branch of their own. A unit is *ready* when every
 unit it depends on ended ok; a free worker takes the highest-priority ready unit it may take (critical path by
@@ -16,7 +17,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from distpar.core.model import AgentOutcome, BatchStatus
+from distpar.core.model import AgentOutcome, UnitStatus
 from distpar.core.ratelimit import RateLimiter
 from distpar.core.stimuli import (
     Blocked,
@@ -47,7 +48,7 @@ class UnitInfo:
     deps: tuple[str, ...] = ()
     priority: float = 0.0  # higher runs first: the critical path from this unit to the end, by estimate
     order: int = 0  # plan order, the tie-break
-    pin: int | None = None  # the only worker that may run it (the seed's pinned streams); it waits for that
+    pin: int | None = None  # the only worker that may run it (the seed's pinned workers); it waits for that
     # worker to come up, and goes to any worker only once that one is down (so every pin must come up or go down)
 
 
@@ -57,7 +58,7 @@ class RunState:
     retries: int = 2  # transport failures: a unit runs again on another worker up to this many times
     budget_usd: float | None = None
     stop_on_conflict: bool = False
-    done: dict[str, BatchStatus] = field(default_factory=dict)
+    done: dict[str, UnitStatus] = field(default_factory=dict)
     running: dict[str, tuple[int, int]] = field(default_factory=dict)  # uid -> (worker, attempt)
     attempts: dict[str, int] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)  # workers with nothing to do, in the order they came free
@@ -80,7 +81,7 @@ class RunState:
     heap: list[tuple[float, int, str]] = field(default_factory=list)  # ready units, best first (stale entries)
 
     @classmethod
-    def create(cls, units: Sequence[UnitInfo], done: dict[str, BatchStatus] | None = None, **kw: object) -> RunState:
+    def create(cls, units: Sequence[UnitInfo], done: dict[str, UnitStatus] | None = None, **kw: object) -> RunState:
         st = cls({u.uid: u for u in units}, **kw)  # type: ignore[arg-type]
         for u in units:
             for d in u.deps:
@@ -90,7 +91,7 @@ class RunState:
         st.done.update(done or {})
         for u in units:
             if u.uid not in st.done:
-                st.waiting[u.uid] = sum(1 for d in u.deps if st.done.get(d) is not BatchStatus.OK)
+                st.waiting[u.uid] = sum(1 for d in u.deps if st.done.get(d) is not UnitStatus.OK)
                 if st.waiting[u.uid] == 0:
                     st._make_ready(u.uid)
         return st
@@ -116,7 +117,7 @@ class RunState:
 
     @property
     def complete(self) -> bool:
-        return len(self.done) == len(self.units) and all(s is BatchStatus.OK for s in self.done.values())
+        return len(self.done) == len(self.units) and all(s is UnitStatus.OK for s in self.done.values())
 
     def _may_start(self) -> bool:
         return not (self.interrupted or self.fatal or self.budget_exhausted or self.rate_stopped
@@ -169,7 +170,7 @@ class RunState:
             if self._runs(event.uid, event.worker):
                 worker, _ = self.running.pop(event.uid)
                 self._release(worker)
-                out += self._settle(event.uid, BatchStatus.BLOCKED, event.reason)
+                out += self._settle(event.uid, UnitStatus.BLOCKED, event.reason)
                 self.conflicted = True
         elif isinstance(event, Interrupt):
             if not self.interrupted:
@@ -201,12 +202,12 @@ class RunState:
         if worker in self.alive and worker not in self.free:
             self.free.append(worker)
 
-    def _settle(self, uid: str, status: BatchStatus, reason: str) -> list[Instruction]:
+    def _settle(self, uid: str, status: UnitStatus, reason: str) -> list[Instruction]:
         """``uid`` reached ``status``; a failure skips everything that depends on it, transitively."""
         out: list[Instruction] = []
         self.done[uid] = status
         self.ready_set.discard(uid)
-        if status is BatchStatus.OK:
+        if status is UnitStatus.OK:
             for d in self.dependents.get(uid, ()):
                 if d in self.waiting:
                     self.waiting[d] -= 1
@@ -218,8 +219,8 @@ class RunState:
                 dep, cause = stack.pop()
                 if dep in self.done or dep in self.running:
                     continue
-                self.done[dep] = BatchStatus.SKIPPED
-                out.append(Record(dep, BatchStatus.SKIPPED, f"dependency {cause} did not succeed"))
+                self.done[dep] = UnitStatus.SKIPPED
+                out.append(Record(dep, UnitStatus.SKIPPED, f"dependency {cause} did not succeed"))
                 stack += [(d, dep) for d in self.dependents.get(dep, [])]
         return out
 
@@ -231,8 +232,8 @@ class RunState:
             self.attempts[uid] = attempt + 1
             self._make_ready(uid)
             return [Retry(uid, attempt + 1, error)]
-        out: list[Instruction] = [Record(uid, BatchStatus.FAILED, error)]
-        return out + self._settle(uid, BatchStatus.FAILED, error)
+        out: list[Instruction] = [Record(uid, UnitStatus.FAILED, error)]
+        return out + self._settle(uid, UnitStatus.FAILED, error)
 
     def _observe(self, outcome: AgentOutcome) -> list[Instruction]:
         """Rate limits are a signal for the whole run (``distpar.core.ratelimit``): fewer agents at once, a pause until

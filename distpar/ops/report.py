@@ -1,4 +1,4 @@
-"""A run as one self-contained HTML page: a Gantt timeline of batches per stream and node, the dependency graph,
+"""A run as one self-contained HTML page: a Gantt timeline of units per worker and node, the dependency graph,
 durations, cost, failures and conflicts, serial time against wall time.
 
 Everything comes from the journal. The page has no script and loads nothing: inline CSS and SVG only, so it
@@ -30,7 +30,7 @@ BAD = ("failed", "timeout", "blocked", "interrupted")
 @dataclass
 class RunData:
     run: dict[str, Any]
-    batches: list[dict[str, Any]]
+    units: list[dict[str, Any]]
     events: list[Event]
     plan: dict[str, Any]
     schedule: dict[str, Any]
@@ -44,7 +44,7 @@ class RunData:
     def t_end(self) -> float:
         """When the run ended, or the last thing the journal saw of it."""
         times = [self.run["ended"] or 0.0, *(e.ts for e in self.events[-1:]),
-                 *(b["ended"] or b["started"] or 0.0 for b in self.batches)]
+                 *(b["ended"] or b["started"] or 0.0 for b in self.units)]
         return max(t for t in times if t) if any(times) else self.t0
 
     @property
@@ -53,11 +53,11 @@ class RunData:
 
     @property
     def agent_time(self) -> float:
-        return sum(duration_of(b) or 0.0 for b in self.batches if b["ended"])
+        return sum(duration_of(b) or 0.0 for b in self.units if b["ended"])
 
     @property
     def cost(self) -> float | None:
-        costs = [b["cost_usd"] for b in self.batches if b["cost_usd"] is not None]
+        costs = [b["cost_usd"] for b in self.units if b["cost_usd"] is not None]
         return sum(costs) if costs else None
 
     def description(self, batch_id: str) -> str:
@@ -80,7 +80,7 @@ def load(journal: Journal, run_id: str) -> RunData:
         raise UsageError(f"no run {run_id!r} in {journal.path}")
     return RunData(
         run=run,
-        batches=journal.batches(run["id"]),
+        units=journal.units(run["id"]),
         events=journal.events(run["id"]),
         plan=json.loads(run["plan"] or "{}"),
         schedule=json.loads(run["schedule"] or "{}"),
@@ -131,7 +131,7 @@ def render(d: RunData) -> str:
     state = run["state"]
     title = f"distpar run {run['id']}"
     counts: dict[str, int] = {}
-    for b in d.batches:
+    for b in d.units:
         counts[b["state"]] = counts.get(b["state"], 0) + 1
     parts = [
         "<!DOCTYPE html>",
@@ -150,9 +150,9 @@ def render(d: RunData) -> str:
         f'<div class="panel">{_serial_vs_wall(d)}</div>',
         "<h2>Timeline</h2>",
         _legend(),
-        f'<div class="panel">{gantt(d, "stream")}</div>',
+        f'<div class="panel">{gantt(d, "worker")}</div>',
     ]
-    if len({b["node"] for b in d.batches if b["node"]}) > 1:
+    if len({b["node"] for b in d.units if b["node"]}) > 1:
         parts += ["<h2>Timeline by node</h2>", f'<div class="panel">{gantt(d, "node")}</div>']
     parts += [
         "<h2>Dependencies</h2>",
@@ -189,16 +189,16 @@ def _cards(d: RunData, counts: dict[str, int]) -> str:
     wall, agent = d.wall, d.agent_time
     speedup = agent / wall if wall > 0 else 0.0
     predicted = d.schedule.get("predicted_speedup")
-    tin = sum(b["input_tokens"] or 0 for b in d.batches)
-    tout = sum(b["output_tokens"] or 0 for b in d.batches)
+    tin = sum(b["input_tokens"] or 0 for b in d.units)
+    tout = sum(b["output_tokens"] or 0 for b in d.units)
     batches = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     cards = [
-        ("batches", f"{counts.get('ok', 0)}/{len(d.batches)} ok", batches),
+        ("batches", f"{counts.get('ok', 0)}/{len(d.units)} ok", batches),
         ("wall time", secs(wall), "run start to end"),
         ("serial agent time", secs(agent), "sum of batch durations"),
         ("speedup", f"{speedup:.2f}x", f"predicted {predicted:.2f}x" if predicted else ""),
         ("cost", money(d.cost), f"{tin:,} in / {tout:,} out tokens" if tin or tout else ""),
-        ("streams", str(len(d.schedule.get("streams", ()))), f"{d.run['workers']} worker(s)"),
+        ("workers", str(d.run["workers"]), f"on {len({b['node'] for b in d.units if b['node']})} node(s)"),
     ]
     return '<div class="cards">' + "".join(
         f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div><div class="n">{esc(n)}</div>'
@@ -241,8 +241,8 @@ def _nice_step(span: float, target: int = 8) -> float:
     return 10 * mag
 
 
-def gantt(d: RunData, by: str = "stream") -> str:
-    """Bars of batches on a time axis, one lane per stream (or per node). Every batch of the run gets one
+def gantt(d: RunData, by: str = "worker") -> str:
+    """Bars of batches on a time axis, one lane per worker (or per node). Every batch of the run gets one
     ``<g class="bar">`` with data attributes; batches that never ran are drawn as small hatched boxes at the end
     of their lane."""
     t0 = d.t0
@@ -251,10 +251,10 @@ def gantt(d: RunData, by: str = "stream") -> str:
     unit = plot_w / span
 
     def lane_key(b: dict[str, Any]) -> str:
-        return worker_label(b["stream"]) if by == "stream" else (b["node"] or "(not run)")
+        return worker_label(b["worker"]) if by == "worker" else (b["node"] or "(not run)")
 
     lanes: dict[str, list[dict[str, Any]]] = {}
-    for b in sorted(d.batches, key=lambda b: (b["stream"], b["position"])):
+    for b in sorted(d.units, key=lambda b: (b["worker"], b["position"])):
         lanes.setdefault(lane_key(b), []).append(b)
     if by == "node":
         lanes = dict(sorted(lanes.items(), key=lambda kv: (kv[0] == "(not run)", kv[0])))
@@ -275,7 +275,7 @@ def gantt(d: RunData, by: str = "stream") -> str:
     for i, (name, rows) in enumerate(lanes.items()):
         y = top + i * lane_h
         nodes = sorted({b["node"] for b in rows if b["node"]})
-        sub = ", ".join(nodes) if by == "stream" else ", ".join(sorted({worker_label(b["stream"]) for b in rows}))
+        sub = ", ".join(nodes) if by == "worker" else ", ".join(sorted({worker_label(b["worker"]) for b in rows}))
         if i % 2:
             out.append(f'<rect x="0" y="{y}" width="{label_w + plot_w + 20}" height="{lane_h}" fill="#fafbfc"/>')
         out.append(f'<text x="8" y="{y + 16}" font-size="13" font-weight="600" fill="#1d2330">{esc(name)}</text>'
@@ -316,21 +316,21 @@ def _bar(d: RunData, b: dict[str, Any], x: float, y: float, w: float, h: float, 
     color = COLORS.get(state, "#8a94a6")
     dur = duration_of(b)
     start = f"{b['started'] - d.t0:.3f}" if ran else ""
-    tip = (f"batch {b['batch_id']}: {d.description(b['batch_id'])}\n{state}"
+    tip = (f"batch {b['unit_id']}: {d.description(b['unit_id'])}\n{state}"
            + (f" in {secs(dur)}" if dur is not None else "")
-           + (f" on {b['node']}" if b["node"] else "") + f", worker {worker_label(b['stream'])}"
+           + (f" on {b['node']}" if b["node"] else "") + f", worker {worker_label(b['worker'])}"
            + (f", {money(b['cost_usd'])}" if b["cost_usd"] is not None else "")
            + (f"\n{b['error']}" if b["error"] and state != "ok" else ""))
     fill = color if ran else f"url(#hatch-{by})"
     stroke = "" if ran else f' stroke="{color}" stroke-width="1.5"'
     label = ""
-    text = str(b["batch_id"])
+    text = str(b["unit_id"])
     if ran and w > 7 * len(text) + 8:
         label = (f'<text x="{x + 6:.1f}" y="{y + h / 2 + 4.5:.1f}" font-size="12" fill="#fff" '
                  f'font-weight="600">{esc(text)}</text>')
     dur_attr = "" if dur is None else f"{dur:.3f}"
     cost_attr = "" if b["cost_usd"] is None else b["cost_usd"]
-    return (f'<g class="bar" data-batch="{esc(b["batch_id"])}" data-stream="{worker_label(b["stream"])}" '
+    return (f'<g class="bar" data-batch="{esc(b["unit_id"])}" data-worker="{worker_label(b["worker"])}" '
             f'data-node="{esc(b["node"] or "")}" data-status="{esc(state)}" data-start="{start}" '
             f'data-duration="{dur_attr}" data-cost="{cost_attr}">'
             f"<title>{esc(tip)}</title>"
@@ -339,10 +339,10 @@ def _bar(d: RunData, b: dict[str, Any], x: float, y: float, w: float, h: float, 
 
 def dependency_graph(d: RunData) -> str:
     """Batches as boxes in columns by dependency depth; arrows from each dependency to its dependent, dashed
-    where they cross streams (the waits the schedule had to honour)."""
+    where they cross workers (the waits the schedule had to honour)."""
     deps = d.depends_on()
-    rows = {b["batch_id"]: b for b in d.batches}
-    ids = [b["batch_id"] for b in sorted(d.batches, key=lambda b: b["position"])]
+    rows = {b["unit_id"]: b for b in d.units}
+    ids = [b["unit_id"] for b in sorted(d.units, key=lambda b: b["position"])]
     depth: dict[str, int] = {}
 
     def level(b: str, seen: frozenset[str] = frozenset()) -> int:
@@ -383,7 +383,7 @@ def dependency_graph(d: RunData) -> str:
         row = rows[b]
         color = COLORS.get(row["state"], "#8a94a6")
         dur = duration_of(row)
-        sub = f"{worker_label(row['stream'])} · {row['state']}" + (f" · {secs(dur)}" if dur is not None else "")
+        sub = f"{worker_label(row['worker'])} · {row['state']}" + (f" · {secs(dur)}" if dur is not None else "")
         out.append(f'<g class="node" data-batch="{esc(b)}" data-status="{esc(row["state"])}">'
                    f"<title>{esc(f'batch {b}: {d.description(b)}')}</title>"
                    f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#fff" stroke="{color}" '
@@ -399,28 +399,28 @@ def dependency_graph(d: RunData) -> str:
 
 def _problems(d: RunData) -> str:
     items: list[str] = []
-    for b in d.batches:
+    for b in d.units:
         if b["state"] in BAD:
             detail = [f"result {b['result_class']}" if b["result_class"] else "",
                       f"exit code {b['exit_code']}" if b["exit_code"] is not None else "",
                       f"attempt {b['attempt']}" if (b["attempt"] or 1) > 1 else "",
                       f"on {b['node']}" if b["node"] else ""]
             log = f'<div class="mono">log: {esc(b["log_path"])}</div>' if b["log_path"] else ""
-            items.append(f'<div class="problem" data-batch="{esc(b["batch_id"])}"><b>batch {esc(b["batch_id"])}</b> '
-                         f"({worker_label(b['stream'])}) <b>{esc(b['state'])}</b>: {esc(b['error'])}"
+            items.append(f'<div class="problem" data-batch="{esc(b["unit_id"])}"><b>batch {esc(b["unit_id"])}</b> '
+                         f"({worker_label(b['worker'])}) <b>{esc(b['state'])}</b>: {esc(b['error'])}"
                          f'<div class="sub" style="margin:2px 0 0">{esc(", ".join(x for x in detail if x))}</div>'
                          f"{log}</div>")
     for e in d.events:
         if e.kind == "conflict":
             files = ", ".join(e.data.get("files", []))
-            where = f" for batch {e.batch_id}" if e.batch_id else ""
-            into = e.data.get("ours") or (worker_label(e.stream) if e.stream is not None else "")
+            where = f" for batch {e.unit_id}" if e.unit_id else ""
+            into = e.data.get("ours") or (worker_label(e.worker) if e.worker is not None else "")
             items.append(f'<div class="problem conflict"><b>merge conflict</b> '
                          f"({esc(e.data.get('stage'))}{esc(where)}): {esc(e.data.get('theirs'))} into {esc(into)}"
                          f'<div class="mono">conflicting: {esc(files)}</div></div>')
-        elif e.kind in ("segment_error", "segment_retry"):
-            what = "retried" if e.kind == "segment_retry" else "transport error"
-            items.append(f'<div class="problem"><b>{what}</b> on {worker_label(e.stream)} (batch {esc(e.batch_id)}, '
+        elif e.kind in ("unit_error", "unit_retry"):
+            what = "retried" if e.kind == "unit_retry" else "transport error"
+            items.append(f'<div class="problem"><b>{what}</b> on {worker_label(e.worker)} (batch {esc(e.unit_id)}, '
                          f"attempt {esc(e.data.get('attempt'))}): {esc(e.data.get('error'))}</div>")
     conflict = d.summary.get("conflict")
     if conflict and conflict.get("commands"):
@@ -428,25 +428,25 @@ def _problems(d: RunData) -> str:
                      + esc("\n".join(conflict["commands"])) + "</pre></div>")
     for e in d.summary.get("errors") or []:
         items.append(f'<div class="problem"><b>error</b>: {esc(e)}</div>')
-    skipped = [b["batch_id"] for b in d.batches if b["state"] == "skipped"]
+    skipped = [b["unit_id"] for b in d.units if b["state"] == "skipped"]
     if skipped:
         items.append(f'<p class="ok-note">Skipped because an earlier batch or a dependency did not succeed: '
                      f"{esc(', '.join(skipped))}.</p>")
     if not items:
-        return '<p class="ok-note">None: every batch succeeded and the streams merged cleanly.</p>'
+        return '<p class="ok-note">None: every unit succeeded and the units merged cleanly.</p>'
     return '<div id="problems">' + "".join(items) + "</div>"
 
 
 def _batch_table(d: RunData) -> str:
-    head = ("batch", "description", "stream", "node", "state", "result", "attempt", "duration", "cost",
+    head = ("unit", "description", "worker", "node", "state", "result", "attempt", "duration", "cost",
             "tokens in/out", "commit")
     rows = []
-    for b in d.batches:
+    for b in d.units:
         color = COLORS.get(b["state"], "#8a94a6")
         tokens = (f"{b['input_tokens'] or 0:,} / {b['output_tokens'] or 0:,}"
                   if b["input_tokens"] is not None or b["output_tokens"] is not None else "-")
         cells = [
-            f"<b>{esc(b['batch_id'])}</b>", esc(d.description(b["batch_id"])), worker_label(b['stream']),
+            f"<b>{esc(b['unit_id'])}</b>", esc(d.description(b["unit_id"])), worker_label(b['worker']),
             esc(b["node"] or "-"), f'<i class="dot" style="background:{color}"></i>{esc(b["state"])}',
             esc(b["result_class"] or "-"), str(b["attempt"] or "-"),
         ]

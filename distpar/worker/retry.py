@@ -26,7 +26,7 @@ from distpar.worker.common import UnitRun, node_name
 
 class Tries(NamedTuple):
     outcomes: list[AgentOutcome]  # one per try (and a last "interrupted" when the run stopped while waiting)
-    count: int  # agent invocations
+    tries: int  # agent invocations
     proc: ProcessResult | None  # the last process that ran
     started: float  # when the first one started
 

@@ -14,7 +14,7 @@ import pytest
 
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
-from distpar.core.model import BatchResult, BatchStatus
+from distpar.core.model import UnitResult, UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar
@@ -31,7 +31,7 @@ def test_budget_stops_new_batches(repo: Path) -> None:
     start = gitops.rev(repo, "main")
     report, runner = run_plan(repo, costly(4), workers=1, budget_usd=0.5)
     assert [r.batch_id for r in report.results] == ["1", "2"]
-    assert all(r.status is BatchStatus.OK for r in report.results)
+    assert all(r.status is UnitStatus.OK for r in report.results)
     assert report.pending == ["3", "4"]
     assert (report.state, report.exit_code) == ("failed", ExitCode.BATCH_FAILED)
     assert report.summary()["budget"] == {"limit": 0.5, "spent": 0.5, "left": 0.0, "exhausted": True}
@@ -57,7 +57,7 @@ def test_cli_budget_reports_spent_and_left(repo: Path) -> None:
     assert "not started: 3" in res.stdout
 
 
-def starts(results: list[BatchResult]) -> list[float]:
+def starts(results: list[UnitResult]) -> list[float]:
     """When distpar started each agent process."""
     return sorted(r.started for r in results if r.started)
 

@@ -15,7 +15,7 @@ import pytest
 from distpar import agents
 from distpar.agents import Preset, parse_claude, parse_gemini, version_line
 from distpar.core.errors import ExitCode, PlanError
-from distpar.core.model import AgentConfig, AgentOutcome, BatchStatus
+from distpar.core.model import AgentConfig, AgentOutcome, UnitStatus
 from distpar.core.plan import parse_plan
 from distpar.testing.builders import fake_batch, plan_text, tree_files
 from tests.integration.conftest import run_plan
@@ -143,7 +143,7 @@ def test_aider_without_model_or_key_is_not_started(repo: Path, monkeypatch: pyte
     monkeypatch.delenv("DEEPSEEK_API_KEY")
     report, _ = run_plan(repo, [fake_batch(1, writes={"a.txt": "a"})], agent=AgentConfig("aider"))
     r = report.results[0]
-    assert r.status is BatchStatus.FAILED and r.tries == 1 and "OpenRouter login" in r.error
+    assert r.status is UnitStatus.FAILED and r.tries == 1 and "OpenRouter login" in r.error
     assert r.duration < 30
 
 
@@ -250,4 +250,4 @@ def test_an_agent_that_prints_nothing_is_stopped_as_stalled(repo: Path) -> None:
     report, _ = run_plan(repo, [batch], agent=AgentConfig("fake", stall_timeout=1.0), agent_retries=1)
     r = report.results[0]
     assert r.try_classes == ("stalled", "stalled")  # transient: tried again from the batch's start commit
-    assert r.status is BatchStatus.FAILED and r.duration < 30
+    assert r.status is UnitStatus.FAILED and r.duration < 30

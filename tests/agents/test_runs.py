@@ -14,7 +14,7 @@ import pytest
 
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
-from distpar.core.model import AgentConfig, BatchResult, BatchStatus
+from distpar.core.model import AgentConfig, UnitResult, UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, tree_files
 from tests.conftest import processes_with_mark
@@ -33,7 +33,7 @@ def journal() -> Journal:
     return Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
 
 
-def by_id(results: list[BatchResult]) -> dict[str, BatchResult]:
+def by_id(results: list[UnitResult]) -> dict[str, UnitResult]:
     return {r.batch_id: r for r in results}
 
 
@@ -78,7 +78,7 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
     assert report.exit_code == ExitCode.BATCH_FAILED, report.errors
     # retried, then succeeded
     for bid, first in (("rate", "api_error"), ("overload", "api_error"), ("crash", "crash")):
-        assert r[bid].status is BatchStatus.OK, (bid, r[bid].error)
+        assert r[bid].status is UnitStatus.OK, (bid, r[bid].error)
         assert (r[bid].tries, r[bid].try_classes) == (2, (first, "success")), bid
     branch = runner.branch("rate")
     assert sh_git(repo, "show", f"{branch}:log.txt") == "try"
@@ -91,7 +91,7 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
     assert rate.input_tokens == expected_tokens
     assert rate.cost_usd == {"claude": 0.5, "codex": None, "gemini": None, "aider": 0.25}[preset]
     # rate-limited every time: started 1 + agent_retries (2) times, then failed
-    assert (r["always429"].status, r["always429"].try_classes) == (BatchStatus.FAILED, ("api_error",) * 3)
+    assert (r["always429"].status, r["always429"].try_classes) == (UnitStatus.FAILED, ("api_error",) * 3)
     # permanent: tried once
     assert (r["turns"].tries, r["turns"].try_classes) == (1, (MAX_TURNS_CLASS[preset],))
     assert (r["crash-after-edit"].tries, r["crash-after-edit"].try_classes) == (1, ("crash",))
@@ -129,14 +129,14 @@ def test_a_usage_limit_stops_new_units_and_leaves_the_run_resumable(repo: Path, 
 
 def test_agent_retries_zero_means_one_try(repo: Path) -> None:
     report, _ = run_plan(repo, [fake_batch(1, extra=["@fake fail-once k rate_limit"])], agent_retries=0)
-    assert report.results[0].status is BatchStatus.FAILED and report.results[0].try_classes == ("api_error",)
+    assert report.results[0].status is UnitStatus.FAILED and report.results[0].try_classes == ("api_error",)
 
 
 def test_codex_timeout_kills_the_group_and_is_not_retried(repo: Path, isolated_env: str) -> None:
     batch = fake_batch(1, extra=["@fake spawn-child", "@fake write half.txt x", "@fake hang"], timeout=1)
     report, _ = run_plan(repo, [batch], agent=AgentConfig("codex"))
     r = report.results[0]
-    assert r.status is BatchStatus.TIMEOUT and r.try_classes == ("timeout",)
+    assert r.status is UnitStatus.TIMEOUT and r.try_classes == ("timeout",)
     assert processes_with_mark(isolated_env) == []
     assert "half.txt" in tree_files(repo, report.saved_refs[0])
 
@@ -158,7 +158,7 @@ def test_stream_json_is_logged_live_and_parsed(repo: Path, preset: str) -> None:
     batch = fake_batch(1, writes={"s.txt": "s"}, extra=["@fake tokens 7 3"])
     report, _ = run_plan(repo, [batch], agent=AgentConfig(preset, stream=True))
     r = report.results[0]
-    assert r.status is BatchStatus.OK and r.outcome and (r.outcome.input_tokens, r.outcome.output_tokens) == (7, 3)
+    assert r.status is UnitStatus.OK and r.outcome and (r.outcome.input_tokens, r.outcome.output_tokens) == (7, 3)
     assert r.log_path
     out = Path(r.log_path).with_suffix(".out").read_text().splitlines()
     assert len(out) >= 2 and json.loads(out[0])["type"] in ("system", "init")
@@ -168,6 +168,6 @@ def test_missing_agent_executable_fails_once(repo: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("DISTPAR_AGENT_CODEX_BIN", "/nonexistent/codex")
     report, _ = run_plan(repo, [fake_batch(1)], agent=AgentConfig("codex"))
     r = report.results[0]
-    assert r.status is BatchStatus.FAILED and r.tries == 1
+    assert r.status is UnitStatus.FAILED and r.tries == 1
     assert r.error == "agent executable not found: /nonexistent/codex"
     assert gitops.rev(repo, "main") == sh_git(repo, "rev-list", "--max-parents=0", "main")

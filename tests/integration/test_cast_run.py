@@ -12,7 +12,7 @@ import pytest
 
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git
 from tests.integration.conftest import run_plan
@@ -60,7 +60,7 @@ def test_siblings_that_conflict_are_reported_and_never_resolved(repo: Path) -> N
     ]
     report, runner = run_plan(repo, batches, workers=2, independent_plan=False)
     status = {r.batch_id: r.status for r in report.results}
-    assert status == {"1#1": BatchStatus.OK, "1#2": BatchStatus.OK, "2": BatchStatus.BLOCKED}
+    assert status == {"1#1": UnitStatus.OK, "1#2": UnitStatus.OK, "2": UnitStatus.BLOCKED}
     assert report.exit_code == ExitCode.CONFLICT and report.conflict is not None
     assert report.conflict.stage == "dependency" and report.conflict.files == ("same.txt",)
     assert gitops.rev(repo, "main") == start
@@ -83,10 +83,10 @@ def test_verify_files_fail_the_batch_naming_what_is_missing(repo: Path) -> None:
         stage(2, [agent(["@fake write later.txt l"])]),
     ]
     report, _ = run_plan(repo, batches, workers=2, independent_plan=False)
-    failed = [r for r in report.results if r.status is BatchStatus.FAILED]
+    failed = [r for r in report.results if r.status is UnitStatus.FAILED]
     assert len(failed) == 1 and "verify_files: batch 1 left no docs/missing.md" in failed[0].error
     later = next(r for r in report.results if r.batch_id == "2")
-    assert later.status is BatchStatus.SKIPPED and report.exit_code == ExitCode.BATCH_FAILED
+    assert later.status is UnitStatus.SKIPPED and report.exit_code == ExitCode.BATCH_FAILED
 
 
 def test_fan_out_answers_reach_the_next_batch_and_the_plan_file_travels(repo: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.runtime import RunLock
 from distpar.core.errors import ExitCode, UsageError
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.infra.paths import state_dir
 from distpar.testing.builders import fake_batch, sh_git, write_plan
@@ -113,8 +113,8 @@ def test_a_failure_skips_only_what_depends_on_it(repo: Path) -> None:
     ]
     report, _ = run_plan(repo, batches, workers=2)
     status = {r.batch_id: r.status for r in report.results}
-    assert status == {"a": BatchStatus.FAILED, "b": BatchStatus.SKIPPED, "c": BatchStatus.SKIPPED,
-                      "d": BatchStatus.OK}
+    assert status == {"a": UnitStatus.FAILED, "b": UnitStatus.SKIPPED, "c": UnitStatus.SKIPPED,
+                      "d": UnitStatus.OK}
     reasons = {r.batch_id: r.error for r in report.results}
     assert reasons["b"] == "dependency a did not succeed" and reasons["c"] == "dependency b did not succeed"
 

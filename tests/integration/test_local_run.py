@@ -15,7 +15,7 @@ import pytest
 from distpar.coordinator import executor, preflight
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import processes_with_mark, run_distpar
@@ -51,7 +51,7 @@ def test_parallel_run_merges_everything_and_equals_serial(tmp_path: Path) -> Non
     serial, _ = run_plan(serial_repo, mixed_plan(), workers=1)
     report, runner = run_plan(parallel_repo, mixed_plan(), workers=3)
     assert serial.exit_code == report.exit_code == ExitCode.OK
-    assert [r.status for r in report.results] == [BatchStatus.OK] * 6
+    assert [r.status for r in report.results] == [UnitStatus.OK] * 6
     assert len(runner.schedule.streams) > 1 and runner.schedule.waits  # really parallel, really cross-stream
     assert tree_files(parallel_repo) == tree_files(serial_repo)
     assert (parallel_repo / "a.txt").read_text() == "a\nfrom d\nfrom f\n"
@@ -100,8 +100,8 @@ def test_failing_batch_stops_its_stream_and_dependants_only(repo: Path) -> None:
     ]
     report, runner = run_plan(repo, batches, workers=2)
     status = {r.batch_id: r.status for r in report.results}
-    assert status == {"1": BatchStatus.OK, "2": BatchStatus.FAILED, "3": BatchStatus.SKIPPED,
-                      "4": BatchStatus.OK}
+    assert status == {"1": UnitStatus.OK, "2": UnitStatus.FAILED, "3": UnitStatus.SKIPPED,
+                      "4": UnitStatus.OK}
     assert report.exit_code == ExitCode.BATCH_FAILED
     failed = next(r for r in report.results if r.batch_id == "2")
     assert failed.exit_code == 3 and "tests do not pass" in failed.error
@@ -140,7 +140,7 @@ def test_dependency_merge_conflict_blocks_the_batch(repo: Path) -> None:
     ]
     report, _ = run_plan(repo, batches, workers=2)
     status = {r.batch_id: r.status for r in report.results}
-    assert status["z"] is BatchStatus.BLOCKED and report.exit_code == ExitCode.CONFLICT
+    assert status["z"] is UnitStatus.BLOCKED and report.exit_code == ExitCode.CONFLICT
     assert report.conflict is not None and report.conflict.stage == "dependency"
     assert report.conflict.files == ("f.txt",) and report.conflict.batch_id == "z"
 
@@ -152,7 +152,7 @@ def test_timeout_kills_the_whole_process_group(repo: Path, isolated_env: str) ->
     report, _ = run_plan(repo, batches)
     assert time.time() - t0 < 15
     r = report.results[0]
-    assert r.status is BatchStatus.TIMEOUT and r.outcome and r.outcome.result_class == "timeout"
+    assert r.status is UnitStatus.TIMEOUT and r.outcome and r.outcome.result_class == "timeout"
     assert report.exit_code == ExitCode.BATCH_FAILED
     assert processes_with_mark(isolated_env) == []  # the agent and its child are gone
     assert report.saved_refs and "partial.txt" in tree_files(repo, report.saved_refs[0])

@@ -10,7 +10,7 @@ import pytest
 
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar, run_id_of, run_status
@@ -74,7 +74,7 @@ def test_setup_runs_once_per_worker_before_its_first_batch(repo: Path) -> None:
 def test_a_failing_setup_fails_that_workers_units_and_says_so(repo: Path) -> None:
     report, _ = run_plan(repo, [fake_batch(1, writes={"a": "1"})], setup="echo no network for npm >&2; exit 7")
     r = report.results[0]
-    assert r.status is BatchStatus.FAILED and report.exit_code == ExitCode.BATCH_FAILED
+    assert r.status is UnitStatus.FAILED and report.exit_code == ExitCode.BATCH_FAILED
     assert "setup failed (exit 7" in r.error and "no network for npm" in r.error
 
 
@@ -83,7 +83,7 @@ def test_verify_fails_a_batch_and_keeps_its_work(repo: Path) -> None:
     batches = [fake_batch("good", writes={"ok.txt": "fine"}), fake_batch("bad", writes={"broken.txt": "x"})]
     report, _ = run_plan(repo, batches, workers=1, verify="test ! -e broken.txt || { echo 'lint: broken'; exit 3; }")
     status = {r.batch_id: r.status for r in report.results}
-    assert status == {"good": BatchStatus.OK, "bad": BatchStatus.FAILED}
+    assert status == {"good": UnitStatus.OK, "bad": UnitStatus.FAILED}
     bad = next(r for r in report.results if r.batch_id == "bad")
     assert "verify failed (exit 3" in bad.error and "lint: broken" in bad.error
     assert bad.outcome is not None and bad.outcome.result_class == "verify_failed"

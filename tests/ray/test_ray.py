@@ -25,7 +25,7 @@ from distpar.coordinator.journal import Journal
 from distpar.coordinator.preflight import preflight
 from distpar.coordinator.runtime import RunOptions, RunReport, open_journal
 from distpar.core.errors import BackendError
-from distpar.core.model import AgentConfig, BatchStatus
+from distpar.core.model import AgentConfig, UnitStatus
 from distpar.core.plan import load_plan
 from distpar.core.schedule import make_schedule
 from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
@@ -207,7 +207,7 @@ def test_node_removed_mid_run_is_retried_elsewhere(ray_cluster: RayCluster, repo
 
     report, runner, journal = out["report"], out["runner"], out["journal"]
     assert report.state == "ok", report.summary()
-    assert {r.batch_id: r.status for r in report.results} == {str(i): BatchStatus.OK for i in range(1, 7)}
+    assert {r.batch_id: r.status for r in report.results} == {str(i): UnitStatus.OK for i in range(1, 7)}
     retried = next(r for r in report.results if r.batch_id == str(hit["batch"]))
     assert retried.attempt == 2 and retried.node != removed.node_id
     events = journal.events(runner.run_id)
@@ -354,7 +354,7 @@ def test_force_cancel_fallback_resolves_every_segment(ray_cluster: RayCluster, r
     report, runner, _ = run_plan(repo, plan_file, backend=ForceCancelOnly(cancel_grace=3), workers=2,
                                  forward=("FAKE_AGENT_LOG",), runner_hook=interrupt_when_running)
     assert report.state == "interrupted", report.summary()
-    assert all(r.status is BatchStatus.FAILED and "cancelled" in r.error for r in report.results), report.results
+    assert all(r.status is UnitStatus.FAILED and "cancelled" in r.error for r in report.results), report.results
     kept = sorted(p.name for p in (ray_cluster.node_dir / runner.run_id).glob("*/wt/w*") if p.is_dir())
     assert kept == ["w1", "w2"]
     # Ray kills a killed actor's agent (its direct child) as the worker exits.

@@ -11,7 +11,7 @@ import pytest
 
 from distpar.worker import worker
 from distpar.core import names
-from distpar.core.model import AgentConfig, BatchSpec, BatchStatus, SegmentSpec, Source
+from distpar.core.model import AgentConfig, BatchSpec, UnitStatus, SegmentSpec, Source
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar, run_id_of
@@ -74,7 +74,7 @@ def test_batch_id_git_refuses_in_a_ref_name(repo: Path, tmp_path: Path, batch_id
                        Source("worktree", str(repo)), str(ws), str(tmp_path / "logs"), stagger=0.0)
     result = worker.run_segment(spec, threading.Event())
     (r,) = result.results
-    assert r.status is BatchStatus.FAILED and r.tries == 1
+    assert r.status is UnitStatus.FAILED and r.tries == 1
     assert result.saved_ref and result.saved_ref.startswith(f"refs/distpar/run1/saved/{names.key(batch_id)}")
     assert batch_id not in result.saved_ref
     assert sh_git(repo, "show", f"{result.saved_ref}:work.txt") == "unfinished"

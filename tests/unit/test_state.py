@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.core.model import AgentOutcome, BatchStatus
+from distpar.core.model import AgentOutcome, UnitStatus
 from distpar.core.ratelimit import RateLimiter
 from distpar.core.state import (
     Blocked,
@@ -34,7 +34,7 @@ from distpar.core.state import (
     critical_path,
 )
 
-OK, FAILED, SKIPPED, BLOCKED = BatchStatus.OK, BatchStatus.FAILED, BatchStatus.SKIPPED, BatchStatus.BLOCKED
+OK, FAILED, SKIPPED, BLOCKED = UnitStatus.OK, UnitStatus.FAILED, UnitStatus.SKIPPED, UnitStatus.BLOCKED
 
 
 def units(*specs: str | tuple[str, str]) -> list[UnitInfo]:
@@ -265,7 +265,7 @@ def test_interrupt_cancels_once_and_starts_nothing_more() -> None:
     up(state, 2)
     assert state.handle(Interrupt()) == [CancelAll()]
     assert state.handle(Interrupt()) == []
-    assert state.handle(UnitEnded("a", 0, BatchStatus.INTERRUPTED)) == []
+    assert state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED)) == []
     assert state.handle(UnitLost("b", 1, "killed")) == [Record("b", FAILED, "killed"), Finish(False)]
     assert state.pending == ["c", "d"]
 
@@ -279,8 +279,8 @@ def test_interrupt_overrides_requeue() -> None:
     state = RunState.create(units("a"))
     up(state, 1)
     state.handle(Interrupt())
-    assert state.handle(UnitEnded("a", 0, BatchStatus.INTERRUPTED, requeue=True)) == [Finish(False)]
-    assert state.done == {"a": BatchStatus.INTERRUPTED}
+    assert state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED, requeue=True)) == [Finish(False)]
+    assert state.done == {"a": UnitStatus.INTERRUPTED}
 
 
 def test_fatal_cancels_once_and_starts_nothing_more() -> None:
@@ -494,7 +494,7 @@ class Sim:
     state: RunState
     units: dict[str, UnitInfo]
     alive: set[int]
-    status: dict[str, BatchStatus]
+    status: dict[str, UnitStatus]
     running: dict[str, tuple[int, int]] = field(default_factory=dict)  # uid -> (worker, attempt)
     starts: dict[tuple[str, int], int] = field(default_factory=dict)  # (uid, attempt) -> how often started
     requeued: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -573,7 +573,7 @@ class Sim:
 def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], data: st.DataObject) -> None:
     us, workers = dag
     # resume: a set of units already done, closed under dependencies
-    done: dict[str, BatchStatus] = {}
+    done: dict[str, UnitStatus] = {}
     for u in us:
         if all(d in done for d in u.deps) and data.draw(st.integers(0, 4)) == 0:
             done[u.uid] = OK
@@ -588,7 +588,7 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
     for w in range(workers):
         sim.alive.add(w)
         sim.send(WorkerUp(w))
-    status = st.sampled_from([OK, OK, OK, FAILED, BatchStatus.TIMEOUT])
+    status = st.sampled_from([OK, OK, OK, FAILED, UnitStatus.TIMEOUT])
     steps = 0
     bound = 40 + 12 * len(us) * (retries + 2)
     while not sim.finish:
