@@ -126,8 +126,8 @@ def _register(journal: Journal, plan: Any, sched: Any, run_id: str) -> None:
 
 def journal_size(session: Session, cfg: Config) -> dict[str, Any]:
     """Bytes per batch of a journal that records N batches the way a run does: the run and batch rows, one
-    segment_submitted (a unit to a worker), two batch_started (at submit, and when the agent starts) and a
-    batch_ended per batch, a run_ended (checkpointed, so the WAL is in)."""
+    unit_submitted (a unit to a worker), a unit_dispatched (at submit), a unit_started (when the agent starts)
+    and a unit_ended per batch, a run_ended (checkpointed, so the WAL is in)."""
     n = cfg.journal_batches
     nodes = make_shape("independent-equal", n, 1.0)
     plan = parse_plan(plan_document(nodes))
@@ -141,11 +141,11 @@ def journal_size(session: Session, cfg: Config) -> dict[str, Any]:
     now = time.time()
     for i, b in enumerate(plan.batches):
         k = i % sched.workers  # the worker that ran it
-        journal.event("size", "segment_submitted", k, b.id, batches=[b.id], attempt=1, base="0" * 40, worker=k)
-        journal.batch_started("size", b.id, k, 1, "")
-        journal.batch_started("size", b.id, k, 1, "node")
-        journal.batch_ended("size", UnitResult(b.id, k, UnitStatus.OK, 0, now, now + 1, "1" * 40, True, outcome,
-                                                f"/state/runs/size/logs/{b.id}.log", "", "", "node", 1))
+        journal.event("size", "unit_submitted", k, b.id, attempt=1, base="0" * 40)
+        journal.unit_dispatched("size", b.id, k, 1, "")
+        journal.unit_started("size", b.id, k, 1, "node", now)
+        journal.unit_ended("size", UnitResult(b.id, k, UnitStatus.OK, 0, now, now + 1, "1" * 40, True, outcome,
+                                              f"/state/runs/size/logs/{b.id}.log", "", "", "node", 1))
     journal.end_run("size", "ok", 0, {"state": "ok"})
     journal.close()
     full = _db_bytes(path)

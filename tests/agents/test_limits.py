@@ -30,7 +30,7 @@ def costly(n: int, cost: float = 0.25) -> list[dict[str, object]]:
 def test_budget_stops_new_batches(repo: Path) -> None:
     start = gitops.rev(repo, "main")
     report, runner = run_plan(repo, costly(4), workers=1, budget_usd=0.5)
-    assert [r.batch_id for r in report.results] == ["1", "2"]
+    assert [r.unit_id for r in report.results] == ["1", "2"]
     assert all(r.status is UnitStatus.OK for r in report.results)
     assert report.pending == ["3", "4"]
     assert (report.state, report.exit_code) == ("failed", ExitCode.BATCH_FAILED)
@@ -38,7 +38,7 @@ def test_budget_stops_new_batches(repo: Path) -> None:
     assert gitops.rev(repo, "main") == start  # nothing lands from an unfinished run; the branch is kept
     assert runner.branch("2") in report.branches and "f2.txt" in sh_git(repo, "ls-tree", "-r", runner.branch("2"))
     j = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
-    assert [b["state"] for b in j.batches(report.run_id)] == ["ok", "ok", "pending", "pending"]
+    assert [b["state"] for b in j.units(report.run_id)] == ["ok", "ok", "pending", "pending"]
     ev = [e for e in j.events(report.run_id) if e.kind == "budget_exhausted"]
     assert len(ev) == 1 and ev[0].data["not_started"] == ["3", "4"] and ev[0].data["spent"] == 0.5
 

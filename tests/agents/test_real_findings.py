@@ -241,7 +241,7 @@ def test_a_resumed_session_claude_never_saved_continues_in_a_fresh_one(repo: Pat
     assert any(a.startswith("--session-id=") for a in argvs[2])  # the same try in a fresh session
     assert "previous session on this task was interrupted" in argvs[2][-1]
     assert (repo / "notes.txt").read_text() == "first half\nfirst half\n"  # the restored work was kept
-    batch_log = Path(Journal(home / "journal.db").batch(run_id, "1")["log_path"]).read_text()
+    batch_log = Path(Journal(home / "journal.db").unit(run_id, "1")["log_path"]).read_text()
     assert "No conversation found" in batch_log and "continuing in a fresh session" in batch_log
 
 

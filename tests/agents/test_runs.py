@@ -34,7 +34,7 @@ def journal() -> Journal:
 
 
 def by_id(results: list[UnitResult]) -> dict[str, UnitResult]:
-    return {r.batch_id: r for r in results}
+    return {r.unit_id: r for r in results}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -49,7 +49,7 @@ def test_success_with_exact_cost_and_token_totals(repo: Path, preset: str) -> No
     assert report.tokens() == (300, 60)
     assert report.cost_usd == (0.75 if REPORTS_COST[preset] else None)
     j = journal()
-    rows = j.batches(report.run_id)
+    rows = j.units(report.run_id)
     assert [(r["result_class"], r["input_tokens"], r["output_tokens"]) for r in rows] == [("success", 100, 20)] * 3
     assert [r["cost_usd"] for r in rows] == [0.25 if REPORTS_COST[preset] else None] * 3
     summary = json.loads(j.run(report.run_id)["summary"])
@@ -100,14 +100,14 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
         assert r[bid].error, bid
     # the journal has each batch's final class and the classes of every try
     j = journal()
-    classes = {row["batch_id"]: row["result_class"] for row in j.batches(report.run_id)}
+    classes = {row["unit_id"]: row["result_class"] for row in j.units(report.run_id)}
     assert classes == {"rate": "success", "overload": "success", "crash": "success", "always429": "api_error",
                        "turns": MAX_TURNS_CLASS[preset], "crash-after-edit": "crash"}
-    tries = {e.batch_id: e.data["classes"] for e in j.events(report.run_id) if e.kind == "batch_tries"}
+    tries = {e.unit_id: e.data["classes"] for e in j.events(report.run_id) if e.kind == "unit_tries"}
     assert tries == {"rate": ["api_error", "success"], "overload": ["api_error", "success"],
                      "crash": ["crash", "success"], "always429": ["api_error"] * 3}
     events = j.events(report.run_id)
-    throttled = [e.batch_id or "" for e in events if e.kind == "unit_throttled"]
+    throttled = [e.unit_id or "" for e in events if e.kind == "unit_throttled"]
     # (an "overloaded" answer is a rate limit where the CLI says so: claude, gemini, aider; codex reports a 5xx)
     assert throttled.count("always429") == 2 and throttled.count("rate") == 1
     limits = [e.data["limit"] for e in events if e.kind == "throttled"]
@@ -123,7 +123,7 @@ def test_a_usage_limit_stops_new_units_and_leaves_the_run_resumable(repo: Path, 
     assert "usage limit" in report.stopped
     assert set(report.pending) == {"usage", "next"}  # nothing failed: resume runs them once the limit resets
     j = journal()
-    assert [b["state"] for b in j.batches(report.run_id)] == ["pending", "pending"]
+    assert [b["state"] for b in j.units(report.run_id)] == ["pending", "pending"]
     assert any(e.kind == "throttled" and e.data["stop"] for e in j.events(report.run_id))
 
 

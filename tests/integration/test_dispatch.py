@@ -38,10 +38,10 @@ def test_a_free_worker_takes_the_next_ready_unit(repo: Path) -> None:
     batches += [fake_batch(f"s{i}", writes={f"s{i}.txt": str(i)}) for i in range(4)]
     report, _ = run_plan(repo, batches, workers=2)
     assert report.exit_code == ExitCode.OK, report.errors
-    worker = {r.batch_id: r.stream for r in report.results}
+    worker = {r.unit_id: r.worker for r in report.results}
     assert {worker[f"s{i}"] for i in range(4)} == {1 - worker["long"]}
     # The actual assignment is journaled (and the live events carried it).
-    rows = {b["batch_id"]: b["stream"] for b in journal().batches(report.run_id)}
+    rows = {b["unit_id"]: b["worker"] for b in journal().units(report.run_id)}
     assert rows == worker
 
 
@@ -94,7 +94,7 @@ def test_a_conflict_is_reported_as_soon_as_it_exists_and_can_stop_new_units(repo
                               observer=lambda kind, data: events.append((kind, data)))
     kinds = [k for k, _ in events]
     predicted = next(d for k, d in events if k == "conflict_predicted")
-    assert predicted["batch"] == "y" and predicted["files"] == ["same.txt"] and predicted["others"] == ["x"]
+    assert predicted["unit"] == "y" and predicted["files"] == ["same.txt"] and predicted["others"] == ["x"]
     # Found when y ended, long before any merge; with --stop-on-conflict nothing new started after it.
     assert kinds.index("conflict_predicted") < kinds.index("run_ended") and "merge_started" not in kinds
     assert report.pending == ["later"] and report.exit_code == ExitCode.BATCH_FAILED
@@ -112,10 +112,10 @@ def test_a_failure_skips_only_what_depends_on_it(repo: Path) -> None:
         fake_batch("d", writes={"d.txt": "d"}, sleep=0.3),
     ]
     report, _ = run_plan(repo, batches, workers=2)
-    status = {r.batch_id: r.status for r in report.results}
+    status = {r.unit_id: r.status for r in report.results}
     assert status == {"a": UnitStatus.FAILED, "b": UnitStatus.SKIPPED, "c": UnitStatus.SKIPPED,
                       "d": UnitStatus.OK}
-    reasons = {r.batch_id: r.error for r in report.results}
+    reasons = {r.unit_id: r.error for r in report.results}
     assert reasons["b"] == "dependency a did not succeed" and reasons["c"] == "dependency b did not succeed"
 
 
@@ -153,7 +153,7 @@ def test_a_second_resume_of_a_live_run_is_refused(repo: Path, isolated_env: str)
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         rid = wait_for(lambda: next((r["id"] for r in journal().runs()), ""), what="the run to start")
-        wait_for(lambda: journal().batch(rid, "1")["state"] == "running", what="the agent")
+        wait_for(lambda: journal().unit(rid, "1")["state"] == "running", what="the agent")
         first.send_signal(signal.SIGKILL)  # the coordinator dies; its agent lives on
         first.wait(timeout=30)
         second = subprocess.Popen([sys.executable, "-m", "distpar", "resume", rid, "-q"], cwd=repo,

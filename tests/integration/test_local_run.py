@@ -52,7 +52,7 @@ def test_parallel_run_merges_everything_and_equals_serial(tmp_path: Path) -> Non
     report, runner = run_plan(parallel_repo, mixed_plan(), workers=3)
     assert serial.exit_code == report.exit_code == ExitCode.OK
     assert [r.status for r in report.results] == [UnitStatus.OK] * 6
-    assert len(runner.schedule.streams) > 1 and runner.schedule.waits  # really parallel, really cross-stream
+    assert len(runner.schedule.lanes) > 1 and runner.schedule.waits  # really parallel, really cross-worker
     assert tree_files(parallel_repo) == tree_files(serial_repo)
     assert (parallel_repo / "a.txt").read_text() == "a\nfrom d\nfrom f\n"
     # Clean end state: no stream branches, no extra worktrees, the user's checkout on main and clean.
@@ -71,13 +71,13 @@ def test_journal_records_the_run(repo: Path) -> None:
     j = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
     run = j.run(report.run_id)
     assert run is not None and run["state"] == "ok" and run["exit_code"] == 0
-    rows = j.batches(report.run_id)
+    rows = j.units(report.run_id)
     assert [r["state"] for r in rows] == ["ok"] * 3
     assert all(r["cost_usd"] == pytest.approx(0.01) and r["input_tokens"] == 1000 for r in rows)
     assert all(r["started"] and r["ended"] >= r["started"] and r["log_path"] for r in rows)
     kinds = [e.kind for e in j.events(report.run_id)]
     assert kinds[0] == "run_started" and kinds[-1] == "run_ended"
-    assert kinds.count("batch_ended") == 3 and "merge_started" in kinds and "merged" in kinds
+    assert kinds.count("unit_ended") == 3 and "merge_started" in kinds and "merged" in kinds
     assert report.cost_usd == pytest.approx(0.03)
     for r in rows:
         assert Path(r["log_path"]).exists()
@@ -99,11 +99,11 @@ def test_failing_batch_stops_its_stream_and_dependants_only(repo: Path) -> None:
         fake_batch(4, writes={"four.txt": "4"}),
     ]
     report, runner = run_plan(repo, batches, workers=2)
-    status = {r.batch_id: r.status for r in report.results}
+    status = {r.unit_id: r.status for r in report.results}
     assert status == {"1": UnitStatus.OK, "2": UnitStatus.FAILED, "3": UnitStatus.SKIPPED,
                       "4": UnitStatus.OK}
     assert report.exit_code == ExitCode.BATCH_FAILED
-    failed = next(r for r in report.results if r.batch_id == "2")
+    failed = next(r for r in report.results if r.unit_id == "2")
     assert failed.exit_code == 3 and "tests do not pass" in failed.error
     # Nothing landed; every unit's branch is kept with its committed work; the failed batch's edits are saved.
     assert gitops.rev(repo, "main") == start
@@ -139,10 +139,10 @@ def test_dependency_merge_conflict_blocks_the_batch(repo: Path) -> None:
         fake_batch("z", writes={"z.txt": "z\n"}, depends_on=["x", "y"]),
     ]
     report, _ = run_plan(repo, batches, workers=2)
-    status = {r.batch_id: r.status for r in report.results}
+    status = {r.unit_id: r.status for r in report.results}
     assert status["z"] is UnitStatus.BLOCKED and report.exit_code == ExitCode.CONFLICT
     assert report.conflict is not None and report.conflict.stage == "dependency"
-    assert report.conflict.files == ("f.txt",) and report.conflict.batch_id == "z"
+    assert report.conflict.files == ("f.txt",) and report.conflict.unit_id == "z"
 
 
 def test_timeout_kills_the_whole_process_group(repo: Path, isolated_env: str) -> None:

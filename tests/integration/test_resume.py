@@ -132,7 +132,7 @@ def test_interrupted_session_is_resumed_with_its_work_restored(repo: Path, tmp_p
     run_id = journal().runs()[0]["id"]
     first = json.loads(log.read_text().splitlines()[0])["argv"]
     session = next(a.split("=", 1)[1] for a in first if a.startswith("--session-id="))
-    assert journal().batch(run_id, "1")["session_id"] == session
+    assert journal().unit(run_id, "1")["session_id"] == session
 
     plan.write_text(plan.read_text().replace("@fake sleep 60", "@fake sleep 0"))
     res = run_distpar("resume", run_id, cwd=repo)

@@ -67,13 +67,13 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     j = journal()
-    rows = {b["batch_id"]: b for b in j.batches(run_id)}
+    rows = {b["unit_id"]: b for b in j.units(run_id)}
     j.close()
-    bars = re.findall(r'<g class="bar" ([^>]*)>', html.split('id="gantt-stream"', 1)[1].split("</svg>", 1)[0])
+    bars = re.findall(r'<g class="bar" ([^>]*)>', html.split('id="gantt-worker"', 1)[1].split("</svg>", 1)[0])
     assert len(bars) == len(rows) == 6  # one bar per batch
     attrs = [dict(re.findall(r'data-([a-z]+)="([^"]*)"', b)) for b in bars]
     assert {a["batch"]: a["status"] for a in attrs} == {k: r["state"] for k, r in rows.items()}
-    assert {a["batch"]: a["stream"] for a in attrs} == {k: worker_label(r["stream"]) for k, r in rows.items()}
+    assert {a["batch"]: a["worker"] for a in attrs} == {k: worker_label(r["worker"]) for k, r in rows.items()}
     for a in attrs:
         ran = rows[a["batch"]]["state"] in ("ok", "failed")
         assert (a["start"] != "") == ran and (a["duration"] != "") == ran
@@ -109,7 +109,7 @@ def test_report_of_a_clean_run_and_of_an_unknown_one(repo: Path) -> None:
     assert run_distpar("report", only_run_id(), "--html", str(out), cwd=repo).returncode == 0
     page = out.read_text()
     assert page.count('<g class="bar"') == 2 and 'data-kind="merge_started"' in page
-    assert "None: every batch succeeded and the streams merged cleanly." in page
+    assert "None: every unit succeeded and the units merged cleanly." in page
     assert "No dependencies declared" in page
     missing = run_distpar("report", "nosuchrun", "--html", str(out), cwd=repo)
     assert missing.returncode == 2 and missing.stderr.startswith("Error: no run 'nosuchrun'")

@@ -66,8 +66,8 @@ def _check(name: str, repo: Path, home: Path, code: int | None, output: str, err
         return f"exit {code}: {output[-2000:]} {errors[-2000:]}"
     journal = Journal(home / "journal.db")
     run_id = run_id_of(output)
-    rows = {r["batch_id"]: r for r in journal.batches(run_id)}
-    tries = {e.batch_id: len(e.data["classes"]) for e in journal.events(run_id) if e.kind == "batch_tries"}
+    rows = {r["unit_id"]: r for r in journal.units(run_id)}
+    tries = {e.unit_id: len(e.data["classes"]) for e in journal.events(run_id) if e.kind == "unit_tries"}
     got = {bid: (r["result_class"], tries.get(bid, 1)) for bid, r in rows.items()}
     want = {f"s{c}": (cls, 1) for c, cls in PERMANENT.items()}
     want |= {f"s{c}": (cls, 2) for c, cls in TRANSIENT.items()}
@@ -95,7 +95,7 @@ def test_codex_without_a_reachable_server_is_stopped_as_stalled(repo: Path, wire
     assert out.returncode == ExitCode.BATCH_FAILED, out.stdout[-3000:] + out.stderr[-3000:]
     journal = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
     run_id = run_id_of(out.stdout)
-    [row] = journal.batches(run_id)
+    [row] = journal.units(run_id)
     assert row["result_class"] == "stalled" and "Reconnecting" in row["error"], row["error"]
-    tries = [e.data["classes"] for e in journal.events(run_id) if e.kind == "batch_tries"]
+    tries = [e.data["classes"] for e in journal.events(run_id) if e.kind == "unit_tries"]
     assert tries == [["stalled", "stalled"]]

@@ -51,7 +51,7 @@ def test_agent_that_commits_onto_another_branch(repo: Path) -> None:
     assert "agent.txt" in files and "wip.txt" not in files
     moved = sh_git(repo, "rev-parse", "other")
     assert moved != other  # the agent itself moved the user's branch: distpar reports it and leaves it
-    ended = [json.loads(line) for line in res.stdout.splitlines() if '"batch_ended"' in line]
+    ended = [json.loads(line) for line in res.stdout.splitlines() if '"unit_ended"' in line]
     notes = ended[0]["notes"]
     assert notes[0] == (f"the agent moved branch other from {other[:12]} to {moved[:12]}; distpar left it there "
                         f"(git branch -f other {other[:12]} puts it back)")

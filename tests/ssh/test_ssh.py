@@ -97,11 +97,11 @@ def test_plan_across_two_hosts_equals_serial(two_hosts: tuple[SSHServer, SSHServ
     # The journal records where each batch ran: both hosts, by their labels.
     run_id = run_id_of(out.stdout)
     info = run_status(ssh_repo, run_id)
-    assert {b["state"] for b in info["batches"]} == {"ok"}
-    assert {b["node"] for b in info["batches"]} == {h1.address, h2.address}
+    assert {b["state"] for b in info["units"]} == {"ok"}
+    assert {b["node"] for b in info["units"]} == {h1.address, h2.address}
     # Batch logs came back to the coordinator; the remote run directories are gone.
     logs = Path(os.environ["DISTPAR_HOME"]) / "runs" / run_id / "logs"
-    for b in info["batches"]:
+    for b in info["units"]:
         assert b["log_path"] == str(logs / f"{b['batch_id']}.log")
         assert "--- distpar: unit" in Path(b["log_path"]).read_text()
     assert not (logs / "plan.md").exists()  # the copy of the plan each unit gets on its host stays there
@@ -120,7 +120,7 @@ def test_hosts_flag_identity_and_ssh_config_alias(two_hosts: tuple[SSHServer, SS
     out = run_distpar("run", str(plan), "--backend", "ssh", "--hosts", f"build1,root@{h2.address}",
                       "--identity", str(ssh_env.client_key), "--workers", "2", *FAKE, cwd=repo)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert {b["node"] for b in run_status(repo, run_id_of(out.stdout))["batches"]} == {"build1", h2.address}
+    assert {b["node"] for b in run_status(repo, run_id_of(out.stdout))["units"]} == {"build1", h2.address}
     assert (repo / "src" / "mod1.py").exists() and (repo / "src" / "mod2.py").exists()
 
 
@@ -217,7 +217,7 @@ def test_host_refusing_connections_is_reported_per_host(two_hosts: tuple[SSHServ
     assert both.returncode == 0, both.stdout + both.stderr
     assert (f"host 127.0.0.1:{dead}: connection refused; its share of the work goes to the other hosts"
             in both.stderr)
-    assert {b["node"] for b in run_status(repo, run_id_of(both.stdout))["batches"]} == {h1.address}
+    assert {b["node"] for b in run_status(repo, run_id_of(both.stdout))["units"]} == {h1.address}
 
 
 def test_failed_authentication_is_reported_per_host(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv,
@@ -284,7 +284,7 @@ def test_host_lost_mid_run(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHE
     wait_for(lambda: agents_on(doomed), what="agents on the doomed host")
     doomed.crash()
     stdout, stderr = proc.communicate(timeout=120)
-    batches = run_status(repo, run_id_of(stdout))["batches"]
+    batches = run_status(repo, run_id_of(stdout))["units"]
     if retries:
         assert proc.returncode == 0, stdout + stderr
         assert all((repo / "src" / f"mod{i}.py").exists() for i in range(1, 5))
@@ -393,7 +393,7 @@ def test_repo_url_mode(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv, 
     run_id = run_id_of(out.stdout)
     pushed = sh_git(remote, "for-each-ref", "--format=%(refname)", f"refs/heads/distpar/{run_id}/")
     assert len(pushed.split()) == 3  # the streams' branches went through the remote
-    assert {b["node"] for b in run_status(repo, run_id)["batches"]} == {h1.address, h2.address}
+    assert {b["node"] for b in run_status(repo, run_id)["units"]} == {h1.address, h2.address}
 
 
 def test_python_api(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv, repo: Path, tmp_path: Path) -> None:
