@@ -389,7 +389,7 @@ def _observe_run(runner: Any, as_json: bool, quiet: bool) -> Any:
     from rich.console import Console
 
     from distpar.ops import live
-    from distpar.worker.worker import node_name
+    from distpar.worker.common import node_name
 
     observer: live.Observer
     if as_json:

@@ -273,8 +273,8 @@ def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> N
     from distpar.core.schedule import make_schedule
 
     class BrokenReturn(LocalBackend):
-        def submit(self, spec):  # type: ignore[no-untyped-def]
-            inner = super().submit(spec)
+        def submit(self, settings, spec):  # type: ignore[no-untyped-def]
+            inner = super().submit(settings, spec)
             out: Future = Future()
             inner.add_done_callback(lambda f: out.set_result(replace(f.result(), bundle="/nonexistent.bundle")))
             return out
