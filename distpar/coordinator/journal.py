@@ -157,6 +157,14 @@ class Journal:
             self._db.execute("PRAGMA synchronous=NORMAL")
         except (sqlite3.Error, OSError) as exc:
             raise _explain(self.path, exc) from None
+        try:
+            self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        """The schema, created or brought up to ``SCHEMA_VERSION`` (a newer one is refused, nothing changed)."""
         with self._tx() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

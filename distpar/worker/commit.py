@@ -133,8 +133,8 @@ def _rewritten(u: UnitRun, env: dict[str, str], before: str | None) -> str | Non
                       or tip)
     gitops.git(ws, "reset", "--quiet", "--hard", before, env=env)
     gitops.git(ws, "clean", "-fdq", env=env)
-    return (f"the agent moved {spec.branch} from {before[:12]} to {tip[:12]}, which drops commits of this worker "
-            f"(git reset or --amend); distpar put the branch back, and the agent's work is saved on {ref}")
+    return (f"the agent moved {spec.branch} from {before[:12]} to {tip[:12]}, which drops commits the unit started "
+            f"from (git reset or --amend); distpar put the branch back, and the agent's work is saved on {ref}")
 
 
 def submodule_edits(ws: Path, log_dir: Path, name: str, before: str) -> str | None:

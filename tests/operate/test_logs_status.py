@@ -116,7 +116,7 @@ def test_live_copy_of_a_remote_unit_makes_way_for_its_log_or_is_kept_when_nothin
 
     logs = tmp_path / "logs"
     live = LiveLogs(tmp_path, remote=True)
-    line = {"batch": "u", "attempt": 1, "node": "h1", "fd": "out"}
+    line = {"unit": "u", "attempt": 1, "node": "h1", "fd": "out"}
     live.update("agent_output", {**line, "line": "one"})
     live.update("unit_started", {**line, "line": "not output"})
     copy = live_path(tmp_path, "u")
