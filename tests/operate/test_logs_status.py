@@ -46,7 +46,7 @@ def test_logs_prints_a_batch_log(repo: Path) -> None:
 
 def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
     plan = write_plan(repo.parent / "p.md", [
-        fake_batch("slow", extra=["@fake print-env DISTPAR_STREAM", "@fake sleep 1.5"], writes={"s": "1"}),
+        fake_batch("slow", extra=["@fake print-env DISTPAR_WORKER", "@fake sleep 1.5"], writes={"s": "1"}),
     ])
     with start_distpar("run", str(plan), "--agent", "fake", "-q", cwd=repo) as run:
         run_id = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
@@ -56,7 +56,7 @@ def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
         took = time.time() - t0
         assert res.returncode == 0, res.stderr
         assert res.stdout.startswith("--- distpar: unit slow, attempt 1")
-        assert "DISTPAR_STREAM=1" in res.stdout and '"type": "result"' in res.stdout  # to the very end
+        assert "DISTPAR_WORKER=1" in res.stdout and '"type": "result"' in res.stdout  # to the very end
         assert took < 15
         assert run.wait(timeout=60) == 0
     assert batch_state(run_id, "slow") == "ok"
