@@ -39,7 +39,8 @@ ENTRY_POINT_GROUP = "distpar.agents"
 # One argv element holds at most MAX_ARG_STRLEN (128 KiB on Linux) bytes: a longer prompt goes on stdin (claude,
 # codex, gemini) or in a file (aider --message-file, a template's {prompt_file}).
 ARGV_PROMPT_MAX = 100_000
-PLACEHOLDERS = ("prompt", "prompt_file", "batch_id", "workdir", "run_id", "worker", "stream")  # stream: deprecated
+# "stream": the old name of "worker", deprecated (existing templates use it)
+PLACEHOLDERS = ("prompt", "prompt_file", "batch_id", "workdir", "run_id", "worker", "stream")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 BIN_VAR = "DISTPAR_AGENT_{}_BIN"
 VERSION_TIMEOUT = 20.0  # node CLIs start slowly on a loaded machine (gemini: several seconds)
@@ -558,7 +559,7 @@ def _aider_args(cfg: AgentConfig, ctx: Context) -> list[str]:
     # `--analytics-disable` keep it from asking or phoning home; `--model M`. Aider commits its own edits
     # (--auto-commits is on by default): the worker records every commit since the batch started. No turn or
     # budget limit and no JSON output exist; cost and tokens come from its "Tokens: ... Cost: ..." lines.
-    # aider adds ".aider*" to the repository's .gitignore (the same line in every stream, so the streams merge
+    # aider adds ".aider*" to the repository's .gitignore (the same line in every unit branch, so the branches merge
     # cleanly); with --no-gitignore its chat history and tags cache would be committed and conflict instead
     # (seen with aider 0.86.2).
     args = ["--message-file", str(ctx.prompt_file), "--yes-always", "--no-stream", "--no-pretty",

@@ -33,7 +33,7 @@ def worktree_count(repo: Path) -> int:
 
 
 def mixed_plan() -> list[dict[str, object]]:
-    """Independent batches, a chain and a diamond, with cross-stream dependencies."""
+    """Independent batches, a chain and a diamond, with cross-worker dependencies."""
     return [
         fake_batch("a", writes={"a.txt": "a\n"}, sleep=0.2),
         fake_batch("b", writes={"b.txt": "b\n"}, sleep=0.4),
@@ -55,11 +55,11 @@ def test_parallel_run_merges_everything_and_equals_serial(tmp_path: Path) -> Non
     assert len(runner.schedule.lanes) > 1 and runner.schedule.waits  # really parallel, really cross-worker
     assert tree_files(parallel_repo) == tree_files(serial_repo)
     assert (parallel_repo / "a.txt").read_text() == "a\nfrom d\nfrom f\n"
-    # Clean end state: no stream branches, no extra worktrees, the user's checkout on main and clean.
+    # Clean end state: no unit branches, no extra worktrees, the user's checkout on main and clean.
     assert branches(parallel_repo) == ["main"]
     assert worktree_count(parallel_repo) == 1
     assert gitops.current_branch(parallel_repo) == "main" and not gitops.dirty_files(parallel_repo)
-    # Every batch's commit names it, and the stream merges are real --no-ff merges.
+    # Every batch's commit names it, and the unit merges are real --no-ff merges.
     log = sh_git(parallel_repo, "log", "--format=%s", "main")
     for bid in "abcdef":
         assert f"distpar: batch {bid}: batch {bid}" in log

@@ -96,7 +96,7 @@ def test_continue_after_a_conflict_resolved_by_hand(repo: Path) -> None:
                fake_batch(3, writes={"other.txt": "3\n"})]
     report, runner = run_plan(repo, batches, workers=3)
     assert report.state == "conflict" and report.conflict is not None
-    # Do what distpar said: merge the conflicting stream into the integration branch, resolve, commit.
+    # Do what distpar said: merge the conflicting unit branch into the integration branch, resolve, commit.
     sh_git(repo, "switch", "--quiet", runner.integration)
     merge = subprocess.run(["git", "merge", "--no-ff", report.conflict.theirs], cwd=repo, capture_output=True,
                            text=True, env={**os.environ, "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x",

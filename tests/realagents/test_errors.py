@@ -44,7 +44,7 @@ def test_error_matrix(tmp_path: Path, every_agent: dict[str, tuple[Agent, StandI
         if name == "gemini":
             args += ["--model", "gemini-2.5-flash"]  # no router call before the main one (it retries on its own)
         env = {**os.environ, **agent.env, "DISTPAR_HOME": str(tmp_path / name / "home")}
-        # one stream per batch: a failed batch skips the rest of its stream
+        # a worker per batch: a failed batch holds up no other
         procs[name] = (repo, env, subprocess.Popen(
             [sys.executable, "-m", "distpar", "run", str(plan), "--workers", str(len(batches)), *args,
              "--agent-retries", "1", "--timeout", "400"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
@@ -75,7 +75,7 @@ def _check(name: str, repo: Path, home: Path, code: int | None, output: str, err
     if got != want:
         diff = {b: (got.get(b), want.get(b), rows[b]["error"][:300]) for b in rows if got.get(b) != want.get(b)}
         return f"{run_id}: {got} != {want}: {diff}"
-    if "slow.txt" not in tree_files(repo, rows["slow"]["commit_oid"]):  # on its stream's branch (the run failed)
+    if "slow.txt" not in tree_files(repo, rows["slow"]["commit_oid"]):  # on its unit's branch (the run failed)
         return "slow.txt missing"
     for c in cases:
         if not (name == "codex" and c in TRANSIENT) and c not in rows[f"s{c}"]["error"]:  # codex: "high demand"

@@ -52,7 +52,7 @@ def distpar_processes(server: SSHServer, env: SSHEnv, token: str) -> list[str]:
 
 
 def mixed_plan(token: str, sleep: float = 0.3) -> list[dict[str, Any]]:
-    """Independent batches, a chain and a diamond with cross-stream dependencies (so bases move)."""
+    """Independent batches, a chain and a diamond with cross-worker dependencies (so bases move)."""
     tag = f"Test {token}."
     return [
         fake_batch("a", writes={"a.txt": "a\n"}, sleep=sleep, extra=[tag]),
@@ -288,7 +288,7 @@ def test_host_lost_mid_run(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHE
     if retries:
         assert proc.returncode == 0, stdout + stderr
         assert all((repo / "src" / f"mod{i}.py").exists() for i in range(1, 5))
-        assert {b["node"] for b in batches} == {h1.address}  # the doomed host's streams moved
+        assert {b["node"] for b in batches} == {h1.address}  # the doomed host's workers moved
         assert f"retrying on a worker (attempt 2): host {doomed.address}: connection lost while a worker ran" \
             in stderr
     else:  # the lost units fail (the executor journals the transport's message), the others are kept
@@ -392,7 +392,7 @@ def test_repo_url_mode(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv, 
     assert all((repo / "src" / f"mod{i}.py").exists() for i in (1, 2, 3))
     run_id = run_id_of(out.stdout)
     pushed = sh_git(remote, "for-each-ref", "--format=%(refname)", f"refs/heads/distpar/{run_id}/")
-    assert len(pushed.split()) == 3  # the streams' branches went through the remote
+    assert len(pushed.split()) == 3  # the units' branches went through the remote
     assert {b["node"] for b in run_status(repo, run_id)["units"]} == {h1.address, h2.address}
 
 
@@ -433,7 +433,7 @@ def test_resume_an_interrupted_ssh_run(two_hosts: tuple[SSHServer, SSHServer], s
 
 def test_killed_supervisor_is_retried_without_a_stray_worker(two_hosts: tuple[SSHServer, SSHServer],
                                                              ssh_env: SSHEnv, repo: Path, tmp_path: Path) -> None:
-    """If the process that watches a worker dies, its worker and agent are killed before the segment is retried."""
+    """If the process that watches a worker dies, its worker and agent are killed before the unit is retried."""
     h1, _ = two_hosts
     trust(h1)
     plan = write_plan(tmp_path / "plan.md", [fake_batch(1, writes={"one.txt": "1\n"}, sleep=3)])
