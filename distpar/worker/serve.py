@@ -56,7 +56,8 @@ def serve() -> int:
     cancel = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: cancel.set())
-    inbox: queue.SimpleQueue[WorkerSettings | UnitSpec | str | None] = queue.SimpleQueue()
+    # Settings, a unit, an error to answer at once, settings refused (answered for each unit), or the end.
+    inbox: queue.SimpleQueue[WorkerSettings | UnitSpec | str | ValueError | None] = queue.SimpleQueue()
 
     def read() -> None:
         for line in read_lines(0):
@@ -65,7 +66,10 @@ def serve() -> int:
             try:
                 msg = json.loads(line)
                 if "settings" in msg:
-                    inbox.put(settings_of(msg))
+                    try:
+                        inbox.put(settings_of(msg))
+                    except (ValueError, KeyError, TypeError) as exc:  # its units are refused, one reply each
+                        inbox.put(ValueError(f"the worker's settings were refused: {type(exc).__name__}: {exc}"))
                 elif msg.get("op") == "cancel":
                     cancel.set()
                 elif msg.get("op") == "drop":  # a result bundle the coordinator has a copy of now
@@ -83,12 +87,13 @@ def serve() -> int:
 
     threading.Thread(target=read, daemon=True).start()
     settings: WorkerSettings | None = None
+    refused = "a unit came before the worker's settings"
     while (item := inbox.get()) is not None:
-        if isinstance(item, WorkerSettings):
-            settings = item
+        if isinstance(item, (WorkerSettings, ValueError)):
+            settings, refused = (item, refused) if isinstance(item, WorkerSettings) else (None, str(item))
             continue
         if settings is None and isinstance(item, UnitSpec):
-            item = "a unit came before the worker's settings"
+            item = refused
         if isinstance(item, str):
             send({"error": item})
             continue
