@@ -155,8 +155,10 @@ def test_a_run_journaled_by_schema_1_shows_in_status_and_resumes(repo: Path, tmp
         assert not kinds & set(OLD_KINDS.values())
         submitted = next(e for e in j.events(run_id) if e.kind == "unit_submitted")
         assert submitted.worker in (0, 1) and submitted.unit_id and submitted.data["units"] == [submitted.unit_id]
-        assert json.loads(j.run(run_id)["summary"])["units"] == {"ok": 2, "failed": 1}
-        plan_path = Path(j.run(run_id)["plan_path"])
+        run = j.run(run_id)
+        assert run is not None
+        assert json.loads(run["summary"])["units"] == {"ok": 2, "failed": 1}
+        plan_path = Path(run["plan_path"])
     finally:
         j.close()
 

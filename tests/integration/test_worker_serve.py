@@ -30,7 +30,7 @@ def serve(lines: list[dict[str, Any]], replies: int) -> list[dict[str, Any]]:
         for line in lines:
             proc.stdin.write(json.dumps(line) + "\n")
         proc.stdin.flush()
-        out = []
+        out: list[dict[str, Any]] = []
         while len(out) < replies:
             text = proc.stdout.readline()
             assert text, f"the worker ended early: {proc.stderr.read() if proc.stderr else ''}"

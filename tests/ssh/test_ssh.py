@@ -102,7 +102,7 @@ def test_plan_across_two_hosts_equals_serial(two_hosts: tuple[SSHServer, SSHServ
     # Batch logs came back to the coordinator; the remote run directories are gone.
     logs = Path(os.environ["DISTPAR_HOME"]) / "runs" / run_id / "logs"
     for b in info["units"]:
-        assert b["log_path"] == str(logs / f"{b['batch_id']}.log")
+        assert b["log_path"] == str(logs / f"{b['unit_id']}.log")
         assert "--- distpar: unit" in Path(b["log_path"]).read_text()
     assert not (logs / "plan.md").exists()  # the copy of the plan each unit gets on its host stays there
     assert not list(h1.runs_dir.glob(f"{run_id}*")) and not list(h2.runs_dir.glob(f"{run_id}*"))
