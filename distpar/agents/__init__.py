@@ -39,7 +39,8 @@ ENTRY_POINT_GROUP = "distpar.agents"
 # One argv element holds at most MAX_ARG_STRLEN (128 KiB on Linux) bytes: a longer prompt goes on stdin (claude,
 # codex, gemini) or in a file (aider --message-file, a template's {prompt_file}).
 ARGV_PROMPT_MAX = 100_000
-PLACEHOLDERS = ("prompt", "prompt_file", "batch_id", "workdir", "run_id", "stream")
+# "stream": the old name of "worker", deprecated (existing templates use it)
+PLACEHOLDERS = ("prompt", "prompt_file", "batch_id", "workdir", "run_id", "worker", "stream")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 BIN_VAR = "DISTPAR_AGENT_{}_BIN"
 VERSION_TIMEOUT = 20.0  # node CLIs start slowly on a loaded machine (gemini: several seconds)
@@ -56,7 +57,7 @@ class Context:
     batch_id: str
     workdir: Path
     run_id: str
-    stream: int
+    worker: int  # 0-based
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))  # fresh for every try
     resume: bool = False  # continue the agent's session ``session_id`` (an interrupted batch, resumed)
     subagent_type: str | None = None  # the plan's agents[].subagent_type (claude: --agent NAME when defined)
@@ -558,7 +559,7 @@ def _aider_args(cfg: AgentConfig, ctx: Context) -> list[str]:
     # `--analytics-disable` keep it from asking or phoning home; `--model M`. Aider commits its own edits
     # (--auto-commits is on by default): the worker records every commit since the batch started. No turn or
     # budget limit and no JSON output exist; cost and tokens come from its "Tokens: ... Cost: ..." lines.
-    # aider adds ".aider*" to the repository's .gitignore (the same line in every stream, so the streams merge
+    # aider adds ".aider*" to the repository's .gitignore (the same line in every unit branch, so the branches merge
     # cleanly); with --no-gitignore its chat history and tags cache would be committed and conflict instead
     # (seen with aider 0.86.2).
     args = ["--message-file", str(ctx.prompt_file), "--yes-always", "--no-stream", "--no-pretty",
@@ -691,7 +692,8 @@ class TemplatePreset(Preset):
             "batch_id": ctx.batch_id,
             "workdir": str(ctx.workdir),
             "run_id": ctx.run_id,
-            "stream": str(ctx.stream + 1),
+            "worker": str(ctx.worker + 1),
+            "stream": str(ctx.worker + 1),  # the old name of {worker}, kept for existing templates
         }
         return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], a) for a in validate_template(cfg.template)]
 
@@ -1014,7 +1016,8 @@ def invocation(cfg: AgentConfig, ctx: Context, base_env: Mapping[str, str], extr
         {
             "DISTPAR_RUN_ID": ctx.run_id,
             "DISTPAR_BATCH_ID": ctx.batch_id,
-            "DISTPAR_STREAM": str(ctx.stream + 1),
+            "DISTPAR_WORKER": str(ctx.worker + 1),
+            "DISTPAR_STREAM": str(ctx.worker + 1),  # the old name of DISTPAR_WORKER, kept for existing scripts
             "DISTPAR_WORKTREE": str(ctx.workdir),
             "DISTPAR_PROMPT_FILE": str(ctx.prompt_file),
         }
