@@ -353,6 +353,9 @@ class Runner:
             spec, _ = self.running[data["batch"]]
             self.journal.unit_started(self.run_id, data["batch"], spec.stream, spec.attempt, data.get("node", ""),
                                       data.get("at") or time.time())
+        elif kind == "transport_stalled":  # a transport's watch gave up on a unit: journaled with its host
+            rest = {k: v for k, v in data.items() if k not in ("worker", "unit")}
+            self.journal.event(self.run_id, kind, data.get("worker"), data.get("unit"), **rest)
         self.live.update(kind, data)  # agent_output: never journaled, see LiveLogs
         self.emit(kind, **data)
 

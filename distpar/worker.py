@@ -40,6 +40,7 @@ TAIL_LINES = 20
 RETRY_BASE_VAR = "DISTPAR_RETRY_BASE_SECONDS"
 RETRY_BASE_SECONDS = 10.0
 RETRY_CAP_SECONDS = 300.0
+HEARTBEAT_VAR = "DISTPAR_HEARTBEAT_SECONDS"  # serve: a {"heartbeat": time} line this often (the SSH backend's watch)
 
 
 def safe_name(text: str) -> str:
@@ -613,8 +614,8 @@ def serve() -> int:
     order) or ``{"op": "cancel"}`` (the running unit stops, its agents' work is saved; later units end at
     once as interrupted), ``{"op": "drop", "paths": [...]}`` (result bundles that arrived: removed). Stdout:
     JSON lines as things happen: ``{"event": KIND, "data": {...}}``, then per unit ``{"result": {...}, "files":
-    {path: base64}}`` (its logs and result bundle) or ``{"error": "..."}``. End of stdin or SIGTERM: like
-    cancel, then exit."""
+    {path: base64}}`` (its logs and result bundle) or ``{"error": "..."}``; with ``$DISTPAR_HEARTBEAT_SECONDS``,
+    a ``{"heartbeat": TIME}`` line that often, busy or idle. End of stdin or SIGTERM: like cancel, then exit."""
     from distpar.supervisor import read_lines
 
     lock = threading.Lock()
@@ -654,6 +655,17 @@ def serve() -> int:
         cancel.set()
         units.put(None)
 
+    def beat(every: float) -> None:
+        while True:
+            time.sleep(every)
+            send({"heartbeat": time.time()})
+
+    try:
+        every = float(os.environ.get(HEARTBEAT_VAR, "") or 0)
+    except ValueError:
+        every = 0
+    if every > 0:
+        threading.Thread(target=beat, args=(every,), daemon=True).start()
     threading.Thread(target=read, daemon=True).start()
     while (item := units.get()) is not None:
         if isinstance(item, str):

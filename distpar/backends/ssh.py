@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
@@ -48,7 +49,7 @@ from distpar.errors import BackendError, UsageError
 from distpar.hosts import DEFAULT_WORKDIR, HostSpec, default_slots, resolve_hosts
 from distpar.model import AgentConfig, BatchResult, BatchStatus, SegmentResult, SegmentSpec, Source
 from distpar.supervisor import RUN_VAR
-from distpar.worker import safe_name
+from distpar.worker import HEARTBEAT_VAR, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ CANCEL_GRACE = 20.0  # after "cancel": time the worker gets to save its agents' 
 CLOSE_WAIT = 30.0  # close(): how long running units get to stop
 CHANNEL_WAIT = 10.0  # close(): how long idle workers get to exit once their input ends
 LINK_WAIT = 2.0  # paramiko closes the channels just before it marks a dead link inactive
+CHANNEL_OPEN_TIMEOUT = 30.0  # a session the host neither opens nor refuses (paramiko's own default: an hour)
+# A channel that carries nothing for this long while distpar waits on it is stalled: the worker sends a heartbeat
+# every STALL_AFTER / 4 s (at most every HEARTBEAT_MAX s), the SFTP channel answers every request well within it.
+STALL_AFTER = 60.0
+STALL_VAR = "DISTPAR_SSH_STALL_SECONDS"  # tests make it short
+HEARTBEAT_MAX = 5.0
 MIN_PYTHON = (3, 10)
 POLL = 0.05
 # Slots whose workers share one SSH connection: OpenSSH allows 10 sessions per connection (MaxSessions); a slot's
@@ -76,6 +83,10 @@ class _HostDown(Exception):
     """The connection to a host failed (refused, lost, authentication, host key): the host is unusable."""
 
 
+class _Stalled(_HostDown):
+    """A worker's channel carried nothing (not even a heartbeat) for ``stall_after()`` seconds."""
+
+
 class _UnknownHostKey(Exception):
     pass
 
@@ -91,6 +102,9 @@ class _Host:
         self.sftp = True  # False: the host has no SFTP subsystem, files go over exec channels
         self.exes: dict[str, bool] = {}  # agent executable -> found on PATH
         self.uploads: dict[tuple[str, int, int], str] = {}
+        # connection id -> (connection, its SFTP client, the lock of that client): paramiko's SFTP client must not
+        # be used by two threads at once (one thread reads, and drops, the reply the other waits for: a hang)
+        self.sftp_clients: dict[int, tuple[Any, Any, threading.Lock]] = {}
         self.upload_locks: dict[tuple[str, int, int], threading.Lock] = {}
         self.lock = threading.Lock()
         self.unreturned: set[str] = set()  # units whose work may still be on the host
@@ -143,10 +157,12 @@ class _Feed:
 class _Lines:
     """An ``out_stream``: calls ``on_line`` for every complete line, as invoke's stdout thread writes them."""
 
-    def __init__(self, on_line: Any) -> None:
-        self._buf, self._on_line = "", on_line
+    def __init__(self, on_line: Any, on_data: Any = None) -> None:
+        self._buf, self._on_line, self._on_data = "", on_line, on_data
 
     def write(self, text: str) -> None:
+        if self._on_data is not None:
+            self._on_data()
         self._buf += text
         while "\n" in self._buf:
             line, self._buf = self._buf.split("\n", 1)
@@ -178,14 +194,15 @@ class _Channel:
         self.replies: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()  # None: the channel ended
         self.exited: int | None = None
         self.ended = threading.Event()
+        self.heard = time.monotonic()  # when the channel last carried anything (a heartbeat at least)
         self._on_event, self._on_end = on_event, on_end
         rd = shlex.quote(host.run_dir)
         mark = shlex.quote(f"{host.run_dir}:{tag}")
         cmd = (f"cd {rd} && PYTHONPATH={rd}/lib DISTPAR_NODE={shlex.quote(host.label)} {RUN_VAR}={mark} "
-               f"exec python3 -m distpar.supervisor serve {shlex.quote(tag)}")
+               f"{HEARTBEAT_VAR}={heartbeat_every():g} exec python3 -m distpar.supervisor serve {shlex.quote(tag)}")
         self.promise = conn.run("/bin/sh -c " + shlex.quote(cmd), asynchronous=True, in_stream=self.feed,
-                                out_stream=_Lines(self._line), err_stream=self.err, warn=True, pty=False,
-                                encoding="utf-8")
+                                out_stream=_Lines(self._line, self._heard), err_stream=self.err, warn=True,
+                                pty=False, encoding="utf-8")
         self._kept: list[str] = self.promise.runner.stdout  # invoke keeps a command's whole output: see _line
         threading.Thread(target=self._wait, daemon=True, name=f"distpar-ssh-{host.label}-{tag}").start()
 
@@ -196,6 +213,20 @@ class _Channel:
         """End the worker's input: an idle worker exits, a busy one stops its unit and saves the work."""
         self.feed.close()
 
+    def silent_for(self) -> float:
+        return time.monotonic() - self.heard
+
+    def abort(self) -> None:
+        """Close the SSH channel itself (a stalled one: its worker may never read the end of its input). In a
+        thread of its own: a close on a stalled link may block in paramiko's send."""
+        channel = getattr(self.promise.runner, "channel", None)
+        if channel is not None:
+            threading.Thread(target=_close_quietly, args=(channel,), daemon=True,
+                             name=f"distpar-ssh-abort-{self.tag}").start()
+
+    def _heard(self) -> None:
+        self.heard = time.monotonic()
+
     def _line(self, line: str) -> None:
         # Called from invoke's reader thread, which appends what it read to its buffer right after: for a
         # channel that lives as long as the run (and carries bundles), that buffer is dropped as it is read.
@@ -205,6 +236,8 @@ class _Channel:
             msg = json.loads(line)
         except ValueError:
             log.debug("host %s: %s: not a message: %.200s", self.host.label, self.tag, line)
+            return
+        if isinstance(msg, dict) and "heartbeat" in msg:
             return
         if isinstance(msg, dict) and "event" in msg:
             self._on_event(str(msg["event"]), msg.get("data") or {})
@@ -261,6 +294,7 @@ class SSHBackend(Backend):
         from fabric import Config
 
         t0 = time.time()
+        stall_after()  # a bad $DISTPAR_SSH_STALL_SECONDS stops the run before anything starts
         self._ctx = ctx
         self._config = Config(overrides={"timeouts": {"connect": CONNECT_TIMEOUT}})
         self.hosts = [_Host(s, n) for s, n in zip(self.specs, default_slots(self.specs, ctx.workers), strict=True)]
@@ -346,6 +380,7 @@ class SSHBackend(Backend):
                 conn.close()
             raise _HostDown(_connect_error(exc, conn, key)) from None
         conn.transport.set_keepalive(30)
+        conn.transport.channel_timeout = CHANNEL_OPEN_TIMEOUT
         return conn
 
     def _prepare_host(self, host: _Host, exes: set[str]) -> str:
@@ -373,7 +408,7 @@ class SSHBackend(Backend):
             if code != 0:
                 return f"cannot create {host.run_dir}: {err.strip()[-300:]}"
             try:
-                host.control.sftp()
+                _sftp_client(host, host.control)
             except Exception as exc:  # paramiko: "Channel closed." when sshd has no sftp subsystem
                 host.sftp = False
                 log.info("host %s: no SFTP (%s): files go over exec channels", host.label, exc or type(exc).__name__)
@@ -419,7 +454,9 @@ class SSHBackend(Backend):
         try:
             if not _active(conn):
                 raise _HostDown(host.error or "connection lost")
-            _, out, _ = _exec(conn, f"{_reap_command(host.run_dir)}; {keep} 2>/dev/null")
+            # A host that stalled gets a short while: it may never answer.
+            _, out, _ = _exec(conn, f"{_reap_command(host.run_dir)}; {keep} 2>/dev/null",
+                              timeout=COMMAND_TIMEOUT if host.healthy else CONNECT_TIMEOUT)
             leftover = [line for line in out.splitlines() if line.endswith(".bundle")]
             if host.unreturned or leftover:
                 log.warning("host %s: kept %s: it holds work that did not come back (%s)", host.label,
@@ -484,8 +521,15 @@ class SSHBackend(Backend):
             self._ready(slot)
             return self._run_on(slot, spec, tag)
         except _HostDown as exc:
+            if isinstance(exc, _Stalled):
+                self._event("transport_stalled", {"host": host.label, "worker": spec.stream, "unit": spec.batches[0].id,
+                                                  "attempt": spec.attempt, "error": f"host {host.label}: {exc}"})
             self._mark_down(host, str(exc))
             raise BackendError(f"host {host.label}: {exc}") from None
+        except TimeoutError as exc:  # a transfer's SFTP channel stalled (no reply within stall_after())
+            self._mark_down(host, f"stalled: a transfer got no reply for {stall_after():g}s")
+            raise BackendError(f"host {host.label}: stalled: a transfer got no reply for {stall_after():g}s "
+                               f"({exc or type(exc).__name__})") from None
         except (OSError, EOFError, SSHException) as exc:
             if _active(slot.conn):  # a transfer failed, the host is there
                 raise BackendError(f"host {host.label}: {type(exc).__name__}: {exc}") from None
@@ -568,12 +612,14 @@ class SSHBackend(Backend):
                 slot.opened += 1
                 tag = f"s{slot.index + 1}-{slot.opened}"
                 try:
-                    slot.channel = _Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
+                    with _watchdog(slot.conn, CHANNEL_OPEN_TIMEOUT, "starting a worker"):
+                        slot.channel = _Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
                 except ChannelException as exc:  # the host allows fewer sessions per connection (MaxSessions)
                     log.info("host %s: slot %d: a shared connection refused a session (%s): it gets its own",
                              slot.host.label, slot.index + 1, exc)
                     slot.conn = self._connect(slot.host)
-                    slot.channel = _Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
+                    with _watchdog(slot.conn, CHANNEL_OPEN_TIMEOUT, "starting a worker"):
+                        slot.channel = _Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
             return slot.channel
 
     def _shared(self, slot: _Slot) -> Any:
@@ -619,7 +665,8 @@ class SSHBackend(Backend):
         chan = self._ready(slot)
         chan.send(json.dumps({"op": "unit", "spec": spec.to_dict()}))  # secrets travel only in the channel
         cancelled_at: float | None = None
-        killed = False
+        killed_at: float | None = None
+        limit = stall_after()
         while True:
             try:
                 reply = chan.replies.get(timeout=POLL * 4)
@@ -629,12 +676,21 @@ class SSHBackend(Backend):
                 raise self._ended(slot, chan)
             if reply:
                 return reply
+            # The watch: a live worker sends at least a heartbeat every limit / 4 s, whatever its unit does.
+            # Silence means the link, the host or the worker's process is stuck: nothing would ever end this wait.
+            silent = chan.silent_for()
+            if silent > limit or (killed_at is not None and time.time() - killed_at > CANCEL_GRACE):
+                slot.channel = None
+                chan.abort()
+                if silent > limit:
+                    raise _Stalled(f"stalled: no word from its worker for {silent:.0f}s (the limit is {limit:g}s)")
+                raise _HostDown(f"its worker did not stop within {CANCEL_GRACE:g}s of being killed")
             if self._cancel.is_set() and cancelled_at is None:
                 cancelled_at = time.time()
                 chan.send(json.dumps({"op": "cancel"}))
-            if not killed and (self._closing.is_set() or (
+            if killed_at is None and (self._closing.is_set() or (
                     cancelled_at is not None and time.time() - cancelled_at > CANCEL_GRACE)):
-                killed = True
+                killed_at = time.time()
                 chan.send("kill")
 
     def _ended(self, slot: _Slot, chan: _Channel) -> Exception:
@@ -724,10 +780,14 @@ def _exec(conn: Any, script: str, timeout: float = COMMAND_TIMEOUT, in_stream: A
     from invoke.exceptions import CommandTimedOut
 
     try:
-        res = conn.run("/bin/sh -c " + shlex.quote(script), hide=True, warn=True, pty=False, timeout=timeout,
-                       in_stream=in_stream, encoding="utf-8")
+        # invoke's timeout starts once the command has started; the watchdog also covers the start itself
+        with _watchdog(conn, timeout + CHANNEL_OPEN_TIMEOUT, "a command"):
+            res = conn.run("/bin/sh -c " + shlex.quote(script), hide=True, warn=True, pty=False, timeout=timeout,
+                           in_stream=in_stream, encoding="utf-8")
     except CommandTimedOut:
         raise _HostDown(f"not responding (a command took over {timeout:g}s)") from None
+    except _HostDown:
+        raise
     except Exception as exc:
         if not _link_alive(conn):
             raise _HostDown(f"cannot run a command: {exc}") from None
@@ -766,14 +826,88 @@ class _Base64Lines:
 def _put(host: _Host, conn: Any, local: str, remote: str) -> None:
     """Copy a file to the host atomically: with SFTP (fabric's ``put``) or, without, over an exec channel."""
     if host.sftp:
-        conn.put(local, remote + ".part")
-        conn.sftp().posix_rename(remote + ".part", remote)
+        _, client, lock = _sftp_client(host, conn)
+        with lock:  # bounded: every request on the client's channel times out after stall_after()
+            try:
+                client.put(local, remote + ".part")
+                client.posix_rename(remote + ".part", remote)
+            except BaseException:  # a reply may be half read: the next transfer gets a new client
+                with host.lock:
+                    if host.sftp_clients.get(id(conn), (None,))[0] is conn:
+                        del host.sftp_clients[id(conn)]
+                _close_quietly(client)
+                raise
         return
     code, _, err = _exec(conn, f"python3 -c {shlex.quote(_RECEIVE)} {shlex.quote(remote)}",
                          in_stream=_Base64Lines(local))
     if code != 0:
         raise BackendError(f"host {host.label}: cannot upload {Path(local).name} to {remote} "
                            f"(no SFTP, over the exec channel): {err.strip()[-300:] or f'exit code {code}'}")
+
+
+def _sftp_client(host: _Host, conn: Any) -> tuple[Any, Any, threading.Lock]:
+    """The connection's SFTP client (one per connection, opened on first use) and the lock its users take
+    turns with; its channel's reads time out after ``stall_after()``."""
+    with host.lock:
+        entry = host.sftp_clients.get(id(conn))
+        if entry is not None and entry[0] is conn:
+            return entry
+    with _watchdog(conn, CHANNEL_OPEN_TIMEOUT, "opening SFTP"):
+        client = conn.client.open_sftp()
+    client.get_channel().settimeout(stall_after())
+    with host.lock:
+        entry = host.sftp_clients.get(id(conn))
+        if entry is not None and entry[0] is conn:  # another thread was quicker
+            _close_quietly(client)
+            return entry
+        host.sftp_clients[id(conn)] = entry = (conn, client, threading.Lock())
+        return entry
+
+
+@contextlib.contextmanager
+def _watchdog(conn: Any, seconds: float, what: str) -> Iterator[None]:
+    """Bound a step that paramiko may wait on forever (a session request the host accepted and never answered):
+    past ``seconds``, the connection is closed under it, which ends every wait on it; the step then raises
+    ``_Stalled``."""
+    fired = threading.Event()
+
+    def fire() -> None:
+        fired.set()
+        _close_quietly(conn)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except Exception:
+        if fired.is_set():
+            raise _Stalled(f"stalled: {what} got no answer for {seconds:g}s") from None
+        raise
+    finally:
+        timer.cancel()
+    if fired.is_set():
+        raise _Stalled(f"stalled: {what} got no answer for {seconds:g}s")
+
+
+def _close_quietly(closable: Any) -> None:
+    with contextlib.suppress(Exception):
+        closable.close()
+
+
+def stall_after() -> float:
+    """Seconds of silence after which a channel distpar waits on is stalled (``$DISTPAR_SSH_STALL_SECONDS``)."""
+    try:
+        value = float(os.environ.get(STALL_VAR, "") or STALL_AFTER)
+    except ValueError:
+        raise UsageError(f"${STALL_VAR} must be a number of seconds, not {os.environ[STALL_VAR]!r}") from None
+    if value <= 0:
+        raise UsageError(f"${STALL_VAR} must be more than 0 seconds, not {value:g}")
+    return value
+
+
+def heartbeat_every() -> float:
+    return min(HEARTBEAT_MAX, stall_after() / 4)
 
 
 def _probe(conn: Any, exes: set[str]) -> dict[str, str]:
