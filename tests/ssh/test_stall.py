@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from distpar.backends.base import RunContext
-from distpar.backends.ssh import STALL_VAR, SSHBackend, _Stalled, _watchdog
+from distpar.backends.ssh import SSHBackend
+from distpar.backends.ssh.connection import STALL_VAR, Stalled, watchdog
 from distpar.runtime import open_journal
 from distpar.testing import fake_batch, write_plan
 from tests.conftest import run_id_of, run_status, wait_for
@@ -130,7 +131,7 @@ def test_a_stalled_worker_is_reported_and_its_unit_moves(two_hosts: tuple[SSHSer
     shutil.rmtree(h2.runs_dir)
 
 
-def test_a_step_paramiko_would_wait_on_forever_is_cut_by_the_watchdog(two_hosts: tuple[SSHServer, SSHServer],
+def test_a_step_paramiko_would_wait_on_forever_is_cut_by_thewatchdog(two_hosts: tuple[SSHServer, SSHServer],
                                                                      ssh_env: SSHEnv, tmp_path: Path) -> None:
     """A session the host accepted and never answered blocks paramiko without a timeout: past its bound the
     watchdog closes the connection under the step, which ends the wait, and the step says it stalled."""
@@ -142,12 +143,12 @@ def test_a_step_paramiko_would_wait_on_forever_is_cut_by_the_watchdog(two_hosts:
         conn = backend._connect(backend.hosts[0])
         channel = conn.transport.open_session()
         t0 = time.monotonic()
-        with pytest.raises(_Stalled, match=r"stalled: reading a reply got no answer for 1s"), \
-                _watchdog(conn, 1.0, "reading a reply"):
+        with pytest.raises(Stalled, match=r"stalled: reading a reply got no answer for 1s"), \
+                watchdog(conn, 1.0, "reading a reply"):
             channel.recv(1)  # nothing was asked: without the watchdog this waits for ever
         assert time.monotonic() - t0 < 10
         assert not conn.is_connected
-        with _watchdog(conn, 5.0, "nothing"):  # a step that ends in time is left alone
+        with watchdog(conn, 5.0, "nothing"):  # a step that ends in time is left alone
             pass
     finally:
         backend.close()
