@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[ray,ssh,test,bench]'
+	$(PY) -m pip install --quiet -e '.[ray,ssh,test,bench,docs,mcp]'
 	touch $@
 
 demo: $(VENV)/.installed          ## a sample repo and plan, run with the bundled fake agent

@@ -4,14 +4,14 @@
 workers, with the plan giving no estimates, wrong ones (unrelated to the real durations: a seeded shuffle of
 them) and exact ones. Ratio = wall / max(longest batch, work / workers), each from one run; next to it what
 the run state alone would give (``simulate.dispatch``: no overhead) and what the plan frozen into the static
-scheduler's streams would have given with the same real durations (``simulate.static``: distpar before
+scheduler's lanes would have given with the same real durations (``simulate.static``: distpar before
 run-time scheduling).
 
 *CAST stages* (issue 15): four stages without ``depends_on`` (3 parallel agents of 3 s, 1 of 1 s, 2 parallel
 of 2 s, 1 of 1 s): every stage must find the previous stages' work and the run should take about the sum of
 each stage's longest agent (7 s), not the sum of all agents (15 s). (The issue's "about 6 s instead of 14 s"
 counts the first three stages only; its fourth stage of one agent adds 1 s to both.) The CAST plan itself
-needs the unit graph (``unit_graph`` in ``distpar.plan`` or ``distpar.units``) and a coordinator that runs its
+needs the unit graph (``unit_graph`` in ``distpar.core.plan`` or ``distpar.core.units``) and a coordinator that runs its
 units; until both are there the same stages run as one batch per agent with explicit ``depends_on`` on the
 previous stage, and the result says which form ran.
 """
@@ -37,10 +37,10 @@ from bench.plans import (
     with_estimates,
 )
 from bench.stats import actual_bound, summary
-from distpar import gitops
-from distpar.plan import parse_plan
-from distpar.schedule import make_schedule
-from distpar.testing import plan_text
+from distpar.core.plan import parse_plan
+from distpar.core.schedule import make_schedule
+from distpar.infra import gitops
+from distpar.testing.builders import plan_text
 
 
 def bound(nodes: list[Node], workers: int) -> float:
@@ -87,8 +87,8 @@ def spread_runs(session: Session, cfg: Config) -> dict[str, Any]:
 
 
 def unit_graph_fn() -> Callable[..., Any] | None:
-    """The plan helper's ``unit_graph`` where it lives (``distpar.plan`` or ``distpar.units``), or None."""
-    for module in ("distpar.plan", "distpar.units"):
+    """The plan helper's ``unit_graph`` where it lives (``distpar.core.plan`` or ``distpar.core.units``), or None."""
+    for module in ("distpar.core.plan", "distpar.core.units"):
         try:
             fn = getattr(importlib.import_module(module), "unit_graph", None)
         except ImportError:
@@ -148,7 +148,7 @@ def _cast_form(durations: list[list[float]]) -> str | tuple[Callable[[str], list
     """The CAST plan's manifest builder, each unit's sleep and stage, or why it cannot run as such yet."""
     fn = unit_graph_fn()
     if fn is None:
-        return "no unit graph yet (distpar.plan.unit_graph / distpar.units.unit_graph): ran the explicit form"
+        return "no unit graph yet (distpar.core.plan.unit_graph / distpar.core.units.unit_graph): ran the explicit form"
     try:
         graph = fn(parse_plan(plan_text(cast_manifest(durations, "probe"), plan_id="bench-cast",
                                         independent=False)))

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from distpar.testing import wait_for_sshd
+from distpar.testing.builders import wait_for_sshd
 
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 10.0

@@ -6,7 +6,7 @@ Two views that check each other:
   repositories of 2, 1,000 and 20,000 files. Each run is split into phases from its journal events and the
   agents' process start/end times (``harness.phases``). The coordinator overhead of a run is its wall time
   minus the agents' own time on the busiest worker.
-* *Git operations*, timed directly through ``distpar.gitops``, one at a time on an idle coordinator: the
+* *Git operations*, timed directly through ``distpar.infra.gitops``, one at a time on an idle coordinator: the
   steps the phases are made of (worktree add/remove, commit, snapshot, merge, bundle and clone for remote
   workers, status for the preflight).
 """
@@ -23,8 +23,8 @@ from bench.config import Config
 from bench.harness import PHASES, Session
 from bench.plans import make_shape
 from bench.stats import summary
-from distpar import gitops
-from distpar.testing import IDENTITY
+from distpar.infra import gitops
+from distpar.testing.builders import IDENTITY
 
 
 def runs(session: Session, cfg: Config) -> list[dict[str, Any]]:

@@ -15,8 +15,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any
 
-from distpar.plan import DEFAULT_ESTIMATE, AgentTask, Batch, Plan
-from distpar.testing import fake_batch, plan_text
+from distpar.core.plan import DEFAULT_ESTIMATE, AgentTask, Batch, Plan
+from distpar.testing.builders import fake_batch, plan_text
 
 SHAPES = ("independent-equal", "independent-heavy-tailed", "chains", "diamonds", "mixed-dag")
 ESTIMATES = ("none", "wrong", "exact")
@@ -150,7 +150,7 @@ def diamonds(n: int, unit: float, seed: int, width: int = 3) -> list[Node]:
 
 def mixed_dag(n: int, unit: float, seed: int) -> list[Node]:
     """A realistic plan: a setup batch; feature chains of about four batches with log-normal durations, some
-    batches also needing a batch of an earlier feature (cross-stream dependencies); a final integration batch
+    batches also needing a batch of an earlier feature (cross-worker dependencies); a final integration batch
     that needs every feature."""
     rng = random.Random(seed)
     n = max(n, 6)

@@ -13,7 +13,7 @@ from bench.config import Config
 from bench.harness import RunRecord, Session
 from bench.plans import make_shape, to_plan
 from bench.stats import ratio_range, summary
-from distpar.schedule import make_schedule
+from distpar.core.schedule import make_schedule
 
 
 def ideal_speedup(nodes: list[Any], workers: int) -> float:

@@ -1,3 +1,3 @@
-from distpar.cli import main
+from distpar.cli.main import main
 
 main()

@@ -15,22 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from distpar import agents
-from distpar.model import AgentConfig
-from distpar.runtime import Observer, RunOptions, RunReport, open_journal
+from distpar.coordinator.options import RunOptions
+from distpar.coordinator.runtime import RunReport
+from distpar.coordinator.site import Observer
+from distpar.core.model import AgentConfig
 
 
-def run(plan: str | Path, *, repo: str | Path = ".", workers: int = 4, agent: str | AgentConfig | Any = "claude",
-        backend: str = "local", backend_options: dict[str, Any] | None = None, strategy: str = "balanced",
-        split: int | None = None, independent: bool = False, observer: Observer | None = None,
+def run(plan: str | Path, *, repo: str | Path = ".", workers: int | None = None,
+        agent: str | AgentConfig | Any = "claude", backend: str = "local",
+        backend_options: dict[str, Any] | None = None, strategy: str = "balanced", observer: Observer | None = None,
         **options: Any) -> RunReport:
     """Run ``plan`` on ``repo`` and return its RunReport. ``agent``: a preset name, an AgentConfig, or a
-    ``distpar.agents.Preset`` object of your own; ``options``: any other RunOptions field (``timeout``,
-    ``budget_usd``, ``setup``, ``verify``, ...). Bad input raises a DistparError before anything runs."""
-    from distpar.backends import make_backend
-    from distpar.executor import Runner
-    from distpar.plan import load_plan
-    from distpar.preflight import preflight
-    from distpar.schedule import make_schedule
+    ``distpar.agents.Preset`` object of your own; ``options``: any other run option (``distpar.coordinator.options.
+    RunOptions``: ``timeout``, ``budget_usd``, ``setup``, ``verify``, ``split``, ``independent``, ...), each as the
+    CLI's flag of that name would set it, over the repository's ``[tool.distpar]``. Bad input raises a DistparError
+    before anything runs; what the checks found worth saying is in ``report.warnings``."""
+    from distpar.coordinator.prepare import prepare_run
 
     if isinstance(agent, agents.Preset):
         cfg = agents.custom_agent(agent)
@@ -38,16 +38,7 @@ def run(plan: str | Path, *, repo: str | Path = ".", workers: int = 4, agent: st
         cfg = agent
     else:
         cfg = agents.agent_config(str(agent), AgentConfig())
-    parsed = load_plan(plan)
-    schedule = make_schedule(parsed, workers, strategy, split)
-    opts = RunOptions(agent=cfg, backend=backend, plan_path=str(Path(plan).resolve()),
-                      backend_options=dict(backend_options or {}), independent=independent, split=split,
-                      into=options.pop("into", None) or parsed.target_branch, **options)
-    root, target, start = preflight(repo, opts, parsed)
-    journal = open_journal(root)
-    try:
-        runner = Runner(root, parsed, schedule, opts, make_backend(backend, opts.backend_options), journal, target,
-                        start, observer)
-        return runner.run()
-    finally:
-        journal.close()
+    opts = RunOptions(agent=cfg, backend=backend, backend_options=dict(backend_options or {}), **options)
+    prepared = prepare_run(plan, opts, repo=repo, workers=workers, strategy=strategy, given=set(options),
+                           observer=observer)
+    return prepared.run()

@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from distpar.testing import make_repo
+from distpar.testing.builders import make_repo
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,10 +43,35 @@ def main() -> int:
                                cwd=repo)
         if code != 0:
             return code
-    print(f"\nThe sample repository is in {repo}.")
-    print("With a real agent, drop '--agent fake' (Claude Code is the default: it needs `claude` on PATH and an")
-    print(f"API key or login):  cd {repo} && distpar run ../plan.md --workers {args.workers}")
+    for line in closing_hint(repo, args.workers):
+        print(line)
     return 0
+
+
+def closing_hint(repo: Path, workers: int) -> list[str]:
+    """What to type next, printed so that it works as typed: ``make demo`` installs distpar in a virtualenv it
+    does not activate, so unless that ``distpar`` is already first on PATH the hint names it by its full path."""
+    bindir = Path(sys.executable).parent
+    own = bindir / "distpar"
+    on_path = shutil.which("distpar")
+    distpar = "distpar" if on_path and Path(on_path).resolve() == own.resolve() else shlex.quote(str(own))
+    where = shlex.quote(str(repo))
+    listing = subprocess.run([sys.executable, "-m", "distpar", "status", "--json", "--repo", str(repo)],
+                             capture_output=True, text=True)
+    runs = json.loads(listing.stdout) if listing.returncode == 0 else []
+    lines = [f"\nThe sample repository is in {repo}."]
+    if distpar != "distpar":
+        lines += [f"distpar is installed in {bindir}, which is not on your PATH: type the commands below as they",
+                  f"are, or first `. {shlex.quote(str(bindir / 'activate'))}` and then plain `distpar`."]
+    lines.append(f"  {distpar} status --repo {where}")
+    if runs:
+        run_id = runs[0]["id"]
+        lines += [f"  {distpar} status {run_id} --repo {where}",
+                  f"  {distpar} report {run_id} --repo {where} --html report.html"]
+    lines += ["With a real agent, drop '--agent fake' (Claude Code is the default: it needs `claude` on PATH and",
+              "an API key or login):",
+              f"  cd {where} && {distpar} run ../plan.md --workers {workers}"]
+    return lines
 
 
 if __name__ == "__main__":

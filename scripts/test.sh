@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs what the tiers need (sshd, Docker engine, images), then pytest.
+# The whole test suite, as CI runs it: installs what the tiers need (sshd, Docker engine, images, bubblewrap),
+# then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -12,6 +13,7 @@ command -v ssh >/dev/null || need+=(openssh-client)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v chromium >/dev/null || need+=(chromium)
+command -v bwrap >/dev/null || need+=(bubblewrap)  # the --sandbox tests (tests/safety/test_reach.py)
 if ((${#need[@]})); then
   echo "test.sh: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -37,9 +39,19 @@ fi
 echo "test.sh: agent CLIs (scripts/install-agents.sh)"
 bash scripts/install-agents.sh
 
-echo "test.sh: lint (ruff, mypy)"
+echo "test.sh: lint (ruff, mypy, import-linter)"
 "$VENV/bin/ruff" check .
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports" --no-cache
+
+echo "test.sh: docs (mkdocs build --strict: the generated reference, the checks of the hand-written pages)"
+# Not -q: with --quiet, mkdocs 1.6 counts no warning and --strict passes anything (mkdocs issue #4126).
+site=$(mktemp -d)
+if ! out=$(NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict -d "$site" 2>&1); then
+  printf '%s\n' "$out" >&2
+  exit 1
+fi
+rm -rf "$site"
 
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TESTCONTAINERS_RYUK_DISABLED=true
 exec "$PY" -m pytest "$@"

@@ -15,10 +15,48 @@ from typing import Any, TypeVar
 
 import pytest
 
-from distpar.testing import make_repo
+from distpar.testing.builders import make_repo
 
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The tiers (pyproject.toml's markers). A test with none of them is a unit test: it starts no process (checked
+# below, so a test that needs git says so). pytest ignores ``pytestmark`` in a conftest, so a directory whose
+# every test needs real git or subprocesses gets its tier here; a module or test may still name its own.
+TIERS = ("integration", "ray", "ssh", "containers", "realagents")
+DIRECTORY_TIERS = {"integration": "integration", "safety": "integration", "operate": "integration",
+                   "ray": "ray", "realagents": "realagents", "containers": "containers"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = REPO_ROOT / "tests"
+    for item in items:
+        if any(item.get_closest_marker(t) for t in TIERS):
+            continue
+        parts = item.path.relative_to(tests).parts if item.path.is_relative_to(tests) else ()
+        tier = DIRECTORY_TIERS.get(parts[0]) if len(parts) > 1 else None
+        if tier:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test without a tier must not start a process (git included): it would be an integration test that
+    ``-m "not integration"`` runs by mistake."""
+    if any(request.node.get_closest_marker(t) for t in TIERS):
+        yield
+        return
+    started: list[str] = []
+    real_init = subprocess.Popen.__init__
+
+    def spy(self: subprocess.Popen[Any], args: Any, *rest: Any, **kw: Any) -> None:
+        started.append(str(args if isinstance(args, (str, bytes, os.PathLike)) else args[0]))
+        real_init(self, args, *rest, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", spy)
+    yield
+    assert not started, (f"a test without a tier marker started {sorted(set(started))}: mark it "
+                         "@pytest.mark.integration (or make it pure)")
 
 
 @pytest.fixture(autouse=True)

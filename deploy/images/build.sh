@@ -22,7 +22,7 @@
 #                       exact version (the spec is part of the image hash, a range or tag would not be)
 #   EXTRAS=ray,ssh      extras of the project to install
 #   PYTHON=python3      host interpreter used to build wheels (its major.minor and
-#                       the image's python3 must be PYTHON_MINOR in distpar/raycompat.py)
+#                       the image's python3 must be PYTHON_MINOR in distpar/backends/raycompat.py)
 #   DEBIAN_MIRROR=URL   override the mirror (default: read from /etc/apt)
 #   VERBOSE=1           stream command output instead of logging to files
 #   DOCKERD_WAIT=60     seconds to wait for a dockerd this script starts
@@ -61,9 +61,9 @@ case "${1:-}" in
     *) echo "usage: $0 [--help]" >&2; exit 2 ;;
 esac
 
-# The one pinned Ray release and Python minor (distpar/raycompat.py; pyproject.toml and the k8s manifest
+# The one pinned Ray release and Python minor (distpar/backends/raycompat.py; pyproject.toml and the k8s manifest
 # repeat them, and a test checks that they agree).
-pinned() { sed -n "s/^$1 = \"\(.*\)\".*/\1/p" "$REPO_ROOT/distpar/raycompat.py"; }
+pinned() { sed -n "s/^$1 = \"\(.*\)\".*/\1/p" "$REPO_ROOT/distpar/backends/raycompat.py"; }
 RAY_VERSION=$(pinned RAY_VERSION)
 PYTHON_MINOR=$(pinned PYTHON_MINOR)
 
@@ -285,7 +285,7 @@ check_python_abi() {
     [[ $host == "$img" ]] ||
         die "host $PYTHON is $host but $BASE_IMAGE has python3 $img: the wheels would not install (set PYTHON=python$img)"
     [[ $img == "$PYTHON_MINOR" ]] ||
-        die "$BASE_IMAGE has python3 $img but distpar/raycompat.py pins Python $PYTHON_MINOR for coordinator and cluster"
+        die "$BASE_IMAGE has python3 $img but distpar/backends/raycompat.py pins Python $PYTHON_MINOR for coordinator and cluster"
 }
 
 # --------------------------------------------------------------- wheelhouse --
@@ -374,7 +374,7 @@ stage_context() {
     done
     compgen -G "$ctx/app/*.whl" >/dev/null || die "no $PROJECT wheel in $WHEELHOUSE"
     grep -qx "ray==$RAY_VERSION" "$LOCK" ||
-        die "the wheelhouse holds $(grep '^ray==' "$LOCK" || echo 'no ray'), but distpar/raycompat.py pins ray==$RAY_VERSION (so must pyproject.toml's ray extra)"
+        die "the wheelhouse holds $(grep '^ray==' "$LOCK" || echo 'no ray'), but distpar/backends/raycompat.py pins ray==$RAY_VERSION (so must pyproject.toml's ray extra)"
     cp "$LOCK" "$HERE/Dockerfile" "$HERE/entrypoint.sh" "$HERE/node-health" "$HERE/sshd_config" "$ctx/"
     # CA bundle for npm in the throwaway `claude` stage (TLS-intercepting proxies).
     if [[ $INSTALL_CLAUDE == 1 && -r $BUILD_CA_BUNDLE ]]; then
@@ -424,7 +424,7 @@ build_worker() {
 }
 
 # --------------------------------------------------------------------- main --
-[[ -n $RAY_VERSION && -n $PYTHON_MINOR ]] || die "no RAY_VERSION / PYTHON_MINOR in $REPO_ROOT/distpar/raycompat.py"
+[[ -n $RAY_VERSION && -n $PYTHON_MINOR ]] || die "no RAY_VERSION / PYTHON_MINOR in $REPO_ROOT/distpar/backends/raycompat.py"
 if [[ $INSTALL_CLAUDE == 1 && ! $CLAUDE_CODE_PACKAGE =~ ^@?[^@]+@[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
     die "CLAUDE_CODE_PACKAGE=$CLAUDE_CODE_PACKAGE: give an exact version (NAME@X.Y.Z), or two builds of one tag could differ"
 fi

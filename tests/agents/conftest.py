@@ -13,7 +13,7 @@ AIDER_TEST_KEY = "fake-deepseek-key"
 
 
 def fake_command(preset: str) -> str:
-    return shlex.join([sys.executable, "-m", "distpar.fake_agent", "--emulate", preset])
+    return shlex.join([sys.executable, "-m", "distpar.testing.fake_agent", "--emulate", preset])
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from distpar.capture import LINE_CHARS, LONG_LINE, MaskedPipe, OutputLines
-from distpar.process import run_process
+from distpar.infra.capture import LINE_CHARS, LONG_LINE, MaskedPipe, OutputLines
+from distpar.infra.process import run_process
 
 pytestmark = pytest.mark.integration
 

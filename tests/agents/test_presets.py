@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from distpar import agents
-from distpar.errors import UsageError
-from distpar.model import AgentConfig
-from distpar.plan import parse_plan
-from distpar.testing import fake_batch, plan_text
+from distpar.core.errors import UsageError
+from distpar.core.model import AgentConfig
+from distpar.core.plan import parse_plan
+from distpar.testing.builders import fake_batch, plan_text
 
 CTX = agents.Context("Fix the bug; don't touch $HOME", Path("/logs/b1.prompt.md"), "b1", Path("/wt/s1"), "run-1", 0,
                      session_id="0e639165-79b1-4bd4-bb0f-4cb4c15115d4")
@@ -130,3 +130,11 @@ def test_agent_config_keeps_the_run_options() -> None:
     with pytest.raises(UsageError, match="unknown agent 'gpt'"):
         agents.agent_config("gpt", base)
     assert AgentConfig.from_dict(base.to_dict()) == base
+
+
+def test_a_template_names_the_worker_and_the_old_stream_placeholder_still_works() -> None:
+    ctx = agents.Context("p", CTX.prompt_file, "b", CTX.workdir, "r", 2)
+    inv = agents.invocation(AgentConfig("template", template="run --worker={worker} --old={stream}"), ctx,
+                            {"PATH": "/bin"}, {})
+    assert inv.argv == ["run", "--worker=3", "--old=3"]
+    assert inv.env["DISTPAR_WORKER"] == inv.env["DISTPAR_STREAM"] == "3"

@@ -5,6 +5,7 @@ presets as plugins and by value."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -14,10 +15,10 @@ import pytest
 
 from distpar import agents
 from distpar.agents import Preset, parse_claude, parse_gemini, version_line
-from distpar.errors import ExitCode, PlanError
-from distpar.model import AgentConfig, AgentOutcome, BatchStatus
-from distpar.plan import parse_plan
-from distpar.testing import fake_batch, plan_text, tree_files
+from distpar.core.errors import ExitCode, PlanError
+from distpar.core.model import AgentConfig, AgentOutcome, UnitStatus
+from distpar.core.plan import parse_plan
+from distpar.testing.builders import fake_batch, make_repo, plan_text, tree_files
 from tests.integration.conftest import run_plan
 
 CTX = agents.Context("p", Path("/logs/b.prompt.md"), "b", Path("/wt"), "r", 0)
@@ -139,18 +140,36 @@ def test_nul_bytes_and_oversized_template_prompts_are_refused() -> None:
         agents.check_plan_agents(parse_plan(text, "plan.md"), AgentConfig("fake"))
 
 
+@pytest.mark.integration  # real git and the fake agent
 def test_aider_without_model_or_key_is_not_started(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DEEPSEEK_API_KEY")
     report, _ = run_plan(repo, [fake_batch(1, writes={"a.txt": "a"})], agent=AgentConfig("aider"))
     r = report.results[0]
-    assert r.status is BatchStatus.FAILED and r.tries == 1 and "OpenRouter login" in r.error
+    assert r.status is UnitStatus.FAILED and r.tries == 1 and "OpenRouter login" in r.error
     assert r.duration < 30
 
 
-def test_gemini_runs_in_an_untrusted_worktree(repo: Path) -> None:
-    # the fake, like gemini 0.61, exits 55 unless the workspace is trusted; the preset trusts it
+@pytest.mark.integration  # real git and the fake agent
+def test_gemini_runs_in_an_untrusted_worktree(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gemini 0.61 (and the fake emulating it) exits 55 in a folder it was never told to trust, as every fresh
+    worktree is; the preset trusts the worktree itself, so the agent runs there and its work lands."""
+    log = tmp_path / "inv.jsonl"
+    monkeypatch.setenv("FAKE_AGENT_LOG", str(log))
+    monkeypatch.delenv("GEMINI_CLI_TRUST_WORKSPACE", raising=False)
+    assert not (Path.home() / ".gemini").exists()  # nothing trusted beforehand
     report, _ = run_plan(repo, [fake_batch(1, writes={"g.txt": "g"})], agent=AgentConfig("gemini"))
     assert report.exit_code == ExitCode.OK, report.results[0].error
+    assert report.results[0].outcome and report.results[0].outcome.result_class == "success"
+    assert "g.txt" in tree_files(repo, "main")
+    (call,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert call["emulate"] == "gemini" and "--skip-trust" not in call["argv"]
+    assert Path(call["cwd"]) != repo and repo not in Path(call["cwd"]).parents  # a worktree of its own
+    # The premise: the very same command, in a fresh checkout, without what the preset adds, is refused.
+    fresh = make_repo(tmp_path / "fresh")
+    refused = subprocess.run([sys.executable, "-m", "distpar.testing.fake_agent", *call["argv"]], cwd=fresh,
+                             capture_output=True,
+                             text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "FAKE_AGENT_LOG"})
+    assert refused.returncode == 55 and "not running in a trusted directory" in refused.stderr
 
 
 def test_claude_gets_agent_only_when_defined(tmp_path: Path) -> None:
@@ -166,7 +185,7 @@ def test_claude_gets_agent_only_when_defined(tmp_path: Path) -> None:
 # --- plugins -------------------------------------------------------------------------------------------------
 
 def _my_args(cfg: AgentConfig, ctx: agents.Context) -> list[str]:
-    return ["-m", "distpar.fake_agent", "-p", "--output-format", "json", "--", ctx.prompt]
+    return ["-m", "distpar.testing.fake_agent", "-p", "--output-format", "json", "--", ctx.prompt]
 
 
 def _my_parse(stdout: str, stderr: str, exit_code: int | None) -> AgentOutcome:
@@ -182,12 +201,13 @@ def test_the_registry_lists_builtins_through_entry_points() -> None:
     assert agents.PRESETS["template"] is agents.TEMPLATE and "template" not in agents.preset_names()
 
 
+@pytest.mark.integration  # real git and the fake agent
 def test_a_preset_defined_here_travels_by_value(repo: Path) -> None:
     mine = Preset("mine", sys.executable, "a preset defined in a test module", _my_args, _my_parse,
                   command=(sys.executable,))
     cfg = agents.custom_agent(mine)
     # a fresh interpreter that cannot import this test module still loads and builds it
-    code = ("import json,sys; from distpar import agents; from distpar.model import AgentConfig; "
+    code = ("import json,sys; from distpar import agents; from distpar.core.model import AgentConfig; "
             "cfg = AgentConfig.from_dict(json.loads(sys.stdin.read())); p = agents.preset_of(cfg); "
             "print(p.name, p.build.__module__)")
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(cfg.to_dict()), capture_output=True,
@@ -216,12 +236,13 @@ def test_aider_litellm_errors_by_class_then_status(line: str, cls: str, transien
     assert (o.result_class, o.transient) == (cls, transient)
 
 
+@pytest.mark.integration  # real git and the fake agent
 def test_a_resumed_session_claude_never_saved_continues_in_a_fresh_one(repo: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from distpar.journal import Journal
-    from distpar.testing import write_plan
+    from distpar.coordinator.journal import Journal
+    from distpar.testing.builders import write_plan
     from tests.conftest import run_and_interrupt, run_distpar
 
     log = tmp_path / "inv.jsonl"
@@ -241,13 +262,14 @@ def test_a_resumed_session_claude_never_saved_continues_in_a_fresh_one(repo: Pat
     assert any(a.startswith("--session-id=") for a in argvs[2])  # the same try in a fresh session
     assert "previous session on this task was interrupted" in argvs[2][-1]
     assert (repo / "notes.txt").read_text() == "first half\nfirst half\n"  # the restored work was kept
-    batch_log = Path(Journal(home / "journal.db").batch(run_id, "1")["log_path"]).read_text()
+    batch_log = Path(Journal(home / "journal.db").unit(run_id, "1")["log_path"]).read_text()
     assert "No conversation found" in batch_log and "continuing in a fresh session" in batch_log
 
 
+@pytest.mark.integration  # real git and the fake agent
 def test_an_agent_that_prints_nothing_is_stopped_as_stalled(repo: Path) -> None:
     batch = fake_batch(1, extra=["@fake write half.txt x", "@fake hang"])
     report, _ = run_plan(repo, [batch], agent=AgentConfig("fake", stall_timeout=1.0), agent_retries=1)
     r = report.results[0]
     assert r.try_classes == ("stalled", "stalled")  # transient: tried again from the batch's start commit
-    assert r.status is BatchStatus.FAILED and r.duration < 30
+    assert r.status is UnitStatus.FAILED and r.duration < 30

@@ -10,9 +10,9 @@ from bench import simulate
 from bench.dispatch import bound, stage_checks
 from bench.harness import RunRecord, Session
 from bench.plans import cast_manifest, make_shape, rank_correlation, spread, stages, to_plan, with_estimates
-from distpar.plan import DEFAULT_ESTIMATE, parse_plan
-from distpar.schedule import make_schedule
-from distpar.testing import make_repo, plan_text, sh_git
+from distpar.core.plan import DEFAULT_ESTIMATE, parse_plan
+from distpar.core.schedule import make_schedule
+from distpar.testing.builders import make_repo, plan_text, sh_git
 
 
 def test_spread_is_seeded_and_spans_the_range_exactly() -> None:
@@ -74,6 +74,7 @@ def test_cast_manifest_and_its_explicit_form_state_the_same_stages() -> None:
     assert explicit["s4a1"] == {"s3a1", "s3a2"}
 
 
+@pytest.mark.integration  # real git
 def test_stage_checks_see_missing_work_and_overlapping_stages(tmp_path: Path) -> None:
     session = Session(tmp_path / "scratch", log=lambda msg: None)
     repo = session.repo(2)

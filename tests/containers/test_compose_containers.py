@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from distpar.backends.ray import SLOT
-from distpar.runtime import open_journal
-from distpar.testing import independent_plan, make_repo, plan_text, sh_git, tree_files
+from distpar.coordinator.runtime import open_journal
+from distpar.testing.builders import independent_plan, make_repo, plan_text, sh_git, tree_files
 from tests.conftest import REPO_ROOT
 from tests.containers.conftest import SESSION, exec_in, unavailable, wait_until
 from tests.containers.test_ray_containers import image_has_this_distpar, ray_client_ready
@@ -183,7 +183,7 @@ def test_readme_plan_completes_with_a_worker_killed(compose: Compose, tmp_path: 
     try:
         def busy_worker() -> Any:
             for c in compose.containers("ray-worker"):
-                if "distpar.fake_agent" in exec_in(_Wrapped(c), "ps -eo args", check=False):
+                if "distpar.testing.fake_agent" in exec_in(_Wrapped(c), "ps -eo args", check=False):
                     return c
             return None
 
@@ -201,8 +201,8 @@ def test_readme_plan_completes_with_a_worker_killed(compose: Compose, tmp_path: 
     assert tree_files(repo) == tree_files(serial)  # all the work, nothing lost
     run_id = out.split()[1].rstrip(":")
     journal = open_journal(repo)
-    assert [r["state"] for r in journal.batches(run_id)] == ["ok"] * 5
-    assert [e for e in journal.events(run_id) if e.kind == "segment_retry"], out + err
+    assert [r["state"] for r in journal.units(run_id)] == ["ok"] * 5
+    assert [e for e in journal.events(run_id) if e.kind == "unit_retry"], out + err
     status = compose.sh(status_line.replace("RUN_ID", run_id), cwd=repo)
     assert run_id in status.stdout
 

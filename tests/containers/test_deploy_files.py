@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 import tomllib
-import yaml  # PyYAML: a dependency of ray
 
-from distpar import raycompat
+from distpar.backends import raycompat
 from distpar.backends.ray import SLOT
 from tests.conftest import REPO_ROOT
 from tests.containers import kuberay, kuberay_crd
@@ -40,6 +39,7 @@ def flags(command: list[str]) -> dict[str, str]:
 
 
 def load(path: Path) -> list[Any]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with the ray extra: pip install 'distpar[ray]'")
     return [d for d in yaml.safe_load_all(defaults(path.read_text())) if d]
 
 
@@ -48,7 +48,7 @@ def raycluster() -> dict[str, Any]:
 
 
 def test_ray_is_pinned_once() -> None:
-    """pyproject's extra, the manifest, the build and the installed Ray all say distpar/raycompat.py's version."""
+    """pyproject's extra, the manifest, the build and the installed Ray all say raycompat.py's version."""
     import ray
 
     extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from distpar.backends.ray import SLOT
-from distpar.runtime import open_journal
-from distpar.testing import fake_batch, make_repo, sh_git, tree_files, write_plan
+from distpar.coordinator.runtime import open_journal
+from distpar.testing.builders import fake_batch, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import REPO_ROOT, run_distpar
 from tests.containers import kuberay
 from tests.containers.conftest import (
@@ -55,6 +54,7 @@ AGENT_KEY = "sk-test-not-a-real-key-4b1d"  # what the optional Secret holds in t
 
 def manifest() -> tuple[dict[str, Any], dict[str, Any]]:
     """The ConfigMap and the RayCluster of deploy/k8s/raycluster.yaml."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with the ray extra: pip install 'distpar[ray]'")
     docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
     by_kind = {d["kind"]: d for d in docs}
     return by_kind["ConfigMap"], by_kind["RayCluster"]
@@ -253,7 +253,7 @@ def test_plan_runs_on_the_kuberay_cluster(kube: KubeCluster, tmp_path: Path) -> 
         assert finished(serial)[0] == 0
     assert tree_files(repo) == tree_files(serial_repo)
     run_id = out.stdout.split()[1].rstrip(":")
-    rows = open_journal(repo).batches(run_id)
+    rows = open_journal(repo).units(run_id)
     assert [r["state"] for r in rows] == ["ok"] * len(batches)
     import ray
 
@@ -281,6 +281,7 @@ def test_coordinator_job_runs_the_plan_inside_the_cluster(kube: KubeCluster, tmp
     the repository, runs the plan through the head service's name and pushes the result branch back."""
     if kube.version != "v1.7.0":
         pytest.skip("the Job runs once, next to the v1.7 cluster: it does not depend on the KubeRay version")
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with the ray extra: pip install 'distpar[ray]'")
     job = yaml.safe_load((REPO_ROOT / "deploy" / "k8s" / "coordinator-job.yaml").read_text())
     pod = job["spec"]["template"]["spec"]
     (c,) = pod["containers"]

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from distpar.backends.ray import NODE_DIR_VAR, SLOT
-from distpar.runtime import open_journal
-from distpar.testing import fake_batch, independent_plan, make_repo, tree_files, write_plan
+from distpar.coordinator.runtime import open_journal
+from distpar.testing.builders import fake_batch, independent_plan, make_repo, tree_files, write_plan
 from tests.conftest import run_distpar
 from tests.containers.conftest import (
     BUILD_HINT,
@@ -78,7 +78,7 @@ WORKER_CMD = ["ray", "start", "--address=ray-head:6379", "--num-cpus=2",
               "--disable-usage-stats", "--block"]
 
 # What a node runs of distpar: the modules these imports load (not the CLI, journal, reports...).
-NODE_IMPORTS = "import distpar.backends.ray, distpar.worker, distpar.fake_agent"
+NODE_IMPORTS = "import distpar.backends.ray, distpar.worker, distpar.testing.fake_agent"
 # The same digest on both sides: the files named in argv[1] (relative to the package), by path and content.
 DIGEST = """
 import hashlib, json, pathlib, sys, distpar
@@ -217,13 +217,13 @@ def nothing_left_on_the_nodes(ray_cluster: RayContainers) -> Iterator[None]:
     problems = []
     for alias, c in list(ray_cluster.workers.items()):
         def agents(c: Any = c) -> list[str]:
-            return [p for p in exec_in(c, "ps -eo pid,args").splitlines() if "distpar.fake_agent" in p]
+            return [p for p in exec_in(c, "ps -eo pid,args").splitlines() if "distpar.testing.fake_agent" in p]
 
         with contextlib.suppress(AssertionError):
             wait_until(lambda agents=agents: not agents(), 15, f"agents in {alias} to stop")
         if left := agents():
             problems.append(f"agents still running in {alias}: {left}")
-            exec_in(c, "pkill -KILL -f distpar.fake_agent", check=False)
+            exec_in(c, "pkill -KILL -f distpar.testing.fake_agent", check=False)
         if left := exec_in(c, f"ls -A {NODE_DIR} 2>/dev/null || true").split():
             problems.append(f"run directories left in {alias}: {left}")
             exec_in(c, f"rm -rf {NODE_DIR}")
@@ -244,7 +244,7 @@ def test_plan_across_worker_containers_equals_serial(ray_cluster: RayContainers,
         fake_batch("b", writes={"b.txt": "b\n"}, sleep=2),
         fake_batch("c", writes={"c.txt": "c\n"}, sleep=2),
         fake_batch("d", writes={"d.txt": "d\n"}, sleep=2),
-        # Bases that hold other streams' work: shipped to the nodes as increment bundles.
+        # Bases that hold other workers' work: shipped to the nodes as increment bundles.
         fake_batch("e", extra=["@fake append a.txt 'from e'", "@fake append b.txt 'from e'"], depends_on=["a", "b"]),
         fake_batch("f", extra=["@fake append a.txt 'from f'", "@fake append c.txt 'from f'"], depends_on=["e", "c"]),
     ]
@@ -259,7 +259,7 @@ def test_plan_across_worker_containers_equals_serial(ray_cluster: RayContainers,
     assert tree_files(repo) == tree_files(serial_repo)
     assert (repo / "a.txt").read_text() == "a\nfrom e\nfrom f\n"
     run_id = run_id_of(out.stdout)
-    rows = open_journal(repo).batches(run_id)
+    rows = open_journal(repo).units(run_id)
     assert [r["state"] for r in rows] == ["ok"] * len(batches)
     nodes = ray_cluster.nodes()
     where = {nodes.get(r["node"], r["node"]) for r in rows}  # node ids -> worker containers
@@ -277,7 +277,7 @@ def test_worker_container_killed_mid_run(ray_cluster: RayContainers, tmp_path: P
         with distpar("run", str(plan), "--workers", "1", *FAKE, cwd=serial_repo) as serial, \
                 distpar("run", str(plan), "--backend", "ray", "--ray-address", ray_cluster.address, "--workers", "5",
                         "--retries", "2", *FAKE, cwd=repo) as proc:
-            wait_until(lambda: "distpar.fake_agent" in exec_in(doomed, "ps -eo args"), 120,
+            wait_until(lambda: "distpar.testing.fake_agent" in exec_in(doomed, "ps -eo args"), 120,
                        "an agent at work in the doomed container (tasks are spread over the nodes)")
             doomed.get_wrapped_container().kill()  # SIGKILL: the node, its raylet and the agent vanish at once
             code, text = finished(proc)
@@ -286,10 +286,10 @@ def test_worker_container_killed_mid_run(ray_cluster: RayContainers, tmp_path: P
         assert tree_files(repo) == tree_files(serial_repo)  # all the work, nothing lost
         run_id = run_id_of(text)
         journal = open_journal(repo)
-        rows = journal.batches(run_id)
+        rows = journal.units(run_id)
         assert [r["state"] for r in rows] == ["ok"] * 5
-        assert doomed_id not in {r["node"] for r in rows}  # the lost segments ran again elsewhere
-        retries = [e for e in journal.events(run_id) if e.kind == "segment_retry"]
+        assert doomed_id not in {r["node"] for r in rows}  # the lost units ran again elsewhere
+        retries = [e for e in journal.events(run_id) if e.kind == "unit_retry"]
         assert retries, text
         assert all("node" in e.data["error"] for e in retries), [e.data for e in retries]
     finally:
@@ -302,8 +302,8 @@ def test_pinned_ray_mismatch_is_refused_naming_both(ray_cluster: RayContainers,
     another Ray (patched here, never the cluster) is refused with both named."""
     import ray
 
-    from distpar import raycompat
-    from distpar.errors import BackendError
+    from distpar.backends import raycompat
+    from distpar.core.errors import BackendError
 
     assert raycompat.cluster_versions(ray)[0] == raycompat.RAY_VERSION
     raycompat.check_cluster(ray)
@@ -316,7 +316,7 @@ def test_pinned_ray_mismatch_is_refused_naming_both(ray_cluster: RayContainers,
 def test_cli_refuses_a_mismatched_cluster_before_starting_anything(ray_cluster: RayContainers,
                                                                   tmp_path: Path) -> None:
     import distpar.backends.ray as backend
-    from distpar import raycompat
+    from distpar.backends import raycompat
 
     if "raycompat.check_cluster" not in Path(backend.__file__).read_text():
         pytest.skip("the Ray backend does not call raycompat.check_cluster after ray.init yet")
@@ -324,8 +324,8 @@ def test_cli_refuses_a_mismatched_cluster_before_starting_anything(ray_cluster: 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout
     plan = write_plan(tmp_path / "plan.md", independent_plan(2))
     agent_log = tmp_path / "agents.jsonl"
-    patched = ("import sys, distpar.raycompat as r; r.RAY_VERSION = '2.59.0'; "
-               "from distpar.cli import main; sys.argv[0] = 'distpar'; main()")
+    patched = ("import sys, distpar.backends.raycompat as r; r.RAY_VERSION = '2.59.0'; "
+               "from distpar.cli.main import main; sys.argv[0] = 'distpar'; main()")
     proc = subprocess.run([sys.executable, "-c", patched, "run", str(plan), "--backend", "ray", "--ray-address",
                            ray_cluster.address, *FAKE], cwd=repo, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "FAKE_AGENT_LOG": str(agent_log)}, stdin=subprocess.DEVNULL)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from distpar.runtime import open_journal
-from distpar.testing import fake_batch, independent_plan, make_repo, tree_files, write_plan
+from distpar.coordinator.runtime import open_journal
+from distpar.testing.builders import fake_batch, independent_plan, make_repo, tree_files, write_plan
 from tests.conftest import run_distpar, run_id_of, run_status
 from tests.containers.conftest import (
     Containers,
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.containers, pytest.mark.timeout(240)]
 
 FAKE = ("--agent", "fake")
 RUNS_DIR = "/root/.cache/distpar/runs"  # the backend's default workdir, for root
-REMOTE = ("distpar.worker", "distpar.supervisor", "distpar.fake_agent")
+REMOTE = ("distpar.worker", "distpar.worker.supervisor", "distpar.testing.fake_agent")
 
 
 @dataclass
@@ -132,11 +132,11 @@ def test_plan_across_two_containers_equals_serial(two_hosts: tuple[SSHContainer,
     assert tree_files(repo) == tree_files(serial_repo)
     assert (repo / "a.txt").read_text() == "a\nfrom d\nfrom f\n"
     info = run_status(repo, run_id_of(out.stdout))
-    assert {b["state"] for b in info["batches"]} == {"ok"}
-    assert {b["node"] for b in info["batches"]} == {h1.address, h2.address}  # both containers did work
+    assert {b["state"] for b in info["units"]} == {"ok"}
+    assert {b["node"] for b in info["units"]} == {h1.address, h2.address}  # both containers did work
 
 
-def test_container_stopped_mid_run_moves_its_streams(containers: Containers, two_hosts: tuple[SSHContainer, ...],
+def test_container_stopped_mid_run_moves_its_workers(containers: Containers, two_hosts: tuple[SSHContainer, ...],
                                                     client_key: Path, tmp_path: Path) -> None:
     h1 = two_hosts[0]
     doomed = start_sshd(containers, "doomed", client_key)
@@ -147,7 +147,7 @@ def test_container_stopped_mid_run_moves_its_streams(containers: Containers, two
         with distpar("run", str(plan), "--workers", "1", *FAKE, cwd=serial_repo) as serial, \
                 distpar("run", str(plan), *hosts_args(client_key, h1, doomed), "--workers", "4", "--retries", "2",
                         *FAKE, cwd=repo) as proc:
-            wait_until(lambda: any("distpar.fake_agent" in p for p in doomed.processes()), 90,
+            wait_until(lambda: any("distpar.testing.fake_agent" in p for p in doomed.processes()), 90,
                        "an agent at work in the doomed container")
             doomed.container.get_wrapped_container().kill()  # the host is gone, mid-batch
             code, text = finished(proc)
@@ -155,11 +155,11 @@ def test_container_stopped_mid_run_moves_its_streams(containers: Containers, two
             assert finished(serial)[0] == 0
         assert tree_files(repo) == tree_files(serial_repo)  # nothing lost
         run_id = run_id_of(text)
-        batches = run_status(repo, run_id)["batches"]
+        batches = run_status(repo, run_id)["units"]
         assert [b["state"] for b in batches] == ["ok"] * 4
-        assert {b["node"] for b in batches} == {h1.address}  # the doomed container's streams moved
+        assert {b["node"] for b in batches} == {h1.address}  # the doomed container's workers moved
         journal = open_journal(repo)
-        retries = [e for e in journal.events(run_id) if e.kind == "segment_retry"]
+        retries = [e for e in journal.events(run_id) if e.kind == "unit_retry"]
         assert retries and all(doomed.address in e.data["error"] for e in retries), retries
         assert f"host {doomed.address}: could not clean up" in text
     finally:

@@ -3,34 +3,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from distpar import runtime
-from distpar.backends import make_backend
-from distpar.model import AgentConfig
-from distpar.plan import load_plan
-from distpar.schedule import make_schedule
-from distpar.testing import write_plan
-
-pytestmark = pytest.mark.integration
+from distpar.backends.base import Backend
+from distpar.coordinator import executor, runtime
+from distpar.coordinator.options import RunOptions
+from distpar.coordinator.prepare import prepare_run
+from distpar.core.model import AgentConfig
+from distpar.testing.builders import write_plan
 
 
 def run_plan(repo: Path, batches: list[dict[str, Any]], workers: int = 1, strategy: str = "balanced",
-             backend: str = "local", backend_options: dict[str, Any] | None = None,
+             backend: str | Backend = "local", backend_options: dict[str, Any] | None = None,
              observer: Any = None, independent_plan: bool = True,
-             **options: Any) -> tuple[runtime.RunReport, runtime.Runner]:
+             **options: Any) -> tuple[runtime.RunReport, executor.Runner]:
     """Run a plan through the Python API (the same objects the CLI assembles). ``independent_plan``: the plan
-    says its batches need not wait for each other (False: the CAST default, ordered stages)."""
+    says its batches need not wait for each other (False: the CAST default, ordered stages). ``backend``: a
+    name, or a Backend object of the test's own (the fake backend with its script)."""
     plan_path = write_plan(repo.parent / f"plan-{workers}-{len(batches)}.md", batches, independent=independent_plan)
-    plan = load_plan(plan_path)
-    schedule = make_schedule(plan, workers, strategy)
     options.setdefault("agent", AgentConfig(preset="fake"))
-    opts = runtime.RunOptions(backend=backend, plan_path=str(plan_path), **options)
-    root, target, start = runtime.preflight(repo, opts)
-    journal = runtime.open_journal(root)
-    runner = runtime.Runner(root, plan, schedule, opts, make_backend(backend, backend_options or {}), journal,
-                            target, start, observer)
-    try:
-        return runner.run(), runner
-    finally:
-        journal.close()
+    name = backend if isinstance(backend, str) else backend.name
+    opts = RunOptions(backend=name, backend_options=backend_options or {}, **options)
+    prepared = prepare_run(plan_path, opts, repo=repo, workers=workers, strategy=strategy, observer=observer,
+                           backend=None if isinstance(backend, str) else backend)
+    return prepared.run(), prepared.runner

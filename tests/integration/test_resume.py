@@ -7,15 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from distpar import gitops
-from distpar.journal import Journal
-from distpar.testing import fake_batch, make_repo, sh_git, tree_files, write_plan
-from tests.conftest import run_and_interrupt, run_distpar
+from distpar.coordinator.journal import Journal
+from distpar.infra import gitops
+from distpar.testing.builders import fake_batch, make_repo, sh_git, tree_files, write_plan
+from tests.conftest import run_and_interrupt, run_distpar, wait_for
 from tests.integration.conftest import run_plan
 
 pytestmark = pytest.mark.integration
@@ -47,6 +46,7 @@ def test_resume_after_sigkill_runs_no_batch_twice(tmp_path: Path, monkeypatch: p
     for b in fast:
         b["agents"] = [{"subagent_type": "x", "prompt": b["agents"][0]["prompt"].replace("@fake sleep 30", "")}]
     run_plan(serial, fast)
+    serial_runs = {r["id"] for r in journal().runs()}
 
     repo = make_repo(tmp_path / "repo")
     log = tmp_path / "invocations.jsonl"
@@ -55,13 +55,20 @@ def test_resume_after_sigkill_runs_no_batch_twice(tmp_path: Path, monkeypatch: p
     proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "2", "--agent", "fake",
                              "--strategy", "round-robin"], cwd=repo, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not {"1", "2", "3"} <= set(invocations(log)):
-        time.sleep(0.1)
-    time.sleep(1.0)  # batches 1 and 2 are done, 3 is sleeping
+    run_id = wait_for(lambda: next((r["id"] for r in journal().runs() if r["id"] not in serial_runs), ""),
+                      what="the run to start")
+
+    def settled() -> bool:
+        """As the journal has it: 1, 2 and 4 ended ok, 3's agent started (it sleeps 30 s), 5 not running."""
+        j = journal()
+        states = {b["unit_id"]: b["state"] for b in j.units(run_id)}
+        started = {e.batch_id for e in j.events(run_id) if e.kind == "unit_started"}
+        return all(states.get(b) == "ok" for b in ("1", "2", "4")) and states.get("3") == "running" \
+            and "3" in started and states.get("5") != "running"
+
+    wait_for(settled, timeout=60, what="batches 1, 2 and 4 to end while 3 runs")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    run_id = journal().runs()[0]["id"]
     assert journal().run(run_id)["state"] == "running"  # the coordinator died without a word
 
     # Fix the slow batch (the plan file is re-read when its batches are unchanged), then resume.
@@ -96,7 +103,7 @@ def test_continue_after_a_conflict_resolved_by_hand(repo: Path) -> None:
                fake_batch(3, writes={"other.txt": "3\n"})]
     report, runner = run_plan(repo, batches, workers=3)
     assert report.state == "conflict" and report.conflict is not None
-    # Do what distpar said: merge the conflicting stream into the integration branch, resolve, commit.
+    # Do what distpar said: merge the conflicting unit branch into the integration branch, resolve, commit.
     sh_git(repo, "switch", "--quiet", runner.integration)
     merge = subprocess.run(["git", "merge", "--no-ff", report.conflict.theirs], cwd=repo, capture_output=True,
                            text=True, env={**os.environ, "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x",
@@ -132,7 +139,7 @@ def test_interrupted_session_is_resumed_with_its_work_restored(repo: Path, tmp_p
     run_id = journal().runs()[0]["id"]
     first = json.loads(log.read_text().splitlines()[0])["argv"]
     session = next(a.split("=", 1)[1] for a in first if a.startswith("--session-id="))
-    assert journal().batch(run_id, "1")["session_id"] == session
+    assert journal().unit(run_id, "1")["session_id"] == session
 
     plan.write_text(plan.read_text().replace("@fake sleep 60", "@fake sleep 0"))
     res = run_distpar("resume", run_id, cwd=repo)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from distpar import clean, gitops, paths
-from distpar.testing import fake_batch, sh_git, write_plan
+from distpar.infra import gitops, paths
+from distpar.ops import clean
+from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import processes_with_mark, run_distpar, wait_for
 from tests.integration.conftest import run_plan
 from tests.operate.conftest import batch_state, run_ids, start_distpar

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from distpar.model import worker_label
-from distpar.testing import fake_batch, make_repo, write_plan
+from distpar.core.model import worker_label
+from distpar.testing.builders import fake_batch, make_repo, write_plan
 from tests.conftest import run_distpar
 from tests.operate.conftest import journal, only_run_id
 
@@ -67,13 +67,13 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     j = journal()
-    rows = {b["batch_id"]: b for b in j.batches(run_id)}
+    rows = {b["unit_id"]: b for b in j.units(run_id)}
     j.close()
-    bars = re.findall(r'<g class="bar" ([^>]*)>', html.split('id="gantt-stream"', 1)[1].split("</svg>", 1)[0])
+    bars = re.findall(r'<g class="bar" ([^>]*)>', html.split('id="gantt-worker"', 1)[1].split("</svg>", 1)[0])
     assert len(bars) == len(rows) == 6  # one bar per batch
     attrs = [dict(re.findall(r'data-([a-z]+)="([^"]*)"', b)) for b in bars]
     assert {a["batch"]: a["status"] for a in attrs} == {k: r["state"] for k, r in rows.items()}
-    assert {a["batch"]: a["stream"] for a in attrs} == {k: worker_label(r["stream"]) for k, r in rows.items()}
+    assert {a["batch"]: a["worker"] for a in attrs} == {k: worker_label(r["worker"]) for k, r in rows.items()}
     for a in attrs:
         ran = rows[a["batch"]]["state"] in ("ok", "failed")
         assert (a["start"] != "") == ran and (a["duration"] != "") == ran
@@ -110,6 +110,91 @@ def test_report_of_a_clean_run_and_of_an_unknown_one(repo: Path) -> None:
     page = out.read_text()
     assert page.count('<g class="bar"') == 2 and 'data-kind="merge_started"' in page
     assert "None: every batch succeeded and the streams merged cleanly." in page
-    assert "No dependencies declared" in page
+    assert "No dependencies: every unit was independent." in page and 'class="edge"' not in page
     missing = run_distpar("report", "nosuchrun", "--html", str(out), cwd=repo)
     assert missing.returncode == 2 and missing.stderr.startswith("Error: no run 'nosuchrun'")
+
+
+# --- one prediction: distpar plan, the run header, the live ETA and the report agree -------------------------
+
+
+def _agent(tag: str, estimate: float) -> dict[str, object]:
+    return {"subagent_type": "general-purpose", "prompt": f"unit {tag}\n@fake write {tag}.txt {tag}",
+            "estimate": estimate}
+
+
+# 7 batches, 9 units: a parallel batch of two, a sequential batch of two, declared depends_on (the dag rule)
+SEVEN = [
+    {"id": "1", "agents": [_agent("a", 2)]},
+    {"id": "2", "parallel": True, "agents": [_agent("b1", 2), _agent("b2", 3)]},
+    {"id": "3", "agents": [_agent("c1", 1), _agent("c2", 2)], "depends_on": ["1"]},
+    {"id": "4", "agents": [_agent("d", 1)], "depends_on": ["2"]},
+    {"id": "5", "agents": [_agent("e", 3)]},
+    {"id": "6", "agents": [_agent("f", 1)], "depends_on": ["3", "4"]},
+    {"id": "7", "agents": [_agent("g", 1)], "depends_on": ["5"]},
+]
+SEVEN_EDGES = [("1", "3#1"), ("2#1", "4"), ("2#2", "4"), ("3#1", "3#2"), ("3#2", "6"), ("4", "6"), ("5", "7")]
+# 4 stages (no depends_on: each batch waits for the one before), 7 units
+FOUR = [
+    {"id": "1", "parallel": True, "agents": [_agent("s1a", 3), _agent("s1b", 3), _agent("s1c", 3)]},
+    {"id": "2", "agents": [_agent("s2", 1)]},
+    {"id": "3", "parallel": True, "agents": [_agent("s3a", 2), _agent("s3b", 2)]},
+    {"id": "4", "agents": [_agent("s4", 1)]},
+]
+FOUR_EDGES = [("1#1", "2"), ("1#2", "2"), ("1#3", "2"), ("2", "3#1"), ("2", "3#2"), ("3#1", "4"), ("3#2", "4")]
+
+
+@pytest.mark.parametrize(("batches", "units", "makespan", "serial", "edges"), [
+    (SEVEN, 9, 6, 16, SEVEN_EDGES), (FOUR, 7, 7, 15, FOUR_EDGES)], ids=["7-batches-9-units", "4-stages"])
+def test_plan_header_live_eta_and_report_make_one_prediction(repo: Path, batches: list[dict[str, object]],
+                                                             units: int, makespan: int, serial: int,
+                                                             edges: list[tuple[str, str]]) -> None:
+    from distpar.core.plan import load_plan
+    from distpar.core.schedule import make_schedule
+    from distpar.core.units import unit_graph
+    from distpar.ops import live
+
+    plan_file = write_plan(repo.parent / "p.md", batches, independent=False)
+    speedup = f"{serial / makespan:.2f}x"
+    # 1. distpar plan
+    shown = run_distpar("plan", str(plan_file), "--workers", "3", cwd=repo)
+    assert shown.returncode == 0, shown.stderr
+    assert f"{len(batches)} batches, {units} units, 3 worker(s)" in shown.stdout
+    assert f"estimated makespan {makespan:g} min, serial {serial:g} min, predicted speedup {speedup}" in shown.stdout
+    # 2. the live ETA before anything ran, from the same graph the run builds
+    plan = load_plan(plan_file)
+    progress = live.RunProgress(plan, make_schedule(plan, 3), graph=unit_graph(plan), clock=lambda: 0.0)
+    progress.update("run_started", {"run_id": "r", "workers": 3, "target": "main"})
+    assert (progress.total, progress.eta()) == (units, makespan * 60)
+    # 3. the run header, and progress counted in units
+    ran = run_distpar("run", str(plan_file), "--workers", "3", "--agent", "fake", cwd=repo)
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stderr.splitlines()
+    assert re.fullmatch(rf"distpar: run \S+: 3 worker\(s\), {units} unit\(s\), merging into main, "
+                        rf"estimated {makespan}:00", lines[0]), lines[0]
+    counts = [tuple(map(int, m)) for m in re.findall(r"\[(\d+)/(\d+)\]$", ran.stderr, re.M)]
+    assert len(counts) == units and all(total == units and done <= total for done, total in counts)
+    assert [done for done, _ in counts] == list(range(1, units + 1))
+    # 4. the report
+    out = repo.parent / "r.html"
+    assert run_distpar("report", only_run_id(), "--html", str(out), cwd=repo).returncode == 0
+    page = out.read_text()
+    assert f"serial {serial:g} min, makespan {makespan:g} min" in page
+    assert f"predicted {speedup}" in page
+    drawn = re.findall(r'class="edge" data-from="([^"]+)" data-to="([^"]+)"', page)
+    assert sorted(drawn) == edges  # every edge of the unit graph, once
+    j = journal()
+    used = sorted({worker_label(b["worker"]) for b in j.batches(only_run_id())})
+    j.close()
+    assert f"{len(used)} of 3</div>" in page and "ran units: " + ", ".join(used) in page
+    assert '<div class="k">workers</div>' in page and '<div class="k">streams</div>' not in page
+
+
+def test_a_journal_whose_plan_cannot_be_rebuilt_falls_back_to_the_declared_batch_dependencies() -> None:
+    from distpar.ops.report import RunData, _unit_graph
+
+    run = {"options": "{}", "strategy": "balanced", "workers": 2}
+    assert _unit_graph(run, {"batches": [{"id": "1"}]}) == (None, None)  # an older journal's plan
+    d = RunData(run=run, batches=[], events=[], plan={"batches": [{"id": "1"}, {"id": "2", "depends_on": ["1"]}]},
+                schedule={}, summary={})
+    assert d.depends_on() == {"1": [], "2": ["1"]} and d.prediction is None

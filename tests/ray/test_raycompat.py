@@ -1,4 +1,4 @@
-"""distpar.raycompat against a real local Ray cluster (tests/ray/conftest.py): the versions it reads are the
+"""distpar.backends.raycompat against a real local Ray cluster (tests/ray/conftest.py): the versions it reads are the
 cluster's own, a matching cluster passes, and a mismatch (the pinned version patched, never the cluster) is a
 BackendError naming both sides, exit code 4."""
 
@@ -8,8 +8,8 @@ import platform
 
 import pytest
 
-from distpar import raycompat
-from distpar.errors import BackendError, ExitCode
+from distpar.backends import raycompat
+from distpar.core.errors import BackendError, ExitCode
 from tests.ray.conftest import RayCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from distpar.backends.ray import STALL_VAR
-from distpar.testing import independent_plan, write_plan
+from distpar.testing.builders import independent_plan, write_plan
 from tests.conftest import poll
 from tests.ray.conftest import RayCluster
 from tests.ray.test_ray import agent_starts, run_plan
@@ -57,8 +57,8 @@ def test_a_frozen_actor_is_reported_and_its_unit_runs_again(ray_cluster: RayClus
     unit = str(hit["batch"])
     events = journal.events(runner.run_id)
     stalled = [e for e in events if e.kind == "transport_stalled"]
-    assert [e.batch_id for e in stalled] == [unit], [(e.kind, e.batch_id, e.data) for e in events]
+    assert [e.unit_id for e in stalled] == [unit], [(e.kind, e.unit_id, e.data) for e in events]
     assert "stalled: the actor of worker" in stalled[0].data["error"] and "for 12s" in stalled[0].data["error"]
-    assert [e.batch_id for e in events if e.kind == "segment_retry"] == [unit]
-    assert next(r for r in report.results if r.batch_id == unit).attempt == 2
+    assert [e.unit_id for e in events if e.kind == "unit_retry"] == [unit]
+    assert next(r for r in report.results if r.unit_id == unit).attempt == 2
     assert all((repo / f"src/mod{i}.py").read_text() == f"VALUE = {i}\n" for i in (1, 2))

@@ -6,12 +6,14 @@ the CLIs call, so that a real CLI runs a batch end to end with no network and no
     POST /v1/chat/completions              OpenAI Chat Completions (aider through litellm; SSE when asked)
     POST /v1beta/models/M:generateContent  Gemini (gemini-cli's router and main model; :streamGenerateContent SSE)
 
-What it answers follows the prompt, with the fake agent's convention (``distpar.fake_agent.prompt_commands``):
+What it answers follows the prompt, with the fake agent's convention (``distpar.testing.fake_agent.prompt_commands``):
 
     @fake write PATH TEXT    the model calls the CLI's file tool (or shell, or an edit block) to write TEXT to PATH
     @standin status CODE     answer HTTP CODE with the provider's error body (429 adds retry-after: 1)
     @standin delay SECONDS   wait that long before answering (bounded by the server's shutdown)
     @standin drop            close the connection without an answer
+    @standin call NAME JSON  (Claude) call tool NAME with JSON input, one call per turn in the order given; in
+                             JSON, $run_id is the last "run_id" a tool result held (MCP tools: mcp__SERVER__TOOL)
 
 Once the request carries the results of its tool calls, the model answers with a short text and ends its turn.
 Any other request (a title, a commit message, a quota check) gets a short text. Every request is recorded in
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from distpar.fake_agent import prompt_commands
+from distpar.testing.fake_agent import prompt_commands
 
 MAX_DELAY = 120.0
 MAX_BODY = 64 * 1024 * 1024
@@ -58,6 +60,7 @@ class Plan:
     status: int | None = None
     delay: float = 0.0
     drop: bool = False
+    tools: list[tuple[str, str]] = field(default_factory=list)  # @standin call NAME JSON
 
 
 def plan_for(text: str) -> Plan:
@@ -72,6 +75,8 @@ def plan_for(text: str) -> Plan:
             plan.delay = min(float(words[1]), MAX_DELAY)
         elif words[:1] == ["drop"]:
             plan.drop = True
+        elif words[:1] == ["call"] and len(words) == 3:
+            plan.tools.append((words[1], words[2]))
     return plan
 
 
@@ -186,6 +191,15 @@ class _Handler(BaseHTTPRequestHandler):
         # aider's second call asks for a commit message about the diff (which quotes the prompt): text only
         commit = route == "chat" and "commit message" in _system_text(body).lower() + _chat_system(body).lower()
         calls = [] if done or commit or not plan.writes else [Call(p, c) for p, c in plan.writes]
+        results = tool_results(body) if route == "anthropic" else []
+        offered = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
+        if plan.tools and len(results) < len(plan.tools) and plan.tools[len(results)][0] in offered:
+            name, args = plan.tools[len(results)]
+            ids = re.findall(r'"run_id"\s*:\s*"([^"]+)"', "\n".join(results))
+            args = args.replace("$run_id", ids[-1] if ids else "")
+            self.standin.record({**entry, "answer": "tool", "calls": [name], "tool": name, "input": args})
+            self._answer_anthropic(body, [], "", workdir, tool=(name, json.loads(args)))
+            return
         text = _text_answer(route, body, prompt)
         self.standin.record({**entry, "answer": "tools" if calls else "text", "calls": [c.path for c in calls]})
         getattr(self, f"_answer_{route}")(body, calls, text, workdir)
@@ -240,11 +254,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- Anthropic Messages -----------------------------------------------------------------------------
 
-    def _answer_anthropic(self, body: dict[str, Any], calls: list[Call], text: str, workdir: str | None) -> None:
+    def _answer_anthropic(self, body: dict[str, Any], calls: list[Call], text: str, workdir: str | None,
+                          tool: tuple[str, dict[str, Any]] | None = None) -> None:
         model = body.get("model") or "claude-standin"
         tools = {t.get("name") for t in body.get("tools") or []}
         blocks: list[dict[str, Any]] = []
-        if calls and "Write" in tools:
+        if tool is not None:
+            blocks.append({"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:16], "name": tool[0],
+                           "input": tool[1]})
+        elif calls and "Write" in tools:
             for c in calls:
                 blocks.append({"type": "tool_use", "id": "toolu_" + c.id[5:], "name": "Write",
                                "input": {"file_path": _absolute(c.path, workdir), "content": c.content}})
@@ -381,6 +399,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _chat_system(body: dict[str, Any]) -> str:
     return "\n".join(str(m.get("content", "")) for m in body.get("messages") or [] if m.get("role") == "system")
+
+
+def tool_results(body: dict[str, Any]) -> list[str]:
+    """The text of every tool result in an Anthropic conversation, in order."""
+    out = []
+    for m in body.get("messages") or []:
+        for b in m.get("content") if isinstance(m.get("content"), list) else []:
+            if b.get("type") == "tool_result":
+                c = b.get("content")
+                out.append(c if isinstance(c, str) else "\n".join(
+                    str(x.get("text", "")) for x in c or [] if isinstance(x, dict)))
+    return out
 
 
 def _system_text(body: dict[str, Any]) -> str:

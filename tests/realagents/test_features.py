@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from distpar import agents
-from distpar.errors import ExitCode
-from distpar.model import AgentConfig
-from distpar.process import run_process
-from distpar.testing import fake_batch, tree_files, write_plan
+from distpar.core.errors import ExitCode
+from distpar.core.model import AgentConfig
+from distpar.infra.process import run_process
+from distpar.testing.builders import fake_batch, tree_files, write_plan
 from tests.conftest import run_distpar
 from tests.realagents.conftest import Agent
 from tests.realagents.standins import StandIn

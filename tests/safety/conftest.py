@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from distpar.journal import Journal
+from distpar.coordinator.journal import Journal
 
 
 def agent_calls(log: Path) -> list[dict[str, Any]]:

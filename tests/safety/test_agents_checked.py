@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from distpar.testing import fake_batch, sh_git, write_plan
+from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from distpar import gitops
+from distpar.infra import gitops
 
 
 def test_config_env_keeps_the_users_own_config_variables(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from distpar import paths
-from distpar.testing import fake_batch, sh_git, tree_files, write_plan
+from distpar.infra import paths
+from distpar.testing.builders import fake_batch, sh_git, tree_files, write_plan
 from tests.conftest import processes_with_mark, run_distpar, run_id_of
 from tests.safety.conftest import sh
 
@@ -122,7 +122,7 @@ def test_sandbox_without_bubblewrap_is_refused(repo: Path, tmp_path: Path) -> No
 
 SUBREAPER_SCRIPT = r"""
 import os, subprocess, sys, time
-from distpar import process
+from distpar.infra import process
 assert process.become_subreaper()
 env = {**os.environ, "DISTPAR_RUN_ID": "r1", "DISTPAR_BATCH_ID": "b1"}
 # An "agent" that leaves a child in a session of its own and exits.

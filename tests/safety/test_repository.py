@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from distpar import gitops
-from distpar.testing import IDENTITY, fake_batch, make_repo, sh_git, tree_files, write_plan
+from distpar.infra import gitops
+from distpar.testing.builders import IDENTITY, fake_batch, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import run_distpar, run_id_of
 from tests.safety.conftest import sh
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distpar.testing import fake_batch, write_plan
+from distpar.testing.builders import fake_batch, write_plan
 from tests.conftest import run_distpar
 from tests.safety.conftest import sh
 

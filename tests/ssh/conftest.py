@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from distpar.testing import wait_for_sshd
+from distpar.testing.builders import wait_for_sshd
 
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 10.0

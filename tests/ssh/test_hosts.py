@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distpar.backends.ssh.hosts import HostSpec, default_slots, load_inventory, parse_host, resolve_hosts
-from distpar.errors import UsageError
+from distpar.core.errors import UsageError
 
 
 @pytest.mark.parametrize(("text", "spec", "label"), [

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from distpar.errors import ExitCode
-from distpar.testing import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
+from distpar.core.errors import ExitCode
+from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import processes_with_mark, run_distpar, run_id_of, run_status, wait_for
 from tests.ssh.conftest import (
     SSHEnv,
@@ -50,11 +50,11 @@ def distpar_processes(server: SSHServer, env: SSHEnv, token: str) -> list[str]:
     out = ssh(server, env, "ps -eo pid,args")
     here = {pid for pid, _ in remote_processes(server.home)}
     return [line for line in out.splitlines() if line.split()[0].isdigit() and int(line.split()[0]) in here
-            and ("distpar.worker" in line or "distpar.supervisor serve" in line or token in line)]
+            and ("distpar.worker" in line or "distpar.worker.supervisor serve" in line or token in line)]
 
 
 def mixed_plan(token: str, sleep: float = 0.3) -> list[dict[str, Any]]:
-    """Independent batches, a chain and a diamond with cross-stream dependencies (so bases move)."""
+    """Independent batches, a chain and a diamond with cross-worker dependencies (so bases move)."""
     tag = f"Test {token}."
     return [
         fake_batch("a", writes={"a.txt": "a\n"}, sleep=sleep, extra=[tag]),
@@ -74,7 +74,7 @@ def start_run(repo: Path, plan: Path, *args: str, env: dict[str, str] | None = N
 
 
 def agents_on(server: SSHServer) -> list[tuple[int, str]]:
-    return [p for p in remote_processes(server.home) if "distpar.fake_agent" in p[1]]
+    return [p for p in remote_processes(server.home) if "distpar.testing.fake_agent" in p[1]]
 
 
 # --- the plan across hosts ----------------------------------------------------------------------------------
@@ -99,13 +99,13 @@ def test_plan_across_two_hosts_equals_serial(two_hosts: tuple[SSHServer, SSHServ
     # The journal records where each batch ran: both hosts, by their labels.
     run_id = run_id_of(out.stdout)
     info = run_status(ssh_repo, run_id)
-    assert {b["state"] for b in info["batches"]} == {"ok"}
-    assert {b["node"] for b in info["batches"]} == {h1.address, h2.address}
+    assert {b["state"] for b in info["units"]} == {"ok"}
+    assert {b["node"] for b in info["units"]} == {h1.address, h2.address}
     # Batch logs came back to the coordinator; the remote run directories are gone.
     logs = Path(os.environ["DISTPAR_HOME"]) / "runs" / run_id / "logs"
-    for b in info["batches"]:
-        assert b["log_path"] == str(logs / f"{b['batch_id']}.log")
-        assert "--- distpar: batch" in Path(b["log_path"]).read_text()
+    for b in info["units"]:
+        assert b["log_path"] == str(logs / f"{b['unit_id']}.log")
+        assert "--- distpar: unit" in Path(b["log_path"]).read_text()
     assert not (logs / "plan.md").exists()  # the copy of the plan each unit gets on its host stays there
     assert not list(h1.runs_dir.glob(f"{run_id}*")) and not list(h2.runs_dir.glob(f"{run_id}*"))
     assert not list((logs.parent / "bundles").glob("*.bundle"))
@@ -122,7 +122,7 @@ def test_hosts_flag_identity_and_ssh_config_alias(two_hosts: tuple[SSHServer, SS
     out = run_distpar("run", str(plan), "--backend", "ssh", "--hosts", f"build1,root@{h2.address}",
                       "--identity", str(ssh_env.client_key), "--workers", "2", *FAKE, cwd=repo)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert {b["node"] for b in run_status(repo, run_id_of(out.stdout))["batches"]} == {"build1", h2.address}
+    assert {b["node"] for b in run_status(repo, run_id_of(out.stdout))["units"]} == {"build1", h2.address}
     assert (repo / "src" / "mod1.py").exists() and (repo / "src" / "mod2.py").exists()
 
 
@@ -219,7 +219,7 @@ def test_host_refusing_connections_is_reported_per_host(two_hosts: tuple[SSHServ
     assert both.returncode == 0, both.stdout + both.stderr
     assert (f"host 127.0.0.1:{dead}: connection refused; its share of the work goes to the other hosts"
             in both.stderr)
-    assert {b["node"] for b in run_status(repo, run_id_of(both.stdout))["batches"]} == {h1.address}
+    assert {b["node"] for b in run_status(repo, run_id_of(both.stdout))["units"]} == {h1.address}
 
 
 def test_failed_authentication_is_reported_per_host(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv,
@@ -286,11 +286,11 @@ def test_host_lost_mid_run(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHE
     wait_for(lambda: agents_on(doomed), what="agents on the doomed host")
     doomed.crash()
     stdout, stderr = proc.communicate(timeout=120)
-    batches = run_status(repo, run_id_of(stdout))["batches"]
+    batches = run_status(repo, run_id_of(stdout))["units"]
     if retries:
         assert proc.returncode == 0, stdout + stderr
         assert all((repo / "src" / f"mod{i}.py").exists() for i in range(1, 5))
-        assert {b["node"] for b in batches} == {h1.address}  # the doomed host's streams moved
+        assert {b["node"] for b in batches} == {h1.address}  # the doomed host's workers moved
         assert f"retrying on a worker (attempt 2): host {doomed.address}: connection lost while a worker ran" \
             in stderr
     else:  # the lost units fail (the executor journals the transport's message), the others are kept
@@ -394,8 +394,8 @@ def test_repo_url_mode(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv, 
     assert all((repo / "src" / f"mod{i}.py").exists() for i in (1, 2, 3))
     run_id = run_id_of(out.stdout)
     pushed = sh_git(remote, "for-each-ref", "--format=%(refname)", f"refs/heads/distpar/{run_id}/")
-    assert len(pushed.split()) == 3  # the streams' branches went through the remote
-    assert {b["node"] for b in run_status(repo, run_id)["batches"]} == {h1.address, h2.address}
+    assert len(pushed.split()) == 3  # the units' branches went through the remote
+    assert {b["node"] for b in run_status(repo, run_id)["units"]} == {h1.address, h2.address}
 
 
 def test_python_api(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv, repo: Path, tmp_path: Path) -> None:
@@ -435,7 +435,7 @@ def test_resume_an_interrupted_ssh_run(two_hosts: tuple[SSHServer, SSHServer], s
 
 def test_killed_supervisor_is_retried_without_a_stray_worker(two_hosts: tuple[SSHServer, SSHServer],
                                                              ssh_env: SSHEnv, repo: Path, tmp_path: Path) -> None:
-    """If the process that watches a worker dies, its worker and agent are killed before the segment is retried."""
+    """If the process that watches a worker dies, its worker and agent are killed before the unit is retried."""
     h1, _ = two_hosts
     trust(h1)
     plan = write_plan(tmp_path / "plan.md", [fake_batch(1, writes={"one.txt": "1\n"}, sleep=3)])
@@ -443,7 +443,7 @@ def test_killed_supervisor_is_retried_without_a_stray_worker(two_hosts: tuple[SS
     proc = start_run(repo, plan, "--backend", "ssh", "--hosts-file", str(hosts), "--retries", "1", *FAKE)
     wait_for(lambda: agents_on(h1), what="the agent on the host")
     first = agents_on(h1)[0][0]
-    supervisors = [pid for pid, args in remote_processes(h1.home) if "distpar.supervisor serve" in args]
+    supervisors = [pid for pid, args in remote_processes(h1.home) if "distpar.worker.supervisor serve" in args]
     assert len(supervisors) == 1
     os.kill(supervisors[0], signal.SIGKILL)
     wait_for(lambda: not Path(f"/proc/{first}").exists(), timeout=10, what="the first agent to be killed")

@@ -19,8 +19,8 @@ import pytest
 from distpar.backends.base import RunContext
 from distpar.backends.ssh import SSHBackend
 from distpar.backends.ssh.connection import STALL_VAR, Stalled, watchdog
-from distpar.runtime import open_journal
-from distpar.testing import fake_batch, write_plan
+from distpar.coordinator.runtime import open_journal
+from distpar.testing.builders import fake_batch, write_plan
 from tests.conftest import run_id_of, run_status, wait_for
 from tests.ssh.conftest import SSHEnv, SSHServer, inventory, remote_processes, trust
 
@@ -91,7 +91,7 @@ def test_a_stalled_worker_is_reported_and_its_unit_moves(two_hosts: tuple[SSHSer
     try:
         def agent_on_h2() -> list[tuple[int, str]]:
             procs = remote_processes(h2.home)
-            return procs if any("distpar.fake_agent" in a for _, a in procs) else []
+            return procs if any("distpar.testing.fake_agent" in a for _, a in procs) else []
 
         procs = wait_for(agent_on_h2, timeout=60, what="an agent at work on the first host")
         t0 = time.monotonic()
@@ -116,13 +116,13 @@ def test_a_stalled_worker_is_reported_and_its_unit_moves(two_hosts: tuple[SSHSer
     events = open_journal(repo).events(run_id)
     stalled = [e for e in events if e.kind == "transport_stalled"]
     assert len(stalled) == 1 and stalled[0].data["host"] == h2.address, stalled
-    unit = stalled[0].batch_id
-    batches = {b["batch_id"]: b for b in run_status(repo, run_id)["batches"]}
-    assert {b["state"] for b in batches.values()} == {"ok"}
-    assert batches[unit]["node"] == h1.address  # the stalled unit ran again on the other host
+    unit = stalled[0].unit_id
+    units = {u["unit_id"]: u for u in run_status(repo, run_id)["units"]}
+    assert {u["state"] for u in units.values()} == {"ok"}
+    assert units[unit]["node"] == h1.address  # the stalled unit ran again on the other host
     assert (repo / "a.txt").read_text() == "1\n" and (repo / "b.txt").read_text() == "1\n"
-    retries = [e for e in events if e.kind == "segment_retry"]
-    assert [e.batch_id for e in retries] == [unit], retries
+    retries = [e for e in events if e.kind == "unit_retry"]
+    assert [e.unit_id for e in retries] == [unit], retries
     assert f"host {h2.address}: stalled: no word from its worker for" in retries[0].data["error"]
     assert f"host {h2.address}: stalled: no word from its worker for" in stderr
     # The cleanup reached the host (its sshd still answers): nothing of the run runs there (the autouse leak
@@ -131,7 +131,7 @@ def test_a_stalled_worker_is_reported_and_its_unit_moves(two_hosts: tuple[SSHSer
     shutil.rmtree(h2.runs_dir)
 
 
-def test_a_step_paramiko_would_wait_on_forever_is_cut_by_thewatchdog(two_hosts: tuple[SSHServer, SSHServer],
+def test_a_step_paramiko_would_wait_on_forever_is_cut_by_the_watchdog(two_hosts: tuple[SSHServer, SSHServer],
                                                                      ssh_env: SSHEnv, tmp_path: Path) -> None:
     """A session the host accepted and never answered blocks paramiko without a timeout: past its bound the
     watchdog closes the connection under the step, which ends the wait, and the step says it stalled."""

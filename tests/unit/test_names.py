@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar import names
+from distpar.core import names
 
 ids = st.text(min_size=1, max_size=120).filter(lambda s: names.problem(s) is None)
 tricky = st.sampled_from(["a/b", "a b", "A", "a", "..", "x.lock", ".hidden", "-rm", "con", "CON", "nul.txt",
@@ -27,7 +27,7 @@ def test_key_is_safe_as_a_ref_component_and_a_file_name(value: str) -> None:
     k = names.key(value)
     assert re.fullmatch(r"[a-z0-9_][a-z0-9_.#+-]*", k), k
     assert ".." not in k and not k.endswith((".", ".lock")) and len(k) <= names.MAX_PLAIN
-    assert names.branch_problem(f"distpar/run/{k}") is None
+    assert names.branch_problem(f"distpar/coordinator/{k}") is None
     assert not re.fullmatch(r"(con|prn|aux|nul|com\d|lpt\d)(\..*)?", k)
 
 
@@ -47,6 +47,7 @@ def test_ids_that_cannot_be_keys(value: str, why: str) -> None:
         names.key(value)
 
 
+@pytest.mark.integration  # real git
 @pytest.mark.parametrize("value", ["x" * 80, "a/b", "..", "x.lock", "3#1", "con", "ü"])
 def test_real_git_accepts_every_key_as_a_ref(value: str) -> None:
     ref = f"refs/heads/distpar/r1/{names.key(value)}"
@@ -54,6 +55,7 @@ def test_real_git_accepts_every_key_as_a_ref(value: str) -> None:
     assert proc.returncode == 0, ref
 
 
+@pytest.mark.integration  # real git
 @pytest.mark.parametrize(("name", "ok"), [("main", True), ("feature/x-1", True), ("a..b", False), ("-x", False),
                                          ("a b", False), ("x.lock", False), ("a/.b", False), ("a~1", False)])
 def test_branch_names_follow_git(name: str, ok: bool) -> None:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.errors import PlanError
-from distpar.plan import parse_plan
+from distpar.core.errors import PlanError
+from distpar.core.plan import parse_plan
 
 
 def doc(manifest: object, before: str = "# A plan\n\nSome prose.\n\n") -> str:
@@ -135,7 +135,7 @@ def test_two_blocks_are_refused() -> None:
 
 
 def test_roundtrip() -> None:
-    from distpar.plan import Plan
+    from distpar.core.plan import Plan
 
     plan = parse_plan(SEED_PLAN, "seed.md")
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
@@ -258,7 +258,6 @@ def test_unknown_top_level_fields_are_warnings() -> None:
          "batches[0].agents[0].depends_on[0]: batch '1' depends on itself"),
         ({"batches": [{**batch(1), "agents": [{"prompt": "x", "depends_on": [2]}]}, batch(2, depends_on=[1])]},
          "dependency cycle: 1 -> 2 -> 1"),
-        ({"batches": [{**batch(1), "agents": []}]}, "no batch has an agent: nothing to run"),
         ({"target_branch": "a..b", "batches": [batch(1)]},
          "target_branch 'a..b' cannot be a branch name: cannot contain '..'"),
         ({"pre_approved": "yes", "batches": [batch(1)]}, "pre_approved must be true or false, not 'yes'"),
@@ -275,8 +274,35 @@ def test_refused_at_plan_time(manifest: object, expected: str) -> None:
     assert exc.value.exit_code == 2
 
 
+def test_every_batch_without_agents_is_a_valid_plan_with_nothing_to_run() -> None:
+    # As CAST's own executor fixtures write them: valid, nothing to run (issue 21, item 12).
+    plan = parse_plan(doc({"plan_id": "fixture", "batches": [{**batch(1), "agents": []},
+                                                             {"id": 2, "agents": [], "verify_files": []}]}), "p.md")
+    assert plan.ids == ["1", "2"] and not any(b.agents for b in plan.batches)
+    assert plan.warnings == ("p.md:9: batch 1 has no agents: it is skipped",
+                             "p.md:15: batch 2 has no agents: it is skipped")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"batches": [{"id": 1, "agents": [{"prompt": "a"}]}],\n "plan_id": "x",\n "batches": []}',
+         'p.md:8: duplicate key "batches" at $'),
+        ('{"batches": [{"id": 1, "agents": [{"prompt": "a"}]},\n {"id": 2, "agents": [{"prompt": "b",\n'
+         '  "prompt": "c"}]}]}', 'p.md:8: duplicate key "prompt" at $.batches[1].agents[0]'),
+        ('{"batches": [{"id": 1, "id": 2, "agents": [{"prompt": "a"}]}]}',
+         'p.md:6: duplicate key "id" at $.batches[0]'),
+    ],
+)
+def test_duplicate_keys_are_refused_with_their_json_path_and_line(body: str, expected: str) -> None:
+    with pytest.raises(PlanError) as exc:
+        parse_plan(doc(body), "p.md")
+    assert str(exc.value) == expected
+    assert exc.value.exit_code == 2
+
+
 def test_roundtrip_keeps_every_field() -> None:
-    from distpar.plan import Plan
+    from distpar.core.plan import Plan
 
     for manifest in (PLANNER, EXECUTOR_FIXTURE, SPEC_FULL):
         plan = parse_plan(cast_doc(manifest), "x.md")
@@ -314,7 +340,7 @@ def manifests(draw: st.DrawFn) -> dict[str, object]:
 @given(manifests(), st.sampled_from([None, 1, 2, 4]))
 def test_any_valid_manifest_parses_with_exact_lines_and_round_trips(manifest: dict[str, object],
                                                                     indent: int | None) -> None:
-    from distpar.plan import Plan
+    from distpar.core.plan import Plan
 
     text = "# p\n\n```json dispatch\n" + json.dumps(manifest, indent=indent) + "\n```\n"
     plan = parse_plan(text, "p.md")
@@ -327,16 +353,32 @@ def test_any_valid_manifest_parses_with_exact_lines_and_round_trips(manifest: di
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
+def string_leaves(value: object, path: str = "") -> list[str]:
+    """The path (as the plan's errors write it) of every string in ``value``."""
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in string_leaves(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in string_leaves(v, f"{path}[{i}]")]
+    return []
+
+
+def with_nul(manifest: dict[str, object], path: str) -> None:
+    """Append a NUL to the string at ``path`` (``batches[0].agents[1].prompt``) in place."""
+    keys: list[str | int] = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+    parent: object = manifest
+    for k in keys[:-1]:
+        parent = parent[k]  # type: ignore[index]
+    parent[keys[-1]] += "\x00"  # type: ignore[index]
+
+
 @settings(max_examples=100, deadline=None)
 @given(manifests(), st.data())
 def test_a_nul_anywhere_is_refused_naming_its_path(manifest: dict[str, object], data: st.DataObject) -> None:
-    batches = manifest["batches"]
-    assert isinstance(batches, list)
-    i = data.draw(st.integers(0, len(batches) - 1))
-    agents = batches[i]["agents"]
-    if not agents:
-        return
-    j = data.draw(st.integers(0, len(agents) - 1))
-    agents[j]["prompt"] += "\x00"
-    with pytest.raises(PlanError, match=re.escape(f"batches[{i}].agents[{j}].prompt contains a NUL byte")):
+    leaves = string_leaves(manifest)
+    assert leaves  # plan_id and every prompt are strings: every example puts a NUL somewhere
+    path = data.draw(st.sampled_from(leaves), label="where")
+    with_nul(manifest, path)
+    with pytest.raises(PlanError, match=re.escape(f"{path} contains a NUL byte")):
         parse_plan(doc(manifest), "p.md")

@@ -1,4 +1,4 @@
-"""distpar/ratelimit.py: additive increase, multiplicative decrease; pauses until reset times; far resets stop."""
+"""distpar/core/ratelimit.py: additive increase, multiplicative decrease; pauses until reset times; far resets stop."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distpar.model import AgentOutcome
-from distpar.ratelimit import DEFAULT_PAUSE, RateLimiter
+from distpar.core.model import AgentOutcome
+from distpar.core.ratelimit import DEFAULT_PAUSE, RateLimiter
 
 OK = AgentOutcome("success", True)
 LIMITED = AgentOutcome("api_error", False, "429", transient=True, rate_limited=True)

@@ -7,10 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.errors import UsageError
-from distpar.plan import AgentTask, Batch, Plan, parse_plan
-from distpar.schedule import STRATEGIES, Schedule, make_schedule, predict, preview, topological_order
-from distpar.units import UnitGraph, unit_graph
+from distpar.core.errors import UsageError
+from distpar.core.model import UnitStatus
+from distpar.core.plan import AgentTask, Batch, Plan, parse_plan
+from distpar.core.predict import predict as core_predict
+from distpar.core.schedule import STRATEGIES, Schedule, make_schedule, predict, preview, topological_order
+from distpar.core.state import UnitInfo
+from distpar.core.units import UnitGraph, unit_graph
 
 
 def mkplan(specs: list[tuple[float, list[int]]]) -> Plan:
@@ -40,20 +43,20 @@ def plans(draw: st.DrawFn) -> Plan:
 
 
 def check_invariants(plan: Plan, s: Schedule, workers: int, strategy: str = "balanced") -> None:
-    ids = [b for stream in s.streams for b in stream.batch_ids]
+    ids = [b for lane in s.lanes for b in lane.batch_ids]
     assert sorted(ids) == sorted(plan.ids), "every batch exactly once"
-    assert len(s.streams) <= workers and all(stream.batch_ids for stream in s.streams)
+    assert len(s.lanes) <= workers and all(lane.batch_ids for lane in s.lanes)
     order = {b: i for i, b in enumerate(topological_order(plan))}
-    for stream in s.streams:
-        ranks = [order[b] for b in stream.batch_ids]
+    for lane in s.lanes:
+        ranks = [order[b] for b in lane.batch_ids]
         if not plan.has_dependencies or strategy != "balanced":
-            assert ranks == sorted(ranks), "streams keep the (topological) plan order"
-        starts = [s.start[b] for b in stream.batch_ids]
-        assert starts == sorted(starts), "a stream runs its batches one after another"
+            assert ranks == sorted(ranks), "lanes keep the (topological) plan order"
+        starts = [s.start[b] for b in lane.batch_ids]
+        assert starts == sorted(starts), "a lane runs its batches one after another"
     for b in plan.batches:
         for d in b.depends_on:
             assert s.finish[d] <= s.start[b.id] + 1e-9, "a batch never starts before its dependencies end"
-            if s.stream_of(d) != s.stream_of(b.id):
+            if s.lane_of(d) != s.lane_of(b.id):
                 assert d in s.waits[b.id]
     assert s.makespan >= s.lower_bound - 1e-9
 
@@ -75,14 +78,14 @@ def test_balanced_meets_the_list_scheduling_bound(plan: Plan, workers: int) -> N
 def test_independent_equal_batches_reach_the_lower_bound() -> None:
     plan = mkplan([(1, [])] * 6)
     s = make_schedule(plan, 6)
-    assert s.makespan == s.lower_bound == 1 and len(s.streams) == 6
+    assert s.makespan == s.lower_bound == 1 and len(s.lanes) == 6
     assert s.predicted_speedup == 6
 
 
 def test_plan_order_is_kept_inside_streams() -> None:
     plan = mkplan([(1, [])] * 7)
     s = make_schedule(plan, 3)
-    assert [list(x.batch_ids) for x in s.streams] == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
+    assert [list(x.batch_ids) for x in s.lanes] == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
 
 
 def test_heavy_tail_is_balanced_better_than_plan_order() -> None:
@@ -96,23 +99,23 @@ def test_heavy_tail_is_balanced_better_than_plan_order() -> None:
 def test_chain_stays_on_one_stream_and_more_workers_idle() -> None:
     plan = mkplan([(1, []), (1, [0]), (1, [1])])
     s = make_schedule(plan, 4)
-    assert len(s.streams) == 1 and s.waits == {} and s.makespan == 3 == s.critical_path
+    assert len(s.lanes) == 1 and s.waits == {} and s.makespan == 3 == s.critical_path
 
 
 def test_diamond_waits_across_streams() -> None:
     plan = mkplan([(1, []), (2, [0]), (2, [0]), (1, [1, 2])])
     s = make_schedule(plan, 2)
     assert s.makespan == 4 == s.lower_bound
-    assert len(s.streams) == 2 and s.waits  # one branch of the diamond is merged in before batch 3
+    assert len(s.lanes) == 2 and s.waits  # one branch of the diamond is merged in before batch 3
 
 
 def test_midpoint_is_the_seed_split() -> None:
     plan = mkplan([(1, [])] * 5)
     s = make_schedule(plan, 4, "midpoint")  # the seed: floor(5 / 2) = 2 -> 1,2 | 3,4,5
-    assert [list(x.batch_ids) for x in s.streams] == [["0", "1"], ["2", "3", "4"]]
+    assert [list(x.batch_ids) for x in s.lanes] == [["0", "1"], ["2", "3", "4"]]
     s = make_schedule(plan, 2, split=1)  # --split alone implies midpoint
     assert s.strategy == "midpoint"
-    assert [list(x.batch_ids) for x in s.streams] == [["0"], ["1", "2", "3", "4"]]
+    assert [list(x.batch_ids) for x in s.lanes] == [["0"], ["1", "2", "3", "4"]]
 
 
 @pytest.mark.parametrize(
@@ -171,14 +174,15 @@ def test_free_workers_take_the_longest_remaining_path_first() -> None:
     assert p.slots[0].uid == "1#3" and p.makespan == 5
 
 
-def test_pinned_units_run_only_on_their_stream() -> None:
+def test_pinned_units_run_only_on_their_worker() -> None:
     plan = cast_plan([(False, [1])] * 5)
     g = unit_graph(plan, strategy="midpoint")
     p = predict(g, 4)
     assert {s.worker for s in p.slots if g.unit(s.uid).pin == 0} == {0}
     assert {s.worker for s in p.slots if g.unit(s.uid).pin == 1} == {1}
     assert p.makespan == 3 and p.waits == {}
-    assert predict(g, 1).makespan == 5  # one worker: both pins on it
+    one = predict(g, 1)  # the midpoint rule runs its two halves on two workers whatever --workers says, as the run
+    assert (one.workers, one.makespan) == (2, 3)
 
 
 @settings(max_examples=150, deadline=None)
@@ -217,3 +221,79 @@ def test_preview_warns_about_shared_files_and_absolute_paths() -> None:
     halves = preview(unit_graph(plan, strategy="midpoint"), 2, repo_root="/repo")
     # Each half is a chain (1#1 -> 1#2 | 2), but the halves run at the same time.
     assert [o.uids for o in halves.overlaps] == [("1#1", "2"), ("1#2", "2")]
+
+
+# --- the one prediction from the middle of a run (distpar.core.predict) --------------------------------------
+
+
+def infos(*specs: str | tuple[str, str], pins: dict[str, int] | None = None) -> list[UnitInfo]:
+    """``"a"`` or ``("c", "a b")``; priorities by critical path of unit estimates 1."""
+    out = []
+    for i, spec in enumerate(specs):
+        uid, deps = (spec, "") if isinstance(spec, str) else spec
+        out.append(UnitInfo(uid, tuple(deps.split()), 0.0, i, (pins or {}).get(uid)))
+    return out
+
+
+def test_prediction_from_the_middle_of_a_run_counts_what_is_left() -> None:
+    us = infos("a", "b", ("c", "a"), ("d", "b c"))
+    est = {"a": 2.0, "b": 3.0, "c": 1.0, "d": 2.0}
+    p = core_predict(us, 2, est, done=["a"], running={"b": (1, 0.5)})
+    at = {s.uid: (s.worker, s.start, s.finish) for s in p.slots}
+    # a is done; b needs 0.5 more on w2; d goes where its first dependency ran, as the run state decides
+    assert at == {"b": (1, 0.0, 0.5), "c": (0, 0.0, 1.0), "d": (1, 1.0, 3.0)}
+    assert (p.makespan, p.serial, p.critical_path, p.path) == (3.0, 3.5, 3.0, ("c", "d"))
+    assert p.waits == {"d": ("c",)}
+
+
+def test_a_unit_after_one_that_failed_is_not_predicted() -> None:
+    us = infos("a", ("b", "a"), "c")
+    p = core_predict(us, 1, {"a": 1.0, "b": 1.0, "c": 4.0}, done={"a": UnitStatus.FAILED})
+    assert [s.uid for s in p.slots] == ["c"] and p.makespan == 4.0
+
+
+def test_a_running_unit_counts_its_dependencies_as_done() -> None:
+    us = infos("a", ("b", "a"), ("c", "b"))
+    p = core_predict(us, 1, {"a": 5.0, "b": 5.0, "c": 1.0}, running={"b": (0, 2.0)})  # a: not reported, but ran
+    assert [(s.uid, s.finish) for s in p.slots] == [("b", 2.0), ("c", 3.0)]
+
+
+def test_round_robin_pins_hold_in_the_prediction_as_in_the_run() -> None:
+    plan = cast_plan([(True, [1, 1, 1, 1])], independent=True)
+    g = unit_graph(plan, strategy="round-robin")
+    p = predict(g, 2, "round-robin")
+    assert {s.uid: s.worker for s in p.slots} == {"1#1": 0, "1#2": 1, "1#3": 0, "1#4": 1}
+
+
+def test_bad_predictions_are_refused() -> None:
+    with pytest.raises(UsageError, match="--workers must be at least 1"):
+        core_predict(infos("a"), 0, {"a": 1.0})
+    with pytest.raises(ValueError, match="running unit 'x' is unknown"):
+        core_predict(infos("a"), 1, {"a": 1.0}, running={"x": (0, 1.0)})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 4), st.data())
+def test_every_prediction_from_the_middle_is_a_valid_schedule(n: int, workers: int, data: st.DataObject) -> None:
+    us = []
+    for i in range(n):
+        deps = data.draw(st.lists(st.integers(0, i - 1), max_size=2, unique=True)) if i else []
+        us.append(UnitInfo(f"u{i}", tuple(f"u{d}" for d in deps), 0.0, i))
+    est = {u.uid: data.draw(st.sampled_from([0.5, 1.0, 3.0])) for u in us}
+    done: list[str] = []
+    for u in us:  # a prefix closed under dependencies
+        if all(d in done for d in u.deps) and data.draw(st.booleans()):
+            done.append(u.uid)
+    ready = [u.uid for u in us if u.uid not in done and all(d in done for d in u.deps)]
+    running = {uid: (w, 0.25) for w, uid in enumerate(ready[:workers]) if data.draw(st.booleans())}
+    p = core_predict(us, workers, est, done=done, running=running)
+    at = {s.uid: s for s in p.slots}
+    assert sorted(at) == sorted(u.uid for u in us if u.uid not in done), "what is left runs, once"
+    for uid, (w, need) in running.items():
+        assert (at[uid].worker, at[uid].start, at[uid].finish) == (w, 0.0, need)
+    for u in us:
+        if u.uid in at:
+            assert all(at[d].finish <= at[u.uid].start + 1e-9 for d in u.deps if d in at), "dependencies first"
+    for row in p.timeline():
+        assert all(a.finish <= b.start + 1e-9 for a, b in itertools.pairwise(row)), "one unit at a time"
+    assert p.lower_bound - 1e-9 <= p.makespan <= p.serial + 1e-9

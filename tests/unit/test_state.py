@@ -9,21 +9,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.model import AgentOutcome, BatchStatus
-from distpar.ratelimit import RateLimiter
-from distpar.state import (
+from distpar.core.model import AgentOutcome, UnitStatus
+from distpar.core.ratelimit import RateLimiter
+from distpar.core.state import (
     Blocked,
     BudgetSpent,
     CancelAll,
     Event,
     Fatal,
     Finish,
+    GiveUp,
     Instruction,
     Interrupt,
+    InvariantError,
     Record,
+    Requeue,
     Retry,
     RunState,
     Start,
+    StopWaiting,
     Throttle,
     Tick,
     UnitEnded,
@@ -34,7 +38,7 @@ from distpar.state import (
     critical_path,
 )
 
-OK, FAILED, SKIPPED, BLOCKED = BatchStatus.OK, BatchStatus.FAILED, BatchStatus.SKIPPED, BatchStatus.BLOCKED
+OK, FAILED, SKIPPED, BLOCKED = UnitStatus.OK, UnitStatus.FAILED, UnitStatus.SKIPPED, UnitStatus.BLOCKED
 
 
 def units(*specs: str | tuple[str, str]) -> list[UnitInfo]:
@@ -100,6 +104,18 @@ def test_a_free_worker_takes_the_next_ready_unit_when_one_ends() -> None:
     assert starts(state.handle(UnitEnded("b", 0, OK))) == [("c", 0)]
     out = state.handle(UnitEnded("c", 0, OK))
     assert out == [Finish(True)] and state.finished and state.complete
+
+
+def test_while_a_long_unit_runs_the_other_worker_takes_every_short_one() -> None:
+    """Two workers, one long unit and four short ones of equal estimate: each short one goes to the worker that
+    comes free, one after another (a schedule frozen up front would have put two behind the long one)."""
+    state = RunState.create(units("long", "s0", "s1", "s2", "s3"))
+    assert starts(up(state, 2)) == [("long", 0), ("s0", 1)]
+    for i in range(3):
+        assert starts(state.handle(UnitEnded(f"s{i}", 1, OK))) == [(f"s{i + 1}", 1)]
+    assert starts(state.handle(UnitEnded("s3", 1, OK))) == [] and state.free == [1] and not state.finished
+    assert state.handle(UnitEnded("long", 0, OK)) == [Finish(True)]
+    assert state.assignment == {"long": 0, "s0": 1, "s1": 1, "s2": 1, "s3": 1}
 
 
 def test_a_unit_starts_only_after_all_its_dependencies_ended_ok() -> None:
@@ -265,7 +281,7 @@ def test_interrupt_cancels_once_and_starts_nothing_more() -> None:
     up(state, 2)
     assert state.handle(Interrupt()) == [CancelAll()]
     assert state.handle(Interrupt()) == []
-    assert state.handle(UnitEnded("a", 0, BatchStatus.INTERRUPTED)) == []
+    assert state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED)) == []
     assert state.handle(UnitLost("b", 1, "killed")) == [Record("b", FAILED, "killed"), Finish(False)]
     assert state.pending == ["c", "d"]
 
@@ -279,8 +295,9 @@ def test_interrupt_overrides_requeue() -> None:
     state = RunState.create(units("a"))
     up(state, 1)
     state.handle(Interrupt())
-    assert state.handle(UnitEnded("a", 0, BatchStatus.INTERRUPTED, requeue=True)) == [Finish(False)]
-    assert state.done == {"a": BatchStatus.INTERRUPTED}
+    out = state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED, rate_limited=True))
+    assert out == [GiveUp("a", "the run was interrupted"), Finish(False)]
+    assert state.done == {"a": UnitStatus.INTERRUPTED} and state.requeues == {}
 
 
 def test_fatal_cancels_once_and_starts_nothing_more() -> None:
@@ -317,7 +334,7 @@ def test_conflict_found_stops_new_starts_only_with_stop_on_conflict() -> None:
         assert state.conflicted
 
 
-# --- throttling: rate limits are the run's signal (distpar.ratelimit inside the state) ---------------------
+# --- throttling: rate limits are the run's signal (distpar.core.ratelimit inside the state) ---------------------
 
 
 def limited(n: int, *uids: str, pause: float = 30.0) -> RunState:
@@ -373,7 +390,7 @@ def test_a_usage_limit_far_away_stops_new_units_and_the_run_ends_resumable() -> 
     state = limited(2, "a", "b", "c")
     up(state, 2)
     far = AgentOutcome("usage_limit", False, "limit", rate_limited=True, resets_at=100.0 + 5 * 3600)
-    out = state.handle(UnitEnded("a", 0, FAILED, outcome=far, at=100.0, requeue=True))
+    out = state.handle(UnitEnded("a", 0, FAILED, outcome=far, at=100.0, rate_limited=True))
     stops = [t for t in out if isinstance(t, Throttle)]
     assert stops and stops[0].stop and stops[0].until == 100.0 + 5 * 3600 and starts(out) == []
     out = state.handle(UnitEnded("b", 1, OK, outcome=SUCCESS, at=101.0))
@@ -390,9 +407,70 @@ def test_other_failures_do_not_slow_the_run() -> None:
 def test_requeue_runs_the_unit_again_with_the_same_attempt() -> None:
     state = limited(1, "a", "b", pause=5.0)
     up(state, 1)
-    out = state.handle(UnitEnded("a", 0, FAILED, outcome=RATE, at=0.0, requeue=True))
-    assert starts(out) == [] and "a" not in state.done and state.pending == ["a", "b"]
+    out = state.handle(UnitEnded("a", 0, FAILED, outcome=RATE, at=0.0, rate_limited=True))
+    assert Requeue("a", 1) in out and starts(out) == [] and "a" not in state.done and state.pending == ["a", "b"]
     assert state.handle(Tick(5.0)) == [Start("a", 0, 1)]
+
+
+def test_a_rate_limited_unit_is_requeued_at_most_agent_retries_times_then_its_end_stands() -> None:
+    state = RunState.create(units("a", ("b", "a")), agent_retries=2)
+    up(state, 1)
+    assert state.handle(UnitEnded("a", 0, FAILED, rate_limited=True)) == [Requeue("a", 1), Start("a", 0, 1)]
+    assert state.handle(UnitEnded("a", 0, FAILED, rate_limited=True)) == [Requeue("a", 2), Start("a", 0, 1)]
+    out = state.handle(UnitEnded("a", 0, FAILED, rate_limited=True))
+    assert out == [GiveUp("a", "rate-limited 3 times"), Record("b", SKIPPED, "dependency a did not succeed"),
+                   Finish(False)]
+    assert state.done == {"a": FAILED, "b": SKIPPED} and state.requeues == {"a": 2}
+
+
+def test_no_agent_retries_never_requeues() -> None:
+    state = RunState.create(units("a"), agent_retries=0)
+    up(state, 1)
+    assert state.handle(UnitEnded("a", 0, FAILED, rate_limited=True)) == [GiveUp("a", "rate-limited 1 times"),
+                                                                           Finish(False)]
+
+
+def test_requeue_counts_are_per_unit() -> None:
+    state = RunState.create(units("a", "b"), agent_retries=1)
+    up(state, 2)
+    assert state.handle(UnitEnded("a", 0, FAILED, rate_limited=True))[0] == Requeue("a", 1)
+    assert state.handle(UnitEnded("b", 1, FAILED, rate_limited=True))[0] == Requeue("b", 1)
+
+
+# --- the cancel deadline: an interrupted run waits for its units, but not for ever ---------------------------
+
+
+def test_an_interrupted_run_stops_waiting_after_cancel_wait() -> None:
+    state = RunState.create(units("a", "b", "c"), cancel_wait=30.0)
+    up(state, 2)
+    assert state.handle(Interrupt(at=100.0)) == [CancelAll()]
+    assert state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED, at=110.0)) == []  # b still saves its work
+    assert state.handle(Tick(130.0)) == []  # exactly the deadline: still waiting
+    assert state.handle(Tick(130.5)) == [StopWaiting(("b",), 30.0), Finish(False)]
+    assert state.finished and not state.running and state.pending == ["b", "c"]  # b stays resumable
+    assert state.handle(UnitEnded("b", 1, OK, at=131.0)) == []  # too late: the run is over
+
+
+def test_units_that_stop_in_time_end_the_run_without_giving_up() -> None:
+    state = RunState.create(units("a"), cancel_wait=30.0)
+    up(state, 1)
+    state.handle(Interrupt(at=0.0))
+    assert state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED, at=29.0)) == [Finish(False)]
+
+
+def test_without_cancel_wait_an_interrupted_run_waits_for_its_units() -> None:
+    state = RunState.create(units("a"))
+    up(state, 1)
+    state.handle(Interrupt(at=0.0))
+    assert state.handle(Tick(1e9)) == [] and not state.finished
+
+
+def test_a_second_interrupt_does_not_move_the_deadline() -> None:
+    state = RunState.create(units("a"), cancel_wait=10.0)
+    up(state, 1)
+    state.handle(Interrupt(at=0.0))
+    state.handle(Interrupt(at=8.0))
+    assert state.handle(Tick(10.5)) == [StopWaiting(("a",), 10.0), Finish(False)]
 
 
 def test_requeue_after_a_retry_keeps_that_attempt() -> None:
@@ -400,7 +478,7 @@ def test_requeue_after_a_retry_keeps_that_attempt() -> None:
     up(state, 1)
     state.handle(UnitLost("a", 0, "x"))  # restarts at once as attempt 2
     assert state.running["a"] == (0, 2)
-    assert state.handle(UnitEnded("a", 0, FAILED, requeue=True)) == [Start("a", 0, 2)]
+    assert state.handle(UnitEnded("a", 0, FAILED, rate_limited=True)) == [Requeue("a", 1), Start("a", 0, 2)]
 
 
 # --- late and duplicate reports, Finish --------------------------------------------------------------------
@@ -494,7 +572,7 @@ class Sim:
     state: RunState
     units: dict[str, UnitInfo]
     alive: set[int]
-    status: dict[str, BatchStatus]
+    status: dict[str, UnitStatus]
     running: dict[str, tuple[int, int]] = field(default_factory=dict)  # uid -> (worker, attempt)
     starts: dict[tuple[str, int], int] = field(default_factory=dict)  # (uid, attempt) -> how often started
     requeued: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -508,9 +586,12 @@ class Sim:
     cancelled: int = 0
     finish: list[Finish] = field(default_factory=list)
     stop_on_conflict: bool = False
+    requeue_count: dict[str, int] = field(default_factory=dict)  # uid -> Requeue instructions seen
+    deadline: float | None = None  # interrupted with a cancel_wait: when the state must stop waiting
 
     def send(self, event: Event) -> list[Instruction]:
         out = self.state.handle(event)
+        self.state.validate()  # the state's own invariants, after every event
         for ins in out:
             assert not self.finish, f"{ins} after Finish"
             self.check(ins)
@@ -559,6 +640,17 @@ class Sim:
                 self.stopped.add("rate")
             else:
                 self.pause = max(self.pause, ins.until or 0.0)
+        elif isinstance(ins, Requeue):
+            assert ins.uid not in self.running and ins.uid not in self.status and "interrupt" not in self.stopped
+            assert ins.count == self.requeue_count.get(ins.uid, 0) + 1 <= self.state.agent_retries
+            self.requeue_count[ins.uid] = ins.count
+        elif isinstance(ins, GiveUp):
+            assert ins.uid in self.status, f"{ins} for a unit whose end the executor did not expect to stand"
+        elif isinstance(ins, StopWaiting):
+            assert self.deadline is not None and self.now > self.deadline, f"{ins} before the deadline"
+            assert sorted(ins.uids) == sorted(self.running), "StopWaiting names every unit still running"
+            for uid in ins.uids:
+                self.lose(uid)
         elif isinstance(ins, Finish):
             self.finish.append(ins)
 
@@ -573,7 +665,7 @@ class Sim:
 def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], data: st.DataObject) -> None:
     us, workers = dag
     # resume: a set of units already done, closed under dependencies
-    done: dict[str, BatchStatus] = {}
+    done: dict[str, UnitStatus] = {}
     for u in us:
         if all(d in done for d in u.deps) and data.draw(st.integers(0, 4)) == 0:
             done[u.uid] = OK
@@ -582,13 +674,15 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
     stop_on_conflict = data.draw(st.booleans())
     limiter = RateLimiter(ceiling=workers, cooldown=data.draw(st.sampled_from([0.0, 10.0])), default_pause=2.0) \
         if data.draw(st.booleans()) else None
+    agent_retries = data.draw(st.integers(0, 2))
+    cancel_wait = data.draw(st.sampled_from([None, 0.0, 5.0]))
     state = RunState.create(us, done, retries=retries, budget_usd=budget, stop_on_conflict=stop_on_conflict,
-                            limiter=limiter)
+                            limiter=limiter, agent_retries=agent_retries, cancel_wait=cancel_wait)
     sim = Sim(state, {u.uid: u for u in us}, set(), dict(done), stop_on_conflict=stop_on_conflict)
     for w in range(workers):
         sim.alive.add(w)
         sim.send(WorkerUp(w))
-    status = st.sampled_from([OK, OK, OK, FAILED, BatchStatus.TIMEOUT])
+    status = st.sampled_from([OK, OK, OK, FAILED, UnitStatus.TIMEOUT])
     steps = 0
     bound = 40 + 12 * len(us) * (retries + 2)
     while not sim.finish:
@@ -615,14 +709,18 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
                                     retry_after=retry_after,
                                     resets_at=sim.now + data.draw(st.sampled_from([5.0, 99999.0])) if usage else None)
                        if throttled else AgentOutcome("success" if s is OK else "error", s is OK))
-            requeue = throttled and data.draw(st.booleans())
+            rate_limited = throttled and data.draw(st.booleans())
             sim.lose(uid)
-            if requeue and not state.interrupted:
+            requeue = (rate_limited and not state.interrupted
+                       and sim.requeue_count.get(uid, 0) < agent_retries)  # what the state must decide
+            if requeue:
                 sim.requeued[(uid, attempt)] = sim.requeued.get((uid, attempt), 0) + 1
             else:
                 sim.status[uid] = s
             spent_before = state.spent
-            sim.send(UnitEnded(uid, worker, s, cost, outcome=outcome, at=sim.now, requeue=requeue))
+            out = sim.send(UnitEnded(uid, worker, s, cost, outcome=outcome, at=sim.now, rate_limited=rate_limited))
+            assert any(isinstance(i, Requeue) and i.uid == uid for i in out) is requeue
+            assert any(isinstance(i, GiveUp) and i.uid == uid for i in out) is (rate_limited and not requeue)
             if budget is not None and spent_before + (cost or 0.0) >= budget:
                 assert "budget" in sim.stopped, "the budget was spent"
         elif action == "lost":
@@ -654,8 +752,10 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
                 sim.stopped.add("conflict")
             sim.send(UnitEnded(uid, worker, OK, at=sim.now, conflicts=True))
         elif action in ("interrupt", "fatal"):
+            if action == "interrupt" and "interrupt" not in sim.stopped and cancel_wait is not None:
+                sim.deadline = sim.now + cancel_wait
             sim.stopped.add(action)
-            sim.send(Interrupt() if action == "interrupt" else Fatal("boom"))
+            sim.send(Interrupt(at=sim.now) if action == "interrupt" else Fatal("boom"))
         elif action == "tick":
             sim.now += data.draw(st.sampled_from([0.5, 2.0, 5.0]))
             sim.send(Tick(sim.now))
@@ -707,3 +807,47 @@ def test_without_failures_every_unit_runs_once_and_no_worker_idles(dag: tuple[li
         assert idle_while_ready(sim) == []
     assert sim.finish == [Finish(True)]
     assert sorted(sim.starts) == sorted((u.uid, 1) for u in us), "every unit ran exactly once"
+
+
+# --- dispatch by event type, and validate() catches a broken state ------------------------------------------
+
+
+def test_every_event_type_has_exactly_one_handler_and_an_unknown_event_is_refused() -> None:
+    from typing import get_args
+
+    from distpar.core.state import _HANDLERS
+
+    assert set(_HANDLERS) == set(get_args(Event))
+    with pytest.raises(TypeError, match="no handler for str"):
+        RunState.create(units("a")).handle("a")  # type: ignore[arg-type]
+
+
+def broken(mutate: str) -> RunState:
+    state = RunState.create(units("a", "b", ("c", "a")))
+    up(state, 2)
+    state.validate()
+    if mutate == "done and running":
+        state.done["a"] = OK
+    elif mutate == "two units on one worker":
+        state.running["b"] = (0, 1)
+    elif mutate == "ready too early":
+        state.ready_set.add("c")
+    elif mutate == "left a terminal state":
+        state.handle(UnitEnded("a", 0, FAILED))
+        state.validate()
+        state.done["a"] = OK
+    elif mutate == "budget":
+        state.spent = 5.0
+        state.budget_usd = 1.0
+    elif mutate == "time":
+        state.handle(Tick(10.0))
+        state.validate()
+        state.now = 5.0
+    return state
+
+
+@pytest.mark.parametrize("mutate", ["done and running", "two units on one worker", "ready too early",
+                                    "left a terminal state", "budget", "time"])
+def test_validate_catches_a_broken_state(mutate: str) -> None:
+    with pytest.raises(InvariantError):
+        broken(mutate).validate()

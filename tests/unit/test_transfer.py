@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from distpar import gitops, transfer
-from distpar.testing import make_repo, sh_git
+import pytest
+
+from distpar.infra import gitops, transfer
+from distpar.testing.builders import make_repo, sh_git
+
+pytestmark = pytest.mark.integration  # real git
 
 
 def commit(repo: Path, name: str) -> str:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.errors import UsageError
-from distpar.plan import AgentTask, Batch, Plan, parse_plan
-from distpar.units import UnitGraph, batch_dependencies, unit_graph
+from distpar.core.errors import UsageError
+from distpar.core.plan import AgentTask, Batch, Plan, parse_plan
+from distpar.core.units import UnitGraph, batch_dependencies, unit_graph
 
 
 def manifest(batches: list[dict[str, object]], **top: object) -> str:
@@ -222,7 +222,7 @@ def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
 
 
 def test_suggest_answer_is_checked_and_applied_without_touching_anything_else() -> None:
-    from distpar import suggest
+    from distpar.ops import suggest
 
     text = manifest([{"id": "api", "agents": agents("build the api")},
                      {"id": "ui", "agents": agents("@fake write x y\nbuild the ui")},
@@ -242,7 +242,7 @@ def test_suggest_answer_is_checked_and_applied_without_touching_anything_else() 
 
 
 def test_the_batch_after_a_fan_out_gets_its_summary() -> None:
-    from distpar.units import with_fan_out_summary
+    from distpar.core.units import with_fan_out_summary
 
     plan = parse_plan(manifest([
         {"id": 1, "type": "fan-out", "agents": [{"subagent_type": "planner", "prompt": "plan"},

@@ -2,12 +2,13 @@
 
 distpar ships itself: ``start()`` zips the ``distpar`` package once per run, uploads it into a per-run
 directory on every host and unpacks it there. Each worker slot then gets ONE long-lived channel for the whole
-run (opened as soon as the hosts are ready): ``distpar.supervisor serve`` (the remote half: own session, pid file, stops
-everything when the channel closes) running ``distpar.worker --serve``, fed unit specs one by one as JSON lines
-on its stdin (they hold the forwarded secrets: never on a command line or a disk) and answering with JSON lines
-as things happen (``unit_started`` and the other events reach ``ctx.events`` at once, then the unit's
-result, which carries the unit's logs and result bundle). The worker's workspace (``wt/w<k>``) stays on the
-host between its units; once it has the run's start bundle, it is sent only the increments.
+run (opened as soon as the hosts are ready): ``distpar.worker.supervisor serve`` (the remote half: own session,
+pid file, stops everything when the channel closes) running ``distpar.worker --serve``, fed the worker's
+settings once and then unit specs one by one as JSON lines on its stdin (they hold the forwarded secrets: never
+on a command line or a disk) and answering with JSON lines as things happen (``unit_started`` and the other
+events reach ``ctx.events`` at once, then the unit's result, which carries the unit's logs and result bundle).
+The worker's workspace (``wt/w<k>``) stays on the host between its units; once it has the run's start bundle,
+it is sent only the increments.
 
 Everything goes through fabric's ``Connection``: ``run(..., asynchronous=True, in_stream=..., out_stream=...)``
 for the channel, ``run(...)`` and its ``Result`` for short commands, the connection's SFTP client for bundles
@@ -74,9 +75,10 @@ from distpar.backends.ssh.shipping import (
     upload_file,
 )
 from distpar.backends.ssh.slots import SLOTS_PER_CONNECTION, Host, Slot, not_found
-from distpar.errors import BackendError, UsageError
-from distpar.model import BatchResult, BatchStatus, SegmentResult, SegmentSpec, Source
-from distpar.worker import safe_name
+from distpar.core import serial
+from distpar.core.errors import BackendError, UsageError
+from distpar.core.model import SPEC_VERSION, Source, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
+from distpar.worker.common import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,7 @@ class SSHBackend(Backend):
         self.hosts: list[Host] = []
         self._ctx: RunContext | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._futures: list[Future[SegmentResult]] = []
+        self._futures: list[Future[UnitReply]] = []
         self._cond = threading.Condition()
         self._cancel = threading.Event()
         self._closing = threading.Event()
@@ -156,9 +158,9 @@ class SSHBackend(Backend):
         log.debug("ssh: %d host(s) ready in %.2fs", len(ready), time.time() - t0)
         self._pool = ThreadPoolExecutor(max_workers=max(1, ctx.workers), thread_name_prefix="distpar-ssh")
 
-    def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
+    def submit(self, settings: WorkerSettings, spec: UnitSpec) -> Future[UnitReply]:
         assert self._pool is not None, "start() first"
-        fut = self._pool.submit(self._run, spec)
+        fut = self._pool.submit(self._run, settings, spec)
         self._futures.append(fut)
         return fut
 
@@ -318,20 +320,20 @@ class SSHBackend(Backend):
             slot.busy = False
             self._cond.notify_all()
 
-    def _run(self, spec: SegmentSpec) -> SegmentResult:
+    def _run(self, settings: WorkerSettings, spec: UnitSpec) -> UnitReply:
         from paramiko.ssh_exception import SSHException
 
-        slot = self._acquire(spec.stream, executables(b.agent for b in spec.batches))
+        slot = self._acquire(spec.worker, executables([spec.agent]))
         if slot is None:
-            return _not_started(spec)
+            return _not_started(settings, spec)
         host = slot.host
-        tag = f"w{spec.stream + 1}-{spec.segment}-{spec.attempt}"
+        tag = f"w{spec.worker + 1}-{spec.dispatch}-{spec.attempt}"
         try:
             self._ready(slot)
-            return self._run_on(slot, spec, tag)
+            return self._run_on(slot, settings, spec, tag)
         except HostDown as exc:
             if isinstance(exc, Stalled):
-                self._event("transport_stalled", {"host": host.label, "worker": spec.stream, "unit": spec.batches[0].id,
+                self._event("transport_stalled", {"host": host.label, "worker": spec.worker, "unit": spec.uid,
                                                   "attempt": spec.attempt, "error": f"host {host.label}: {exc}"})
             self._mark_down(host, str(exc))
             raise BackendError(f"host {host.label}: {exc}") from None
@@ -347,9 +349,9 @@ class SSHBackend(Backend):
         finally:
             self._release(slot)
 
-    def _run_on(self, slot: Slot, spec: SegmentSpec, tag: str) -> SegmentResult:
+    def _run_on(self, slot: Slot, settings: WorkerSettings, spec: UnitSpec, tag: str) -> UnitReply:
         host, conn = slot.host, slot.conn
-        need = executables(b.agent for b in spec.batches)
+        need = executables([spec.agent])
         unknown = {e for e in need if e not in host.exes}
         if unknown:  # agents the executor did not name up front: check them before the first unit
             info = probe_tools(conn, unknown)
@@ -361,37 +363,41 @@ class SSHBackend(Backend):
         rd = host.run_dir
         t0 = time.time()
         source, shipped = self._ship(slot, spec)
-        rspec = replace(spec, source=source, workspace=f"{rd}/{spec.workspace}", log_dir=f"{rd}/logs/{tag}")
+        # The worker's settings on this host: its workspace and its logs (sent back with each unit's reply).
+        rsettings = replace(settings, workspace=f"{rd}/{settings.workspace}",
+                            log_dir=f"{rd}/logs/w{spec.worker + 1}")
         if self._cancel.is_set():
-            return _not_started(spec)
+            return _not_started(settings, spec)
         host.unreturned.add(tag)
         t1 = time.time()
-        reply = self._call(slot, rspec)
+        reply = self._call(slot, rsettings, replace(spec, source=source))
         t2 = time.time()
         if "error" in reply:  # the worker is still up; this unit broke (git, disk): the executor may retry it
-            detail = _mask(str(reply["error"]).strip(), spec.env)[-1500:]
+            detail = _mask(str(reply["error"]).strip(), settings.env)[-1500:]
             raise BackendError(f"host {host.label}: the worker failed: {detail}")
         try:
-            result = SegmentResult.from_dict(reply["result"])
+            if reply.get("version") != SPEC_VERSION:
+                raise ValueError(f"reply version {reply.get('version')} is not {SPEC_VERSION}")
+            result = serial.load(UnitReply, reply["result"])
             files = dict(reply.get("files") or {})
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"host {host.label}: the worker sent a result distpar cannot read: {exc}") from None
-        result = self._bring_back(slot, rspec, result, files)
+        result = self._bring_back(slot, settings, result, files)
         host.unreturned.discard(tag)
-        self._fetched.setdefault((host.label, spec.stream), set()).update(shipped)
-        agents_time = sum(r.duration for r in result.results)
+        self._fetched.setdefault((host.label, spec.worker), set()).update(shipped)
+        agents_time = result.result.duration
         log.debug("host %s: %s: upload %.2fs, unit %.2fs (agents %.2fs), bring back %.2fs", host.label, tag,
                   t1 - t0, t2 - t1, agents_time, time.time() - t2)
         return result
 
-    def _ship(self, slot: Slot, spec: SegmentSpec) -> tuple[Source, list[str]]:
+    def _ship(self, slot: Slot, spec: UnitSpec) -> tuple[Source, list[str]]:
         """Upload the unit's bundles (once per host); the full start bundle is left out of the source when the
         worker's workspace on this host already has it. Returns the source and every bundle it stands for."""
         source = spec.source
         if source.kind != "bundle":
             return source, []
         remote = [self._upload(slot, p) for p in (source.location, *source.increments)]
-        have = self._fetched.get((slot.host.label, spec.stream), set())
+        have = self._fetched.get((slot.host.label, spec.worker), set())
         needed = [r for r in remote if r not in have] or remote[-1:]
         return Source("bundle", needed[0], tuple(needed[1:])), remote
 
@@ -415,21 +421,23 @@ class SSHBackend(Backend):
             if not connected(slot.conn):
                 slot.channel = None
                 slot.conn = self._shared(slot)
-            if slot.channel is None or slot.channel.ended.is_set():
+            chan = slot.channel
+            if not isinstance(chan, Channel) or chan.ended.is_set():
                 from paramiko.ssh_exception import ChannelException
 
                 slot.opened += 1
                 tag = f"s{slot.index + 1}-{slot.opened}"
                 try:
                     with watchdog(slot.conn, CHANNEL_OPEN_TIMEOUT, "starting a worker"):
-                        slot.channel = Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
+                        chan = Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
                 except ChannelException as exc:  # the host allows fewer sessions per connection (MaxSessions)
                     log.info("host %s: slot %d: a shared connection refused a session (%s): it gets its own",
                              slot.host.label, slot.index + 1, exc)
                     slot.conn = self._connect(slot.host)
                     with watchdog(slot.conn, CHANNEL_OPEN_TIMEOUT, "starting a worker"):
-                        slot.channel = Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
-            return slot.channel
+                        chan = Channel(slot.conn, slot.host, tag, self._event, self._channel_ended)
+                slot.channel = chan
+            return chan
 
     def _shared(self, slot: Slot) -> Any:
         """The connection of the slot's group, (re)opened once for all of them: a handshake per group, not per
@@ -469,10 +477,14 @@ class SSHBackend(Backend):
         if conn is not None and not link_alive(conn):
             self._mark_down(chan.host, "connection lost")
 
-    def _call(self, slot: Slot, spec: SegmentSpec) -> dict[str, Any]:
-        """Hand one unit to the slot's worker; its events go to ctx.events as they come; returns its reply."""
+    def _call(self, slot: Slot, settings: WorkerSettings, spec: UnitSpec) -> dict[str, Any]:
+        """Hand one unit to the slot's worker (its worker's settings first, when the channel's worker does not
+        have them yet); its events go to ctx.events as they come; returns its reply."""
         chan = self._ready(slot)
-        chan.send(json.dumps({"op": "unit", "spec": spec.to_dict()}))  # secrets travel only in the channel
+        if chan.settings != settings:  # secrets travel only in the channel
+            chan.send(json.dumps({"version": SPEC_VERSION, "settings": serial.dump(settings)}))
+            chan.settings = settings
+        chan.send(json.dumps({"op": "unit", "unit": serial.dump(spec)}))
         cancelled_at: float | None = None
         killed_at: float | None = None
         limit = stall_after()
@@ -514,8 +526,8 @@ class SSHBackend(Backend):
         detail = chan.err.text.strip()[-1500:] or "no output"
         return BackendError(f"host {slot.host.label}: the worker failed ({how}): {detail}")
 
-    def _bring_back(self, slot: Slot, spec: SegmentSpec, result: SegmentResult,
-                    files: dict[str, str]) -> SegmentResult:
+    def _bring_back(self, slot: Slot, settings: WorkerSettings, result: UnitReply,
+                    files: dict[str, str]) -> UnitReply:
         """Write the result bundle and the unit's logs (secrets masked) that came with the result; point the
         result at the copies; tell the worker it may drop its bundle."""
         assert self._ctx is not None
@@ -536,22 +548,22 @@ class SSHBackend(Backend):
                 slot.channel.send(json.dumps({"op": "drop", "paths": [result.bundle]}))
         for path, data in sorted(files.items()):
             name = Path(path).name
-            text = _mask(base64.b64decode(data).decode("utf-8", "replace"), spec.env)
+            text = _mask(base64.b64decode(data).decode("utf-8", "replace"), settings.env)
             mode = "w" if name.endswith(".prompt.md") else "a"  # logs of earlier attempts stay
             with (logs / name).open(mode) as f:
                 f.write(text)
-        results = tuple(replace(r, log_path=str(logs / Path(r.log_path).name)) if r.log_path else r
-                        for r in result.results)
-        return replace(result, bundle=bundle, results=results)
+        r = result.result
+        r = replace(r, log_path=str(logs / Path(r.log_path).name)) if r.log_path else r
+        return replace(result, bundle=bundle, result=r)
 
 
-def _not_started(spec: SegmentSpec) -> SegmentResult:
+def _not_started(settings: WorkerSettings, spec: UnitSpec) -> UnitReply:
     if spec.source.kind == "url":
-        raise BackendError("the run was interrupted before this segment started")
-    results = tuple(BatchResult(b.id, spec.stream, BatchStatus.INTERRUPTED, error="the run was interrupted",
-                                attempt=spec.attempt) for b in spec.batches)
-    return SegmentResult(spec.run_id, spec.stream, spec.segment, spec.branch, spec.base, spec.base, results,
-                         interrupted=True)
+        raise BackendError("the run was interrupted before this unit started")
+    result = UnitResult(spec.uid, spec.worker, UnitStatus.INTERRUPTED, error="the run was interrupted",
+                        attempt=spec.attempt)
+    return UnitReply(settings.run_id, spec.worker, spec.dispatch, spec.branch, spec.base, spec.base, result,
+                     interrupted=True)
 
 
 def _mask(text: str, forwarded: dict[str, str]) -> str:

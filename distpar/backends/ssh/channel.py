@@ -1,5 +1,5 @@
-"""A worker's channel: ``distpar.supervisor serve TAG`` on a host for the whole run, fed unit specs and read
-as JSON lines; it notes when it last carried anything, for the stall watch."""
+"""A worker's channel: ``distpar.worker.supervisor serve TAG`` on a host for the whole run, fed the worker's
+settings and unit specs and read as JSON lines; it notes when it last carried anything, for the stall watch."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from distpar.backends.ssh.connection import close_quietly, heartbeat_every
-from distpar.supervisor import RUN_VAR
-from distpar.worker import HEARTBEAT_VAR
+from distpar.core.model import WorkerSettings
+from distpar.worker.serve import HEARTBEAT_VAR
+from distpar.worker.supervisor import RUN_VAR
 
 if TYPE_CHECKING:
     from distpar.backends.ssh.slots import Host
@@ -81,20 +82,22 @@ class Tail:
 
 
 class Channel:
-    """``distpar.supervisor serve TAG`` on a host, fed and read as JSON lines for the whole run."""
+    """``distpar.worker.supervisor serve TAG`` on a host, fed and read as JSON lines for the whole run."""
 
     def __init__(self, conn: Any, host: Host, tag: str, on_event: Any, on_end: Any) -> None:
         self.tag, self.host = tag, host
         self.feed, self.err = Feed(), Tail()
         self.replies: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()  # None: the channel ended
         self.exited: int | None = None
+        self.settings: WorkerSettings | None = None  # the worker settings this channel's worker has
         self.ended = threading.Event()
         self.heard = time.monotonic()  # when the channel last carried anything (a heartbeat at least)
         self._on_event, self._on_end = on_event, on_end
         rd = shlex.quote(host.run_dir)
         mark = shlex.quote(f"{host.run_dir}:{tag}")
         cmd = (f"cd {rd} && PYTHONPATH={rd}/lib DISTPAR_NODE={shlex.quote(host.label)} {RUN_VAR}={mark} "
-               f"{HEARTBEAT_VAR}={heartbeat_every():g} exec python3 -m distpar.supervisor serve {shlex.quote(tag)}")
+               f"{HEARTBEAT_VAR}={heartbeat_every():g} exec python3 -m distpar.worker.supervisor serve "
+               f"{shlex.quote(tag)}")
         self.promise = conn.run("/bin/sh -c " + shlex.quote(cmd), asynchronous=True, in_stream=self.feed,
                                 out_stream=Lines(self._line, self._heard), err_stream=self.err, warn=True,
                                 pty=False, encoding="utf-8")

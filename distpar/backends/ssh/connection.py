@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distpar.errors import UsageError
+from distpar.core.errors import UsageError
 
 if TYPE_CHECKING:
     from distpar.backends.ssh.slots import Host
@@ -207,4 +207,4 @@ def connect_error(exc: BaseException, conn: Any, key: Path | None) -> str:
 
 def reap_command(run_dir: str, tag: str = "") -> str:
     rd = shlex.quote(run_dir)
-    return f"PYTHONPATH={rd}/lib python3 -m distpar.supervisor reap {rd} {shlex.quote(tag) if tag else ''}"
+    return f"PYTHONPATH={rd}/lib python3 -m distpar.worker.supervisor reap {rd} {shlex.quote(tag) if tag else ''}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from distpar.errors import UsageError
+from distpar.core.errors import UsageError
 
 DEFAULT_WORKDIR = "~/.cache/distpar/runs"
 _KEYS = {"address", "slots", "user", "port", "key", "workdir"}

@@ -4,6 +4,7 @@ over SFTP, or over an exec channel when the host has no SFTP subsystem."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 import os
 import shlex
 import sys
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from distpar import agents
 from distpar.backends.ssh.connection import CHANNEL_OPEN_TIMEOUT, close_quietly, run_script, stall_after, watchdog
-from distpar.errors import BackendError
-from distpar.model import AgentConfig
+from distpar.core.errors import BackendError
+from distpar.core.model import AgentConfig
 
 if TYPE_CHECKING:
     from distpar.backends.ssh.slots import Host
@@ -47,18 +48,22 @@ def executables(configs: Any) -> set[str]:
     return exes
 
 
+def package_dir(name: str) -> Path:
+    """Where package ``name`` lives, found without importing it (distpar's root imports its Python API)."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def build_zip(dest: Path) -> Path:
     """The ``distpar`` package as a zip (importable from PYTHONPATH): all a host needs of distpar, and
     cloudpickle (pure Python), which a preset defined in the user's own code needs to load there."""
     import cloudpickle
 
-    import distpar
-
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-        for mod in (distpar, cloudpickle):
-            pkg = Path(mod.__file__ or "").parent
+        for pkg in (package_dir("distpar"), Path(cloudpickle.__file__ or "").parent):
             for f in sorted(pkg.rglob("*.py")):
                 z.write(f, f"{pkg.name}/{f.relative_to(pkg).as_posix()}")
     os.replace(tmp, dest)

@@ -4,12 +4,9 @@ connections."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from distpar.backends.ssh.hosts import HostSpec
-
-if TYPE_CHECKING:
-    from distpar.backends.ssh.channel import Channel
 
 # Slots whose workers share one SSH connection: OpenSSH allows 10 sessions per connection (MaxSessions); a slot's
 # worker holds one for the run, and transfers and probes open one for a moment.
@@ -40,6 +37,16 @@ class Host:
         return not self.error
 
 
+class WorkerChannel(Protocol):
+    """What a slot holds of its worker's channel (``channel.Channel``, which imports this module for its host)."""
+
+    ended: threading.Event
+
+    def send(self, line: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Slot:
     """One place to run a unit on a host: its long-lived worker channel, on a connection it shares with the
     host's other slots of its group (``SLOTS_PER_CONNECTION``)."""
@@ -47,7 +54,7 @@ class Slot:
     def __init__(self, host: Host, index: int) -> None:
         self.host, self.index = host, index
         self.conn: Any = None
-        self.channel: Channel | None = None
+        self.channel: WorkerChannel | None = None
         self.busy = False
         self.opened = 0  # channels opened so far: each gets its own tag (pid file, process mark)
         self.setup = threading.Lock()  # connecting and starting the worker: once at a time

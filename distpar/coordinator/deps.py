@@ -1,0 +1,125 @@
+"""Dependency merges: a unit's base holds the work of every unit it depends on; and early conflict detection:
+each finished unit is merged (without a worktree) into a preview of the final result, so a conflict that will
+stop the final merge is known the moment it exists. Neither ever resolves a conflict."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distpar.coordinator.merge import Conflict
+from distpar.infra import gitops
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Base:
+    commit: str | None  # None: merging the dependencies conflicted
+    conflict: Conflict | None = None
+
+
+def base_for(repo: Path, start: str, uid: str, deps: Sequence[tuple[str, str]], branch: str,
+             branch_of: Callable[[str], str], run_id: str, env: dict[str, str]) -> Base:
+    """The base of unit ``uid``: ``start`` with the commits of ``deps`` ((dep uid, commit) in plan order) merged
+    in one by one. A dependency already contained in the base needs no merge; a single dependency is its commit."""
+    head = start
+    for dep, tip in deps:
+        if gitops.is_ancestor(repo, tip, head):
+            continue
+        if gitops.is_ancestor(repo, head, tip):
+            head = tip  # fast-forward: nothing to merge
+            continue
+        msg = f"distpar: merge {dep} into the base of {uid}\n\nDistpar-Run: {run_id}\n"
+        outcome = gitops.merge_commit(repo, head, tip, msg, env)
+        if outcome.commit is None:
+            commands = (f"git switch -c {branch} {head}", f"git merge --no-ff {tip}",
+                        "# resolve the files above, then: git add <files> && git commit",
+                        f"distpar resume {run_id}")
+            return Base(None, Conflict("dependency", branch, branch_of(dep), outcome.conflicts, uid, commands))
+        head = outcome.commit
+    return Base(head)
+
+
+Found = tuple[tuple[str, ...], tuple[str, ...]]  # (conflicting files, finished units that touched them)
+
+
+@dataclass
+class Preview:
+    """The merge of every finished unit so far, in the order they finished: a prediction of the final merge."""
+
+    repo: Path
+    head: str
+    env: dict[str, str]
+    start: str
+    members: dict[str, str] = field(default_factory=dict)  # uid -> commit merged into the preview
+    # Holds the preview's merge commits (``refs/distpar/<run>/preview/head``): reachable from a ref, a concurrent
+    # ``git gc --prune=now`` keeps them; ``drop`` removes it once the run needs no more predictions.
+    ref: str | None = None
+
+    def add(self, uid: str, commit: str) -> Found | None:
+        """Merge ``commit`` in. None when clean; else (conflicting files, finished units that touched them)."""
+        if gitops.is_ancestor(self.repo, commit, self.head):
+            self.members[uid] = commit
+            return None
+        if gitops.is_ancestor(self.repo, self.head, commit):
+            self._move(commit)
+            self.members[uid] = commit
+            return None
+        outcome = gitops.merge_commit(self.repo, self.head, commit, f"distpar: preview {uid}\n", self.env)
+        if outcome.commit is None:
+            files = set(outcome.conflicts)
+            others = tuple(u for u, c in self.members.items()
+                           if files & set(gitops.out(self.repo, "diff", "--name-only", self.start, c).splitlines()))
+            return outcome.conflicts, others
+        self._move(outcome.commit)
+        self.members[uid] = commit
+        return None
+
+    def _move(self, head: str) -> None:
+        if self.ref is not None and head != self.start:
+            gitops.update_ref(self.repo, self.ref, head)
+        self.head = head
+
+    def drop(self) -> None:
+        if self.ref is not None:
+            gitops.delete_ref(self.repo, self.ref)
+
+
+class EarlyConflicts:
+    """Checks each finished unit against the preview off the dispatch path: the coordinator hands a result over
+    and goes on starting units while one thread merges it into the preview (in the order handed over) and
+    reports a conflict through ``report``. With ``inline`` (``--stop-on-conflict``: whether new units start
+    depends on the answer) ``check`` merges at once and answers."""
+
+    def __init__(self, preview: Preview, report: Callable[[str, Found], None], inline: bool) -> None:
+        self.preview, self.report, self.inline = preview, report, inline
+        self._pool: ThreadPoolExecutor | None = None
+
+    def check(self, uid: str, commit: str) -> Found | None:
+        if self.inline:
+            return self.preview.add(uid, commit)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distpar-preview")
+        self._pool.submit(self._later, uid, commit)
+        return None
+
+    def _later(self, uid: str, commit: str) -> None:
+        try:
+            found = self.preview.add(uid, commit)
+        except Exception:  # a prediction only: the final merge still finds and reports every conflict
+            log.exception("early conflict check of %s failed", uid)
+            return
+        if found is not None:
+            self.report(uid, found)
+
+    def settle(self) -> None:
+        """Wait for the checks handed over (before the final merge, so that the report lists them all); the
+        preview's ref goes (a resume builds a new preview)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.preview.drop()

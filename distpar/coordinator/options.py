@@ -1,0 +1,182 @@
+"""Run options, declared once. Each field of ``RunOptions`` carries an ``Option`` in its metadata (help, CLI flag,
+whether the repository's ``[tool.distpar]`` may set it, whether it travels to the workers, whether ``resume`` may
+change it); the CLI's flags (``distpar.cli.options``), the ``[tool.distpar]`` keys (``distpar.coordinator.config``),
+the journal's row and its reading back on resume (``to_row``/``from_row``), the Python API (``distpar.run``), the
+MCP server's ``run`` tool and the reference docs are all derived from it.
+
+Adding an option: one field here; then use it where it acts (``options.NAME`` in the coordinator, or
+``settings.options.NAME`` in the worker when it has ``worker=True``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from distpar.core import serial
+from distpar.core.model import WARN_SIZE, AgentConfig, WorkerOptions
+
+DEFAULT_TIMEOUT = 3600.0
+DEFAULT_WORKERS = 4  # locally and on Ray; on SSH the hosts' slots
+ROW_VERSION = 2  # the journal's ``options`` column (1: written by hand, before the declaration)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How a run option is offered. ``kind``: bool, int, float, str, list (a repeated flag), or agent/dict (set by
+    the program, never a flag); ``min``/``min_open``:
+    the smallest value allowed (exclusive when ``min_open``); ``scale``: the flag's unit (warn_size is given in MB
+    and kept in bytes)."""
+
+    help: str
+    flag: str | None = None  # None: not offered by ``distpar run`` (set by the program, e.g. plan_path)
+    kind: str = "str"
+    metavar: str | None = None
+    min: float | None = None
+    min_open: bool = False
+    config: bool = False  # [tool.distpar] may set it (a repository setting: never a secret)
+    worker: bool = False  # travels to every worker (``WorkerSettings.options``)
+    resume: bool = False  # ``distpar resume --FLAG`` may change it
+    scale: float = 1.0  # stored value = flag value x scale
+    negatable: bool = False  # a bool flag with --no-FLAG too (for options [tool.distpar] can turn on)
+
+
+def opt(default: Any = None, *, factory: Any = None, **spec: Any) -> Any:
+    """A ``RunOptions`` field with its ``Option``."""
+    meta = {"option": Option(**spec)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What a run is asked to do beyond the plan and the worker count (see the module's docstring)."""
+
+    agent: AgentConfig = opt(factory=AgentConfig, kind="agent",
+                             help="The agent every unit runs (a preset or a template).")
+    timeout: float = opt(
+        DEFAULT_TIMEOUT, flag="--timeout", kind="float", min=0, min_open=True, metavar="SECONDS", config=True,
+        resume=True, help="Seconds per unit (a plan's per-batch timeout wins).")
+    into: str | None = opt(
+        flag="--into", metavar="BRANCH",
+        help="Branch to merge into (default: the plan's target_branch, else the checked-out one).")
+    allow_dirty: bool = opt(
+        False, flag="--allow-dirty", kind="bool", help="Start even if the working tree has uncommitted changes.")
+    keep_branches: bool = opt(
+        False, flag="--keep-branches", kind="bool", config=True, negatable=True,
+        help="Keep the unit branches after a successful landing.")
+    retries: int = opt(
+        2, flag="--retries", kind="int", min=0, config=True, resume=True,
+        help="Times a unit is run again (elsewhere) when its worker, node or host fails.")
+    forward_env: tuple[str, ...] = opt(
+        (), flag="--forward-env", kind="list", metavar="NAME",
+        help="Environment variable passed to agents (its value is masked in logs and the journal).")
+    backend: str = opt("local", help="Where the workers run (local, ray, ssh).")
+    plan_path: str = opt("", help="The plan file (journaled: resume rereads it).")
+    repo_url: str | None = opt(
+        flag="--repo-url", metavar="URL",
+        help="Remote workers clone from and push their branches to this git remote (default: bundles).")
+    backend_options: dict[str, Any] = opt(factory=dict, kind="dict", help="The backend's own options (never secrets).")
+    budget_usd: float | None = opt(
+        flag="--budget-usd", kind="float", min=0, min_open=True, metavar="USD", config=True, resume=True,
+        help="Run-wide: once the agents' reported costs (over every attempt) reach it, no new unit starts.")
+    agent_retries: int = opt(
+        2, flag="--agent-retries", kind="int", min=0, config=True, worker=True,
+        help="Times a unit's agent is tried again after a transient failure (rate limit, 5xx, crash before any "
+             "edit), with exponential backoff.")
+    max_concurrent_agents: int | None = opt(
+        flag="--max-concurrent-agents", kind="int", min=1, metavar="N", config=True, worker=True,
+        help="Agents running at once (local backend: the whole run; remote: per worker process/slot).")
+    stagger: float = opt(
+        0.1, flag="--stagger", kind="float", min=0, metavar="SECONDS", config=True, worker=True,
+        help="Pause between agent starts (providers rate-limit bursts of new sessions).")
+    stop_on_conflict: bool = opt(
+        False, flag="--stop-on-conflict", kind="bool", config=True, negatable=True,
+        help="Start no new unit once a finished unit's work is found to conflict with work already finished.")
+    setup: str | None = opt(
+        flag="--setup", metavar="CMD", config=True, worker=True,
+        help="Run once in every new workspace before its first unit (e.g. 'npm ci').")
+    verify: str | None = opt(
+        flag="--verify", metavar="CMD", config=True, worker=True,
+        help="Run after each unit in its workspace; a unit whose check fails is failed, its work saved.")
+    verify_merged: str | None = opt(
+        flag="--verify-merged", metavar="CMD", config=True,
+        help="Run on the merged tree before the target moves; if it fails nothing lands (exit 5).")
+    push: str | None = opt(
+        flag="--push", metavar="REMOTE", config=True,
+        help="Push the run's branches (and the target, when it tracks a branch there) to REMOTE.")
+    ship_included: bool = opt(
+        False, flag="--ship-included", kind="bool",
+        help="Remote workers get the .worktreeinclude files too (they often hold secrets; default: local only).")
+    independent: bool = opt(False, kind="bool", help="The plan's batches need not wait for each other (--independent).")
+    split: int | None = opt(kind="int", min=1, help="Midpoint: cut after this batch (--split).")
+    hooks: bool = opt(
+        False, flag="--hooks", kind="bool", config=True, worker=True, negatable=True,
+        help="Run the repository's pre-commit, commit-msg and post-commit hooks on distpar's unit commits (a "
+             "failing hook fails that unit, its work saved).")
+    warn_size: int | None = opt(
+        WARN_SIZE, flag="--warn-size", kind="float", min=0, metavar="MB", scale=2**20, config=True, worker=True,
+        help="Warn about every file over this size a unit commits (0: never).")
+    sandbox: bool = opt(
+        False, flag="--sandbox", kind="bool", config=True, worker=True, negatable=True,
+        help="Run agents under bubblewrap: writes only to their workspace, their CLI's state directory, a private "
+             "/tmp and --sandbox-allow paths; nothing they start outlives them.")
+    sandbox_allow: tuple[str, ...] = opt(
+        (), flag="--sandbox-allow", kind="list", metavar="PATH", worker=True,
+        help="With --sandbox: a further writable path.")
+
+def declared() -> Iterator[tuple[str, Option, Any]]:
+    """Every run option: (field name, its Option, its default)."""
+    for f in dataclasses.fields(RunOptions):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        yield f.name, f.metadata["option"], default
+
+
+def check(options: RunOptions) -> None:
+    """Refuse a value the declaration does not allow (the CLI's flags check the same through click; this is for
+    the Python API, the config and the MCP server), naming the option as its flag."""
+    from distpar.core.errors import UsageError
+
+    for name, o, _ in declared():
+        value = getattr(options, name)
+        label = o.flag or name
+        if value is None:
+            continue
+        if o.kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (o.kind == "int" and
+                                                                                  not isinstance(value, int)):
+                raise UsageError(f"{label}: {value!r} is not {'an integer' if o.kind == 'int' else 'a number'}")
+            if o.min is not None:
+                low = o.min * (o.scale if o.scale != 1 else 1)
+                if value < low or (o.min_open and value == low):
+                    raise UsageError(f"{label}: {value!r} is not {'>' if o.min_open else '>='} {o.min:g}")
+        elif o.kind == "bool" and not isinstance(value, bool):
+            raise UsageError(f"{label}: {value!r} is not true or false")
+        elif o.kind == "str" and not isinstance(value, str):
+            raise UsageError(f"{label}: {value!r} is not a string")
+        elif o.kind == "list" and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
+            raise UsageError(f"{label}: {value!r} is not a list of strings")
+
+
+def config_keys() -> dict[str, str]:
+    """The ``[tool.distpar]`` keys: field name -> kind."""
+    return {name: o.kind for name, o, _ in declared() if o.config}
+
+
+def worker_options(options: RunOptions) -> WorkerOptions:
+    """What of ``options`` travels to the workers: the ``worker=True`` fields (``WorkerOptions`` has exactly those:
+    tests/unit/test_options.py holds them equal)."""
+    return WorkerOptions(**{name: getattr(options, name) for name, o, _ in declared() if o.worker})
+
+
+def to_row(options: RunOptions) -> dict[str, Any]:
+    """The journal's ``options`` column (never a secret: forward_env holds names only)."""
+    return {"version": ROW_VERSION, **serial.dump(options)}
+
+
+def from_row(row: dict[str, Any], **overrides: Any) -> RunOptions:
+    """``to_row``'s output (or a version-1 row, whose keys are the same fields) back, with ``overrides``."""
+    data = {k: v for k, v in row.items() if k != "version"}
+    return dataclasses.replace(serial.load(RunOptions, data), **overrides)

@@ -1,0 +1,76 @@
+"""Resume a journaled run where it stopped: finished units are kept (also those whose commit reached their
+branch before a killed coordinator could journal it), orphaned agents are killed, and everything else runs
+again from the merge of its dependencies. An interrupted agent session is continued where the agent can.
+The Runner that continues a run is built by ``distpar.coordinator.prepare.prepare_resume``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distpar.coordinator.journal import Journal
+from distpar.coordinator.runtime import kill_run_processes
+from distpar.coordinator.site import RunSite
+from distpar.core.model import UnitResult, UnitStatus
+from distpar.core.state import UnitInfo
+from distpar.infra import gitops
+
+
+def committed_unit(repo: Path, branch: str, run_id: str, uid: str) -> str | None:
+    """The tip of ``branch`` when it is the finished commit of unit ``uid`` of ``run_id`` (its trailers say so)."""
+    tip = gitops.try_rev(repo, f"refs/heads/{branch}")
+    if tip is None:
+        return None
+    fmt = ("%(trailers:key=Distpar-Run,valueonly,separator=%x1e)%x1f"
+           "%(trailers:key=Distpar-Batch,valueonly,separator=%x1e)")
+    run, _, unit = gitops.out(repo, "log", "-1", f"--format={fmt}", tip).partition("\x1f")
+    return tip if run.strip() == run_id and unit.strip() == uid else None
+
+
+@dataclass
+class Recovery:
+    """What a resumed run starts from."""
+
+    results: dict[str, UnitResult] = field(default_factory=dict)  # units done (journaled, or found committed)
+    sessions: dict[str, tuple[str | None, str | None, str | None]] = field(default_factory=dict)  # see Runner
+    recovered: list[str] = field(default_factory=list)  # units whose commit the journal had not recorded
+    dispatches: int = 0  # where this attempt's dispatch numbers start (bundle and ref names stay unique)
+    saved_refs: list[str] = field(default_factory=list)
+
+
+def recover(site: RunSite, journal: Journal, units: list[UnitInfo]) -> Recovery:
+    """Pick up the journaled run ``site.run_id``: kill its orphaned agents, and find what is done, what was
+    interrupted (its session and saved work) and what was committed but not journaled."""
+    kill_run_processes(site.run_id)  # agents orphaned by a coordinator that was killed
+    repo, run_id = site.repo, site.run_id
+    gitops.worktree_prune(repo)
+    rows = {r["unit_id"]: r for r in journal.units(run_id)}
+    rec = Recovery()
+    recovered: dict[str, str] = {}
+    for u in units:
+        if rows.get(u.uid, {}).get("state") == "ok":
+            continue
+        commit = committed_unit(repo, site.branch(u.uid), run_id, u.uid)
+        if commit:
+            recovered[u.uid] = commit
+    for uid, row in rows.items():
+        # An interrupted unit goes on from its saved work, in its agent session where the agent can continue one
+        # (and only on the node that holds it: the worker checks).
+        if row["state"] == "interrupted" and uid not in recovered:
+            saved = gitops.try_rev(repo, site.saved_ref(uid))
+            if row["session_id"] or saved:
+                rec.sessions[uid] = (row["session_id"], saved, row["node"])
+    resumes = sum(1 for e in journal.events(run_id) if e.kind == "run_resumed") + 1
+    journal.resume_run(run_id, os.getpid(), recovered)
+    for uid, row in rows.items():
+        if row["state"] == "ok" or uid in recovered:
+            rec.results[uid] = UnitResult(
+                uid, row["worker"], UnitStatus.OK, row["exit_code"], row["started"], row["ended"],
+                recovered.get(uid) or row["commit_oid"], bool(row["changed"]) or uid in recovered,
+                None, row["log_path"], "", "", row["node"] or "", row["attempt"] or 1,
+            )
+    rec.recovered = sorted(recovered)
+    rec.dispatches = 1000 * resumes
+    rec.saved_refs = list(gitops.refs(repo, f"refs/distpar/{run_id}/saved/"))
+    return rec

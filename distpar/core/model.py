@@ -1,0 +1,240 @@
+"""Data that crosses process and machine boundaries: what a worker is asked to do and what it hands back.
+
+Frozen dataclasses of plain JSON types, serialised with ``distpar.core.serial``, so the same spec travels through a
+thread, a Ray task or an SSH channel. ``SPEC_VERSION`` frames the messages and is bumped when their shape changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+SPEC_VERSION = 2  # 2: worker settings sent once, then units (1: a segment spec per unit)
+WARN_SIZE = 50 * 1024 * 1024  # bytes: GitHub warns at 50 MB and refuses files over 100 MB
+
+
+def worker_label(index: int | None) -> str:
+    """How a worker is shown: w1, w2, ...; "-" for a unit no worker ran (skipped, blocked)."""
+    return f"w{index + 1}" if index is not None and index >= 0 else "-"
+
+
+class UnitStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    OK = "ok"  # the agent succeeded (with or without changes)
+    FAILED = "failed"  # the agent failed, crashed or reported an error
+    TIMEOUT = "timeout"  # killed by distpar after its time limit
+    SKIPPED = "skipped"  # not run: a dependency failed
+    BLOCKED = "blocked"  # not run: merging its dependencies into its base conflicted
+    INTERRUPTED = "interrupted"  # the run was cancelled while it ran
+
+    def is_terminal(self) -> bool:
+        return self not in (UnitStatus.PENDING, UnitStatus.RUNNING)
+
+    @property
+    def ok(self) -> bool:
+        return self is UnitStatus.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str = "distpar"
+    email: str = "distpar@localhost"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "GIT_AUTHOR_NAME": self.name,
+            "GIT_AUTHOR_EMAIL": self.email,
+            "GIT_COMMITTER_NAME": self.name,
+            "GIT_COMMITTER_EMAIL": self.email,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Which agent runs a unit: a preset name (claude, fake, ...) or a command template, plus its options."""
+
+    preset: str = "claude"
+    template: str | None = None  # argv template, split with shlex; placeholders {prompt}, {prompt_file}, ...
+    model: str | None = None
+    max_turns: int | None = None
+    max_budget_usd: float | None = None
+    extra_args: tuple[str, ...] = ()
+    executable: str | None = None  # command that runs the preset instead of its own (split like a shell would)
+    stream: bool = False  # ask for a live JSON event stream where the agent has one (claude, gemini)
+    stall_timeout: float | None = None  # seconds without any output after which the agent is stopped (stalled)
+    # A user-defined preset (a distpar.agents.Preset subclass instance), cloudpickled by value, base64: it
+    # reaches SSH and Ray workers that cannot import the module it was defined in (distpar.agents.preset_of).
+    preset_pickle: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["extra_args"] = list(self.extra_args)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgentConfig:
+        d = dict(d)
+        d["extra_args"] = tuple(d.get("extra_args", ()))
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where the worker gets the code from.
+
+    ``worktree``: ``location`` is a repository on this machine; the worker adds a worktree of it.
+    ``bundle``: ``location`` is a git bundle file holding ``base`` (and ``refs``); the worker clones it.
+    ``url``: ``location`` is a git remote the worker clones or fetches from (and pushes to, if asked).
+    """
+
+    kind: str
+    location: str
+    increments: tuple[str, ...] = ()  # further bundles fetched after ``location`` (newer bases)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """The run options a worker acts on (the projection of the run's options that travels to every worker; the
+    coordinator derives it from its declaration of run options)."""
+
+    agent_retries: int = 2  # tries of a unit after a transient agent failure (rate limit, 5xx, early crash)
+    max_concurrent_agents: int | None = None  # agents running at once in this worker process (None: no cap)
+    stagger: float = 0.1  # seconds between agent starts in this worker process
+    setup: str | None = None  # the user's command run once in a new workspace, before its first unit
+    verify: str | None = None  # the user's command run after each unit in its worktree; failing fails the unit
+    hooks: bool = False  # distpar's unit commits run the repository's hooks (pre-commit, commit-msg, post-commit)
+    warn_size: int | None = WARN_SIZE  # a unit that adds a file over this many bytes gets a warning note
+    sandbox: bool = False  # run agents under bubblewrap, writes confined to the worktree (see sandbox.py)
+    sandbox_allow: tuple[str, ...] = ()  # further paths the sandboxed agents may write
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What one worker is told once, for the whole run: the same for every unit it runs."""
+
+    run_id: str
+    workspace: str  # directory the worker works in (created if absent), kept between its units
+    log_dir: str
+    identity: Identity = field(default_factory=Identity)
+    env: dict[str, str] = field(default_factory=dict)  # forwarded variables: never journaled or logged
+    return_bundle: bool = False  # hand the new commits back as a bundle (remote workers)
+    include: tuple[str, ...] = ()  # ignored files (.worktreeinclude) copied into a new workspace
+    include_data: dict[str, str] = field(default_factory=dict)  # their contents, for remote workers that may
+    # have them (base64; they often hold secrets: never journaled or logged)
+    plan_text: str = ""  # the plan file: CAST prompts refer to it, so every worker has it (DISTPAR_PLAN_FILE)
+    options: WorkerOptions = field(default_factory=WorkerOptions)
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSpec:
+    """One unit as a worker is asked to run it: its agent and prompt, on ``branch`` from ``base``."""
+
+    uid: str
+    description: str
+    prompt: str
+    agent: AgentConfig
+    timeout: float
+    worker: int  # the worker that runs it (0-based; shown as w1, w2, ...)
+    dispatch: int  # the run's dispatch counter when it was sent (names its bundles)
+    branch: str
+    base: str  # commit the branch must start from (contains every dependency's work)
+    source: Source
+    attempt: int = 1
+    session: str | None = None  # an interrupted unit: continue this agent session
+    restore: str | None = None  # ... with the work it had left (a saved commit) put back in the worktree first
+    node: str | None = None  # where that session lives (agents keep sessions on the machine they ran on)
+    subagent_type: str | None = None  # the plan's agents[].subagent_type (claude: --agent NAME where defined)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOutcome:
+    """What one agent invocation reported, parsed from its structured output."""
+
+    result_class: str  # success, max_turns, budget_exceeded, error, api_error, usage_limit, timeout, crash
+    ok: bool
+    message: str = ""
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_creation_tokens: int | None = None
+    turns: int | None = None
+    duration_api_ms: int | None = None
+    session_id: str | None = None
+    model: str | None = None
+    transient: bool = False
+    # Rate limits (distpar/core/ratelimit.py reads these): the provider said to wait this long, or until then.
+    rate_limited: bool = False  # a 429 / overloaded / usage-limit answer: fewer agents at once would help
+    retry_after: float | None = None  # seconds, from a retry-after the CLI reported
+    resets_at: float | None = None  # epoch seconds when a usage or rate limit resets
+    session_missing: bool = False  # --resume named a session the agent does not have: try again without it
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AgentOutcome:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass(frozen=True, slots=True)
+class UnitResult:
+    unit_id: str
+    worker: int
+    status: UnitStatus
+    exit_code: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    commit: str | None = None  # branch head after the unit
+    changed: bool = False  # the unit added at least one commit
+    outcome: AgentOutcome | None = None
+    log_path: str | None = None
+    log_tail: str = ""
+    error: str = ""
+    node: str = ""
+    attempt: int = 1
+    tries: int = 1  # agent invocations for this unit (more than one after transient failures)
+    try_classes: tuple[str, ...] = ()  # result class of each try, in order
+    notes: tuple[str, ...] = ()  # what distpar noticed and did about it (the agent switched branches, a big file)
+
+    @property
+    def duration(self) -> float:
+        return (self.ended - self.started) if self.started and self.ended else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class UnitReply:
+    """What a worker hands back for one unit: its result, and where its work is."""
+
+    run_id: str
+    worker: int
+    dispatch: int
+    branch: str
+    base: str
+    head: str  # branch head after the unit
+    result: UnitResult
+    node: str = ""
+    bundle: str | None = None  # path of a bundle with base..head (and the saved ref), when asked for
+    saved_ref: str | None = None  # uncommitted work saved on interrupt
+    interrupted: bool = False
+    setup: dict[str, Any] | None = None  # the workspace's setup, when it ran for this unit (workspace.HookResult)
+
+    @property
+    def ok(self) -> bool:
+        return self.result.status.ok
+
+
+def totals(outcomes: list[AgentOutcome]) -> AgentOutcome:
+    """The last outcome, with cost and tokens summed over every try (retried tries cost money too)."""
+    last = outcomes[-1]
+    if len(outcomes) == 1:
+        return last
+
+    def total(attr: str) -> Any:
+        values = [getattr(o, attr) for o in outcomes if getattr(o, attr) is not None]
+        return sum(values) if values else None
+
+    return replace(last, **{a: total(a) for a in ("cost_usd", "input_tokens", "output_tokens", "cache_read_tokens",
+                                                  "cache_creation_tokens", "turns", "duration_api_ms")})

@@ -1,0 +1,384 @@
+"""A thin git wrapper: each function is one git operation distpar needs, run as argv with a clean env."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from distpar.core.errors import GitError, RepoError
+
+MIN_VERSION = (2, 38)  # merge-tree --write-tree
+_SCRUB = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_COMMON_DIR", "GIT_PREFIX")
+
+
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env.setdefault("GIT_TERMINAL_PROMPT", "0")
+    env["LC_ALL"] = "C"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def git(
+    cwd: str | Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    argv = ["git", "-c", "gc.auto=0", "-c", "maintenance.auto=false", *args]
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=str(cwd),
+            env=git_env(env),
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            # Its own session: a Ctrl+C to the terminal's process group must not kill git half way through a
+            # checkout or a merge (distpar handles the signal itself and lets each git command finish).
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise RepoError("git is not installed (or not on PATH)") from None
+    if check and proc.returncode != 0:
+        raise GitError(list(args), proc.returncode, proc.stderr)
+    return proc
+
+
+def out(cwd: str | Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+    return git(cwd, *args, env=env).stdout.strip()
+
+
+def version() -> tuple[int, int]:
+    m = re.search(r"(\d+)\.(\d+)", out(".", "--version"))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def check_version() -> None:
+    v = version()
+    if v < MIN_VERSION:
+        raise RepoError(f"git {v[0]}.{v[1]} is too old: distpar needs git {MIN_VERSION[0]}.{MIN_VERSION[1]} or newer")
+
+
+def repo_root(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise RepoError(f"not a directory: {p}")
+    proc = git(p, "rev-parse", "--is-bare-repository", "--is-inside-git-dir", "--show-toplevel", check=False)
+    lines = proc.stdout.split()
+    if lines[:1] == ["true"]:
+        raise RepoError(f"{p.resolve()} is a bare repository: distpar needs a checkout to merge into",
+                        hint=f"clone it (git clone {p.resolve()}) or add a worktree "
+                             f"(git -C {p.resolve()} worktree add DIR BRANCH) and run distpar there")
+    if lines[1:2] == ["true"]:
+        raise RepoError(f"{p.resolve()} is inside a .git directory",
+                        hint="run distpar in the repository's working tree")
+    if proc.returncode != 0 or len(lines) < 3:
+        raise RepoError(f"not a git repository: {p.resolve()}", hint="run distpar inside the repository to change")
+    return Path(proc.stdout.splitlines()[2].strip())
+
+
+def common_dir(repo: str | Path) -> Path:
+    return Path(out(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
+
+
+def current_branch(repo: str | Path) -> str | None:
+    proc = git(repo, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def rev(repo: str | Path, revision: str) -> str:
+    proc = git(repo, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", check=False)
+    if proc.returncode != 0:
+        raise RepoError(f"no such commit or branch: {revision}")
+    return proc.stdout.strip()
+
+
+def try_rev(repo: str | Path, revision: str) -> str | None:
+    proc = git(repo, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def has_commits(repo: str | Path) -> bool:
+    return git(repo, "rev-parse", "--verify", "--quiet", "HEAD", check=False).returncode == 0
+
+
+def dirty_files(repo: str | Path) -> list[str]:
+    """Tracked files with staged or unstaged changes (untracked files do not make a tree dirty)."""
+    lines = git(repo, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    return [line[3:] for line in lines if line.strip()]
+
+
+def is_ancestor(repo: str | Path, a: str, b: str) -> bool:
+    return git(repo, "merge-base", "--is-ancestor", a, b, check=False).returncode == 0
+
+
+def tree_of(repo: str | Path, revision: str) -> str:
+    return out(repo, "rev-parse", f"{revision}^{{tree}}")
+
+
+# --- worktrees and commits -------------------------------------------------------------------------------
+
+
+@contextmanager
+def repo_lock(repo: str | Path, name: str) -> Iterator[None]:
+    """An exclusive lock in the repository's git directory, across threads and processes (fcntl)."""
+    with open(common_dir(repo) / f"distpar-{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def worktree_add(repo: str | Path, path: str | Path, branch: str, base: str) -> None:
+    # Concurrent `git worktree add` on one repository can fail reading a half-made worktree's commondir, so
+    # runs and workers take turns registering theirs (quick, --no-checkout) and check the files out in parallel.
+    with repo_lock(repo, "worktree"):
+        git(repo, "worktree", "add", "--quiet", "--no-checkout", "-B", branch, str(path), base)
+    git(path, "reset", "--quiet", "--hard")
+
+
+def worktree_remove(repo: str | Path, *paths: str | Path) -> None:
+    with repo_lock(repo, "worktree"):  # prune must not see another run's half-made worktree
+        for path in paths:
+            if Path(path).exists():
+                proc = git(repo, "worktree", "remove", "--force", str(path), check=False)
+                if proc.returncode != 0 and "submodule" in proc.stderr:
+                    # git will not remove a worktree holding initialised submodules; what the batches did in
+                    # them was saved when they ended, and the administrative files go with the prune below.
+                    shutil.rmtree(path, ignore_errors=True)
+        git(repo, "worktree", "prune", check=False)
+
+
+def worktree_prune(repo: str | Path) -> None:
+    with repo_lock(repo, "worktree"):
+        git(repo, "worktree", "prune", check=False)
+
+
+def worktrees(repo: str | Path) -> list[tuple[str, str | None]]:
+    """(path, branch) of every worktree of the repository."""
+    result: list[tuple[str, str | None]] = []
+    path: str | None = None
+    branch: str | None = None
+    with repo_lock(repo, "worktree"):  # a worktree being added has no commondir yet: listing it then fails
+        listing = out(repo, "worktree", "list", "--porcelain")
+    for line in [*listing.splitlines(), ""]:
+        if line.startswith("worktree "):
+            path, branch = line[9:], None
+        elif line.startswith("branch "):
+            branch = line[7:].removeprefix("refs/heads/")
+        elif not line and path:
+            result.append((path, branch))
+            path = None
+    return result
+
+
+NO_HOOKS = {"core.hooksPath": os.devnull}  # distpar's own git operations run none of the repository's hooks
+
+
+def config_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """Variables that add ``settings`` to the configuration of git commands run with them (after any
+    ``GIT_CONFIG_COUNT`` entries of the environment, which are kept)."""
+    n = int(os.environ.get("GIT_CONFIG_COUNT") or 0)
+    env = {"GIT_CONFIG_COUNT": str(n + len(settings))}
+    for i, (key, value) in enumerate(settings.items(), n):
+        env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value
+    return env
+
+
+def hooks_env(env: Mapping[str, str], hooks: bool) -> dict[str, str]:
+    """``env`` for distpar's git commands in a worktree: without the repository's hooks unless ``hooks``."""
+    return dict(env) if hooks else {**env, **config_env(NO_HOOKS)}
+
+
+def explain(exc: GitError) -> str:
+    """A git failure while committing, in words: what broke and what to do (gpg, filters, hooks, refs)."""
+    text = exc.stderr
+    low = text.lower()
+    last = "; ".join(line.strip() for line in text.strip().splitlines()[-3:]) or f"exit code {exc.returncode}"
+    if "no space left" in low or "disk quota exceeded" in low:
+        return f"the disk is full: git could not write to the repository or the worktree ({last})"
+    if "gpg failed to sign" in low or "failed to sign" in low or "gpg.ssh" in low:
+        return (f"git could not sign the commit (commit.gpgsign is set and signing failed: {last}); fix the "
+                "signing program, or set commit.gpgsign=false for this repository")
+    m = re.search(r"(clean|smudge|process) filter '([^']*)' failed|filter '([^']*)'.*required", text)
+    if m or ("filter" in low and ("failed" in low or "required" in low)):
+        name = (m.group(2) or m.group(3)) if m else "?"
+        return f"the repository's required git filter {name!r} failed: {last}"
+    if "not a valid ref name" in low or "invalid ref" in low or "bad ref" in low or "refname" in low:
+        return f"git refused a ref name: {last}"
+    if "hook" in low or exc.argv[:1] == ["commit"]:
+        return f"git commit was refused (a pre-commit or commit-msg hook, or the repository's settings): {last}"
+    return f"git {' '.join(exc.argv[:2])} failed: {last}"
+
+
+def commit_all(ws: str | Path, message: str, env: Mapping[str, str], hooks: bool = False) -> bool:
+    """Commit everything in the working tree (new, changed, deleted files). Returns False when clean.
+    Without ``hooks`` the repository's hooks are not run (pre-commit, commit-msg, post-commit)."""
+    env = hooks_env(env, hooks)
+    git(ws, "add", "--all", env=env)
+    if git(ws, "diff", "--cached", "--quiet", check=False, env=env).returncode == 0:
+        return False
+    git(ws, "commit", "--quiet", *(() if hooks else ("--no-verify",)), "--allow-empty-message", "-m", message,
+        env=env)
+    return True
+
+
+def _filters_off(repo: str | Path) -> dict[str, str]:
+    """Settings that turn off every configured filter driver (so that files are stored as they are)."""
+    proc = git(repo, "config", "--name-only", "--get-regexp", r"^filter\.", check=False)
+    names = {line.rsplit(".", 1)[0] for line in proc.stdout.split() if line.count(".") >= 2}
+    return {f"{n}.{k}": v for n in sorted(names) for k, v in
+            (("clean", ""), ("smudge", ""), ("process", ""), ("required", "false"))}
+
+
+def snapshot(ws: str | Path, message: str, env: Mapping[str, str]) -> str | None:
+    """A commit of the working tree on top of HEAD, made without touching HEAD, the branch or the index.
+    When a filter of the repository fails, the files are stored unfiltered: saved work is never lost."""
+    index = Path(out(ws, "rev-parse", "--path-format=absolute", "--git-dir")) / "distpar-snapshot-index"
+    e = {**env, "GIT_INDEX_FILE": str(index)}
+    try:
+        git(ws, "read-tree", "HEAD", env=e)
+        try:
+            git(ws, "add", "--all", env=e)
+        except GitError:
+            off = _filters_off(ws)
+            if not off:
+                raise
+            e = {**e, **config_env(off)}
+            git(ws, "read-tree", "HEAD", env=e)
+            git(ws, "add", "--all", env=e)
+        tree = out(ws, "write-tree", env=e)
+    finally:
+        index.unlink(missing_ok=True)
+    if tree == tree_of(ws, "HEAD"):
+        return None
+    return out(ws, "commit-tree", tree, "-p", "HEAD", "-m", message, env=env)
+
+
+def large_files(repo: str | Path, before: str, after: str, limit: int) -> list[tuple[str, int]]:
+    """(path, bytes) of files added or changed between two commits whose new content is over ``limit`` bytes."""
+    raw = git(repo, "diff-tree", "-r", "-z", "--no-renames", "--diff-filter=AMT", before, after).stdout
+    parts = raw.split("\0")
+    oids: list[tuple[str, str]] = []
+    for meta, path in zip(parts[::2], parts[1::2], strict=False):
+        fields = meta.split()
+        if len(fields) >= 4 and fields[1] != "160000":
+            oids.append((fields[3], path))
+    if not oids:
+        return []
+    sizes = git(repo, "cat-file", "--batch-check=%(objectsize)", input="".join(o + "\n" for o, _ in oids)).stdout
+    return [(path, int(n)) for (_, path), n in zip(oids, sizes.split(), strict=False) if int(n) > limit]
+
+
+def submodules(repo: str | Path, revision: str = "HEAD") -> list[str]:
+    """Paths of the submodules (gitlinks) in ``revision``."""
+    raw = git(repo, "ls-tree", "-r", "-z", revision).stdout
+    return [entry.split("\t", 1)[1] for entry in raw.split("\0") if entry.startswith("160000 ")]
+
+
+def submodules_like(repo: str | Path, ws: str | Path) -> list[str]:
+    """Initialise in worktree ``ws`` the submodules that the checkout ``repo`` has initialised, cloning each
+    from the checkout's own copy (no network, nothing written to the repository's configuration). Returns the
+    paths that could not be initialised (their commit is not in the checkout's copy, say)."""
+    names = git(ws, "config", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.path$", check=False)
+    failed = []
+    for line in names.stdout.splitlines():
+        key, _, path = line.partition(" ")
+        name = key.removeprefix("submodule.").removesuffix(".path")
+        source = Path(repo) / path
+        if not (source / ".git").exists():
+            continue  # not initialised in the user's checkout: not here either
+        proc = git(ws, "-c", "protocol.file.allow=always", "-c", f"submodule.{name}.url={source}",
+                   "submodule", "update", "--init", "--quiet", "--", path, check=False)
+        if proc.returncode != 0:
+            failed.append(path)
+    return failed
+
+
+def busy_with(repo: str | Path, branch: str) -> str | None:
+    """What is under way on ``branch`` in some worktree (a rebase, a merge, a cherry-pick, a revert, a bisect),
+    as a sentence; None when nothing is."""
+    ref = f"refs/heads/{branch}"
+    for path, checked_out in worktrees(repo):
+        proc = git(path, "rev-parse", "--absolute-git-dir", check=False)
+        if proc.returncode != 0:
+            continue
+        gd = Path(proc.stdout.strip())
+        for d, cmd in (("rebase-merge", "rebase"), ("rebase-apply", "rebase")):
+            head_name = gd / d / "head-name"
+            if head_name.is_file() and head_name.read_text().strip() == ref:
+                return (f"branch {branch} is being rebased in {path} (finish with git {cmd} --continue or "
+                        f"git {cmd} --abort there first)")
+        if checked_out != branch:
+            continue
+        for name, what, cmd in (("MERGE_HEAD", "a merge", "merge"), ("CHERRY_PICK_HEAD", "a cherry-pick",
+                                "cherry-pick"), ("REVERT_HEAD", "a revert", "revert"),
+                                ("BISECT_LOG", "a bisect", "bisect")):
+            if (gd / name).exists():
+                end = "git bisect reset" if cmd == "bisect" else f"git {cmd} --continue or git {cmd} --abort"
+                return f"branch {branch} has {what} in progress in {path} (finish it with {end} there first)"
+    return None
+
+
+def update_ref(repo: str | Path, ref: str, oid: str) -> None:
+    git(repo, "update-ref", ref, oid)
+
+
+def delete_ref(repo: str | Path, ref: str) -> None:
+    git(repo, "update-ref", "-d", ref, check=False)
+
+
+def refs(repo: str | Path, prefix: str) -> dict[str, str]:
+    lines = out(repo, "for-each-ref", "--format=%(refname) %(objectname)", prefix).splitlines()
+    return dict(line.split(" ", 1) for line in lines if line)  # type: ignore[misc]
+
+
+# --- merging ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MergeOutcome:
+    commit: str | None  # the merge commit, when clean
+    conflicts: tuple[str, ...]  # conflicting paths, when not
+
+
+def merge_commit(
+    repo: str | Path, ours: str, theirs: str, message: str, env: Mapping[str, str]
+) -> MergeOutcome:
+    """A --no-ff merge of ``theirs`` into ``ours`` without a worktree (``git merge-tree --write-tree``)."""
+    proc = git(repo, "merge-tree", "--write-tree", "--name-only", "--no-messages", ours, theirs, check=False)
+    if proc.returncode not in (0, 1):
+        raise GitError(["merge-tree", ours, theirs], proc.returncode, proc.stderr)
+    lines = proc.stdout.splitlines()
+    if proc.returncode == 1:
+        return MergeOutcome(None, tuple(dict.fromkeys(line for line in lines[1:] if line)))
+    tree = lines[0].strip()
+    commit = out(repo, "commit-tree", tree, "-p", ours, "-p", theirs, "-m", message, env=env)
+    return MergeOutcome(commit, ())
+
+
+# --- bundles ---------------------------------------------------------------------------------------------
+
+
+def bundle_create(repo: str | Path, path: str | Path, revs: Sequence[str]) -> bool:
+    """Write a bundle of ``revs`` (refs, with ``^oid`` exclusions). False when there was nothing to bundle."""
+    proc = git(repo, "bundle", "create", "--quiet", str(path), *revs, check=False)
+    if proc.returncode != 0:
+        if "empty bundle" in proc.stderr:
+            return False
+        raise GitError(["bundle", "create", str(path), *revs], proc.returncode, proc.stderr)
+    return True
+
+
+def fetch(repo: str | Path, source: str | Path, refspecs: Sequence[str]) -> None:
+    """Fetch from a bundle file or a remote URL."""
+    git(repo, "fetch", "--quiet", "--no-tags", "--force", str(source), *refspecs)

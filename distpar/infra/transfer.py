@@ -1,0 +1,116 @@
+"""How code travels between the coordinator's repository and a worker, one mode each:
+
+- ``worktree`` (local workers): the worker adds a worktree of the coordinator's repository; nothing is copied
+  and nothing comes back (the branch is already in the repository).
+- ``bundle`` (remote workers): the base is sent as a git bundle of the run's start commit (made once per run)
+  plus a small increment with what a base holds beyond it (dependency merges, other units' work); the worker's
+  new commits and saved work come back as a bundle, fetched into the coordinator's repository.
+- ``url`` (``--repo-url``): the base is pushed to the remote under ``refs/distpar/<run>/bases/…``; the worker
+  clones or fetches from there and pushes its branch back.
+
+A worker that keeps its clone for the whole run (a Ray actor) needs only what it lacks: ``increment(repo, tips,
+have)`` bundles the base (and saved work to restore) without the history of the commits the worker already
+holds (what it was sent and what it handed back), straight into bytes, or says that nothing is missing. A
+``bundle`` source without a location then means "the workspace already holds the base".
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from distpar.core.errors import GitError
+from distpar.core.model import Source, UnitReply
+from distpar.infra import gitops
+
+
+class Transfer:
+    def __init__(self, repo: Path, run_id: str, run_dir: Path, start: str, remote: bool,
+                 repo_url: str | None) -> None:
+        self.repo, self.run_id, self.start = repo, run_id, start
+        self.remote, self.repo_url = remote, repo_url
+        self.bundles = run_dir / "bundles"
+        self._full: Path | None = None
+
+    @property
+    def return_bundle(self) -> bool:
+        return self.remote and not self.repo_url
+
+    def source(self, base: str, name: str, extra: tuple[str, ...] = ()) -> Source:
+        """Where a worker gets ``base`` from; ``name`` keeps the refs and files of one dispatch apart. ``extra``:
+        refs the worker needs too (the saved work an interrupted unit goes on from)."""
+        if not self.remote:
+            return Source("worktree", str(self.repo))
+        ref = f"refs/distpar/{self.run_id}/bases/{name}"
+        if self.repo_url:
+            gitops.git(self.repo, "push", "--quiet", "--force", self.repo_url, f"{base}:{ref}",
+                       *(f"+{r}:{r}" for r in extra))
+            return Source("url", self.repo_url)
+        self.bundles.mkdir(parents=True, exist_ok=True)
+        if self._full is None:
+            self._full = self.bundles / "base.bundle"
+            gitops.update_ref(self.repo, f"refs/distpar/{self.run_id}/base", self.start)
+            gitops.bundle_create(self.repo, self._full, [f"refs/distpar/{self.run_id}/base"])
+        if base == self.start and not extra:
+            return Source("bundle", str(self._full))
+        gitops.update_ref(self.repo, ref, base)
+        inc = self.bundles / f"{name}.bundle"
+        gitops.bundle_create(self.repo, inc, [ref, *extra, f"^{self.start}"])
+        return Source("bundle", str(self._full), (str(inc),))
+
+    def fetch_back(self, result: UnitReply, source: Source) -> None:
+        """Bring a remote worker's new commits (and saved work) into the coordinator's repository."""
+        if source.kind != "url" and not result.bundle:
+            return
+        where = source.location if source.kind == "url" else result.bundle
+        assert where
+        saved = f"refs/distpar/{self.run_id}/saved"
+        refspecs = [f"+{saved}/*:{saved}/*"]
+        if result.head != result.base:  # a bundle of only saved work (nothing committed) has no branch ref
+            refspecs.insert(0, f"+refs/heads/{result.branch}:refs/heads/{result.branch}")
+        gitops.fetch(self.repo, where, refspecs)
+
+    def clear(self) -> None:
+        for f in self.bundles.glob("*.bundle"):
+            f.unlink()
+
+
+def push_run(repo: Path, remote: str, branches: list[str], target: str) -> list[str]:
+    """``--push REMOTE``: the run's branches go to REMOTE for review, and the target too when it tracks a
+    branch there (the landing then reaches the team, not only this checkout). Returns the refs pushed."""
+    refs = [b for b in branches if gitops.try_rev(repo, f"refs/heads/{b}")]
+    upstream = gitops.git(repo, "config", f"branch.{target}.remote", check=False).stdout.strip()
+    specs = [f"+refs/heads/{b}:refs/heads/{b}" for b in refs]
+    if upstream == remote:
+        merge = gitops.git(repo, "config", f"branch.{target}.merge", check=False).stdout.strip() or \
+            f"refs/heads/{target}"
+        specs.append(f"refs/heads/{target}:{merge}")  # not forced: a target that moved there is refused
+        refs.append(target)
+    if specs:
+        gitops.git(repo, "push", "--quiet", remote, *specs)
+    return refs
+
+
+def increment(repo: Path, tips: Mapping[str, str], have: Sequence[str]) -> bytes | None:
+    """The bytes of a bundle of the refs ``tips`` (ref name -> commit, set here) holding what a worker with the
+    commits ``have`` lacks of them; None when ``have`` already holds every tip. Commits of ``have`` this
+    repository does not know are not excluded (the bundle is then larger, never incomplete)."""
+    known = _known(repo, have)
+    if known and not gitops.out(repo, "rev-list", "-n1", *tips.values(), "--not", *known):
+        return None
+    for ref, commit in tips.items():
+        gitops.update_ref(repo, ref, commit)
+    argv = ["bundle", "create", "--quiet", "-", *tips, *(f"^{c}" for c in known)]
+    proc = subprocess.run(["git", *argv], cwd=repo, env=gitops.git_env(), stdin=subprocess.DEVNULL,
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc.stdout
+
+
+def _known(repo: Path, commits: Sequence[str]) -> list[str]:
+    if not commits:
+        return []
+    lines = gitops.git(repo, "cat-file", "--batch-check", input="".join(f"{c}\n" for c in commits)).stdout
+    return [c for c, line in zip(commits, lines.splitlines(), strict=False) if not line.endswith(" missing")]
