@@ -159,18 +159,55 @@ class _Paths:
         for c in changes:
             self.deletes = self.deletes or c.status not in "AMT"
             self.files.add(c.path)
-            self.dirs.update(_dirs(c.path))
+            self.dirs.update(dirs_of(c.path))
 
     def accepts(self, theirs: list[_Change]) -> bool:
         """True when merging ``theirs`` needs no content merge and no rename or directory/file decision: the
         result is then this side with ``theirs`` written over it."""
         if self.deletes:
             return False
-        return not any(c.path in self.files or c.path in self.dirs or not self.files.isdisjoint(_dirs(c.path))
+        return not any(c.path in self.files or c.path in self.dirs or not self.files.isdisjoint(dirs_of(c.path))
                        for c in theirs)
 
 
-def _dirs(path: str) -> list[str]:
+def changed_paths(repo: Path, pairs: list[tuple[str, str]]) -> dict[str, set[str]]:
+    """The paths each commit changed since its partner, for (commit, since) ``pairs``, in one ``diff-tree``."""
+    if not pairs:
+        return {}
+    changes = _diff_many(repo, [f"{c} {since}" for c, since in pairs])
+    return {c: {x.path for x in changes.get(c, [])} for c, _ in pairs}
+
+
+def touching(mine: set[str], others: set[str]) -> bool:
+    """True when two sets of changed paths meet: a path in both, or a file where the other has a directory."""
+    if mine & others:
+        return True
+    return any(d in others for p in mine for d in dirs_of(p)) or any(d in mine for p in others for d in dirs_of(p))
+
+
+def _diff_many(repo: Path, lines: list[str]) -> dict[str, list[_Change]]:
+    """``git diff-tree --stdin`` of "<commit> <since>" lines: each commit's changes since its partner."""
+    raw = gitops.git(repo, "diff-tree", "-r", "-z", "--no-renames", "--stdin", input="\n".join(lines) + "\n").stdout
+    changes: dict[str, list[_Change]] = {}
+    tokens = raw.split("\0")
+    current: list[_Change] | None = None
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith(":"):
+            _, mode, _, oid, status = tok[1:].split(" ")
+            if current is not None and i + 1 < len(tokens):
+                current.append(_Change(status[0], mode, oid, tokens[i + 1]))
+            i += 2
+            continue
+        if tok.strip():
+            current = changes.setdefault(tok.strip(), [])
+        i += 1
+    return changes
+
+
+def dirs_of(path: str) -> list[str]:
+    """The directories that hold ``path``: a/b/c -> a, a/b."""
     parts = path.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
@@ -201,23 +238,7 @@ class _Fast:
         sign = gitops.git(repo, "config", "--type=bool", "--get", "commit.gpgsign", check=False, env=env)
         if sign.stdout.strip() == "true":
             return None
-        raw = gitops.git(repo, "diff-tree", "-r", "-z", "--no-renames", "--stdin", input="\n".join(pairs) + "\n").stdout
-        changes: dict[str, list[_Change]] = {}
-        tokens = raw.split("\0")
-        current: list[_Change] | None = None
-        i = 0
-        while i < len(tokens):
-            tok = tokens[i]
-            if tok.startswith(":"):
-                _, mode, _, oid, status = tok[1:].split(" ")
-                path = tokens[i + 1]
-                if current is not None:
-                    current.append(_Change(status[0], mode, oid, path))
-                i += 2
-                continue
-            if tok.strip():
-                current = changes.setdefault(tok.strip(), [])
-            i += 1
+        changes = _diff_many(repo, pairs)
         return cls(repo, env, {tip: cs for tip, cs in changes.items()
                                if cs and all(c.status in "AMT" and _fast_path(c.path) for c in cs)})
 
