@@ -4,10 +4,18 @@ conflict, and the target moves only when all of it went through."""
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import logging
+import secrets
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
+from distpar.coordinator.journal import Journal
 from distpar.coordinator.merge import land, merge_streams
 from distpar.core.errors import DistparError
 from distpar.infra import gitops, paths, workspace
@@ -61,27 +69,132 @@ def _verify_merged(run: Runner, head: str) -> workspace.HookResult | None:
     return None if gate.ok else gate
 
 
+REMOVAL_WAIT = 120.0  # how long a process that is exiting waits for its runs' workspaces to be removed
+REMOVING = ".removing"  # under the worktrees' base: workspaces being removed (or whose removal was cut short)
+_removals: list[threading.Thread] = []
+
+
+def removal_root(repo: Path) -> Path:
+    """Where workspaces wait to be removed: ``<worktrees base>/.removing/<run id>/...``."""
+    return paths.worktrees_base(repo) / REMOVING
+
+
 def cleanup(run: Runner) -> None:
-    """Remove worktrees (their work is committed or saved on a ref first). Never deletes unsaved work."""
+    """Workspaces: their uncommitted work saved on a ref (never deleted unsaved), then moved aside and forgotten
+    by git (one ``worktree prune``); their files are removed by a thread, journaled (``workspaces_removing``,
+    ``workspaces_removed``), so the run's report does not wait for them. The process waits for the removal
+    (at most ``REMOVAL_WAIT``) before it exits; ``distpar clean`` removes what an interrupted one left."""
     if not run.backend.remote:
-        done = []
-        for w in range(run.workers):
-            ws = Path(run.backend.workspace(run._ctx_stub(), w))
-            if not ws.exists():
-                continue
-            try:
-                # A workspace that was never fully checked out holds no agent's work (none ran in it).
-                snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", run.env) \
-                    if workspace_ready(ws) and gitops.out(ws, "status", "--porcelain") else None
-                if snap:
-                    ref = f"refs/distpar/{run.run_id}/saved/w{w + 1}-cleanup"
-                    gitops.update_ref(run.repo, ref, snap)
-                    run.saved_refs.append(ref)
-            except DistparError:
-                log.exception("could not snapshot %s; leaving it in place", ws)
-                continue
-            done.append(ws)
-        gitops.worktree_remove(run.repo, *done)
-        paths.remove_worktrees_root(run.repo, run.run_id)
+        found = [Path(run.backend.workspace(run._ctx_stub(), w)) for w in range(run.workers)]
+        found = [ws for ws in found if ws.exists()]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            saved = list(pool.map(lambda ws: _save(run, ws), found))
+        run.saved_refs.extend(ref for ref in saved if ref)
+        _remove(run, [ws for ws, ref in zip(found, saved, strict=True) if ref is not None])
     run.transfer.clear()
     run.live.close()  # units that never handed a result back: their live copy is kept in their log
+
+
+def _save(run: Runner, ws: Path) -> str | None:
+    """Save ``ws``'s uncommitted work on a ref. The ref ("" when there was nothing to save), or None when it
+    could not be saved (then the workspace stays)."""
+    try:
+        # A workspace that was never fully checked out holds no agent's work (none ran in it).
+        snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", run.env) \
+            if workspace_ready(ws) and gitops.out(ws, "status", "--porcelain") else None
+        if not snap:
+            return ""
+        ref = f"refs/distpar/{run.run_id}/saved/{ws.name}-cleanup"
+        gitops.update_ref(run.repo, ref, snap)
+        return ref
+    except DistparError:
+        log.exception("could not snapshot %s; leaving it in place", ws)
+        return None
+
+
+def _remove(run: Runner, workspaces: list[Path]) -> None:
+    if not workspaces:
+        paths.remove_worktrees_root(run.repo, run.run_id)
+        return
+    trash = removal_root(run.repo) / run.run_id / secrets.token_hex(4)
+    trash.mkdir(parents=True)
+    lock = open(trash.with_suffix(".lock"), "w")  # noqa: SIM115 - held until the files are gone (clean waits)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    moved: list[Path] = []
+    with gitops.repo_lock(run.repo, "worktree"):  # prune must not see another run's half-made worktree
+        left = []
+        for ws in workspaces:
+            try:
+                ws.rename(trash / ws.name)
+                moved.append(trash / ws.name)
+            except OSError:  # another file system, say: git removes it now
+                left.append(ws)
+        gitops.git(run.repo, "worktree", "prune", check=False)
+    gitops.worktree_remove(run.repo, *left)
+    paths.remove_worktrees_root(run.repo, run.run_id)
+    run.journal.event(run.run_id, "workspaces_removing", workspaces=[str(ws) for ws in workspaces],
+                      moved_to=str(trash))
+    journal_path = run.journal.path
+    thread = threading.Thread(target=_remove_files, args=(run.run_id, trash, lock, journal_path, len(moved)),
+                              name=f"distpar-remove-{run.run_id}", daemon=True)
+    _removals.append(thread)
+    if len(_removals) == 1:
+        atexit.register(wait_for_removals)
+    thread.start()
+
+
+def _remove_files(run_id: str, trash: Path, lock: IO[str], journal_path: Path, count: int) -> None:
+    t = time.monotonic()
+    error = ""
+    try:
+        shutil.rmtree(trash)
+        trash.with_suffix(".lock").unlink()
+    except OSError as exc:
+        error = str(exc)
+        log.warning("could not remove %s: %s (distpar clean removes it)", trash, exc)
+    finally:
+        lock.close()  # releases the lock
+    for d in (trash.parent, trash.parent.parent, trash.parent.parent.parent):  # <run>, .removing, the base
+        try:
+            d.rmdir()
+        except OSError:  # not empty: another run's
+            break
+    try:
+        journal = Journal(journal_path)
+        try:
+            journal.event(run_id, "workspaces_removed", count=count, seconds=round(time.monotonic() - t, 3),
+                          error=error)
+        finally:
+            journal.close()
+    except DistparError:
+        log.exception("could not journal the removal of %s", trash)
+
+
+def wait_for_removal(run_dir: Path, timeout: float = REMOVAL_WAIT) -> None:
+    """Wait (at most ``timeout``) while a coordinator is still removing the files under ``run_dir`` (one run's
+    directory under ``removal_root``): what is left afterwards is a removal that was cut short."""
+    deadline = time.monotonic() + timeout
+    for path in sorted(run_dir.glob("*.lock")):
+        try:
+            f = open(path)  # noqa: SIM115 - closed by the with below
+        except OSError:  # it ended meanwhile
+            continue
+        with f:
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.05)
+
+
+def wait_for_removals(timeout: float = REMOVAL_WAIT) -> bool:
+    """Wait (at most ``timeout`` in all) for the workspace removals this process started. True when all ended."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_removals):
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not thread.is_alive():
+            _removals.remove(thread)
+    return not _removals
