@@ -29,14 +29,15 @@ from distpar.core.schedule import make_schedule
 from distpar.infra import gitops
 from distpar.testing.builders import write_plan
 
-PARTS = ("collect", "close", "early_checks", "merge", "land", "cleanup", "report", "journal")
+PARTS = ("collect", "close", "early_checks", "merge", "land", "workers_exit", "cleanup", "report", "journal")
 PART_HELP = {
     "collect": "the last agent's exit -> its unit collected (commit, hand-back)",
     "close": "the last unit collected -> the backend closed (worker processes told to stop)",
     "early_checks": "waiting for the early conflict checks still queued",
     "merge": "the plan-order merge into the integration branch (merge_streams)",
     "land": "moving the target (landing.land)",
-    "cleanup": "the backend's processes gone, workspaces saved and removed (or handed to a thread)",
+    "workers_exit": "waiting for the backend's worker processes to exit",
+    "cleanup": "workspaces saved (uncommitted work), moved aside and forgotten by git; their files go in a thread",
     "report": "the run's report: its branches and refs deleted",
     "journal": "the rest, up to Runner.run returning: the journal's end of run",
 }
@@ -136,8 +137,8 @@ def measure(session: Session, units: int, workers: int) -> dict[str, Any]:
     settle = marks.spans.get("early_checks", [close_end, close_end])
     merge_span = marks.spans.get("merge", [settle[-1], settle[-1]])
     land_span = marks.spans.get("land", [merge_span[-1], merge_span[-1]])
-    cleanup_begin = marks.first("wait_closed") or land_span[-1]
-    cleanup_end = marks.last("cleanup") or cleanup_begin
+    exit_span = marks.spans.get("wait_closed", [land_span[-1], land_span[-1]])
+    cleanup_end = marks.last("cleanup") or exit_span[-1]
     report_span = marks.spans.get("report", [cleanup_end, cleanup_end])
     parts = {
         "collect": last_collected - last_agent_end,
@@ -145,7 +146,8 @@ def measure(session: Session, units: int, workers: int) -> dict[str, Any]:
         "early_checks": settle[-1] - settle[0],
         "merge": merge_span[-1] - merge_span[0],
         "land": land_span[-1] - land_span[0],
-        "cleanup": cleanup_end - cleanup_begin,
+        "workers_exit": exit_span[-1] - exit_span[0],
+        "cleanup": cleanup_end - (marks.first("cleanup") or cleanup_end),
         "report": report_span[-1] - report_span[0],
         "journal": t_return - report_span[-1],
     }

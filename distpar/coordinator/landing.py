@@ -85,19 +85,22 @@ def cleanup(run: Runner) -> None:
     ``workspaces_removed``), so the run's report does not wait for them. The process waits for the removal
     (at most ``REMOVAL_WAIT``) before it exits; ``distpar clean`` removes what an interrupted one left."""
     if not run.backend.remote:
-        found = [Path(run.backend.workspace(run._ctx_stub(), w)) for w in range(run.workers)]
-        found = [ws for ws in found if ws.exists()]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            saved = list(pool.map(lambda ws: _save(run, ws), found))
-        run.saved_refs.extend(ref for ref in saved if ref)
-        _remove(run, [ws for ws, ref in zip(found, saved, strict=True) if ref is not None])
+            found = list(pool.map(lambda w: _save(run, Path(run.backend.workspace(run._ctx_stub(), w))),
+                                  range(run.workers)))
+        run.saved_refs.extend(ref for _, ref in found if ref)
+        _remove(run, [ws for ws, ref in found if ref is not None])
     run.transfer.clear()
     run.live.close()  # units that never handed a result back: their live copy is kept in their log
 
 
-def _save(run: Runner, ws: Path) -> str | None:
+def _save(run: Runner, ws: Path) -> tuple[Path, str | None]:
     """Save ``ws``'s uncommitted work on a ref. The ref ("" when there was nothing to save), or None when it
-    could not be saved (then the workspace stays)."""
+    could not be saved or does not exist (then there is nothing to remove)."""
+    return ws, _saved_on(run, ws) if ws.exists() else None
+
+
+def _saved_on(run: Runner, ws: Path) -> str | None:
     try:
         # A workspace that was never fully checked out holds no agent's work (none ran in it).
         snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", run.env) \

@@ -299,8 +299,8 @@ def make_report(runner: Runner, wall: float, landed: str | None) -> RunReport:
     }[code]
     branches = [runner.branch(u.uid) for u in runner.units] + [runner.integration]
     if landed is not None and runner.conflict is None and not runner.options.keep_branches:
-        for b in branches:
-            gitops.git(repo, "branch", "-D", "--quiet", b, check=False)
+        for i in range(0, len(branches), 500):  # one git process per 500 branches, not one per branch
+            gitops.git(repo, "branch", "-D", "--quiet", *branches[i:i + 500], check=False)
         for ref in gitops.refs(repo, f"refs/distpar/{runner.run_id}/"):
             if "/saved/" not in ref:
                 gitops.delete_ref(repo, ref)
