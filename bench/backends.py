@@ -260,7 +260,8 @@ def _ray_floor(session: Session, cfg: Config, remote: RemoteOptions, where: str)
             session.log(f"  backends: Ray floor, {n} x {secs:g}s at {w} workers, bare Ray, rep {rep + 1}")
             floor = run_floor(session.repo(2), nodes, w, f"floor{rep}")
             pairs.append({"distpar": round(rec.wall, 4), "floor": floor["wall"],
-                          "ratio": round(rec.wall / floor["wall"], 4), "loadavg": [round(load[0], 2), round(load_floor[0], 2)], "floor_run": floor,
+                          "ratio": round(rec.wall / floor["wall"], 4),
+                          "loadavg": [round(load[0], 2), round(load_floor[0], 2)], "floor_run": floor,
                           "distpar_run": rec.to_dict()})
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"[:600], "pairs": pairs}
