@@ -85,7 +85,7 @@ def cleanup(run: Runner) -> None:
     ``workspaces_removed``), so the run's report does not wait for them. The process waits for the removal
     (at most ``REMOVAL_WAIT``) before it exits; ``distpar clean`` removes what an interrupted one left."""
     if not run.backend.remote:
-        with ThreadPoolExecutor(max_workers=4) as pool:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="distpar-cleanup") as pool:
             found = list(pool.map(lambda w: _save(run, Path(run.backend.workspace(run._ctx_stub(), w))),
                                   range(run.workers)))
         run.saved_refs.extend(ref for _, ref in found if ref)
