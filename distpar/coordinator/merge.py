@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from distpar.infra import gitops
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +53,21 @@ def merge_streams(
     only fork point is one commit outside the units' history, and its changes and everything merged since that
     commit touch different paths, and nothing is deleted) is written without a per-unit git process: the
     consecutive ones go into one ``git fast-import``; every other merge is ``merge-tree`` and ``commit-tree``."""
+    try:
+        return _merge_streams(repo, base, branches, integration, run_id, env, fast_ok=True)
+    except _FastFailed as exc:  # fast-import refused (an odd path, say): every merge through merge-tree
+        log.warning("fast merges failed, merging one by one: %s", exc)
+        return _merge_streams(repo, base, branches, integration, run_id, env, fast_ok=False)
+
+
+class _FastFailed(Exception):
+    pass
+
+
+def _merge_streams(repo: Path, base: str, branches: list[tuple[str, str]], integration: str, run_id: str,
+                   env: dict[str, str], fast_ok: bool) -> MergeResult:
     graph = _Graph.load(repo, base, [tip for _, tip in branches])
-    fast = _Fast.start(repo, graph, branches, env)
+    fast = _Fast.start(repo, graph, branches, env) if fast_ok else None
     head = base
     merged: list[str] = []
     seen: set[str] = set()  # the units' commits already in head (not those of base)
@@ -262,14 +278,16 @@ class _Fast:
         lines: list[str] = []
         for k, (name, tip, changes) in enumerate(pending, 1):
             lines += [f"commit refs/heads/{integration}", f"mark :{k}", f"author {author}",
-                      f"committer {committer}", f"data <<{delim}", _message(name, run_id).rstrip("\n"), delim,
+                      f"committer {committer}", f"data <<{delim}", _message(name, run_id).rstrip("\n"), "", delim,
                       f"from {head}" if k == 1 else f"from :{k - 1}", f"merge {tip}"]
             lines += [f"M {c.mode} {c.oid} {c.path}" for c in changes]
             lines.append("")
         with tempfile.TemporaryDirectory(prefix="distpar-merge-") as tmp:
             marks = Path(tmp) / "marks"
-            gitops.git(self.repo, "fast-import", "--quiet", "--force", f"--export-marks={marks}",
-                       input="\n".join(lines) + "\ndone\n", env=self.env)
+            proc = gitops.git(self.repo, "fast-import", "--quiet", "--force", f"--export-marks={marks}",
+                              input="\n".join(lines) + "\ndone\n", env=self.env, check=False)
+            if proc.returncode != 0:
+                raise _FastFailed(proc.stderr.strip()[-500:])
             written = dict(line.split(" ", 1) for line in marks.read_text().splitlines() if line)
         return written[f":{len(pending)}"].strip()
 

@@ -74,7 +74,7 @@ def _merge(repo: Path, base: str, branches: list[tuple[str, str]]) -> tuple[obje
 
 def test_independent_units_merge_in_a_few_git_processes_with_the_trees_and_parents_of_git_merge(repo: Path) -> None:
     base = sh_git(repo, "rev-parse", "HEAD")
-    branches = [(f"u{i}", _unit(repo, f"u{i}", base, {f"out/f{i}.txt": f"{i}\n", f"deep/d{i % 3}/g{i}": "x\n"}))
+    branches = [(f"u{i}", _unit(repo, f"u{i}", base, {f"out/f {i}.txt": f"{i}\n", f"deep/d{i % 3}/g{i}": "x\n"}))
                 for i in range(30)]
     result, processes = _merge(repo, base, branches)
     tree, merged = _reference(repo, base, branches)
@@ -87,8 +87,9 @@ def test_independent_units_merge_in_a_few_git_processes_with_the_trees_and_paren
     assert len(first_parents) == 30
     assert [sh_git(repo, "rev-parse", f"{c}^2") for c in reversed(first_parents)] == [t for _, t in branches]
     log = sh_git(repo, "log", "-1", "--format=%an <%ae>|%B", result.head)
-    assert log.startswith(f"{IDENTITY['GIT_AUTHOR_NAME']} <{IDENTITY['GIT_AUTHOR_EMAIL']}>|distpar: merge u29")
-    assert "Distpar-Run: run-1" in log
+    assert log == f"{IDENTITY['GIT_AUTHOR_NAME']} <{IDENTITY['GIT_AUTHOR_EMAIL']}>|distpar: merge u29\n\n" \
+                  "Distpar-Run: run-1"
+    assert sh_git(repo, "cat-file", "commit", result.head).endswith("Distpar-Run: run-1")  # one final newline
     assert "error" not in sh_git(repo, "fsck", "--no-progress", "--connectivity-only")  # the objects are sound
 
 
@@ -137,6 +138,26 @@ def test_a_conflict_leaves_the_integration_branch_at_everything_merged_before_it
     assert tree_files(repo, result.head) == {**tree_files(repo, base), "one.txt": tree_files(repo, "one")["one.txt"],
                                              "src/a.py": tree_files(repo, "two")["src/a.py"]}
     assert sh_git(repo, "rev-parse", "refs/heads/three") == branches[2][1]  # the conflicting branch untouched
+
+
+def test_when_fast_import_fails_every_merge_goes_through_merge_tree(repo: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    base = sh_git(repo, "rev-parse", "HEAD")
+    branches = [(f"u{i}", _unit(repo, f"u{i}", base, {f"f{i}": f"{i}\n"})) for i in range(3)]
+    real = gitops.git
+    tried = []
+
+    def failing(cwd: str | Path, *args: str, **kwargs: object) -> object:
+        if "fast-import" in args:
+            tried.append(args)
+            return real(cwd, "fast-import", "--no-such-option", check=False)
+        return real(cwd, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gitops, "git", failing)
+    result = merge_streams(repo, base, branches, "integ", "run-1", dict(IDENTITY))
+    tree, merged = _reference(repo, base, branches)
+    assert tried and list(result.merged) == merged
+    assert sh_git(repo, "rev-parse", f"{result.head}^{{tree}}") == tree
 
 
 def test_a_resumed_merge_skips_what_the_integration_branch_holds(repo: Path) -> None:
