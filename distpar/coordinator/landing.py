@@ -72,6 +72,8 @@ def _verify_merged(run: Runner, head: str) -> workspace.HookResult | None:
 REMOVAL_WAIT = 120.0  # how long a process that is exiting waits for its runs' workspaces to be removed
 REMOVING = ".removing"  # under the worktrees' base: workspaces being removed (or whose removal was cut short)
 _removals: list[threading.Thread] = []
+_removals_lock = threading.Lock()
+_at_exit: list[object] = []  # the exit hook, once registered
 
 
 def removal_root(repo: Path) -> Path:
@@ -140,9 +142,11 @@ def _remove(run: Runner, workspaces: list[Path]) -> None:
     journal_path = run.journal.path
     thread = threading.Thread(target=_remove_files, args=(run.run_id, trash, lock, journal_path, len(moved)),
                               name=f"distpar-remove-{run.run_id}", daemon=True)
-    _removals.append(thread)
-    if len(_removals) == 1:
-        atexit.register(wait_for_removals)
+    with _removals_lock:
+        _removals[:] = [t for t in _removals if t.is_alive()]
+        _removals.append(thread)
+        if not _at_exit:
+            _at_exit.append(atexit.register(wait_for_removals))
     thread.start()
 
 
@@ -196,8 +200,10 @@ def wait_for_removal(run_dir: Path, timeout: float = REMOVAL_WAIT) -> None:
 def wait_for_removals(timeout: float = REMOVAL_WAIT) -> bool:
     """Wait (at most ``timeout`` in all) for the workspace removals this process started. True when all ended."""
     deadline = time.monotonic() + timeout
-    for thread in list(_removals):
+    with _removals_lock:
+        threads = list(_removals)
+    for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
-        if not thread.is_alive():
-            _removals.remove(thread)
-    return not _removals
+    with _removals_lock:
+        _removals[:] = [t for t in _removals if t.is_alive()]
+        return not _removals

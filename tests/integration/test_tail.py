@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from distpar.coordinator import landing, runtime
 from distpar.infra import gitops, paths
-from distpar.testing.builders import fake_batch, sh_git
+from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar, wait_for
 from tests.integration.conftest import run_plan
 
@@ -95,3 +96,13 @@ def test_clean_waits_for_a_removal_under_way_and_finishes_one_cut_short(repo: Pa
     assert proc.returncode == 0, err
     assert f"remove removal {root / report.run_id}" in " ".join(out.split()) and "busy" not in out
     assert not root.exists()
+
+
+def test_the_cli_exits_once_the_workspaces_are_removed(repo: Path) -> None:
+    plan = write_plan(repo.parent / "plan.md", [fake_batch(i, writes={f"f{i}": "x"}) for i in range(1, 4)])
+    res = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "--json", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    run_id = json.loads(res.stdout.splitlines()[-1])["run_id"]
+    removed = [d for k, d in _events(repo, run_id) if k == "workspaces_removed"]
+    assert removed and removed[0]["count"] == 2
+    assert not (paths.worktrees_base(repo) / landing.REMOVING).exists()
