@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import report23
 from bench.harness import PHASE_HELP, PHASES
 from bench.stats import spread
 
@@ -41,6 +42,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     out.extend(_scale_targets(s.get("scale")))
     out.append(_ray_target(s.get("backends")))
     out.extend(_backend_targets(s.get("backends")))
+    out.extend(report23.targets(results))
     return out
 
 
@@ -407,6 +409,9 @@ def render(results: dict[str, Any]) -> str:
         parts += _scale_md(s["scale"], results)
     if "backends" in s:
         parts += _backends_md(s["backends"])
+        parts += report23.floor_md(s["backends"]["ray_floor"]) if "ray_floor" in s["backends"] else []
+    if "tail" in s:
+        parts += report23.tail_md(s["tail"])
     if results.get("section_errors"):
         parts += ["", "## Sections that failed", ""]
         parts += [f"- **{k}**: {v}" for k, v in results["section_errors"].items()]
