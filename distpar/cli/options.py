@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from distpar.coordinator.options import Option, declared
+from distpar.coordinator.options import declared
+from distpar.core.option import Option
 
 
 def _param_type(o: Option) -> Any:

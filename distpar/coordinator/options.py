@@ -4,18 +4,20 @@ change it); the CLI's flags (``distpar.cli.options``), the ``[tool.distpar]`` ke
 the journal's row and its reading back on resume (``to_row``/``from_row``), the Python API (``distpar.run``), the
 MCP server's ``run`` tool and the reference docs are all derived from it.
 
-Adding an option: one field here; then use it where it acts (``options.NAME`` in the coordinator, or
-``settings.options.NAME`` in the worker when it has ``worker=True``)."""
+Adding an option: one field here (or, when the workers act on it, in ``distpar.core.model.WorkerOptions``,
+which ``RunOptions`` extends); then use it where it acts (``options.NAME`` in the coordinator,
+``settings.options.NAME`` in the worker)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from distpar.core import serial
-from distpar.core.model import WARN_SIZE, AgentConfig, WorkerOptions
+from distpar.core.model import AgentConfig, WorkerOptions
+from distpar.core.option import Option, opt
 
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_WORKERS = 4  # locally and on Ray; on SSH the hosts' slots
@@ -23,37 +25,9 @@ ROW_VERSION = 2  # the journal's ``options`` column (1: written by hand, before 
 
 
 @dataclass(frozen=True, slots=True)
-class Option:
-    """How a run option is offered. ``kind``: bool, int, float, str, list (a repeated flag), or agent/dict (set by
-    the program, never a flag); ``min``/``min_open``:
-    the smallest value allowed (exclusive when ``min_open``); ``scale``: the flag's unit (warn_size is given in MB
-    and kept in bytes)."""
-
-    help: str
-    flag: str | None = None  # None: not offered by ``distpar run`` (set by the program, e.g. plan_path)
-    kind: str = "str"
-    metavar: str | None = None
-    min: float | None = None
-    min_open: bool = False
-    config: bool = False  # [tool.distpar] may set it (a repository setting: never a secret)
-    worker: bool = False  # travels to every worker (``WorkerSettings.options``)
-    resume: bool = False  # ``distpar resume --FLAG`` may change it
-    scale: float = 1.0  # stored value = flag value x scale
-    negatable: bool = False  # a bool flag with --no-FLAG too (for options [tool.distpar] can turn on)
-
-
-def opt(default: Any = None, *, factory: Any = None, **spec: Any) -> Any:
-    """A ``RunOptions`` field with its ``Option``."""
-    meta = {"option": Option(**spec)}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass(frozen=True, slots=True)
-class RunOptions:
-    """What a run is asked to do beyond the plan and the worker count (see the module's docstring)."""
-
+class RunOptions(WorkerOptions):
+    """What a run is asked to do beyond the plan and the worker count (see the module's docstring); the
+    options that travel to every worker are declared in ``WorkerOptions``, which this extends."""
     agent: AgentConfig = opt(factory=AgentConfig, kind="agent",
                              help="The agent every unit runs (a preset or a template).")
     timeout: float = opt(
@@ -82,25 +56,9 @@ class RunOptions:
     budget_usd: float | None = opt(
         flag="--budget-usd", kind="float", min=0, min_open=True, metavar="USD", config=True, resume=True,
         help="Run-wide: once the agents' reported costs (over every attempt) reach it, no new unit starts.")
-    agent_retries: int = opt(
-        2, flag="--agent-retries", kind="int", min=0, config=True, worker=True,
-        help="Times a unit's agent is tried again after a transient failure (rate limit, 5xx, crash before any "
-             "edit), with exponential backoff.")
-    max_concurrent_agents: int | None = opt(
-        flag="--max-concurrent-agents", kind="int", min=1, metavar="N", config=True, worker=True,
-        help="Agents running at once (local backend: the whole run; remote: per worker process/slot).")
-    stagger: float = opt(
-        0.1, flag="--stagger", kind="float", min=0, metavar="SECONDS", config=True, worker=True,
-        help="Pause between agent starts (providers rate-limit bursts of new sessions).")
     stop_on_conflict: bool = opt(
         False, flag="--stop-on-conflict", kind="bool", config=True, negatable=True,
         help="Start no new unit once a finished unit's work is found to conflict with work already finished.")
-    setup: str | None = opt(
-        flag="--setup", metavar="CMD", config=True, worker=True,
-        help="Run once in every new workspace before its first unit (e.g. 'npm ci').")
-    verify: str | None = opt(
-        flag="--verify", metavar="CMD", config=True, worker=True,
-        help="Run after each unit in its workspace; a unit whose check fails is failed, its work saved.")
     verify_merged: str | None = opt(
         flag="--verify-merged", metavar="CMD", config=True,
         help="Run on the merged tree before the target moves; if it fails nothing lands (exit 5).")
@@ -112,20 +70,6 @@ class RunOptions:
         help="Remote workers get the .worktreeinclude files too (they often hold secrets; default: local only).")
     independent: bool = opt(False, kind="bool", help="The plan's batches need not wait for each other (--independent).")
     split: int | None = opt(kind="int", min=1, help="Midpoint: cut after this batch (--split).")
-    hooks: bool = opt(
-        False, flag="--hooks", kind="bool", config=True, worker=True, negatable=True,
-        help="Run the repository's pre-commit, commit-msg and post-commit hooks on distpar's unit commits (a "
-             "failing hook fails that unit, its work saved).")
-    warn_size: int | None = opt(
-        WARN_SIZE, flag="--warn-size", kind="float", min=0, metavar="MB", scale=2**20, config=True, worker=True,
-        help="Warn about every file over this size a unit commits (0: never).")
-    sandbox: bool = opt(
-        False, flag="--sandbox", kind="bool", config=True, worker=True, negatable=True,
-        help="Run agents under bubblewrap: writes only to their workspace, their CLI's state directory, a private "
-             "/tmp and --sandbox-allow paths; nothing they start outlives them.")
-    sandbox_allow: tuple[str, ...] = opt(
-        (), flag="--sandbox-allow", kind="list", metavar="PATH", worker=True,
-        help="With --sandbox: a further writable path.")
 
 def declared() -> Iterator[tuple[str, Option, Any]]:
     """Every run option: (field name, its Option, its default)."""
@@ -166,9 +110,8 @@ def config_keys() -> dict[str, str]:
 
 
 def worker_options(options: RunOptions) -> WorkerOptions:
-    """What of ``options`` travels to the workers: the ``worker=True`` fields (``WorkerOptions`` has exactly those:
-    tests/unit/test_options.py holds them equal)."""
-    return WorkerOptions(**{name: getattr(options, name) for name, o, _ in declared() if o.worker})
+    """What of ``options`` travels to the workers: its ``WorkerOptions`` part."""
+    return WorkerOptions(**{f.name: getattr(options, f.name) for f in dataclasses.fields(WorkerOptions)})
 
 
 def to_row(options: RunOptions) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
+from distpar.core.option import opt
+
 SPEC_VERSION = 2  # 2: worker settings sent once, then units (1: a segment spec per unit)
 WARN_SIZE = 50 * 1024 * 1024  # bytes: GitHub warns at 50 MB and refuses files over 100 MB
 
@@ -96,18 +98,47 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
-    """The run options a worker acts on (the projection of the run's options that travels to every worker; the
-    coordinator derives it from its declaration of run options)."""
+    """The run options every worker acts on, declared here (each field's ``Option``: its flag, its
+    ``[tool.distpar]`` key, its help); ``RunOptions`` extends them and sends this part once per worker."""
 
-    agent_retries: int = 2  # tries of a unit after a transient agent failure (rate limit, 5xx, early crash)
-    max_concurrent_agents: int | None = None  # agents running at once in this worker process (None: no cap)
-    stagger: float = 0.1  # seconds between agent starts in this worker process
-    setup: str | None = None  # the user's command run once in a new workspace, before its first unit
-    verify: str | None = None  # the user's command run after each unit in its worktree; failing fails the unit
-    hooks: bool = False  # distpar's unit commits run the repository's hooks (pre-commit, commit-msg, post-commit)
-    warn_size: int | None = WARN_SIZE  # a unit that adds a file over this many bytes gets a warning note
-    sandbox: bool = False  # run agents under bubblewrap, writes confined to the worktree (see sandbox.py)
-    sandbox_allow: tuple[str, ...] = ()  # further paths the sandboxed agents may write
+    agent_retries: int = opt(
+        2, flag="--agent-retries", kind="int", min=0, config=True,
+        help="Times a unit's agent is tried again after a transient failure (rate limit, 5xx, crash before any "
+             "edit), with exponential backoff.")
+
+    max_concurrent_agents: int | None = opt(
+        flag="--max-concurrent-agents", kind="int", min=1, metavar="N", config=True,
+        help="Agents running at once (local backend: the whole run; remote: per worker process/slot).")
+
+    stagger: float = opt(
+        0.1, flag="--stagger", kind="float", min=0, metavar="SECONDS", config=True,
+        help="Pause between agent starts (providers rate-limit bursts of new sessions).")
+
+    setup: str | None = opt(
+        flag="--setup", metavar="CMD", config=True,
+        help="Run once in every new workspace before its first unit (e.g. 'npm ci').")
+
+    verify: str | None = opt(
+        flag="--verify", metavar="CMD", config=True,
+        help="Run after each unit in its workspace; a unit whose check fails is failed, its work saved.")
+
+    hooks: bool = opt(
+        False, flag="--hooks", kind="bool", config=True, negatable=True,
+        help="Run the repository's pre-commit, commit-msg and post-commit hooks on distpar's unit commits (a "
+             "failing hook fails that unit, its work saved).")
+
+    warn_size: int | None = opt(
+        WARN_SIZE, flag="--warn-size", kind="float", min=0, metavar="MB", scale=2**20, config=True,
+        help="Warn about every file over this size a unit commits (0: never).")
+
+    sandbox: bool = opt(
+        False, flag="--sandbox", kind="bool", config=True, negatable=True,
+        help="Run agents under bubblewrap: writes only to their workspace, their CLI's state directory, a private "
+             "/tmp and --sandbox-allow paths; nothing they start outlives them.")
+
+    sandbox_allow: tuple[str, ...] = opt(
+        (), flag="--sandbox-allow", kind="list", metavar="PATH",
+        help="With --sandbox: a further writable path.")
 
 
 @dataclass(frozen=True, slots=True)

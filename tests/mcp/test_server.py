@@ -78,8 +78,8 @@ def test_argv_from_derived_options(tmp_path: Path) -> None:
     words = opts.argv(options, {"workers": 3, "agent": "fake", "hooks": True, "forward_env": ["A", "B"],
                                 "stall_timeout": 2.0, "backend": "local", "hosts_file": "inv.toml",
                                 "allow_dirty": False}, tmp_path)
-    assert words == ["--workers", "3", "--agent", "fake", "--stall-timeout", "2", "--forward-env", "A",
-                     "--forward-env", "B", "--hooks", "--hosts-file", str(tmp_path / "inv.toml")]
+    assert words == ["--workers", "3", "--agent", "fake", "--stall-timeout", "2", "--hooks", "--forward-env", "A",
+                     "--forward-env", "B", "--hosts-file", str(tmp_path / "inv.toml")]
     # an option [tool.distpar] may turn on can be turned off for one run
     assert opts.argv(options, {"hooks": False}, tmp_path) == ["--no-hooks"]
 

@@ -9,12 +9,13 @@ from distpar.coordinator.config import KEYS
 from distpar.core.model import WorkerOptions
 
 
-def test_the_worker_options_are_exactly_the_declared_ones_that_travel() -> None:
-    travel = {name: default for name, o, default in run_options.declared() if o.worker}
-    assert {f.name: f.default for f in dataclasses.fields(WorkerOptions)} == travel
+def test_the_run_options_extend_the_worker_options_and_only_those_travel() -> None:
+    worker = [f.name for f in dataclasses.fields(WorkerOptions)]
+    assert [f.name for f in dataclasses.fields(run_options.RunOptions)][:len(worker)] == worker  # one declaration
+    assert all("option" in f.metadata for f in dataclasses.fields(WorkerOptions))  # flags, config keys, help
     opts = run_options.RunOptions(stagger=0.7, hooks=True, setup="make", budget_usd=3.0)
     sent = run_options.worker_options(opts)
-    assert (sent.stagger, sent.hooks, sent.setup) == (0.7, True, "make")
+    assert type(sent) is WorkerOptions and (sent.stagger, sent.hooks, sent.setup) == (0.7, True, "make")
 
 
 def test_config_keys_and_resume_overrides_come_from_the_declaration() -> None:
