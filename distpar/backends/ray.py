@@ -81,9 +81,10 @@ from typing import Any
 from distpar.backends.base import Backend, RunContext
 from distpar.core import names
 from distpar.core.errors import BackendError
+from distpar.core.masking import mask
 from distpar.core.model import SegmentResult, SegmentSpec, Source
 from distpar.infra import transfer
-from distpar.worker.worker import mask, run_segment, safe_name
+from distpar.worker.worker import run_segment, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class NodeActor:
                 spec = replace(spec, source=Source("bundle", sources[0] if sources else "", tuple(sources[1:])))
             spec = replace(spec, workspace=str(ws), log_dir=str(self.root / spec.log_dir))
         except Exception as exc:  # a broken node (disk): the coordinator raises BackendError and may retry
-            yield {"kind": "error", "error": mask(f"{type(exc).__name__}: {exc}", spec.env), "node": self.node}
+            yield {"kind": "error", "error": mask(f"{type(exc).__name__}: {exc}", spec.env.values()), "node": self.node}
             return
         inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
@@ -200,10 +201,10 @@ class NodeActor:
                 path = Path(result.bundle)
                 bundle = path.read_bytes()
                 path.unlink()
-            logs = {r.batch_id: mask(_tail(Path(r.log_path)), spec.env)
+            logs = {r.batch_id: mask(_tail(Path(r.log_path)), spec.env.values())
                     for r in result.results if r.log_path and Path(r.log_path).exists()}
         except Exception as exc:  # a broken node (git, disk): the coordinator raises BackendError and may retry
-            yield {"kind": "error", "error": mask(str(exc), spec.env), "node": self.node}
+            yield {"kind": "error", "error": mask(str(exc), spec.env.values()), "node": self.node}
             return
         busy.unlink(missing_ok=True)
         yield {"kind": "result", "result": result, "bundle": bundle, "logs": logs}

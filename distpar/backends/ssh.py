@@ -48,6 +48,7 @@ from distpar import agents
 from distpar.backends.base import Backend, RunContext
 from distpar.backends.hosts import DEFAULT_WORKDIR, HostSpec, default_slots, resolve_hosts
 from distpar.core.errors import BackendError, UsageError
+from distpar.core.masking import mask
 from distpar.core.model import AgentConfig, BatchResult, BatchStatus, SegmentResult, SegmentSpec, Source
 from distpar.worker.supervisor import RUN_VAR
 from distpar.worker.worker import safe_name
@@ -518,7 +519,7 @@ class SSHBackend(Backend):
         reply = self._call(slot, rspec)
         t2 = time.time()
         if "error" in reply:  # the worker is still up; this unit broke (git, disk): the executor may retry it
-            detail = _mask(str(reply["error"]).strip(), spec.env)[-1500:]
+            detail = mask(str(reply["error"]).strip(), agents.secret_values(os.environ, spec.env))[-1500:]
             raise BackendError(f"host {host.label}: the worker failed: {detail}")
         try:
             result = SegmentResult.from_dict(reply["result"])
@@ -673,7 +674,7 @@ class SSHBackend(Backend):
                 slot.channel.send(json.dumps({"op": "drop", "paths": [result.bundle]}))
         for path, data in sorted(files.items()):
             name = Path(path).name
-            text = _mask(base64.b64decode(data).decode("utf-8", "replace"), spec.env)
+            text = mask(base64.b64decode(data).decode("utf-8", "replace"), agents.secret_values(os.environ, spec.env))
             mode = "w" if name.endswith(".prompt.md") else "a"  # logs of earlier attempts stay
             with (logs / name).open(mode) as f:
                 f.write(text)
@@ -880,6 +881,3 @@ def _not_started(spec: SegmentSpec) -> SegmentResult:
     return SegmentResult(spec.run_id, spec.stream, spec.segment, spec.branch, spec.base, spec.base, results,
                          interrupted=True)
 
-
-def _mask(text: str, forwarded: dict[str, str]) -> str:
-    return agents.mask(text, agents.secret_values(os.environ, forwarded))

@@ -20,6 +20,7 @@ from typing import Any
 
 from distpar import agents
 from distpar.core.errors import DistparError, ExitCode, UsageError
+from distpar.core.masking import mask
 from distpar.core.model import AgentConfig
 from distpar.core.plan import Plan, Spans, extract_block, parse_plan
 from distpar.infra.process import run_process
@@ -146,7 +147,7 @@ def ask(plan: Plan, cfg: AgentConfig, workdir: Path, *, env: Mapping[str, str] |
         raise SuggestError(f"the agent gave no answer within {timeout:g} s")
     outcome = agents.parse_claude(stdout, stderr, result.exit_code)
     if not outcome.ok:
-        raise SuggestError(f"the agent failed ({outcome.result_class}): {agents.mask(outcome.message, secrets)}")
+        raise SuggestError(f"the agent failed ({outcome.result_class}): {mask(outcome.message, secrets)}")
     suggestion = parse_answer(plan, _structured(stdout))
     return Suggestion(suggestion.depends_on, suggestion.reasons, suggestion.notes, outcome.cost_usd)
 

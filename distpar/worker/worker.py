@@ -32,6 +32,7 @@ from typing import Any
 from distpar import agents
 from distpar.core import model, names, ratelimit
 from distpar.core.errors import GitError
+from distpar.core.masking import mask
 from distpar.core.model import AgentOutcome, BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
 from distpar.infra import gitops, process, sandbox, workspace
 from distpar.infra.capture import MaskedPipe, OutputLines
@@ -250,7 +251,7 @@ def _run_batch(
                                 f"-try{n}") or saved
         with log_path.open("a") as log:
             log.write(f"--- distpar: try {n} failed ({outcome.result_class}): "
-                      f"{agents.mask(outcome.message, secrets)[-300:]}; retrying in {delay:.1f}s\n")
+                      f"{mask(outcome.message, secrets)[-300:]}; retrying in {delay:.1f}s\n")
         if cancel.wait(delay):
             outcomes.append(AgentOutcome("interrupted", False, "run interrupted while waiting to retry"))
             break
@@ -316,12 +317,12 @@ def _run_batch(
         outcome=outcome,
         log_path=str(log_path),
         log_tail=_tail(log_path, secrets),
-        error="" if status.ok else agents.mask(outcome.message or outcome.result_class, secrets),
+        error="" if status.ok else mask(outcome.message or outcome.result_class, secrets),
         node=node_name(),
         attempt=spec.attempt,
         tries=tries,
         try_classes=tuple(o.result_class for o in outcomes[:tries]),
-        notes=tuple(agents.mask(n, secrets) for n in notes),
+        notes=tuple(mask(n, secrets) for n in notes),
     )
     return result, saved
 
@@ -555,11 +556,8 @@ def agent_slot(limit: int | None, stagger: float, cancel: threading.Event) -> It
 
 def _tail(path: Path, secrets: Iterable[str]) -> str:
     lines = path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
-    return agents.mask("\n".join(lines), secrets)
+    return mask("\n".join(lines), secrets)
 
-
-def mask(text: str, secrets: dict[str, str]) -> str:
-    return agents.mask(text, secrets.values())
 
 
 def _return_bundle(spec: SegmentSpec, ws: Path, head: str, saved_ref: str | None) -> str | None:
@@ -626,7 +624,7 @@ def serve() -> int:
             result = run_segment(item, cancel, lambda kind, data: send({"event": kind, "data": data}))
         except Exception as exc:  # git or the disk failed under this unit: report it, stay up for the next one
             tb = traceback.format_exc(limit=4)
-            send({"error": mask(f"{type(exc).__name__}: {exc}\n{tb}", item.env)})
+            send({"error": mask(f"{type(exc).__name__}: {exc}\n{tb}", item.env.values())})
             continue
         # The unit's logs and result bundle travel with the result: no extra round trip, no SFTP needed (not
         # the copy of the plan run_segment leaves there: the coordinator has it).
