@@ -41,10 +41,10 @@ quoting, ``\\n`` in text means a newline); other text is ignored. Commands:
 
 With no command it writes the prompt to ``fake-agent/<hash>.md``. ``FAKE_AGENT_LOG`` names a JSON-lines file
 where every invocation is recorded (emulation, argv, working directory, batch id).
-
-Modules: ``directives`` (the ``@fake`` commands), ``args`` (option parsing, versions), one per emulated CLI
-(``claude``, ``codex``, ``gemini``, ``aider``); ``__main__`` runs ``main``.
 """
+
+# This docstring is the fake agent's reference page (docs/hooks/reference.py). The modules: directives (the
+# @fake commands), args (option parsing, versions), one per emulated CLI; __main__ runs main.
 
 from __future__ import annotations
 
