@@ -3,8 +3,9 @@ agent's output -> an ``AgentOutcome``.
 
 One module per noun: ``base`` (the Preset type, the invocation context, classification of results), one module per
 CLI dialect (``claude``, ``codex``, ``gemini``, ``aider``, ``template``, ``fake``), ``registry`` (the installed
-presets, entry points, ``agent_config``), ``invocation`` (one agent run) and ``probe`` (``distpar agents``). The
-names users import (``from distpar.agents import Preset``, ``CLAUDE``, ...) are re-exported here.
+presets, entry points, ``agent_config``), ``invocation`` (one agent run), ``probe`` (``distpar agents``) and
+``suggest`` (``distpar plan --suggest-deps``). The names users import (``from distpar.agents import Preset``,
+``CLAUDE``, ...) are re-exported here.
 
 The prompt is always one argv element (or a file): nothing here ever goes through a shell. Each preset's argv
 follows its CLI's documentation (cited next to its builder); ``tests/agents/test_presets.py`` checks them.

@@ -136,7 +136,6 @@ def _count(text: str) -> int:
     return round(float(text[:-1] if scale > 1 else text) * scale)
 
 
-
 AIDER = Preset(
     "aider", "aider", "aider (--message-file, commits its own edits, text output)", _aider_args, parse_aider,
     # https://aider.chat/docs/llms.html: the provider's own variable (litellm names).

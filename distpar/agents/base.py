@@ -175,6 +175,8 @@ def last_line(text: str) -> str:
     lines = [ln.strip() for ln in strip_ansi(text).strip().splitlines() if ln.strip()]
     return lines[-1][-500:] if lines else ""
 
+
+# A transient failure that is a rate limit (the worker then waits out the provider's window, core.ratelimit).
 RATE_TEXT = re.compile(r"\b(?:429|529)\b|rate.?limit|overloaded|too many requests", re.IGNORECASE)
 
 
@@ -220,4 +222,3 @@ def as_float(v: Any) -> float | None:
 
 def as_int(v: Any) -> int | None:
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-

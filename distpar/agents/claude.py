@@ -196,7 +196,6 @@ def _claude_rate_limit(stdout: str) -> dict[str, Any]:
     return {}
 
 
-
 CLAUDE = Preset(
     "claude", "claude", "Claude Code, headless (claude -p, JSON result)", claude_args, parse_claude,
     key_vars=("ANTHROPIC_API_KEY",),  # https://code.claude.com/docs/en/env-vars ; else its saved login

@@ -71,7 +71,6 @@ def parse_codex(stdout: str, stderr: str, exit_code: int | None) -> AgentOutcome
     return crash(exit_code, stderr, "no turn.completed event")
 
 
-
 CODEX = Preset(
     "codex", "codex", "OpenAI Codex CLI (codex exec --json, JSONL events)", _codex_args, parse_codex,
     # CODEX_API_KEY is read by `codex exec` only (docs/exec.md); OPENAI_API_KEY after `codex login`.

@@ -146,7 +146,6 @@ def _gemini_retry_after(stderr: str) -> float | None:
     return value / 1000 if "retryDelayMs" in m.group(0) else value
 
 
-
 GEMINI = Preset(
     "gemini", "gemini", "Gemini CLI, headless (gemini -p, JSON result)", _gemini_args, parse_gemini,
     key_vars=("GEMINI_API_KEY", "GOOGLE_API_KEY"),  # https://geminicli.com/docs/get-started/authentication

@@ -50,8 +50,6 @@ def load_plugins() -> dict[str, Preset]:
 
 
 PRESETS: dict[str, Preset] = load_plugins()
-# The names --agent takes: the presets, less "template" (that one is --agent-cmd).
-
 # Every preset's key variables: their values are masked whichever agent runs (an agent may print any of them).
 KEY_VARS: tuple[str, ...] = tuple(dict.fromkeys(v for p in PRESETS.values() for v in p.key_vars))
 _LIMITS = (("model", "--model"), ("max_turns", "--max-turns"), ("max_budget_usd", "--max-budget-usd"))
@@ -142,7 +140,6 @@ def secret_values(env: Mapping[str, str], forwarded: Mapping[str, str]) -> tuple
     return tuple(sorted({v for v in values if len(v) >= 4}, key=len, reverse=True))
 
 
-
 def agent_config(value: str | None, base: AgentConfig) -> AgentConfig:
     """A plan's or a flag's agent value (preset name or command template) on top of the run's options."""
     if not value:
@@ -179,7 +176,6 @@ def check_plan_agents(plan: Plan, base: AgentConfig, budget_usd: float | None = 
                      for name, cfg in configs.items()
                      if name == "template" or not _reports_cost(cfg)]
     return warnings
-
 
 
 def preset_names() -> list[str]:

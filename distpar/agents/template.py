@@ -74,7 +74,6 @@ def parse_exit_code(stdout: str, stderr: str, exit_code: int | None) -> AgentOut
     return AgentOutcome("error", False, f"exit code {exit_code}" + (f": {last_line(stderr)}" if stderr else ""))
 
 
-
 TEMPLATE = TemplatePreset(
     "template", "", "any command (--agent-cmd TEMPLATE; placeholders " + ", ".join("{" + p + "}" for p in
                                                                                 PLACEHOLDERS) + ")",

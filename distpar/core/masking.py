@@ -1,7 +1,7 @@
-"""The one masker: every secret value in a text replaced by ``***``, whole or streamed in pieces.
+"""The one masker: every secret value in a text replaced by ``***``, whether the text comes whole or in pieces.
 
-``mask(data, secrets)`` masks one complete text (``str`` or ``bytes``); ``MaskStream`` masks a stream that comes in
-pieces (an agent's output pipe), holding back only the end of a piece that could be the start of a secret, so
+``mask(data, secrets)`` masks one complete text (``str`` or ``bytes``); ``IncrementalMasker`` masks output that comes
+in pieces (an agent's output pipe), holding back only the end of a piece that could be the start of a secret, so
 a secret split across two writes is masked like one written at once.
 
 Every occurrence of every secret is found, overlapping ones included, and each run of overlapping occurrences
@@ -17,7 +17,7 @@ from typing import AnyStr
 
 MASK = "***"
 MIN_SECRET = 4
-STREAM_HOLD_MAX = 1 << 20  # a stream masker keeps back at most this many bytes (see MaskStream.feed)
+HOLD_MAX = 1 << 20  # an IncrementalMasker keeps back at most this many bytes (see its feed)
 
 
 def secrets_of(values: Iterable[str]) -> tuple[str, ...]:
@@ -66,9 +66,9 @@ def _masked(data: AnyStr, secrets: list[AnyStr], star: AnyStr) -> AnyStr:
     return data[:0].join(out)
 
 
-class MaskStream:
-    """Masks a byte stream written in pieces: ``feed(piece)`` returns the masked bytes that are now safe to write,
-    ``flush()`` the rest at the end. What it keeps back is only the end of the stream that could still become
+class IncrementalMasker:
+    """Masks bytes written in pieces: ``feed(piece)`` returns the masked bytes that are now safe to write,
+    ``flush()`` the rest at the end. What it keeps back is only the end of the output that could still become
     (part of) a secret, so a line with no secret in it is never held back waiting for more output."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
@@ -88,7 +88,7 @@ class MaskStream:
             if start < cut < end:
                 cut = start
                 break
-        if len(buf) - cut > STREAM_HOLD_MAX:  # overlapping secrets chained without end: let them out, masked
+        if len(buf) - cut > HOLD_MAX:  # overlapping secrets chained without end: let them out, masked
             cut = len(buf)
         self._pending = buf[cut:]
         return _masked(buf[:cut], self._secrets, MASK.encode())

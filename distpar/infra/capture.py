@@ -1,6 +1,6 @@
 """An agent's output captured through a masking pipe: what it prints reaches distpar's log files as it comes,
-with every secret replaced by ``***`` (``core.masking.MaskStream``: a secret split across writes too), and the raw
-bytes never touch the disk.
+with every secret replaced by ``***`` (``core.masking.IncrementalMasker``: a secret split across writes too), and
+the raw bytes never touch the disk.
 
 ``process.run_process`` writes a child's stdout and stderr to paths; here such a path is ``/dev/fd/N``, the
 write end of a pipe that a thread drains (no file, FIFO or temporary directory is ever made, so nothing is left
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from distpar.core.masking import MaskStream
+from distpar.core.masking import IncrementalMasker
 
 CHUNK = 65536
 LINE_CHARS = 2000  # an output line is cut to this many characters in its event (the logs keep it whole)
@@ -37,7 +37,7 @@ class MaskedPipe:
 
     def __init__(self, dests: Sequence[Path], secrets: Iterable[str],
                  on_line: Callable[[bytes, bool], None] | None = None) -> None:
-        self._masker = MaskStream(secrets)  # keeps back only an end of the output that may begin a secret
+        self._masker = IncrementalMasker(secrets)  # keeps back only an end of the output that may begin a secret
         self._fd, self._wfd = os.pipe()  # not inherited by children (PEP 446)
         os.set_blocking(self._fd, False)
         self.path = Path(f"/dev/fd/{self._wfd}")

@@ -1,4 +1,4 @@
-"""The one masker (distpar.core.masking): whole texts and streams written in pieces."""
+"""The one masker (distpar.core.masking): whole texts and output written in pieces."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from distpar.core.masking import STREAM_HOLD_MAX, MaskStream, mask, secrets_of
+from distpar.core.masking import HOLD_MAX, IncrementalMasker, mask, secrets_of
 
 
-def streamed(pieces: list[bytes], secrets: list[str]) -> bytes:
-    m = MaskStream(secrets)
+def fed(pieces: list[bytes], secrets: list[str]) -> bytes:
+    m = IncrementalMasker(secrets)
     return b"".join(m.feed(p) for p in pieces) + m.flush()
 
 
@@ -53,17 +53,17 @@ def test_a_mapping_or_a_string_is_refused() -> None:
 def test_a_secret_split_across_writes_is_masked() -> None:
     secret = "sk-test-0123456789"
     pieces = [b"key=" + secret[:3].encode(), secret[3:10].encode(), secret[10:].encode() + b" done\n"]
-    assert streamed(pieces, [secret]) == b"key=*** done\n"
+    assert fed(pieces, [secret]) == b"key=*** done\n"
 
 
 def test_overlapping_secrets_split_across_writes() -> None:
     # "abcdef" is complete after the first piece, but "defghi" goes on in the next: one mask for both
-    assert streamed([b"<abcdef", b"ghi>"], ["abcdef", "defghi"]) == b"<***>"
-    assert streamed([b"<abc", b"def", b"gh", b"i>"], ["defghi", "abcdef"]) == b"<***>"
+    assert fed([b"<abcdef", b"ghi>"], ["abcdef", "defghi"]) == b"<***>"
+    assert fed([b"<abc", b"def", b"gh", b"i>"], ["defghi", "abcdef"]) == b"<***>"
 
 
 def test_output_without_a_possible_secret_is_not_held_back() -> None:
-    m = MaskStream(["sk-test-0123456789"])
+    m = IncrementalMasker(["sk-test-0123456789"])
     assert m.feed(b"a line\n") == b"a line\n"  # a live log shows it at once
     assert m.feed(b"partial sk-te") == b"partial "  # the start of a secret waits for what follows
     assert m.feed(b"xt\n") == b"sk-text\n"  # it was not one
@@ -73,16 +73,16 @@ def test_output_without_a_possible_secret_is_not_held_back() -> None:
 def test_a_secret_with_a_newline_is_masked_across_writes() -> None:
     secret = "-----BEGIN KEY-----\nMIIabc\n-----END KEY-----"
     data = f"key:\n{secret}\nafter\n".encode()
-    assert streamed([data[i : i + 5] for i in range(0, len(data), 5)], [secret]) == b"key:\n***\nafter\n"
+    assert fed([data[i : i + 5] for i in range(0, len(data), 5)], [secret]) == b"key:\n***\nafter\n"
 
 
 def test_no_secrets_passes_everything_through() -> None:
-    assert streamed([b"abc", b"def"], []) == b"abcdef"
+    assert fed([b"abc", b"def"], []) == b"abcdef"
 
 
 def test_an_endless_run_of_overlapping_secrets_is_not_held_for_ever() -> None:
-    m = MaskStream(["aaaa"])
-    out = m.feed(b"a" * (STREAM_HOLD_MAX + 10))
+    m = IncrementalMasker(["aaaa"])
+    out = m.feed(b"a" * (HOLD_MAX + 10))
     assert out == b"***" and m.flush() == b""
 
 
@@ -91,10 +91,10 @@ secret_st = st.text(alphabet, min_size=4, max_size=7)
 
 
 @given(st.lists(secret_st, min_size=1, max_size=3), st.text(alphabet, max_size=60), st.lists(st.integers(0, 60)))
-def test_streaming_masks_exactly_like_the_whole_text(secrets: list[str], text: str, cuts: list[int]) -> None:
+def test_masking_in_pieces_equals_masking_the_whole_text(secrets: list[str], text: str, cuts: list[int]) -> None:
     data = text.encode()
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
     pieces = [data[a:b] for a, b in pairwise(bounds)]
     whole = mask(data, secrets)
-    assert streamed(pieces, secrets) == whole
+    assert fed(pieces, secrets) == whole
     assert not any(s.encode() in whole for s in secrets)
