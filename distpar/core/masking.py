@@ -75,6 +75,7 @@ class IncrementalMasker:
         self._secrets = [v.encode() for v in secrets_of(secrets)]
         self._firsts = {s[:1] for s in self._secrets}
         self._longest = max((len(s) for s in self._secrets), default=0)
+        self._no_newline = not any(b"\n" in s for s in self._secrets)  # then no secret starts before a line's end
         self._pending = b""
 
     def feed(self, data: bytes) -> bytes:
@@ -99,7 +100,10 @@ class IncrementalMasker:
 
     def _hold_from(self, buf: bytes) -> int:
         """Where the longest end of ``buf`` that is the start of a secret begins (``len(buf)`` when none is)."""
-        for i in range(max(0, len(buf) - self._longest + 1), len(buf)):
+        lo = max(0, len(buf) - self._longest + 1)
+        if self._no_newline:
+            lo = max(lo, buf.rfind(b"\n") + 1)  # output written line by line: nothing to search
+        for i in range(lo, len(buf)):
             if buf[i : i + 1] in self._firsts and any(s.startswith(buf[i:]) for s in self._secrets):
                 return i
         return len(buf)
