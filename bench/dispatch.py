@@ -4,7 +4,7 @@
 workers, with the plan giving no estimates, wrong ones (unrelated to the real durations: a seeded shuffle of
 them) and exact ones. Ratio = wall / max(longest batch, work / workers), each from one run; next to it what
 the run state alone would give (``simulate.dispatch``: no overhead) and what the plan frozen into the static
-scheduler's streams would have given with the same real durations (``simulate.static``: distpar before
+scheduler's lanes would have given with the same real durations (``simulate.static``: distpar before
 run-time scheduling).
 
 *CAST stages* (issue 15): four stages without ``depends_on`` (3 parallel agents of 3 s, 1 of 1 s, 2 parallel

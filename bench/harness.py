@@ -57,7 +57,7 @@ class RunRecord:
     backend: str
     strategy: str
     workers: int  # --workers as given
-    used_workers: int  # the workers the executor ran (a pinned strategy runs one per stream)
+    used_workers: int  # the workers the executor ran (a pinned strategy runs one per pinned lane)
     batches: int  # units that ran (one per batch today)
     state: str
     wall: float  # planning + preflight + Runner.run, seconds
@@ -226,19 +226,19 @@ class Session:
             t3 = time.perf_counter()
             t_end = time.time()
             events = journal.events(runner.run_id)
-            rows = journal.batches(runner.run_id)
+            rows = journal.units(runner.run_id)
         finally:
             journal.close()
         if report.state != "ok":
-            bad = [f"{r.batch_id}: {r.status.value} {r.error}" for r in report.results if not r.status.ok]
+            bad = [f"{r.unit_id}: {r.status.value} {r.error}" for r in report.results if not r.status.ok]
             raise BenchError(f"run {label} ended {report.state}: {'; '.join(report.errors + bad)[:500]}")
 
         self.batches_run += len(rows)
         to_s = 60.0  # the scheduler works in minutes
-        agent = {r["batch_id"]: (r["started"], r["ended"]) for r in rows}
+        agent = {r["unit_id"]: (r["started"], r["ended"]) for r in rows}
         per_worker: dict[int, float] = {}
         for r in rows:
-            per_worker[r["stream"]] = per_worker.get(r["stream"], 0.0) + (r["ended"] - r["started"])
+            per_worker[r["worker"]] = per_worker.get(r["worker"], 0.0) + (r["ended"] - r["started"])
         return RunRecord(
             label=label,
             backend=backend,
@@ -264,9 +264,9 @@ class Session:
             phases=phases(events, agent, sleeps, t_run, t_end, t1 - t0, t2 - t1),
             loadavg=load,
             nonce=nonce,
-            timeline=[[r["batch_id"], r["stream"], round(r["started"] - t_wall0, 3), round(r["ended"] - t_wall0, 3)]
+            timeline=[[r["unit_id"], r["worker"], round(r["started"] - t_wall0, 3), round(r["ended"] - t_wall0, 3)]
                       for r in sorted(rows, key=lambda r: r["started"])],
-            commits={r["batch_id"]: r["commit_oid"] for r in rows if r["commit_oid"]},
+            commits={r["unit_id"]: r["commit_oid"] for r in rows if r["commit_oid"]},
             journal_bytes_before=journal_before,
             journal_bytes_after=self.journal_bytes(),
         )
@@ -303,13 +303,13 @@ def phases(events: list[Any], agent: dict[str, tuple[float, float]], sleeps: dic
     they ran in parallel); the other phases are on the coordinator's one thread."""
     collected: dict[str, float] = {}
     for e in events:
-        if e.kind == "batch_ended":
-            collected[e.batch_id] = e.ts
-    submits = [e for e in events if e.kind == "segment_submitted" and e.batch_id in agent]
+        if e.kind == "unit_ended":
+            collected[e.unit_id] = e.ts
+    submits = [e for e in events if e.kind == "unit_submitted" and e.unit_id in agent]
     out = dict.fromkeys(PHASES, 0.0)
     out["planning"], out["preflight"] = planning, preflight
     out["startup"] = (min(e.ts for e in submits) - t_run) if submits else 0.0
-    last_submit = {e.batch_id: e.ts for e in submits}  # a retried unit: its last attempt ran
+    last_submit = {e.unit_id: e.ts for e in submits}  # a retried unit: its last attempt ran
     for uid, ts in last_submit.items():
         start, end = agent[uid]
         out["prepare"] += max(0.0, start - ts)

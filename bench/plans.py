@@ -150,7 +150,7 @@ def diamonds(n: int, unit: float, seed: int, width: int = 3) -> list[Node]:
 
 def mixed_dag(n: int, unit: float, seed: int) -> list[Node]:
     """A realistic plan: a setup batch; feature chains of about four batches with log-normal durations, some
-    batches also needing a batch of an earlier feature (cross-stream dependencies); a final integration batch
+    batches also needing a batch of an earlier feature (cross-worker dependencies); a final integration batch
     that needs every feature."""
     rng = random.Random(seed)
     n = max(n, 6)

@@ -114,7 +114,7 @@ def _scheduling_targets(sc: dict[str, Any] | None, unit: float | None = MEASURED
                                              for r in over)
         note1 += ("; why: the balanced strategy is a list-scheduling heuristic, guaranteed only within work/N + "
                   "(1 - 1/N) x critical path (Graham), not within 1.1 x max(critical path, work/N); the misses are "
-                  "where workers idle behind cross-stream waits. The lower bound itself may be unreachable there, "
+                  "where workers idle behind cross-worker waits. The lower bound itself may be unreachable there, "
                   "so part of the gap may not be the scheduler's")
     out = [_target(n1, t1, f"worst {w:.3f}", w <= 1.1, _pct(w, 1.1, False), note1)]
 
@@ -201,7 +201,7 @@ def _dispatch_targets(d: dict[str, Any] | None) -> list[dict[str, Any]]:
                 f"the bound of the requested sleeps ({plan['lower_bound']:.1f} s; {plan['batches']} batches of "
                 f"{plan['shortest']:g}-{plan['longest']:g} s) {req['median']:.3f}; agents' span over it "
                 f"{r['span_ratio']['median']:.3f}; "
-                f"the run state alone (no overhead) {r['dispatch_ratio']:.3f}; the static streams of before would "
+                f"the run state alone (no overhead) {r['dispatch_ratio']:.3f}; the static lanes of before would "
                 f"give {r['static_ratio']:.3f}")
         if r.get("correlation") is not None:
             note += f"; rank correlation of the estimates with the durations {r['correlation']:+.2f}"
@@ -477,7 +477,7 @@ def _scheduling_md(sc: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         "Makespan / lower bound (1.0 is optimal), the lower bound being max(critical path, work / N) for N "
         "workers, also for the midpoint split, which uses two workers whatever N is. *balanced* is the default: "
         "the static schedule predicts it, and the executor dispatches it at run time (a free worker takes the best "
-        "ready unit); *midpoint* and *round-robin* stay pinned to their streams.",
+        "ready unit); *midpoint* and *round-robin* stay pinned to their workers.",
         "", "Predicted by the scheduler (pure), middle plan size of each shape:", "",
         _table(["shape", "batches", "N", "balanced", "midpoint", "round-robin", "midpoint / balanced",
                 "balanced, run-time dispatch"], rows),
@@ -512,10 +512,10 @@ def _dispatch_md(d: dict[str, Any]) -> list[str]:
         f"{plan['work']:g} s of work) on {plan['workers']} local workers; lower bound max(longest, work / "
         f"{plan['workers']}) = {plan['lower_bound']:g} s. Each ratio is from one run ({sp['reps']} run(s) per row, "
         "median (min-max)). *Run state alone*: the same plan through the real run state on a simulated clock, no "
-        "overhead; *static streams*: the plan frozen into the static scheduler's streams before the run, as "
+        "overhead; *static lanes*: the plan frozen into the static scheduler's lanes before the run, as "
         "distpar did before run-time dispatch, with the same real durations.", "",
         _table(["estimates", "rank correlation with durations", "wall / bound", "agents' span / bound",
-                "run state alone", "static streams"], rows),
+                "run state alone", "static lanes"], rows),
         "", f"CAST stages {' | '.join(' + '.join(f'{x:g}' for x in st) for st in c['stages'])} s on {c['workers']} "
         f"workers, run as **{c['form']}**: the sum of each stage's longest agent is {c['stage_bound']:g} s, all "
         f"agents together {c['all_agents']:g} s." + "".join(f" {n[:1].upper()}{n[1:]}." for n in c["notes"]), "",

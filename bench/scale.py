@@ -25,7 +25,7 @@ from bench.harness import Session
 from bench.plans import make_shape, plan_document
 from bench.stats import summary
 from distpar.coordinator.journal import Journal
-from distpar.core.model import AgentOutcome, BatchResult, BatchStatus
+from distpar.core.model import AgentOutcome, UnitResult, UnitStatus
 from distpar.core.plan import parse_plan
 from distpar.core.schedule import make_schedule
 from distpar.core.state import RunState, Start, UnitEnded, WorkerUp
@@ -103,7 +103,7 @@ def run_state_cost(session: Session, cfg: Config, events: int = 64) -> list[dict
                 break
             ins = started.pop(0)
             t = time.perf_counter()
-            out = st.handle(UnitEnded(ins.uid, ins.worker, BatchStatus.OK))
+            out = st.handle(UnitEnded(ins.uid, ins.worker, UnitStatus.OK))
             times.append(time.perf_counter() - t)
             started += [i for i in out if isinstance(i, Start)]
         rows.append({"units": len(units), "workers": cfg.scale_workers, "units_and_state_s": round(t1 - t0, 4),
@@ -126,8 +126,8 @@ def _register(journal: Journal, plan: Any, sched: Any, run_id: str) -> None:
 
 def journal_size(session: Session, cfg: Config) -> dict[str, Any]:
     """Bytes per batch of a journal that records N batches the way a run does: the run and batch rows, one
-    segment_submitted (a unit to a worker), two batch_started (at submit, and when the agent starts) and a
-    batch_ended per batch, a run_ended (checkpointed, so the WAL is in)."""
+    unit_submitted (a unit to a worker), a unit_dispatched (at submit), a unit_started (when the agent starts)
+    and a unit_ended per batch, a run_ended (checkpointed, so the WAL is in)."""
     n = cfg.journal_batches
     nodes = make_shape("independent-equal", n, 1.0)
     plan = parse_plan(plan_document(nodes))
@@ -141,11 +141,11 @@ def journal_size(session: Session, cfg: Config) -> dict[str, Any]:
     now = time.time()
     for i, b in enumerate(plan.batches):
         k = i % sched.workers  # the worker that ran it
-        journal.event("size", "segment_submitted", k, b.id, batches=[b.id], attempt=1, base="0" * 40, worker=k)
-        journal.batch_started("size", b.id, k, 1, "")
-        journal.batch_started("size", b.id, k, 1, "node")
-        journal.batch_ended("size", BatchResult(b.id, k, BatchStatus.OK, 0, now, now + 1, "1" * 40, True, outcome,
-                                                f"/state/runs/size/logs/{b.id}.log", "", "", "node", 1))
+        journal.event("size", "unit_submitted", k, b.id, attempt=1, base="0" * 40)
+        journal.unit_dispatched("size", b.id, k, 1, "")
+        journal.unit_started("size", b.id, k, 1, "node", now)
+        journal.unit_ended("size", UnitResult(b.id, k, UnitStatus.OK, 0, now, now + 1, "1" * 40, True, outcome,
+                                              f"/state/runs/size/logs/{b.id}.log", "", "", "node", 1))
     journal.end_run("size", "ok", 0, {"state": "ok"})
     journal.close()
     full = _db_bytes(path)

@@ -7,7 +7,7 @@ pure and instant, so many shapes, sizes and worker counts.
 last agent end) and, separately, the whole wall time, both over the lower bound in seconds. The lower bound
 is always that of N workers, also for the midpoint split (which only ever uses two workers): the question is
 what the seed's split gives away against what N workers can do. ``balanced`` (the default) is dispatched at run
-time; ``midpoint`` and ``round-robin`` stay pinned to their streams.
+time; ``midpoint`` and ``round-robin`` stay pinned to their lanes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def predicted(cfg: Config) -> list[dict[str, Any]]:
                         "makespan": round(s.makespan, 5),
                         "lower_bound": round(s.lower_bound, 5),
                         "ratio": round(s.makespan / s.lower_bound, 4),
-                        "streams": len(s.streams),
+                        "lanes": len(s.lanes),
                         "cross_stream_waits": sum(len(v) for v in s.waits.values()),
                         "dispatch_ratio": round(simulate.dispatch(plan, s, durations).makespan / s.lower_bound, 4),
                     }

@@ -3,8 +3,8 @@ the unit graph) fed through the real pure ``RunState`` on a simulated clock, eve
 duration.
 
 ``dispatch``: what ``distpar run`` does today (a free worker takes the best ready unit; midpoint/round-robin
-stay pinned to their streams). ``static``: the plan frozen into the scheduler's streams before anything runs,
-each stream in its order on its own worker (what distpar did before run-time scheduling), for comparison.
+stay pinned to their workers). ``static``: the plan frozen into the scheduler's lanes before anything runs,
+each lane in its order on its own worker (what distpar did before run-time scheduling), for comparison.
 Durations in seconds; the units' priorities come from the plan's estimates, which may be wrong or absent.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.core.plan import Plan
 from distpar.core.schedule import Schedule
 from distpar.core.state import Finish, Instruction, RunState, Start, UnitEnded, UnitInfo, WorkerUp
@@ -53,7 +53,7 @@ def run_state(units: list[UnitInfo], workers: int, durations: dict[str, float], 
         if st.finished or not pending:
             break
         clock, _, uid, worker = heapq.heappop(pending)
-        out = st.handle(UnitEnded(uid, worker, BatchStatus.OK))
+        out = st.handle(UnitEnded(uid, worker, UnitStatus.OK))
         apply(out)
         if any(isinstance(i, Finish) for i in out):
             break
@@ -70,14 +70,14 @@ def dispatch(plan: Plan, schedule: Schedule, durations: dict[str, float]) -> Sim
 
 
 def static(plan: Plan, schedule: Schedule, durations: dict[str, float]) -> Simulated:
-    """The schedule's streams carried out as they are: each batch pinned to its stream, after the one before it
-    in that stream and after its dependencies."""
+    """The schedule's lanes carried out as they are: each batch pinned to its lane, after the one before it
+    in that lane and after its dependencies."""
     deps = {b.id: list(b.depends_on) for b in plan.batches}
     pin: dict[str, int] = {}
-    for s in schedule.streams:
+    for s in schedule.lanes:
         for prev, cur in zip(s.batch_ids, s.batch_ids[1:], strict=False):
             if prev not in deps[cur]:
                 deps[cur].append(prev)
         pin.update(dict.fromkeys(s.batch_ids, s.index))
     units = [UnitInfo(b.id, tuple(deps[b.id]), 0.0, i, pin[b.id]) for i, b in enumerate(plan.batches)]
-    return run_state(units, len(schedule.streams), durations, all_up=True)
+    return run_state(units, len(schedule.lanes), durations, all_up=True)

@@ -19,7 +19,7 @@ def _aider_args(cfg: AgentConfig, ctx: Context) -> list[str]:
     # `--analytics-disable` keep it from asking or phoning home; `--model M`. Aider commits its own edits
     # (--auto-commits is on by default): the worker records every commit since the batch started. No turn or
     # budget limit and no JSON output exist; cost and tokens come from its "Tokens: ... Cost: ..." lines.
-    # aider adds ".aider*" to the repository's .gitignore (the same line in every stream, so the streams merge
+    # aider adds ".aider*" to the repository's .gitignore (the same line in every unit branch, so the branches merge
     # cleanly); with --no-gitignore its chat history and tags cache would be committed and conflict instead
     # (seen with aider 0.86.2).
     args = ["--message-file", str(ctx.prompt_file), "--yes-always", "--no-stream", "--no-pretty",

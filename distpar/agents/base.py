@@ -35,7 +35,7 @@ class Context:
     batch_id: str
     workdir: Path
     run_id: str
-    stream: int
+    worker: int  # 0-based
     session_id: str = field(default_factory=lambda: str(uuid.uuid4()))  # fresh for every try
     resume: bool = False  # continue the agent's session ``session_id`` (an interrupted batch, resumed)
     subagent_type: str | None = None  # the plan's agents[].subagent_type (claude: --agent NAME when defined)

@@ -24,7 +24,8 @@ def invocation(cfg: AgentConfig, ctx: Context, base_env: Mapping[str, str], extr
         {
             "DISTPAR_RUN_ID": ctx.run_id,
             "DISTPAR_BATCH_ID": ctx.batch_id,
-            "DISTPAR_STREAM": str(ctx.stream + 1),
+            "DISTPAR_WORKER": str(ctx.worker + 1),
+            "DISTPAR_STREAM": str(ctx.worker + 1),  # the old name of DISTPAR_WORKER, kept for existing scripts
             "DISTPAR_WORKTREE": str(ctx.workdir),
             "DISTPAR_PROMPT_FILE": str(ctx.prompt_file),
         }

@@ -12,7 +12,8 @@ from distpar.agents.claude import claude_result, parse_claude
 from distpar.core.errors import UsageError
 from distpar.core.model import AgentConfig, AgentOutcome
 
-PLACEHOLDERS = ("prompt", "prompt_file", "batch_id", "workdir", "run_id", "stream")
+# "stream": the old name of "worker", deprecated (existing templates use it)
+PLACEHOLDERS = ("prompt", "prompt_file", "batch_id", "workdir", "run_id", "worker", "stream")
 _PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 
 
@@ -46,7 +47,8 @@ class TemplatePreset(Preset):
             "batch_id": ctx.batch_id,
             "workdir": str(ctx.workdir),
             "run_id": ctx.run_id,
-            "stream": str(ctx.stream + 1),
+            "worker": str(ctx.worker + 1),
+            "stream": str(ctx.worker + 1),  # the old name of {worker}, kept for existing templates
         }
         return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], a) for a in validate_template(cfg.template)]
 

@@ -1,4 +1,4 @@
-"""Backends are transports: each runs ``distpar.worker.run_segment`` somewhere and hands the result back.
+"""Backends are transports: each runs ``distpar.worker.unit.run_unit`` somewhere and hands the reply back.
 
 They are registered like agent presets, as ``distpar.backends`` entry points (pyproject.toml): distpar's own
 (local, ray, ssh, fake) and any a plugin installs. An entry point names the extra its backend needs

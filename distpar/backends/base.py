@@ -1,4 +1,5 @@
-"""The backend contract: submit a segment spec, get a future of its result; cancel; start and close."""
+"""The backend contract: submit a unit (with its worker's settings), get a future of its reply; cancel; start
+and close."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from distpar.core.model import AgentConfig, SegmentResult, SegmentSpec
+from distpar.core.model import AgentConfig, UnitReply, UnitSpec, WorkerSettings
 from distpar.infra import paths
 
 
@@ -26,7 +27,7 @@ class RunContext:
 
 
 class Backend(ABC):
-    """Runs segments. ``remote`` backends get the code as bundles and hand new commits back as bundles;
+    """Runs units on workers. ``remote`` backends get the code as bundles and hand new commits back as bundles;
     local ones share the coordinator's repository through worktrees. Everything else (scheduling, merging,
     journaling, retries) belongs to the runtime, so every backend behaves alike."""
 
@@ -37,11 +38,13 @@ class Backend(ABC):
         """Connect, check hosts, start a cluster. Raise BackendError when that is impossible."""
 
     @abstractmethod
-    def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
-        """Start running one segment. The future raises BackendError when the transport (not the agent) fails."""
+    def submit(self, settings: WorkerSettings, spec: UnitSpec) -> Future[UnitReply]:
+        """Start running one unit on worker ``spec.worker``, whose settings are ``settings`` (the same for all its
+        units: a backend sends them to a worker once). The future raises BackendError when the transport (not
+        the agent) fails."""
 
     def cancel(self) -> None:  # noqa: B027 - optional hook
-        """Ask every running segment to stop: agents are killed, their work saved, results still returned."""
+        """Ask every running unit to stop: agents are killed, their work saved, results still returned."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release everything ``start`` acquired. Called once, also after errors and interrupts, before the

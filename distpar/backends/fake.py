@@ -14,6 +14,7 @@ With no script (``--backend fake``) every unit succeeds with a commit of one sma
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
@@ -26,7 +27,7 @@ from pathlib import Path
 from distpar.backends.base import Backend, RunContext
 from distpar.core import names
 from distpar.core.errors import BackendError
-from distpar.core.model import AgentOutcome, BatchResult, BatchStatus, SegmentResult, SegmentSpec
+from distpar.core.model import AgentOutcome, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
 from distpar.infra import gitops
 
 NODE = "fake"
@@ -117,15 +118,15 @@ class FakeBackend(Backend):
         self._ctx = ctx
         self._pool = ThreadPoolExecutor(max_workers=max(1, ctx.workers), thread_name_prefix="distpar-fake-worker")
 
-    def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
+    def submit(self, settings: WorkerSettings, spec: UnitSpec) -> Future[UnitReply]:
         if self._pool is None:
             raise BackendError("the fake backend was not started")
-        uid = spec.batches[0].id
+        uid = spec.uid
         with self._changed:
             n = sum(1 for d in self.dispatches if d.uid == uid)
             act = self._act(uid, n)
-            self.dispatches.append(Dispatch(uid, spec.stream, spec.attempt, spec.base, act.kind))
-        return self._pool.submit(self._run, spec, act)
+            self.dispatches.append(Dispatch(uid, spec.worker, spec.attempt, spec.base, act.kind))
+        return self._pool.submit(self._run, settings, spec, act)
 
     def cancel(self) -> None:
         with self._changed:
@@ -149,48 +150,49 @@ class FakeBackend(Backend):
             return acts
         return acts[min(n, len(acts) - 1)]
 
-    def _run(self, spec: SegmentSpec, act: Act) -> SegmentResult:
-        uid = spec.batches[0].id
+    def _run(self, settings: WorkerSettings, spec: UnitSpec, act: Act) -> UnitReply:
+        uid = spec.uid
         try:
-            return self._do(spec, act, uid)
+            return self._do(settings, spec, act, uid)
         finally:
             with self._changed:
                 self._ended.add(uid)
                 self._changed.notify_all()
 
-    def _do(self, spec: SegmentSpec, act: Act, uid: str) -> SegmentResult:
+    def _do(self, settings: WorkerSettings, spec: UnitSpec, act: Act, uid: str) -> UnitReply:
         started = time.time()
+        done = functools.partial(self._result, settings.run_id, spec)
         repo = self._repo(spec)
         gitops.update_ref(repo, f"refs/heads/{spec.branch}", spec.base)  # the unit's branch, at its base
         if self._ctx is not None and self._ctx.events is not None:
-            self._ctx.events("unit_started", {"batch": uid, "stream": spec.stream, "attempt": spec.attempt,
+            self._ctx.events("unit_started", {"unit": uid, "worker": spec.worker, "attempt": spec.attempt,
                                               "node": NODE, "at": started})
         waited = self._wait(act)
         if waited is None:  # failed, not lost: a transport error would be retried, and wait as long again
             why = (f"the fake backend waited {self.limit:g}s: a {act.kind} nobody cancelled"
                    + (f", or units {list(act.until)} that never ended" if act.until else ""))
-            return self._result(spec, BatchStatus.FAILED, started, spec.base, why, AgentOutcome("error", False, why),
+            return done(UnitStatus.FAILED, started, spec.base, why, AgentOutcome("error", False, why),
                                 exit_code=1)
         if not waited or act.kind == "hang":
-            return self._result(spec, BatchStatus.INTERRUPTED, started, spec.base, "the run was interrupted",
+            return done(UnitStatus.INTERRUPTED, started, spec.base, "the run was interrupted",
                                 AgentOutcome("interrupted", False, "run interrupted"), interrupted=True)
         if act.kind == "lost":
             raise BackendError(act.message)
         if act.kind == "fail":
-            return self._result(spec, BatchStatus.FAILED, started, spec.base, act.message,
+            return done(UnitStatus.FAILED, started, spec.base, act.message,
                                 AgentOutcome("error", False, act.message, cost_usd=act.cost_usd), exit_code=1)
         if act.kind == "rate_limited":
             outcome = AgentOutcome("api_error", False, act.message, transient=True, rate_limited=True,
                                    retry_after=act.retry_after)
-            return self._result(spec, BatchStatus.FAILED, started, spec.base, act.message, outcome, exit_code=1)
-        head = self._commit(repo, spec, uid, act.files)
+            return done(UnitStatus.FAILED, started, spec.base, act.message, outcome, exit_code=1)
+        head = self._commit(repo, settings, spec, uid, act.files)
         gitops.update_ref(repo, f"refs/heads/{spec.branch}", head)
         bundle = None
         if act.kind == "garbled":
-            bundle = str(Path(spec.log_dir) / f"{names.key(uid)}-{spec.segment}.bundle")
+            bundle = str(Path(settings.log_dir) / f"{names.key(uid)}-{spec.dispatch}.bundle")
             Path(bundle).parent.mkdir(parents=True, exist_ok=True)
             Path(bundle).write_text("# v2 git bundle\nnot a bundle at all\n")
-        return self._result(spec, BatchStatus.OK, started, head, "", AgentOutcome("success", True, act.message,
+        return done(UnitStatus.OK, started, head, "", AgentOutcome("success", True, act.message,
                                                                                   cost_usd=act.cost_usd), bundle=bundle)
 
     def _wait(self, act: Act) -> bool | None:
@@ -208,17 +210,17 @@ class FakeBackend(Backend):
                 self._changed.wait(max(0.01, left))
             return False
 
-    def _repo(self, spec: SegmentSpec) -> str:
+    def _repo(self, spec: UnitSpec) -> str:
         if spec.source.kind == "worktree":
             return spec.source.location
         if self._ctx is not None:
             return str(self._ctx.repo)
         raise BackendError(f"the fake backend cannot reach the repository of a {spec.source.kind} source")
 
-    def _commit(self, repo: str, spec: SegmentSpec, uid: str, files: Mapping[str, str]) -> str:
+    def _commit(self, repo: str, settings: WorkerSettings, spec: UnitSpec, uid: str, files: Mapping[str, str]) -> str:
         """A commit of ``files`` on top of ``spec.base``, made without a worktree (a private index)."""
         files = files or {f"fake/{names.key(uid)}.txt": f"unit {uid}, attempt {spec.attempt}\n"}
-        env = spec.identity.env()
+        env = settings.identity.env()
         fd, index = tempfile.mkstemp(prefix="distpar-fake-index-")
         os.close(fd)
         os.unlink(index)  # git wants to create it itself
@@ -232,16 +234,16 @@ class FakeBackend(Backend):
         finally:
             if os.path.exists(index):
                 os.unlink(index)
-        msg = f"distpar: unit {uid} (fake backend)\n\nDistpar-Run: {spec.run_id}\n"
+        msg = f"distpar: unit {uid} (fake backend)\n\nDistpar-Run: {settings.run_id}\n"
         return gitops.out(repo, "commit-tree", tree, "-p", spec.base, "-m", msg, env=env)
 
-    def _result(self, spec: SegmentSpec, status: BatchStatus, started: float, head: str, error: str,
+    def _result(self, run_id: str, spec: UnitSpec, status: UnitStatus, started: float, head: str, error: str,
                 outcome: AgentOutcome, exit_code: int | None = 0, interrupted: bool = False,
-                bundle: str | None = None) -> SegmentResult:
-        uid = spec.batches[0].id
-        r = BatchResult(uid, spec.stream, status, exit_code=exit_code, started=started, ended=time.time(),
+                bundle: str | None = None) -> UnitReply:
+        uid = spec.uid
+        r = UnitResult(uid, spec.worker, status, exit_code=exit_code, started=started, ended=time.time(),
                         commit=head, changed=head != spec.base, outcome=outcome, error=error, node=NODE,
                         attempt=spec.attempt, try_classes=(outcome.result_class,))
-        return SegmentResult(spec.run_id, spec.stream, spec.segment, spec.branch, spec.base, head, (r,), node=NODE,
-                             bundle=bundle, interrupted=interrupted)
+        return UnitReply(run_id, spec.worker, spec.dispatch, spec.branch, spec.base, head, r, node=NODE,
+                         bundle=bundle, interrupted=interrupted)
 

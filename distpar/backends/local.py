@@ -7,8 +7,8 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from distpar.backends.base import Backend, RunContext
-from distpar.core.model import SegmentResult, SegmentSpec
-from distpar.worker.worker import run_segment
+from distpar.core.model import UnitReply, UnitSpec, WorkerSettings
+from distpar.worker.unit import run_unit
 
 
 class LocalBackend(Backend):
@@ -19,15 +19,17 @@ class LocalBackend(Backend):
         self._pool: ThreadPoolExecutor | None = None
         self._cancel = threading.Event()
         self._ctx: RunContext | None = None
+        self._settings: dict[int, WorkerSettings] = {}  # worker -> its settings: one object for all its units
 
     def start(self, ctx: RunContext) -> None:
         self._ctx = ctx
-        self._pool = ThreadPoolExecutor(max_workers=max(1, ctx.workers), thread_name_prefix="distpar-stream")
+        self._pool = ThreadPoolExecutor(max_workers=max(1, ctx.workers), thread_name_prefix="distpar-worker")
 
-    def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
+    def submit(self, settings: WorkerSettings, spec: UnitSpec) -> Future[UnitReply]:
         assert self._pool is not None, "start() first"
         events = self._ctx.events if self._ctx else None
-        return self._pool.submit(run_segment, spec, self._cancel, events)
+        settings = self._settings.setdefault(spec.worker, settings)
+        return self._pool.submit(run_unit, settings, spec, self._cancel, events)
 
     def cancel(self) -> None:
         self._cancel.set()

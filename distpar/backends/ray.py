@@ -1,6 +1,6 @@
 """The Ray backend: one Ray actor per node, living for the whole run and hosting that node's workers as threads;
-each worker keeps its own clone there and runs the units sent to it one at a time (``distpar.worker.run_segment``
-on the node).
+each worker keeps its own clone there and runs the units sent to it one at a time (``distpar.worker.unit.run_unit``
+on the node). A worker's settings go with its first unit on an actor; the actor keeps them.
 
 Why one actor per node, not one per worker
     A Ray actor is a process that imports Ray and distpar before it takes anything: 32 workers meant 32 such
@@ -13,9 +13,9 @@ How the pieces travel
     handed back). An actor's first unit gets the run's start bundle (read once, ``ray.put`` once, staged once
     per node) plus the unit's increment; every later unit gets only ``base ^<what the actor holds>`` as the bytes
     of a bundle (``transfer.increment``), or nothing when the actor already holds the base. With ``--repo-url``
-    the actor fetches from and pushes to the remote itself. Work back: the unit's result (a ``SegmentResult``),
+    the actor fetches from and pushes to the remote itself. Work back: the unit's reply (a ``UnitReply``),
     the bytes of the bundle of its new commits and the (masked, last 1 MB) text of its log come back as the last
-    item of the unit's stream; the coordinator writes the bundle (git fetches from a file) and the log (for
+    item of the unit's generator; the coordinator writes the bundle (git fetches from a file) and the log (for
     ``distpar logs``) under ``<run dir>``.
 
 Events
@@ -82,9 +82,10 @@ from distpar.backends.base import Backend, RunContext
 from distpar.core import names
 from distpar.core.errors import BackendError
 from distpar.core.masking import mask
-from distpar.core.model import SegmentResult, SegmentSpec, Source
+from distpar.core.model import Source, UnitReply, UnitSpec, WorkerSettings
 from distpar.infra import transfer
-from distpar.worker.worker import run_segment, safe_name
+from distpar.worker.common import safe_name
+from distpar.worker.unit import run_unit
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class NodeActor:
         self.root = node_dir(run_id, self.node)
         self.stop = threading.Event()  # set once by interrupt(): the run is ending, every unit stops
         self.locks = {w: threading.Lock() for w in workers}  # a worker's units, one at a time
+        self.settings: dict[int, WorkerSettings] = {}  # worker -> its settings (sent with its first unit here)
 
     def ready(self) -> str:
         """The node this actor runs on (answers once the actor is up)."""
@@ -143,21 +145,31 @@ class NodeActor:
         workspaces whose work did not come back; returns those."""
         return _clean(self.root)
 
-    def run(self, worker: int, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
+    def run(self, spec: UnitSpec, settings: WorkerSettings | None, full: tuple[str, list[Any]] | None,
             increments: list[bytes]) -> Iterator[dict[str, Any]]:
-        """Stage what was shipped, run the unit, stream its events, end with its result (or an error)."""
+        """Stage what was shipped, run the unit, stream its events, end with its reply (or an error).
+        ``settings``: the worker's, with its first unit on this actor (None after that: the actor keeps them)."""
+        worker = spec.worker
+        if settings is not None:  # its workspace and logs live in the node's run directory
+            self.settings[worker] = replace(settings, workspace=str(self.root / settings.workspace),
+                                            log_dir=str(self.root / settings.log_dir))
         yield {"kind": "accepted", "node": self.node}
         with self.locks.setdefault(worker, threading.Lock()):
-            yield from self._run(worker, spec, full, increments)
+            yield from self._run(spec, full, increments)
 
-    def run_all(self, worker: int, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
+    def run_all(self, spec: UnitSpec, settings: WorkerSettings | None, full: tuple[str, list[Any]] | None,
                 increments: list[bytes]) -> list[dict[str, Any]]:
         """``run`` for Ray Client connections (``ray://``), which cannot stream: everything comes at the end."""
-        return list(self.run(worker, spec, full, increments))
+        return list(self.run(spec, settings, full, increments))
 
-    def _run(self, worker: int, spec: SegmentSpec, full: tuple[str, list[Any]] | None,
+    def _run(self, spec: UnitSpec, full: tuple[str, list[Any]] | None,
              increments: list[bytes]) -> Iterator[dict[str, Any]]:
-        ws = self.root / spec.workspace
+        worker = spec.worker
+        settings = self.settings.get(worker)
+        if settings is None:
+            yield {"kind": "error", "error": f"this actor has no settings for worker w{worker + 1}", "node": self.node}
+            return
+        ws = Path(settings.workspace)
         busy = ws.with_name(ws.name + ".busy")
         staged: list[Path] = []
         try:
@@ -166,21 +178,22 @@ class NodeActor:
             if spec.source.kind == "bundle":
                 sources = [str(_stage(self.root / "bundles", *full))] if full else []
                 for i, data in enumerate(increments):
-                    path = self.root / "bundles" / f"w{worker + 1}-{spec.segment}-{i}.bundle"
+                    path = self.root / "bundles" / f"w{worker + 1}-{spec.dispatch}-{i}.bundle"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_bytes(data)
                     staged.append(path)
                     sources.append(str(path))
                 spec = replace(spec, source=Source("bundle", sources[0] if sources else "", tuple(sources[1:])))
-            spec = replace(spec, workspace=str(ws), log_dir=str(self.root / spec.log_dir))
         except Exception as exc:  # a broken node (disk): the coordinator raises BackendError and may retry
-            yield {"kind": "error", "error": mask(f"{type(exc).__name__}: {exc}", spec.env.values()), "node": self.node}
+            yield {"kind": "error", "error": mask(f"{type(exc).__name__}: {exc}", settings.env.values()),
+                   "node": self.node}
             return
         inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
         def body() -> None:
             try:
-                inbox.put(("done", run_segment(spec, self.stop, lambda kind, data: inbox.put(("event", (kind, data))))))
+                inbox.put(("done", run_unit(settings, spec, self.stop,
+                                            lambda kind, data: inbox.put(("event", (kind, data))))))
             except BaseException as exc:  # whatever happens, the stream must end
                 inbox.put(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -195,19 +208,20 @@ class NodeActor:
         try:
             if kind == "error":
                 raise RuntimeError(payload)
-            result: SegmentResult = payload
+            reply: UnitReply = payload
             bundle = None
-            if result.bundle:
-                path = Path(result.bundle)
+            if reply.bundle:
+                path = Path(reply.bundle)
                 bundle = path.read_bytes()
                 path.unlink()
-            logs = {r.batch_id: mask(_tail(Path(r.log_path)), spec.env.values())
-                    for r in result.results if r.log_path and Path(r.log_path).exists()}
+            r = reply.result
+            log = (mask(_tail(Path(r.log_path)), settings.env.values())
+                   if r.log_path and Path(r.log_path).exists() else None)
         except Exception as exc:  # a broken node (git, disk): the coordinator raises BackendError and may retry
-            yield {"kind": "error", "error": mask(str(exc), spec.env.values()), "node": self.node}
+            yield {"kind": "error", "error": mask(str(exc), settings.env.values()), "node": self.node}
             return
         busy.unlink(missing_ok=True)
-        yield {"kind": "result", "result": result, "bundle": bundle, "logs": logs}
+        yield {"kind": "result", "result": reply, "bundle": bundle, "log": log}
 
 
 def _stage(directory: Path, key: str, box: list[Any]) -> Path:
@@ -279,6 +293,7 @@ class _Slot:
 
     host: _Host
     have: list[str] = field(default_factory=list)  # commits its workspace holds, newest first (bundle mode)
+    configured: bool = False  # the actor has the worker's settings (sent with its first unit there)
 
 
 def placement(nodes: list[dict[str, Any]], workers: int, per_slot: bool) -> dict[str, list[int]]:
@@ -315,7 +330,8 @@ class RayBackend(Backend):
         self._ctx: RunContext | None = None
         self._actor: Any = None  # the actor class, with its resources and placement
         self._slots: dict[int, _Slot] = {}
-        self._running: dict[int, Future[SegmentResult]] = {}  # worker -> its unit's future, until it resolves
+        self._settings: dict[int, WorkerSettings] = {}  # worker -> its settings (for a new actor)
+        self._running: dict[int, Future[UnitReply]] = {}  # worker -> its unit's future, until it resolves
         self._full: dict[str, tuple[str, list[Any]]] = {}  # start bundle path -> (its key, [ObjectRef of it])
         self._nodes: set[str] = set()  # nodes that ran units (their run directories need cleaning)
         self._lock = threading.Lock()
@@ -395,18 +411,19 @@ class RayBackend(Backend):
             raise BackendError(f"the Ray cluster refused the run's actors: {_first_line(exc)}") from exc
         log.debug("ray backend: %d workers on %d actors", ctx.workers, len({id(s.host) for s in self._slots.values()}))
 
-    def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
+    def submit(self, settings: WorkerSettings, spec: UnitSpec) -> Future[UnitReply]:
         assert self._loop is not None and self._actor is not None, "start() first"
+        self._settings.setdefault(spec.worker, settings)
         try:
-            slot, stream = self._send(spec)
+            slot, items = self._send(spec)
         except BackendError:
             raise
         except Exception as exc:
             raise BackendError(f"could not submit the unit to Ray: {_first_line(exc)}") from exc
-        fut = asyncio.run_coroutine_threadsafe(self._follow(spec, slot, stream), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(self._follow(spec, slot, items), self._loop)
         with self._lock:
-            self._running[spec.stream] = fut
-        fut.add_done_callback(lambda _: self._resolved(spec.stream, fut))
+            self._running[spec.worker] = fut
+        fut.add_done_callback(lambda _: self._resolved(spec.worker, fut))
         if self._cancelled.is_set():  # submitted after an interrupt (it arrived while connecting)
             self._interrupt(slot)
         return fut
@@ -488,22 +505,23 @@ class RayBackend(Backend):
         if not fut.cancelled() and fut.exception() is None:
             host.node = host.node or fut.result()
 
-    def _send(self, spec: SegmentSpec) -> tuple[_Slot, Any]:
-        slot = self._slot(spec.stream)
+    def _send(self, spec: UnitSpec) -> tuple[_Slot, Any]:
+        slot = self._slot(spec.worker)
         full, increments = self._shipment(slot, spec)
         method = slot.host.handle.run_all if self._client else slot.host.handle.run
-        return slot, method.remote(spec.stream, spec, full, increments)
+        settings = None if slot.configured else self._settings[spec.worker]  # once per worker on an actor
+        slot.configured = True
+        return slot, method.remote(spec, settings, full, increments)
 
-    def _shipment(self, slot: _Slot, spec: SegmentSpec) -> tuple[tuple[str, list[Any]] | None, list[bytes]]:
+    def _shipment(self, slot: _Slot, spec: UnitSpec) -> tuple[tuple[str, list[Any]] | None, list[bytes]]:
         """What ``slot``'s actor lacks of ``spec.base``: the start bundle and the unit's increments for a new
         actor, only the missing objects (or nothing) for one that already ran units."""
         assert self._ctx is not None
         full, increments = None, []
         if spec.source.kind == "bundle":
             if slot.have:  # the base, and any saved work a resumed batch restores
-                ref = f"refs/distpar/{self._ctx.run_id}/ray/{spec.segment}"
-                tips = {f"{ref}-base": spec.base, **{f"{ref}-restore{i}": b.restore
-                                                      for i, b in enumerate(spec.batches) if b.restore}}
+                ref = f"refs/distpar/{self._ctx.run_id}/ray/{spec.dispatch}"
+                tips = {f"{ref}-base": spec.base, **({f"{ref}-restore0": spec.restore} if spec.restore else {})}
                 data = transfer.increment(self._ctx.repo, tips, slot.have)
                 increments = [data] if data is not None else []
             else:
@@ -513,26 +531,26 @@ class RayBackend(Backend):
                     self._full[path] = (key, [self._ray.put(Path(path).read_bytes())])
                 full = self._full[path]
                 increments = [Path(p).read_bytes() for p in spec.source.increments]
-        self.shipped.append({"worker": spec.stream, "unit": spec.batches[0].id, "full": full is not None,
+        self.shipped.append({"worker": spec.worker, "unit": spec.uid, "full": full is not None,
                              "bytes": sum(map(len, increments))})
         return full, increments
 
     # --- following a unit (in the asyncio thread) ------------------------------------------------------
 
-    async def _follow(self, spec: SegmentSpec, slot: _Slot, stream: Any) -> SegmentResult:
+    async def _follow(self, spec: UnitSpec, slot: _Slot, items: Any) -> UnitReply:
         try:
-            return await self._collect(spec, slot, stream)
+            return await self._collect(spec, slot, items)
         except BackendError:
             raise
         except Exception as exc:
             raise BackendError(f"could not collect the unit from Ray: {_first_line(exc)}") from exc
 
-    async def _collect(self, spec: SegmentSpec, slot: _Slot, stream: Any) -> SegmentResult:
+    async def _collect(self, spec: UnitSpec, slot: _Slot, items: Any) -> UnitReply:
         ray = self._ray
         for sent in range(RESEND + 1):
             accepted = False
             try:
-                async for item in self._items(stream):
+                async for item in self._items(items):
                     if item["kind"] == "accepted":
                         accepted, slot.host.node = True, item["node"]
                         self._nodes.add(slot.host.node)
@@ -555,11 +573,11 @@ class RayBackend(Backend):
                 # Over Ray Client nothing arrives before the unit ends, so whether the actor took it cannot be
                 # known: it may have run (and done things outside its workspace), so it counts as a retry.
                 if accepted or self._client or sent == RESEND or self._cancelled.is_set() or self._closing.is_set():
-                    raise BackendError(f"the Ray actor of worker {spec.stream + 1} died: its node went away or its "
+                    raise BackendError(f"the Ray actor of worker {spec.worker + 1} died: its node went away or its "
                                        f"process was killed ({_first_line(exc)})") from exc
                 log.info("ray backend: worker %d's actor died before it took unit %s; sending it again",
-                         spec.stream + 1, spec.batches[0].id)
-                slot, stream = self._send(spec)  # it never ran: a new actor gets it, no retry is spent
+                         spec.worker + 1, spec.uid)
+                slot, items = self._send(spec)  # it never ran: a new actor gets it, no retry is spent
             except ray.exceptions.RayError as exc:
                 raise BackendError(f"the Ray actor failed: {type(exc).__name__}: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")
@@ -573,30 +591,27 @@ class RayBackend(Backend):
         async for ref in stream:
             yield await ref
 
-    def _land(self, spec: SegmentSpec, slot: _Slot, item: dict[str, Any]) -> SegmentResult:
+    def _land(self, spec: UnitSpec, slot: _Slot, item: dict[str, Any]) -> UnitReply:
         """Write the returned bundle and logs on the coordinator; point the result at them."""
         assert self._ctx is not None
-        result: SegmentResult = item["result"]
-        self._nodes.add(result.node)
+        reply: UnitReply = item["result"]
+        self._nodes.add(reply.node)
         if spec.source.kind == "bundle":  # the actor now holds the base and its own new commits
-            slot.have = list(dict.fromkeys([result.head, spec.base, *slot.have]))[:HAVE]
+            slot.have = list(dict.fromkeys([reply.head, spec.base, *slot.have]))[:HAVE]
         bundle = None
         if item["bundle"] is not None:
-            path = self._ctx.run_dir / "bundles" / f"{safe_name(spec.branch)}-{spec.segment}-{spec.attempt}.bundle"
+            path = self._ctx.run_dir / "bundles" / f"{safe_name(spec.branch)}-{spec.dispatch}-{spec.attempt}.bundle"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(item["bundle"])
             bundle = str(path)
         logs = self._ctx.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        results = []
-        for r in result.results:
-            text = item["logs"].get(r.batch_id)
-            if text is not None:
-                p = logs / f"{names.key(r.batch_id)}.log"
-                p.write_text(text)
-                r = replace(r, log_path=str(p))
-            results.append(r)
-        return replace(result, bundle=bundle, results=tuple(results))
+        r = reply.result
+        if item["log"] is not None:
+            p = logs / f"{names.key(r.unit_id)}.log"
+            p.write_text(item["log"])
+            r = replace(r, log_path=str(p))
+        return replace(reply, bundle=bundle, result=r)
 
     def _lost(self, slot: _Slot) -> None:
         """An actor died: it and every actor on a node that is gone get replaced at their workers' next units."""
@@ -615,7 +630,7 @@ class RayBackend(Backend):
                 if other.host.node and other.host.node not in alive:
                     other.host.dead = True
 
-    def _resolved(self, worker: int, fut: Future[SegmentResult]) -> None:
+    def _resolved(self, worker: int, fut: Future[UnitReply]) -> None:
         with self._settled:
             if self._running.get(worker) is fut:
                 del self._running[worker]

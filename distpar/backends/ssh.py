@@ -47,11 +47,21 @@ from typing import Any
 from distpar import agents
 from distpar.backends.base import Backend, RunContext
 from distpar.backends.hosts import DEFAULT_WORKDIR, HostSpec, default_slots, resolve_hosts
+from distpar.core import serial
 from distpar.core.errors import BackendError, UsageError
 from distpar.core.masking import mask
-from distpar.core.model import AgentConfig, BatchResult, BatchStatus, SegmentResult, SegmentSpec, Source
+from distpar.core.model import (
+    SPEC_VERSION,
+    AgentConfig,
+    Source,
+    UnitReply,
+    UnitResult,
+    UnitSpec,
+    UnitStatus,
+    WorkerSettings,
+)
+from distpar.worker.common import safe_name
 from distpar.worker.supervisor import RUN_VAR
-from distpar.worker.worker import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +190,7 @@ class _Channel:
         self.feed, self.err = _Feed(), _Tail()
         self.replies: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()  # None: the channel ended
         self.exited: int | None = None
+        self.settings: WorkerSettings | None = None  # the worker settings this channel's worker has
         self.ended = threading.Event()
         self._on_event, self._on_end = on_event, on_end
         rd = shlex.quote(host.run_dir)
@@ -240,7 +251,7 @@ class SSHBackend(Backend):
         self.hosts: list[_Host] = []
         self._ctx: RunContext | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._futures: list[Future[SegmentResult]] = []
+        self._futures: list[Future[UnitReply]] = []
         self._cond = threading.Condition()
         self._cancel = threading.Event()
         self._closing = threading.Event()
@@ -294,9 +305,9 @@ class SSHBackend(Backend):
         log.debug("ssh: %d host(s) ready in %.2fs", len(ready), time.time() - t0)
         self._pool = ThreadPoolExecutor(max_workers=max(1, ctx.workers), thread_name_prefix="distpar-ssh")
 
-    def submit(self, spec: SegmentSpec) -> Future[SegmentResult]:
+    def submit(self, settings: WorkerSettings, spec: UnitSpec) -> Future[UnitReply]:
         assert self._pool is not None, "start() first"
-        fut = self._pool.submit(self._run, spec)
+        fut = self._pool.submit(self._run, settings, spec)
         self._futures.append(fut)
         return fut
 
@@ -475,17 +486,17 @@ class SSHBackend(Backend):
             slot.busy = False
             self._cond.notify_all()
 
-    def _run(self, spec: SegmentSpec) -> SegmentResult:
+    def _run(self, settings: WorkerSettings, spec: UnitSpec) -> UnitReply:
         from paramiko.ssh_exception import SSHException
 
-        slot = self._acquire(spec.stream, executables(b.agent for b in spec.batches))
+        slot = self._acquire(spec.worker, executables([spec.agent]))
         if slot is None:
-            return _not_started(spec)
+            return _not_started(settings, spec)
         host = slot.host
-        tag = f"w{spec.stream + 1}-{spec.segment}-{spec.attempt}"
+        tag = f"w{spec.worker + 1}-{spec.dispatch}-{spec.attempt}"
         try:
             self._ready(slot)
-            return self._run_on(slot, spec, tag)
+            return self._run_on(slot, settings, spec, tag)
         except _HostDown as exc:
             self._mark_down(host, str(exc))
             raise BackendError(f"host {host.label}: {exc}") from None
@@ -497,9 +508,9 @@ class SSHBackend(Backend):
         finally:
             self._release(slot)
 
-    def _run_on(self, slot: _Slot, spec: SegmentSpec, tag: str) -> SegmentResult:
+    def _run_on(self, slot: _Slot, settings: WorkerSettings, spec: UnitSpec, tag: str) -> UnitReply:
         host, conn = slot.host, slot.conn
-        need = executables(b.agent for b in spec.batches)
+        need = executables([spec.agent])
         unknown = {e for e in need if e not in host.exes}
         if unknown:  # agents the executor did not name up front: check them before the first unit
             info = _probe(conn, unknown)
@@ -511,37 +522,41 @@ class SSHBackend(Backend):
         rd = host.run_dir
         t0 = time.time()
         source, shipped = self._ship(slot, spec)
-        rspec = replace(spec, source=source, workspace=f"{rd}/{spec.workspace}", log_dir=f"{rd}/logs/{tag}")
+        # The worker's settings on this host: its workspace and its logs (sent back with each unit's reply).
+        rsettings = replace(settings, workspace=f"{rd}/{settings.workspace}",
+                            log_dir=f"{rd}/logs/w{spec.worker + 1}")
         if self._cancel.is_set():
-            return _not_started(spec)
+            return _not_started(settings, spec)
         host.unreturned.add(tag)
         t1 = time.time()
-        reply = self._call(slot, rspec)
+        reply = self._call(slot, rsettings, replace(spec, source=source))
         t2 = time.time()
         if "error" in reply:  # the worker is still up; this unit broke (git, disk): the executor may retry it
-            detail = mask(str(reply["error"]).strip(), agents.secret_values(os.environ, spec.env))[-1500:]
+            detail = mask(str(reply["error"]).strip(), agents.secret_values(os.environ, settings.env))[-1500:]
             raise BackendError(f"host {host.label}: the worker failed: {detail}")
         try:
-            result = SegmentResult.from_dict(reply["result"])
+            if reply.get("version") != SPEC_VERSION:
+                raise ValueError(f"reply version {reply.get('version')} is not {SPEC_VERSION}")
+            result = serial.load(UnitReply, reply["result"])
             files = dict(reply.get("files") or {})
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"host {host.label}: the worker sent a result distpar cannot read: {exc}") from None
-        result = self._bring_back(slot, rspec, result, files)
+        result = self._bring_back(slot, settings, result, files)
         host.unreturned.discard(tag)
-        self._fetched.setdefault((host.label, spec.stream), set()).update(shipped)
-        agents_time = sum(r.duration for r in result.results)
+        self._fetched.setdefault((host.label, spec.worker), set()).update(shipped)
+        agents_time = result.result.duration
         log.debug("host %s: %s: upload %.2fs, unit %.2fs (agents %.2fs), bring back %.2fs", host.label, tag,
                   t1 - t0, t2 - t1, agents_time, time.time() - t2)
         return result
 
-    def _ship(self, slot: _Slot, spec: SegmentSpec) -> tuple[Source, list[str]]:
+    def _ship(self, slot: _Slot, spec: UnitSpec) -> tuple[Source, list[str]]:
         """Upload the unit's bundles (once per host); the full start bundle is left out of the source when the
         worker's workspace on this host already has it. Returns the source and every bundle it stands for."""
         source = spec.source
         if source.kind != "bundle":
             return source, []
         remote = [self._upload(slot, p) for p in (source.location, *source.increments)]
-        have = self._fetched.get((slot.host.label, spec.stream), set())
+        have = self._fetched.get((slot.host.label, spec.worker), set())
         needed = [r for r in remote if r not in have] or remote[-1:]
         return Source("bundle", needed[0], tuple(needed[1:])), remote
 
@@ -617,10 +632,14 @@ class SSHBackend(Backend):
         if conn is not None and not _link_alive(conn):
             self._mark_down(chan.host, "connection lost")
 
-    def _call(self, slot: _Slot, spec: SegmentSpec) -> dict[str, Any]:
-        """Hand one unit to the slot's worker; its events go to ctx.events as they come; returns its reply."""
+    def _call(self, slot: _Slot, settings: WorkerSettings, spec: UnitSpec) -> dict[str, Any]:
+        """Hand one unit to the slot's worker (its worker's settings first, when the channel's worker does not
+        have them yet); its events go to ctx.events as they come; returns its reply."""
         chan = self._ready(slot)
-        chan.send(json.dumps({"op": "unit", "spec": spec.to_dict()}))  # secrets travel only in the channel
+        if chan.settings != settings:  # secrets travel only in the channel
+            chan.send(json.dumps({"version": SPEC_VERSION, "settings": serial.dump(settings)}))
+            chan.settings = settings
+        chan.send(json.dumps({"op": "unit", "unit": serial.dump(spec)}))
         cancelled_at: float | None = None
         killed = False
         while True:
@@ -652,8 +671,8 @@ class SSHBackend(Backend):
         detail = chan.err.text.strip()[-1500:] or "no output"
         return BackendError(f"host {slot.host.label}: the worker failed ({how}): {detail}")
 
-    def _bring_back(self, slot: _Slot, spec: SegmentSpec, result: SegmentResult,
-                    files: dict[str, str]) -> SegmentResult:
+    def _bring_back(self, slot: _Slot, settings: WorkerSettings, result: UnitReply,
+                    files: dict[str, str]) -> UnitReply:
         """Write the result bundle and the unit's logs (secrets masked) that came with the result; point the
         result at the copies; tell the worker it may drop its bundle."""
         assert self._ctx is not None
@@ -672,15 +691,16 @@ class SSHBackend(Backend):
             bundle = str(local)
             if slot.channel is not None:
                 slot.channel.send(json.dumps({"op": "drop", "paths": [result.bundle]}))
+        secrets = agents.secret_values(os.environ, settings.env)
         for path, data in sorted(files.items()):
             name = Path(path).name
-            text = mask(base64.b64decode(data).decode("utf-8", "replace"), agents.secret_values(os.environ, spec.env))
+            text = mask(base64.b64decode(data).decode("utf-8", "replace"), secrets)
             mode = "w" if name.endswith(".prompt.md") else "a"  # logs of earlier attempts stay
             with (logs / name).open(mode) as f:
                 f.write(text)
-        results = tuple(replace(r, log_path=str(logs / Path(r.log_path).name)) if r.log_path else r
-                        for r in result.results)
-        return replace(result, bundle=bundle, results=results)
+        r = result.result
+        r = replace(r, log_path=str(logs / Path(r.log_path).name)) if r.log_path else r
+        return replace(result, bundle=bundle, result=r)
 
 
 # --- helpers (coordinator side) --------------------------------------------------------------------------
@@ -873,11 +893,11 @@ def _not_found(host: _Host, need: set[str]) -> str:
     return f"agent executable {', '.join(sorted(e for e in need if not host.exes.get(e)))} not found on PATH"
 
 
-def _not_started(spec: SegmentSpec) -> SegmentResult:
+def _not_started(settings: WorkerSettings, spec: UnitSpec) -> UnitReply:
     if spec.source.kind == "url":
-        raise BackendError("the run was interrupted before this segment started")
-    results = tuple(BatchResult(b.id, spec.stream, BatchStatus.INTERRUPTED, error="the run was interrupted",
-                                attempt=spec.attempt) for b in spec.batches)
-    return SegmentResult(spec.run_id, spec.stream, spec.segment, spec.branch, spec.base, spec.base, results,
-                         interrupted=True)
+        raise BackendError("the run was interrupted before this unit started")
+    result = UnitResult(spec.uid, spec.worker, UnitStatus.INTERRUPTED, error="the run was interrupted",
+                        attempt=spec.attempt)
+    return UnitReply(settings.run_id, spec.worker, spec.dispatch, spec.branch, spec.base, spec.base, result,
+                     interrupted=True)
 

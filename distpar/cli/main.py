@@ -86,9 +86,9 @@ def _schedule_options(f: Any) -> Any:
                      help="The batches do not need each other (the seed's assumption): no stage order.")(f)
     f = click.option("--split", type=int, default=None, help="Cut after batch K (implies --strategy midpoint).")(f)
     f = click.option("--strategy", type=click.Choice(STRATEGIES), default="balanced", show_default=True,
-                     help="How batches are spread over streams.")(f)
+                     help="How the units are spread over the workers.")(f)
     f = click.option("-w", "--workers", type=click.IntRange(min=1), default=None,
-                     help="Number of parallel streams [default: 4; with --backend ssh, the hosts' slots].")(f)
+                     help="Number of parallel workers [default: 4; with --backend ssh, the hosts' slots].")(f)
     return f
 
 
@@ -348,7 +348,7 @@ def _observe_run(prepared: Any, as_json: bool, quiet: bool) -> Any:
     from rich.console import Console
 
     from distpar.ops import live
-    from distpar.worker.worker import node_name
+    from distpar.worker.common import node_name
 
     observer: live.Observer
     if as_json:
@@ -405,7 +405,7 @@ def _backend_options(backend: str, ray_address: str | None, hosts: str | None, h
 
 
 def _print_totals(rows: list[tuple[int, float, float | None, int | None, int | None]]) -> None:
-    """Agent time, cost and tokens per stream and for the run; rows: (stream, seconds, usd, in, out)."""
+    """Agent time, cost and tokens per worker and for the run; rows: (worker, seconds, usd, in, out)."""
     def line(label: str, rs: list[tuple[int, float, float | None, int | None, int | None]]) -> str:
         costs = [r[2] for r in rs if r[2] is not None]
         tin, tout = sum(r[3] or 0 for r in rs), sum(r[4] or 0 for r in rs)
@@ -421,7 +421,7 @@ def _print_totals(rows: list[tuple[int, float, float | None, int | None, int | N
 
 def _print_report(report: Any, runner: Any) -> None:
     s = report.summary()
-    counts = ", ".join(f"{n} {k}" for k, n in s["batches"].items())
+    counts = ", ".join(f"{n} {k}" for k, n in s["units"].items())
     color = {"ok": "green", "failed": "red", "conflict": "yellow", "interrupted": "yellow", "error": "red",
              "gate_failed": "red"}
     click.secho(f"run {report.run_id}: {report.state} ({counts})", fg=color.get(report.state))
@@ -430,8 +430,8 @@ def _print_report(report: Any, runner: Any) -> None:
     tokens = f", tokens {tin} in / {tout} out" if tin or tout else ""
     click.echo(f"wall {report.wall:.1f}s, serial agent time {report.agent_time:.1f}s, "
                f"speedup {report.speedup:.2f}x{cost}{tokens}")
-    if len({r.stream for r in report.results}) > 1:
-        _print_totals([(r.stream, r.duration, r.outcome.cost_usd if r.outcome else None,
+    if len({r.worker for r in report.results}) > 1:
+        _print_totals([(r.worker, r.duration, r.outcome.cost_usd if r.outcome else None,
                         r.outcome.input_tokens if r.outcome else None,
                         r.outcome.output_tokens if r.outcome else None) for r in report.results])
     budget = report.budget()
@@ -440,10 +440,10 @@ def _print_report(report: Any, runner: Any) -> None:
                    + (f"; spent before {len(report.pending)} batch(es) could start" if budget["exhausted"] else ""))
     for r in report.results:
         for note in r.notes:
-            err(f"warning: batch {r.batch_id}: {note}", fg="yellow")
+            err(f"warning: batch {r.unit_id}: {note}", fg="yellow")
     for r in report.results:
         if r.status.value in ("failed", "timeout", "blocked"):
-            click.echo(f"\nbatch {r.batch_id} ({worker_label(r.stream)}) {r.status.value}: {r.error}")
+            click.echo(f"\nbatch {r.unit_id} ({worker_label(r.worker)}) {r.status.value}: {r.error}")
             if r.log_tail:
                 click.echo("  " + "\n  ".join(r.log_tail.splitlines()[-10:]))
             if r.log_path:
@@ -451,7 +451,7 @@ def _print_report(report: Any, runner: Any) -> None:
     if report.conflict:
         c = report.conflict
         click.echo(f"\nmerge conflict ({c.stage}): {c.theirs} into {c.ours}"
-                   + (f" (for batch {c.batch_id})" if c.batch_id else ""))
+                   + (f" (for unit {c.unit_id})" if c.unit_id else ""))
         for f in c.files:
             click.echo(f"  conflicting: {f}")
         click.echo(f"{report.target} was left unchanged; nothing was resolved automatically. To continue:")
@@ -530,7 +530,7 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
             state, wall = run_state(journal, r)
             speed = f"{summ['speedup']:.2f}x" if "speedup" in summ else "-"
             cost = f"${r['cost_usd']:.4f}" if r["cost_usd"] is not None else "-"
-            counts = f"{r['n_ok']}/{r['n_batches']} ok" + (f", {r['n_failed']} failed" if r["n_failed"] else "")
+            counts = f"{r['n_ok']}/{r['n_units']} ok" + (f", {r['n_failed']} failed" if r["n_failed"] else "")
             plan = Path(r["plan_path"]).name
             plan = plan if len(plan) <= 20 else plan[:19] + "~"
             click.echo(f"{r['id']:<22} {plan:<20} {_when(r['started']):<16} {state:<12} {counts:<18} "
@@ -539,9 +539,9 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
     run = journal.run(run_id)
     if run is None:
         raise UsageError(f"no run {run_id!r} in {journal.path}")
-    batches = journal.batches(run["id"])
+    batches = journal.units(run["id"])
     if as_json:
-        click.echo(json.dumps({"run": run, "batches": batches}, indent=2, default=str))
+        click.echo(json.dumps({"run": run, "units": batches}, indent=2, default=str))
         return
     summ = json.loads(run["summary"]) if run["summary"] else {}
     state, wall = run_state(journal, run)
@@ -555,21 +555,21 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
                f"speedup {agent_time / wall if wall else 0:.2f}x; cost " + (f"${sum(costs):.4f}" if costs else "-"))
     for e in journal.events(run["id"]):
         if e.kind == "workspace_setup":
-            click.echo(f"  setup on {worker_label(e.stream)}" + (f" ({e.data['node']})" if e.data.get("node") else "")
+            click.echo(f"  setup on {worker_label(e.worker)}" + (f" ({e.data['node']})" if e.data.get("node") else "")
                        + f": {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
         elif e.kind == "verify_merged":
             click.echo(f"  --verify-merged: {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
     click.echo(f"{'WORKER':<7} {'BATCH':<14} {'STATE':<12} {'RESULT':<16} {'NODE':<18} {'DURATION':>9} "
                f"{'COST':>9} {'ATTEMPT':>7}")
-    for b in sorted(batches, key=lambda b: (b["stream"], b["position"])):
+    for b in sorted(batches, key=lambda b: (b["worker"], b["position"])):
         dur = secs(b["ended"] - b["started"]) if b["ended"] and b["started"] else "-"
         cost = f"${b['cost_usd']:.4f}" if b["cost_usd"] is not None else "-"
-        click.echo(f"{worker_label(b['stream']):<7} {b['batch_id']:<14} {b['state']:<12} "
+        click.echo(f"{worker_label(b['worker']):<7} {b['unit_id']:<14} {b['state']:<12} "
                    f"{b['result_class'] or '-':<16} "
                    f"{b['node'] or '-':<18} {dur:>9} {cost:>9} {b['attempt'] or '-':>7}")
         if b["error"] and b["state"] != "ok":
             click.echo(f"{'':<8}{b['error']}")
-    _print_totals([(b["stream"], (b["ended"] - b["started"]) if b["ended"] and b["started"] else 0.0,
+    _print_totals([(b["worker"], (b["ended"] - b["started"]) if b["ended"] and b["started"] else 0.0,
                     b["cost_usd"], b["input_tokens"], b["output_tokens"]) for b in batches])
     conflict = summ.get("conflict")
     if conflict:
@@ -613,9 +613,9 @@ def logs_cmd(run_id: str, batch_id: str | None, follow: bool, repo_path: Path) -
     journal = _open_journal(repo_path)
     run = _find_run(journal, run_id)
     run_dir = paths.state_dir(Path(run["repo"])) / "runs" / run["id"]
-    rows = journal.batches(run["id"])
+    rows = journal.units(run["id"])
     if batch_id is not None:
-        rows = [b for b in rows if b["batch_id"] == batch_id]
+        rows = [b for b in rows if b["unit_id"] == batch_id]
         if not rows:
             raise UsageError(f"run {run['id']} has no batch {batch_id!r}")
     if follow:
@@ -623,7 +623,7 @@ def logs_cmd(run_id: str, batch_id: str | None, follow: bool, repo_path: Path) -
         if row is None:
             raise UsageError(f"run {run['id']} has no running batch to follow"
                              + ("" if run["state"] == "running" else f" (the run is {run['state']})"))
-        for chunk in logs.follow(journal, run, row["batch_id"], run_dir):
+        for chunk in logs.follow(journal, run, row["unit_id"], run_dir):
             click.echo(chunk, nl=False)
         return
     shown = 0
@@ -632,11 +632,11 @@ def logs_cmd(run_id: str, batch_id: str | None, follow: bool, repo_path: Path) -
         if path is None or not path.is_file():
             if batch_id is not None:
                 why = "it has not started" if b["state"] in ("pending", "skipped", "blocked") else f"no file {path}"
-                raise UsageError(f"batch {b['batch_id']} of run {run['id']} has no log: {why}")
+                raise UsageError(f"batch {b['unit_id']} of run {run['id']} has no log: {why}")
             continue
         if len(rows) > 1:
-            where = worker_label(b["stream"])
-            click.echo(f"{'' if shown == 0 else chr(10)}==> batch {b['batch_id']} ({where}, {b['state']}): {path} <==")
+            where = worker_label(b["worker"])
+            click.echo(f"{'' if shown == 0 else chr(10)}==> batch {b['unit_id']} ({where}, {b['state']}): {path} <==")
         click.echo(path.read_text(errors="replace"), nl=False)
         shown += 1
     if not shown and batch_id is None:

@@ -28,10 +28,17 @@ from distpar.coordinator.options import RunOptions
 from distpar.coordinator.recovery import recover
 from distpar.coordinator.runtime import RunLock, RunReport, git_identity, new_run_id
 from distpar.coordinator.site import Observer, RunEvents, RunSite
-from distpar.coordinator.unitspec import batch_spec, note_owned_files, verify_files, with_earlier_tries
+from distpar.coordinator.unitspec import (
+    continued_session,
+    note_owned_files,
+    unit_agent,
+    unit_prompt,
+    verify_files,
+    with_earlier_tries,
+)
 from distpar.core import names
 from distpar.core.errors import DistparError, ExitCode, most_severe
-from distpar.core.model import BatchResult, BatchSpec, BatchStatus, SegmentResult, SegmentSpec
+from distpar.core.model import AgentConfig, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
 from distpar.core.plan import Plan
 from distpar.core.ratelimit import RateLimiter, retry_base
 from distpar.core.schedule import Schedule
@@ -91,8 +98,8 @@ class Runner:
         self.empty = [b.id for b in plan.batches if not b.agents]  # agents: [] - recorded as skipped
         # What the journal and the report list, in plan order: each batch's units (or the empty batch itself).
         self.order = [x for b in plan.batches for x in ([u.uid for u in self.graph.of_batch(b.id)] or [b.id])]
-        self.results: dict[str, BatchResult] = {}
-        self.running: dict[str, tuple[SegmentSpec, Future[SegmentResult]]] = {}
+        self.results: dict[str, UnitResult] = {}
+        self.running: dict[str, tuple[UnitSpec, Future[UnitReply]]] = {}
         self.conflict: Conflict | None = None
         self.predicted: list[dict[str, Any]] = []  # conflicts found early, before the final merge
         self.errors: list[str] = []
@@ -113,8 +120,8 @@ class Runner:
         self.include_data = workspace.pack_files(repo, self.include) \
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
-        self.held: dict[str, BatchResult] = {}  # a rate-limited unit's report, until the state says what it means
-        self.carried: dict[str, list[BatchResult]] = {}  # what a unit's requeued (rate-limited) dispatches reported
+        self.held: dict[str, UnitResult] = {}  # a rate-limited unit's report, until the state says what it means
+        self.carried: dict[str, list[UnitResult]] = {}  # what a unit's requeued (rate-limited) dispatches reported
         self.rate_stop = ""  # why no new unit started (a usage limit far away), when that happened
         try:
             self.plan_text = Path(options.plan_path or plan.source).read_text()
@@ -144,8 +151,8 @@ class Runner:
     def integration(self) -> str:
         return self.site.integration
 
-    def publish(self, kind: str, stream: int | None = None, batch: str | None = None, **data: Any) -> None:
-        self.events.publish(kind, stream, batch, **data)
+    def publish(self, kind: str, worker: int | None = None, unit: str | None = None, **data: Any) -> None:
+        self.events.publish(kind, worker, unit, **data)
 
     def emit(self, kind: str, **data: Any) -> None:
         self.events.emit(kind, **data)
@@ -166,9 +173,9 @@ class Runner:
             self._restore()
         else:
             self.journal.start_run(self._row(t0), [(uid, 0) for uid in self.order])
-        self.emit("run_started", run_id=self.run_id, streams=self.workers, workers=self.workers, target=self.target)
+        self.emit("run_started", run_id=self.run_id, workers=self.workers, target=self.target)
         for bid in self.empty:
-            self._record(BatchResult(bid, -1, BatchStatus.SKIPPED, error="the batch has no agents (agents: [])"))
+            self._record(UnitResult(bid, -1, UnitStatus.SKIPPED, error="the batch has no agents (agents: [])"))
         done = {uid: r.status for uid, r in self.results.items() if r.status.ok and uid not in self.empty}
         ceiling = min(self.workers, self.options.max_concurrent_agents or self.workers)
         self.state = RunState.create(self.units, done, retries=self.options.retries,
@@ -181,7 +188,7 @@ class Runner:
             commit = self.results[uid].commit
             if st.ok and commit:
                 self.preview.add(uid, commit)
-        agents_used = tuple(dict.fromkeys(self._batch(u.uid).agent for u in self.units))
+        agents_used = tuple(dict.fromkeys(self._agent(u.uid) for u in self.units))
         ctx = RunContext(self.run_id, self.repo, self.run_dir, self.workers, agents_used,  # events: from any thread
                          lambda kind, data: self._queue.put(("worker", (kind, data))))
         restore_signals = on_signals(self.interrupt)
@@ -242,13 +249,13 @@ class Runner:
                 self._start(ins)
             elif isinstance(ins, Record):
                 worker = self.state.assignment.get(ins.uid, -1) if self.state else -1
-                self._record(BatchResult(ins.uid, worker, ins.status, error=ins.reason))
+                self._record(UnitResult(ins.uid, worker, ins.status, error=ins.reason))
             elif isinstance(ins, Requeue):  # a rate limit: the unit starts again later, what it reported is kept
                 r = self.held.pop(ins.uid)
                 self.carried.setdefault(ins.uid, []).append(r)
-                self.journal.batch_requeued(self.run_id, ins.uid)
+                self.journal.unit_requeued(self.run_id, ins.uid)
                 o = r.outcome
-                self.publish("unit_throttled", r.stream, ins.uid, result_class=o.result_class if o else None,
+                self.publish("unit_throttled", r.worker, ins.uid, result_class=o.result_class if o else None,
                              retry_after=o.retry_after if o else None, resets_at=o.resets_at if o else None,
                              requeued=ins.count)
             elif isinstance(ins, GiveUp):  # rate-limited, and not requeued: its end stands
@@ -257,7 +264,7 @@ class Runner:
             elif isinstance(ins, StopWaiting):
                 self.errors.append(f"{len(ins.uids)} unit(s) did not stop within {ins.waited:g}s")
             elif isinstance(ins, Retry):
-                self.publish("segment_retry", None, ins.uid, attempt=ins.attempt, error=ins.error)
+                self.publish("unit_retry", None, ins.uid, attempt=ins.attempt, error=ins.error)
             elif isinstance(ins, CancelAll):
                 self.backend.cancel()
             elif isinstance(ins, BudgetSpent):
@@ -282,16 +289,16 @@ class Runner:
             self.journal.event(self.run_id, "conflict", ins.worker, ins.uid, stage="dependency",
                                files=list(base.conflict.files), theirs=base.conflict.theirs)
             reason = f"merging its dependencies conflicts in {', '.join(base.conflict.files)}"
-            self._record(BatchResult(ins.uid, ins.worker, BatchStatus.BLOCKED, error=reason))
+            self._record(UnitResult(ins.uid, ins.worker, UnitStatus.BLOCKED, error=reason))
             self._queue.put(("event", Blocked(ins.uid, ins.worker, reason)))
             return
         self.dispatches += 1
         spec = self._spec(ins.uid, ins.worker, ins.attempt, base.commit)
-        self.publish("segment_submitted", ins.worker, ins.uid, batches=[ins.uid], attempt=ins.attempt, base=base.commit)
-        self.journal.batch_started(self.run_id, ins.uid, ins.worker, ins.attempt, "")
-        self.emit("batch_started", stream=ins.worker, batch=ins.uid, attempt=ins.attempt)
+        self.publish("unit_submitted", ins.worker, ins.uid, attempt=ins.attempt, base=base.commit)
+        self.journal.unit_dispatched(self.run_id, ins.uid, ins.worker, ins.attempt, "")
+        self.emit("unit_dispatched", worker=ins.worker, unit=ins.uid, attempt=ins.attempt)
         try:
-            fut = self.backend.submit(spec)
+            fut = self.backend.submit(self._settings(ins.worker), spec)
         except DistparError as exc:
             fut = Future()
             fut.set_exception(exc)
@@ -318,31 +325,31 @@ class Runner:
     def _ctx_stub(self) -> RunContext:
         return RunContext(self.run_id, self.repo, self.run_dir, self.workers)
 
-    def _collect(self, spec: SegmentSpec, fut: Future[SegmentResult]) -> Event:
-        uid = spec.batches[0].id
+    def _collect(self, spec: UnitSpec, fut: Future[UnitReply]) -> Event:
+        uid = spec.uid
         self.running.pop(uid, None)
         try:
             result = fut.result()
         except Exception as exc:  # the transport failed, not the agent
             msg = exc.message if isinstance(exc, DistparError) else f"{type(exc).__name__}: {exc}"
-            self.journal.event(self.run_id, "segment_error", spec.stream, uid, attempt=spec.attempt, error=msg)
-            return UnitLost(uid, spec.stream, msg)
+            self.journal.event(self.run_id, "unit_error", spec.worker, uid, attempt=spec.attempt, error=msg)
+            return UnitLost(uid, spec.worker, msg)
         self.transfer.fetch_back(result, spec.source)
         if result.setup:
             setup = result.setup
-            self.publish("workspace_setup", spec.stream, uid, ok=setup["ok"], seconds=round(setup["seconds"], 3),
+            self.publish("workspace_setup", spec.worker, uid, ok=setup["ok"], seconds=round(setup["seconds"], 3),
                          exit_code=setup["exit_code"], node=result.node)
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
         r = verify_files(self.repo, self.graph, self.batches[self.graph.unit(uid).batch_id], self.results,
-                         result.results[0], self.branch(uid))
+                         result.result, self.branch(uid))
         r = note_owned_files(self.repo, self.graph, r, spec.base)
         o = r.outcome
         now = time.time()
         if o is not None and o.rate_limited and not o.ok:
             # The state decides whether it goes back to the queue (Requeue) or its end stands (GiveUp).
             self.held[uid] = r
-            return UnitEnded(uid, spec.stream, r.status, o.cost_usd, outcome=o, at=now, rate_limited=True)
+            return UnitEnded(uid, spec.worker, r.status, o.cost_usd, outcome=o, at=now, rate_limited=True)
         if uid in self.carried:  # what the dispatches before it (rate-limited) tried and cost counts too
             r = with_earlier_tries(self.carried.pop(uid), r)
         self._record(r)
@@ -350,13 +357,13 @@ class Runner:
         if found is not None:
             self._predicted(uid, found)
         conflicts = found is not None
-        return UnitEnded(uid, spec.stream, r.status, o.cost_usd if o else None, outcome=o, at=now,
+        return UnitEnded(uid, spec.worker, r.status, o.cost_usd if o else None, outcome=o, at=now,
                          conflicts=conflicts)
 
     def _on_worker_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "unit_started" and data.get("batch") in self.running:
-            spec, _ = self.running[data["batch"]]
-            self.journal.unit_started(self.run_id, data["batch"], spec.stream, spec.attempt, data.get("node", ""),
+        if kind == "unit_started" and data.get("unit") in self.running:
+            spec, _ = self.running[data["unit"]]
+            self.journal.unit_started(self.run_id, data["unit"], spec.worker, spec.attempt, data.get("node", ""),
                                       data.get("at") or time.time())
         self.live.update(kind, data)  # agent_output: never journaled, see LiveLogs
         self.emit(kind, **data)
@@ -380,40 +387,45 @@ class Runner:
                 except Exception:
                     log.exception("a unit failed while the run stopped after an error")
 
-    def _record(self, r: BatchResult) -> None:
-        self.live.ended(r.batch_id, landed=bool(r.log_path))  # a log_path: the backend landed the unit's full log
-        self.results[r.batch_id] = r
-        self.journal.batch_ended(self.run_id, r)
+    def _record(self, r: UnitResult) -> None:
+        self.live.ended(r.unit_id, landed=bool(r.log_path))  # a log_path: the backend landed the unit's full log
+        self.results[r.unit_id] = r
+        self.journal.unit_ended(self.run_id, r)
         if r.tries > 1:  # the agent was tried again after transient failures: journal each try's class
-            self.journal.event(self.run_id, "batch_tries", r.stream, r.batch_id, tries=r.tries,
+            self.journal.event(self.run_id, "unit_tries", r.worker, r.unit_id, tries=r.tries,
                                classes=list(r.try_classes))
-        self.emit("batch_ended", stream=r.stream, batch=r.batch_id, status=r.status.value, node=r.node,
+        self.emit("unit_ended", worker=r.worker, unit=r.unit_id, status=r.status.value, node=r.node,
                   duration=r.duration, error=r.error, log_tail=r.log_tail, changed=r.changed,
                   cost_usd=r.outcome.cost_usd if r.outcome else None, tries=r.tries, notes=list(r.notes))
 
     # --- what the steps are handed, and what they hand back ----------------------------------------------
 
-    def _batch(self, uid: str) -> BatchSpec:
-        return batch_spec(self.graph, self.plan, self.options.agent, self.options.timeout, uid, self.results,
-                          self.resume_sessions.get(uid), self.backend.remote)
+    def _agent(self, uid: str) -> AgentConfig:
+        return unit_agent(self.graph, self.options.agent, uid)
 
-    def _spec(self, uid: str, worker: int, attempt: int, base: str) -> SegmentSpec:
+    def _spec(self, uid: str, worker: int, attempt: int, base: str) -> UnitSpec:
         """What worker ``worker`` is sent to run unit ``uid`` (dispatch number ``self.dispatches``) from ``base``."""
-        batch = self._batch(uid)
-        ctx = self._ctx_stub()
-        o = self.options
-        return SegmentSpec(
-            run_id=self.run_id, stream=worker, segment=self.dispatches, branch=self.branch(uid), base=base,
-            batches=(batch,),
+        u = self.graph.unit(uid)
+        cfg = self._agent(uid)
+        session, restore, node = continued_session(cfg, self.resume_sessions.get(uid), self.backend.remote)
+        return UnitSpec(
+            uid=uid, description=u.description, prompt=unit_prompt(self.graph, self.plan, uid, self.results),
+            agent=cfg, timeout=u.timeout or self.options.timeout, worker=worker, dispatch=self.dispatches,
+            branch=self.branch(uid), base=base,
             source=self.transfer.source(base, f"{names.key(uid)}-{self.dispatches}",
-                                        extra=(self.saved_ref(uid),) if batch.restore else ()),
-            workspace=self.backend.workspace(ctx, worker), log_dir=self.backend.log_dir(ctx),
+                                        extra=(self.saved_ref(uid),) if restore else ()),
+            attempt=attempt, session=session, restore=restore, node=node, subagent_type=u.subagent_type,
+        )
+
+    def _settings(self, worker: int) -> WorkerSettings:
+        """What worker ``worker`` is told once for the whole run (the same for each of its units)."""
+        ctx = self._ctx_stub()
+        return WorkerSettings(
+            run_id=self.run_id, workspace=self.backend.workspace(ctx, worker), log_dir=self.backend.log_dir(ctx),
             identity=self.identity, env=self.forwarded, return_bundle=self.transfer.return_bundle,
-            attempt=attempt, agent_retries=o.agent_retries, max_concurrent_agents=o.max_concurrent_agents,
-            stagger=o.stagger, setup=o.setup, verify=o.verify,
             include=tuple(self.include) if (not self.backend.remote or self.include_data) else (),
-            include_data=self.include_data, plan_text=self.plan_text, hooks=o.hooks, warn_size=o.warn_size,
-            sandbox=o.sandbox, sandbox_allow=o.sandbox_allow,
+            include_data=self.include_data, plan_text=self.plan_text,
+            options=run_options.worker_options(self.options),
         )
 
     def _restore(self) -> None:
@@ -424,7 +436,7 @@ class Runner:
         self.dispatches = rec.dispatches
         self.saved_refs.extend(rec.saved_refs)
         self.emit("run_resumed", run_id=self.run_id, done=len(self.results), recovered=rec.recovered,
-                  done_batches=sorted(self.results))
+                  done_units=sorted(self.results))
 
     def _row(self, t0: float) -> dict[str, Any]:
         """The journal's row for a new run: everything resume needs (never a secret: variable names only)."""
@@ -459,7 +471,7 @@ class Runner:
         pending = [uid for uid in self.order if uid not in self.results]
         interrupted = self.interrupted.is_set() and landed is None  # an interrupt after landing changed nothing
         codes = [ExitCode.OK]
-        if any(not r.status.ok for r in results if r.batch_id not in self.empty):
+        if any(not r.status.ok for r in results if r.unit_id not in self.empty):
             codes.append(ExitCode.BATCH_FAILED)
         if self.conflict:
             codes.append(ExitCode.CONFLICT)

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distpar.coordinator.merge import Conflict, land, merge_streams
+from distpar.coordinator.merge import Conflict, land, merge_branches
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.site import RunEvents, RunSite
 from distpar.core.errors import DistparError
@@ -33,13 +33,13 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
              events: RunEvents) -> Landed:
     """Merge ``merges`` (each unit's branch and commit, in plan order) into the integration branch, gate it
     (--verify-merged), move the target, push (--push)."""
-    events.publish("merge_started", streams=[b for b, _ in merges])
+    events.publish("merge_started", branches=[b for b, _ in merges])
     # A resumed run continues from what the integration branch already holds (e.g. a conflict the user
-    # resolved by hand there); units it already contains are skipped by merge_streams.
+    # resolved by hand there); units it already contains are skipped by merge_branches.
     begin = gitops.try_rev(site.repo, f"refs/heads/{site.integration}")
     if begin is None or not gitops.is_ancestor(site.repo, site.start, begin):
         begin = site.start
-    result = merge_streams(site.repo, begin, merges, site.integration, site.run_id, site.env)
+    result = merge_branches(site.repo, begin, merges, site.integration, site.run_id, site.env)
     if result.conflict is None and options.verify_merged:
         gate = _verify_merged(site, options, include, result.head, events)
         if gate is not None:

@@ -38,10 +38,10 @@ class LiveLogs:
         try:
             self._add(data)
         except OSError as exc:
-            log.warning("cannot write the live log of %s: %s", data.get("batch"), exc)
+            log.warning("cannot write the live log of %s: %s", data.get("unit"), exc)
 
     def _add(self, data: dict[str, Any]) -> None:
-        uid, attempt = str(data["batch"]), int(data.get("attempt") or 1)
+        uid, attempt = str(data["unit"]), int(data.get("attempt") or 1)
         current = self._open.get(uid)
         if current is None or current[0] != attempt:
             self.ended(uid, landed=False)  # a stale copy (of a coordinator that died) is kept in the log

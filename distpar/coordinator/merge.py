@@ -1,4 +1,4 @@
-"""The ordered merge: streams into an integration branch, then into the target. Never resolves a conflict."""
+"""The ordered merge: unit branches into an integration branch, then into the target. Never resolves a conflict."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class Conflict:
     ours: str  # branch or commit merged into
     theirs: str  # branch merged
     files: tuple[str, ...]
-    batch_id: str | None = None
+    unit_id: str | None = None
     commands: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, object]:
@@ -25,7 +25,7 @@ class Conflict:
             "ours": self.ours,
             "theirs": self.theirs,
             "files": list(self.files),
-            "batch_id": self.batch_id,
+            "unit_id": self.unit_id,
             "commands": list(self.commands),
         }
 
@@ -37,13 +37,13 @@ class MergeResult:
     conflict: Conflict | None
 
 
-def merge_streams(
+def merge_branches(
     repo: Path, base: str, branches: list[tuple[str, str]], integration: str, run_id: str, env: dict[str, str]
 ) -> MergeResult:
-    """Merge ``branches`` ((name, head) in stream order) with --no-ff merges on top of ``base``.
+    """Merge ``branches`` ((name, head) in plan order) with --no-ff merges on top of ``base``.
 
     The integration branch is written after every clean merge, so on a conflict it holds everything merged so
-    far, and the conflicting stream branch is untouched."""
+    far, and the conflicting unit branch is untouched."""
     head = base
     merged: list[str] = []
     gitops.update_ref(repo, f"refs/heads/{integration}", head)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distpar.core import serial
-from distpar.core.model import WARN_SIZE, AgentConfig
+from distpar.core.model import WARN_SIZE, AgentConfig, WorkerOptions
 
 DEFAULT_TIMEOUT = 3600.0
 DEFAULT_WORKERS = 4  # locally and on Ray; on SSH the hosts' slots
@@ -165,9 +165,10 @@ def config_keys() -> dict[str, str]:
     return {name: o.kind for name, o, _ in declared() if o.config}
 
 
-def worker_options(options: RunOptions) -> RunOptions:
-    """What of ``options`` travels to the workers: the ``worker=True`` fields; the rest keep their defaults."""
-    return RunOptions(**{name: getattr(options, name) for name, o, _ in declared() if o.worker})
+def worker_options(options: RunOptions) -> WorkerOptions:
+    """What of ``options`` travels to the workers: the ``worker=True`` fields (``WorkerOptions`` has exactly those:
+    tests/unit/test_options.py holds them equal)."""
+    return WorkerOptions(**{name: getattr(options, name) for name, o, _ in declared() if o.worker})
 
 
 def to_row(options: RunOptions) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def preflight(repo_path: str | Path, options: RunOptions, plan: Plan | None = No
         shown = ", ".join(dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
         raise RepoError(
             f"the working tree has uncommitted changes ({shown})",
-            hint="commit or stash them first, or pass --allow-dirty (the streams start from the last commit)",
+            hint="commit or stash them first, or pass --allow-dirty (the workers start from the last commit)",
         )
     for var in options.forward_env:
         if var not in os.environ:

@@ -12,7 +12,7 @@ from pathlib import Path
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.runtime import kill_run_processes
 from distpar.coordinator.site import RunSite
-from distpar.core.model import BatchResult, BatchStatus
+from distpar.core.model import UnitResult, UnitStatus
 from distpar.core.state import UnitInfo
 from distpar.infra import gitops
 
@@ -32,7 +32,7 @@ def committed_unit(repo: Path, branch: str, run_id: str, uid: str) -> str | None
 class Recovery:
     """What a resumed run starts from."""
 
-    results: dict[str, BatchResult] = field(default_factory=dict)  # units done (journaled, or found committed)
+    results: dict[str, UnitResult] = field(default_factory=dict)  # units done (journaled, or found committed)
     sessions: dict[str, tuple[str | None, str | None, str | None]] = field(default_factory=dict)  # see Runner
     recovered: list[str] = field(default_factory=list)  # units whose commit the journal had not recorded
     dispatches: int = 0  # where this attempt's dispatch numbers start (bundle and ref names stay unique)
@@ -45,7 +45,7 @@ def recover(site: RunSite, journal: Journal, units: list[UnitInfo]) -> Recovery:
     kill_run_processes(site.run_id)  # agents orphaned by a coordinator that was killed
     repo, run_id = site.repo, site.run_id
     gitops.worktree_prune(repo)
-    rows = {r["batch_id"]: r for r in journal.batches(run_id)}
+    rows = {r["unit_id"]: r for r in journal.units(run_id)}
     rec = Recovery()
     recovered: dict[str, str] = {}
     for u in units:
@@ -65,8 +65,8 @@ def recover(site: RunSite, journal: Journal, units: list[UnitInfo]) -> Recovery:
     journal.resume_run(run_id, os.getpid(), recovered)
     for uid, row in rows.items():
         if row["state"] == "ok" or uid in recovered:
-            rec.results[uid] = BatchResult(
-                uid, row["stream"], BatchStatus.OK, row["exit_code"], row["started"], row["ended"],
+            rec.results[uid] = UnitResult(
+                uid, row["worker"], UnitStatus.OK, row["exit_code"], row["started"], row["ended"],
                 recovered.get(uid) or row["commit_oid"], bool(row["changed"]) or uid in recovered,
                 None, row["log_path"], "", "", row["node"] or "", row["attempt"] or 1,
             )

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.merge import Conflict
 from distpar.core.errors import ExitCode, UsageError
-from distpar.core.model import BatchResult, Identity
+from distpar.core.model import Identity, UnitResult
 from distpar.infra import gitops, paths
 from distpar.infra.process import agent_processes, kill_process_group, pid_alive
 
@@ -30,7 +30,7 @@ class RunReport:
     state: str  # ok, failed, conflict, interrupted, error
     exit_code: ExitCode
     target: str
-    results: list[BatchResult]
+    results: list[UnitResult]
     pending: list[str]  # batches never started (interrupted runs)
     wall: float
     conflict: Conflict | None = None
@@ -83,7 +83,7 @@ class RunReport:
             "state": self.state,
             "exit_code": int(self.exit_code),
             "target": self.target,
-            "batches": counts,
+            "units": counts,
             "wall": round(self.wall, 3),
             "agent_time": round(self.agent_time, 3),
             "speedup": round(self.speedup, 3),

@@ -60,5 +60,5 @@ class RunEvents:
 
     def publish(self, kind: str, worker: int | None = None, unit: str | None = None, **data: Any) -> None:
         self.record(kind, worker, unit, **data)
-        self.emit(kind, **({"stream": worker} if worker is not None else {}),
-                  **({"batch": unit} if unit is not None else {}), **data)
+        self.emit(kind, **({"worker": worker} if worker is not None else {}),
+                  **({"unit": unit} if unit is not None else {}), **data)

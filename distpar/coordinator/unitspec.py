@@ -10,39 +10,46 @@ from dataclasses import replace
 from pathlib import Path
 
 from distpar import agents
-from distpar.core.model import AgentConfig, BatchResult, BatchSpec, BatchStatus, totals
+from distpar.core.model import AgentConfig, UnitResult, UnitStatus, totals
 from distpar.core.plan import Batch, Plan
 from distpar.core.units import UnitGraph, with_fan_out_summary
 from distpar.infra import gitops
 
 
-def batch_spec(graph: UnitGraph, plan: Plan, default: AgentConfig, timeout: float, uid: str,
-               results: Mapping[str, BatchResult], session: tuple[str | None, str | None, str | None] | None,
-               remote: bool) -> BatchSpec:
-    """What the worker runs for unit ``uid``: its agent (the batch's override, else ``default``), its prompt (with
-    the fan-out answers of the batch before it, for CAST ``type: fan-out``, from ``results``), and the session and
-    saved work an interrupted unit goes on from (``session``: a session only where the agent can continue one)."""
+def unit_agent(graph: UnitGraph, default: AgentConfig, uid: str) -> AgentConfig:
+    """The agent unit ``uid`` runs: its batch's override, else the run's."""
     u = graph.unit(uid)
-    cfg = agents.agent_config(u.agent, default) if u.agent else default
+    return agents.agent_config(u.agent, default) if u.agent else default
+
+
+def unit_prompt(graph: UnitGraph, plan: Plan, uid: str, results: Mapping[str, UnitResult]) -> str:
+    """Unit ``uid``'s prompt, with the fan-out answers of the batch before it (CAST ``type: fan-out``: the agents'
+    final answers, from ``results``, are handed to the next batch's prompts)."""
+    u = graph.unit(uid)
+    source = plan.fan_out_source(u.batch_id)
+    if not source:
+        return u.prompt
+    answers = {s.uid: _answer(results, s.uid) for s in graph.of_batch(source)}
+    return with_fan_out_summary(u.prompt, source, answers, graph)
+
+
+def continued_session(cfg: AgentConfig, session: tuple[str | None, str | None, str | None] | None,
+                      remote: bool) -> tuple[str | None, str | None, str | None]:
+    """(agent session, saved work, node) an interrupted unit goes on from: a session only where the agent can
+    continue one, and a node only where the workers are remote."""
     resume_session, restore, node = session or (None, None, None)
     if resume_session and not agents.can_resume(cfg):
         resume_session = node = None
-    prompt = u.prompt
-    source = plan.fan_out_source(u.batch_id)
-    if source:  # CAST fan-out: the agents' final answers are handed to the next batch's prompts
-        answers = {s.uid: _answer(results, s.uid) for s in graph.of_batch(source)}
-        prompt = with_fan_out_summary(prompt, source, answers, graph)
-    return BatchSpec(uid, u.description, prompt, cfg, u.timeout or timeout, resume_session, restore,
-                     node if remote else None, u.subagent_type)
+    return resume_session, restore, node if remote else None
 
 
-def _answer(results: Mapping[str, BatchResult], uid: str) -> str:
+def _answer(results: Mapping[str, UnitResult], uid: str) -> str:
     r = results.get(uid)
     return r.outcome.message if r is not None and r.outcome is not None else ""
 
 
-def verify_files(repo: Path, graph: UnitGraph, batch: Batch, results: Mapping[str, BatchResult], r: BatchResult,
-                 branch: str) -> BatchResult:
+def verify_files(repo: Path, graph: UnitGraph, batch: Batch, results: Mapping[str, UnitResult], r: UnitResult,
+                 branch: str) -> UnitResult:
     """CAST ``verify_files``: once the last of ``batch``'s final units is done, the files must exist (and not be
     empty) in the batch's work; else that unit fails, naming the missing paths (its work is kept on ``branch``)."""
     if not batch.verify_files or not r.status.ok:
@@ -50,9 +57,9 @@ def verify_files(repo: Path, graph: UnitGraph, batch: Batch, results: Mapping[st
     units = graph.of_batch(batch.id)
     inner = {d for u in units for d in u.depends_on}
     finals = [u.uid for u in units if u.uid not in inner]
-    if any(f != r.batch_id and not (f in results and results[f].status.ok) for f in finals):
+    if any(f != r.unit_id and not (f in results and results[f].status.ok) for f in finals):
         return r
-    commits = [r.commit if f == r.batch_id else results[f].commit for f in finals]
+    commits = [r.commit if f == r.unit_id else results[f].commit for f in finals]
 
     def present(path: str) -> bool:
         return any(c and gitops.git(repo, "cat-file", "-s", f"{c}:{path}", check=False).stdout.strip()
@@ -61,12 +68,12 @@ def verify_files(repo: Path, graph: UnitGraph, batch: Batch, results: Mapping[st
     missing = [p for p in batch.verify_files if not present(p)]
     if not missing:
         return r
-    return replace(r, status=BatchStatus.FAILED,
+    return replace(r, status=UnitStatus.FAILED,
                    error=f"verify_files: batch {batch.id} left no {', '.join(missing)} (its work is kept on "
                          f"{branch})")
 
 
-def with_earlier_tries(earlier: list[BatchResult], r: BatchResult) -> BatchResult:
+def with_earlier_tries(earlier: list[UnitResult], r: UnitResult) -> UnitResult:
     """``r`` with what the unit's earlier, rate-limited dispatches tried and cost (every try counts)."""
     outcomes = [x.outcome for x in (*earlier, r) if x.outcome is not None]
     return replace(r, outcome=totals(outcomes) if outcomes else None, tries=sum(x.tries for x in (*earlier, r)),
@@ -74,13 +81,13 @@ def with_earlier_tries(earlier: list[BatchResult], r: BatchResult) -> BatchResul
                    started=earlier[0].started or r.started)
 
 
-def note_owned_files(repo: Path, graph: UnitGraph, r: BatchResult, base: str) -> BatchResult:
+def note_owned_files(repo: Path, graph: UnitGraph, r: UnitResult, base: str) -> UnitResult:
     """CAST ``owns_files``: a unit that changed files another unit owns (and it does not) is reported, in the
     result's notes (and so in the journal and at the end of the run); its work is kept as it is."""
-    owners = [(u.uid, u.owns_files) for u in graph.units if u.owns_files and u.uid != r.batch_id]
+    owners = [(u.uid, u.owns_files) for u in graph.units if u.owns_files and u.uid != r.unit_id]
     if not owners or not r.status.ok or not r.commit or not r.changed:
         return r
-    mine = graph.unit(r.batch_id).owns_files
+    mine = graph.unit(r.unit_id).owns_files
     changed = gitops.out(repo, "diff", "--name-only", base, r.commit).splitlines()
     crossed = []
     for uid, owned in owners:

@@ -1,7 +1,7 @@
 """Data that crosses process and machine boundaries: what a worker is asked to do and what it hands back.
 
-Frozen dataclasses with ``to_dict``/``from_dict``; plain JSON types only, so the same spec travels through a
-thread, a Ray task or an SSH channel. ``SPEC_VERSION`` is bumped when the shape changes.
+Frozen dataclasses of plain JSON types, serialised with ``distpar.core.serial``, so the same spec travels through a
+thread, a Ray task or an SSH channel. ``SPEC_VERSION`` frames the messages and is bumped when their shape changes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: worker settings sent once, then units (1: a segment spec per unit)
 WARN_SIZE = 50 * 1024 * 1024  # bytes: GitHub warns at 50 MB and refuses files over 100 MB
 
 
@@ -19,22 +19,22 @@ def worker_label(index: int | None) -> str:
     return f"w{index + 1}" if index is not None and index >= 0 else "-"
 
 
-class BatchStatus(str, Enum):
+class UnitStatus(str, Enum):
     PENDING = "pending"
     RUNNING = "running"
     OK = "ok"  # the agent succeeded (with or without changes)
     FAILED = "failed"  # the agent failed, crashed or reported an error
     TIMEOUT = "timeout"  # killed by distpar after its time limit
-    SKIPPED = "skipped"  # not run: an earlier batch of its stream or a dependency failed
+    SKIPPED = "skipped"  # not run: a dependency failed
     BLOCKED = "blocked"  # not run: merging its dependencies into its base conflicted
     INTERRUPTED = "interrupted"  # the run was cancelled while it ran
 
     def is_terminal(self) -> bool:
-        return self not in (BatchStatus.PENDING, BatchStatus.RUNNING)
+        return self not in (UnitStatus.PENDING, UnitStatus.RUNNING)
 
     @property
     def ok(self) -> bool:
-        return self is BatchStatus.OK
+        return self is UnitStatus.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,7 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
-    """Which agent runs a batch: a preset name (claude, fake, ...) or a command template, plus its options."""
+    """Which agent runs a unit: a preset name (claude, fake, ...) or a command template, plus its options."""
 
     preset: str = "claude"
     template: str | None = None  # argv template, split with shlex; placeholders {prompt}, {prompt_file}, ...
@@ -81,37 +81,6 @@ class AgentConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchSpec:
-    id: str
-    description: str
-    prompt: str
-    agent: AgentConfig
-    timeout: float
-    resume_session: str | None = None  # an interrupted batch: continue this agent session
-    restore: str | None = None  # ... with the work it had left (a saved commit) put back in the worktree first
-    session_node: str | None = None  # where that session lives (agents keep sessions on the machine they ran on)
-    subagent_type: str | None = None  # the plan's agents[].subagent_type (claude: --agent NAME where defined)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "description": self.description,
-            "prompt": self.prompt,
-            "agent": self.agent.to_dict(),
-            "timeout": self.timeout,
-            "resume_session": self.resume_session,
-            "restore": self.restore,
-            "session_node": self.session_node,
-            "subagent_type": self.subagent_type,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BatchSpec:
-        return cls(d["id"], d["description"], d["prompt"], AgentConfig.from_dict(d["agent"]), d["timeout"],
-                   d.get("resume_session"), d.get("restore"), d.get("session_node"), d.get("subagent_type"))
-
-
-@dataclass(frozen=True, slots=True)
 class Source:
     """Where the worker gets the code from.
 
@@ -124,106 +93,59 @@ class Source:
     location: str
     increments: tuple[str, ...] = ()  # further bundles fetched after ``location`` (newer bases)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "location": self.location, "increments": list(self.increments)}
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Source:
-        return cls(d["kind"], d["location"], tuple(d.get("increments", ())))
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """The run options a worker acts on (the projection of the run's options that travels to every worker; the
+    coordinator derives it from its declaration of run options)."""
+
+    agent_retries: int = 2  # tries of a unit after a transient agent failure (rate limit, 5xx, early crash)
+    max_concurrent_agents: int | None = None  # agents running at once in this worker process (None: no cap)
+    stagger: float = 0.1  # seconds between agent starts in this worker process
+    setup: str | None = None  # the user's command run once in a new workspace, before its first unit
+    verify: str | None = None  # the user's command run after each unit in its worktree; failing fails the unit
+    hooks: bool = False  # distpar's unit commits run the repository's hooks (pre-commit, commit-msg, post-commit)
+    warn_size: int | None = WARN_SIZE  # a unit that adds a file over this many bytes gets a warning note
+    sandbox: bool = False  # run agents under bubblewrap, writes confined to the worktree (see sandbox.py)
+    sandbox_allow: tuple[str, ...] = ()  # further paths the sandboxed agents may write
 
 
 @dataclass(frozen=True, slots=True)
-class SegmentSpec:
-    """One unit of dispatch: consecutive batches of one stream, run in order on one branch from ``base``."""
+class WorkerSettings:
+    """What one worker is told once, for the whole run: the same for every unit it runs."""
 
     run_id: str
-    stream: int
-    segment: int
-    branch: str
-    base: str  # commit the branch must start from (contains every dependency's work)
-    batches: tuple[BatchSpec, ...]
-    source: Source
-    workspace: str  # directory the worker works in (created if absent)
+    workspace: str  # directory the worker works in (created if absent), kept between its units
     log_dir: str
     identity: Identity = field(default_factory=Identity)
     env: dict[str, str] = field(default_factory=dict)  # forwarded variables: never journaled or logged
     return_bundle: bool = False  # hand the new commits back as a bundle (remote workers)
-    attempt: int = 1
-    agent_retries: int = 2  # tries of a batch after a transient agent failure (rate limit, 5xx, early crash)
-    max_concurrent_agents: int | None = None  # agents running at once in this worker process (None: no cap)
-    stagger: float = 0.0  # seconds between agent starts in this worker process
-    setup: str | None = None  # the user's command run once in a new workspace, before its first unit
-    verify: str | None = None  # the user's command run after each batch in its worktree; failing fails the batch
     include: tuple[str, ...] = ()  # ignored files (.worktreeinclude) copied into a new workspace
     include_data: dict[str, str] = field(default_factory=dict)  # their contents, for remote workers that may
     # have them (base64; they often hold secrets: never journaled or logged)
     plan_text: str = ""  # the plan file: CAST prompts refer to it, so every worker has it (DISTPAR_PLAN_FILE)
-    hooks: bool = False  # distpar's batch commits run the repository's hooks (pre-commit, commit-msg, post-commit)
-    warn_size: int | None = WARN_SIZE  # a batch that adds a file over this many bytes gets a warning note
-    sandbox: bool = False  # run agents under bubblewrap, writes confined to the worktree (see sandbox.py)
-    sandbox_allow: tuple[str, ...] = ()  # further paths the sandboxed agents may write
+    options: WorkerOptions = field(default_factory=WorkerOptions)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": SPEC_VERSION,
-            "setup": self.setup,
-            "verify": self.verify,
-            "include": list(self.include),
-            "include_data": dict(self.include_data),
-            "plan_text": self.plan_text,
-            "run_id": self.run_id,
-            "stream": self.stream,
-            "segment": self.segment,
-            "branch": self.branch,
-            "base": self.base,
-            "batches": [b.to_dict() for b in self.batches],
-            "source": self.source.to_dict(),
-            "workspace": self.workspace,
-            "log_dir": self.log_dir,
-            "identity": asdict(self.identity),
-            "env": dict(self.env),
-            "return_bundle": self.return_bundle,
-            "attempt": self.attempt,
-            "agent_retries": self.agent_retries,
-            "max_concurrent_agents": self.max_concurrent_agents,
-            "stagger": self.stagger,
-            "hooks": self.hooks,
-            "warn_size": self.warn_size,
-            "sandbox": self.sandbox,
-            "sandbox_allow": list(self.sandbox_allow),
-        }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SegmentSpec:
-        if d.get("version") != SPEC_VERSION:
-            raise ValueError(f"segment spec version {d.get('version')} is not {SPEC_VERSION}")
-        return cls(
-            run_id=d["run_id"],
-            stream=d["stream"],
-            segment=d["segment"],
-            branch=d["branch"],
-            base=d["base"],
-            batches=tuple(BatchSpec.from_dict(b) for b in d["batches"]),
-            source=Source.from_dict(d["source"]),
-            workspace=d["workspace"],
-            log_dir=d["log_dir"],
-            identity=Identity(**d["identity"]),
-            env=dict(d["env"]),
-            return_bundle=d["return_bundle"],
-            attempt=d.get("attempt", 1),
-            agent_retries=d.get("agent_retries", 2),
-            max_concurrent_agents=d.get("max_concurrent_agents"),
-            stagger=d.get("stagger", 0.0),
-            setup=d.get("setup"),
-            verify=d.get("verify"),
-            include=tuple(d.get("include", ())),
-            include_data=dict(d.get("include_data") or {}),
-            plan_text=d.get("plan_text", ""),
-            hooks=d.get("hooks", False),
-            warn_size=d.get("warn_size", WARN_SIZE),
-            sandbox=d.get("sandbox", False),
-            sandbox_allow=tuple(d.get("sandbox_allow", ())),
-        )
+@dataclass(frozen=True, slots=True)
+class UnitSpec:
+    """One unit as a worker is asked to run it: its agent and prompt, on ``branch`` from ``base``."""
+
+    uid: str
+    description: str
+    prompt: str
+    agent: AgentConfig
+    timeout: float
+    worker: int  # the worker that runs it (0-based; shown as w1, w2, ...)
+    dispatch: int  # the run's dispatch counter when it was sent (names its bundles)
+    branch: str
+    base: str  # commit the branch must start from (contains every dependency's work)
+    source: Source
+    attempt: int = 1
+    session: str | None = None  # an interrupted unit: continue this agent session
+    restore: str | None = None  # ... with the work it had left (a saved commit) put back in the worktree first
+    node: str | None = None  # where that session lives (agents keep sessions on the machine they ran on)
+    subagent_type: str | None = None  # the plan's agents[].subagent_type (claude: --agent NAME where defined)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,22 +180,22 @@ class AgentOutcome:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchResult:
-    batch_id: str
-    stream: int
-    status: BatchStatus
+class UnitResult:
+    unit_id: str
+    worker: int
+    status: UnitStatus
     exit_code: int | None = None
     started: float | None = None
     ended: float | None = None
-    commit: str | None = None  # branch head after the batch
-    changed: bool = False  # the batch added at least one commit
+    commit: str | None = None  # branch head after the unit
+    changed: bool = False  # the unit added at least one commit
     outcome: AgentOutcome | None = None
     log_path: str | None = None
     log_tail: str = ""
     error: str = ""
     node: str = ""
     attempt: int = 1
-    tries: int = 1  # agent invocations for this batch (more than one after transient failures)
+    tries: int = 1  # agent invocations for this unit (more than one after transient failures)
     try_classes: tuple[str, ...] = ()  # result class of each try, in order
     notes: tuple[str, ...] = ()  # what distpar noticed and did about it (the agent switched branches, a big file)
 
@@ -281,33 +203,18 @@ class BatchResult:
     def duration(self) -> float:
         return (self.ended - self.started) if self.started and self.ended else 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["status"] = self.status.value
-        d["outcome"] = self.outcome.to_dict() if self.outcome else None
-        d["try_classes"] = list(self.try_classes)
-        d["notes"] = list(self.notes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BatchResult:
-        d = dict(d)
-        d["status"] = BatchStatus(d["status"])
-        d["outcome"] = AgentOutcome.from_dict(d["outcome"]) if d.get("outcome") else None
-        d["try_classes"] = tuple(d.get("try_classes", ()))
-        d["notes"] = tuple(d.get("notes", ()))
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
-
 
 @dataclass(frozen=True, slots=True)
-class SegmentResult:
+class UnitReply:
+    """What a worker hands back for one unit: its result, and where its work is."""
+
     run_id: str
-    stream: int
-    segment: int
+    worker: int
+    dispatch: int
     branch: str
     base: str
-    head: str  # branch head after the last batch that ran
-    results: tuple[BatchResult, ...]
+    head: str  # branch head after the unit
+    result: UnitResult
     node: str = ""
     bundle: str | None = None  # path of a bundle with base..head (and the saved ref), when asked for
     saved_ref: str | None = None  # uncommitted work saved on interrupt
@@ -316,40 +223,7 @@ class SegmentResult:
 
     @property
     def ok(self) -> bool:
-        return all(r.status.ok for r in self.results)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "stream": self.stream,
-            "segment": self.segment,
-            "branch": self.branch,
-            "base": self.base,
-            "head": self.head,
-            "results": [r.to_dict() for r in self.results],
-            "node": self.node,
-            "bundle": self.bundle,
-            "saved_ref": self.saved_ref,
-            "interrupted": self.interrupted,
-            "setup": self.setup,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SegmentResult:
-        return cls(
-            run_id=d["run_id"],
-            stream=d["stream"],
-            segment=d["segment"],
-            branch=d["branch"],
-            base=d["base"],
-            head=d["head"],
-            results=tuple(BatchResult.from_dict(r) for r in d["results"]),
-            node=d.get("node", ""),
-            bundle=d.get("bundle"),
-            saved_ref=d.get("saved_ref"),
-            interrupted=d.get("interrupted", False),
-            setup=d.get("setup"),
-        )
+        return self.result.status.ok
 
 
 def totals(outcomes: list[AgentOutcome]) -> AgentOutcome:

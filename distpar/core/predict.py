@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distpar.core.errors import UsageError
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.core.state import Instruction, RunState, Start, UnitEnded, UnitInfo, WorkerUp
 from distpar.core.stateunits import state_units
 from distpar.core.units import UnitGraph
@@ -71,7 +71,7 @@ class Prediction:
 
 
 def predict(units: Sequence[UnitInfo], workers: int, estimates: Mapping[str, float], *,
-            done: Mapping[str, BatchStatus] | Iterable[str] = (),
+            done: Mapping[str, UnitStatus] | Iterable[str] = (),
             running: Mapping[str, tuple[int, float]] | None = None) -> Prediction:
     """Drive a ``RunState`` of ``units`` on ``workers`` workers where every unit takes its estimate and ends ok.
 
@@ -80,13 +80,13 @@ def predict(units: Sequence[UnitInfo], workers: int, estimates: Mapping[str, flo
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     by_uid = {u.uid: u for u in units}
-    ended = dict(done) if isinstance(done, Mapping) else dict.fromkeys(done, BatchStatus.OK)
+    ended = dict(done) if isinstance(done, Mapping) else dict.fromkeys(done, UnitStatus.OK)
     running = dict(running or {})
     stack = [d for uid in running for d in (by_uid[uid].deps if uid in by_uid else ())]
     while stack:  # a running unit's dependencies ended ok, whatever the caller heard of them
         d = stack.pop()
         if d not in ended and d in by_uid:
-            ended[d] = BatchStatus.OK
+            ended[d] = UnitStatus.OK
             stack += by_uid[d].deps
     infos = [UnitInfo(u.uid, u.deps, u.priority, u.order, None if u.pin is None else u.pin % workers) for u in units]
     state = RunState.create(infos, ended, running={uid: w for uid, (w, _) in running.items()}, retries=0)
@@ -113,7 +113,7 @@ def predict(units: Sequence[UnitInfo], workers: int, estimates: Mapping[str, flo
         if not clock:
             break
         now, _, uid, w = heapq.heappop(clock)
-        carry_out(state.handle(UnitEnded(uid, w, BatchStatus.OK, at=now)))
+        carry_out(state.handle(UnitEnded(uid, w, UnitStatus.OK, at=now)))
     if clock or not state.finished:  # only a hand-built graph with a cycle gets here
         raise UsageError("the unit graph cannot be scheduled: its dependencies contain a cycle")
     left = [u for u in units if u.uid in worker_of]
@@ -165,7 +165,7 @@ def run_workers(graph: UnitGraph, workers: int) -> int:
 
 
 def predict_graph(graph: UnitGraph, workers: int, strategy: str = "balanced", *,
-                  done: Mapping[str, BatchStatus] | Iterable[str] = (),
+                  done: Mapping[str, UnitStatus] | Iterable[str] = (),
                   running: Mapping[str, tuple[int, float]] | None = None, scale: float = 1.0) -> Prediction:
     """``predict`` for a plan's unit graph, as the run of it would go (same workers, pins and priorities);
     ``scale`` multiplies every estimate (e.g. 60: seconds)."""

@@ -2,10 +2,10 @@
 ``distpar.core.predict``) and the static batch ``Schedule`` (``make_schedule``) the run records and the bench
 compares against. Pure code, no I/O.
 
-``make_schedule`` (streams fixed in advance):
+``make_schedule`` (lanes fixed in advance):
 
-Every strategy returns streams that are subsequences of one global topological order, which makes any schedule
-deadlock-free whatever waits across streams it contains. Streams keep plan order (made topological: a batch
+Every strategy returns lanes that are subsequences of one global topological order, which makes any schedule
+deadlock-free whatever waits across lanes it contains. Lanes keep plan order (made topological: a batch
 after its dependencies, otherwise in plan order) unless, with dependencies, another order of the same
 assignment finishes earlier.
 """
@@ -24,28 +24,39 @@ from distpar.core.plan import Plan, repo_relative
 from distpar.core.predict import Prediction, Slot, predict_graph
 from distpar.core.units import STRATEGIES, UnitGraph
 
-__all__ = ["STRATEGIES", "Prediction", "Preview", "Schedule", "Slot", "Stream", "make_schedule", "predict",
-           "preview", "subagent_not_passed", "topological_order"]
+__all__ = [
+    "STRATEGIES",
+    "Lane",
+    "Prediction",
+    "Preview",
+    "Schedule",
+    "Slot",
+    "make_schedule",
+    "predict",
+    "preview",
+    "subagent_not_passed",
+    "topological_order",
+]
 RESTARTS = 24  # perturbed list schedules tried for DAGs of up to RESTART_LIMIT batches
 RESTART_LIMIT = 256
 
 
 @dataclass(frozen=True, slots=True)
-class Stream:
+class Lane:
     index: int  # 0-based; shown as s1, s2, ...
     batch_ids: tuple[str, ...]
 
     @property
     def name(self) -> str:
-        return f"s{self.index + 1}"
+        return f"l{self.index + 1}"
 
 
 @dataclass(frozen=True, slots=True)
 class Schedule:
     strategy: str
     workers: int
-    streams: tuple[Stream, ...]
-    waits: dict[str, tuple[str, ...]]  # batch id -> dependencies that run on other streams
+    lanes: tuple[Lane, ...]
+    waits: dict[str, tuple[str, ...]]  # batch id -> dependencies that run on other lanes
     start: dict[str, float]  # estimated start (minutes) of each batch
     finish: dict[str, float]
     makespan: float
@@ -60,8 +71,8 @@ class Schedule:
     def predicted_speedup(self) -> float:
         return self.serial / self.makespan if self.makespan else 1.0
 
-    def stream_of(self, batch_id: str) -> int:
-        for s in self.streams:
+    def lane_of(self, batch_id: str) -> int:
+        for s in self.lanes:
             if batch_id in s.batch_ids:
                 return s.index
         raise KeyError(batch_id)
@@ -70,7 +81,7 @@ class Schedule:
         return {
             "strategy": self.strategy,
             "workers": self.workers,
-            "streams": [{"index": s.index, "name": s.name, "batches": list(s.batch_ids)} for s in self.streams],
+            "lanes": [{"index": s.index, "name": s.name, "batches": list(s.batch_ids)} for s in self.lanes],
             "waits": {k: list(v) for k, v in self.waits.items()},
             "start": self.start,
             "finish": self.finish,
@@ -86,7 +97,8 @@ class Schedule:
         return cls(
             strategy=d["strategy"],
             workers=d["workers"],
-            streams=tuple(Stream(s["index"], tuple(s["batches"])) for s in d["streams"]),
+            # "streams": a schedule journaled before the journal's schema 2 (an old run being resumed)
+            lanes=tuple(Lane(s["index"], tuple(s["batches"])) for s in d.get("lanes") or d.get("streams") or ()),
             waits={k: tuple(v) for k, v in d["waits"].items()},
             start=dict(d["start"]),
             finish=dict(d["finish"]),
@@ -98,7 +110,7 @@ class Schedule:
 
 def make_schedule(plan: Plan, workers: int, strategy: str = "balanced", split: int | None = None, *,
                   depends: Mapping[str, Sequence[str]] | None = None) -> Schedule:
-    """Streams of whole batches. ``depends`` replaces the plan's declared dependencies (batch and agent level),
+    """Lanes of whole batches. ``depends`` replaces the plan's declared dependencies (batch and agent level),
     e.g. with ``units.batch_dependencies(graph)`` to follow an ordering rule. ``split`` alone implies midpoint."""
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -166,7 +178,7 @@ def _balanced(
 
     by_priority = _list_schedule(order, est, deps, users, workers, key=lambda b: (-bottom[b], rank[b]))
     by_order = _list_schedule(order, est, deps, users, workers, key=lambda b: (rank[b], 0.0))
-    # Candidates in order of preference at equal makespan: each list schedule with its streams put back in
+    # Candidates in order of preference at equal makespan: each list schedule with its lanes put back in
     # plan order, then (only when dependencies exist) the priority schedule in its own start-time order, which
     # keeps Graham's bound (work/m + (1 - 1/m) * critical path) where plan order would cost time.
     candidates = [[sorted(g, key=rank.__getitem__) for g in groups] for groups in (by_priority, by_order)]
@@ -196,7 +208,7 @@ def _list_schedule(order, est, deps, users, workers, key) -> list[list[str]]:  #
     while ready:
         _, b = heapq.heappop(ready)
         avail = max((finish[d] for d in deps[b]), default=0.0)
-        # Earliest start; among equal starts prefer a stream that already holds a dependency (no merge
+        # Earliest start; among equal starts prefer a lane that already holds a dependency (no merge
         # needed), then the one that idles least (best fit), then the lowest index.
         best = min(range(workers), key=free.__getitem__)
         earliest = max(free[best], avail)
@@ -217,9 +229,9 @@ def _list_schedule(order, est, deps, users, workers, key) -> list[list[str]]:  #
 
 
 def _simulate(groups, order, est, deps):  # type: ignore[no-untyped-def]
-    """Start and finish of every batch when each stream runs its batches in its order, waiting for
-    dependencies on other streams; and the makespan. Streams are consistent with one topological order
-    (that is what makes them deadlock-free), so repeatedly advancing any stream whose head is ready ends."""
+    """Start and finish of every batch when each lane runs its batches in its order, waiting for
+    dependencies on other lanes; and the makespan. Lanes are consistent with one topological order
+    (that is what makes them deadlock-free), so repeatedly advancing any lane whose head is ready ends."""
     start: dict[str, float] = {}
     finish: dict[str, float] = {}
     last = [0.0] * len(groups)
@@ -236,14 +248,14 @@ def _simulate(groups, order, est, deps):  # type: ignore[no-untyped-def]
                 remaining -= 1
                 progressed = True
         if not progressed:
-            raise AssertionError("schedule deadlocks: streams are not consistent with one topological order")
+            raise AssertionError("schedule deadlocks: lanes are not consistent with one topological order")
     return start, finish, max(finish.values(), default=0.0)
 
 
 def _finish(strategy, workers, groups, order, est, deps) -> Schedule:  # type: ignore[no-untyped-def]
-    streams = tuple(Stream(i, tuple(g)) for i, g in enumerate(groups))
-    stream = {b: s.index for s in streams for b in s.batch_ids}
-    waits = {b: tuple(d for d in deps[b] if stream[d] != stream[b]) for b in order}
+    lanes = tuple(Lane(i, tuple(g)) for i, g in enumerate(groups))
+    lane = {b: s.index for s in lanes for b in s.batch_ids}
+    waits = {b: tuple(d for d in deps[b] if lane[d] != lane[b]) for b in order}
     start, finish, makespan = _simulate(groups, order, est, deps)
     longest: dict[str, float] = {}
     for b in order:
@@ -251,7 +263,7 @@ def _finish(strategy, workers, groups, order, est, deps) -> Schedule:  # type: i
     return Schedule(
         strategy=strategy,
         workers=workers,
-        streams=streams,
+        lanes=lanes,
         waits={b: w for b, w in waits.items() if w},
         start=start,
         finish=finish,
@@ -341,8 +353,8 @@ def owned_overlaps(graph: UnitGraph, repo_root: str | None = None) -> list[Overl
         for i, a in enumerate(us):
             for b in us[i + 1 :]:
                 ordered = ancestors[b] & bit[a] or ancestors[a] & bit[b]
-                same_stream = graph.unit(a).pin is not None and graph.unit(a).pin == graph.unit(b).pin
-                if not ordered and not same_stream:
+                same_lane = graph.unit(a).pin is not None and graph.unit(a).pin == graph.unit(b).pin
+                if not ordered and not same_lane:
                     out.append(Overlap(f, (a, b)))
     return out
 

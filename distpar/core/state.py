@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from distpar.core.model import AgentOutcome, BatchStatus
+from distpar.core.model import AgentOutcome, UnitStatus
 from distpar.core.ratelimit import RateLimiter
 from distpar.core.stimuli import (
     Blocked,
@@ -70,7 +70,7 @@ class UnitInfo:
     deps: tuple[str, ...] = ()
     priority: float = 0.0  # higher runs first: the critical path from this unit to the end, by estimate
     order: int = 0  # plan order, the tie-break
-    pin: int | None = None  # the only worker that may run it (the seed's pinned streams); it waits for that
+    pin: int | None = None  # the only worker that may run it (the seed's pinned workers); it waits for that
     # worker to come up, and goes to any worker only once that one is down (so every pin must come up or go down)
 
 
@@ -82,7 +82,7 @@ class RunState:
     stop_on_conflict: bool = False
     agent_retries: int = 2  # rate limits: a unit goes back to the queue at most this many times
     cancel_wait: float | None = None  # seconds an interrupted run waits for its units (None: as long as they take)
-    done: dict[str, BatchStatus] = field(default_factory=dict)
+    done: dict[str, UnitStatus] = field(default_factory=dict)
     running: dict[str, tuple[int, int]] = field(default_factory=dict)  # uid -> (worker, attempt)
     attempts: dict[str, int] = field(default_factory=dict)
     free: list[int] = field(default_factory=list)  # workers with nothing to do, in the order they came free
@@ -108,7 +108,7 @@ class RunState:
     _seen: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)  # what validate() saw last
 
     @classmethod
-    def create(cls, units: Sequence[UnitInfo], done: Mapping[str, BatchStatus] | None = None,
+    def create(cls, units: Sequence[UnitInfo], done: Mapping[str, UnitStatus] | None = None,
                running: Mapping[str, int] | None = None, **kw: object) -> RunState:
         """``done``: units that ended already (resume); ``running``: unit -> the worker that runs it now (a
         prediction from the middle of a run), each with its dependencies ok, at most one per worker."""
@@ -122,14 +122,14 @@ class RunState:
         for uid, worker in (running or {}).items():
             if uid not in st.units or uid in st.done:
                 raise ValueError(f"running unit {uid!r} is unknown or done")
-            if any(st.done.get(d) is not BatchStatus.OK for d in st.units[uid].deps) or st._busy(worker):
+            if any(st.done.get(d) is not UnitStatus.OK for d in st.units[uid].deps) or st._busy(worker):
                 raise ValueError(f"unit {uid!r} cannot run on worker {worker}")
             st.running[uid] = (worker, 1)
             st.attempts[uid] = 1
             st.assignment[uid] = worker
         for u in units:
             if u.uid not in st.done:
-                st.waiting[u.uid] = sum(1 for d in u.deps if st.done.get(d) is not BatchStatus.OK)
+                st.waiting[u.uid] = sum(1 for d in u.deps if st.done.get(d) is not UnitStatus.OK)
                 if st.waiting[u.uid] == 0 and u.uid not in st.running:
                     st._make_ready(u.uid)
         return st
@@ -155,7 +155,7 @@ class RunState:
 
     @property
     def complete(self) -> bool:
-        return len(self.done) == len(self.units) and all(s is BatchStatus.OK for s in self.done.values())
+        return len(self.done) == len(self.units) and all(s is UnitStatus.OK for s in self.done.values())
 
     def _may_start(self) -> bool:
         return not (self.interrupted or self.fatal or self.budget_exhausted or self.rate_stopped
@@ -186,11 +186,11 @@ class RunState:
         for uid, (_, attempt) in self.running.items():
             check(attempt == self.attempts.get(uid) and 1 <= attempt <= self.retries + 1,
                   f"{uid} runs attempt {attempt} (attempts {self.attempts.get(uid)}, retries {self.retries})")
-            check(all(self.done.get(d) is BatchStatus.OK for d in self.units[uid].deps),
+            check(all(self.done.get(d) is UnitStatus.OK for d in self.units[uid].deps),
                   f"{uid} runs before its dependencies ended ok")
         for uid in self.pending:
-            deps_ok = all(self.done.get(d) is BatchStatus.OK for d in self.units[uid].deps)
-            missing = sum(1 for d in self.units[uid].deps if self.done.get(d) is not BatchStatus.OK)
+            deps_ok = all(self.done.get(d) is UnitStatus.OK for d in self.units[uid].deps)
+            missing = sum(1 for d in self.units[uid].deps if self.done.get(d) is not UnitStatus.OK)
             check(self.waiting.get(uid) == missing, f"{uid} waits for a wrong number of dependencies")
             check(uid not in ready or deps_ok, f"{uid} is ready before its dependencies ended ok")
             check(self.finished or uid in ready or not deps_ok, f"{uid} can run but is not ready")
@@ -297,7 +297,7 @@ class RunState:
             return None
         worker, _ = self.running.pop(event.uid)
         self._release(worker)
-        out = self._settle(event.uid, BatchStatus.BLOCKED, event.reason)
+        out = self._settle(event.uid, UnitStatus.BLOCKED, event.reason)
         self.conflicted = True
         return out
 
@@ -353,12 +353,12 @@ class RunState:
         if worker in self.alive and worker not in self.free:
             self.free.append(worker)
 
-    def _settle(self, uid: str, status: BatchStatus, reason: str) -> list[Instruction]:
+    def _settle(self, uid: str, status: UnitStatus, reason: str) -> list[Instruction]:
         """``uid`` reached ``status``; a failure skips everything that depends on it, transitively."""
         out: list[Instruction] = []
         self.done[uid] = status
         self.ready_set.discard(uid)
-        if status is BatchStatus.OK:
+        if status is UnitStatus.OK:
             for d in self.dependents.get(uid, ()):
                 if d in self.waiting:
                     self.waiting[d] -= 1
@@ -370,8 +370,8 @@ class RunState:
                 dep, cause = stack.pop()
                 if dep in self.done or dep in self.running:
                     continue
-                self.done[dep] = BatchStatus.SKIPPED
-                out.append(Record(dep, BatchStatus.SKIPPED, f"dependency {cause} did not succeed"))
+                self.done[dep] = UnitStatus.SKIPPED
+                out.append(Record(dep, UnitStatus.SKIPPED, f"dependency {cause} did not succeed"))
                 stack += [(d, dep) for d in self.dependents.get(dep, [])]
         return out
 
@@ -383,8 +383,8 @@ class RunState:
             self.attempts[uid] = attempt + 1
             self._make_ready(uid)
             return [Retry(uid, attempt + 1, error)]
-        out: list[Instruction] = [Record(uid, BatchStatus.FAILED, error)]
-        return out + self._settle(uid, BatchStatus.FAILED, error)
+        out: list[Instruction] = [Record(uid, UnitStatus.FAILED, error)]
+        return out + self._settle(uid, UnitStatus.FAILED, error)
 
     def _observe(self, outcome: AgentOutcome) -> list[Instruction]:
         """Rate limits are a signal for the whole run (``distpar.core.ratelimit``): fewer agents at once, a pause until

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distpar.core.model import AgentOutcome, BatchStatus
+from distpar.core.model import AgentOutcome, UnitStatus
 
 # --- events (stimuli) ------------------------------------------------------------------------------------
 
@@ -29,7 +29,7 @@ class WorkerDown:
 class UnitEnded:
     uid: str
     worker: int
-    status: BatchStatus
+    status: UnitStatus
     cost_usd: float | None = None
     outcome: AgentOutcome | None = None  # what the agent reported: rate limits change how many run at once
     at: float | None = None  # when it ended (the executor's clock)
@@ -95,7 +95,7 @@ class Record:
     """A unit ends without running (skipped after a failed dependency, or failed after its transport broke)."""
 
     uid: str
-    status: BatchStatus
+    status: UnitStatus
     reason: str
 
 

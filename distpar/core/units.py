@@ -10,7 +10,7 @@ Ordering rules (``UnitGraph.rule``; ``UnitGraph.why`` says which applied and why
 - ``independent`` (``--independent`` or ``"independent": true``): the seed's assumption. Batches wait for no
   other batch except for what ``depends_on`` declares.
 - ``midpoint`` (``--strategy midpoint`` / ``--split K``): the seed exactly. The batches are cut after
-  floor(n/2) (or K): each half is one chain in plan order, pinned to its own stream (``pin`` 0 or 1), the
+  floor(n/2) (or K): each half is one chain in plan order, pinned to its own worker (``pin`` 0 or 1), the
   halves independent of each other; ``depends_on`` is not honoured (``UnitGraph.notes`` lists what is lost).
 
 Inside a batch: one agent is one unit named by the batch id. Several agents are units ``<id>#<k>`` (k from 1):
@@ -50,7 +50,7 @@ class Unit:
     timeout: float | None
     owns_files: tuple[str, ...]
     line: int
-    pin: int | None = None  # stream index when the strategy pins units to streams (midpoint/--split)
+    pin: int | None = None  # worker index when the strategy pins units to workers (midpoint/--split)
 
     def to_dict(self) -> dict[str, Any]:
         return {"uid": self.uid, "batch_id": self.batch_id, "index": self.index, "description": self.description,

@@ -140,7 +140,7 @@ def repo_lock(repo: str | Path, name: str) -> Iterator[None]:
 
 def worktree_add(repo: str | Path, path: str | Path, branch: str, base: str) -> None:
     # Concurrent `git worktree add` on one repository can fail reading a half-made worktree's commondir, so
-    # runs and streams take turns registering theirs (quick, --no-checkout) and check the files out in parallel.
+    # runs and workers take turns registering theirs (quick, --no-checkout) and check the files out in parallel.
     with repo_lock(repo, "worktree"):
         git(repo, "worktree", "add", "--quiet", "--no-checkout", "-B", branch, str(path), base)
     git(path, "reset", "--quiet", "--hard")

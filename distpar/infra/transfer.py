@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from distpar.core.errors import GitError
-from distpar.core.model import SegmentResult, Source
+from distpar.core.model import Source, UnitReply
 from distpar.infra import gitops
 
 
@@ -59,7 +59,7 @@ class Transfer:
         gitops.bundle_create(self.repo, inc, [ref, *extra, f"^{self.start}"])
         return Source("bundle", str(self._full), (str(inc),))
 
-    def fetch_back(self, result: SegmentResult, source: Source) -> None:
+    def fetch_back(self, result: UnitReply, source: Source) -> None:
         """Bring a remote worker's new commits (and saved work) into the coordinator's repository."""
         if source.kind != "url" and not result.bundle:
             return

@@ -216,11 +216,11 @@ class Tools:
 
     def _run_detail(self, journal: Journal, run: dict[str, Any]) -> dict[str, Any]:
         secrets = _secrets(_forwarded(run))
-        rows = journal.batches(run["id"])
+        rows = journal.units(run["id"])
         costs = [b["cost_usd"] for b in rows if b["cost_usd"] is not None]
         info = self._run_info(journal, run)
         summ = json.loads(run["summary"]) if run["summary"] else {}
-        units = [{"unit": b["batch_id"], "worker": worker_label(b["stream"]), "state": b["state"],
+        units = [{"unit": b["unit_id"], "worker": worker_label(b["worker"]), "state": b["state"],
                   "result": b["result_class"], "node": b["node"], "attempt": b["attempt"],
                   "seconds": round(b["ended"] - b["started"], 3) if b["ended"] and b["started"] else None,
                   "cost_usd": b["cost_usd"],
@@ -228,7 +228,7 @@ class Tools:
                  for b in rows]
         return {**info, "cost_usd": sum(costs) if costs else None,
                 "done": sum(1 for b in rows if b["state"] in TERMINAL_UNIT), "total": len(rows),
-                "running": [b["batch_id"] for b in rows if b["state"] == "running"], "units": units,
+                "running": [b["unit_id"] for b in rows if b["state"] == "running"], "units": units,
                 "landed": summ.get("landed"), "conflict": summ.get("conflict"),
                 "errors": [mask(str(e), secrets) for e in summ.get("errors") or ()],
                 "saved_refs": summ.get("saved_refs") or []}
@@ -244,13 +244,13 @@ class Tools:
             run = journal.run(run_id)
             if run is None:
                 raise ToolFailure(f"no run {run_id!r} in {journal.path}")
-            rows = journal.batches(run["id"])
+            rows = journal.units(run["id"])
         run_dir = state_dir(Path(run["repo"])) / "runs" / run["id"]
         if unit is not None:
-            row = next((b for b in rows if b["batch_id"] == unit), None)
+            row = next((b for b in rows if b["unit_id"] == unit), None)
             if row is None:
                 raise ToolFailure(f"run {run['id']} has no unit {unit!r} (units: "
-                                  f"{', '.join(b['batch_id'] for b in rows)})")
+                                  f"{', '.join(b['unit_id'] for b in rows)})")
         else:
             ran = [b for b in rows if b["started"]]
             row = logs_mod.running_batch(rows) or (max(ran, key=lambda b: b["ended"] or 0.0) if ran else None)
@@ -259,7 +259,7 @@ class Tools:
         path = logs_mod.log_path(row, run_dir)
         if path is None or not path.is_file():
             why = "it has not started" if row["state"] in ("pending", "skipped", "blocked") else f"no file {path}"
-            raise ToolFailure(f"unit {row['batch_id']} of run {run['id']} has no log: {why}")
+            raise ToolFailure(f"unit {row['unit_id']} of run {run['id']} has no log: {why}")
         cap = max(1, min(max_bytes, LOG_BYTES_MAX))
         size = path.stat().st_size
         with path.open("rb") as f:
@@ -280,7 +280,7 @@ class Tools:
                     start = size - sum(len(x) for x in lines)
                 data = b"".join(lines)
         text = mask(data.decode("utf-8", "replace"), _secrets(_forwarded(run)))
-        return {"run_id": run["id"], "unit": row["batch_id"], "state": row["state"], "path": str(path),
+        return {"run_id": run["id"], "unit": row["unit_id"], "state": row["state"], "path": str(path),
                 "size": size, "offset": start, "next_offset": start + len(data),
                 "truncated": start > 0 or start + len(data) < size, "text": text}
 

@@ -228,7 +228,7 @@ def plan_clean(repo: Path, state_dir: Path, journal: Journal, run_id: str | None
     items: list[Item] = []
     for rid in sorted(found):
         row = rows.get(rid) or journal.run_exact(rid)
-        ok_units = {names.key(b["batch_id"]): b["batch_id"] for b in journal.batches(rid) if b["state"] == "ok"} \
+        ok_units = {names.key(b["unit_id"]): b["unit_id"] for b in journal.units(rid) if b["state"] == "ok"} \
             if row is not None and row["state"] == "ok" else {}
         items += plan_run(repo, rid, found[rid], row, run_is_live(journal, row), force, now, state_dir, ok_units)
     return items

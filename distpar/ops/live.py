@@ -25,7 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.core.plan import Plan
 from distpar.core.predict import Prediction, predict, run_workers
 from distpar.core.schedule import Schedule
@@ -73,7 +73,7 @@ class RunProgress:
         self.graph = graph if graph is not None else unit_graph(plan, strategy=schedule.strategy)
         self.estimates = {u.uid: u.estimate * 60.0 for u in self.graph.units}  # plan estimates are minutes
         self.node = node
-        self.streams = [WorkerRow(i, node) for i in range(run_workers(self.graph, schedule.workers))]
+        self.rows = [WorkerRow(i, node) for i in range(run_workers(self.graph, schedule.workers))]
         self.ended: dict[str, tuple[str, float]] = {}  # unit -> (status, duration)
         self.cost: float | None = None
         self.run_id = ""
@@ -89,49 +89,49 @@ class RunProgress:
     # --- events ----------------------------------------------------------------------------------------
 
     def _row(self, data: dict[str, Any]) -> WorkerRow | None:
-        k = data.get("stream")
+        k = data.get("worker")
         if not isinstance(k, int) or k < 0:
             return None
-        while k >= len(self.streams):
-            self.streams.append(WorkerRow(len(self.streams), self.node))
-        return self.streams[k]
+        while k >= len(self.rows):
+            self.rows.append(WorkerRow(len(self.rows), self.node))
+        return self.rows[k]
 
     def update(self, kind: str, data: dict[str, Any]) -> None:
         now = self.clock()
         if kind == "run_started":
             self.run_id, self.target = data.get("run_id", ""), data.get("target", "")
             self.phase, self.t0 = "running", now
-            workers = data.get("workers") or data.get("streams") or len(self.streams)
-            self.streams = [WorkerRow(i, self.node) for i in range(workers)]
+            workers = data.get("workers") or len(self.rows)
+            self.rows = [WorkerRow(i, self.node) for i in range(workers)]
         elif kind == "run_resumed":
-            for b in data.get("done_batches") or ():
+            for b in data.get("done_units") or ():
                 self.ended.setdefault(b, ("ok", 0.0))
-        elif kind in ("batch_started", "unit_started"):
+        elif kind in ("unit_dispatched", "unit_started"):
             row = self._row(data)
-            if row is not None and data.get("batch") not in self.ended:
-                if row.current != data["batch"]:
+            if row is not None and data.get("unit") not in self.ended:
+                if row.current != data["unit"]:
                     row.output = ""
-                row.current, row.since = data["batch"], now if data.get("at") is None else data["at"]
+                row.current, row.since = data["unit"], now if data.get("at") is None else data["at"]
                 row.attempt = data.get("attempt", 1)
                 if data.get("node"):
                     row.node = data["node"]
         elif kind == "agent_output":
             row = self._row(data)
-            if row is not None and row.current == data.get("batch") and data.get("line"):
+            if row is not None and row.current == data.get("unit") and data.get("line"):
                 text = ANSI.sub("", str(data["line"])[:OUTPUT_CHARS * 2])  # colours: the view is not a terminal
                 row.output = "".join(c if c.isprintable() else " " for c in text)[:OUTPUT_CHARS]
-        elif kind == "segment_retry":
-            for row in self.streams:
-                if row.current == data.get("batch"):
+        elif kind == "unit_retry":
+            for row in self.rows:
+                if row.current == data.get("unit"):
                     row.current, row.since = None, None
-        elif kind == "batch_ended":
+        elif kind == "unit_ended":
             self._end(data, now)
         elif kind == "throttled":
             until = data.get("until")
             self.throttle = (f"paused until {time.strftime('%H:%M:%S', time.localtime(until))}" if until
                              else f"{data.get('limit')} agent(s) at once")
         elif kind == "conflict_predicted":
-            self.predicted.append(f"{data.get('batch')}: {', '.join(data.get('files') or ())}")
+            self.predicted.append(f"{data.get('unit')}: {', '.join(data.get('files') or ())}")
         elif kind == "merge_started":
             self.phase = "merging"
         elif kind == "interrupted":
@@ -140,7 +140,7 @@ class RunProgress:
             self.phase, self.state, self.t_end = "ended", data.get("state", ""), now
 
     def _end(self, data: dict[str, Any], now: float) -> None:
-        batch, status = data["batch"], data["status"]
+        batch, status = data["unit"], data["status"]
         if batch in self.ended:
             return
         self.ended[batch] = (status, data.get("duration") or 0.0)
@@ -192,11 +192,11 @@ class RunProgress:
         needs what its rescaled estimate leaves (at least a second: it has not ended), the rest their rescaled
         estimates. Times in seconds from now."""
         now, scale = self.clock(), self.scale()
-        workers = max(1, len(self.streams))
+        workers = max(1, len(self.rows))
         done = {u: _status(s) for u, (s, _) in self.ended.items() if u in self.estimates}
         running = {row.current: (row.index, max(1.0, self.estimates[row.current] * scale
                                                - (now - (now if row.since is None else row.since))))
-                   for row in self.streams if row.current in self.estimates and row.current not in done}
+                   for row in self.rows if row.current in self.estimates and row.current not in done}
         units = state_units(self.graph, self.schedule.strategy, workers)
         return predict(units, workers, {u: e * scale for u, e in self.estimates.items()}, done=done, running=running)
 
@@ -206,14 +206,14 @@ class RunProgress:
         if self.done >= self.total:
             return 0.0
         now = self.clock()
-        key = (len(self.ended), tuple((row.current, row.since) for row in self.streams))
+        key = (len(self.ended), tuple((row.current, row.since) for row in self.rows))
         if self._eta is not None and self._eta[0] == key and 0.0 <= now - self._eta[1] < REPREDICT:
             return max(1.0, self._eta[2] - (now - self._eta[1]))
         eta = self.prediction().makespan
         self._eta = (key, now, eta)
         return eta
 
-    def stream_activity(self, st: WorkerRow) -> str:
+    def worker_activity(self, st: WorkerRow) -> str:
         """What a worker is doing, in a few words."""
         if st.current:
             desc = self.graph.unit(st.current).description if st.current in self.estimates else ""
@@ -225,7 +225,7 @@ class RunProgress:
             return "finished" if not st.failed else f"stopped ({st.failed} not ok)"
         return "idle: waiting for a ready unit"
 
-    def stream_state(self, st: WorkerRow) -> str:
+    def worker_state(self, st: WorkerRow) -> str:
         if st.current:
             return "running"
         if self.done >= self.total:
@@ -233,11 +233,11 @@ class RunProgress:
         return "interrupted" if self.phase in ("interrupted", "ended") else "waiting"
 
 
-def _status(value: str) -> BatchStatus:
+def _status(value: str) -> UnitStatus:
     try:
-        return BatchStatus(value)
+        return UnitStatus(value)
     except ValueError:
-        return BatchStatus.FAILED
+        return UnitStatus.FAILED
 
 
 def eta_text(p: RunProgress) -> str:
@@ -280,44 +280,44 @@ def event_line(kind: str, data: dict[str, Any], progress: RunProgress | None = N
     counts = f" [{progress.done}/{progress.total}]" if progress else ""
     if kind == "run_started":
         eta = f", estimated {duration(math.ceil(progress.eta()))}" if progress and progress.total else ""
-        return (f"distpar: run {data['run_id']}: {data.get('workers') or data['streams']} worker(s)"
+        return (f"distpar: run {data['run_id']}: {data.get('workers')} worker(s)"
                 + (f", {progress.total} unit(s)" if progress else "")
                 + f", merging into {data['target']}{eta}", "")
     if kind == "run_resumed":
         rec = data.get("recovered") or []
         return (f"distpar: resuming run {data['run_id']}: {data['done']} batch(es) already done"
                 + (f" (recovered from their branches: {', '.join(rec)})" if rec else ""), "")
-    if kind == "segment_submitted":
-        return (f"[w{data['stream'] + 1}] started {', '.join(data['batches'])}"
+    if kind == "unit_submitted":
+        return (f"[w{data['worker'] + 1}] started {data['unit']}"
                 + (f" (attempt {data['attempt']})" if data.get("attempt", 1) > 1 else ""), "")
-    if kind == "batch_ended":
+    if kind == "unit_ended":
         cost = f", ${data['cost_usd']:.4f}" if data.get("cost_usd") is not None else ""
         note = "" if data["status"] == "ok" else f": {data.get('error') or data['status']}"
         change = "" if data.get("changed") or data["status"] != "ok" else ", no changes"
         ran = data.get("duration") or data["status"] not in ("skipped", "blocked")
         details = f" ({data.get('duration') or 0:.1f}s{cost}{change})" if ran else ""
-        where = f"w{data['stream'] + 1}" if data.get("stream", -1) >= 0 else "-"
-        return (f"[{where}] batch {data['batch']} {data['status']}{details}{note}{counts}",
+        where = f"w{data['worker'] + 1}" if data.get("worker", -1) >= 0 else "-"
+        return (f"[{where}] batch {data['unit']} {data['status']}{details}{note}{counts}",
                 STATUS_STYLE.get(data["status"], ""))
-    if kind == "segment_retry":
-        return f"[{data['batch']}] retrying on a worker (attempt {data['attempt']}): {data['error']}", "yellow"
+    if kind == "unit_retry":
+        return f"[{data['unit']}] retrying on a worker (attempt {data['attempt']}): {data['error']}", "yellow"
     if kind == "conflict_predicted":
         others = f" with {', '.join(data['others'])}" if data.get("others") else ""
-        return (f"distpar: conflict ahead: {data['batch']}'s work conflicts{others} in "
+        return (f"distpar: conflict ahead: {data['unit']}'s work conflicts{others} in "
                 f"{', '.join(data['files'])} (the final merge will stop there; nothing is resolved)", "magenta")
     if kind == "throttled":
         until = data.get("until")
         when = f", no new agent before {time.strftime('%H:%M:%S', time.localtime(until))}" if until else ""
         return f"distpar: rate limited: {data['limit']} agent(s) at once{when}", "yellow"
     if kind == "merge_started":
-        return f"distpar: merging {len(data['streams'])} unit branch(es) in plan order", ""
+        return f"distpar: merging {len(data['branches'])} unit branch(es) in plan order", ""
     if kind == "interrupted":
         return "distpar: interrupted: stopping agents and saving their work ...", "yellow"
     return None
 
 
 class PlainLines(Observer):
-    """One line per notable event: for logs, CI and any stream that is not a terminal."""
+    """One line per notable event: for logs, CI and any output that is not a terminal."""
 
     def __init__(self, console: Console, progress: RunProgress | None = None) -> None:
         self.console, self.progress = console, progress
@@ -341,7 +341,7 @@ class JsonLines(Observer):
 
 
 class LiveView(Observer):
-    """A table that redraws in place on a terminal: one row per stream, then an overall bar with an ETA.
+    """A table that redraws in place on a terminal: one row per worker, then an overall bar with an ETA.
     Failures, retries and interrupts are also printed above it, so they stay in the scrollback."""
 
     def __init__(self, console: Console, progress: RunProgress, refresh_per_second: float = 4.0) -> None:
@@ -363,8 +363,8 @@ class LiveView(Observer):
         if kind == "agent_output":  # many a second: shown at the next refresh (4 a second)
             return
         line = event_line(kind, data)
-        if kind in ("segment_retry", "interrupted", "run_resumed", "conflict_predicted", "throttled") or (
-                kind == "batch_ended" and data["status"] not in ("ok", "skipped")):
+        if kind in ("unit_retry", "interrupted", "run_resumed", "conflict_predicted", "throttled") or (
+                kind == "unit_ended" and data["status"] not in ("ok", "skipped")):
             assert line is not None
             self._live.console.print(Text(line[0], style=line[1]), soft_wrap=True, highlight=False)
         self._live.refresh()
@@ -376,7 +376,7 @@ class LiveView(Observer):
 
 def render(p: RunProgress, width: int = 120) -> RenderableType:
     """The live view of ``p`` as a rich renderable, for a terminal ``width`` columns wide."""
-    phase = {"starting": "starting", "running": "running", "merging": "merging streams",
+    phase = {"starting": "starting", "running": "running", "merging": "merging units",
              "interrupted": "interrupting: saving work", "ended": p.state or "ended"}[p.phase]
     head = Text.assemble(
         ("distpar ", "bold"), (p.run_id or "", "bold cyan"), (f" → {p.target}  " if p.target else "  "),
@@ -390,14 +390,14 @@ def render(p: RunProgress, width: int = 120) -> RenderableType:
         table.add_column(name, max_width=cap, no_wrap=cap is not None, overflow="ellipsis",
                          justify="right" if i >= 4 else "left")  # the numbers
     now = p.clock()
-    rows = [[st.name, st.node or "-", p.stream_activity(st), p.stream_state(st),
+    rows = [[st.name, st.node or "-", p.worker_activity(st), p.worker_state(st),
              duration(now - st.since) if st.current and st.since else "", str(st.done), money(st.cost)]
-            for st in p.streams]
-    if any(st.current and st.output for st in p.streams):  # what each running agent printed last, in the room left
+            for st in p.rows]
+    if any(st.current and st.output for st in p.rows):  # what each running agent printed last, in the room left
         used = sum(min(cap or width, max(len(name), *(len(r[i]) for r in rows)))
                    for i, (name, cap) in enumerate(columns)) + 2 * len(columns)  # 2: between columns
         table.add_column("output", style="dim", no_wrap=True, overflow="ellipsis", max_width=max(8, width - used - 1))
-        for row, st in zip(rows, p.streams, strict=True):
+        for row, st in zip(rows, p.rows, strict=True):
             row.append(st.output if st.current else "")
     for row in rows:
         table.add_row(*row[:3], Text(row[3], style=STATUS_STYLE.get(row[3], "")), *(Text(c) for c in row[4:]))

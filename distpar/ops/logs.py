@@ -35,10 +35,10 @@ def log_path(batch: dict[str, Any], run_dir: Path) -> Path | None:
         return Path(batch["log_path"])
     if batch["state"] in ("pending", "skipped", "blocked"):
         return None
-    live = live_path(run_dir, batch["batch_id"])
+    live = live_path(run_dir, batch["unit_id"])
     if batch["state"] == "running" and live.exists():
         return live
-    return run_dir / "logs" / f"{names.key(batch['batch_id'])}.log"
+    return run_dir / "logs" / f"{names.key(batch['unit_id'])}.log"
 
 
 def running_batch(batches: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -63,7 +63,7 @@ def follow(journal: Journal, run: dict[str, Any], batch_id: str, run_dir: Path, 
     its log appeared. Everything written before the end is yielded. A remote unit's live copy is followed as
     soon as it appears (after the log of its earlier attempts, if any); once the unit ends it makes way for the
     full log, which the last line points to."""
-    row = journal.batch(run["id"], batch_id)
+    row = journal.unit(run["id"], batch_id)
     assert row is not None
     path = Path(row["log_path"]) if row["log_path"] else run_dir / "logs" / f"{names.key(batch_id)}.log"
     live = live_path(run_dir, batch_id)
@@ -96,7 +96,7 @@ def follow(journal: Journal, run: dict[str, Any], batch_id: str, run_dir: Path, 
             now = clock()
             if now - last_check >= 1.0 or last_check == 0.0:
                 last_check = now
-                row = journal.batch(run["id"], batch_id)
+                row = journal.unit(run["id"], batch_id)
                 current = journal.run_exact(run["id"])
                 ended = row is None or row["state"] in TERMINAL
                 done = ended or not run_is_live(journal, current) or (appeared is not None and now - appeared > limit)

@@ -34,7 +34,7 @@ BAD = ("failed", "timeout", "blocked", "interrupted")
 @dataclass
 class RunData:
     run: dict[str, Any]
-    batches: list[dict[str, Any]]
+    units: list[dict[str, Any]]
     events: list[Event]
     plan: dict[str, Any]
     schedule: dict[str, Any]
@@ -50,7 +50,7 @@ class RunData:
     def t_end(self) -> float:
         """When the run ended, or the last thing the journal saw of it."""
         times = [self.run["ended"] or 0.0, *(e.ts for e in self.events[-1:]),
-                 *(b["ended"] or b["started"] or 0.0 for b in self.batches)]
+                 *(b["ended"] or b["started"] or 0.0 for b in self.units)]
         return max(t for t in times if t) if any(times) else self.t0
 
     @property
@@ -59,11 +59,11 @@ class RunData:
 
     @property
     def agent_time(self) -> float:
-        return sum(duration_of(b) or 0.0 for b in self.batches if b["ended"])
+        return sum(duration_of(b) or 0.0 for b in self.units if b["ended"])
 
     @property
     def cost(self) -> float | None:
-        costs = [b["cost_usd"] for b in self.batches if b["cost_usd"] is not None]
+        costs = [b["cost_usd"] for b in self.units if b["cost_usd"] is not None]
         return sum(costs) if costs else None
 
     def description(self, batch_id: str) -> str:
@@ -81,7 +81,7 @@ class RunData:
 
     def workers_used(self) -> list[int]:
         """The workers that really ran a unit, from the journal."""
-        return sorted({int(b["stream"]) for b in self.batches if b["started"] and (b["stream"] or 0) >= 0})
+        return sorted({int(b["worker"]) for b in self.units if b["started"] and (b["worker"] or 0) >= 0})
 
 
 def duration_of(b: dict[str, Any]) -> float | None:
@@ -96,7 +96,7 @@ def load(journal: Journal, run_id: str) -> RunData:
     graph, prediction = _unit_graph(run, plan)
     return RunData(
         run=run,
-        batches=journal.batches(run["id"]),
+        units=journal.units(run["id"]),
         events=journal.events(run["id"]),
         plan=plan,
         schedule=json.loads(run["schedule"] or "{}"),
@@ -160,7 +160,7 @@ def render(d: RunData) -> str:
     state = run["state"]
     title = f"distpar run {run['id']}"
     counts: dict[str, int] = {}
-    for b in d.batches:
+    for b in d.units:
         counts[b["state"]] = counts.get(b["state"], 0) + 1
     parts = [
         "<!DOCTYPE html>",
@@ -179,9 +179,9 @@ def render(d: RunData) -> str:
         f'<div class="panel">{_serial_vs_wall(d)}</div>',
         "<h2>Timeline</h2>",
         _legend(),
-        f'<div class="panel">{gantt(d, "stream")}</div>',
+        f'<div class="panel">{gantt(d, "worker")}</div>',
     ]
-    if len({b["node"] for b in d.batches if b["node"]}) > 1:
+    if len({b["node"] for b in d.units if b["node"]}) > 1:
         parts += ["<h2>Timeline by node</h2>", f'<div class="panel">{gantt(d, "node")}</div>']
     parts += [
         "<h2>Dependencies</h2>",
@@ -218,12 +218,12 @@ def _cards(d: RunData, counts: dict[str, int]) -> str:
     wall, agent = d.wall, d.agent_time
     speedup = agent / wall if wall > 0 else 0.0
     predicted = d.prediction.speedup if d.prediction else None
-    tin = sum(b["input_tokens"] or 0 for b in d.batches)
-    tout = sum(b["output_tokens"] or 0 for b in d.batches)
+    tin = sum(b["input_tokens"] or 0 for b in d.units)
+    tout = sum(b["output_tokens"] or 0 for b in d.units)
     units = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
     used = d.workers_used()
     cards = [
-        ("units", f"{counts.get('ok', 0)}/{len(d.batches)} ok", units),
+        ("units", f"{counts.get('ok', 0)}/{len(d.units)} ok", units),
         ("wall time", secs(wall), "run start to end"),
         ("serial agent time", secs(agent), "sum of batch durations"),
         ("speedup", f"{speedup:.2f}x", f"predicted {predicted:.2f}x" if predicted else ""),
@@ -272,8 +272,8 @@ def _nice_step(span: float, target: int = 8) -> float:
     return 10 * mag
 
 
-def gantt(d: RunData, by: str = "stream") -> str:
-    """Bars of batches on a time axis, one lane per stream (or per node). Every batch of the run gets one
+def gantt(d: RunData, by: str = "worker") -> str:
+    """Bars of batches on a time axis, one lane per worker (or per node). Every batch of the run gets one
     ``<g class="bar">`` with data attributes; batches that never ran are drawn as small hatched boxes at the end
     of their lane."""
     t0 = d.t0
@@ -282,10 +282,10 @@ def gantt(d: RunData, by: str = "stream") -> str:
     unit = plot_w / span
 
     def lane_key(b: dict[str, Any]) -> str:
-        return worker_label(b["stream"]) if by == "stream" else (b["node"] or "(not run)")
+        return worker_label(b["worker"]) if by == "worker" else (b["node"] or "(not run)")
 
     lanes: dict[str, list[dict[str, Any]]] = {}
-    for b in sorted(d.batches, key=lambda b: (b["stream"], b["position"])):
+    for b in sorted(d.units, key=lambda b: (b["worker"], b["position"])):
         lanes.setdefault(lane_key(b), []).append(b)
     if by == "node":
         lanes = dict(sorted(lanes.items(), key=lambda kv: (kv[0] == "(not run)", kv[0])))
@@ -306,7 +306,7 @@ def gantt(d: RunData, by: str = "stream") -> str:
     for i, (name, rows) in enumerate(lanes.items()):
         y = top + i * lane_h
         nodes = sorted({b["node"] for b in rows if b["node"]})
-        sub = ", ".join(nodes) if by == "stream" else ", ".join(sorted({worker_label(b["stream"]) for b in rows}))
+        sub = ", ".join(nodes) if by == "worker" else ", ".join(sorted({worker_label(b["worker"]) for b in rows}))
         if i % 2:
             out.append(f'<rect x="0" y="{y}" width="{label_w + plot_w + 20}" height="{lane_h}" fill="#fafbfc"/>')
         out.append(f'<text x="8" y="{y + 16}" font-size="13" font-weight="600" fill="#1d2330">{esc(name)}</text>'
@@ -347,21 +347,21 @@ def _bar(d: RunData, b: dict[str, Any], x: float, y: float, w: float, h: float, 
     color = COLORS.get(state, "#8a94a6")
     dur = duration_of(b)
     start = f"{b['started'] - d.t0:.3f}" if ran else ""
-    tip = (f"batch {b['batch_id']}: {d.description(b['batch_id'])}\n{state}"
+    tip = (f"batch {b['unit_id']}: {d.description(b['unit_id'])}\n{state}"
            + (f" in {secs(dur)}" if dur is not None else "")
-           + (f" on {b['node']}" if b["node"] else "") + f", worker {worker_label(b['stream'])}"
+           + (f" on {b['node']}" if b["node"] else "") + f", worker {worker_label(b['worker'])}"
            + (f", {money(b['cost_usd'])}" if b["cost_usd"] is not None else "")
            + (f"\n{b['error']}" if b["error"] and state != "ok" else ""))
     fill = color if ran else f"url(#hatch-{by})"
     stroke = "" if ran else f' stroke="{color}" stroke-width="1.5"'
     label = ""
-    text = str(b["batch_id"])
+    text = str(b["unit_id"])
     if ran and w > 7 * len(text) + 8:
         label = (f'<text x="{x + 6:.1f}" y="{y + h / 2 + 4.5:.1f}" font-size="12" fill="#fff" '
                  f'font-weight="600">{esc(text)}</text>')
     dur_attr = "" if dur is None else f"{dur:.3f}"
     cost_attr = "" if b["cost_usd"] is None else b["cost_usd"]
-    return (f'<g class="bar" data-batch="{esc(b["batch_id"])}" data-stream="{worker_label(b["stream"])}" '
+    return (f'<g class="bar" data-batch="{esc(b["unit_id"])}" data-worker="{worker_label(b["worker"])}" '
             f'data-node="{esc(b["node"] or "")}" data-status="{esc(state)}" data-start="{start}" '
             f'data-duration="{dur_attr}" data-cost="{cost_attr}">'
             f"<title>{esc(tip)}</title>"
@@ -373,8 +373,8 @@ def dependency_graph(d: RunData) -> str:
     the unit graph: stages, the units of a sequential batch, declared ``depends_on``), dashed where the two ran
     on different workers (the dependency's work was merged into the unit's base)."""
     deps = d.depends_on()
-    rows = {b["batch_id"]: b for b in d.batches}
-    ids = [b["batch_id"] for b in sorted(d.batches, key=lambda b: b["position"])]
+    rows = {b["unit_id"]: b for b in d.units}
+    ids = [b["unit_id"] for b in sorted(d.units, key=lambda b: b["position"])]
     depth = _depths(ids, {b: [x for x in deps.get(b, []) if x in rows] for b in ids})
     columns: dict[int, list[str]] = {}
     for b in ids:
@@ -397,7 +397,7 @@ def dependency_graph(d: RunData) -> str:
             (x1, y1), (x2, y2) = pos[dep], pos[b]
             x1, y1, x2, y2 = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
             mid = (x1 + x2) / 2
-            a, z = rows[dep]["stream"], rows[b]["stream"]
+            a, z = rows[dep]["worker"], rows[b]["worker"]
             cross = a is not None and z is not None and a >= 0 and z >= 0 and a != z
             dash = ' stroke-dasharray="5 4"' if cross else ""
             out.append(f'<path class="edge" data-from="{esc(dep)}" data-to="{esc(b)}" data-cross="{str(cross).lower()}"'
@@ -408,7 +408,7 @@ def dependency_graph(d: RunData) -> str:
         row = rows[b]
         color = COLORS.get(row["state"], "#8a94a6")
         dur = duration_of(row)
-        sub = f"{worker_label(row['stream'])} · {row['state']}" + (f" · {secs(dur)}" if dur is not None else "")
+        sub = f"{worker_label(row['worker'])} · {row['state']}" + (f" · {secs(dur)}" if dur is not None else "")
         out.append(f'<g class="node" data-batch="{esc(b)}" data-status="{esc(row["state"])}">'
                    f"<title>{esc(f'batch {b}: {d.description(b)}')}</title>"
                    f'<rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="6" fill="#fff" stroke="{color}" '
@@ -443,28 +443,28 @@ def _depths(ids: list[str], deps: dict[str, list[str]]) -> dict[str, int]:
 
 def _problems(d: RunData) -> str:
     items: list[str] = []
-    for b in d.batches:
+    for b in d.units:
         if b["state"] in BAD:
             detail = [f"result {b['result_class']}" if b["result_class"] else "",
                       f"exit code {b['exit_code']}" if b["exit_code"] is not None else "",
                       f"attempt {b['attempt']}" if (b["attempt"] or 1) > 1 else "",
                       f"on {b['node']}" if b["node"] else ""]
             log = f'<div class="mono">log: {esc(b["log_path"])}</div>' if b["log_path"] else ""
-            items.append(f'<div class="problem" data-batch="{esc(b["batch_id"])}"><b>batch {esc(b["batch_id"])}</b> '
-                         f"({worker_label(b['stream'])}) <b>{esc(b['state'])}</b>: {esc(b['error'])}"
+            items.append(f'<div class="problem" data-batch="{esc(b["unit_id"])}"><b>batch {esc(b["unit_id"])}</b> '
+                         f"({worker_label(b['worker'])}) <b>{esc(b['state'])}</b>: {esc(b['error'])}"
                          f'<div class="sub" style="margin:2px 0 0">{esc(", ".join(x for x in detail if x))}</div>'
                          f"{log}</div>")
     for e in d.events:
         if e.kind == "conflict":
             files = ", ".join(e.data.get("files", []))
-            where = f" for batch {e.batch_id}" if e.batch_id else ""
-            into = e.data.get("ours") or (worker_label(e.stream) if e.stream is not None else "")
+            where = f" for batch {e.unit_id}" if e.unit_id else ""
+            into = e.data.get("ours") or (worker_label(e.worker) if e.worker is not None else "")
             items.append(f'<div class="problem conflict"><b>merge conflict</b> '
                          f"({esc(e.data.get('stage'))}{esc(where)}): {esc(e.data.get('theirs'))} into {esc(into)}"
                          f'<div class="mono">conflicting: {esc(files)}</div></div>')
-        elif e.kind in ("segment_error", "segment_retry"):
-            what = "retried" if e.kind == "segment_retry" else "transport error"
-            items.append(f'<div class="problem"><b>{what}</b> on {worker_label(e.stream)} (batch {esc(e.batch_id)}, '
+        elif e.kind in ("unit_error", "unit_retry"):
+            what = "retried" if e.kind == "unit_retry" else "transport error"
+            items.append(f'<div class="problem"><b>{what}</b> on {worker_label(e.worker)} (batch {esc(e.unit_id)}, '
                          f"attempt {esc(e.data.get('attempt'))}): {esc(e.data.get('error'))}</div>")
     conflict = d.summary.get("conflict")
     if conflict and conflict.get("commands"):
@@ -472,25 +472,25 @@ def _problems(d: RunData) -> str:
                      + esc("\n".join(conflict["commands"])) + "</pre></div>")
     for e in d.summary.get("errors") or []:
         items.append(f'<div class="problem"><b>error</b>: {esc(e)}</div>')
-    skipped = [b["batch_id"] for b in d.batches if b["state"] == "skipped"]
+    skipped = [b["unit_id"] for b in d.units if b["state"] == "skipped"]
     if skipped:
         items.append(f'<p class="ok-note">Skipped because an earlier batch or a dependency did not succeed: '
                      f"{esc(', '.join(skipped))}.</p>")
     if not items:
-        return '<p class="ok-note">None: every batch succeeded and the streams merged cleanly.</p>'
+        return '<p class="ok-note">None: every unit succeeded and the units merged cleanly.</p>'
     return '<div id="problems">' + "".join(items) + "</div>"
 
 
 def _batch_table(d: RunData) -> str:
-    head = ("batch", "description", "stream", "node", "state", "result", "attempt", "duration", "cost",
+    head = ("unit", "description", "worker", "node", "state", "result", "attempt", "duration", "cost",
             "tokens in/out", "commit")
     rows = []
-    for b in d.batches:
+    for b in d.units:
         color = COLORS.get(b["state"], "#8a94a6")
         tokens = (f"{b['input_tokens'] or 0:,} / {b['output_tokens'] or 0:,}"
                   if b["input_tokens"] is not None or b["output_tokens"] is not None else "-")
         cells = [
-            f"<b>{esc(b['batch_id'])}</b>", esc(d.description(b["batch_id"])), worker_label(b['stream']),
+            f"<b>{esc(b['unit_id'])}</b>", esc(d.description(b["unit_id"])), worker_label(b['worker']),
             esc(b["node"] or "-"), f'<i class="dot" style="background:{color}"></i>{esc(b["state"])}',
             esc(b["result_class"] or "-"), str(b["attempt"] or "-"),
         ]

@@ -1,5 +1,7 @@
-"""``python -m distpar.worker``: the worker entry point every backend runs (see ``distpar.worker.worker.main``)."""
+"""``python -m distpar.worker``: the worker entry point every backend runs (see ``distpar.worker.serve.main``)."""
 
-from distpar.worker.worker import main
+import sys
 
-main()
+from distpar.worker.serve import main
+
+sys.exit(main())

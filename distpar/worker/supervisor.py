@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-RUN_VAR = "DISTPAR_SSH_SEGMENT"  # RUN_DIR:TAG, in the environment of every process a channel starts on a host
+RUN_VAR = "DISTPAR_SSH_CHANNEL"  # RUN_DIR:TAG, in the environment of every process a channel starts on a host
 KILL_GRACE = 5.0  # SIGTERM -> SIGKILL of everything the worker started
 ORPHAN_GRACE = 10.0  # the channel closed under us: let the worker save its agents' work, then kill
 RELAY_WAIT = 5.0  # after the worker exits: how long its last output may take to reach the channel

@@ -14,7 +14,7 @@ import pytest
 
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
-from distpar.core.model import BatchResult, BatchStatus
+from distpar.core.model import UnitResult, UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar
@@ -30,15 +30,15 @@ def costly(n: int, cost: float = 0.25) -> list[dict[str, object]]:
 def test_budget_stops_new_batches(repo: Path) -> None:
     start = gitops.rev(repo, "main")
     report, runner = run_plan(repo, costly(4), workers=1, budget_usd=0.5)
-    assert [r.batch_id for r in report.results] == ["1", "2"]
-    assert all(r.status is BatchStatus.OK for r in report.results)
+    assert [r.unit_id for r in report.results] == ["1", "2"]
+    assert all(r.status is UnitStatus.OK for r in report.results)
     assert report.pending == ["3", "4"]
     assert (report.state, report.exit_code) == ("failed", ExitCode.BATCH_FAILED)
     assert report.summary()["budget"] == {"limit": 0.5, "spent": 0.5, "left": 0.0, "exhausted": True}
     assert gitops.rev(repo, "main") == start  # nothing lands from an unfinished run; the branch is kept
     assert runner.branch("2") in report.branches and "f2.txt" in sh_git(repo, "ls-tree", "-r", runner.branch("2"))
     j = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
-    assert [b["state"] for b in j.batches(report.run_id)] == ["ok", "ok", "pending", "pending"]
+    assert [b["state"] for b in j.units(report.run_id)] == ["ok", "ok", "pending", "pending"]
     ev = [e for e in j.events(report.run_id) if e.kind == "budget_exhausted"]
     assert len(ev) == 1 and ev[0].data["not_started"] == ["3", "4"] and ev[0].data["spent"] == 0.5
 
@@ -57,7 +57,7 @@ def test_cli_budget_reports_spent_and_left(repo: Path) -> None:
     assert "not started: 3" in res.stdout
 
 
-def starts(results: list[BatchResult]) -> list[float]:
+def starts(results: list[UnitResult]) -> list[float]:
     """When distpar started each agent process."""
     return sorted(r.started for r in results if r.started)
 

@@ -129,3 +129,11 @@ def test_agent_config_keeps_the_run_options() -> None:
     with pytest.raises(UsageError, match="unknown agent 'gpt'"):
         agents.agent_config("gpt", base)
     assert AgentConfig.from_dict(base.to_dict()) == base
+
+
+def test_a_template_names_the_worker_and_the_old_stream_placeholder_still_works() -> None:
+    ctx = agents.Context("p", CTX.prompt_file, "b", CTX.workdir, "r", 2)
+    inv = agents.invocation(AgentConfig("template", template="run --worker={worker} --old={stream}"), ctx,
+                            {"PATH": "/bin"}, {})
+    assert inv.argv == ["run", "--worker=3", "--old=3"]
+    assert inv.env["DISTPAR_WORKER"] == inv.env["DISTPAR_STREAM"] == "3"

@@ -16,7 +16,7 @@ import pytest
 from distpar import agents
 from distpar.agents import Preset, parse_claude, parse_gemini, version_line
 from distpar.core.errors import ExitCode, PlanError
-from distpar.core.model import AgentConfig, AgentOutcome, BatchStatus
+from distpar.core.model import AgentConfig, AgentOutcome, UnitStatus
 from distpar.core.plan import parse_plan
 from distpar.testing.builders import fake_batch, make_repo, plan_text, tree_files
 from tests.integration.conftest import run_plan
@@ -145,7 +145,7 @@ def test_aider_without_model_or_key_is_not_started(repo: Path, monkeypatch: pyte
     monkeypatch.delenv("DEEPSEEK_API_KEY")
     report, _ = run_plan(repo, [fake_batch(1, writes={"a.txt": "a"})], agent=AgentConfig("aider"))
     r = report.results[0]
-    assert r.status is BatchStatus.FAILED and r.tries == 1 and "OpenRouter login" in r.error
+    assert r.status is UnitStatus.FAILED and r.tries == 1 and "OpenRouter login" in r.error
     assert r.duration < 30
 
 
@@ -262,7 +262,7 @@ def test_a_resumed_session_claude_never_saved_continues_in_a_fresh_one(repo: Pat
     assert any(a.startswith("--session-id=") for a in argvs[2])  # the same try in a fresh session
     assert "previous session on this task was interrupted" in argvs[2][-1]
     assert (repo / "notes.txt").read_text() == "first half\nfirst half\n"  # the restored work was kept
-    batch_log = Path(Journal(home / "journal.db").batch(run_id, "1")["log_path"]).read_text()
+    batch_log = Path(Journal(home / "journal.db").unit(run_id, "1")["log_path"]).read_text()
     assert "No conversation found" in batch_log and "continuing in a fresh session" in batch_log
 
 
@@ -272,4 +272,4 @@ def test_an_agent_that_prints_nothing_is_stopped_as_stalled(repo: Path) -> None:
     report, _ = run_plan(repo, [batch], agent=AgentConfig("fake", stall_timeout=1.0), agent_retries=1)
     r = report.results[0]
     assert r.try_classes == ("stalled", "stalled")  # transient: tried again from the batch's start commit
-    assert r.status is BatchStatus.FAILED and r.duration < 30
+    assert r.status is UnitStatus.FAILED and r.duration < 30

@@ -14,7 +14,7 @@ import pytest
 
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
-from distpar.core.model import AgentConfig, BatchResult, BatchStatus
+from distpar.core.model import AgentConfig, UnitResult, UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, tree_files
 from tests.conftest import processes_with_mark
@@ -33,8 +33,8 @@ def journal() -> Journal:
     return Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
 
 
-def by_id(results: list[BatchResult]) -> dict[str, BatchResult]:
-    return {r.batch_id: r for r in results}
+def by_id(results: list[UnitResult]) -> dict[str, UnitResult]:
+    return {r.unit_id: r for r in results}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -49,7 +49,7 @@ def test_success_with_exact_cost_and_token_totals(repo: Path, preset: str) -> No
     assert report.tokens() == (300, 60)
     assert report.cost_usd == (0.75 if REPORTS_COST[preset] else None)
     j = journal()
-    rows = j.batches(report.run_id)
+    rows = j.units(report.run_id)
     assert [(r["result_class"], r["input_tokens"], r["output_tokens"]) for r in rows] == [("success", 100, 20)] * 3
     assert [r["cost_usd"] for r in rows] == [0.25 if REPORTS_COST[preset] else None] * 3
     summary = json.loads(j.run(report.run_id)["summary"])
@@ -78,7 +78,7 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
     assert report.exit_code == ExitCode.BATCH_FAILED, report.errors
     # retried, then succeeded
     for bid, first in (("rate", "api_error"), ("overload", "api_error"), ("crash", "crash")):
-        assert r[bid].status is BatchStatus.OK, (bid, r[bid].error)
+        assert r[bid].status is UnitStatus.OK, (bid, r[bid].error)
         assert (r[bid].tries, r[bid].try_classes) == (2, (first, "success")), bid
     branch = runner.branch("rate")
     assert sh_git(repo, "show", f"{branch}:log.txt") == "try"
@@ -91,7 +91,7 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
     assert rate.input_tokens == expected_tokens
     assert rate.cost_usd == {"claude": 0.5, "codex": None, "gemini": None, "aider": 0.25}[preset]
     # rate-limited every time: started 1 + agent_retries (2) times, then failed
-    assert (r["always429"].status, r["always429"].try_classes) == (BatchStatus.FAILED, ("api_error",) * 3)
+    assert (r["always429"].status, r["always429"].try_classes) == (UnitStatus.FAILED, ("api_error",) * 3)
     # permanent: tried once
     assert (r["turns"].tries, r["turns"].try_classes) == (1, (MAX_TURNS_CLASS[preset],))
     assert (r["crash-after-edit"].tries, r["crash-after-edit"].try_classes) == (1, ("crash",))
@@ -100,14 +100,14 @@ def test_transient_failures_are_retried_and_permanent_ones_are_not(repo: Path, p
         assert r[bid].error, bid
     # the journal has each batch's final class and the classes of every try
     j = journal()
-    classes = {row["batch_id"]: row["result_class"] for row in j.batches(report.run_id)}
+    classes = {row["unit_id"]: row["result_class"] for row in j.units(report.run_id)}
     assert classes == {"rate": "success", "overload": "success", "crash": "success", "always429": "api_error",
                        "turns": MAX_TURNS_CLASS[preset], "crash-after-edit": "crash"}
-    tries = {e.batch_id: e.data["classes"] for e in j.events(report.run_id) if e.kind == "batch_tries"}
+    tries = {e.unit_id: e.data["classes"] for e in j.events(report.run_id) if e.kind == "unit_tries"}
     assert tries == {"rate": ["api_error", "success"], "overload": ["api_error", "success"],
                      "crash": ["crash", "success"], "always429": ["api_error"] * 3}
     events = j.events(report.run_id)
-    throttled = [e.batch_id or "" for e in events if e.kind == "unit_throttled"]
+    throttled = [e.unit_id or "" for e in events if e.kind == "unit_throttled"]
     # (an "overloaded" answer is a rate limit where the CLI says so: claude, gemini, aider; codex reports a 5xx)
     assert throttled.count("always429") == 2 and throttled.count("rate") == 1
     limits = [e.data["limit"] for e in events if e.kind == "throttled"]
@@ -123,20 +123,20 @@ def test_a_usage_limit_stops_new_units_and_leaves_the_run_resumable(repo: Path, 
     assert "usage limit" in report.stopped
     assert set(report.pending) == {"usage", "next"}  # nothing failed: resume runs them once the limit resets
     j = journal()
-    assert [b["state"] for b in j.batches(report.run_id)] == ["pending", "pending"]
+    assert [b["state"] for b in j.units(report.run_id)] == ["pending", "pending"]
     assert any(e.kind == "throttled" and e.data["stop"] for e in j.events(report.run_id))
 
 
 def test_agent_retries_zero_means_one_try(repo: Path) -> None:
     report, _ = run_plan(repo, [fake_batch(1, extra=["@fake fail-once k rate_limit"])], agent_retries=0)
-    assert report.results[0].status is BatchStatus.FAILED and report.results[0].try_classes == ("api_error",)
+    assert report.results[0].status is UnitStatus.FAILED and report.results[0].try_classes == ("api_error",)
 
 
 def test_codex_timeout_kills_the_group_and_is_not_retried(repo: Path, isolated_env: str) -> None:
     batch = fake_batch(1, extra=["@fake spawn-child", "@fake write half.txt x", "@fake hang"], timeout=1)
     report, _ = run_plan(repo, [batch], agent=AgentConfig("codex"))
     r = report.results[0]
-    assert r.status is BatchStatus.TIMEOUT and r.try_classes == ("timeout",)
+    assert r.status is UnitStatus.TIMEOUT and r.try_classes == ("timeout",)
     assert processes_with_mark(isolated_env) == []
     assert "half.txt" in tree_files(repo, report.saved_refs[0])
 
@@ -158,7 +158,7 @@ def test_stream_json_is_logged_live_and_parsed(repo: Path, preset: str) -> None:
     batch = fake_batch(1, writes={"s.txt": "s"}, extra=["@fake tokens 7 3"])
     report, _ = run_plan(repo, [batch], agent=AgentConfig(preset, stream=True))
     r = report.results[0]
-    assert r.status is BatchStatus.OK and r.outcome and (r.outcome.input_tokens, r.outcome.output_tokens) == (7, 3)
+    assert r.status is UnitStatus.OK and r.outcome and (r.outcome.input_tokens, r.outcome.output_tokens) == (7, 3)
     assert r.log_path
     out = Path(r.log_path).with_suffix(".out").read_text().splitlines()
     assert len(out) >= 2 and json.loads(out[0])["type"] in ("system", "init")
@@ -171,6 +171,6 @@ def test_missing_agent_executable_fails_once(repo: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr("distpar.coordinator.preflight.check_agents", lambda *a, **k: None)
     report, _ = run_plan(repo, [fake_batch(1)], agent=AgentConfig("codex"))
     r = report.results[0]
-    assert r.status is BatchStatus.FAILED and r.tries == 1
+    assert r.status is UnitStatus.FAILED and r.tries == 1
     assert r.error == "agent executable not found: /nonexistent/codex"
     assert gitops.rev(repo, "main") == sh_git(repo, "rev-list", "--max-parents=0", "main")

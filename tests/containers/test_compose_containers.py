@@ -201,8 +201,8 @@ def test_readme_plan_completes_with_a_worker_killed(compose: Compose, tmp_path: 
     assert tree_files(repo) == tree_files(serial)  # all the work, nothing lost
     run_id = out.split()[1].rstrip(":")
     journal = open_journal(repo)
-    assert [r["state"] for r in journal.batches(run_id)] == ["ok"] * 5
-    assert [e for e in journal.events(run_id) if e.kind == "segment_retry"], out + err
+    assert [r["state"] for r in journal.units(run_id)] == ["ok"] * 5
+    assert [e for e in journal.events(run_id) if e.kind == "unit_retry"], out + err
     status = compose.sh(status_line.replace("RUN_ID", run_id), cwd=repo)
     assert run_id in status.stdout
 

@@ -253,7 +253,7 @@ def test_plan_runs_on_the_kuberay_cluster(kube: KubeCluster, tmp_path: Path) -> 
         assert finished(serial)[0] == 0
     assert tree_files(repo) == tree_files(serial_repo)
     run_id = out.stdout.split()[1].rstrip(":")
-    rows = open_journal(repo).batches(run_id)
+    rows = open_journal(repo).units(run_id)
     assert [r["state"] for r in rows] == ["ok"] * len(batches)
     import ray
 

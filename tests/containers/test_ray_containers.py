@@ -244,7 +244,7 @@ def test_plan_across_worker_containers_equals_serial(ray_cluster: RayContainers,
         fake_batch("b", writes={"b.txt": "b\n"}, sleep=2),
         fake_batch("c", writes={"c.txt": "c\n"}, sleep=2),
         fake_batch("d", writes={"d.txt": "d\n"}, sleep=2),
-        # Bases that hold other streams' work: shipped to the nodes as increment bundles.
+        # Bases that hold other workers' work: shipped to the nodes as increment bundles.
         fake_batch("e", extra=["@fake append a.txt 'from e'", "@fake append b.txt 'from e'"], depends_on=["a", "b"]),
         fake_batch("f", extra=["@fake append a.txt 'from f'", "@fake append c.txt 'from f'"], depends_on=["e", "c"]),
     ]
@@ -259,7 +259,7 @@ def test_plan_across_worker_containers_equals_serial(ray_cluster: RayContainers,
     assert tree_files(repo) == tree_files(serial_repo)
     assert (repo / "a.txt").read_text() == "a\nfrom e\nfrom f\n"
     run_id = run_id_of(out.stdout)
-    rows = open_journal(repo).batches(run_id)
+    rows = open_journal(repo).units(run_id)
     assert [r["state"] for r in rows] == ["ok"] * len(batches)
     nodes = ray_cluster.nodes()
     where = {nodes.get(r["node"], r["node"]) for r in rows}  # node ids -> worker containers
@@ -286,10 +286,10 @@ def test_worker_container_killed_mid_run(ray_cluster: RayContainers, tmp_path: P
         assert tree_files(repo) == tree_files(serial_repo)  # all the work, nothing lost
         run_id = run_id_of(text)
         journal = open_journal(repo)
-        rows = journal.batches(run_id)
+        rows = journal.units(run_id)
         assert [r["state"] for r in rows] == ["ok"] * 5
-        assert doomed_id not in {r["node"] for r in rows}  # the lost segments ran again elsewhere
-        retries = [e for e in journal.events(run_id) if e.kind == "segment_retry"]
+        assert doomed_id not in {r["node"] for r in rows}  # the lost units ran again elsewhere
+        retries = [e for e in journal.events(run_id) if e.kind == "unit_retry"]
         assert retries, text
         assert all("node" in e.data["error"] for e in retries), [e.data for e in retries]
     finally:

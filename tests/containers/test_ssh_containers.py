@@ -132,11 +132,11 @@ def test_plan_across_two_containers_equals_serial(two_hosts: tuple[SSHContainer,
     assert tree_files(repo) == tree_files(serial_repo)
     assert (repo / "a.txt").read_text() == "a\nfrom d\nfrom f\n"
     info = run_status(repo, run_id_of(out.stdout))
-    assert {b["state"] for b in info["batches"]} == {"ok"}
-    assert {b["node"] for b in info["batches"]} == {h1.address, h2.address}  # both containers did work
+    assert {b["state"] for b in info["units"]} == {"ok"}
+    assert {b["node"] for b in info["units"]} == {h1.address, h2.address}  # both containers did work
 
 
-def test_container_stopped_mid_run_moves_its_streams(containers: Containers, two_hosts: tuple[SSHContainer, ...],
+def test_container_stopped_mid_run_moves_its_workers(containers: Containers, two_hosts: tuple[SSHContainer, ...],
                                                     client_key: Path, tmp_path: Path) -> None:
     h1 = two_hosts[0]
     doomed = start_sshd(containers, "doomed", client_key)
@@ -155,11 +155,11 @@ def test_container_stopped_mid_run_moves_its_streams(containers: Containers, two
             assert finished(serial)[0] == 0
         assert tree_files(repo) == tree_files(serial_repo)  # nothing lost
         run_id = run_id_of(text)
-        batches = run_status(repo, run_id)["batches"]
+        batches = run_status(repo, run_id)["units"]
         assert [b["state"] for b in batches] == ["ok"] * 4
-        assert {b["node"] for b in batches} == {h1.address}  # the doomed container's streams moved
+        assert {b["node"] for b in batches} == {h1.address}  # the doomed container's workers moved
         journal = open_journal(repo)
-        retries = [e for e in journal.events(run_id) if e.kind == "segment_retry"]
+        retries = [e for e in journal.events(run_id) if e.kind == "unit_retry"]
         assert retries and all(doomed.address in e.data["error"] for e in retries), retries
         assert f"host {doomed.address}: could not clean up" in text
     finally:

@@ -12,7 +12,7 @@ import pytest
 
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git
 from tests.integration.conftest import run_plan
@@ -38,16 +38,16 @@ def test_stages_fan_out_and_fan_in_each_stage_finds_the_work_before_it(repo: Pat
         stage(4, [agent(["@fake copy wired-seen1.txt final1.txt", "@fake copy wired-seen2.txt final2.txt"])]),
     ]
     report, runner = run_plan(repo, batches, workers=3, independent_plan=False)
-    assert report.exit_code == ExitCode.OK, [(r.batch_id, r.error) for r in report.results]
+    assert report.exit_code == ExitCode.OK, [(r.unit_id, r.error) for r in report.results]
     assert runner.graph.rule == "stages"
-    assert [r.batch_id for r in report.results] == ["1#1", "1#2", "1#3", "2", "3#1", "3#2", "4"]
+    assert [r.unit_id for r in report.results] == ["1#1", "1#2", "1#3", "2", "3#1", "3#2", "4"]
     # Stage 1's three agents ran at once, on three workers; each stage saw all the work of the stages before.
-    assert len({r.stream for r in report.results if r.batch_id.startswith("1#")}) == 3
+    assert len({r.worker for r in report.results if r.unit_id.startswith("1#")}) == 3
     for k in (1, 2, 3):
         assert (repo / f"seen{k}.txt").read_text() == str(k)
     assert (repo / "final1.txt").read_text() == "yes" and (repo / "final2.txt").read_text() == "yes"
-    starts = {e.batch_id: e.ts for e in journal().events(report.run_id) if e.kind == "unit_started"}
-    ends = {r.batch_id: r.ended or 0.0 for r in report.results}
+    starts = {e.unit_id: e.ts for e in journal().events(report.run_id) if e.kind == "unit_started"}
+    ends = {r.unit_id: r.ended or 0.0 for r in report.results}
     assert starts["2"] >= max(ends["1#1"], ends["1#2"], ends["1#3"])  # fan-in before the next stage
     assert min(starts["3#1"], starts["3#2"]) >= ends["2"] and starts["4"] >= max(ends["3#1"], ends["3#2"])
 
@@ -59,8 +59,8 @@ def test_siblings_that_conflict_are_reported_and_never_resolved(repo: Path) -> N
         stage(2, [agent(["@fake write after.txt x"])]),
     ]
     report, runner = run_plan(repo, batches, workers=2, independent_plan=False)
-    status = {r.batch_id: r.status for r in report.results}
-    assert status == {"1#1": BatchStatus.OK, "1#2": BatchStatus.OK, "2": BatchStatus.BLOCKED}
+    status = {r.unit_id: r.status for r in report.results}
+    assert status == {"1#1": UnitStatus.OK, "1#2": UnitStatus.OK, "2": UnitStatus.BLOCKED}
     assert report.exit_code == ExitCode.CONFLICT and report.conflict is not None
     assert report.conflict.stage == "dependency" and report.conflict.files == ("same.txt",)
     assert gitops.rev(repo, "main") == start
@@ -83,10 +83,10 @@ def test_verify_files_fail_the_batch_naming_what_is_missing(repo: Path) -> None:
         stage(2, [agent(["@fake write later.txt l"])]),
     ]
     report, _ = run_plan(repo, batches, workers=2, independent_plan=False)
-    failed = [r for r in report.results if r.status is BatchStatus.FAILED]
+    failed = [r for r in report.results if r.status is UnitStatus.FAILED]
     assert len(failed) == 1 and "verify_files: batch 1 left no docs/missing.md" in failed[0].error
-    later = next(r for r in report.results if r.batch_id == "2")
-    assert later.status is BatchStatus.SKIPPED and report.exit_code == ExitCode.BATCH_FAILED
+    later = next(r for r in report.results if r.unit_id == "2")
+    assert later.status is UnitStatus.SKIPPED and report.exit_code == ExitCode.BATCH_FAILED
 
 
 def test_fan_out_answers_reach_the_next_batch_and_the_plan_file_travels(repo: Path) -> None:
@@ -118,7 +118,7 @@ def test_unit_ids_map_to_distinct_safe_names(repo: Path) -> None:
     assert len(names) == 3 and all(gitops.try_rev(repo, f"refs/heads/{n}") for n in names)
     logs = {Path(r.log_path or "").name for r in report.results}
     assert len(logs) == 3
-    assert json.dumps(sorted(r.batch_id for r in report.results)) == json.dumps(sorted(["a/b", "a b", ".."]))
+    assert json.dumps(sorted(r.unit_id for r in report.results)) == json.dumps(sorted(["a/b", "a b", ".."]))
 
 
 def test_a_unit_that_edits_files_another_unit_owns_is_reported(repo: Path) -> None:
@@ -129,8 +129,8 @@ def test_a_unit_that_edits_files_another_unit_owns_is_reported(repo: Path) -> No
     ]
     report, _ = run_plan(repo, batches, workers=2, independent_plan=False)
     assert report.exit_code == ExitCode.OK
-    notes = {r.batch_id: r.notes for r in report.results}
+    notes = {r.unit_id: r.notes for r in report.results}
     assert notes["1#2"] == ("edited api/extra.txt that unit 1#1 owns (owns_files)",)
     assert notes["1#1"] == ()
-    ended = [e for e in journal().events(report.run_id) if e.kind == "batch_ended" and e.batch_id == "1#2"]
+    ended = [e for e in journal().events(report.run_id) if e.kind == "unit_ended" and e.unit_id == "1#2"]
     assert ended and ended[-1].data.get("notes") == ["edited api/extra.txt that unit 1#1 owns (owns_files)"]

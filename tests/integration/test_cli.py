@@ -137,7 +137,7 @@ def test_dry_run_prints_the_schedule_and_changes_nothing(repo: Path) -> None:
     data = json.loads(as_json.stdout)
     assert data["rule"] == "dag" and data["preview"]["prediction"]["makespan"] == 3
     assert data["schedule"]["makespan"] == 3 and data["schedule"]["lower_bound"] == 3
-    assert [s["batches"] for s in data["schedule"]["streams"]] == [["1", "3"], ["2", "4"]]
+    assert [s["batches"] for s in data["schedule"]["lanes"]] == [["1", "3"], ["2", "4"]]
 
 
 def test_plan_says_which_order_it_follows(repo: Path) -> None:
@@ -177,9 +177,9 @@ def test_json_output(repo: Path) -> None:
     res = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "--json", cwd=repo)
     lines = [json.loads(line) for line in res.stdout.splitlines()]  # JSON lines: the events, then the summary
     kinds = [e["event"] for e in lines[:-1]]
-    assert kinds[0] == "run_started" and kinds[-1] == "run_ended" and kinds.count("batch_ended") == 2
+    assert kinds[0] == "run_started" and kinds[-1] == "run_ended" and kinds.count("unit_ended") == 2
     data = lines[-1]
-    assert data["state"] == "ok" and data["batches"] == {"ok": 2} and data["cost_usd"] == pytest.approx(0.02)
+    assert data["state"] == "ok" and data["units"] == {"ok": 2} and data["cost_usd"] == pytest.approx(0.02)
     assert res.stderr == ""
     quiet = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", "--json", "-q", cwd=repo)
     assert len(quiet.stdout.splitlines()) == 1 and json.loads(quiet.stdout)["state"] == "ok"  # -q: the summary only

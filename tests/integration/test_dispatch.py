@@ -16,7 +16,7 @@ import pytest
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.runtime import RunLock
 from distpar.core.errors import ExitCode, UsageError
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.infra.paths import state_dir
 from distpar.testing.builders import fake_batch, sh_git, write_plan
@@ -38,12 +38,12 @@ def test_the_assignment_is_journaled_as_it_ran(repo: Path) -> None:
     batches += [fake_batch(f"s{i}", writes={f"s{i}.txt": str(i)}) for i in range(3)]
     events: list[dict[str, Any]] = []
     report, _ = run_plan(repo, batches, workers=2,
-                         observer=lambda kind, data: events.append(data) if kind == "batch_ended" else None)
+                         observer=lambda kind, data: events.append(data) if kind == "unit_ended" else None)
     assert report.exit_code == ExitCode.OK, report.errors
-    worker = {r.batch_id: r.stream for r in report.results}
+    worker = {r.unit_id: r.worker for r in report.results}
     assert set(worker) == {"long", "s0", "s1", "s2"} and set(worker.values()) <= {0, 1}
-    assert {b["batch_id"]: b["stream"] for b in journal().batches(report.run_id)} == worker
-    assert {e["batch"]: e["stream"] for e in events} == worker
+    assert {b["unit_id"]: b["worker"] for b in journal().batches(report.run_id)} == worker
+    assert {e["unit"]: e["worker"] for e in events} == worker
     assert {"l.txt", "s0.txt", "s1.txt", "s2.txt"} <= set(gitops.out(repo, "ls-tree", "--name-only", "main").split())
 
 
@@ -96,7 +96,7 @@ def test_a_conflict_is_reported_as_soon_as_it_exists_and_can_stop_new_units(repo
                               observer=lambda kind, data: events.append((kind, data)))
     kinds = [k for k, _ in events]
     predicted = next(d for k, d in events if k == "conflict_predicted")
-    assert predicted["batch"] == "y" and predicted["files"] == ["same.txt"] and predicted["others"] == ["x"]
+    assert predicted["unit"] == "y" and predicted["files"] == ["same.txt"] and predicted["others"] == ["x"]
     # Found when y ended, long before any merge; with --stop-on-conflict nothing new started after it.
     assert kinds.index("conflict_predicted") < kinds.index("run_ended") and "merge_started" not in kinds
     assert report.pending == ["later"] and report.exit_code == ExitCode.BATCH_FAILED
@@ -114,10 +114,10 @@ def test_a_failure_skips_only_what_depends_on_it(repo: Path) -> None:
         fake_batch("d", writes={"d.txt": "d"}, sleep=0.3),
     ]
     report, _ = run_plan(repo, batches, workers=2)
-    status = {r.batch_id: r.status for r in report.results}
-    assert status == {"a": BatchStatus.FAILED, "b": BatchStatus.SKIPPED, "c": BatchStatus.SKIPPED,
-                      "d": BatchStatus.OK}
-    reasons = {r.batch_id: r.error for r in report.results}
+    status = {r.unit_id: r.status for r in report.results}
+    assert status == {"a": UnitStatus.FAILED, "b": UnitStatus.SKIPPED, "c": UnitStatus.SKIPPED,
+                      "d": UnitStatus.OK}
+    reasons = {r.unit_id: r.error for r in report.results}
     assert reasons["b"] == "dependency a did not succeed" and reasons["c"] == "dependency b did not succeed"
 
 
@@ -155,7 +155,7 @@ def test_a_second_resume_of_a_live_run_is_refused(repo: Path, isolated_env: str)
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         rid = wait_for(lambda: next((r["id"] for r in journal().runs()), ""), what="the run to start")
-        wait_for(lambda: journal().batch(rid, "1")["state"] == "running", what="the agent")
+        wait_for(lambda: journal().unit(rid, "1")["state"] == "running", what="the agent")
         first.send_signal(signal.SIGKILL)  # the coordinator dies; its agent lives on
         first.wait(timeout=30)
         second = subprocess.Popen([sys.executable, "-m", "distpar", "resume", rid, "-q"], cwd=repo,

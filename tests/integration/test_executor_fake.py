@@ -13,7 +13,7 @@ from distpar.backends.fake import FakeBackend, commit, fail, garbled, hang, lost
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.runtime import RunReport
 from distpar.core.errors import ExitCode
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, tree_files
 from tests.integration.conftest import run_plan
@@ -33,7 +33,7 @@ def journal() -> Journal:
 
 
 def kinds(run_id: str, kind: str) -> list[dict[str, object]]:
-    return [{"batch": e.batch_id, **e.data} for e in journal().events(run_id) if e.kind == kind]
+    return [{"unit": e.batch_id, **e.data} for e in journal().events(run_id) if e.kind == kind]
 
 
 def plan(*ids: str, **deps: list[str]) -> list[dict[str, object]]:
@@ -62,8 +62,8 @@ def test_a_lost_transport_is_retried_at_most_retries_times(repo: Path) -> None:
                               retries=1)
     assert [(d.uid, d.attempt) for d in backend.dispatches if d.uid == "a"] == [("a", 1), ("a", 2)]
     status = {r.batch_id: (r.status, r.error) for r in report.results}
-    assert status == {"a": (BatchStatus.FAILED, "node gone"), "b": (BatchStatus.OK, ""),
-                      "c": (BatchStatus.SKIPPED, "dependency a did not succeed")}
+    assert status == {"a": (UnitStatus.FAILED, "node gone"), "b": (UnitStatus.OK, ""),
+                      "c": (UnitStatus.SKIPPED, "dependency a did not succeed")}
     assert report.exit_code == ExitCode.BATCH_FAILED and gitops.rev(repo, "main") == start
     assert "c" not in {d.uid for d in backend.dispatches}
 
@@ -73,8 +73,8 @@ def test_a_deterministic_failure_is_not_retried(repo: Path) -> None:
     report, backend = fake_run(repo, plan("a", "b"), script, retries=3)
     assert sorted((d.uid, d.attempt) for d in backend.dispatches) == [("a", 1), ("b", 1)]
     r = {x.batch_id: x for x in report.results}
-    assert r["a"].status is BatchStatus.FAILED and r["a"].error == "the tests do not pass"
-    assert r["b"].status is BatchStatus.OK
+    assert r["a"].status is UnitStatus.FAILED and r["a"].error == "the tests do not pass"
+    assert r["b"].status is UnitStatus.OK
     assert kinds(report.run_id, "segment_retry") == [] and kinds(report.run_id, "segment_error") == []
     assert report.exit_code == ExitCode.BATCH_FAILED
 
@@ -90,9 +90,9 @@ def test_a_rate_limited_unit_goes_back_to_the_queue_and_starts_again(repo: Path)
     assert dispatches[0].base == dispatches[1].base
     assert report.exit_code == ExitCode.OK, report.errors
     a = next(r for r in report.results if r.batch_id == "a")
-    assert a.status is BatchStatus.OK and a.tries == 2 and a.try_classes == ("api_error", "success")
+    assert a.status is UnitStatus.OK and a.tries == 2 and a.try_classes == ("api_error", "success")
     throttled = kinds(report.run_id, "unit_throttled")
-    assert [(e["batch"], e["requeued"], e["retry_after"]) for e in throttled] == [("a", 1, 0.2)]
+    assert [(e["unit"], e["requeued"], e["retry_after"]) for e in throttled] == [("a", 1, 0.2)]
     paused = kinds(report.run_id, "throttled")[0]
     assert paused["until"] is not None and paused["limit"] == 1  # half the agents, and a pause
     assert {"a.txt", "b.txt"} <= set(tree_files(repo, "main")) and time.time() - t0 < 60
@@ -103,7 +103,7 @@ def test_a_unit_rate_limited_more_than_agent_retries_times_fails(repo: Path) -> 
     report, backend = fake_run(repo, plan("a"), script, agent_retries=1)
     assert [(d.attempt, d.act) for d in backend.dispatches] == [(1, "rate_limited"), (1, "rate_limited")]
     (a,) = report.results
-    assert a.status is BatchStatus.FAILED and a.error == "429 again" and a.tries == 2
+    assert a.status is UnitStatus.FAILED and a.error == "429 again" and a.tries == 2
     assert len(kinds(report.run_id, "unit_throttled")) == 1
 
 
@@ -120,8 +120,8 @@ def test_an_error_while_units_run_cancels_them_and_takes_their_results(repo: Pat
     assert report.exit_code == ExitCode.BACKEND
     assert len(report.errors) == 1 and "fetch" in report.errors[0], report.errors
     status = {r.batch_id: r.status for r in report.results}
-    assert status["slow"] is BatchStatus.INTERRUPTED  # cancelled, and its result taken in
-    assert status["a"] is BatchStatus.OK and "c" not in {d.uid for d in backend.dispatches}
+    assert status["slow"] is UnitStatus.INTERRUPTED  # cancelled, and its result taken in
+    assert status["a"] is UnitStatus.OK and "c" not in {d.uid for d in backend.dispatches}
     row = journal().batch(report.run_id, "slow")
     assert row is not None and row["state"] == "interrupted"
     assert gitops.rev(repo, "main") == start and took < 30
@@ -136,7 +136,7 @@ def test_a_free_worker_takes_every_short_unit_while_a_long_one_runs(repo: Path) 
     assert report.exit_code == ExitCode.OK, report.errors
     worker = {d.uid: d.worker for d in backend.dispatches}
     assert {worker[s] for s in shorts} == {1 - worker["long"]}
-    assert {b["batch_id"]: b["stream"] for b in journal().batches(report.run_id)} == worker
+    assert {b["unit_id"]: b["worker"] for b in journal().batches(report.run_id)} == worker
 
 
 def test_a_hang_nobody_cancels_fails_once_after_the_backends_limit(repo: Path) -> None:
@@ -145,5 +145,5 @@ def test_a_hang_nobody_cancels_fails_once_after_the_backends_limit(repo: Path) -
     t0 = time.time()
     report, backend = fake_run(repo, plan("a"), {"a": hang()}, limit=0.5)
     (a,) = report.results
-    assert a.status is BatchStatus.FAILED and "waited 0.5s: a hang nobody cancelled" in a.error
+    assert a.status is UnitStatus.FAILED and "waited 0.5s: a hang nobody cancelled" in a.error
     assert len(backend.dispatches) == 1 and time.time() - t0 < 30

@@ -16,7 +16,7 @@ from distpar.coordinator.journal import Journal
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.prepare import prepare_run
 from distpar.core.errors import ExitCode
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import processes_with_mark, run_distpar
@@ -34,7 +34,7 @@ def worktree_count(repo: Path) -> int:
 
 
 def mixed_plan() -> list[dict[str, object]]:
-    """Independent batches, a chain and a diamond, with cross-stream dependencies."""
+    """Independent batches, a chain and a diamond, with cross-worker dependencies."""
     return [
         fake_batch("a", writes={"a.txt": "a\n"}, sleep=0.2),
         fake_batch("b", writes={"b.txt": "b\n"}, sleep=0.4),
@@ -52,15 +52,15 @@ def test_parallel_run_merges_everything_and_equals_serial(tmp_path: Path) -> Non
     serial, _ = run_plan(serial_repo, mixed_plan(), workers=1)
     report, runner = run_plan(parallel_repo, mixed_plan(), workers=3)
     assert serial.exit_code == report.exit_code == ExitCode.OK
-    assert [r.status for r in report.results] == [BatchStatus.OK] * 6
-    assert len(runner.schedule.streams) > 1 and runner.schedule.waits  # really parallel, really cross-stream
+    assert [r.status for r in report.results] == [UnitStatus.OK] * 6
+    assert len(runner.schedule.lanes) > 1 and runner.schedule.waits  # really parallel, really cross-worker
     assert tree_files(parallel_repo) == tree_files(serial_repo)
     assert (parallel_repo / "a.txt").read_text() == "a\nfrom d\nfrom f\n"
-    # Clean end state: no stream branches, no extra worktrees, the user's checkout on main and clean.
+    # Clean end state: no unit branches, no extra worktrees, the user's checkout on main and clean.
     assert branches(parallel_repo) == ["main"]
     assert worktree_count(parallel_repo) == 1
     assert gitops.current_branch(parallel_repo) == "main" and not gitops.dirty_files(parallel_repo)
-    # Every batch's commit names it, and the stream merges are real --no-ff merges.
+    # Every batch's commit names it, and the unit merges are real --no-ff merges.
     log = sh_git(parallel_repo, "log", "--format=%s", "main")
     for bid in "abcdef":
         assert f"distpar: batch {bid}: batch {bid}" in log
@@ -72,13 +72,13 @@ def test_journal_records_the_run(repo: Path) -> None:
     j = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
     run = j.run(report.run_id)
     assert run is not None and run["state"] == "ok" and run["exit_code"] == 0
-    rows = j.batches(report.run_id)
+    rows = j.units(report.run_id)
     assert [r["state"] for r in rows] == ["ok"] * 3
     assert all(r["cost_usd"] == pytest.approx(0.01) and r["input_tokens"] == 1000 for r in rows)
     assert all(r["started"] and r["ended"] >= r["started"] and r["log_path"] for r in rows)
     kinds = [e.kind for e in j.events(report.run_id)]
     assert kinds[0] == "run_started" and kinds[-1] == "run_ended"
-    assert kinds.count("batch_ended") == 3 and "merge_started" in kinds and "merged" in kinds
+    assert kinds.count("unit_ended") == 3 and "merge_started" in kinds and "merged" in kinds
     assert report.cost_usd == pytest.approx(0.03)
     for r in rows:
         assert Path(r["log_path"]).exists()
@@ -100,11 +100,11 @@ def test_failing_batch_stops_its_stream_and_dependants_only(repo: Path) -> None:
         fake_batch(4, writes={"four.txt": "4"}),
     ]
     report, runner = run_plan(repo, batches, workers=2)
-    status = {r.batch_id: r.status for r in report.results}
-    assert status == {"1": BatchStatus.OK, "2": BatchStatus.FAILED, "3": BatchStatus.SKIPPED,
-                      "4": BatchStatus.OK}
+    status = {r.unit_id: r.status for r in report.results}
+    assert status == {"1": UnitStatus.OK, "2": UnitStatus.FAILED, "3": UnitStatus.SKIPPED,
+                      "4": UnitStatus.OK}
     assert report.exit_code == ExitCode.BATCH_FAILED
-    failed = next(r for r in report.results if r.batch_id == "2")
+    failed = next(r for r in report.results if r.unit_id == "2")
     assert failed.exit_code == 3 and "tests do not pass" in failed.error
     # Nothing landed; every unit's branch is kept with its committed work; the failed batch's edits are saved.
     assert gitops.rev(repo, "main") == start
@@ -140,10 +140,10 @@ def test_dependency_merge_conflict_blocks_the_batch(repo: Path) -> None:
         fake_batch("z", writes={"z.txt": "z\n"}, depends_on=["x", "y"]),
     ]
     report, _ = run_plan(repo, batches, workers=2)
-    status = {r.batch_id: r.status for r in report.results}
-    assert status["z"] is BatchStatus.BLOCKED and report.exit_code == ExitCode.CONFLICT
+    status = {r.unit_id: r.status for r in report.results}
+    assert status["z"] is UnitStatus.BLOCKED and report.exit_code == ExitCode.CONFLICT
     assert report.conflict is not None and report.conflict.stage == "dependency"
-    assert report.conflict.files == ("f.txt",) and report.conflict.batch_id == "z"
+    assert report.conflict.files == ("f.txt",) and report.conflict.unit_id == "z"
 
 
 def test_timeout_kills_the_whole_process_group(repo: Path, isolated_env: str) -> None:
@@ -153,7 +153,7 @@ def test_timeout_kills_the_whole_process_group(repo: Path, isolated_env: str) ->
     report, _ = run_plan(repo, batches)
     assert time.time() - t0 < 15
     r = report.results[0]
-    assert r.status is BatchStatus.TIMEOUT and r.outcome and r.outcome.result_class == "timeout"
+    assert r.status is UnitStatus.TIMEOUT and r.outcome and r.outcome.result_class == "timeout"
     assert report.exit_code == ExitCode.BATCH_FAILED
     assert processes_with_mark(isolated_env) == []  # the agent and its child are gone
     assert report.saved_refs and "partial.txt" in tree_files(repo, report.saved_refs[0])
@@ -271,8 +271,8 @@ def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> N
     from distpar.core.model import AgentConfig
 
     class BrokenReturn(LocalBackend):
-        def submit(self, spec):  # type: ignore[no-untyped-def]
-            inner = super().submit(spec)
+        def submit(self, settings, spec):  # type: ignore[no-untyped-def]
+            inner = super().submit(settings, spec)
             out: Future = Future()
             inner.add_done_callback(lambda f: out.set_result(replace(f.result(), bundle="/nonexistent.bundle")))
             return out

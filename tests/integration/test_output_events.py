@@ -33,7 +33,7 @@ def test_output_lines_are_events_in_order_and_masked(repo: Path) -> None:
     assert key not in res.stdout + res.stderr
     seen = events(res.stdout)
     out = [e for e in seen if e["event"] == "agent_output"]
-    assert all(e["batch"] == "talk" and e["stream"] == 0 and e["attempt"] == 1 and e["node"] and e["at"] > 0
+    assert all(e["unit"] == "talk" and e["worker"] == 0 and e["attempt"] == 1 and e["node"] and e["at"] > 0
                for e in out)
     lines = [(e["fd"], e["line"]) for e in out]
     said = [line for fd, line in lines if fd == "out" and not line.startswith("{")]  # not the JSON result
@@ -44,7 +44,7 @@ def test_output_lines_are_events_in_order_and_masked(repo: Path) -> None:
     # As they happen: between the unit's start and its end, in the order printed.
     kinds = [e["event"] for e in seen]
     first, last = kinds.index("agent_output"), len(kinds) - 1 - kinds[::-1].index("agent_output")
-    assert kinds.index("unit_started") < first and last < kinds.index("batch_ended")
+    assert kinds.index("unit_started") < first and last < kinds.index("unit_ended")
     assert said.index("first line") < said.index("last line")
     # The log file is as it always was: the long line whole, the secret masked.
     log = (Path(os.environ["DISTPAR_HOME"]) / "runs" / run_id_of_events(seen) / "logs" / "talk.log").read_text()

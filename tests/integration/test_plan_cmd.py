@@ -117,9 +117,9 @@ def test_a_batch_without_agents_is_skipped_and_recorded(repo: Path) -> None:
     res = run_distpar("run", str(plan), "--agent", "fake", "--json", "-q", cwd=repo)
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.splitlines()[-1])
-    assert summary["state"] == "ok" and summary["batches"] == {"ok": 2, "skipped": 1}
+    assert summary["state"] == "ok" and summary["units"] == {"ok": 2, "skipped": 1}
     status = run_distpar("status", summary["run_id"], "--json", cwd=repo)
-    rows = {b["batch_id"]: b for b in json.loads(status.stdout)["batches"]}
+    rows = {b["unit_id"]: b for b in json.loads(status.stdout)["units"]}
     assert rows["2"]["state"] == "skipped" and rows["2"]["error"] == "the batch has no agents (agents: [])"
     # Stage 3 still came after stage 1 (the empty stage between them gates nothing).
     assert {"a.txt", "c.txt"} <= set(sh_git(repo, "ls-tree", "--name-only", "main").split())

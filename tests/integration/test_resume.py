@@ -61,7 +61,7 @@ def test_resume_after_sigkill_runs_no_batch_twice(tmp_path: Path, monkeypatch: p
     def settled() -> bool:
         """As the journal has it: 1, 2 and 4 ended ok, 3's agent started (it sleeps 30 s), 5 not running."""
         j = journal()
-        states = {b["batch_id"]: b["state"] for b in j.batches(run_id)}
+        states = {b["unit_id"]: b["state"] for b in j.units(run_id)}
         started = {e.batch_id for e in j.events(run_id) if e.kind == "unit_started"}
         return all(states.get(b) == "ok" for b in ("1", "2", "4")) and states.get("3") == "running" \
             and "3" in started and states.get("5") != "running"
@@ -103,7 +103,7 @@ def test_continue_after_a_conflict_resolved_by_hand(repo: Path) -> None:
                fake_batch(3, writes={"other.txt": "3\n"})]
     report, runner = run_plan(repo, batches, workers=3)
     assert report.state == "conflict" and report.conflict is not None
-    # Do what distpar said: merge the conflicting stream into the integration branch, resolve, commit.
+    # Do what distpar said: merge the conflicting unit branch into the integration branch, resolve, commit.
     sh_git(repo, "switch", "--quiet", runner.integration)
     merge = subprocess.run(["git", "merge", "--no-ff", report.conflict.theirs], cwd=repo, capture_output=True,
                            text=True, env={**os.environ, "GIT_AUTHOR_NAME": "u", "GIT_AUTHOR_EMAIL": "u@x",
@@ -139,7 +139,7 @@ def test_interrupted_session_is_resumed_with_its_work_restored(repo: Path, tmp_p
     run_id = journal().runs()[0]["id"]
     first = json.loads(log.read_text().splitlines()[0])["argv"]
     session = next(a.split("=", 1)[1] for a in first if a.startswith("--session-id="))
-    assert journal().batch(run_id, "1")["session_id"] == session
+    assert journal().unit(run_id, "1")["session_id"] == session
 
     plan.write_text(plan.read_text().replace("@fake sleep 60", "@fake sleep 0"))
     res = run_distpar("resume", run_id, cwd=repo)

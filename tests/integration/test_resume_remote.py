@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from distpar.core.model import AgentConfig, BatchSpec, Identity, SegmentSpec, Source
+from distpar.core.model import AgentConfig, Identity, Source, UnitReply, UnitSpec, WorkerSettings
 from distpar.infra import gitops
 from distpar.infra.transfer import Transfer
 from distpar.testing.builders import sh_git
-from distpar.worker.worker import RESUME_PREFIX, node_name, run_segment
+from distpar.worker.common import node_name
+from distpar.worker.retry import RESUME_PREFIX
+from distpar.worker.unit import run_unit
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +31,13 @@ def saved_work(repo: Path) -> str:
     return snap
 
 
-def spec_for(repo: Path, tmp_path: Path, source: Source, restore: str | None, node: str | None) -> SegmentSpec:
-    batch = BatchSpec("1", "batch 1", "@fake append half.txt more", AgentConfig("fake"), 60, "sess-1", restore, node)
-    return SegmentSpec("r1", 0, 1, "distpar/r1/b/1", gitops.rev(repo, "main"), (batch,), source,
-                       str(tmp_path / "ws"), str(tmp_path / "logs"), return_bundle=source.kind == "bundle")
+def run_for(repo: Path, tmp_path: Path, source: Source, restore: str | None, node: str | None) -> UnitReply:
+    settings = WorkerSettings("r1", str(tmp_path / "ws"), str(tmp_path / "logs"),
+                              return_bundle=source.kind == "bundle")
+    spec = UnitSpec("1", "batch 1", "@fake append half.txt more", AgentConfig("fake"), 60, worker=0, dispatch=1,
+                    branch="distpar/r1/b/1", base=gitops.rev(repo, "main"), source=source, session="sess-1",
+                    restore=restore, node=node)
+    return run_unit(settings, spec)
 
 
 def invocations(path: Path) -> list[dict[str, object]]:
@@ -48,8 +53,8 @@ def test_saved_work_travels_in_the_bundle_and_a_session_elsewhere_is_not_resumed
     heads = sh_git(repo, "bundle", "list-heads", source.increments[0])
     assert snap in heads
     monkeypatch.setenv("FAKE_AGENT_LOG", str(tmp_path / "agent.jsonl"))
-    result = run_segment(spec_for(repo, tmp_path, source, snap, node="some-other-node"))
-    r = result.results[0]
+    result = run_for(repo, tmp_path, source, snap, node="some-other-node")
+    r = result.result
     assert r.status.ok, r.error
     # The agent found its saved work and added to it, in a fresh session (its old one lives elsewhere).
     ws = Path(tmp_path / "ws")
@@ -66,8 +71,8 @@ def test_a_session_is_resumed_on_the_node_that_holds_it(repo: Path, tmp_path: Pa
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     snap = saved_work(repo)
     monkeypatch.setenv("FAKE_AGENT_LOG", str(tmp_path / "agent.jsonl"))
-    result = run_segment(spec_for(repo, tmp_path, Source("worktree", str(repo)), snap, node=node_name()))
-    assert result.results[0].status.ok, result.results[0].error
+    result = run_for(repo, tmp_path, Source("worktree", str(repo)), snap, node=node_name())
+    assert result.result.status.ok, result.result.error
     argv = [str(a) for a in invocations(tmp_path / "agent.jsonl")[0]["argv"]]  # type: ignore[union-attr]
     assert "--resume=sess-1" in argv
     assert any(a.startswith(RESUME_PREFIX[:40]) for a in argv)
@@ -78,8 +83,8 @@ def test_nothing_saved_means_the_agent_is_not_told_it_is_in_the_tree(repo: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_AGENT_LOG", str(tmp_path / "agent.jsonl"))
     missing = "0" * 40
-    result = run_segment(spec_for(repo, tmp_path, Source("worktree", str(repo)), missing, node=None))
-    assert result.results[0].status.ok
+    result = run_for(repo, tmp_path, Source("worktree", str(repo)), missing, node=None)
+    assert result.result.status.ok
     argv = " ".join(str(a) for a in invocations(tmp_path / "agent.jsonl")[0]["argv"])  # type: ignore[union-attr]
     assert "the work it had done is in the working tree" not in argv and "before it changed any file" in argv
     gitops.worktree_remove(repo, tmp_path / "ws")

@@ -10,7 +10,7 @@ import pytest
 
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar, run_id_of, run_status
@@ -39,7 +39,7 @@ def test_included_ignored_files_are_in_every_worktree_and_in_no_commit(repo: Pat
                for i in (1, 2, 3)]
     report, _ = run_plan(repo, batches, workers=3)
     assert report.exit_code == ExitCode.OK, [r.error for r in report.results]
-    assert {r.stream for r in report.results} == {0, 1, 2}  # three workers, three worktrees
+    assert {r.worker for r in report.results} == {0, 1, 2}  # three workers, three worktrees
     for i in (1, 2, 3):
         assert (repo / f"env{i}.txt").read_text() == "API_TOKEN=s3cret\n"
         assert (repo / f"local{i}.txt").read_text() == "<missing>"
@@ -54,16 +54,16 @@ def test_setup_runs_once_per_worker_before_its_first_batch(repo: Path) -> None:
                                     f"@fake copy deps/port port{i}.txt"]) for i in range(1, 5)]
     report, runner = run_plan(repo, batches, workers=2, setup=setup, keep_branches=True)
     assert report.exit_code == ExitCode.OK, [r.error for r in report.results]
-    seen = {r.batch_id: sh_git(repo, "show", f"{runner.branch(r.batch_id)}:seen{r.batch_id}.txt")
+    seen = {r.unit_id: sh_git(repo, "show", f"{runner.branch(r.unit_id)}:seen{r.unit_id}.txt")
             for r in report.results}
     assert set(seen.values()) == {"ready"}  # one line: the setup ran once in each workspace, before any batch
     events = [e for e in journal().events(report.run_id) if e.kind == "workspace_setup"]
-    assert sorted(e.stream for e in events) == [0, 1] and all(e.data["ok"] for e in events)
+    assert sorted(e.worker for e in events) == [0, 1] and all(e.data["ok"] for e in events)
     # Two units got disjoint port blocks (one per worker), and every unit of a worker the same one.
     ports: dict[int, set[int]] = {}
     for r in report.results:
-        port = sh_git(repo, "show", f"{runner.branch(r.batch_id)}:port{r.batch_id}.txt")
-        ports.setdefault(r.stream, set()).add(int(port))
+        port = sh_git(repo, "show", f"{runner.branch(r.unit_id)}:port{r.unit_id}.txt")
+        ports.setdefault(r.worker, set()).add(int(port))
     assert all(len(p) == 1 for p in ports.values())
     first = [p.pop() for p in ports.values()]
     assert len(first) == 2 and abs(first[0] - first[1]) >= 10
@@ -74,7 +74,7 @@ def test_setup_runs_once_per_worker_before_its_first_batch(repo: Path) -> None:
 def test_a_failing_setup_fails_that_workers_units_and_says_so(repo: Path) -> None:
     report, _ = run_plan(repo, [fake_batch(1, writes={"a": "1"})], setup="echo no network for npm >&2; exit 7")
     r = report.results[0]
-    assert r.status is BatchStatus.FAILED and report.exit_code == ExitCode.BATCH_FAILED
+    assert r.status is UnitStatus.FAILED and report.exit_code == ExitCode.BATCH_FAILED
     assert "setup failed (exit 7" in r.error and "no network for npm" in r.error
 
 
@@ -82,9 +82,9 @@ def test_verify_fails_a_batch_and_keeps_its_work(repo: Path) -> None:
     start = gitops.rev(repo, "main")
     batches = [fake_batch("good", writes={"ok.txt": "fine"}), fake_batch("bad", writes={"broken.txt": "x"})]
     report, _ = run_plan(repo, batches, workers=1, verify="test ! -e broken.txt || { echo 'lint: broken'; exit 3; }")
-    status = {r.batch_id: r.status for r in report.results}
-    assert status == {"good": BatchStatus.OK, "bad": BatchStatus.FAILED}
-    bad = next(r for r in report.results if r.batch_id == "bad")
+    status = {r.unit_id: r.status for r in report.results}
+    assert status == {"good": UnitStatus.OK, "bad": UnitStatus.FAILED}
+    bad = next(r for r in report.results if r.unit_id == "bad")
     assert "verify failed (exit 3" in bad.error and "lint: broken" in bad.error
     assert bad.outcome is not None and bad.outcome.result_class == "verify_failed"
     assert "lint: broken" in Path(bad.log_path or "").read_text()

@@ -59,7 +59,7 @@ def start_distpar(*args: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
 def batch_state(run_id: str, batch_id: str) -> str | None:
     j = journal()
     try:
-        row = j.batch(run_id, batch_id)
+        row = j.unit(run_id, batch_id)
     finally:
         j.close()
     return row["state"] if row else None

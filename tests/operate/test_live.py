@@ -37,31 +37,31 @@ def diamond(tmp_path: Path) -> tuple[live.RunProgress, list[float]]:
 def test_progress_follows_events_and_rescales_the_eta(tmp_path: Path) -> None:
     p, now = diamond(tmp_path)
     p.update("run_started", {"run_id": "r1", "workers": 3, "target": "main"})
-    assert [w.name for w in p.streams] == ["w1", "w2", "w3"]
+    assert [w.name for w in p.rows] == ["w1", "w2", "w3"]
     # Before anything ran: the plan's estimates list-scheduled on 3 workers (b 3, a 2 -> c 1, d 1 -> e, f 1).
     assert p.eta() == pytest.approx(4 * 60)
     for k, b in enumerate("abd"):
-        p.update("unit_started", {"stream": k, "batch": b, "attempt": 1, "at": now[0], "node": "n"})
-    assert [s.current for s in p.streams] == ["a", "b", "d"]
+        p.update("unit_started", {"worker": k, "unit": b, "attempt": 1, "at": now[0], "node": "n"})
+    assert [s.current for s in p.rows] == ["a", "b", "d"]
     now[0] += 60
     # a took 60s for an estimate of 120s: every remaining estimate is halved.
-    p.update("batch_ended", {"stream": 0, "batch": "a", "status": "ok", "duration": 60.0, "cost_usd": 0.5})
+    p.update("unit_ended", {"worker": 0, "unit": "a", "status": "ok", "duration": 60.0, "cost_usd": 0.5})
     assert p.scale() == pytest.approx(0.5)
-    assert p.streams[0].current is None and p.streams[0].done == 1 and p.streams[0].cost == 0.5
+    assert p.rows[0].current is None and p.rows[0].done == 1 and p.rows[0].cost == 0.5
     # b: 90 - 60 = 30s left; d: 30 - 60 -> 0; w1 takes c (30s), then e (after c and d) 30s: 60s; f on w3: 30s.
     assert p.eta() == pytest.approx(60.0)
-    p.update("unit_started", {"stream": 0, "batch": "c", "attempt": 1, "at": now[0]})
+    p.update("unit_started", {"worker": 0, "unit": "c", "attempt": 1, "at": now[0]})
     now[0] += 30
-    p.update("batch_ended", {"stream": 0, "batch": "c", "status": "ok", "duration": 30.0, "cost_usd": 0.25})
-    p.update("batch_ended", {"stream": 2, "batch": "d", "status": "failed", "duration": 80.0, "error": "boom"})
-    p.update("batch_ended", {"stream": -1, "batch": "e", "status": "skipped", "duration": 0.0})
-    p.update("unit_started", {"stream": 2, "batch": "f", "attempt": 1, "at": now[0]})
-    p.update("batch_ended", {"stream": 2, "batch": "f", "status": "ok", "duration": 1.0})
+    p.update("unit_ended", {"worker": 0, "unit": "c", "status": "ok", "duration": 30.0, "cost_usd": 0.25})
+    p.update("unit_ended", {"worker": 2, "unit": "d", "status": "failed", "duration": 80.0, "error": "boom"})
+    p.update("unit_ended", {"worker": -1, "unit": "e", "status": "skipped", "duration": 0.0})
+    p.update("unit_started", {"worker": 2, "unit": "f", "attempt": 1, "at": now[0]})
+    p.update("unit_ended", {"worker": 2, "unit": "f", "status": "ok", "duration": 1.0})
     assert p.done == 5 and p.failed == 2 and p.cost == pytest.approx(0.75)
-    assert p.streams[2].done == 2 and p.streams[2].failed == 1  # a skipped unit never ran on a worker
-    assert p.stream_state(p.streams[1]) == "running" and p.stream_state(p.streams[0]) == "waiting"
-    p.update("batch_ended", {"stream": 1, "batch": "b", "status": "ok", "duration": 95.0})
-    assert p.eta() == 0.0 and p.stream_state(p.streams[2]) == "failed"
+    assert p.rows[2].done == 2 and p.rows[2].failed == 1  # a skipped unit never ran on a worker
+    assert p.worker_state(p.rows[1]) == "running" and p.worker_state(p.rows[0]) == "waiting"
+    p.update("unit_ended", {"worker": 1, "unit": "b", "status": "ok", "duration": 95.0})
+    assert p.eta() == 0.0 and p.worker_state(p.rows[2]) == "failed"
     p.update("run_ended", {"state": "failed"})
     text = render_text(p)
     assert "r1 → main  failed" in text and "6/6 units, 2 not ok" in text and "ETA" not in text
@@ -70,15 +70,15 @@ def test_progress_follows_events_and_rescales_the_eta(tmp_path: Path) -> None:
 def test_rows_follow_what_workers_report_and_show_throttling(tmp_path: Path) -> None:
     p, now = diamond(tmp_path)
     p.update("run_started", {"run_id": "r1", "workers": 2, "target": "main"})
-    p.update("batch_started", {"stream": 1, "batch": "b", "attempt": 1})  # handed to the worker
-    assert p.streams[1].since == now[0]
+    p.update("unit_dispatched", {"worker": 1, "unit": "b", "attempt": 1})  # handed to the worker
+    assert p.rows[1].since == now[0]
     now[0] += 5
-    p.update("unit_started", {"stream": 1, "batch": "b", "attempt": 2, "at": now[0], "node": "host-2"})
-    assert (p.streams[1].current, p.streams[1].since, p.streams[1].node) == ("b", now[0], "host-2")
-    p.update("segment_retry", {"batch": "b", "attempt": 3, "error": "node died"})
-    assert p.streams[1].current is None
+    p.update("unit_started", {"worker": 1, "unit": "b", "attempt": 2, "at": now[0], "node": "host-2"})
+    assert (p.rows[1].current, p.rows[1].since, p.rows[1].node) == ("b", now[0], "host-2")
+    p.update("unit_retry", {"unit": "b", "attempt": 3, "error": "node died"})
+    assert p.rows[1].current is None
     p.update("throttled", {"limit": 1, "until": None})
-    p.update("conflict_predicted", {"batch": "b", "files": ["x.txt"], "others": ["a"]})
+    p.update("conflict_predicted", {"unit": "b", "files": ["x.txt"], "others": ["a"]})
     text = render_text(p)
     assert "1 agent(s) at once" in text and p.predicted == ["b: x.txt"]
 
@@ -86,19 +86,19 @@ def test_rows_follow_what_workers_report_and_show_throttling(tmp_path: Path) -> 
 def test_rows_show_the_last_output_line_of_each_running_unit(tmp_path: Path) -> None:
     p, now = diamond(tmp_path)
     p.update("run_started", {"run_id": "r1", "workers": 2, "target": "main"})
-    p.update("unit_started", {"stream": 0, "batch": "a", "attempt": 1, "at": now[0], "node": "n"})
+    p.update("unit_started", {"worker": 0, "unit": "a", "attempt": 1, "at": now[0], "node": "n"})
     assert "output" not in render_text(p)  # no column until an agent printed something
     for line in ("compiling", "[bold]running[/] tests \x1b[31m" + "y" * 300):
-        p.update("agent_output", {"stream": 0, "batch": "a", "attempt": 1, "fd": "out", "line": line})
-    p.update("agent_output", {"stream": 1, "batch": "b", "line": "not running here"})  # w2 runs nothing
-    assert p.streams[0].output.startswith("[bold]running[/] tests y") and len(p.streams[0].output) == 200
-    assert p.streams[1].output == ""
+        p.update("agent_output", {"worker": 0, "unit": "a", "attempt": 1, "fd": "out", "line": line})
+    p.update("agent_output", {"worker": 1, "unit": "b", "line": "not running here"})  # w2 runs nothing
+    assert p.rows[0].output.startswith("[bold]running[/] tests y") and len(p.rows[0].output) == 200
+    assert p.rows[1].output == ""
     text = render_text(p, width=200)
     assert re.search(r"w1 .* running .* \[bold\]running\[/\] tests +y+", text)  # as printed, not as markup
     assert "compiling" not in text and "not running here" not in text
     assert all(len(row) <= 200 for row in text.splitlines())  # cut to the width
-    p.update("batch_ended", {"stream": 0, "batch": "a", "status": "ok", "duration": 1.0})
-    assert p.streams[0].output == "" and "tests" not in render_text(p, width=200)
+    p.update("unit_ended", {"worker": 0, "unit": "a", "status": "ok", "duration": 1.0})
+    assert p.rows[0].output == "" and "tests" not in render_text(p, width=200)
 
 
 def multi_agent(tmp_path: Path) -> tuple[live.RunProgress, list[float]]:
@@ -121,8 +121,8 @@ def test_progress_counts_units_and_never_more_done_than_total(tmp_path: Path) ->
     seen = []
     for uid, status in (("z", "skipped"), ("x#1", "ok"), ("x#1", "ok"), ("x#2", "ok"), ("y#1", "failed"),
                         ("y#2", "skipped"), ("nosuch", "ok"), ("w", "ok"), ("v", "ok")):
-        p.update("batch_ended", {"stream": 0, "batch": uid, "status": status, "duration": 1.0})
-        line = live.event_line("batch_ended", {"stream": 0, "batch": uid, "status": status, "duration": 1.0}, p)
+        p.update("unit_ended", {"worker": 0, "unit": uid, "status": status, "duration": 1.0})
+        line = live.event_line("unit_ended", {"worker": 0, "unit": uid, "status": status, "duration": 1.0}, p)
         assert line is not None
         seen.append(line[0].rsplit(" ", 1)[1])
         assert p.done <= p.total
@@ -136,21 +136,21 @@ def test_the_eta_is_not_zero_while_units_remain(tmp_path: Path) -> None:
     # x#1 x#2 (2 min each) on both workers, then w (4) after x, y#1 -> y#2 and v (1 each) around it: 6 min
     assert p.eta() == 6 * 60 and live.eta_text(p) == "~6:00"
     for k, uid in enumerate(("x#1", "x#2")):
-        p.update("unit_started", {"stream": k, "batch": uid, "attempt": 1, "at": 0.0})
+        p.update("unit_started", {"worker": k, "unit": uid, "attempt": 1, "at": 0.0})
     now[0] = 0.5
     for k, uid in enumerate(("x#1", "x#2")):  # far quicker than their estimates: every estimate shrinks
-        p.update("batch_ended", {"stream": k, "batch": uid, "status": "ok", "duration": 0.25})
+        p.update("unit_ended", {"worker": k, "unit": uid, "status": "ok", "duration": 0.25})
     for k, uid in enumerate(("w", "y#1")):
-        p.update("unit_started", {"stream": k, "batch": uid, "attempt": 1, "at": now[0]})
+        p.update("unit_started", {"worker": k, "unit": uid, "attempt": 1, "at": now[0]})
     now[0] = 600.0  # ... and then the two running units overrun by far: they have not ended
     assert p.total - p.done == 4
     assert p.eta() > 0 and live.eta_text(p) != "~0:00"
     assert "ETA ~0:00" not in render_text(p)
     for k, uid in enumerate(("w", "y#1")):
-        p.update("batch_ended", {"stream": k, "batch": uid, "status": "ok", "duration": 600.0})
-    p.update("batch_ended", {"stream": 0, "batch": "y#2", "status": "ok", "duration": 1.0})
+        p.update("unit_ended", {"worker": k, "unit": uid, "status": "ok", "duration": 600.0})
+    p.update("unit_ended", {"worker": 0, "unit": "y#2", "status": "ok", "duration": 1.0})
     assert p.total - p.done == 1 and p.eta() > 0  # v is left
-    p.update("batch_ended", {"stream": 1, "batch": "v", "status": "ok", "duration": 1.0})
+    p.update("unit_ended", {"worker": 1, "unit": "v", "status": "ok", "duration": 1.0})
     assert p.eta() == 0.0
 
 
@@ -160,7 +160,7 @@ def test_the_live_eta_is_the_run_state_prediction_of_what_is_left(tmp_path: Path
     p, now = multi_agent(tmp_path)
     p.update("run_started", {"run_id": "r", "workers": 2, "target": "main"})
     assert p.eta() == predict_graph(p.graph, 2, scale=60.0).makespan
-    p.update("unit_started", {"stream": 0, "batch": "x#1", "attempt": 1, "at": 0.0})
+    p.update("unit_started", {"worker": 0, "unit": "x#1", "attempt": 1, "at": 0.0})
     now[0] = 30.0
     # x#1 runs on w1 with 90 s left; w2 takes x#2 (120 s); then w: 240 s after both: 120 + 240
     assert p.eta() == pytest.approx(360.0)
@@ -213,10 +213,10 @@ def test_json_lines_of_events_then_the_summary(repo: Path) -> None:
     events, summary = lines[:-1], lines[-1]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_ended"
-    assert kinds.count("batch_started") == 2 and kinds.count("batch_ended") == 2 and "merge_started" in kinds
+    assert kinds.count("unit_dispatched") == 2 and kinds.count("unit_ended") == 2 and "merge_started" in kinds
     assert all(isinstance(e["time"], float) for e in events)
-    assert [e["batch"] for e in events if e["event"] == "batch_ended"] == ["1", "2"]
-    assert summary["state"] == "ok" and summary["batches"] == {"ok": 2} and "event" not in summary
+    assert [e["unit"] for e in events if e["event"] == "unit_ended"] == ["1", "2"]
+    assert summary["state"] == "ok" and summary["units"] == {"ok": 2} and "event" not in summary
     assert events[-1]["run_id"] == summary["run_id"]
 
 

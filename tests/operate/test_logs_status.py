@@ -26,7 +26,7 @@ def test_logs_prints_a_batch_log(repo: Path) -> None:
     one = run_distpar("logs", run_id, "--batch", "one", cwd=repo)
     assert one.returncode == 0, one.stderr
     lines = one.stdout.splitlines()
-    assert lines[0].startswith("--- distpar: batch one, attempt 1")
+    assert lines[0].startswith("--- distpar: unit one, attempt 1")
     assert "DISTPAR_BATCH_ID=one" in lines and '"type": "result"' in one.stdout
     assert "DISTPAR_BATCH_ID=two" not in one.stdout
     every = run_distpar("logs", run_id[:12], cwd=repo)  # a unique prefix of the id is enough
@@ -46,7 +46,7 @@ def test_logs_prints_a_batch_log(repo: Path) -> None:
 
 def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
     plan = write_plan(repo.parent / "p.md", [
-        fake_batch("slow", extra=["@fake print-env DISTPAR_STREAM", "@fake sleep 1.5"], writes={"s": "1"}),
+        fake_batch("slow", extra=["@fake print-env DISTPAR_WORKER", "@fake sleep 1.5"], writes={"s": "1"}),
     ])
     with start_distpar("run", str(plan), "--agent", "fake", "-q", cwd=repo) as run:
         run_id = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
@@ -55,8 +55,8 @@ def test_logs_follow_tails_a_running_batch_until_it_ends(repo: Path) -> None:
         res = run_distpar("logs", run_id, "--follow", cwd=repo, timeout=60)  # picks the running batch
         took = time.time() - t0
         assert res.returncode == 0, res.stderr
-        assert res.stdout.startswith("--- distpar: batch slow, attempt 1")
-        assert "DISTPAR_STREAM=1" in res.stdout and '"type": "result"' in res.stdout  # to the very end
+        assert res.stdout.startswith("--- distpar: unit slow, attempt 1")
+        assert "DISTPAR_WORKER=1" in res.stdout and '"type": "result"' in res.stdout  # to the very end
         assert took < 15
         assert run.wait(timeout=60) == 0
     assert batch_state(run_id, "slow") == "ok"
@@ -67,7 +67,7 @@ def agents_started(run_id: str) -> dict[str, float]:
     j = journal()
     try:
         units = {e.batch_id for e in j.events(run_id) if e.kind == "unit_started"}
-        return {b["batch_id"]: b["started"] for b in j.batches(run_id) if b["batch_id"] in units}
+        return {b["unit_id"]: b["started"] for b in j.units(run_id) if b["unit_id"] in units}
     finally:
         j.close()
 
@@ -89,7 +89,7 @@ def test_logs_follow_picks_the_unit_whose_agent_started_last(repo: Path) -> None
         assert batch_state(run_id, "late") == "running"
         res = run_distpar("logs", run_id, "--follow", cwd=repo, timeout=60)
         assert res.returncode == 0, res.stderr
-        assert res.stdout.startswith("--- distpar: batch late, attempt 1"), res.stdout[:300]
+        assert res.stdout.startswith("--- distpar: unit late, attempt 1"), res.stdout[:300]
         assert "late-one" in res.stdout and "line0" not in res.stdout
         assert run.wait(timeout=60) == 0
 
@@ -128,7 +128,7 @@ def test_live_copy_of_a_remote_unit_makes_way_for_its_log_or_is_kept_when_nothin
 
     logs = tmp_path / "logs"
     live = LiveLogs(tmp_path, remote=True)
-    line = {"batch": "u", "attempt": 1, "node": "h1", "fd": "out"}
+    line = {"unit": "u", "attempt": 1, "node": "h1", "fd": "out"}
     live.update("agent_output", {**line, "line": "one"})
     live.update("unit_started", {**line, "line": "not output"})
     copy = live_path(tmp_path, "u")

@@ -67,13 +67,13 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
     j = journal()
-    rows = {b["batch_id"]: b for b in j.batches(run_id)}
+    rows = {b["unit_id"]: b for b in j.units(run_id)}
     j.close()
-    bars = re.findall(r'<g class="bar" ([^>]*)>', html.split('id="gantt-stream"', 1)[1].split("</svg>", 1)[0])
+    bars = re.findall(r'<g class="bar" ([^>]*)>', html.split('id="gantt-worker"', 1)[1].split("</svg>", 1)[0])
     assert len(bars) == len(rows) == 6  # one bar per batch
     attrs = [dict(re.findall(r'data-([a-z]+)="([^"]*)"', b)) for b in bars]
     assert {a["batch"]: a["status"] for a in attrs} == {k: r["state"] for k, r in rows.items()}
-    assert {a["batch"]: a["stream"] for a in attrs} == {k: worker_label(r["stream"]) for k, r in rows.items()}
+    assert {a["batch"]: a["worker"] for a in attrs} == {k: worker_label(r["worker"]) for k, r in rows.items()}
     for a in attrs:
         ran = rows[a["batch"]]["state"] in ("ok", "failed")
         assert (a["start"] != "") == ran and (a["duration"] != "") == ran
@@ -184,7 +184,7 @@ def test_plan_header_live_eta_and_report_make_one_prediction(repo: Path, batches
     drawn = re.findall(r'class="edge" data-from="([^"]+)" data-to="([^"]+)"', page)
     assert sorted(drawn) == edges  # every edge of the unit graph, once
     j = journal()
-    used = sorted({worker_label(b["stream"]) for b in j.batches(only_run_id())})
+    used = sorted({worker_label(b["worker"]) for b in j.batches(only_run_id())})
     j.close()
     assert f"{len(used)} of 3</div>" in page and "ran units: " + ", ".join(used) in page
     assert '<div class="k">workers</div>' in page and '<div class="k">streams</div>' not in page

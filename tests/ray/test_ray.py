@@ -26,7 +26,7 @@ from distpar.coordinator.options import RunOptions
 from distpar.coordinator.prepare import prepare_run
 from distpar.coordinator.runtime import RunReport, open_journal
 from distpar.core.errors import BackendError
-from distpar.core.model import AgentConfig, BatchStatus
+from distpar.core.model import AgentConfig, UnitStatus
 from distpar.testing.builders import fake_batch, independent_plan, make_repo, sh_git, tree_files, write_plan
 from tests.conftest import poll, processes_with_mark, run_distpar
 from tests.ray.conftest import RayCluster
@@ -68,7 +68,7 @@ def test_plan_spreads_over_nodes_and_equals_a_serial_run(ray_cluster: RayCluster
     monkeypatch.setenv("DISTPAR_SECRET_TOKEN", secret)
     batches = [
         *independent_plan(5, sleep=1),
-        # Depends on two other streams' work: its base is shipped as an increment bundle.
+        # Depends on two other workers' work: its base is shipped as an increment bundle.
         fake_batch(6, extra=['@fake append src/mod1.py "X = 6"', '@fake append src/mod2.py "Y = 6"',
                              "@fake print-env DISTPAR_SECRET_TOKEN"], depends_on=["1", "2"]),
         fake_batch(7, extra=['@fake append src/mod1.py "Z = 7"'], depends_on=["6", "3"]),
@@ -84,12 +84,12 @@ def test_plan_spreads_over_nodes_and_equals_a_serial_run(ray_cluster: RayCluster
     assert report.state == "ok", report.summary()
     assert tree_files(repo) == tree_files(serial_repo)
     assert (repo / "src/mod1.py").read_text() == "VALUE = 1\nX = 6\nZ = 7\n"
-    nodes = {row["node"] for row in journal.batches(runner.run_id)}
+    nodes = {row["node"] for row in journal.units(runner.run_id)}
     assert len(nodes) >= 2, nodes
     assert nodes <= ray_cluster.node_ids()
     for r in report.results:  # each batch log came back to the coordinator
         assert r.log_path and Path(r.log_path).parent == runner.run_dir / "logs" and Path(r.log_path).exists()
-    log6 = Path(next(r.log_path for r in report.results if r.batch_id == "6")).read_text()
+    log6 = Path(next(r.log_path for r in report.results if r.unit_id == "6")).read_text()
     assert "DISTPAR_SECRET_TOKEN=***" in log6 and secret not in log6
     assert secret.encode() not in Path(journal.path).read_bytes()
     assert not (ray_cluster.node_dir / runner.run_id).exists(), "the nodes' run directories were not removed"
@@ -114,8 +114,8 @@ def test_one_actor_per_node_hosts_that_nodes_workers(ray_cluster: RayCluster, tm
     for es in by_node.values():
         assert len({e["ppid"] for e in es}) == 1, es  # one process per node
         assert len({e["cwd"] for e in es}) == 2, es  # a workspace per worker
-    rows = journal.batches(runner.run_id)
-    spans = {r["batch_id"]: (r["started"], r["ended"]) for r in rows}
+    rows = journal.units(runner.run_id)
+    spans = {r["unit_id"]: (r["started"], r["ended"]) for r in rows}
     for es in by_node.values():  # the node's two units overlapped: threads of one actor, not one after the other
         (a0, a1), (b0, b1) = (spans[e["batch"]] for e in es)
         assert max(a0, b0) < min(a1, b1), spans
@@ -162,15 +162,15 @@ def test_an_actor_keeps_its_workspace_and_gets_only_what_it_lacks(ray_cluster: R
     assert [s["full"] for s in backend.shipped] == [True, False, False, False, False], backend.shipped
     assert shipped["2"]["bytes"] == shipped["3"]["bytes"] == shipped["4"]["bytes"] == 0, backend.shipped
     assert shipped["5"]["bytes"] > 0, backend.shipped
-    rows = {row["batch_id"]: row for row in journal.batches(runner.run_id)}
+    rows = {row["unit_id"]: row for row in journal.units(runner.run_id)}
     assert len({row["node"] for row in rows.values()}) == 1 and rows["1"]["node"] in ray_cluster.node_ids()
-    kinds = [(kind, data.get("batch")) for kind, data in seen if kind in ("unit_started", "batch_ended")]
-    said = [(k, d) for k, d in seen if k == "agent_output" and d["batch"] == "2"]
+    kinds = [(kind, data.get("unit")) for kind, data in seen if kind in ("unit_started", "unit_ended")]
+    said = [(k, d) for k, d in seen if k == "agent_output" and d["unit"] == "2"]
     assert said and said[0][1]["line"] == "halfway there" and said[0][1]["node"] == rows["2"]["node"], said
-    assert seen.index(said[0]) < seen.index(next(e for e in seen if e[0] == "batch_ended" and e[1]["batch"] == "2"))
+    assert seen.index(said[0]) < seen.index(next(e for e in seen if e[0] == "unit_ended" and e[1]["unit"] == "2"))
     for b in rows:  # each agent's start was reported while its unit ran, from the node it ran on
-        assert kinds.index(("unit_started", b)) < kinds.index(("batch_ended", b)), kinds
-        assert next(d for k, d in seen if k == "unit_started" and d["batch"] == b)["node"] == rows[b]["node"]
+        assert kinds.index(("unit_started", b)) < kinds.index(("unit_ended", b)), kinds
+        assert next(d for k, d in seen if k == "unit_started" and d["unit"] == b)["node"] == rows[b]["node"]
 
 
 def test_node_removed_mid_run_is_retried_elsewhere(ray_cluster: RayCluster, repo: Path, tmp_path: Path,
@@ -203,17 +203,17 @@ def test_node_removed_mid_run_is_retried_elsewhere(ray_cluster: RayCluster, repo
 
     report, runner, journal = out["report"], out["runner"], out["journal"]
     assert report.state == "ok", report.summary()
-    assert {r.batch_id: r.status for r in report.results} == {str(i): BatchStatus.OK for i in range(1, 7)}
-    retried = next(r for r in report.results if r.batch_id == str(hit["batch"]))
+    assert {r.unit_id: r.status for r in report.results} == {str(i): UnitStatus.OK for i in range(1, 7)}
+    retried = next(r for r in report.results if r.unit_id == str(hit["batch"]))
     assert retried.attempt == 2 and retried.node != removed.node_id
     events = journal.events(runner.run_id)
-    retried_batches = {e.batch_id for e in events if e.kind == "segment_retry"}
-    assert str(hit["batch"]) in retried_batches, [(e.kind, e.batch_id, e.data) for e in events]
-    lost = next(e for e in events if e.kind == "segment_error" and e.batch_id == str(hit["batch"]))
+    retried_batches = {e.unit_id for e in events if e.kind == "unit_retry"}
+    assert str(hit["batch"]) in retried_batches, [(e.kind, e.unit_id, e.data) for e in events]
+    lost = next(e for e in events if e.kind == "unit_error" and e.unit_id == str(hit["batch"]))
     assert "died" in lost.data["error"], lost.data
-    rows = journal.batches(runner.run_id)
+    rows = journal.units(runner.run_id)
     assert removed.node_id not in {row["node"] for row in rows}
-    later = [row for row in rows if row["stream"] == lost.stream and row["started"] > lost.ts]
+    later = [row for row in rows if row["worker"] == lost.worker and row["started"] > lost.ts]
     assert later and all(row["node"] in ray_cluster.node_ids() for row in later), rows  # a new actor, alive
     assert all((repo / f"src/mod{i}.py").read_text() == f"VALUE = {i}\n" for i in range(1, 7))
     # Ray kills the dead worker's agent (its direct child) shortly after the node goes away.
@@ -231,7 +231,7 @@ def test_a_unit_sent_to_an_actor_that_died_idle_goes_to_a_new_actor(ray_cluster:
     killed: list[Any] = []
 
     def kill_between_units(kind: str, data: dict[str, Any]) -> None:
-        if kind == "batch_ended" and data["batch"] == "1":
+        if kind == "unit_ended" and data["unit"] == "1":
             handle = backend._slots[0].host.handle
             ray.kill(handle)
             killed.append(handle)
@@ -251,7 +251,7 @@ def test_a_unit_sent_to_an_actor_that_died_idle_goes_to_a_new_actor(ray_cluster:
     assert killed and report.state == "ok", report.summary()
     assert [r.attempt for r in report.results] == [1, 1]
     assert (repo / "src/mod1.py").read_text() == "VALUE = 1\nX = 2\n"
-    assert not any(e.kind == "segment_retry" for e in journal.events(runner.run_id))
+    assert not any(e.kind == "unit_retry" for e in journal.events(runner.run_id))
     assert [s["full"] for s in backend.shipped] == [True, False, True], backend.shipped  # sent, then sent again
 
 
@@ -277,11 +277,11 @@ def test_bundle_mode_through_the_cli(ray_cluster: RayCluster, repo: Path, tmp_pa
                        cwd=repo)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["state"] == "ok" and summary["batches"] == {"ok": 4}
+    assert summary["state"] == "ok" and summary["units"] == {"ok": 4}
     assert (repo / "src/mod2.py").read_text() == "VALUE = 2\nW = 4\n"
     assert sh_git(repo, "status", "--porcelain") == ""
     journal = open_journal(repo)
-    rows = journal.batches(summary["run_id"])
+    rows = journal.units(summary["run_id"])
     journal.close()
     assert {row["node"] for row in rows} <= ray_cluster.node_ids() and all(row["started"] for row in rows), rows
 
@@ -313,7 +313,7 @@ def test_ctrl_c_stops_every_actor_and_agent_and_keeps_their_work(ray_cluster: Ra
             proc.communicate()
     assert proc.returncode == 130, err
     summary = json.loads(out)
-    assert summary["state"] == "interrupted" and summary["batches"] == {"ok": 3, "interrupted": 3}, summary
+    assert summary["state"] == "interrupted" and summary["units"] == {"ok": 3, "interrupted": 3}, summary
     cwd = {e["batch"]: e["cwd"] for e in agent_starts(agent_log)}
     assert all(cwd[str(i)] == cwd[str(i - 3)] for i in (4, 5, 6)), cwd  # on the actor that ran its dependency
     assert processes_with_mark(isolated_env) == []
@@ -350,7 +350,7 @@ def test_force_cancel_fallback_resolves_every_segment(ray_cluster: RayCluster, r
     report, runner, _ = run_plan(repo, plan_file, backend=ForceCancelOnly(cancel_grace=3), workers=2,
                                  forward=("FAKE_AGENT_LOG",), runner_hook=interrupt_when_running)
     assert report.state == "interrupted", report.summary()
-    assert all(r.status is BatchStatus.FAILED and "cancelled" in r.error for r in report.results), report.results
+    assert all(r.status is UnitStatus.FAILED and "cancelled" in r.error for r in report.results), report.results
     kept = sorted(p.name for p in (ray_cluster.node_dir / runner.run_id).glob("*/wt/w*") if p.is_dir())
     assert kept == ["w1", "w2"]
     # Ray kills a killed actor's agent (its direct child) as the worker exits.

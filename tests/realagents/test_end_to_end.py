@@ -42,7 +42,7 @@ def test_four_batch_plan_end_to_end(repo: Path, agent: Agent, standin: StandIn) 
     for i in (1, 2, 3, 4):
         assert f"batch {i}" in log, log
     run_id = run_id_of(out.stdout)
-    rows = journal().batches(run_id)
+    rows = journal().units(run_id)
     assert [r["result_class"] for r in rows] == ["success"] * 4
     for r in rows:
         assert r["input_tokens"] and r["input_tokens"] >= TOKENS_IN and r["output_tokens"] >= TOKENS_OUT, r

@@ -44,7 +44,7 @@ def test_error_matrix(tmp_path: Path, every_agent: dict[str, tuple[Agent, StandI
         if name == "gemini":
             args += ["--model", "gemini-2.5-flash"]  # no router call before the main one (it retries on its own)
         env = {**os.environ, **agent.env, "DISTPAR_HOME": str(tmp_path / name / "home")}
-        # one stream per batch: a failed batch skips the rest of its stream
+        # a worker per batch: a failed batch holds up no other
         procs[name] = (repo, env, subprocess.Popen(
             [sys.executable, "-m", "distpar", "run", str(plan), "--workers", str(len(batches)), *args,
              "--agent-retries", "1", "--timeout", "400"], cwd=repo, env=env, stdin=subprocess.DEVNULL,
@@ -66,8 +66,8 @@ def _check(name: str, repo: Path, home: Path, code: int | None, output: str, err
         return f"exit {code}: {output[-2000:]} {errors[-2000:]}"
     journal = Journal(home / "journal.db")
     run_id = run_id_of(output)
-    rows = {r["batch_id"]: r for r in journal.batches(run_id)}
-    tries = {e.batch_id: len(e.data["classes"]) for e in journal.events(run_id) if e.kind == "batch_tries"}
+    rows = {r["unit_id"]: r for r in journal.units(run_id)}
+    tries = {e.unit_id: len(e.data["classes"]) for e in journal.events(run_id) if e.kind == "unit_tries"}
     got = {bid: (r["result_class"], tries.get(bid, 1)) for bid, r in rows.items()}
     want = {f"s{c}": (cls, 1) for c, cls in PERMANENT.items()}
     want |= {f"s{c}": (cls, 2) for c, cls in TRANSIENT.items()}
@@ -75,7 +75,7 @@ def _check(name: str, repo: Path, home: Path, code: int | None, output: str, err
     if got != want:
         diff = {b: (got.get(b), want.get(b), rows[b]["error"][:300]) for b in rows if got.get(b) != want.get(b)}
         return f"{run_id}: {got} != {want}: {diff}"
-    if "slow.txt" not in tree_files(repo, rows["slow"]["commit_oid"]):  # on its stream's branch (the run failed)
+    if "slow.txt" not in tree_files(repo, rows["slow"]["commit_oid"]):  # on its unit's branch (the run failed)
         return "slow.txt missing"
     for c in cases:
         if not (name == "codex" and c in TRANSIENT) and c not in rows[f"s{c}"]["error"]:  # codex: "high demand"
@@ -95,7 +95,7 @@ def test_codex_without_a_reachable_server_is_stopped_as_stalled(repo: Path, wire
     assert out.returncode == ExitCode.BATCH_FAILED, out.stdout[-3000:] + out.stderr[-3000:]
     journal = Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
     run_id = run_id_of(out.stdout)
-    [row] = journal.batches(run_id)
+    [row] = journal.units(run_id)
     assert row["result_class"] == "stalled" and "Reconnecting" in row["error"], row["error"]
-    tries = [e.data["classes"] for e in journal.events(run_id) if e.kind == "batch_tries"]
+    tries = [e.data["classes"] for e in journal.events(run_id) if e.kind == "unit_tries"]
     assert tries == [["stalled", "stalled"]]

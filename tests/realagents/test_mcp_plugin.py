@@ -87,7 +87,7 @@ def test_claude_code_runs_a_plan_through_the_mcp_server(repo: Path, wired: Calla
     run_id = runs[0]["id"]
     assert json.loads(answered[1]["input"])["run_id"] == run_id  # status was asked about the run run started
     assert runs[0]["state"] == "ok", runs[0]
-    assert [b["state"] for b in journal.batches(run_id)] == ["ok", "ok", "ok"]
+    assert [b["state"] for b in journal.units(run_id)] == ["ok", "ok", "ok"]
     assert {"src/one.py", "src/two.py", "docs/three.md"} <= set(tree_files(repo, "main"))
     # the model got the status tool's structured result: the run ended ok
     result = tool_results(standin.requests[-1]["body"])[-1]

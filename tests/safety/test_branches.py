@@ -51,7 +51,7 @@ def test_agent_that_commits_onto_another_branch(repo: Path) -> None:
     assert "agent.txt" in files and "wip.txt" not in files
     moved = sh_git(repo, "rev-parse", "other")
     assert moved != other  # the agent itself moved the user's branch: distpar reports it and leaves it
-    ended = [json.loads(line) for line in res.stdout.splitlines() if '"batch_ended"' in line]
+    ended = [json.loads(line) for line in res.stdout.splitlines() if '"unit_ended"' in line]
     notes = ended[0]["notes"]
     assert notes[0] == (f"the agent moved branch other from {other[:12]} to {moved[:12]}; distpar left it there "
                         f"(git branch -f other {other[:12]} puts it back)")
@@ -77,7 +77,7 @@ def test_agent_whose_edits_on_another_branch_conflict_fails_with_them_saved(repo
     assert "Traceback" not in res.stderr + res.stdout
 
 
-def test_agent_that_rewinds_the_stream_branch_fails_and_loses_nothing(repo: Path) -> None:
+def test_agent_that_rewinds_the_unit_branch_fails_and_loses_nothing(repo: Path) -> None:
     plan = write_plan(repo.parent / "p.md", [
         fake_batch(1, writes={"one.txt": "1"}),
         fake_batch(2, extra=[sh("git reset -q --hard HEAD~1 && echo two > two.txt")], depends_on=[1]),
@@ -86,15 +86,15 @@ def test_agent_that_rewinds_the_stream_branch_fails_and_loses_nothing(repo: Path
     assert res.returncode == 1, res.stdout + res.stderr
     rid = run_id_of(res.stdout)
     branch = f"distpar/{rid}/b/1"
-    assert "one.txt" in tree_files(repo, branch)  # batch 1's commit is still on the stream branch
+    assert "one.txt" in tree_files(repo, branch)  # batch 1's commit is still on the unit branch
     saved = f"refs/distpar/{rid}/saved/2-rewritten"
-    assert f"which drops commits of this stream (git reset or --amend); distpar put the branch back, and the " \
+    assert f"which drops commits the unit started from (git reset or --amend); distpar put the branch back, and the " \
            f"agent's work is saved on {saved}" in res.stdout
     assert sh_git(repo, "show", f"{saved}:two.txt") == "two"
 
 
-def test_other_streams_moving_their_branches_are_not_reported(repo: Path) -> None:
-    """Every stream of a local run shares the repository's refs: what the others commit meanwhile, or what
+def test_other_workers_moving_their_branches_are_not_reported(repo: Path) -> None:
+    """Every worker of a local run shares the repository's refs: what the others commit meanwhile, or what
     the user does on another branch, is not the agent's doing."""
     plan = write_plan(repo.parent / "p.md", [
         fake_batch(1, writes={"one.txt": "1"}), fake_batch(2, writes={"two.txt": "2"}, sleep=0.8),

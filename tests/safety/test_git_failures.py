@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from distpar.core import names
-from distpar.core.model import AgentConfig, BatchSpec, BatchStatus, SegmentSpec, Source
+from distpar.core.model import AgentConfig, Source, UnitSpec, UnitStatus, WorkerSettings
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, write_plan
-from distpar.worker import worker
+from distpar.worker.unit import run_unit
 from tests.conftest import run_distpar, run_id_of
 from tests.safety.conftest import agent_calls, event_kinds, journal
 
 
-def run_two_streams(repo: Path, log: Path) -> tuple[str, str, str]:
+def run_two_workers(repo: Path, log: Path) -> tuple[str, str, str]:
     plan = write_plan(repo.parent / "p.md", [
         fake_batch(1, writes={"one.dat": "payload one"}),
         fake_batch(2, writes={"two.dat": "payload two"}),
@@ -35,18 +35,18 @@ def run_two_streams(repo: Path, log: Path) -> tuple[str, str, str]:
 def test_failing_commit_signing(repo: Path, tmp_path: Path) -> None:
     sh_git(repo, "config", "commit.gpgsign", "true")
     sh_git(repo, "config", "gpg.program", "false")
-    rid, out, _ = run_two_streams(repo, tmp_path / "calls.jsonl")
+    rid, out, _ = run_two_workers(repo, tmp_path / "calls.jsonl")
     assert "batch 1 (w1) failed: git could not sign the commit (commit.gpgsign is set and signing failed" in out
-    assert f"the batch's work is saved on refs/distpar/{rid}/saved/1" in out
+    assert f"the unit's work is saved on refs/distpar/{rid}/saved/1" in out
     j = journal()
-    states = {b["batch_id"]: (b["state"], b["result_class"], b["attempt"]) for b in j.batches(rid)}
+    states = {b["unit_id"]: (b["state"], b["result_class"], b["attempt"]) for b in j.units(rid)}
     j.close()
     # Each batch that ran failed for itself, once; the one that never ran is skipped, not blamed.
     assert states == {"1": ("failed", "git_error", 1), "2": ("failed", "git_error", 1), "3": ("skipped", None, 1)}
     assert sh_git(repo, "show", f"refs/distpar/{rid}/saved/1:one.dat") == "payload one"
     assert sh_git(repo, "show", f"refs/distpar/{rid}/saved/2:two.dat") == "payload two"
     kinds = event_kinds(rid)
-    assert "segment_retry" not in kinds and "segment_error" not in kinds
+    assert "unit_retry" not in kinds and "unit_error" not in kinds
 
 
 def test_failing_required_filter(repo: Path, tmp_path: Path) -> None:
@@ -55,11 +55,11 @@ def test_failing_required_filter(repo: Path, tmp_path: Path) -> None:
     sh_git(repo, "commit", "--quiet", "-m", "attributes")
     sh_git(repo, "config", "filter.broken.clean", "false")
     sh_git(repo, "config", "filter.broken.required", "true")
-    rid, out, _ = run_two_streams(repo, tmp_path / "calls.jsonl")
+    rid, out, _ = run_two_workers(repo, tmp_path / "calls.jsonl")
     assert "batch 1 (w1) failed: the repository's required git filter 'broken' failed" in out
     # The work is saved unfiltered (the filter cannot run): nothing is lost.
     assert sh_git(repo, "show", f"refs/distpar/{rid}/saved/1:one.dat") == "payload one"
-    assert "segment_retry" not in event_kinds(rid)
+    assert "unit_retry" not in event_kinds(rid)
 
 
 @pytest.mark.parametrize("batch_id", ["x.lock", "a..b"])
@@ -69,12 +69,12 @@ def test_batch_id_git_refuses_in_a_ref_name(repo: Path, tmp_path: Path, batch_id
     ws = tmp_path / "ws"
     base = gitops.rev(repo, "main")
     prompt = '@fake write work.txt "unfinished"\n@fake fail 3 boom'
-    spec = SegmentSpec("run1", 0, 0, "distpar/run1/b/1", base,
-                       (BatchSpec(batch_id, "b", prompt, AgentConfig(preset="fake"), 60.0),),
-                       Source("worktree", str(repo)), str(ws), str(tmp_path / "logs"), stagger=0.0)
-    result = worker.run_segment(spec, threading.Event())
-    (r,) = result.results
-    assert r.status is BatchStatus.FAILED and r.tries == 1
+    settings = WorkerSettings("run1", str(ws), str(tmp_path / "logs"))
+    spec = UnitSpec(batch_id, "b", prompt, AgentConfig(preset="fake"), 60.0, worker=0, dispatch=0,
+                    branch="distpar/run1/b/1", base=base, source=Source("worktree", str(repo)))
+    result = run_unit(settings, spec, threading.Event())
+    r = result.result
+    assert r.status is UnitStatus.FAILED and r.tries == 1
     assert result.saved_ref and result.saved_ref.startswith(f"refs/distpar/run1/saved/{names.key(batch_id)}")
     assert batch_id not in result.saved_ref
     assert sh_git(repo, "show", f"{result.saved_ref}:work.txt") == "unfinished"

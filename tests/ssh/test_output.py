@@ -71,11 +71,11 @@ def test_logs_follow_shows_a_remote_units_output_while_it_runs(two_hosts: tuple[
                                                   f"{run_id} --batch talk\n"
     events = [json.loads(line) for line in stdout.splitlines()[:-1]]
     out = [e for e in events if e["event"] == "agent_output"]
-    talk = [e["line"] for e in out if e["batch"] == "talk" and not e["line"].startswith("{")]
+    talk = [e["line"] for e in out if e["unit"] == "talk" and not e["line"].startswith("{")]
     assert talk == ["early line", "late line"]
     assert all(e["node"] == h1.address for e in out)
     # The flood on the other slot: bounded over the channel, counted in a marker, every line in the log.
-    loud = [e for e in out if e["batch"] == "loud"]
+    loud = [e for e in out if e["unit"] == "loud"]
     assert len(loud) <= (took + 1) * (LINES_PER_SECOND + 2)
     assert sum(e.get("skipped", 0) for e in loud) + sum("skipped" not in e for e in loud) >= n
     # Afterwards: the landed log holds each line once, and the live copies are gone.
@@ -83,7 +83,7 @@ def test_logs_follow_shows_a_remote_units_output_while_it_runs(two_hosts: tuple[
     assert not list(logs.glob("*.live"))
     full = run_distpar("logs", run_id, "--batch", "talk", cwd=repo)
     assert full.returncode == 0, full.stderr
-    assert full.stdout.startswith("--- distpar: batch talk, attempt 1")
+    assert full.stdout.startswith("--- distpar: unit talk, attempt 1")
     assert full.stdout.count("early line\n") == 1 and full.stdout.count("late line\n") == 1
     assert "as it runs" not in full.stdout
     nums = [line for line in (logs / "loud.log").read_text().splitlines() if line.isdigit()]

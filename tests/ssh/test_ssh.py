@@ -52,7 +52,7 @@ def distpar_processes(server: SSHServer, env: SSHEnv, token: str) -> list[str]:
 
 
 def mixed_plan(token: str, sleep: float = 0.3) -> list[dict[str, Any]]:
-    """Independent batches, a chain and a diamond with cross-stream dependencies (so bases move)."""
+    """Independent batches, a chain and a diamond with cross-worker dependencies (so bases move)."""
     tag = f"Test {token}."
     return [
         fake_batch("a", writes={"a.txt": "a\n"}, sleep=sleep, extra=[tag]),
@@ -97,13 +97,13 @@ def test_plan_across_two_hosts_equals_serial(two_hosts: tuple[SSHServer, SSHServ
     # The journal records where each batch ran: both hosts, by their labels.
     run_id = run_id_of(out.stdout)
     info = run_status(ssh_repo, run_id)
-    assert {b["state"] for b in info["batches"]} == {"ok"}
-    assert {b["node"] for b in info["batches"]} == {h1.address, h2.address}
+    assert {b["state"] for b in info["units"]} == {"ok"}
+    assert {b["node"] for b in info["units"]} == {h1.address, h2.address}
     # Batch logs came back to the coordinator; the remote run directories are gone.
     logs = Path(os.environ["DISTPAR_HOME"]) / "runs" / run_id / "logs"
-    for b in info["batches"]:
-        assert b["log_path"] == str(logs / f"{b['batch_id']}.log")
-        assert "--- distpar: batch" in Path(b["log_path"]).read_text()
+    for b in info["units"]:
+        assert b["log_path"] == str(logs / f"{b['unit_id']}.log")
+        assert "--- distpar: unit" in Path(b["log_path"]).read_text()
     assert not (logs / "plan.md").exists()  # the copy of the plan each unit gets on its host stays there
     assert not list(h1.runs_dir.glob(f"{run_id}*")) and not list(h2.runs_dir.glob(f"{run_id}*"))
     assert not list((logs.parent / "bundles").glob("*.bundle"))
@@ -120,7 +120,7 @@ def test_hosts_flag_identity_and_ssh_config_alias(two_hosts: tuple[SSHServer, SS
     out = run_distpar("run", str(plan), "--backend", "ssh", "--hosts", f"build1,root@{h2.address}",
                       "--identity", str(ssh_env.client_key), "--workers", "2", *FAKE, cwd=repo)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert {b["node"] for b in run_status(repo, run_id_of(out.stdout))["batches"]} == {"build1", h2.address}
+    assert {b["node"] for b in run_status(repo, run_id_of(out.stdout))["units"]} == {"build1", h2.address}
     assert (repo / "src" / "mod1.py").exists() and (repo / "src" / "mod2.py").exists()
 
 
@@ -217,7 +217,7 @@ def test_host_refusing_connections_is_reported_per_host(two_hosts: tuple[SSHServ
     assert both.returncode == 0, both.stdout + both.stderr
     assert (f"host 127.0.0.1:{dead}: connection refused; its share of the work goes to the other hosts"
             in both.stderr)
-    assert {b["node"] for b in run_status(repo, run_id_of(both.stdout))["batches"]} == {h1.address}
+    assert {b["node"] for b in run_status(repo, run_id_of(both.stdout))["units"]} == {h1.address}
 
 
 def test_failed_authentication_is_reported_per_host(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv,
@@ -284,11 +284,11 @@ def test_host_lost_mid_run(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHE
     wait_for(lambda: agents_on(doomed), what="agents on the doomed host")
     doomed.crash()
     stdout, stderr = proc.communicate(timeout=120)
-    batches = run_status(repo, run_id_of(stdout))["batches"]
+    batches = run_status(repo, run_id_of(stdout))["units"]
     if retries:
         assert proc.returncode == 0, stdout + stderr
         assert all((repo / "src" / f"mod{i}.py").exists() for i in range(1, 5))
-        assert {b["node"] for b in batches} == {h1.address}  # the doomed host's streams moved
+        assert {b["node"] for b in batches} == {h1.address}  # the doomed host's workers moved
         assert f"retrying on a worker (attempt 2): host {doomed.address}: connection lost while a worker ran" \
             in stderr
     else:  # the lost units fail (the executor journals the transport's message), the others are kept
@@ -392,8 +392,8 @@ def test_repo_url_mode(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv, 
     assert all((repo / "src" / f"mod{i}.py").exists() for i in (1, 2, 3))
     run_id = run_id_of(out.stdout)
     pushed = sh_git(remote, "for-each-ref", "--format=%(refname)", f"refs/heads/distpar/{run_id}/")
-    assert len(pushed.split()) == 3  # the streams' branches went through the remote
-    assert {b["node"] for b in run_status(repo, run_id)["batches"]} == {h1.address, h2.address}
+    assert len(pushed.split()) == 3  # the units' branches went through the remote
+    assert {b["node"] for b in run_status(repo, run_id)["units"]} == {h1.address, h2.address}
 
 
 def test_python_api(two_hosts: tuple[SSHServer, SSHServer], ssh_env: SSHEnv, repo: Path, tmp_path: Path) -> None:
@@ -433,7 +433,7 @@ def test_resume_an_interrupted_ssh_run(two_hosts: tuple[SSHServer, SSHServer], s
 
 def test_killed_supervisor_is_retried_without_a_stray_worker(two_hosts: tuple[SSHServer, SSHServer],
                                                              ssh_env: SSHEnv, repo: Path, tmp_path: Path) -> None:
-    """If the process that watches a worker dies, its worker and agent are killed before the segment is retried."""
+    """If the process that watches a worker dies, its worker and agent are killed before the unit is retried."""
     h1, _ = two_hosts
     trust(h1)
     plan = write_plan(tmp_path / "plan.md", [fake_batch(1, writes={"one.txt": "1\n"}, sleep=3)])

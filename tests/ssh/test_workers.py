@@ -71,7 +71,7 @@ def test_one_worker_process_keeps_its_workspace_across_units(two_hosts: tuple[SS
     assert [(repo / f"out{i}.txt").read_text() for i in (1, 2, 3)] == ["1\n", "2\n", "3\n"]
     assert "cache/units.txt" not in tree_files(repo)
     info = run_status(repo, run_id_of(stdout))
-    assert {b["state"] for b in info["batches"]} == {"ok"}
+    assert {b["state"] for b in info["units"]} == {"ok"}
     assert not list(h1.runs_dir.glob(run_id_of(stdout) + "*"))  # the run directory is removed at the end
 
 
@@ -89,7 +89,7 @@ def test_unit_started_reaches_the_journal_while_the_agent_runs(two_hosts: tuple[
     run_id = run_id_on(h1, before)
 
     def running_on_host() -> dict[str, Any] | None:
-        (batch,) = run_status(repo, run_id)["batches"]
+        (batch,) = run_status(repo, run_id)["units"]
         return batch if batch["state"] == "running" and batch["node"] == h1.address else None
 
     batch = wait_for(running_on_host, timeout=5, what="the journal to name the host of the running batch")
@@ -129,9 +129,9 @@ def test_host_without_sftp_subsystem(start_sshd: Any, ssh_env: SSHEnv, tmp_path:
     assert tree_files(repo) == tree_files(serial_repo)
     run_id = run_id_of(out.stdout)
     info = run_status(repo, run_id)
-    assert {b["node"] for b in info["batches"]} == {bare.address}
-    for b in info["batches"]:  # the logs came back without SFTP too
-        assert "--- distpar: batch" in Path(b["log_path"]).read_text()
+    assert {b["node"] for b in info["units"]} == {bare.address}
+    for b in info["units"]:  # the logs came back without SFTP too
+        assert "--- distpar: unit" in Path(b["log_path"]).read_text()
     assert sh_git(repo, "for-each-ref", "--format=%(refname:short)", "refs/heads/") == "main"
     assert not list(bare.runs_dir.iterdir())
     assert not list((Path(os.environ["DISTPAR_HOME"]) / "runs" / run_id / "bundles").glob("*.bundle"))

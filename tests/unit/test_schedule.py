@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from distpar.core.errors import UsageError
-from distpar.core.model import BatchStatus
+from distpar.core.model import UnitStatus
 from distpar.core.plan import AgentTask, Batch, Plan, parse_plan
 from distpar.core.predict import predict as core_predict
 from distpar.core.schedule import STRATEGIES, Schedule, make_schedule, predict, preview, topological_order
@@ -43,20 +43,20 @@ def plans(draw: st.DrawFn) -> Plan:
 
 
 def check_invariants(plan: Plan, s: Schedule, workers: int, strategy: str = "balanced") -> None:
-    ids = [b for stream in s.streams for b in stream.batch_ids]
+    ids = [b for lane in s.lanes for b in lane.batch_ids]
     assert sorted(ids) == sorted(plan.ids), "every batch exactly once"
-    assert len(s.streams) <= workers and all(stream.batch_ids for stream in s.streams)
+    assert len(s.lanes) <= workers and all(lane.batch_ids for lane in s.lanes)
     order = {b: i for i, b in enumerate(topological_order(plan))}
-    for stream in s.streams:
-        ranks = [order[b] for b in stream.batch_ids]
+    for lane in s.lanes:
+        ranks = [order[b] for b in lane.batch_ids]
         if not plan.has_dependencies or strategy != "balanced":
-            assert ranks == sorted(ranks), "streams keep the (topological) plan order"
-        starts = [s.start[b] for b in stream.batch_ids]
-        assert starts == sorted(starts), "a stream runs its batches one after another"
+            assert ranks == sorted(ranks), "lanes keep the (topological) plan order"
+        starts = [s.start[b] for b in lane.batch_ids]
+        assert starts == sorted(starts), "a lane runs its batches one after another"
     for b in plan.batches:
         for d in b.depends_on:
             assert s.finish[d] <= s.start[b.id] + 1e-9, "a batch never starts before its dependencies end"
-            if s.stream_of(d) != s.stream_of(b.id):
+            if s.lane_of(d) != s.lane_of(b.id):
                 assert d in s.waits[b.id]
     assert s.makespan >= s.lower_bound - 1e-9
 
@@ -78,14 +78,14 @@ def test_balanced_meets_the_list_scheduling_bound(plan: Plan, workers: int) -> N
 def test_independent_equal_batches_reach_the_lower_bound() -> None:
     plan = mkplan([(1, [])] * 6)
     s = make_schedule(plan, 6)
-    assert s.makespan == s.lower_bound == 1 and len(s.streams) == 6
+    assert s.makespan == s.lower_bound == 1 and len(s.lanes) == 6
     assert s.predicted_speedup == 6
 
 
 def test_plan_order_is_kept_inside_streams() -> None:
     plan = mkplan([(1, [])] * 7)
     s = make_schedule(plan, 3)
-    assert [list(x.batch_ids) for x in s.streams] == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
+    assert [list(x.batch_ids) for x in s.lanes] == [["0", "3", "6"], ["1", "4"], ["2", "5"]]
 
 
 def test_heavy_tail_is_balanced_better_than_plan_order() -> None:
@@ -99,23 +99,23 @@ def test_heavy_tail_is_balanced_better_than_plan_order() -> None:
 def test_chain_stays_on_one_stream_and_more_workers_idle() -> None:
     plan = mkplan([(1, []), (1, [0]), (1, [1])])
     s = make_schedule(plan, 4)
-    assert len(s.streams) == 1 and s.waits == {} and s.makespan == 3 == s.critical_path
+    assert len(s.lanes) == 1 and s.waits == {} and s.makespan == 3 == s.critical_path
 
 
 def test_diamond_waits_across_streams() -> None:
     plan = mkplan([(1, []), (2, [0]), (2, [0]), (1, [1, 2])])
     s = make_schedule(plan, 2)
     assert s.makespan == 4 == s.lower_bound
-    assert len(s.streams) == 2 and s.waits  # one branch of the diamond is merged in before batch 3
+    assert len(s.lanes) == 2 and s.waits  # one branch of the diamond is merged in before batch 3
 
 
 def test_midpoint_is_the_seed_split() -> None:
     plan = mkplan([(1, [])] * 5)
     s = make_schedule(plan, 4, "midpoint")  # the seed: floor(5 / 2) = 2 -> 1,2 | 3,4,5
-    assert [list(x.batch_ids) for x in s.streams] == [["0", "1"], ["2", "3", "4"]]
+    assert [list(x.batch_ids) for x in s.lanes] == [["0", "1"], ["2", "3", "4"]]
     s = make_schedule(plan, 2, split=1)  # --split alone implies midpoint
     assert s.strategy == "midpoint"
-    assert [list(x.batch_ids) for x in s.streams] == [["0"], ["1", "2", "3", "4"]]
+    assert [list(x.batch_ids) for x in s.lanes] == [["0"], ["1", "2", "3", "4"]]
 
 
 @pytest.mark.parametrize(
@@ -248,7 +248,7 @@ def test_prediction_from_the_middle_of_a_run_counts_what_is_left() -> None:
 
 def test_a_unit_after_one_that_failed_is_not_predicted() -> None:
     us = infos("a", ("b", "a"), "c")
-    p = core_predict(us, 1, {"a": 1.0, "b": 1.0, "c": 4.0}, done={"a": BatchStatus.FAILED})
+    p = core_predict(us, 1, {"a": 1.0, "b": 1.0, "c": 4.0}, done={"a": UnitStatus.FAILED})
     assert [s.uid for s in p.slots] == ["c"] and p.makespan == 4.0
 
 

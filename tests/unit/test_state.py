@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distpar.core.model import AgentOutcome, BatchStatus
+from distpar.core.model import AgentOutcome, UnitStatus
 from distpar.core.ratelimit import RateLimiter
 from distpar.core.state import (
     Blocked,
@@ -38,7 +38,7 @@ from distpar.core.state import (
     critical_path,
 )
 
-OK, FAILED, SKIPPED, BLOCKED = BatchStatus.OK, BatchStatus.FAILED, BatchStatus.SKIPPED, BatchStatus.BLOCKED
+OK, FAILED, SKIPPED, BLOCKED = UnitStatus.OK, UnitStatus.FAILED, UnitStatus.SKIPPED, UnitStatus.BLOCKED
 
 
 def units(*specs: str | tuple[str, str]) -> list[UnitInfo]:
@@ -281,7 +281,7 @@ def test_interrupt_cancels_once_and_starts_nothing_more() -> None:
     up(state, 2)
     assert state.handle(Interrupt()) == [CancelAll()]
     assert state.handle(Interrupt()) == []
-    assert state.handle(UnitEnded("a", 0, BatchStatus.INTERRUPTED)) == []
+    assert state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED)) == []
     assert state.handle(UnitLost("b", 1, "killed")) == [Record("b", FAILED, "killed"), Finish(False)]
     assert state.pending == ["c", "d"]
 
@@ -295,9 +295,9 @@ def test_interrupt_overrides_requeue() -> None:
     state = RunState.create(units("a"))
     up(state, 1)
     state.handle(Interrupt())
-    out = state.handle(UnitEnded("a", 0, BatchStatus.INTERRUPTED, rate_limited=True))
+    out = state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED, rate_limited=True))
     assert out == [GiveUp("a", "the run was interrupted"), Finish(False)]
-    assert state.done == {"a": BatchStatus.INTERRUPTED} and state.requeues == {}
+    assert state.done == {"a": UnitStatus.INTERRUPTED} and state.requeues == {}
 
 
 def test_fatal_cancels_once_and_starts_nothing_more() -> None:
@@ -444,7 +444,7 @@ def test_an_interrupted_run_stops_waiting_after_cancel_wait() -> None:
     state = RunState.create(units("a", "b", "c"), cancel_wait=30.0)
     up(state, 2)
     assert state.handle(Interrupt(at=100.0)) == [CancelAll()]
-    assert state.handle(UnitEnded("a", 0, BatchStatus.INTERRUPTED, at=110.0)) == []  # b still saves its work
+    assert state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED, at=110.0)) == []  # b still saves its work
     assert state.handle(Tick(130.0)) == []  # exactly the deadline: still waiting
     assert state.handle(Tick(130.5)) == [StopWaiting(("b",), 30.0), Finish(False)]
     assert state.finished and not state.running and state.pending == ["b", "c"]  # b stays resumable
@@ -455,7 +455,7 @@ def test_units_that_stop_in_time_end_the_run_without_giving_up() -> None:
     state = RunState.create(units("a"), cancel_wait=30.0)
     up(state, 1)
     state.handle(Interrupt(at=0.0))
-    assert state.handle(UnitEnded("a", 0, BatchStatus.INTERRUPTED, at=29.0)) == [Finish(False)]
+    assert state.handle(UnitEnded("a", 0, UnitStatus.INTERRUPTED, at=29.0)) == [Finish(False)]
 
 
 def test_without_cancel_wait_an_interrupted_run_waits_for_its_units() -> None:
@@ -572,7 +572,7 @@ class Sim:
     state: RunState
     units: dict[str, UnitInfo]
     alive: set[int]
-    status: dict[str, BatchStatus]
+    status: dict[str, UnitStatus]
     running: dict[str, tuple[int, int]] = field(default_factory=dict)  # uid -> (worker, attempt)
     starts: dict[tuple[str, int], int] = field(default_factory=dict)  # (uid, attempt) -> how often started
     requeued: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -665,7 +665,7 @@ class Sim:
 def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], data: st.DataObject) -> None:
     us, workers = dag
     # resume: a set of units already done, closed under dependencies
-    done: dict[str, BatchStatus] = {}
+    done: dict[str, UnitStatus] = {}
     for u in us:
         if all(d in done for d in u.deps) and data.draw(st.integers(0, 4)) == 0:
             done[u.uid] = OK
@@ -682,7 +682,7 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
     for w in range(workers):
         sim.alive.add(w)
         sim.send(WorkerUp(w))
-    status = st.sampled_from([OK, OK, OK, FAILED, BatchStatus.TIMEOUT])
+    status = st.sampled_from([OK, OK, OK, FAILED, UnitStatus.TIMEOUT])
     steps = 0
     bound = 40 + 12 * len(us) * (retries + 2)
     while not sim.finish:

@@ -1,0 +1,189 @@
+"""What a unit leaves on its branch: its work committed (or, when it did not succeed, saved on a ref and the
+worktree put back), and what the agent did to git that distpar undoes or reports (a switched branch, a
+rewritten branch, edits inside submodules, a big file)."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+from distpar.core.errors import GitError
+from distpar.core.model import AgentOutcome, UnitStatus
+from distpar.infra import gitops
+from distpar.worker.common import UnitRun, safe_name
+
+
+def record(u: UnitRun, status: UnitStatus, outcome: AgentOutcome) -> tuple[UnitStatus, AgentOutcome]:
+    """Commit a successful unit's work on its branch; save a failed or interrupted one's on a ref (``u.saved``)
+    and put the worktree back at the unit's start. A git failure here fails the unit, with its work saved."""
+    ws, spec = u.ws, u.spec
+    hooks = u.opts.hooks
+    genv = gitops.hooks_env(u.env, hooks)  # distpar's own git commands in the worktree
+    try:
+        if status.ok:
+            title = f"distpar: batch {spec.uid}: {spec.description}".rstrip(": ")
+            if not gitops.commit_all(ws, title + u.trailer, u.env, hooks) \
+                    and gitops.out(ws, "rev-parse", "HEAD") != u.before:
+                # The agent committed everything itself (aider does): an empty commit still marks the unit as
+                # done on the branch, which is what resume reads after a coordinator died.
+                gitops.git(ws, "commit", "--quiet", "--no-verify", "--allow-empty", "-m",
+                           f"{title} (committed by the agent){u.trailer}", env=genv)
+        else:
+            # Failed or interrupted work stays off the branch (it is not a finished unit) but is never lost.
+            u.saved = save_and_reset(u, genv, f"{status.value}" + u.trailer, "") or u.saved
+    except GitError as exc:
+        # Deterministic (a signing program, a filter, a hook, a ref name): the unit fails once, with its work
+        # saved; nothing is retried and no other unit is blamed.
+        msg = gitops.explain(exc)
+        status = UnitStatus.FAILED
+        outcome = replace(outcome, result_class="git_error", ok=False, transient=False, message=msg)
+        try:
+            u.saved = save_and_reset(u, genv, "git_error" + u.trailer, "") or u.saved
+            if u.saved:
+                msg += f"; the unit's work is saved on {u.saved}"
+        except GitError as again:
+            msg += f"; its work could not be saved on a ref ({gitops.explain(again)}) and is left in {ws}"
+        outcome = replace(outcome, message=msg)
+    return status, outcome
+
+
+def large_files(u: UnitRun, after: str) -> list[str]:
+    """Notes on the files over the warning size that the unit's commits added."""
+    limit = u.opts.warn_size
+    if not limit or after == u.before:
+        return []
+    return [f"added {path} ({size / 2**20:.1f} MB), over the warning size of {limit / 2**20:.1f} MB; "
+            "it is committed: check that it belongs in the repository"
+            for path, size in gitops.large_files(u.ws, u.before, after, limit)]
+
+
+def marks(ws: Path) -> tuple[dict[str, str], int]:
+    """What the repository's branches and the worktree's HEAD log look like before a unit's agent runs."""
+    log = gitops.git(ws, "reflog", "show", "--format=%H", "HEAD", check=False).stdout.split()
+    return gitops.refs(ws, "refs/heads/"), len(log)
+
+
+def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], int]) -> tuple[list[str], str | None]:
+    """Put the worktree back on the unit's branch when the agent switched it elsewhere (``git checkout
+    other``), carrying over the edits it made there; report what it did to branches. Returns (notes, error):
+    the error says why its edits could not be carried over (they are saved on a ref then)."""
+    spec, ws = u.spec, u.ws
+    want = f"refs/heads/{spec.branch}"
+    heads_before, n_before = marks
+    entries = gitops.git(ws, "reflog", "show", "--format=%H %gs", "HEAD", check=False).stdout.splitlines()
+    entries = entries[:max(0, len(entries) - n_before)]  # what HEAD went through in this worktree, newest first
+    here = {line.split(" ", 1)[0] for line in entries}
+    notes = []
+    for ref, oid in gitops.refs(ws, "refs/heads/").items():
+        old = heads_before.get(ref)
+        # Only what this worktree did: other workers, other runs and the user move branches meanwhile too.
+        if ref == want or old == oid or ref.startswith("refs/heads/distpar/") or oid not in here:
+            continue
+        name = ref.removeprefix("refs/heads/")
+        notes.append(f"the agent created branch {name} ({oid[:12]}); distpar left it" if old is None else
+                     f"the agent moved branch {name} from {old[:12]} to {oid[:12]}; distpar left it there "
+                     f"(git branch -f {name} {old[:12]} puts it back)")
+    proc = gitops.git(ws, "symbolic-ref", "--quiet", "HEAD", check=False)
+    on = proc.stdout.strip() if proc.returncode == 0 else None
+    if on == want:
+        return notes, _rewritten(u, env, heads_before.get(want))
+    cur = gitops.try_rev(ws, "HEAD")
+    where = f"branch {on.removeprefix('refs/heads/')}" if on else f"a detached HEAD at {(cur or '?')[:12]}"
+    # Where it switched to: the last "checkout: moving from <our branch>" in the worktree's HEAD log, else the
+    # branch's value before the unit, else the fork point.
+    start = next((line.split(" ", 1)[0] for line in entries
+                  if line.partition(" ")[2].startswith(f"checkout: moving from {spec.branch} to ")), None)
+    tip = gitops.rev(ws, want)
+    if start is None and cur:
+        start = heads_before.get(on or "") or gitops.git(ws, "merge-base", tip, cur, check=False).stdout.strip() or cur
+    theirs = (gitops.snapshot(ws, f"distpar: work of batch {spec.uid} on {where}", env) or cur) if cur else None
+    gitops.git(ws, "checkout", "--quiet", "--force", spec.branch, env=env)
+    gitops.git(ws, "clean", "-fdq", env=env)
+    if not (theirs and start) or gitops.tree_of(ws, theirs) == gitops.tree_of(ws, start):
+        return [*notes, f"the agent switched the worktree to {where} and changed nothing there; distpar switched "
+                        f"it back to {spec.branch}"], None
+    # Its edits are the change from ``start`` to ``theirs``: applied to our branch with a three-way merge
+    # whose base is ``start`` (two commits on top of it, so git 2.38's merge-tree picks that base).
+    ours_c = gitops.out(ws, "commit-tree", gitops.tree_of(ws, tip), "-p", start, "-m", "ours", env=env)
+    theirs_c = gitops.out(ws, "commit-tree", gitops.tree_of(ws, theirs), "-p", start, "-m", "theirs", env=env)
+    merged = gitops.git(ws, "merge-tree", "--write-tree", "--name-only", "--no-messages", ours_c, theirs_c,
+                        check=False)
+    if merged.returncode == 0:
+        gitops.git(ws, "read-tree", "-u", "--reset", merged.stdout.split()[0], env=env)
+        return [*notes, f"the agent switched the worktree to {where}; distpar switched it back to {spec.branch} "
+                        "and kept the agent's edits"], None
+    ref = f"refs/distpar/{u.settings.run_id}/saved/{safe_name(spec.uid)}-elsewhere"
+    gitops.update_ref(ws, ref, theirs)
+    files = ", ".join(merged.stdout.splitlines()[1:6])
+    return notes, (f"the agent switched the worktree to {where}, and its edits there conflict with "
+                   f"{spec.branch} ({files}); they are saved on {ref}")
+
+
+def _rewritten(u: UnitRun, env: dict[str, str], before: str | None) -> str | None:
+    """The agent reset or amended the unit's branch below where the unit started (earlier units' commits
+    would be dropped): its work is saved on a ref, the branch put back, and the unit fails saying so."""
+    spec, ws = u.spec, u.ws
+    tip = gitops.rev(ws, f"refs/heads/{spec.branch}")
+    if before is None or gitops.is_ancestor(ws, before, tip):
+        return None
+    ref = f"refs/distpar/{u.settings.run_id}/saved/{safe_name(spec.uid)}-rewritten"
+    gitops.update_ref(ws, ref, gitops.snapshot(ws, f"distpar: work of batch {spec.uid} (branch rewritten)", env)
+                      or tip)
+    gitops.git(ws, "reset", "--quiet", "--hard", before, env=env)
+    gitops.git(ws, "clean", "-fdq", env=env)
+    return (f"the agent moved {spec.branch} from {before[:12]} to {tip[:12]}, which drops commits the unit started "
+            f"from (git reset or --amend); distpar put the branch back, and the agent's work is saved on {ref}")
+
+
+def submodule_edits(ws: Path, log_dir: Path, name: str, before: str) -> str | None:
+    """Edits inside a submodule are not committed by distpar: when a unit made some, they are saved in an
+    archive next to its log and the unit fails saying so (never ok with work dropped)."""
+    edited: list[str] = []
+    if not (ws / ".gitmodules").exists() and not gitops.out(ws, "ls-tree", before, ".gitmodules"):
+        return None  # no submodules (the cheap check: every unit runs this)
+    for path in gitops.submodules(ws, before):
+        d = ws / path
+        if (d / ".git").exists():
+            if gitops.out(ws, "status", "--porcelain", "--ignore-submodules=none", "--", path):
+                edited.append(path)
+        elif d.is_dir() and any(d.iterdir()):
+            edited.append(path)
+    if not edited:
+        return None
+    archive = log_dir / f"{name}.submodules.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in edited:
+            tar.add(ws / path, arcname=path, filter=lambda t: None if "/.git/" in f"/{t.name}/" else t)
+    for path in edited:  # back to what the branch records, so the next unit starts clean
+        d = ws / path
+        if (d / ".git").exists():
+            gitops.git(d, "reset", "--quiet", "--hard", check=False)
+            gitops.git(d, "clean", "-fdq", check=False)
+            gitops.git(ws, "submodule", "update", "--quiet", "--force", "--", path, check=False)
+        else:
+            for child in d.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    return (f"the agent edited files inside submodule(s) {', '.join(edited)}, which distpar does not commit: "
+            f"those files are saved in {archive}")
+
+
+def edited(ws: Path, before: str) -> bool:
+    return gitops.out(ws, "rev-parse", "HEAD") != before or bool(gitops.out(ws, "status", "--porcelain"))
+
+
+def save_and_reset(u: UnitRun, env: dict[str, str], what: str, suffix: str) -> str | None:
+    """Keep the unit's edits (and any commits the agent made itself) on a ref, then put the worktree back at
+    the unit's start commit. Returns the ref, or None when there was nothing to keep."""
+    ws, before = u.ws, u.before
+    head = gitops.out(ws, "rev-parse", "HEAD")
+    snap = gitops.snapshot(ws, f"distpar: unfinished work of batch {u.spec.uid}: {what}", env)
+    keep = snap or (head if head != before else None)
+    ref = None
+    if keep:
+        ref = f"refs/distpar/{u.settings.run_id}/saved/{u.name}{suffix}"  # names.key: always ref-safe
+        gitops.update_ref(ws, ref, keep)
+    gitops.git(ws, "reset", "--quiet", "--hard", before)
+    gitops.git(ws, "clean", "-fdq")
+    return ref

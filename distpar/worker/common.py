@@ -1,0 +1,79 @@
+"""What every step of a unit's life shares: where it runs (``node_name``), how its events go out (``Emit``),
+and ``UnitRun``, the unit on its way through the worker (what the steps read, and what they found)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distpar.core import names
+from distpar.core.masking import mask
+from distpar.core.model import UnitSpec, WorkerOptions, WorkerSettings
+
+TAIL_LINES = 20
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+def safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80] or "_"
+
+
+def node_name() -> str:
+    return os.environ.get("DISTPAR_NODE") or socket.gethostname()
+
+
+def tail(path: Path, secrets: Iterable[str]) -> str:
+    lines = path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
+    return mask("\n".join(lines), secrets)
+
+
+@dataclass
+class UnitRun:
+    """One unit in the worker: its settings and spec, its workspace, and what its steps found so far."""
+
+    settings: WorkerSettings
+    spec: UnitSpec
+    ws: Path
+    log_dir: Path
+    env: dict[str, str]  # the git identity, the worker's ports, the plan file (not the forwarded variables)
+    cancel: threading.Event
+    emit: Emit | None = None
+    before: str = ""  # the commit the unit started from
+    secrets: tuple[str, ...] = ()  # values masked in everything the unit writes or reports
+    notes: list[str] = field(default_factory=list)
+    saved: str | None = None  # the ref its unfinished work was saved on, if any
+
+    @property
+    def opts(self) -> WorkerOptions:
+        return self.settings.options
+
+    @property
+    def name(self) -> str:
+        return names.key(self.spec.uid)
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    @property
+    def out_path(self) -> Path:
+        return self.log_dir / f"{self.name}.out"
+
+    @property
+    def prompt_file(self) -> Path:
+        return self.log_dir / f"{self.name}.prompt.md"
+
+    @property
+    def trailer(self) -> str:
+        return f"\n\nDistpar-Run: {self.settings.run_id}\nDistpar-Batch: {self.spec.uid}\n"
+
+    def log(self, text: str) -> None:
+        with self.log_path.open("a") as f:
+            f.write(text)

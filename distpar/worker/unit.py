@@ -1,0 +1,204 @@
+"""One unit's life in a worker, identical on every backend.
+
+``run_unit(settings, spec)`` gets the code (a worktree of a local repository, a bundle, or a git remote) into
+the worker's workspace, puts the unit's branch at ``spec.base``, runs the agent (``retry.run_agent``), judges
+its work (the user's verify command, submodules), commits it or saves it (``commit.record``) and returns a
+``UnitReply``. ``settings`` are the worker's, the same for each of its units: the local backend hands the
+same object to its worker thread, Ray actors and ``python -m distpar.worker --serve`` (``serve``) keep them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from distpar.core import model
+from distpar.core.masking import mask
+from distpar.core.model import AgentOutcome, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
+from distpar.infra import gitops, workspace
+from distpar.worker import commit, retry
+from distpar.worker.common import Emit, UnitRun, node_name, safe_name, tail
+
+STATUS = {"success": UnitStatus.OK, "timeout": UnitStatus.TIMEOUT, "interrupted": UnitStatus.INTERRUPTED}
+
+
+def run_unit(settings: WorkerSettings, spec: UnitSpec, cancel: threading.Event | None = None,
+             emit: Emit | None = None) -> UnitReply:
+    cancel = cancel or threading.Event()
+    ws, log_dir = Path(settings.workspace), Path(settings.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = settings.identity.env()
+    _prepare(settings, spec, ws, env)
+    setup_now, setup_failed, ports = _ready_workspace(settings, spec, ws, log_dir, cancel)
+    env = {**env, "DISTPAR_PORT_BASE": str(ports), "DISTPAR_PORT_COUNT": str(workspace.PORTS_PER_WORKER),
+           **_plan_file(settings, log_dir)}
+    u = UnitRun(settings, spec, ws, log_dir, env, cancel, emit, secrets=tuple(settings.env.values()))
+    if cancel.is_set() or setup_failed:
+        why = ("the run was interrupted" if cancel.is_set() else
+               f"this worker's workspace is not usable: {setup_failed.describe()}" if setup_failed else "")
+        result = UnitResult(spec.uid, spec.worker, UnitStatus.INTERRUPTED if cancel.is_set() else UnitStatus.FAILED,
+                            error=why, node=node_name(), attempt=spec.attempt,
+                            log_tail=setup_failed.tail if setup_failed else "")
+    else:
+        result = _run(u)
+    return _hand_back(u, result, setup_now)
+
+
+def _run(u: UnitRun) -> UnitResult:
+    """The agent's tries, then the verdict on its work, then its commit (or its work saved on a ref)."""
+    u.prompt_file.write_text(u.spec.prompt)
+    u.before = gitops.out(u.ws, "rev-parse", "HEAD")
+    outcomes, tries, proc, started = retry.run_agent(u)
+    outcome = model.totals(outcomes)
+    status, outcome = _judge(u, STATUS.get(outcome.result_class, UnitStatus.FAILED), outcome)
+    status, outcome = commit.record(u, status, outcome)
+    after = gitops.out(u.ws, "rev-parse", "HEAD")
+    if status.ok:
+        u.notes += commit.large_files(u, after)
+    if u.notes:
+        u.log("".join(f"--- distpar: note: {n}\n" for n in u.notes))
+    return UnitResult(
+        unit_id=u.spec.uid,
+        worker=u.spec.worker,
+        status=status,
+        exit_code=proc.exit_code if proc else None,
+        started=started,
+        ended=(proc.ended if proc else None) or time.time(),
+        commit=after,
+        changed=after != u.before,
+        outcome=outcome,
+        log_path=str(u.log_path),
+        log_tail=tail(u.log_path, u.secrets),
+        error="" if status.ok else mask(outcome.message or outcome.result_class, u.secrets),
+        node=node_name(),
+        attempt=u.spec.attempt,
+        tries=tries,
+        try_classes=tuple(o.result_class for o in outcomes[:tries]),
+        notes=tuple(mask(n, u.secrets) for n in u.notes),
+    )
+
+
+def _judge(u: UnitRun, status: UnitStatus, outcome: AgentOutcome) -> tuple[UnitStatus, AgentOutcome]:
+    """The user's gate (a unit whose check fails is failed, its work saved) and the submodules (never ok with
+    work left out of the commit)."""
+    verify = u.opts.verify
+    if status.ok and verify:
+        gate = workspace.run_hook("verify", verify, u.ws, {**os.environ, **u.env, **u.settings.env}, u.log_path,
+                                  u.secrets, u.cancel, timeout=u.spec.timeout)
+        if not gate.ok:
+            status = UnitStatus.FAILED
+            outcome = replace(outcome, result_class="verify_failed", ok=False, message=gate.describe())
+    sub_error = commit.submodule_edits(u.ws, u.log_dir, u.name, u.before)
+    if sub_error and status.ok:
+        status = UnitStatus.FAILED
+        outcome = replace(outcome, result_class="submodule_edit", ok=False, message=sub_error)
+    elif sub_error:
+        u.notes.append(sub_error)
+    return status, outcome
+
+
+def _hand_back(u: UnitRun, result: UnitResult, setup_now: workspace.HookResult | None) -> UnitReply:
+    """The reply: the branch's head, as a bundle (remote workers) or pushed (a git remote as the source)."""
+    settings, spec, ws = u.settings, u.spec, u.ws
+    head = gitops.out(ws, "rev-parse", "HEAD")
+    bundle = _return_bundle(settings, spec, ws, u.saved) if settings.return_bundle else None
+    if spec.source.kind == "url":  # hand the branch (and saved work) back by pushing it
+        gitops.git(ws, "push", "--quiet", "--force", spec.source.location, f"HEAD:refs/heads/{spec.branch}",
+                   *([f"{u.saved}:{u.saved}"] if u.saved else []))
+    return UnitReply(
+        run_id=settings.run_id, worker=spec.worker, dispatch=spec.dispatch, branch=spec.branch, base=spec.base,
+        head=head, result=result, node=node_name(), bundle=bundle, saved_ref=u.saved,
+        interrupted=u.cancel.is_set(), setup=setup_now.to_dict() if setup_now else None,
+    )
+
+
+def _plan_file(settings: WorkerSettings, log_dir: Path) -> dict[str, str]:
+    """The plan travels with the work: prompts that say "per the plan at ..." can read it."""
+    if not settings.plan_text:
+        return {}
+    plan_file = log_dir / "plan.md"
+    if not plan_file.exists() or plan_file.read_text() != settings.plan_text:
+        plan_file.write_text(settings.plan_text)
+    return {"DISTPAR_PLAN_FILE": str(plan_file.resolve())}
+
+
+def _ready_workspace(settings: WorkerSettings, spec: UnitSpec, ws: Path, log_dir: Path, cancel: threading.Event
+                     ) -> tuple[workspace.HookResult | None, workspace.HookResult | None, int]:
+    """Once per workspace (its first unit): the included files, a block of ports, the setup command.
+    Returns (the setup if it ran now, the setup if it failed (now or before), the first port)."""
+    state = workspace.load_state(ws)
+    ran: workspace.HookResult | None = None
+    if state is None:
+        source = spec.source.location if spec.source.kind == "worktree" else None
+        copied = workspace.populate(ws, source, settings.include, settings.include_data)
+        ports = workspace.free_port_block(spec.worker)
+        setup = settings.options.setup
+        if setup:
+            env = {**os.environ, **settings.env, "DISTPAR_PORT_BASE": str(ports),
+                   "DISTPAR_PORT_COUNT": str(workspace.PORTS_PER_WORKER), "DISTPAR_WORKTREE": str(ws)}
+            ran = workspace.run_hook("setup", setup, ws, env, log_dir / f"setup-w{spec.worker + 1}.log",
+                                     tuple(settings.env.values()), cancel)
+        state = {"ports": ports, "included": copied, "setup": ran.to_dict() if ran else None}
+        workspace.save_state(ws, state)
+    setup_state = state.get("setup")
+    failed = workspace.HookResult.from_dict(setup_state) \
+        if isinstance(setup_state, dict) and not setup_state.get("ok") else None
+    return ran, failed, int(state["ports"])  # type: ignore[call-overload]
+
+
+def _mark(ws: Path, ready: bool) -> None:
+    marker = Path(gitops.out(ws, "rev-parse", "--path-format=absolute", "--git-dir")) / workspace.READY
+    if ready:
+        marker.touch()
+    else:
+        marker.unlink(missing_ok=True)
+
+
+def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, str]) -> None:
+    """Check out ``spec.branch`` at ``spec.base`` in ``ws``, getting the code as the source says. A workspace
+    is kept for the worker's next units: those only move it to their own branch and base."""
+    kind, location = spec.source.kind, spec.source.location
+    hooks = settings.options.hooks
+    fresh = not (ws / ".git").exists()
+    if kind == "worktree":
+        if fresh:
+            ws.parent.mkdir(parents=True, exist_ok=True)
+            gitops.worktree_add(location, ws, spec.branch, spec.base)
+            gitops.submodules_like(location, ws)
+            _mark(ws, True)
+            return
+    elif kind in ("bundle", "url"):
+        if fresh:
+            ws.mkdir(parents=True, exist_ok=True)
+            gitops.git(ws, "init", "--quiet")
+        refspecs = ["+refs/*:refs/distpar-in/*"] if kind == "bundle" else [
+            "+refs/heads/*:refs/remotes/origin/*", "+refs/distpar/*:refs/distpar/*"]
+        for src in filter(None, (location, *spec.source.increments)):  # no location: the workspace has the base
+            gitops.git(ws, "fetch", "--quiet", "--no-tags", "--force", src, *refspecs)
+        if fresh:
+            gitops.git(ws, "checkout", "--quiet", "-B", spec.branch, spec.base, env=gitops.hooks_env(env, hooks))
+            _mark(ws, True)
+            return
+    else:
+        raise ValueError(f"unknown source kind {kind!r}")
+    # A workspace from an earlier unit (or attempt) of this worker: move it to the new branch and base,
+    # saving anything uncommitted first so that nothing is ever lost.
+    if workspace.workspace_ready(ws) and (gitops.dirty_files(ws) or gitops.out(ws, "status", "--porcelain")):
+        snap = gitops.snapshot(ws, f"distpar: uncommitted work found before unit {spec.uid}", env)
+        if snap:
+            gitops.update_ref(ws, f"refs/distpar/{settings.run_id}/saved/w{spec.worker + 1}-prepare", snap)
+    _mark(ws, False)
+    gitops.git(ws, "checkout", "--quiet", "--force", "-B", spec.branch, spec.base, env=gitops.hooks_env(env, hooks))
+    gitops.git(ws, "clean", "-fdq")
+    _mark(ws, True)
+
+
+def _return_bundle(settings: WorkerSettings, spec: UnitSpec, ws: Path, saved_ref: str | None) -> str | None:
+    path = ws.parent / f"{safe_name(spec.branch)}-{spec.dispatch}-{spec.attempt}.bundle"
+    revs = [spec.branch, f"^{spec.base}"]
+    if saved_ref:
+        revs.append(saved_ref)
+    return str(path) if gitops.bundle_create(ws, path, revs) else None
