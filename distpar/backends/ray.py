@@ -81,9 +81,10 @@ from typing import Any
 from distpar.backends.base import Backend, RunContext
 from distpar.core import names
 from distpar.core.errors import BackendError
+from distpar.core.masking import mask
 from distpar.core.model import Source, UnitReply, UnitSpec, WorkerSettings
 from distpar.infra import transfer
-from distpar.worker.common import mask, safe_name
+from distpar.worker.common import safe_name
 from distpar.worker.unit import run_unit
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,8 @@ class NodeActor:
                     sources.append(str(path))
                 spec = replace(spec, source=Source("bundle", sources[0] if sources else "", tuple(sources[1:])))
         except Exception as exc:  # a broken node (disk): the coordinator raises BackendError and may retry
-            yield {"kind": "error", "error": mask(f"{type(exc).__name__}: {exc}", settings.env), "node": self.node}
+            yield {"kind": "error", "error": mask(f"{type(exc).__name__}: {exc}", settings.env.values()),
+                   "node": self.node}
             return
         inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
@@ -223,9 +225,10 @@ class NodeActor:
                 bundle = path.read_bytes()
                 path.unlink()
             r = reply.result
-            log = mask(_tail(Path(r.log_path)), settings.env) if r.log_path and Path(r.log_path).exists() else None
+            log = (mask(_tail(Path(r.log_path)), settings.env.values())
+                   if r.log_path and Path(r.log_path).exists() else None)
         except Exception as exc:  # a broken node (git, disk): the coordinator raises BackendError and may retry
-            yield {"kind": "error", "error": mask(str(exc), settings.env), "node": self.node}
+            yield {"kind": "error", "error": mask(str(exc), settings.env.values()), "node": self.node}
             return
         busy.unlink(missing_ok=True)
         yield {"kind": "result", "result": reply, "bundle": bundle, "log": log}

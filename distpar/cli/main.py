@@ -212,7 +212,7 @@ def _accepted_fields(plan: Plan) -> list[str]:
 
 def _suggest_deps(plan: Plan, plan_file: Path, workers: int, workdir: Path, agent_name: str, model: str | None,
                   timeout: float | None, write: bool, as_json: bool) -> None:
-    from distpar.ops import suggest
+    from distpar.agents import suggest
 
     cfg = agents.agent_config(agent_name, AgentConfig(preset="claude", model=model))
     err(f"asking the {cfg.preset} agent which batches need which ...")

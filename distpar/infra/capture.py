@@ -1,5 +1,6 @@
 """An agent's output captured through a masking pipe: what it prints reaches distpar's log files as it comes,
-with every secret replaced by ``***``, and the raw bytes never touch the disk.
+with every secret replaced by ``***`` (``core.masking.IncrementalMasker``: a secret split across writes too), and
+the raw bytes never touch the disk.
 
 ``process.run_process`` writes a child's stdout and stderr to paths; here such a path is ``/dev/fd/N``, the
 write end of a pipe that a thread drains (no file, FIFO or temporary directory is ever made, so nothing is left
@@ -22,9 +23,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-MASK = b"***"
+from distpar.core.masking import IncrementalMasker
+
 CHUNK = 65536
-LONG_LINE = 65536  # a line longer than this is written before its end (keeping a possible partial secret back)
 LINE_CHARS = 2000  # an output line is cut to this many characters in its event (the logs keep it whole)
 LINES_PER_SECOND = 50  # per unit, in events: the rest of each second's lines are counted in one "skipped" line
 
@@ -36,8 +37,7 @@ class MaskedPipe:
 
     def __init__(self, dests: Sequence[Path], secrets: Iterable[str],
                  on_line: Callable[[bytes, bool], None] | None = None) -> None:
-        self.secrets = sorted({s.encode() for s in secrets if len(s) >= 4}, key=len, reverse=True)
-        self._keep = max((len(s) for s in self.secrets), default=1) - 1
+        self._masker = IncrementalMasker(secrets)  # keeps back only an end of the output that may begin a secret
         self._fd, self._wfd = os.pipe()  # not inherited by children (PEP 446)
         os.set_blocking(self._fd, False)
         self.path = Path(f"/dev/fd/{self._wfd}")
@@ -55,23 +55,17 @@ class MaskedPipe:
     def text(self) -> str:
         return self._kept.decode("utf-8", "replace")
 
-    def mask(self, data: bytes) -> bytes:
-        for s in self.secrets:
-            data = data.replace(s, MASK)
-        return data
-
     def _pump(self) -> None:
-        pending = b""
         while True:
             readable, _, _ = select.select([self._fd], [], [], 0.05)
             chunk = self._read() if readable else b""
             if chunk:
                 self.last_output = time.time()
-                pending = self._emit(pending + chunk, final=False)
+                self._write(self._masker.feed(chunk))
             elif self._stop.is_set():
                 while chunk := self._read():  # what the process wrote just before it ended
-                    pending = self._emit(pending + chunk, final=False)
-                self._emit(pending, final=True)
+                    self._write(self._masker.feed(chunk))
+                self._write(self._masker.flush())
                 if self._line or self._line_cut:  # the last line had no newline
                     self._lines_done(bytes(self._line))
                 return
@@ -82,26 +76,9 @@ class MaskedPipe:
         except (BlockingIOError, InterruptedError):
             return b""
 
-    def _emit(self, data: bytes, final: bool) -> bytes:
-        """Write the masked complete lines of ``data``; return the rest (raw), which may hold a partial secret."""
-        if final:
-            out, rest = data, b""
-        else:
-            cut = data.rfind(b"\n") + 1
-            if cut == 0 and len(data) > LONG_LINE:
-                cut = len(data) - self._keep
-            out, rest = data[:cut], data[cut:]
-            # a secret can straddle the cut only when the cut is not at a newline (secrets hold no newlines)
-            if out and not out.endswith(b"\n"):
-                masked = self.mask(data)
-                out, rest = masked[: len(masked) - self._keep], masked[len(masked) - self._keep :]
-                self._write(out)
-                return rest
-        if out:
-            self._write(self.mask(out))
-        return rest
-
     def _write(self, data: bytes) -> None:
+        if not data:
+            return
         self._kept += data
         if self._on_line is not None:
             self._split(data)

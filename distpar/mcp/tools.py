@@ -24,11 +24,11 @@ from typing import Any
 
 import click
 
-from distpar import agents
 from distpar.cli import main as cli_main  # the module: distpar.cli re-exports nothing
 from distpar.coordinator import runtime
 from distpar.coordinator.journal import Journal
 from distpar.core.errors import DistparError
+from distpar.core.masking import mask
 from distpar.core.model import worker_label
 from distpar.infra import gitops
 from distpar.infra.paths import state_dir
@@ -189,7 +189,7 @@ class Tools:
                     run = journal.run_exact(run_id)
                 if run is not None and run["state"] != "running" and proc.returncode is not None:
                     return  # it ran and ended already (a fast run)
-                text = agents.mask(out_path.read_text(errors="replace"), secrets)
+                text = mask(out_path.read_text(errors="replace"), secrets)
                 raise ToolFailure(_cli_error(text) or f"distpar exited {proc.returncode}: {text[-2000:]}")
             time.sleep(0.1)
         raise ToolFailure(f"run {run_id} did not start within {START_WAIT:g}s (its output: {out_path})")
@@ -224,13 +224,13 @@ class Tools:
                   "result": b["result_class"], "node": b["node"], "attempt": b["attempt"],
                   "seconds": round(b["ended"] - b["started"], 3) if b["ended"] and b["started"] else None,
                   "cost_usd": b["cost_usd"],
-                  "error": agents.mask(b["error"], secrets) if b["error"] and b["state"] != "ok" else None}
+                  "error": mask(b["error"], secrets) if b["error"] and b["state"] != "ok" else None}
                  for b in rows]
         return {**info, "cost_usd": sum(costs) if costs else None,
                 "done": sum(1 for b in rows if b["state"] in TERMINAL_UNIT), "total": len(rows),
                 "running": [b["unit_id"] for b in rows if b["state"] == "running"], "units": units,
                 "landed": summ.get("landed"), "conflict": summ.get("conflict"),
-                "errors": [agents.mask(str(e), secrets) for e in summ.get("errors") or ()],
+                "errors": [mask(str(e), secrets) for e in summ.get("errors") or ()],
                 "saved_refs": summ.get("saved_refs") or []}
 
     # --- logs ---------------------------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ class Tools:
                     lines = lines[len(lines) - tail:]
                     start = size - sum(len(x) for x in lines)
                 data = b"".join(lines)
-        text = agents.mask(data.decode("utf-8", "replace"), _secrets(_forwarded(run)))
+        text = mask(data.decode("utf-8", "replace"), _secrets(_forwarded(run)))
         return {"run_id": run["id"], "unit": row["unit_id"], "state": row["state"], "path": str(path),
                 "size": size, "offset": start, "next_offset": start + len(data),
                 "truncated": start > 0 or start + len(data) < size, "text": text}

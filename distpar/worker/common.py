@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distpar import agents
 from distpar.core import names
+from distpar.core.masking import mask
 from distpar.core.model import UnitSpec, WorkerOptions, WorkerSettings
 
 TAIL_LINES = 20
@@ -29,13 +29,9 @@ def node_name() -> str:
     return os.environ.get("DISTPAR_NODE") or socket.gethostname()
 
 
-def mask(text: str, secrets: dict[str, str]) -> str:
-    return agents.mask(text, secrets.values())
-
-
 def tail(path: Path, secrets: Iterable[str]) -> str:
     lines = path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
-    return agents.mask("\n".join(lines), secrets)
+    return mask("\n".join(lines), secrets)
 
 
 @dataclass

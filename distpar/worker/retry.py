@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from distpar import agents
 from distpar.core import ratelimit
+from distpar.core.masking import mask
 from distpar.core.model import AgentOutcome
 from distpar.infra import gitops, process, sandbox
 from distpar.infra.capture import MaskedPipe, OutputLines
@@ -79,7 +80,7 @@ def run_agent(u: UnitRun) -> Tries:
         u.saved = commit.save_and_reset(u, u.env, f"try {n} ({outcome.result_class})" + u.trailer,
                                         f"-try{n}") or u.saved
         u.log(f"--- distpar: try {n} failed ({outcome.result_class}): "
-              f"{agents.mask(outcome.message, u.secrets)[-300:]}; retrying in {delay:.1f}s\n")
+              f"{mask(outcome.message, u.secrets)[-300:]}; retrying in {delay:.1f}s\n")
         if u.cancel.wait(delay):
             outcomes.append(AgentOutcome("interrupted", False, "run interrupted while waiting to retry"))
             break

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from distpar.core import serial
+from distpar.core.masking import mask
 from distpar.core.model import SPEC_VERSION, UnitSpec, WorkerSettings
 from distpar.infra import process
-from distpar.worker.common import mask
 from distpar.worker.unit import run_unit
 
 HEARTBEAT_VAR = "DISTPAR_HEARTBEAT_SECONDS"  # serve: a {"heartbeat": time} line this often (the SSH backend's watch)
@@ -117,7 +117,7 @@ def serve() -> int:
             reply = run_unit(settings, item, cancel, lambda kind, data: send({"event": kind, "data": data}))
         except Exception as exc:  # git or the disk failed under this unit: report it, stay up for the next one
             tb = traceback.format_exc(limit=4)
-            send({"error": mask(f"{type(exc).__name__}: {exc}\n{tb}", settings.env)})
+            send({"error": mask(f"{type(exc).__name__}: {exc}\n{tb}", settings.env.values())})
             continue
         # The unit's logs and result bundle travel with the reply: no extra round trip, no SFTP needed (not the
         # copy of the plan run_unit leaves there: the coordinator has it).

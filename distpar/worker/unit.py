@@ -15,8 +15,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from distpar import agents
 from distpar.core import model
+from distpar.core.masking import mask
 from distpar.core.model import AgentOutcome, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
 from distpar.infra import gitops, workspace
 from distpar.worker import commit, retry
@@ -72,12 +72,12 @@ def _run(u: UnitRun) -> UnitResult:
         outcome=outcome,
         log_path=str(u.log_path),
         log_tail=tail(u.log_path, u.secrets),
-        error="" if status.ok else agents.mask(outcome.message or outcome.result_class, u.secrets),
+        error="" if status.ok else mask(outcome.message or outcome.result_class, u.secrets),
         node=node_name(),
         attempt=u.spec.attempt,
         tries=tries,
         try_classes=tuple(o.result_class for o in outcomes[:tries]),
-        notes=tuple(agents.mask(n, u.secrets) for n in u.notes),
+        notes=tuple(mask(n, u.secrets) for n in u.notes),
     )
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from distpar.infra.capture import LINE_CHARS, LONG_LINE, MaskedPipe, OutputLines
+from distpar.infra.capture import CHUNK, LINE_CHARS, MaskedPipe, OutputLines
 from distpar.infra.process import run_process
 
 pytestmark = pytest.mark.integration
@@ -36,11 +36,12 @@ def test_secret_split_across_writes_is_masked(tmp_path: Path) -> None:
 
 
 def test_long_line_without_newline_is_written_and_still_masked(tmp_path: Path) -> None:
-    code = (f"import os, sys\ns = os.environ['S']\nsys.stdout.write('x' * {LONG_LINE - 10} + s + 'y' * {LONG_LINE})\n"
+    # the secret straddles the end of the first read from the pipe
+    code = (f"import os, sys\ns = os.environ['S']\nsys.stdout.write('x' * {CHUNK - 10} + s + 'y' * {CHUNK})\n"
             "sys.stdout.flush()\n")
     text, raw = run(tmp_path, code)
     assert SECRET not in text and SECRET.encode() not in raw
-    assert text == "x" * (LONG_LINE - 10) + "***" + "y" * LONG_LINE
+    assert text == "x" * (CHUNK - 10) + "***" + "y" * CHUNK
 
 
 def test_an_escaped_grandchild_holding_the_pipe_does_not_block(tmp_path: Path) -> None:

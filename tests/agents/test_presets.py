@@ -100,7 +100,6 @@ def test_executable_override_precedence() -> None:
 def test_secrets_are_the_forwarded_values_and_every_key_variable_set() -> None:
     env = {"ANTHROPIC_API_KEY": "sk-ant-123456", "GEMINI_API_KEY": "", "PATH": "/usr/bin", "OPENAI_API_KEY": "abc"}
     assert set(agents.secret_values(env, {"TOKEN": "tok-987654"})) == {"sk-ant-123456", "tok-987654"}
-    assert agents.mask("key sk-ant-123456 and tok-987654", ["sk-ant-123456", "tok-987654"]) == "key *** and ***"
     assert {"ANTHROPIC_API_KEY", "CODEX_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY"} <= set(agents.KEY_VARS)
 
 

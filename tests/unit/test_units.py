@@ -222,7 +222,7 @@ def test_bad_arguments(kwargs: dict[str, object], message: str) -> None:
 
 
 def test_suggest_answer_is_checked_and_applied_without_touching_anything_else() -> None:
-    from distpar.ops import suggest
+    from distpar.agents import suggest
 
     text = manifest([{"id": "api", "agents": agents("build the api")},
                      {"id": "ui", "agents": agents("@fake write x y\nbuild the ui")},

@@ -77,6 +77,7 @@ from distpar.backends.ssh.shipping import (
 from distpar.backends.ssh.slots import SLOTS_PER_CONNECTION, Host, Slot, not_found
 from distpar.core import serial
 from distpar.core.errors import BackendError, UsageError
+from distpar.core.masking import mask
 from distpar.core.model import SPEC_VERSION, Source, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
 from distpar.worker.common import safe_name
 
@@ -373,7 +374,7 @@ class SSHBackend(Backend):
         reply = self._call(slot, rsettings, replace(spec, source=source))
         t2 = time.time()
         if "error" in reply:  # the worker is still up; this unit broke (git, disk): the executor may retry it
-            detail = _mask(str(reply["error"]).strip(), settings.env)[-1500:]
+            detail = mask(str(reply["error"]).strip(), agents.secret_values(os.environ, settings.env))[-1500:]
             raise BackendError(f"host {host.label}: the worker failed: {detail}")
         try:
             if reply.get("version") != SPEC_VERSION:
@@ -546,9 +547,10 @@ class SSHBackend(Backend):
             bundle = str(local)
             if slot.channel is not None:
                 slot.channel.send(json.dumps({"op": "drop", "paths": [result.bundle]}))
+        secrets = agents.secret_values(os.environ, settings.env)
         for path, data in sorted(files.items()):
             name = Path(path).name
-            text = _mask(base64.b64decode(data).decode("utf-8", "replace"), settings.env)
+            text = mask(base64.b64decode(data).decode("utf-8", "replace"), secrets)
             mode = "w" if name.endswith(".prompt.md") else "a"  # logs of earlier attempts stay
             with (logs / name).open(mode) as f:
                 f.write(text)
@@ -565,6 +567,3 @@ def _not_started(settings: WorkerSettings, spec: UnitSpec) -> UnitReply:
     return UnitReply(settings.run_id, spec.worker, spec.dispatch, spec.branch, spec.base, spec.base, result,
                      interrupted=True)
 
-
-def _mask(text: str, forwarded: dict[str, str]) -> str:
-    return agents.mask(text, agents.secret_values(os.environ, forwarded))

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distpar import agents
+from distpar.agents.base import GUARD_VARS
+from distpar.agents.claude import parse_claude
+from distpar.agents.registry import PRESETS, command, secret_values
 from distpar.core.errors import DistparError, ExitCode, UsageError
+from distpar.core.masking import mask
 from distpar.core.model import AgentConfig
 from distpar.core.plan import Plan, Spans, extract_block, parse_plan
 from distpar.infra.process import run_process
@@ -129,24 +132,24 @@ def ask(plan: Plan, cfg: AgentConfig, workdir: Path, *, env: Mapping[str, str] |
         raise UsageError(f"--suggest-deps needs structured output, which distpar asks of Claude Code "
                          f"(--json-schema): the {cfg.preset} agent has none; use --agent claude")
     base = dict(os.environ if env is None else env)
-    preset = agents.PRESETS[cfg.preset]
-    argv = [*agents.command(cfg, base), "-p", "--output-format", "json", "--json-schema", json.dumps(SCHEMA),
+    preset = PRESETS[cfg.preset]
+    argv = [*command(cfg, base), "-p", "--output-format", "json", "--json-schema", json.dumps(SCHEMA),
             "--disallowedTools", READ_ONLY]
     if cfg.model:
         argv += ["--model", cfg.model]
     argv += ["--", prompt(plan)]
     run_env = {k: v for k, v in base.items() if k not in preset.unset}
-    run_env.update({agents.GUARD_VAR: "1", "CAST_SUBPROCESS": "1"})
+    run_env.update({var: "1" for var in GUARD_VARS})
     with tempfile.TemporaryDirectory(prefix="distpar-suggest-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         result = run_process(argv, cwd=workdir, env=run_env, stdout_path=out, stderr_path=err, timeout=timeout)
         stdout, stderr = out.read_text(errors="replace"), err.read_text(errors="replace")
-    secrets = agents.secret_values(run_env, {})
+    secrets = secret_values(run_env, {})
     if result.timed_out:
         raise SuggestError(f"the agent gave no answer within {timeout:g} s")
-    outcome = agents.parse_claude(stdout, stderr, result.exit_code)
+    outcome = parse_claude(stdout, stderr, result.exit_code)
     if not outcome.ok:
-        raise SuggestError(f"the agent failed ({outcome.result_class}): {agents.mask(outcome.message, secrets)}")
+        raise SuggestError(f"the agent failed ({outcome.result_class}): {mask(outcome.message, secrets)}")
     suggestion = parse_answer(plan, _structured(stdout))
     return Suggestion(suggestion.depends_on, suggestion.reasons, suggestion.notes, outcome.cost_usd)
 
