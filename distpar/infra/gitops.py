@@ -43,7 +43,10 @@ def git(
             input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
-            text=True,
+            # Any file name survives (Linux allows every byte but NUL and /): undecodable bytes become lone
+            # surrogates, which os.fsencode and subprocess turn back into the same bytes when a path is passed on.
+            encoding="utf-8",
+            errors="surrogateescape",
             # Its own session: a Ctrl+C to the terminal's process group must not kill git half way through a
             # checkout or a merge (distpar handles the signal itself and lets each git command finish).
             start_new_session=True,

@@ -4,6 +4,7 @@ rewritten branch, edits inside submodules, a big file)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 from dataclasses import replace
@@ -22,6 +23,7 @@ def record(u: UnitRun, status: UnitStatus, outcome: AgentOutcome) -> tuple[UnitS
     hooks = u.opts.hooks
     genv = gitops.hooks_env(u.env, hooks)  # distpar's own git commands in the worktree
     try:
+        u.notes += nested_repositories(u)
         if status.ok:
             title = f"distpar: batch {spec.uid}: {spec.description}".rstrip(": ")
             if not gitops.commit_all(ws, title + u.trailer, u.env, hooks) \
@@ -47,6 +49,56 @@ def record(u: UnitRun, status: UnitStatus, outcome: AgentOutcome) -> tuple[UnitS
             msg += f"; its work could not be saved on a ref ({gitops.explain(again)}) and is left in {ws}"
         outcome = replace(outcome, message=msg)
     return status, outcome
+
+
+def nested_repositories(u: UnitRun) -> list[str]:
+    """Repositories the agent made inside the worktree (``git init`` in a folder, a ``.git`` file pointing
+    elsewhere): git would record each as a gitlink to a commit that exists nowhere else, losing its files. Each
+    one's ``.git`` is archived next to the unit's log and removed, so its files are committed as plain files.
+    Submodules the repository declares (``.gitmodules``) are left alone."""
+    ws = u.ws
+    declared = set(gitops.submodules(ws, "HEAD")) | set(_declared_submodules(ws))
+    found: list[str] = []
+    staged = gitops.git(ws, "ls-files", "-z", "--stage").stdout.split("\0")
+    for entry in staged:  # a gitlink the agent staged itself (git add app/)
+        if entry.startswith("160000 "):
+            path = entry.split("\t", 1)[1]
+            if path not in declared:
+                gitops.git(ws, "rm", "--cached", "--quiet", "-r", "--", path)
+                found.append(path)
+    untracked = gitops.git(ws, "ls-files", "-z", "--others", "--directory", "--exclude-standard").stdout
+    for entry in filter(None, untracked.split("\0")):
+        top = ws / entry
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for root, dirs, files in os.walk(top):  # only new folders: the tracked tree is not walked
+            if ".git" in dirs or ".git" in files:
+                found.append(Path(root).relative_to(ws).as_posix())
+            dirs[:] = [d for d in dirs if d != ".git"]
+    notes = []
+    for path in dict.fromkeys(found):
+        if path in declared:
+            continue
+        git_path = ws / path / ".git"
+        if not git_path.exists() and not git_path.is_symlink():
+            continue
+        archive = u.log_dir / f"{u.name}.nested-{safe_name(path)}.git.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(git_path, arcname=f"{path}/.git")
+        if git_path.is_dir() and not git_path.is_symlink():
+            shutil.rmtree(git_path)
+        else:
+            git_path.unlink()
+        notes.append(f"the agent made a repository of its own in {path} ({path}/.git): distpar keeps its files as "
+                     f"plain files of the unit, and its .git is saved in {archive}")
+    return notes
+
+
+def _declared_submodules(ws: Path) -> list[str]:
+    if not (ws / ".gitmodules").is_file():
+        return []
+    proc = gitops.git(ws, "config", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.path$", check=False)
+    return [line.partition(" ")[2] for line in proc.stdout.splitlines()]
 
 
 def large_files(u: UnitRun, after: str) -> list[str]:
