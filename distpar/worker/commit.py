@@ -143,14 +143,24 @@ def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], in
         return notes, _rewritten(u, env, heads_before.get(want))
     cur = gitops.try_rev(ws, "HEAD")
     where = f"branch {on.removeprefix('refs/heads/')}" if on else f"a detached HEAD at {(cur or '?')[:12]}"
+    if on and cur is None:
+        where = f"a new unborn branch {on.removeprefix('refs/heads/')} (git checkout --orphan)"
     # Where it switched to: the last "checkout: moving from <our branch>" in the worktree's HEAD log, else the
-    # branch's value before the unit, else the fork point.
+    # branch's value before the unit, else the fork point; an orphan branch shares no history with ours: its
+    # files are then the agent's edits of our branch's tip.
     start = next((line.split(" ", 1)[0] for line in entries
                   if line.partition(" ")[2].startswith(f"checkout: moving from {spec.branch} to ")), None)
     tip = gitops.rev(ws, want)
-    if start is None and cur:
-        start = heads_before.get(on or "") or gitops.git(ws, "merge-base", tip, cur, check=False).stdout.strip() or cur
-    theirs = (gitops.snapshot(ws, f"distpar: work of batch {spec.uid} on {where}", env) or cur) if cur else None
+    if start is None:
+        start = heads_before.get(on or "") or (
+            gitops.git(ws, "merge-base", tip, cur, check=False).stdout.strip() if cur else "") or tip
+    if cur is None:  # unborn: the working tree is all there is (nothing was committed on it)
+        theirs = gitops.snapshot(ws, f"distpar: work of batch {spec.uid} on {where}", env, parent=tip)
+    else:
+        theirs = gitops.snapshot(ws, f"distpar: work of batch {spec.uid} on {where}", env) or cur
+    if theirs and not gitops.is_ancestor(ws, start, theirs) and gitops.git(
+            ws, "merge-base", start, theirs, check=False).returncode != 0:
+        start = tip  # an orphan branch with commits: its tree against our tip
     gitops.git(ws, "checkout", "--quiet", "--force", spec.branch, env=env)
     gitops.git(ws, "clean", "-fdq", env=env)
     if not (theirs and start) or gitops.tree_of(ws, theirs) == gitops.tree_of(ws, start):
