@@ -231,6 +231,39 @@ def submodule_edits(ws: Path, log_dir: Path, name: str, before: str) -> str | No
             f"those files are saved in {archive}")
 
 
+def wrecked(u: UnitRun) -> str | None:
+    """Why the workspace is no longer a checkout distpar can use (the agent ran ``rm -rf .git`` or ``git worktree
+    remove --force .``), or None when it still is."""
+    ws = u.ws
+    if not ws.is_dir():
+        return f"the agent destroyed its workspace {ws} (removed it: git worktree remove?)"
+    proc = gitops.git(ws, "rev-parse", "--path-format=absolute", "--show-toplevel", check=False)
+    if proc.returncode != 0 or Path(proc.stdout.strip()).resolve() != ws.resolve():
+        return f"the agent destroyed its workspace {ws} (its .git is gone or broken: rm -rf .git?)"
+    return None
+
+
+def salvage(u: UnitRun, source: str | None) -> str:
+    """What is left of a destroyed workspace: its files archived next to the unit's log, the directory removed
+    (and the worktree's registration pruned from ``source``) so that the worker's next unit gets a fresh
+    workspace. Returns a sentence for the unit's error."""
+    ws = u.ws
+    said = ""
+    if ws.is_dir():
+        archive = u.log_dir / f"{u.name}.workspace.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for child in sorted(ws.iterdir()):
+                if child.name != ".git":
+                    tar.add(child, arcname=child.name)
+        said = f"; the files left on disk are saved in {archive}"
+        shutil.rmtree(ws, ignore_errors=True)
+    else:
+        said = "; nothing was left on disk to save"
+    if source:
+        gitops.worktree_prune(source)
+    return said + "; the worker's next unit gets a fresh workspace"
+
+
 def edited(ws: Path, before: str) -> bool:
     return gitops.out(ws, "rev-parse", "HEAD") != before or bool(gitops.out(ws, "status", "--porcelain"))
 

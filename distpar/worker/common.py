@@ -53,6 +53,7 @@ class UnitRun:
     secrets: tuple[str, ...] = ()  # values masked in everything the unit writes or reports
     notes: list[str] = field(default_factory=list)
     saved: str | None = None  # the ref its unfinished work was saved on, if any
+    wrecked: str = ""  # why its workspace is unusable after the agent ran (it destroyed it), if it is
 
     @property
     def opts(self) -> WorkerOptions:

@@ -56,6 +56,13 @@ def run_agent(u: UnitRun) -> Tries:
                 assert spec.session
                 ctx = replace(ctx, session_id=spec.session, resume=True)
         proc, outcome, ctx = _try(u, ctx, n)
+        u.wrecked = commit.wrecked(u) or ""
+        if u.wrecked:  # nothing of git works there any more: the unit fails once, saying so (never retried)
+            if proc is not None:
+                started, last = (proc.started if n == 1 else started), proc
+            outcomes.append(replace(outcome, result_class="workspace_destroyed", ok=False, transient=False,
+                                    message=u.wrecked))
+            break
         # The agent may have switched the worktree to another branch: distpar writes only its own branch.
         moved, home_error = commit.return_home(u, genv, marks)
         u.notes += moved

@@ -10,6 +10,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from distpar.testing.builders import fake_batch, sh_git, tree_files, write_plan
 from tests.conftest import run_distpar, run_id_of
 from tests.safety.conftest import sh
@@ -130,10 +132,12 @@ def _calls(log: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
-def test_agent_that_destroys_its_workspace_fails_once_with_its_files_saved(repo: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("destroy", ["rm -rf .git", "git worktree remove --force ."])
+def test_agent_that_destroys_its_workspace_fails_once_with_its_files_saved(repo: Path, tmp_path: Path,
+                                                                          destroy: str) -> None:
     calls = tmp_path / "calls.jsonl"
     plan = write_plan(repo.parent / "p.md", [
-        fake_batch(1, extra=[sh("echo lost > lost.txt && rm -rf .git")]),
+        fake_batch(1, extra=[sh(f"echo lost > lost.txt && {destroy}")]),
         fake_batch(2, writes={"two.txt": "2"}),
     ])
     res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=repo,
@@ -143,9 +147,12 @@ def test_agent_that_destroys_its_workspace_fails_once_with_its_files_saved(repo:
     assert "destroyed its workspace" in out, out
     assert "git is not installed" not in out and "Traceback" not in out
     assert len([c for c in _calls(calls) if "lost.txt" in json.dumps(c)]) == 1  # not retried
-    archive = next(Path(w.strip(".,;)")) for w in out.split() if w.endswith(".tar.gz") or w.endswith(".tar.gz;"))
-    with tarfile.open(archive) as tar:
-        assert any(n.endswith("lost.txt") for n in tar.getnames())
+    if destroy.startswith("rm"):
+        archive = next(Path(w.strip(".,;)")) for w in out.split() if w.rstrip(";").endswith(".tar.gz"))
+        with tarfile.open(archive) as tar:
+            assert any(n.endswith("lost.txt") for n in tar.getnames())
+    else:
+        assert "nothing was left on disk to save" in out, out
     rid = run_id_of(res.stdout)
     assert sh_git(repo, "show", f"distpar/{rid}/b/2:two.txt") == "2"  # the next unit got a fresh workspace
 
