@@ -14,9 +14,10 @@ from typing import Any
 
 from distpar import agents
 from distpar.core import names
-from distpar.core.model import UnitSpec, WorkerOptions, WorkerSettings
+from distpar.core.model import UnitSpec, WorkerOptions, WorkerSettings, bounded_tail
 
 TAIL_LINES = 20
+TAIL_READ = 256 * 1024  # bytes of a log's end read for its tail
 
 Emit = Callable[[str, dict[str, Any]], None]
 
@@ -34,8 +35,18 @@ def mask(text: str, secrets: dict[str, str]) -> str:
 
 
 def tail(path: Path, secrets: Iterable[str]) -> str:
-    lines = path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
-    return agents.mask("\n".join(lines), secrets)
+    """The masked end of a log, bounded (``model.bounded_tail``): only the file's last bytes are read, so a
+    log holding a 50 MB line costs no more than one holding a few."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - TAIL_READ))
+            data = f.read(TAIL_READ)
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    # Masked before it is cut: a cut must not leave the start of a secret in sight.
+    return bounded_tail(agents.mask(text, secrets), lines=TAIL_LINES)
 
 
 @dataclass

@@ -66,7 +66,7 @@ def _run(u: UnitRun) -> UnitResult:
             after = gitops.out(u.ws, "rev-parse", "HEAD")
             if status.ok:
                 u.notes += commit.large_files(u, after)
-        except Exception as exc:  # noqa: BLE001 - deterministic: the same work would fail the same way again
+        except Exception as exc:
             # A failure after the agent ran is not the transport's: the unit fails once, saying why, and its
             # work stays where it is (the next unit's preparation saves what is uncommitted on a ref).
             status = UnitStatus.FAILED
@@ -74,6 +74,8 @@ def _run(u: UnitRun) -> UnitResult:
                               message=f"distpar could not record the unit's work after the agent ran: "
                                       f"{type(exc).__name__}: {exc}")
             after = gitops.try_rev(u.ws, "HEAD") or u.before
+    # What the agent printed reaches the message (a parser's last line): bounded like every tail.
+    outcome = replace(outcome, message=model.bounded_tail(outcome.message))
     if u.notes:
         u.log("".join(f"--- distpar: note: {n}\n" for n in u.notes))
     return UnitResult(
@@ -88,7 +90,8 @@ def _run(u: UnitRun) -> UnitResult:
         outcome=outcome,
         log_path=str(u.log_path),
         log_tail=tail(u.log_path, u.secrets),
-        error="" if status.ok else agents.mask(outcome.message or outcome.result_class, u.secrets),
+        error="" if status.ok else model.bounded_tail(agents.mask(outcome.message or outcome.result_class,
+                                                                  u.secrets)),
         node=node_name(),
         attempt=u.spec.attempt,
         tries=tries,
