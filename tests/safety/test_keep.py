@@ -209,7 +209,7 @@ def test_target_with_a_staged_file_refuses_with_commands_that_work(repo: Path) -
     plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"one.txt": "1"})])
     (repo / "one.txt").write_text("the user's\n")
     sh_git(repo, "add", "one.txt")
-    res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=repo)
+    res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", "--allow-dirty", cwd=repo)
     assert res.returncode == 3, res.stdout + res.stderr
     sh_git(repo, "stash", "-q")
     _run_printed_commands(res.stdout, repo)
@@ -217,9 +217,26 @@ def test_target_with_a_staged_file_refuses_with_commands_that_work(repo: Path) -
     assert sh_git(repo, "show", "main:one.txt") == "1"
 
 
-def _run_printed_commands(stdout: str, cwd: Path) -> None:
+def _run_printed_commands(stdout: str, repo: Path) -> None:
+    """Run the git commands the summary printed, as printed, from outside the repository (they name it)."""
     cmds = [ln.strip() for ln in stdout.splitlines() if ln.strip().startswith("git ")]
     assert cmds, stdout
     for c in cmds:
-        proc = subprocess.run(c, shell=True, cwd=cwd, capture_output=True, text=True)
+        proc = subprocess.run(c, shell=True, cwd=repo.parent, capture_output=True, text=True)
         assert proc.returncode == 0, (c, proc.stderr, stdout)
+
+
+def test_target_moved_under_the_checkout_with_a_clashing_file_refuses_with_commands_that_work(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch(1, extra=[sh(f"echo agent > agent.txt && git add agent.txt && "
+                                f"git -c user.name=a -c user.email=a@b commit -qm agent && "
+                                f"git update-ref refs/heads/main HEAD && echo mine > {repo}/agent.txt")]),
+    ])
+    res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=repo)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert (repo / "agent.txt").read_text() == "mine\n"  # the user's file is untouched
+    (repo / "agent.txt").unlink()  # what the printed comment asks: put local changes away
+    _run_printed_commands(res.stdout, repo)
+    assert sh_git(repo, "status", "--porcelain") == ""
+    assert (repo / "agent.txt").read_text() == "agent\n"
+    assert "agent.txt" in tree_files(repo, "main")
