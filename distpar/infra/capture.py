@@ -33,8 +33,9 @@ LINES_PER_SECOND = 50  # per unit, in events: the rest of each second's lines ar
 
 class MaskedPipe:
     """A pipe, opened for writing by ``path`` (valid in this process), whose bytes are masked and appended to
-    each of ``dests``; ``text`` has them too, bounded (see ``_retain``). ``on_line(line, cut)`` gets each complete masked line (without
-    its newline; at most ``4 * LINE_CHARS`` bytes of it, ``cut`` when there were more), from the draining thread."""
+    each of ``dests``; ``text`` has them too, bounded (see ``_retain``). ``on_line(line, cut)`` gets each
+    complete masked line (without its newline; at most ``4 * LINE_CHARS`` bytes of it, ``cut`` when there were
+    more), from the draining thread."""
 
     def __init__(self, dests: Sequence[Path], secrets: Iterable[str],
                  on_line: Callable[[bytes, bool], None] | None = None) -> None:

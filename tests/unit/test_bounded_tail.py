@@ -26,10 +26,9 @@ def test_lines_bytes_and_line_length_are_cut() -> None:
 
 @pytest.mark.integration
 def test_captured_text_keeps_a_bounded_start_of_a_huge_line(tmp_path: Path) -> None:
-    with MaskedPipe([tmp_path / "log"], ["secret-value"]) as pipe:
-        with open(pipe.path, "wb") as out:
-            subprocess.run(["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' a; echo; echo end"], stdout=out,
-                           check=True)
+    with MaskedPipe([tmp_path / "log"], ["secret-value"]) as pipe, open(pipe.path, "wb") as out:
+        subprocess.run(["sh", "-c", "head -c 5000000 /dev/zero | tr '\\0' a; echo; echo end"], stdout=out,
+                       check=True)
     assert (tmp_path / "log").stat().st_size == 5_000_000 + 5  # the log has everything
     assert len(pipe.text) < KEEP_LINE + 100
     assert pipe.text.endswith("the log has the whole line]\nend\n")
