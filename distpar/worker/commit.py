@@ -57,7 +57,7 @@ def nested_repositories(u: UnitRun) -> list[str]:
     one's ``.git`` is archived next to the unit's log and removed, so its files are committed as plain files.
     Submodules the repository declares (``.gitmodules``) are left alone."""
     ws = u.ws
-    declared = set(gitops.submodules(ws, "HEAD")) | set(_declared_submodules(ws))
+    declared = set(gitops.submodules(ws, u.before or "HEAD")) | set(_declared_submodules(ws))
     found: list[str] = []
     staged = gitops.git(ws, "ls-files", "-z", "--stage").stdout.split("\0")
     for entry in staged:  # a gitlink the agent staged itself (git add app/)

@@ -240,3 +240,16 @@ def test_target_moved_under_the_checkout_with_a_clashing_file_refuses_with_comma
     assert sh_git(repo, "status", "--porcelain") == ""
     assert (repo / "agent.txt").read_text() == "agent\n"
     assert "agent.txt" in tree_files(repo, "main")
+
+
+def test_nested_repository_the_agent_committed_as_a_gitlink_lands_as_files(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [
+        fake_batch(1, extra=[sh("mkdir app && cd app && git init -q && echo hi > app.txt && git add app.txt "
+                                "&& git -c user.name=a -c user.email=a@b commit -qm init && cd .. && git add app "
+                                "&& git -c user.name=a -c user.email=a@b commit -qm 'add app'")]),
+    ])
+    res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sh_git(repo, "show", "main:app/app.txt") == "hi"
+    assert "160000" not in sh_git(repo, "ls-tree", "-r", "main")
+    assert "app/.git" in res.stderr
