@@ -18,7 +18,7 @@ from distpar.backends import backend_names
 from distpar.cli.options import given_options, run_option_flags
 from distpar.coordinator.options import DEFAULT_WORKERS
 from distpar.core.errors import DistparError, ExitCode, UsageError
-from distpar.core.model import AgentConfig, worker_label
+from distpar.core.model import AgentConfig, bounded_tail, worker_label
 from distpar.core.plan import Plan, load_plan, parse_plan
 from distpar.core.schedule import Schedule, SubagentHow, make_schedule, predict, preview, subagent_not_passed
 from distpar.core.units import STRATEGIES, UnitGraph, unit_graph
@@ -443,9 +443,10 @@ def _print_report(report: Any, runner: Any) -> None:
             err(f"warning: batch {r.unit_id}: {note}", fg="yellow")
     for r in report.results:
         if r.status.value in ("failed", "timeout", "blocked"):
-            click.echo(f"\nbatch {r.unit_id} ({worker_label(r.worker)}) {r.status.value}: {r.error}")
+            click.echo(f"\nbatch {r.unit_id} ({worker_label(r.worker)}) {r.status.value}: "
+                       f"{bounded_tail(r.error, lines=10)}")
             if r.log_tail:
-                click.echo("  " + "\n  ".join(r.log_tail.splitlines()[-10:]))
+                click.echo("  " + "\n  ".join(bounded_tail(r.log_tail, lines=10).splitlines()))
             if r.log_path:
                 click.echo(f"  log: {r.log_path}")
     if report.conflict:

@@ -317,14 +317,41 @@ def _land(repo: Path, target: str, start: str, integration: str, head: str, env:
         where = checked_out[0] if checked_out else repo
         return Conflict("target", target, integration, (), None,
                         (f"# {busy}", f"git -C {where} merge --ff-only {integration}"))
+    if new != head:  # what the printed commands merge: the integration branch holds the target's new commits too
+        gitops.update_ref(repo, f"refs/heads/{integration}", new)
     if checked_out:
-        proc = gitops.git(checked_out[0], "merge", "--ff-only", "--quiet", new, check=False)
+        ck = checked_out[0]
+        if _moved_under(ck, start, current):
+            # Someone moved the branch itself (git update-ref, a fetch into it) while it was checked out: the
+            # checkout's index and files are still the run's start. Move them from there to the landed commit
+            # (git read-tree -m -u, as a checkout does: local changes are kept, or it refuses), then the branch.
+            proc = gitops.git(ck, "read-tree", "-m", "-u", start, new, check=False)
+            if proc.returncode != 0:
+                return Conflict("target", target, integration, _files(proc.stderr), None,
+                                (f"# {target} was moved while checked out in {ck}; its files are still those of "
+                                 f"{start[:12]}: commit or stash your changes there, then",
+                                 f"git -C {ck} read-tree -m -u {start} {integration}",
+                                 f"git -C {ck} update-ref refs/heads/{target} {integration}"))
+            gitops.git(repo, "update-ref", f"refs/heads/{target}", new, current)
+            return None
+        proc = gitops.git(ck, "merge", "--ff-only", "--quiet", new, check=False)
         if proc.returncode != 0:
-            files = tuple(
-                line.strip() for line in proc.stderr.splitlines() if line.startswith(("\t", "    "))
-            )
-            return Conflict("target", target, integration, files, None,
-                            (f"git -C {checked_out[0]} status", f"git merge --ff-only {integration}"))
+            return Conflict("target", target, integration, _files(proc.stderr), None,
+                            (f"git -C {ck} status", f"git -C {ck} merge --ff-only {integration}"))
     else:
         gitops.git(repo, "update-ref", f"refs/heads/{target}", new, current)
     return None
+
+
+def _files(stderr: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in stderr.splitlines() if line.startswith(("\t", "    ")))
+
+
+def _moved_under(checkout: Path, start: str, current: str) -> bool:
+    """The checked-out branch was moved to ``current`` while its checkout's index still holds ``start``'s tree
+    (its staged state is the run's start, not its HEAD's)."""
+    if current == start:
+        return False
+    index = gitops.git(checkout, "write-tree", check=False)  # unmerged entries: not this case
+    return index.returncode == 0 and index.stdout.strip() == gitops.tree_of(checkout, start) \
+        and gitops.tree_of(checkout, start) != gitops.tree_of(checkout, current)

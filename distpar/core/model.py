@@ -257,6 +257,35 @@ class UnitReply:
         return self.result.status.ok
 
 
+TAIL_LINES = 40  # a log tail in an event, a result, a summary or a report: at most these many lines,
+TAIL_BYTES = 8192  # ... these many bytes of UTF-8,
+TAIL_LINE_CHARS = 2000  # ... and each line cut at these many characters (the log keeps everything)
+
+
+def bounded_tail(text: str, lines: int = TAIL_LINES, max_bytes: int = TAIL_BYTES,
+                 line_chars: int = TAIL_LINE_CHARS) -> str:
+    """The end of ``text`` that an event, a summary or a report may carry: its last ``lines`` lines, each cut at
+    ``line_chars`` characters (with a marker saying so), at most ``max_bytes`` bytes in all (older lines go
+    first). An agent that prints one 50 MB line thus never makes a 50 MB event."""
+    if len(text) <= max_bytes and text.count("\n") < lines:
+        return text
+    text = text[-(lines * (line_chars + 200) + 1):]  # the longest result possible: never split a huge string
+    kept: list[str] = []
+    size = 0
+    for line in reversed(text.splitlines()[-lines:]):
+        if len(line) > line_chars:
+            line = line[:line_chars] + f" [... cut at {line_chars} characters; the log has the whole line]"
+        n = len(line.encode("utf-8", "surrogateescape")) + 1
+        if size + n > max_bytes:
+            if not kept:  # one line over the byte bound: its start, cut to the bound
+                kept.append(line.encode("utf-8", "surrogateescape")[:max_bytes - 64].decode("utf-8", "ignore")
+                            + " [... cut]")
+            break
+        kept.append(line)
+        size += n
+    return "\n".join(reversed(kept))
+
+
 def totals(outcomes: list[AgentOutcome]) -> AgentOutcome:
     """The last outcome, with cost and tokens summed over every try (retried tries cost money too)."""
     last = outcomes[-1]

@@ -26,14 +26,17 @@ from typing import Any
 from distpar.core.masking import IncrementalMasker
 
 CHUNK = 65536
+KEEP_LINE = 1 << 20  # a line of the output the parsers see is cut at this many bytes
+KEEP_BYTES = 16 << 20  # ... and they see about the last this many bytes of it
 LINE_CHARS = 2000  # an output line is cut to this many characters in its event (the logs keep it whole)
 LINES_PER_SECOND = 50  # per unit, in events: the rest of each second's lines are counted in one "skipped" line
 
 
 class MaskedPipe:
     """A pipe, opened for writing by ``path`` (valid in this process), whose bytes are masked and appended to
-    each of ``dests``; ``text`` has them all. ``on_line(line, cut)`` gets each complete masked line (without
-    its newline; at most ``4 * LINE_CHARS`` bytes of it, ``cut`` when there were more), from the draining thread."""
+    each of ``dests``; ``text`` has them too, bounded (see ``_retain``). ``on_line(line, cut)`` gets each
+    complete masked line (without its newline; at most ``4 * LINE_CHARS`` bytes of it, ``cut`` when there were
+    more), from the draining thread."""
 
     def __init__(self, dests: Sequence[Path], secrets: Iterable[str],
                  on_line: Callable[[bytes, bool], None] | None = None) -> None:
@@ -43,6 +46,8 @@ class MaskedPipe:
         self.path = Path(f"/dev/fd/{self._wfd}")
         self._dests = [d.open("ab") for d in dests]
         self._kept = bytearray()
+        self._kept_line = 0  # bytes of the current line seen (kept up to KEEP_LINE)
+        self._kept_cut = False
         self._on_line = on_line
         self._line = bytearray()  # the masked start of the line being written (bounded)
         self._line_cut = False
@@ -77,9 +82,7 @@ class MaskedPipe:
             return b""
 
     def _write(self, data: bytes) -> None:
-        if not data:
-            return
-        self._kept += data
+        self._retain(data)
         if self._on_line is not None:
             self._split(data)
         for f in self._dests:
@@ -88,6 +91,28 @@ class MaskedPipe:
                 f.flush()
             except OSError:  # a full disk must not block the agent: keep draining the pipe
                 pass
+
+    def _retain(self, data: bytes) -> None:
+        """What ``text`` (the parsers' input) holds, bounded: each line cut at KEEP_LINE bytes, and only the last
+        KEEP_BYTES or so of the output (an agent's result comes last). The log files get everything."""
+        *complete, rest = data.split(b"\n")
+        for part in complete:
+            self._keep_part(part)
+            self._kept += b"\n"
+            self._kept_line, self._kept_cut = 0, False
+        self._keep_part(rest)
+        if len(self._kept) > 2 * KEEP_BYTES:  # amortised: the front goes in one piece, at a line's start
+            start = self._kept.find(b"\n", len(self._kept) - KEEP_BYTES) + 1
+            del self._kept[:start or len(self._kept) - KEEP_BYTES]
+
+    def _keep_part(self, part: bytes) -> None:
+        room = KEEP_LINE - self._kept_line
+        if room > 0:
+            self._kept += part[:room]
+        if len(part) > room and not self._kept_cut:
+            self._kept += b" [... cut by distpar; the log has the whole line]"
+            self._kept_cut = True
+        self._kept_line += len(part)
 
     def _split(self, data: bytes) -> None:
         """Hand on the complete lines in ``data`` (masked already), keeping a bounded start of the last one."""

@@ -43,7 +43,10 @@ def git(
             input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
-            text=True,
+            # Any file name survives (Linux allows every byte but NUL and /): undecodable bytes become lone
+            # surrogates, which os.fsencode and subprocess turn back into the same bytes when a path is passed on.
+            encoding="utf-8",
+            errors="surrogateescape",
             # Its own session: a Ctrl+C to the terminal's process group must not kill git half way through a
             # checkout or a merge (distpar handles the signal itself and lets each git command finish).
             start_new_session=True,
@@ -240,13 +243,25 @@ def _filters_off(repo: str | Path) -> dict[str, str]:
             (("clean", ""), ("smudge", ""), ("process", ""), ("required", "false"))}
 
 
-def snapshot(ws: str | Path, message: str, env: Mapping[str, str]) -> str | None:
-    """A commit of the working tree on top of HEAD, made without touching HEAD, the branch or the index.
-    When a filter of the repository fails, the files are stored unfiltered: saved work is never lost."""
-    index = Path(out(ws, "rev-parse", "--path-format=absolute", "--git-dir")) / "distpar-snapshot-index"
+def snapshot(ws: str | Path, message: str, env: Mapping[str, str], parent: str | None = None) -> str | None:
+    """A commit of the working tree on top of HEAD (or ``parent``: an unborn HEAD has no commit), made without
+    touching HEAD, the branch or the index. When a filter of the repository fails, the files are stored
+    unfiltered: saved work is never lost."""
+    git_dir = Path(out(ws, "rev-parse", "--path-format=absolute", "--git-dir"))
+    index = git_dir / "distpar-snapshot-index"
     e = {**env, "GIT_INDEX_FILE": str(index)}
+    base = parent or "HEAD"
+
+    def start() -> None:
+        if parent is None:
+            git(ws, "read-tree", "HEAD", env=e)
+        elif (git_dir / "index").is_file():  # what the index holds (an orphan switch keeps it), then the files
+            shutil.copyfile(git_dir / "index", index)
+        else:
+            git(ws, "read-tree", "--empty", env=e)
+
     try:
-        git(ws, "read-tree", "HEAD", env=e)
+        start()
         try:
             git(ws, "add", "--all", env=e)
         except GitError:
@@ -254,14 +269,14 @@ def snapshot(ws: str | Path, message: str, env: Mapping[str, str]) -> str | None
             if not off:
                 raise
             e = {**e, **config_env(off)}
-            git(ws, "read-tree", "HEAD", env=e)
+            start()
             git(ws, "add", "--all", env=e)
         tree = out(ws, "write-tree", env=e)
     finally:
         index.unlink(missing_ok=True)
-    if tree == tree_of(ws, "HEAD"):
+    if tree == tree_of(ws, base):
         return None
-    return out(ws, "commit-tree", tree, "-p", "HEAD", "-m", message, env=env)
+    return out(ws, "commit-tree", tree, "-p", base, "-m", message, env=env)
 
 
 def large_files(repo: str | Path, before: str, after: str, limit: int) -> list[tuple[str, int]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from distpar.coordinator.journal import Event, Journal
 from distpar.core.errors import DistparError, UsageError
-from distpar.core.model import worker_label
+from distpar.core.model import bounded_tail, worker_label
 from distpar.core.plan import Plan
 from distpar.core.predict import Prediction, predict_graph
 from distpar.core.units import UnitGraph, unit_graph
@@ -351,7 +351,7 @@ def _bar(d: RunData, b: dict[str, Any], x: float, y: float, w: float, h: float, 
            + (f" in {secs(dur)}" if dur is not None else "")
            + (f" on {b['node']}" if b["node"] else "") + f", worker {worker_label(b['worker'])}"
            + (f", {money(b['cost_usd'])}" if b["cost_usd"] is not None else "")
-           + (f"\n{b['error']}" if b["error"] and state != "ok" else ""))
+           + (f"\n{bounded_tail(b['error'], lines=5, max_bytes=2048)}" if b["error"] and state != "ok" else ""))
     fill = color if ran else f"url(#hatch-{by})"
     stroke = "" if ran else f' stroke="{color}" stroke-width="1.5"'
     label = ""
@@ -451,7 +451,8 @@ def _problems(d: RunData) -> str:
                       f"on {b['node']}" if b["node"] else ""]
             log = f'<div class="mono">log: {esc(b["log_path"])}</div>' if b["log_path"] else ""
             items.append(f'<div class="problem" data-batch="{esc(b["unit_id"])}"><b>batch {esc(b["unit_id"])}</b> '
-                         f"({worker_label(b['worker'])}) <b>{esc(b['state'])}</b>: {esc(b['error'])}"
+                         f"({worker_label(b['worker'])}) <b>{esc(b['state'])}</b>: "
+                         f"{esc(bounded_tail(b['error'] or ''))}"
                          f'<div class="sub" style="margin:2px 0 0">{esc(", ".join(x for x in detail if x))}</div>'
                          f"{log}</div>")
     for e in d.events:
@@ -465,7 +466,8 @@ def _problems(d: RunData) -> str:
         elif e.kind in ("unit_error", "unit_retry"):
             what = "retried" if e.kind == "unit_retry" else "transport error"
             items.append(f'<div class="problem"><b>{what}</b> on {worker_label(e.worker)} (batch {esc(e.unit_id)}, '
-                         f"attempt {esc(e.data.get('attempt'))}): {esc(e.data.get('error'))}</div>")
+                         f"attempt {esc(e.data.get('attempt'))}): "
+                         f"{esc(bounded_tail(str(e.data.get('error') or '')))}</div>")
     conflict = d.summary.get("conflict")
     if conflict and conflict.get("commands"):
         items.append('<div class="problem conflict"><b>to continue after resolving</b><pre>'

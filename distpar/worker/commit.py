@@ -4,6 +4,7 @@ rewritten branch, edits inside submodules, a big file)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 from dataclasses import replace
@@ -22,6 +23,7 @@ def record(u: UnitRun, status: UnitStatus, outcome: AgentOutcome) -> tuple[UnitS
     hooks = u.opts.hooks
     genv = gitops.hooks_env(u.env, hooks)  # distpar's own git commands in the worktree
     try:
+        u.notes += nested_repositories(u)
         if status.ok:
             title = f"distpar: batch {spec.uid}: {spec.description}".rstrip(": ")
             if not gitops.commit_all(ws, title + u.trailer, u.env, hooks) \
@@ -47,6 +49,56 @@ def record(u: UnitRun, status: UnitStatus, outcome: AgentOutcome) -> tuple[UnitS
             msg += f"; its work could not be saved on a ref ({gitops.explain(again)}) and is left in {ws}"
         outcome = replace(outcome, message=msg)
     return status, outcome
+
+
+def nested_repositories(u: UnitRun) -> list[str]:
+    """Repositories the agent made inside the worktree (``git init`` in a folder, a ``.git`` file pointing
+    elsewhere): git would record each as a gitlink to a commit that exists nowhere else, losing its files. Each
+    one's ``.git`` is archived next to the unit's log and removed, so its files are committed as plain files.
+    Submodules the repository declares (``.gitmodules``) are left alone."""
+    ws = u.ws
+    declared = set(gitops.submodules(ws, u.before or "HEAD")) | set(_declared_submodules(ws))
+    found: list[str] = []
+    staged = gitops.git(ws, "ls-files", "-z", "--stage").stdout.split("\0")
+    for entry in staged:  # a gitlink the agent staged itself (git add app/)
+        if entry.startswith("160000 "):
+            path = entry.split("\t", 1)[1]
+            if path not in declared:
+                gitops.git(ws, "rm", "--cached", "--quiet", "-r", "--", path)
+                found.append(path)
+    untracked = gitops.git(ws, "ls-files", "-z", "--others", "--directory", "--exclude-standard").stdout
+    for entry in filter(None, untracked.split("\0")):
+        top = ws / entry
+        if not top.is_dir() or top.is_symlink():
+            continue
+        for root, dirs, files in os.walk(top):  # only new folders: the tracked tree is not walked
+            if ".git" in dirs or ".git" in files:
+                found.append(Path(root).relative_to(ws).as_posix())
+            dirs[:] = [d for d in dirs if d != ".git"]
+    notes = []
+    for path in dict.fromkeys(found):
+        if path in declared:
+            continue
+        git_path = ws / path / ".git"
+        if not git_path.exists() and not git_path.is_symlink():
+            continue
+        archive = u.log_dir / f"{u.name}.nested-{safe_name(path)}.git.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(git_path, arcname=f"{path}/.git")
+        if git_path.is_dir() and not git_path.is_symlink():
+            shutil.rmtree(git_path)
+        else:
+            git_path.unlink()
+        notes.append(f"the agent made a repository of its own in {path} ({path}/.git): distpar keeps its files as "
+                     f"plain files of the unit, and its .git is saved in {archive}")
+    return notes
+
+
+def _declared_submodules(ws: Path) -> list[str]:
+    if not (ws / ".gitmodules").is_file():
+        return []
+    proc = gitops.git(ws, "config", "--file", ".gitmodules", "--get-regexp", r"^submodule\..*\.path$", check=False)
+    return [line.partition(" ")[2] for line in proc.stdout.splitlines()]
 
 
 def large_files(u: UnitRun, after: str) -> list[str]:
@@ -91,14 +143,24 @@ def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], in
         return notes, _rewritten(u, env, heads_before.get(want))
     cur = gitops.try_rev(ws, "HEAD")
     where = f"branch {on.removeprefix('refs/heads/')}" if on else f"a detached HEAD at {(cur or '?')[:12]}"
+    if on and cur is None:
+        where = f"a new unborn branch {on.removeprefix('refs/heads/')} (git checkout --orphan)"
     # Where it switched to: the last "checkout: moving from <our branch>" in the worktree's HEAD log, else the
-    # branch's value before the unit, else the fork point.
+    # branch's value before the unit, else the fork point; an orphan branch shares no history with ours: its
+    # files are then the agent's edits of our branch's tip.
     start = next((line.split(" ", 1)[0] for line in entries
                   if line.partition(" ")[2].startswith(f"checkout: moving from {spec.branch} to ")), None)
     tip = gitops.rev(ws, want)
-    if start is None and cur:
-        start = heads_before.get(on or "") or gitops.git(ws, "merge-base", tip, cur, check=False).stdout.strip() or cur
-    theirs = (gitops.snapshot(ws, f"distpar: work of batch {spec.uid} on {where}", env) or cur) if cur else None
+    if start is None:
+        start = heads_before.get(on or "") or (
+            gitops.git(ws, "merge-base", tip, cur, check=False).stdout.strip() if cur else "") or tip
+    if cur is None:  # unborn: the working tree is all there is (nothing was committed on it)
+        theirs = gitops.snapshot(ws, f"distpar: work of batch {spec.uid} on {where}", env, parent=tip)
+    else:
+        theirs = gitops.snapshot(ws, f"distpar: work of batch {spec.uid} on {where}", env) or cur
+    if theirs and not gitops.is_ancestor(ws, start, theirs) and gitops.git(
+            ws, "merge-base", start, theirs, check=False).returncode != 0:
+        start = tip  # an orphan branch with commits: its tree against our tip
     gitops.git(ws, "checkout", "--quiet", "--force", spec.branch, env=env)
     gitops.git(ws, "clean", "-fdq", env=env)
     if not (theirs and start) or gitops.tree_of(ws, theirs) == gitops.tree_of(ws, start):
@@ -167,6 +229,39 @@ def submodule_edits(ws: Path, log_dir: Path, name: str, before: str) -> str | No
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     return (f"the agent edited files inside submodule(s) {', '.join(edited)}, which distpar does not commit: "
             f"those files are saved in {archive}")
+
+
+def wrecked(u: UnitRun) -> str | None:
+    """Why the workspace is no longer a checkout distpar can use (the agent ran ``rm -rf .git`` or ``git worktree
+    remove --force .``), or None when it still is."""
+    ws = u.ws
+    if not ws.is_dir():
+        return f"the agent destroyed its workspace {ws} (removed it: git worktree remove?)"
+    proc = gitops.git(ws, "rev-parse", "--path-format=absolute", "--show-toplevel", check=False)
+    if proc.returncode != 0 or Path(proc.stdout.strip()).resolve() != ws.resolve():
+        return f"the agent destroyed its workspace {ws} (its .git is gone or broken: rm -rf .git?)"
+    return None
+
+
+def salvage(u: UnitRun, source: str | None) -> str:
+    """What is left of a destroyed workspace: its files archived next to the unit's log, the directory removed
+    (and the worktree's registration pruned from ``source``) so that the worker's next unit gets a fresh
+    workspace. Returns a sentence for the unit's error."""
+    ws = u.ws
+    said = ""
+    if ws.is_dir():
+        archive = u.log_dir / f"{u.name}.workspace.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for child in sorted(ws.iterdir()):
+                if child.name != ".git":
+                    tar.add(child, arcname=child.name)
+        said = f"; the files left on disk are saved in {archive}"
+        shutil.rmtree(ws, ignore_errors=True)
+    else:
+        said = "; nothing was left on disk to save"
+    if source:
+        gitops.worktree_prune(source)
+    return said + "; the worker's next unit gets a fresh workspace"
 
 
 def edited(ws: Path, before: str) -> bool:

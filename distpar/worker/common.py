@@ -14,9 +14,10 @@ from typing import Any
 
 from distpar.core import names
 from distpar.core.masking import mask
-from distpar.core.model import UnitSpec, WorkerOptions, WorkerSettings
+from distpar.core.model import UnitSpec, WorkerOptions, WorkerSettings, bounded_tail
 
 TAIL_LINES = 20
+TAIL_READ = 256 * 1024  # bytes of a log's end read for its tail
 
 Emit = Callable[[str, dict[str, Any]], None]
 
@@ -30,8 +31,18 @@ def node_name() -> str:
 
 
 def tail(path: Path, secrets: Iterable[str]) -> str:
-    lines = path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
-    return mask("\n".join(lines), secrets)
+    """The masked end of a log, bounded (``model.bounded_tail``): only the file's last bytes are read, so a
+    log holding a 50 MB line costs no more than one holding a few."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - TAIL_READ))
+            data = f.read(TAIL_READ)
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    # Masked before it is cut: a cut must not leave the start of a secret in sight.
+    return bounded_tail(mask(text, secrets), lines=TAIL_LINES)
 
 
 @dataclass
@@ -49,6 +60,7 @@ class UnitRun:
     secrets: tuple[str, ...] = ()  # values masked in everything the unit writes or reports
     notes: list[str] = field(default_factory=list)
     saved: str | None = None  # the ref its unfinished work was saved on, if any
+    wrecked: str = ""  # why its workspace is unusable after the agent ran (it destroyed it), if it is
 
     @property
     def opts(self) -> WorkerOptions:

@@ -57,8 +57,19 @@ def run_agent(u: UnitRun) -> Tries:
                 assert spec.session
                 ctx = replace(ctx, session_id=spec.session, resume=True)
         proc, outcome, ctx = _try(u, ctx, n)
+        u.wrecked = commit.wrecked(u) or ""
+        if u.wrecked:  # nothing of git works there any more: the unit fails once, saying so (never retried)
+            if proc is not None:
+                started, last = (proc.started if n == 1 else started), proc
+            outcomes.append(replace(outcome, result_class="workspace_destroyed", ok=False, transient=False,
+                                    message=u.wrecked))
+            break
         # The agent may have switched the worktree to another branch: distpar writes only its own branch.
-        moved, home_error = commit.return_home(u, genv, marks)
+        try:
+            moved, home_error = commit.return_home(u, genv, marks)
+        except Exception as exc:  # deterministic: not the transport's, never retried as one
+            moved, home_error = [], (f"distpar could not check what the agent did to the worktree's branch: "
+                                     f"{type(exc).__name__}: {exc}")
         u.notes += moved
         if home_error:
             outcome = replace(outcome, result_class="git_error", ok=False, transient=False, message=home_error)

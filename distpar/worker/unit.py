@@ -53,11 +53,29 @@ def _run(u: UnitRun) -> UnitResult:
     u.before = gitops.out(u.ws, "rev-parse", "HEAD")
     outcomes, tries, proc, started = retry.run_agent(u)
     outcome = model.totals(outcomes)
-    status, outcome = _judge(u, STATUS.get(outcome.result_class, UnitStatus.FAILED), outcome)
-    status, outcome = commit.record(u, status, outcome)
-    after = gitops.out(u.ws, "rev-parse", "HEAD")
-    if status.ok:
-        u.notes += commit.large_files(u, after)
+    status = STATUS.get(outcome.result_class, UnitStatus.FAILED)
+    after = u.before
+    if u.wrecked:
+        status = UnitStatus.FAILED
+        outcome = replace(outcome, result_class="workspace_destroyed", ok=False, transient=False,
+                          message=u.wrecked + commit.salvage(u, _worktree_source(u)))
+    else:
+        try:
+            status, outcome = _judge(u, status, outcome)
+            status, outcome = commit.record(u, status, outcome)
+            after = gitops.out(u.ws, "rev-parse", "HEAD")
+            if status.ok:
+                u.notes += commit.large_files(u, after)
+        except Exception as exc:
+            # A failure after the agent ran is not the transport's: the unit fails once, saying why, and its
+            # work stays where it is (the next unit's preparation saves what is uncommitted on a ref).
+            status = UnitStatus.FAILED
+            outcome = replace(outcome, result_class="error", ok=False, transient=False,
+                              message=f"distpar could not record the unit's work after the agent ran: "
+                                      f"{type(exc).__name__}: {exc}")
+            after = gitops.try_rev(u.ws, "HEAD") or u.before
+    # What the agent printed reaches the message (a parser's last line): bounded like every tail.
+    outcome = replace(outcome, message=model.bounded_tail(outcome.message))
     if u.notes:
         u.log("".join(f"--- distpar: note: {n}\n" for n in u.notes))
     return UnitResult(
@@ -72,7 +90,7 @@ def _run(u: UnitRun) -> UnitResult:
         outcome=outcome,
         log_path=str(u.log_path),
         log_tail=tail(u.log_path, u.secrets),
-        error="" if status.ok else mask(outcome.message or outcome.result_class, u.secrets),
+        error="" if status.ok else model.bounded_tail(mask(outcome.message or outcome.result_class, u.secrets)),
         node=node_name(),
         attempt=u.spec.attempt,
         tries=tries,
@@ -103,6 +121,12 @@ def _judge(u: UnitRun, status: UnitStatus, outcome: AgentOutcome) -> tuple[UnitS
 def _hand_back(u: UnitRun, result: UnitResult, setup_now: workspace.HookResult | None) -> UnitReply:
     """The reply: the branch's head, as a bundle (remote workers) or pushed (a git remote as the source)."""
     settings, spec, ws = u.settings, u.spec, u.ws
+    if u.wrecked:  # nothing to hand back from a destroyed workspace: the branch is where the unit started
+        return UnitReply(
+            run_id=settings.run_id, worker=spec.worker, dispatch=spec.dispatch, branch=spec.branch, base=spec.base,
+            head=u.before, result=result, node=node_name(), bundle=None, saved_ref=u.saved,
+            interrupted=u.cancel.is_set(), setup=setup_now.to_dict() if setup_now else None,
+        )
     head = gitops.out(ws, "rev-parse", "HEAD")
     bundle = _return_bundle(settings, spec, ws, u.saved) if settings.return_bundle else None
     if spec.source.kind == "url":  # hand the branch (and saved work) back by pushing it
@@ -113,6 +137,10 @@ def _hand_back(u: UnitRun, result: UnitResult, setup_now: workspace.HookResult |
         head=head, result=result, node=node_name(), bundle=bundle, saved_ref=u.saved,
         interrupted=u.cancel.is_set(), setup=setup_now.to_dict() if setup_now else None,
     )
+
+
+def _worktree_source(u: UnitRun) -> str | None:
+    return u.spec.source.location if u.spec.source.kind == "worktree" else None
 
 
 def _plan_file(settings: WorkerSettings, log_dir: Path) -> dict[str, str]:
