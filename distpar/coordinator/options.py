@@ -40,6 +40,7 @@ class Option:
     resume: bool = False  # ``distpar resume --FLAG`` may change it
     scale: float = 1.0  # stored value = flag value x scale
     negatable: bool = False  # a bool flag with --no-FLAG too (for options [tool.distpar] can turn on)
+    choices: tuple[str, ...] = ()  # a str option that takes only these values (a click.Choice, an MCP enum)
 
 
 def opt(default: Any = None, *, factory: Any = None, **spec: Any) -> Any:
@@ -95,6 +96,14 @@ class RunOptions:
     stop_on_conflict: bool = opt(
         False, flag="--stop-on-conflict", kind="bool", config=True, negatable=True,
         help="Start no new unit once a finished unit's work is found to conflict with work already finished.")
+    on_conflict: str = opt(
+        "stop", flag="--on-conflict", choices=("stop", "rerun", "resolve"), config=True,
+        help="When units' work conflicts: stop (nothing is resolved), rerun (a merge queue: the unit runs again from "
+             "everything integrated so far) or resolve (the agent resolves each conflicting final merge; gated by "
+             "--verify/--verify-merged).")
+    max_reruns: int = opt(
+        1, flag="--max-reruns", kind="int", min=0, metavar="N", config=True,
+        help="With --on-conflict rerun: times one unit may run again after a conflict.")
     setup: str | None = opt(
         flag="--setup", metavar="CMD", config=True, worker=True,
         help="Run once in every new workspace before its first unit (e.g. 'npm ci').")
@@ -156,6 +165,8 @@ def check(options: RunOptions) -> None:
             raise UsageError(f"{label}: {value!r} is not true or false")
         elif o.kind == "str" and not isinstance(value, str):
             raise UsageError(f"{label}: {value!r} is not a string")
+        elif o.choices and value not in o.choices:
+            raise UsageError(f"{label}: {value!r} is not one of {', '.join(o.choices)}")
         elif o.kind == "list" and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
             raise UsageError(f"{label}: {value!r} is not a list of strings")
 

@@ -1,0 +1,74 @@
+"""--on-conflict: the merge queue (rerun) and the default stop, with real git and the fake agent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from distpar.coordinator.journal import Event, Journal
+from distpar.core.errors import ExitCode
+from distpar.infra import gitops
+from distpar.testing.builders import fake_batch, make_repo, sh_git
+from tests.integration.conftest import run_plan
+
+SIX = [f"u{i}" for i in range(1, 7)]
+
+
+def reruns(run_id: str) -> list[Event]:
+    return [e for e in Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db").events(run_id)
+            if e.kind == "unit_rerun"]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", {"README.md": "# demo\n", "registry.txt": "# entries\n"})
+
+
+def appending(ids: list[str]) -> list[dict[str, object]]:
+    return [fake_batch(u, extra=[f"@fake append registry.txt 'entry {u}'"]) for u in ids]
+
+
+def test_six_units_on_one_file_all_land_with_at_most_one_rerun_each(registry: Path) -> None:
+    report, runner = run_plan(registry, appending(SIX), workers=3, on_conflict="rerun")
+    assert report.exit_code == ExitCode.OK, report.summary()
+    lines = sh_git(registry, "show", "main:registry.txt").splitlines()
+    assert lines[0] == "# entries" and sorted(lines[1:]) == sorted(f"entry {u}" for u in SIX)
+    assert not gitops.dirty_files(registry)
+    events = reruns(report.run_id)
+    per_unit = [e.unit_id for e in events]
+    assert len(per_unit) == len(set(per_unit)) and per_unit, per_unit  # at most one rerun per unit
+    for e in events:
+        assert e.data["files"] == ["registry.txt"] and e.data["with"] and "conflicts in registry.txt" in \
+            e.data["reason"]
+        # the earlier attempt is kept on its saved ref
+        assert gitops.rev(registry, e.data["saved_ref"]) == e.data["earlier"]
+    assert report.conflict is None
+
+
+def test_without_the_flag_a_conflict_stops_and_the_target_is_untouched(registry: Path) -> None:
+    start = gitops.rev(registry, "main")
+    report, runner = run_plan(registry, appending(SIX[:3]), workers=3)
+    assert report.exit_code == ExitCode.CONFLICT
+    assert gitops.rev(registry, "main") == start
+    assert not reruns(report.run_id)
+
+
+def test_the_rerun_prompt_names_the_conflict_and_the_earlier_diff(registry: Path, tmp_path: Path) -> None:
+    batches = [fake_batch("a", extra=["@fake append registry.txt 'entry a'"]),
+               fake_batch("b", extra=["@fake sleep 0.5", "@fake append registry.txt 'entry b'"])]
+    report, runner = run_plan(registry, batches, workers=2, on_conflict="rerun")
+    assert report.exit_code == ExitCode.OK, report.summary()
+    assert sh_git(registry, "show", "main:registry.txt").splitlines() == ["# entries", "entry a", "entry b"]
+    (rerun,) = reruns(report.run_id)
+    assert rerun.unit_id == "b" and rerun.data["with"] == ["a"] and rerun.data["base_units"] == ["a"]
+    from distpar.coordinator import mergequeue
+    note = mergequeue.note(registry, mergequeue.from_journal([rerun], ())["b"])
+    assert "registry.txt" in note and "| +entry b" in note and rerun.data["saved_ref"] in note
+
+
+def test_max_reruns_zero_is_the_stop_behaviour(registry: Path) -> None:
+    start = gitops.rev(registry, "main")
+    report, _ = run_plan(registry, appending(SIX[:2]), workers=2, on_conflict="rerun", max_reruns=0)
+    assert report.exit_code == ExitCode.CONFLICT and gitops.rev(registry, "main") == start
