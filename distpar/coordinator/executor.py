@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from distpar.backends.base import Backend, RunContext
+from distpar.coordinator import mergequeue
 from distpar.coordinator import options as run_options
 from distpar.coordinator.deps import EarlyConflicts, Found, Preview, base_for
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.landing import Landed, cleanup, land_run, release
 from distpar.coordinator.livelogs import LiveLogs
-from distpar.coordinator import mergequeue
 from distpar.coordinator.merge import Conflict
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.recovery import recover

@@ -315,7 +315,7 @@ class RunState:
         if event.conflicts and event.status is UnitStatus.OK:
             rerun = self._rerun(event, attempt)
             if rerun is not None:
-                return out + [rerun] + self._spend()
+                return [*out, rerun, *self._spend()]
             self.conflicted = True
         elif event.status is UnitStatus.OK:
             self.integrated.append(event.uid)

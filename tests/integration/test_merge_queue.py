@@ -31,7 +31,7 @@ def appending(ids: list[str]) -> list[dict[str, object]]:
 
 
 def test_six_units_on_one_file_all_land_with_at_most_one_rerun_each(registry: Path) -> None:
-    report, runner = run_plan(registry, appending(SIX), workers=3, on_conflict="rerun")
+    report, _runner = run_plan(registry, appending(SIX), workers=3, on_conflict="rerun")
     assert report.exit_code == ExitCode.OK, report.summary()
     lines = sh_git(registry, "show", "main:registry.txt").splitlines()
     assert lines[0] == "# entries" and sorted(lines[1:]) == sorted(f"entry {u}" for u in SIX)
@@ -49,7 +49,7 @@ def test_six_units_on_one_file_all_land_with_at_most_one_rerun_each(registry: Pa
 
 def test_without_the_flag_a_conflict_stops_and_the_target_is_untouched(registry: Path) -> None:
     start = gitops.rev(registry, "main")
-    report, runner = run_plan(registry, appending(SIX[:3]), workers=3)
+    report, _runner = run_plan(registry, appending(SIX[:3]), workers=3)
     assert report.exit_code == ExitCode.CONFLICT
     assert gitops.rev(registry, "main") == start
     assert not reruns(report.run_id)
@@ -58,7 +58,7 @@ def test_without_the_flag_a_conflict_stops_and_the_target_is_untouched(registry:
 def test_the_rerun_prompt_names_the_conflict_and_the_earlier_diff(registry: Path, tmp_path: Path) -> None:
     batches = [fake_batch("a", extra=["@fake append registry.txt 'entry a'"]),
                fake_batch("b", extra=["@fake sleep 0.5", "@fake append registry.txt 'entry b'"])]
-    report, runner = run_plan(registry, batches, workers=2, on_conflict="rerun")
+    report, _runner = run_plan(registry, batches, workers=2, on_conflict="rerun")
     assert report.exit_code == ExitCode.OK, report.summary()
     assert sh_git(registry, "show", "main:registry.txt").splitlines() == ["# entries", "entry a", "entry b"]
     (rerun,) = reruns(report.run_id)
