@@ -189,7 +189,7 @@ class Runner:
                                      spent=(self.journal.spent(self.run_id) or 0.0) if self.resumed else 0.0,
                                      agent_retries=self.options.agent_retries, cancel_wait=CANCEL_WAIT,
                                      on_conflict=self.options.on_conflict, max_reruns=self.options.max_reruns,
-                                     queued={u: (q.count, q.files) for u, q in self.queued.items()},
+                                     queued={u: (q.count, q.holds or q.files) for u, q in self.queued.items()},
                                      limiter=RateLimiter(ceiling=max(1, ceiling), default_pause=3 * retry_base()))
         for uid, st in done.items():  # finished work is part of the preview from the start
             commit = self.results[uid].commit
@@ -371,7 +371,9 @@ class Runner:
             self._predicted(uid, found)
         return UnitEnded(uid, spec.worker, r.status, o.cost_usd if o else None, outcome=o, at=now,
                          conflicts=found is not None, conflict_files=tuple(found[0]) if found else (),
-                         conflict_with=tuple(found[1]) if found else ())
+                         conflict_with=tuple(found[1]) if found else (),
+                         touched=tuple(gitops.out(self.repo, "diff", "--name-only", spec.base, r.commit or spec.base)
+                                       .splitlines()) if found else ())
 
     def _rerun(self, ins: Rerun) -> None:
         """The merge queue: keep the earlier attempt on a ref; the unit is pending again until it runs from

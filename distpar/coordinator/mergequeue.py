@@ -27,11 +27,12 @@ class Queued:
     earlier: str
     base: str
     saved_ref: str
+    holds: tuple[str, ...] = ()
 
     def to_data(self, reason: str, base_units: tuple[str, ...]) -> dict[str, object]:
         return {"count": self.count, "reason": reason, "files": list(self.files), "with": list(self.conflict_with),
                 "earlier": self.earlier, "base": self.base, "saved_ref": self.saved_ref,
-                "base_units": list(base_units)}
+                "base_units": list(base_units), "holds": list(self.holds)}
 
 
 def keep_attempt(site: RunSite, ins: Rerun, earlier: str, base: str) -> Queued:
@@ -39,7 +40,7 @@ def keep_attempt(site: RunSite, ins: Rerun, earlier: str, base: str) -> Queued:
     the run's clean-up)."""
     ref = f"{site.saved_ref(ins.uid)}-rerun{ins.count}"
     gitops.update_ref(site.repo, ref, earlier)
-    return Queued(ins.uid, ins.count, ins.files, ins.conflict_with, earlier, base, ref)
+    return Queued(ins.uid, ins.count, ins.files, ins.conflict_with, earlier, base, ref, ins.holds)
 
 
 def note(repo: Path, q: Queued) -> str:
@@ -66,7 +67,8 @@ def from_journal(events: Iterable[Event], done: Iterable[str]) -> dict[str, Queu
         if e.kind == "unit_rerun" and e.unit_id:
             d = e.data
             out[e.unit_id] = Queued(e.unit_id, int(d["count"]), tuple(d.get("files", ())), tuple(d.get("with", ())),
-                                    d.get("earlier", ""), d.get("base", ""), d.get("saved_ref", ""))
+                                    d.get("earlier", ""), d.get("base", ""), d.get("saved_ref", ""),
+                                    tuple(d.get("holds", ())))
     return {uid: q for uid, q in out.items() if uid not in finished}
 
 

@@ -332,10 +332,11 @@ class RunState:
         self.reruns[event.uid] = count
         self.attempts[event.uid] = attempt
         self.rerun_queue.append(event.uid)
-        self.rerun_files[event.uid] = frozenset(event.conflict_files)
+        self.rerun_files[event.uid] = frozenset(event.conflict_files) | frozenset(event.touched)
         reason = (f"conflicts in {', '.join(event.conflict_files) or 'its files'} with "
                   f"{', '.join(event.conflict_with) or 'work already integrated'}")
-        return Rerun(event.uid, tuple(self.integrated), reason, event.conflict_files, event.conflict_with, count)
+        return Rerun(event.uid, tuple(self.integrated), reason, event.conflict_files, event.conflict_with, count,
+                     tuple(sorted(self.rerun_files[event.uid])))
 
     @handles(UnitLost)
     def _unit_lost(self, event: UnitLost) -> list[Instruction] | None:
@@ -498,11 +499,12 @@ class RunState:
             if not self.free or (self.limiter is not None and not self.limiter.decide(self.now,
                                                                                         len(self.running)).start):
                 break
-            if self.rerun_files[uid] & busy:
-                continue
+            worker = self._worker_for(self.units[uid])
+            if worker is None or self.rerun_files[uid] & busy:
+                continue  # its pinned worker is busy, or a rerun on one of its files runs
             busy |= self.rerun_files[uid]
             self.rerun_queue.remove(uid)
-            worker = self.free.pop(0)
+            self.free.remove(worker)
             attempt = self.attempts.setdefault(uid, 1)
             self.running[uid] = (worker, attempt)
             self.assignment[uid] = worker

@@ -38,6 +38,7 @@ class UnitEnded:
     conflicts: bool = False  # its work conflicts with work already finished (found before the final merge)
     conflict_files: tuple[str, ...] = ()  # with ``conflicts``: the files, and the finished units that touched them
     conflict_with: tuple[str, ...] = ()
+    touched: tuple[str, ...] = ()  # with ``conflicts``: every file its work changed (a rerun's place in the queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +133,7 @@ class Rerun:
     files: tuple[str, ...] = ()
     conflict_with: tuple[str, ...] = ()
     count: int = 1
+    holds: tuple[str, ...] = ()  # the files it waits for in the queue (conflicting or changed by its earlier try)
 
 
 @dataclass(frozen=True, slots=True)
