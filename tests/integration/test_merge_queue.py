@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,15 +13,19 @@ import pytest
 from distpar.coordinator.journal import Event, Journal
 from distpar.core.errors import ExitCode
 from distpar.infra import gitops
-from distpar.testing.builders import fake_batch, make_repo, sh_git
+from distpar.testing.builders import fake_batch, make_repo, sh_git, write_plan
+from tests.conftest import run_distpar, wait_for
 from tests.integration.conftest import run_plan
 
 SIX = [f"u{i}" for i in range(1, 7)]
 
 
+def journal() -> Journal:
+    return Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
+
+
 def reruns(run_id: str) -> list[Event]:
-    return [e for e in Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db").events(run_id)
-            if e.kind == "unit_rerun"]
+    return [e for e in journal().events(run_id) if e.kind == "unit_rerun"]
 
 
 @pytest.fixture
@@ -72,3 +79,35 @@ def test_max_reruns_zero_is_the_stop_behaviour(registry: Path) -> None:
     start = gitops.rev(registry, "main")
     report, _ = run_plan(registry, appending(SIX[:2]), workers=2, on_conflict="rerun", max_reruns=0)
     assert report.exit_code == ExitCode.CONFLICT and gitops.rev(registry, "main") == start
+
+
+def test_interrupt_and_resume_in_the_middle_of_the_queue(registry: Path, tmp_path: Path) -> None:
+    """b's rerun runs (it waits, seeing a's entry), c waits behind it in the queue: Ctrl+C, then resume lands all
+    three with one rerun each."""
+    mark = tmp_path / "b-rerun-started"
+    wait = f"@fake sh \"grep -q 'entry a' registry.txt && {{ touch {mark}; sleep 30; }} || true\""
+    batches = [fake_batch("a", extra=["@fake append registry.txt 'entry a'"]),
+               fake_batch("b", extra=["@fake sleep 0.3", wait, "@fake append registry.txt 'entry b'"]),
+               fake_batch("c", extra=["@fake sleep 0.8", "@fake append registry.txt 'entry c'"])]
+    plan = write_plan(tmp_path / "plan.md", batches)
+    start = gitops.rev(registry, "main")
+    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "3", "--agent", "fake",
+                             "--on-conflict", "rerun"], cwd=registry, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(mark.exists, timeout=60, what="b's rerun to start")
+        run_id = wait_for(lambda: next((r["id"] for r in journal().runs()), ""), what="the run")
+        wait_for(lambda: {e.unit_id for e in reruns(run_id)} == {"b", "c"}, timeout=60, what="c to join the queue")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == ExitCode.INTERRUPTED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert gitops.rev(registry, "main") == start
+    plan.write_text(plan.read_text().replace("sleep 30", "true"))
+    res = run_distpar("resume", run_id, cwd=registry, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sh_git(registry, "show", "main:registry.txt").splitlines() == ["# entries", "entry a", "entry b",
+                                                                         "entry c"]
+    assert sorted(e.unit_id or "" for e in reruns(run_id)) == ["b", "c"]  # one rerun each, across the resume
