@@ -385,6 +385,9 @@ class Runner:
         self.journal.unit_requeued(self.run_id, ins.uid)
         data = q.to_data(ins.reason, ins.base_units)
         self.reruns.append({"unit": ins.uid, **data})
+        for p in self.predicted:
+            if p["unit"] == ins.uid:
+                p["rerun"] = True  # handled by the queue, not a conflict ahead
         self.publish("unit_rerun", earlier.worker, ins.uid, **data)
 
     def _on_worker_event(self, kind: str, data: dict[str, Any]) -> None:
@@ -532,6 +535,7 @@ class Runner:
             saved_refs=sorted(set(self.saved_refs)), landed=landed, budget_usd=self.options.budget_usd,
             budget_exhausted=self.budget_exhausted, predicted_conflicts=self.predicted,
             gate=self.gate.to_dict() if self.gate else None, pushed=self.pushed, stopped=self.rate_stop,
+            reruns=list(self.reruns),
             warnings=list(self.warnings), spent=self.journal.spent(self.run_id),
         )
 

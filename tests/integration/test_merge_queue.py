@@ -111,3 +111,19 @@ def test_interrupt_and_resume_in_the_middle_of_the_queue(registry: Path, tmp_pat
     assert sh_git(registry, "show", "main:registry.txt").splitlines() == ["# entries", "entry a", "entry b",
                                                                          "entry c"]
     assert sorted(e.unit_id or "" for e in reruns(run_id)) == ["b", "c"]  # one rerun each, across the resume
+    status = run_distpar("status", run_id, cwd=registry)
+    assert "rerun 1 of b (the merge queue): conflicts in registry.txt with a" in status.stdout, status.stdout
+    assert "rerun 1 of c (the merge queue): conflicts in registry.txt with a" in status.stdout
+
+
+def test_the_rerun_is_shown_live_and_in_the_summary(registry: Path, tmp_path: Path) -> None:
+    from distpar.ops.live import event_line
+
+    seen: list[tuple[str, dict[str, object]]] = []
+    report, _ = run_plan(registry, appending(["a", "b"]), workers=2, on_conflict="rerun",
+                         observer=lambda kind, data: seen.append((kind, data)))
+    (q,) = report.summary()["reruns"]
+    assert q["unit"] in ("a", "b") and q["count"] == 1
+    (data,) = [d for k, d in seen if k == "unit_rerun"]
+    line = event_line("unit_rerun", data)
+    assert line is not None and "merge queue" in line[0] and q["unit"] in line[0]
