@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distpar.backends.base import Backend, RunContext
-from distpar.coordinator import mergequeue
+from distpar.coordinator import mergequeue, resolve
 from distpar.coordinator import options as run_options
 from distpar.coordinator.deps import EarlyConflicts, Found, Preview, base_for
 from distpar.coordinator.journal import Journal
@@ -137,6 +137,7 @@ class Runner:
         self.bases: dict[str, str] = {}  # uid -> the base its latest dispatch ran from
         self.queued: dict[str, mergequeue.Queued] = {}  # the merge queue (--on-conflict rerun): why, earlier try
         self.reruns: list[dict[str, Any]] = []  # every rerun decided in this run, for the report
+        self.resolutions: list[dict[str, Any]] = []  # --on-conflict resolve: each resolution tried
 
     @property
     def observer(self) -> Observer:
@@ -491,10 +492,27 @@ class Runner:
     def _land(self) -> str | None:
         merges = [(self.branch(u.uid), self.results[u.uid].commit or self.start)
                   for u in sorted(self.units, key=lambda u: u.order)]
-        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events)
+        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events, sides=self._sides)
+        self.resolutions = landed.resolutions
         self.conflict = self.conflict or landed.conflict
         self.gate, self.pushed = landed.gate, landed.pushed
         return landed.head
+
+    def _sides(self, head: str, branch: str, files: tuple[str, ...]) -> tuple[resolve.Side, resolve.Side]:
+        """The two sides of a conflicting final merge, for the resolver: the integrated units that touched
+        ``files`` and the unit of ``branch``, with their prompts."""
+        by_branch = {self.branch(u.uid): u.uid for u in self.units}
+        theirs = by_branch.get(branch, branch)
+
+        def touched(uid: str) -> bool:
+            c = self.results[uid].commit if uid in self.results else None
+            return bool(c) and gitops.is_ancestor(self.repo, c or "", head) and bool(set(files) & set(
+                gitops.out(self.repo, "diff", "--name-only", self.start, c or "").splitlines()))
+
+        ours = [u for u in self.order if u != theirs and u in by_branch.values() and touched(u)]
+        prompt = lambda uid: unit_prompt(self.graph, self.plan, uid, self.results)  # noqa: E731
+        return (resolve.Side(tuple(ours), tuple(prompt(u) for u in ours)),
+                resolve.Side((theirs,), (prompt(theirs),) if theirs in by_branch.values() else ()))
 
     def _cleanup(self) -> None:
         if not self.backend.remote:
@@ -535,7 +553,7 @@ class Runner:
             saved_refs=sorted(set(self.saved_refs)), landed=landed, budget_usd=self.options.budget_usd,
             budget_exhausted=self.budget_exhausted, predicted_conflicts=self.predicted,
             gate=self.gate.to_dict() if self.gate else None, pushed=self.pushed, stopped=self.rate_stop,
-            reruns=list(self.reruns),
+            reruns=list(self.reruns), resolutions=list(self.resolutions),
             warnings=list(self.warnings), spent=self.journal.spent(self.run_id),
         )
 
