@@ -464,6 +464,12 @@ def _print_report(report: Any, runner: Any) -> None:
     for q in report.reruns:
         click.echo(f"rerun {q['count']} of {q['unit']} (the merge queue): {q['reason']}; earlier try on "
                    f"{q['saved_ref']}")
+    for r in report.resolutions:
+        what = "resolved by the agent" if r["ok"] else f"NOT resolved: {r['why']}"
+        click.echo(f"\nconflict of {', '.join(r['units'])} in {', '.join(r['files'])}: {what}"
+                   + (f" (kept on {r['ref']})" if r["ref"] else ""))
+        if r["diff"]:
+            click.echo("  " + "\n  ".join(r["diff"].splitlines()[:40]))
     if report.gate:
         g = report.gate
         click.echo(f"\nthe merged tree failed --verify-merged ({g['name']}, exit {g['exit_code']}):")

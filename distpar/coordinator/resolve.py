@@ -12,7 +12,7 @@ import os
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +171,7 @@ def _resolve(site: RunSite, options: RunOptions, conflict: Conflict, head: str, 
                                        options.setup, include, site.run_dir / "logs" / f"resolve-{n}-verify.log",
                                        cancel)
         if not gate.ok:
-            res.gate = gate
+            res.gate = replace(gate, name="verify (on the resolution)")
             res.why = f"--verify failed on the resolution (exit {gate.exit_code})"
     return res
 

@@ -38,6 +38,11 @@ quoting, ``\\n`` in text means a newline); other text is ignored. Commands:
     sh COMMAND            run COMMAND with /bin/sh -c (tests only); a non-zero exit fails the task
     fail-once KEY RESULT  the first invocation with KEY in $FAKE_AGENT_STATE fails with RESULT (a result kind, or
                           crash), later ones go on
+    resolve-union         resolve the merge conflicts in the working tree by taking both sides' lines
+
+In a worktree where a merge stopped with conflicts (distpar's ``--on-conflict resolve`` step), a prompt with no
+command resolves them as ``$FAKE_AGENT_RESOLVE`` says: ``union`` (the default), ``markers`` (leaves the
+markers) or ``fail``; ``$FAKE_AGENT_RESOLVE_SLEEP`` seconds first (see ``distpar.testing.fake_resolve``).
 
 With no command it writes the prompt to ``fake-agent/<hash>.md``. ``FAKE_AGENT_LOG`` names a JSON-lines file
 where every invocation is recorded (emulation, argv, working directory, batch id).
@@ -58,6 +63,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+
+from distpar.testing import fake_resolve
 
 VERSIONS = {
     "claude": "2.1.0 (Claude Code)",
@@ -160,6 +167,8 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
             if code:
                 state.kind, state.code, state.text = "error", 1, f"sh: {rest[0]!r} exited with {code}"
                 return
+        elif cmd == "resolve-union":
+            state.edits += fake_resolve.resolve_union()
         elif cmd == "spawn-child":
             subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         elif cmd == "cost":
@@ -180,6 +189,12 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
         else:
             print(f"fake agent: unknown command {cmd!r}", file=sys.stderr)
             sys.exit(2)
+    if not commands and fake_resolve.merging():  # distpar's resolve step (--on-conflict resolve)
+        error, edited = fake_resolve.act()
+        state.edits += edited
+        if error:
+            state.kind, state.code, state.text = "error", 1, error
+        return
     if not commands:
         p = Path("fake-agent") / (hashlib.sha1(prompt.encode()).hexdigest()[:12] + ".md")
         p.parent.mkdir(exist_ok=True)

@@ -1,0 +1,75 @@
+"""--on-conflict resolve with real git and the fake agent: a gated, marker-free resolution lands; one that leaves
+markers or fails a gate does not, and says why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from distpar.core.errors import ExitCode
+from distpar.infra import gitops
+from distpar.testing.builders import fake_batch, make_repo, sh_git
+from tests.integration.conftest import run_plan
+
+BOTH = "grep -q 'entry a' registry.txt && grep -q 'entry b' registry.txt && ! grep -q '^<<<<<<<' registry.txt"
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo", {"README.md": "# demo\n", "registry.txt": "# entries\n"})
+
+
+def two() -> list[dict[str, object]]:
+    return [fake_batch("a", extra=["@fake append registry.txt 'entry a'"]),
+            fake_batch("b", extra=["@fake append registry.txt 'entry b'"])]
+
+
+def test_resolve_lands_a_marker_free_gated_merge(registry: Path) -> None:
+    report, _ = run_plan(registry, two(), workers=2, on_conflict="resolve", verify_merged=BOTH)
+    assert report.exit_code == ExitCode.OK, report.summary()
+    assert sh_git(registry, "show", "main:registry.txt").splitlines() == ["# entries", "entry a", "entry b"]
+    (r,) = report.resolutions
+    assert r["ok"] and r["units"] == ["a", "b"] and r["files"] == ["registry.txt"]
+    assert "+entry b" in r["diff"] or "entry b" in r["diff"]
+    trailers = sh_git(registry, "log", "-1", "--format=%(trailers)", r["commit"])
+    assert "Distpar-Resolved-Units: a, b" in trailers and "Distpar-Resolver: fake" in trailers
+    assert gitops.is_ancestor(registry, r["commit"], "main")  # the resolution is that merge's commit
+    assert gitops.rev(registry, r["ref"]) == r["commit"]  # and kept on a ref
+    assert not report.warnings and not gitops.dirty_files(registry)
+
+
+def test_resolve_without_a_gate_warns(registry: Path) -> None:
+    report, _ = run_plan(registry, two(), workers=2, on_conflict="resolve")
+    assert report.exit_code == ExitCode.OK
+    assert any("nothing checks the agent's resolutions" in w for w in report.warnings)
+
+
+def test_a_resolution_that_leaves_markers_does_not_land(registry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_AGENT_RESOLVE", "markers")
+    start = gitops.rev(registry, "main")
+    report, _ = run_plan(registry, two(), workers=2, on_conflict="resolve", verify_merged=BOTH)
+    assert report.exit_code == ExitCode.CONFLICT and gitops.rev(registry, "main") == start
+    (r,) = report.resolutions
+    assert not r["ok"] and r["why"] == "conflict markers left in registry.txt" and r["commit"] is None
+    assert report.conflict is not None and "# conflict markers left in registry.txt" in report.conflict.commands[0]
+
+
+def test_a_resolution_that_fails_verify_does_not_land(registry: Path) -> None:
+    start = gitops.rev(registry, "main")
+    one_entry = "test $(grep -c entry registry.txt) -le 1"  # each unit passes it; both entries together do not
+    report, _ = run_plan(registry, two(), workers=2, on_conflict="resolve", verify=one_entry)
+    # the conflict stands (exit 3, the more severe), the failed check is shown with it
+    assert gitops.rev(registry, "main") == start and report.exit_code == ExitCode.CONFLICT
+    assert report.gate is not None and report.gate["name"] == "verify (on the resolution)" and report.gate["exit_code"] == 1
+    (r,) = report.resolutions
+    assert not r["ok"] and r["why"].startswith("--verify failed on the resolution")
+    assert gitops.rev(registry, r["ref"]) == r["commit"]  # kept for a look
+
+
+def test_a_resolution_that_fails_verify_merged_does_not_land(registry: Path) -> None:
+    start = gitops.rev(registry, "main")
+    report, _ = run_plan(registry, two(), workers=2, on_conflict="resolve",
+                         verify_merged="! grep -q 'entry b' registry.txt")
+    assert report.exit_code == ExitCode.GATE_FAILED and gitops.rev(registry, "main") == start
+    assert report.resolutions[0]["ok"]
