@@ -61,7 +61,8 @@ def test_a_resolution_that_fails_verify_does_not_land(registry: Path) -> None:
     report, _ = run_plan(registry, two(), workers=2, on_conflict="resolve", verify=one_entry)
     # the conflict stands (exit 3, the more severe), the failed check is shown with it
     assert gitops.rev(registry, "main") == start and report.exit_code == ExitCode.CONFLICT
-    assert report.gate is not None and report.gate["name"] == "verify (on the resolution)" and report.gate["exit_code"] == 1
+    assert report.gate is not None and report.gate["name"] == "verify (on the resolution)"
+    assert report.gate["exit_code"] == 1
     (r,) = report.resolutions
     assert not r["ok"] and r["why"].startswith("--verify failed on the resolution")
     assert gitops.rev(registry, r["ref"]) == r["commit"]  # kept for a look
