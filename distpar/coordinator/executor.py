@@ -107,6 +107,7 @@ class Runner:
         self.errors: list[str] = []
         self.saved_refs: list[str] = []
         self.interrupted = threading.Event()
+        self.stop_resolving = threading.Event()  # Ctrl+C while landing stops an agent resolving a conflict
         self.budget_exhausted = False
         self.resumed = resume
         # unit -> (agent session, commit of its saved work, node the session lives on)
@@ -492,8 +493,12 @@ class Runner:
     def _land(self) -> str | None:
         merges = [(self.branch(u.uid), self.results[u.uid].commit or self.start)
                   for u in sorted(self.units, key=lambda u: u.order)]
-        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events, sides=self._sides)
+        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events, sides=self._sides,
+                                  cancel=self.stop_resolving)
         self.resolutions = landed.resolutions
+        if landed.interrupted:  # Ctrl+C while the agent resolved a conflict: resumable from the final merge
+            self.interrupted.set()
+            return None
         self.conflict = self.conflict or landed.conflict
         self.gate, self.pushed = landed.gate, landed.pushed
         return landed.head
@@ -565,6 +570,7 @@ class Runner:
         leave a half-made integration branch."""
         if self.landing:
             self.interrupted_while_landing = True
+            self.stop_resolving.set()  # an agent's resolution is not quick: it stops (the run resumes from it)
             return
         if not self.interrupted.is_set():
             self.interrupted.set()

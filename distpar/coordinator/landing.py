@@ -5,6 +5,7 @@ conflict, and the target moves only when all of it went through."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,14 @@ class Landed:
     gate: workspace.HookResult | None = None
     pushed: list[str] = field(default_factory=list)
     resolutions: list[dict[str, object]] = field(default_factory=list)  # --on-conflict resolve: each one tried
+    interrupted: bool = False  # Ctrl+C stopped a resolution: nothing landed, the run resumes from the merge
 
 # (integration head, the conflicting unit branch, its files) -> the two sides the resolver is told of
 Sides = Callable[[str, str, tuple[str, ...]], tuple[resolve.Side, resolve.Side]]
 
 
 def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], include: list[str],
-             events: RunEvents, sides: Sides | None = None) -> Landed:
+             events: RunEvents, sides: Sides | None = None, cancel: threading.Event | None = None) -> Landed:
     """Merge ``merges`` (each unit's branch and commit, in plan order) into the integration branch, gate it
     (--verify-merged), move the target, push (--push)."""
     events.publish("merge_started", branches=[b for b, _ in merges])
@@ -53,8 +55,12 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
         tip = dict(merges)[c.theirs]
         ours, theirs = sides(result.head, c.theirs, c.files)
         events.publish("resolve_started", units=[*ours.units, *theirs.units], files=list(c.files))
-        res = resolve.resolve(site, options, c, result.head, tip, ours, theirs, len(resolutions) + 1, include)
+        res = resolve.resolve(site, options, c, result.head, tip, ours, theirs, len(resolutions) + 1, include,
+                              cancel)
         resolutions.append(res.to_dict())
+        if cancel is not None and cancel.is_set():
+            events.publish("resolve_interrupted", files=list(c.files), theirs=c.theirs)
+            return Landed(resolutions=resolutions, interrupted=True)
         events.publish("conflict_resolved" if res.ok else "resolve_failed", **res.to_dict())
         if not res.ok:
             why = (f"the agent's resolution did not land: {res.why}",)

@@ -3,14 +3,27 @@ markers or fails a gate does not, and says why."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
 from distpar.infra import gitops
-from distpar.testing.builders import fake_batch, make_repo, sh_git
+from distpar.testing.builders import fake_batch, make_repo, sh_git, write_plan
+from tests.conftest import run_distpar, wait_for
 from tests.integration.conftest import run_plan
+
+pytestmark = pytest.mark.integration
+
+
+def journal() -> Journal:
+    return Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
 
 BOTH = "grep -q 'entry a' registry.txt && grep -q 'entry b' registry.txt && ! grep -q '^<<<<<<<' registry.txt"
 
@@ -74,3 +87,40 @@ def test_a_resolution_that_fails_verify_merged_does_not_land(registry: Path) -> 
                          verify_merged="! grep -q 'entry b' registry.txt")
     assert report.exit_code == ExitCode.GATE_FAILED and gitops.rev(registry, "main") == start
     assert report.resolutions[0]["ok"]
+
+
+def test_interrupt_and_resume_in_the_middle_of_a_resolution(registry: Path, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path / "plan.md", two())
+    start = gitops.rev(registry, "main")
+    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(plan), "--workers", "2", "--agent", "fake",
+                             "--on-conflict", "resolve", "--verify-merged", BOTH], cwd=registry,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "FAKE_AGENT_RESOLVE_SLEEP": "30"})
+    try:
+        run_id = wait_for(lambda: next((r["id"] for r in journal().runs()), ""), what="the run")
+        wait_for(lambda: any(e.kind == "resolve_started" for e in journal().events(run_id)), timeout=60,
+                 what="the resolution to start")
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == ExitCode.INTERRUPTED
+        assert time.time() - t0 < 20  # the resolving agent was stopped, not waited for
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert gitops.rev(registry, "main") == start and not gitops.dirty_files(registry)
+    assert any(e.kind == "resolve_interrupted" for e in journal().events(run_id))
+    res = run_distpar("resume", run_id, cwd=registry, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert sh_git(registry, "show", "main:registry.txt").splitlines() == ["# entries", "entry a", "entry b"]
+    assert "resolved by the agent" in res.stdout
+
+
+def test_six_units_on_one_file_resolved_one_merge_after_another(registry: Path) -> None:
+    ids = [f"u{i}" for i in range(1, 7)]
+    batches = [fake_batch(u, extra=[f"@fake append registry.txt 'entry {u}'"]) for u in ids]
+    report, _ = run_plan(registry, batches, workers=3, on_conflict="resolve",
+                         verify_merged="! grep -q '^<<<<<<<' registry.txt")
+    assert report.exit_code == ExitCode.OK, report.summary()
+    assert sh_git(registry, "show", "main:registry.txt").splitlines() == ["# entries", *(f"entry {u}" for u in ids)]
+    assert len(report.resolutions) == 5 and all(r["ok"] for r in report.resolutions)
