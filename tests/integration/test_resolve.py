@@ -124,3 +124,15 @@ def test_six_units_on_one_file_resolved_one_merge_after_another(registry: Path) 
     assert report.exit_code == ExitCode.OK, report.summary()
     assert sh_git(registry, "show", "main:registry.txt").splitlines() == ["# entries", *(f"entry {u}" for u in ids)]
     assert len(report.resolutions) == 5 and all(r["ok"] for r in report.resolutions)
+
+
+def test_the_report_shows_each_resolution_and_rerun(registry: Path, tmp_path: Path) -> None:
+    report, _ = run_plan(registry, two(), workers=2, on_conflict="resolve", verify_merged=BOTH)
+    out = tmp_path / "r.html"
+    res = run_distpar("report", report.run_id, "--html", str(out), cwd=registry)
+    assert res.returncode == 0, res.stderr
+    page = out.read_text()
+    assert "conflict of a, b</b> in registry.txt: resolved by the agent" in page and "+ entry b" in page
+    rerun, _ = run_plan(registry, two(), workers=2, on_conflict="rerun")
+    assert run_distpar("report", rerun.run_id, "--html", str(out), cwd=registry).returncode == 0
+    assert "<b>rerun</b> of batch b (the merge queue, 1): conflicts in registry.txt with a" in out.read_text()
