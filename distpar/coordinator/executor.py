@@ -324,7 +324,7 @@ class Runner:
         """A conflict found early: journaled and shown at once."""
         files, others = list(found[0]), list(found[1])
         self.predicted.append({"unit": uid, "files": files, "with": others})
-        self.publish("conflict_predicted", None, uid, files=files, others=others)
+        self.publish("conflict_predicted", None, uid, files=files, others=others, on_conflict=self.options.on_conflict)
 
     def _settle_predictions(self) -> None:
         """The early checks handed over finish, and what they found is published, before the final merge."""

@@ -310,8 +310,10 @@ def event_line(kind: str, data: dict[str, Any], progress: RunProgress | None = N
                 f"({data['reason']}; earlier try on {data['saved_ref']})", "magenta")
     if kind == "conflict_predicted":
         others = f" with {', '.join(data['others'])}" if data.get("others") else ""
+        then = {"rerun": "the merge queue takes it", "resolve": "the agent will resolve it at the final merge"}.get(
+            data.get("on_conflict") or "stop", "the final merge will stop there; nothing is resolved")
         return (f"distpar: conflict ahead: {data['unit']}'s work conflicts{others} in "
-                f"{', '.join(data['files'])} (the final merge will stop there; nothing is resolved)", "magenta")
+                f"{', '.join(data['files'])} ({then})", "magenta")
     if kind == "throttled":
         until = data.get("until")
         when = f", no new agent before {time.strftime('%H:%M:%S', time.localtime(until))}" if until else ""

@@ -127,3 +127,7 @@ def test_the_rerun_is_shown_live_and_in_the_summary(registry: Path, tmp_path: Pa
     (data,) = [d for k, d in seen if k == "unit_rerun"]
     line = event_line("unit_rerun", data)
     assert line is not None and "merge queue" in line[0] and q["unit"] in line[0]
+    (ahead,) = [event_line(k, d) for k, d in seen if k == "conflict_predicted"]
+    assert ahead is not None and ahead[0].endswith("(the merge queue takes it)")
+    # every try's cost counts: three agent runs at the fake's $0.01 each
+    assert report.spent == pytest.approx(0.03) and report.summary()["cost_usd"] == pytest.approx(0.03)

@@ -30,7 +30,7 @@ def test_the_flag_is_a_choice_and_a_bad_value_is_a_clear_error() -> None:
 
 def test_the_api_and_the_config_refuse_a_value_outside_the_choices() -> None:
     assert run_options.RunOptions().on_conflict == "stop" and run_options.RunOptions().max_reruns == 1
-    with pytest.raises(UsageError, match="^--on-conflict: 'merge' is not one of stop, rerun, resolve$"):
+    with pytest.raises(UsageError, match=r"^--on-conflict: 'merge' is not one of stop, rerun, resolve$"):
         run_options.check(run_options.RunOptions(on_conflict="merge"))
     assert run_options.config_keys()["on_conflict"] == "str" and run_options.config_keys()["max_reruns"] == "int"
 
