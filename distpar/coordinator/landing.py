@@ -58,6 +58,8 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
         res = resolve.resolve(site, options, c, result.head, tip, ours, theirs, len(resolutions) + 1, include,
                               cancel)
         resolutions.append(res.to_dict())
+        if res.cost_usd and theirs.units:  # the resolution's cost counts, as the merged unit's
+            events.journal.add_cost(site.run_id, theirs.units[0], res.cost_usd)
         if cancel is not None and cancel.is_set():
             events.publish("resolve_interrupted", files=list(c.files), theirs=c.theirs)
             return Landed(resolutions=resolutions, interrupted=True)

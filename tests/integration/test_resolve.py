@@ -50,6 +50,7 @@ def test_resolve_lands_a_marker_free_gated_merge(registry: Path) -> None:
     assert gitops.is_ancestor(registry, r["commit"], "main")  # the resolution is that merge's commit
     assert gitops.rev(registry, r["ref"]) == r["commit"]  # and kept on a ref
     assert not report.warnings and not gitops.dirty_files(registry)
+    assert r["cost_usd"] == pytest.approx(0.01) and report.spent == pytest.approx(0.03)  # two units, one resolution
 
 
 def test_resolve_without_a_gate_warns(registry: Path) -> None:
