@@ -131,3 +131,20 @@ def test_the_rerun_is_shown_live_and_in_the_summary(registry: Path, tmp_path: Pa
     assert ahead is not None and ahead[0].endswith("(the merge queue takes it)")
     # every try's cost counts: three agent runs at the fake's $0.01 each
     assert report.spent == pytest.approx(0.03) and report.summary()["cost_usd"] == pytest.approx(0.03)
+
+
+def test_the_mode_from_tool_distpar_and_a_bad_one_refused(registry: Path, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path / "plan.md", appending(["a", "b"]))
+    (registry / "pyproject.toml").write_text('[tool.distpar]\non_conflict = "rerun"\n')
+    sh_git(registry, "add", "pyproject.toml")
+    sh_git(registry, "commit", "-qm", "config")
+    out = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", cwd=registry)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "(the merge queue): conflicts in registry.txt" in out.stdout
+    (registry / "pyproject.toml").write_text('[tool.distpar]\non_conflict = "merge"\n')
+    sh_git(registry, "commit", "-qam", "bad config")
+    head = gitops.rev(registry, "main")
+    bad = run_distpar("run", str(plan), "--workers", "2", "--agent", "fake", cwd=registry)
+    assert bad.returncode == ExitCode.USAGE
+    assert "--on-conflict: 'merge' is not one of stop, rerun, resolve" in bad.stderr
+    assert gitops.rev(registry, "main") == head
