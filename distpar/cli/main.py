@@ -460,7 +460,17 @@ def _print_report(report: Any, runner: Any) -> None:
             click.echo(f"  {cmd}")
     for p in report.predicted_conflicts:
         others = f" with {', '.join(p['with'])}" if p["with"] else ""
-        click.echo(f"conflict found early: {p['unit']}{others} in {', '.join(p['files'])}")
+        if not p.get("rerun"):
+            click.echo(f"conflict found early: {p['unit']}{others} in {', '.join(p['files'])}")
+    for q in report.reruns:
+        click.echo(f"rerun {q['count']} of {q['unit']} (the merge queue): {q['reason']}; earlier try on "
+                   f"{q['saved_ref']}")
+    for r in report.resolutions:
+        what = "resolved by the agent" if r["ok"] else f"NOT resolved: {r['why']}"
+        click.echo(f"\nconflict of {', '.join(r['units'])} in {', '.join(r['files'])}: {what}"
+                   + (f" (kept on {r['ref']})" if r["ref"] else ""))
+        if r["diff"]:
+            click.echo("  " + "\n  ".join(r["diff"].splitlines()[:40]))
     if report.gate:
         g = report.gate
         click.echo(f"\nthe merged tree failed --verify-merged ({g['name']}, exit {g['exit_code']}):")
@@ -560,6 +570,8 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
                        + f": {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
         elif e.kind == "verify_merged":
             click.echo(f"  --verify-merged: {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
+        elif e.kind == "unit_rerun":
+            click.echo(f"  rerun {e.data['count']} of {e.unit_id} (the merge queue): {e.data['reason']}")
     click.echo(f"{'WORKER':<7} {'BATCH':<14} {'STATE':<12} {'RESULT':<16} {'NODE':<18} {'DURATION':>9} "
                f"{'COST':>9} {'ATTEMPT':>7}")
     for b in sorted(batches, key=lambda b: (b["worker"], b["position"])):

@@ -13,6 +13,8 @@ from distpar.core.option import Option
 
 
 def _param_type(o: Option) -> Any:
+    if o.choices:
+        return click.Choice(o.choices)
     if o.kind == "int":
         return click.IntRange(min=None if o.min is None else int(o.min), min_open=o.min_open)
     if o.kind == "float":

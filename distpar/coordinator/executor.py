@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distpar.backends.base import Backend, RunContext
+from distpar.coordinator import mergequeue, resolve
 from distpar.coordinator import options as run_options
 from distpar.coordinator.deps import EarlyConflicts, Found, Preview, base_for
 from distpar.coordinator.journal import Journal
@@ -53,6 +54,7 @@ from distpar.core.state import (
     Interrupt,
     Record,
     Requeue,
+    Rerun,
     Retry,
     RunState,
     Start,
@@ -106,6 +108,7 @@ class Runner:
         self.errors: list[str] = []
         self.saved_refs: list[str] = []
         self.interrupted = threading.Event()
+        self.stop_resolving = threading.Event()  # Ctrl+C while landing stops an agent resolving a conflict
         self.budget_exhausted = False
         self.resumed = resume
         # unit -> (agent session, commit of its saved work, node the session lives on)
@@ -115,7 +118,7 @@ class Runner:
         self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
         self.preview = Preview(repo, start, self.env, start, ref=f"refs/distpar/{self.run_id}/preview/head")
         self.early = EarlyConflicts(self.preview, lambda uid, found: self._queue.put(("predicted", (uid, found))),
-                                    inline=options.stop_on_conflict)
+                                    inline=options.stop_on_conflict or options.on_conflict == "rerun")
         self.state: RunState | None = None
         self.include = workspace.included_files(repo)
         self.include_data = workspace.pack_files(repo, self.include) \
@@ -133,6 +136,10 @@ class Runner:
         self.lock: RunLock | None = None  # one coordinator per run (resume hands in the lock it took)
         self.landing = self.interrupted_while_landing = False  # an interrupt while landing lets it finish
         self.live = LiveLogs(self.run_dir, backend.remote)  # what remote units print, for logs --follow
+        self.bases: dict[str, str] = {}  # uid -> the base its latest dispatch ran from
+        self.queued: dict[str, mergequeue.Queued] = {}  # the merge queue (--on-conflict rerun): why, earlier try
+        self.reruns: list[dict[str, Any]] = []  # every rerun decided in this run, for the report
+        self.resolutions: list[dict[str, Any]] = []  # --on-conflict resolve: each resolution tried
 
     @property
     def observer(self) -> Observer:
@@ -184,6 +191,8 @@ class Runner:
                                      stop_on_conflict=self.options.stop_on_conflict,
                                      spent=(self.journal.spent(self.run_id) or 0.0) if self.resumed else 0.0,
                                      agent_retries=self.options.agent_retries, cancel_wait=CANCEL_WAIT,
+                                     on_conflict=self.options.on_conflict, max_reruns=self.options.max_reruns,
+                                     queued={u: (q.count, q.holds or q.files) for u, q in self.queued.items()},
                                      limiter=RateLimiter(ceiling=max(1, ceiling), default_pause=3 * retry_base()))
         for uid, st in done.items():  # finished work is part of the preview from the start
             commit = self.results[uid].commit
@@ -259,6 +268,8 @@ class Runner:
                 self.publish("unit_throttled", r.worker, ins.uid, result_class=o.result_class if o else None,
                              retry_after=o.retry_after if o else None, resets_at=o.resets_at if o else None,
                              requeued=ins.count)
+            elif isinstance(ins, Rerun):
+                self._rerun(ins)
             elif isinstance(ins, GiveUp):  # rate-limited, and not requeued: its end stands
                 self._record(with_earlier_tries(self.carried.pop(ins.uid), self.held.pop(ins.uid))
                              if ins.uid in self.carried else self.held.pop(ins.uid))
@@ -282,7 +293,9 @@ class Runner:
         assert unit is not None
         deps = [(d, self.results[d].commit or self.start) for d in unit.deps]
         deps.sort(key=lambda dc: self.state.units[dc[0]].order if self.state else 0)
-        base = base_for(self.repo, self.start, ins.uid, deps, self.branch(ins.uid), self.branch, self.run_id,
+        # A rerun (the merge queue) starts from everything integrated so far, its dependencies merged in if need be
+        start = self.preview.head if ins.rerun else self.start
+        base = base_for(self.repo, start, ins.uid, deps, self.branch(ins.uid), self.branch, self.run_id,
                         self.env)
         if base.commit is None:
             assert base.conflict is not None
@@ -294,8 +307,10 @@ class Runner:
             self._queue.put(("event", Blocked(ins.uid, ins.worker, reason)))
             return
         self.dispatches += 1
+        self.bases[ins.uid] = base.commit
         spec = self._spec(ins.uid, ins.worker, ins.attempt, base.commit)
-        self.publish("unit_submitted", ins.worker, ins.uid, attempt=ins.attempt, base=base.commit)
+        self.publish("unit_submitted", ins.worker, ins.uid, attempt=ins.attempt, base=base.commit,
+                     **({"rerun": ins.rerun} if ins.rerun else {}))
         self.journal.unit_dispatched(self.run_id, ins.uid, ins.worker, ins.attempt, "")
         self.emit("unit_dispatched", worker=ins.worker, unit=ins.uid, attempt=ins.attempt)
         try:
@@ -310,7 +325,7 @@ class Runner:
         """A conflict found early: journaled and shown at once."""
         files, others = list(found[0]), list(found[1])
         self.predicted.append({"unit": uid, "files": files, "with": others})
-        self.publish("conflict_predicted", None, uid, files=files, others=others)
+        self.publish("conflict_predicted", None, uid, files=files, others=others, on_conflict=self.options.on_conflict)
 
     def _settle_predictions(self) -> None:
         """The early checks handed over finish, and what they found is published, before the final merge."""
@@ -357,9 +372,26 @@ class Runner:
         found = self.early.check(uid, r.commit) if r.status.ok and r.commit and r.changed else None
         if found is not None:
             self._predicted(uid, found)
-        conflicts = found is not None
         return UnitEnded(uid, spec.worker, r.status, o.cost_usd if o else None, outcome=o, at=now,
-                         conflicts=conflicts)
+                         conflicts=found is not None, conflict_files=tuple(found[0]) if found else (),
+                         conflict_with=tuple(found[1]) if found else (),
+                         touched=tuple(gitops.out(self.repo, "diff", "--name-only", spec.base, r.commit or spec.base)
+                                       .splitlines()) if found else ())
+
+    def _rerun(self, ins: Rerun) -> None:
+        """The merge queue: keep the earlier attempt on a ref; the unit is pending again until it runs from
+        everything integrated so far (``Start.rerun``); journaled (``unit_rerun``) and shown."""
+        earlier = self.results.pop(ins.uid)
+        q = mergequeue.keep_attempt(self.site, ins, earlier.commit or "", self.bases.get(ins.uid, self.start))
+        self.queued[ins.uid] = q
+        self.saved_refs.append(q.saved_ref)
+        self.journal.unit_requeued(self.run_id, ins.uid)
+        data = q.to_data(ins.reason, ins.base_units)
+        self.reruns.append({"unit": ins.uid, **data})
+        for p in self.predicted:
+            if p["unit"] == ins.uid:
+                p["rerun"] = True  # handled by the queue, not a conflict ahead
+        self.publish("unit_rerun", earlier.worker, ins.uid, **data)
 
     def _on_worker_event(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "unit_started" and data.get("unit") in self.running:
@@ -412,8 +444,11 @@ class Runner:
         u = self.graph.unit(uid)
         cfg = self._agent(uid)
         session, restore, node = continued_session(cfg, self.resume_sessions.get(uid), self.backend.remote)
+        prompt = unit_prompt(self.graph, self.plan, uid, self.results)
+        if uid in self.queued:
+            prompt += mergequeue.note(self.repo, self.queued[uid])
         return UnitSpec(
-            uid=uid, description=u.description, prompt=unit_prompt(self.graph, self.plan, uid, self.results),
+            uid=uid, description=u.description, prompt=prompt,
             agent=cfg, timeout=u.timeout or self.options.timeout, worker=worker, dispatch=self.dispatches,
             branch=self.branch(uid), base=base,
             source=self.transfer.source(base, f"{names.key(uid)}-{self.dispatches}",
@@ -439,6 +474,12 @@ class Runner:
         self.resume_sessions.update(rec.sessions)
         self.dispatches = rec.dispatches
         self.saved_refs.extend(rec.saved_refs)
+        events = self.journal.events(self.run_id)
+        ok = {uid for uid, r in self.results.items() if uid not in rec.recovered}
+        self.queued = mergequeue.from_journal(events, ok)
+        for uid, q in self.queued.items():  # its branch still holds the conflicting attempt: not finished work
+            if uid in self.results and self.results[uid].commit == q.earlier:
+                del self.results[uid]
         self.emit("run_resumed", run_id=self.run_id, done=len(self.results), recovered=rec.recovered,
                   done_units=sorted(self.results))
 
@@ -456,10 +497,31 @@ class Runner:
     def _land(self) -> str | None:
         merges = [(self.branch(u.uid), self.results[u.uid].commit or self.start)
                   for u in sorted(self.units, key=lambda u: u.order)]
-        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events)
+        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events, sides=self._sides,
+                                  cancel=self.stop_resolving)
+        self.resolutions = landed.resolutions
+        if landed.interrupted:  # Ctrl+C while the agent resolved a conflict: resumable from the final merge
+            self.interrupted.set()
+            return None
         self.conflict = self.conflict or landed.conflict
         self.gate, self.pushed = landed.gate, landed.pushed
         return landed.head
+
+    def _sides(self, head: str, branch: str, files: tuple[str, ...]) -> tuple[resolve.Side, resolve.Side]:
+        """The two sides of a conflicting final merge, for the resolver: the integrated units that touched
+        ``files`` and the unit of ``branch``, with their prompts."""
+        by_branch = {self.branch(u.uid): u.uid for u in self.units}
+        theirs = by_branch.get(branch, branch)
+
+        def touched(uid: str) -> bool:
+            c = self.results[uid].commit if uid in self.results else None
+            return bool(c) and gitops.is_ancestor(self.repo, c or "", head) and bool(set(files) & set(
+                gitops.out(self.repo, "diff", "--name-only", self.start, c or "").splitlines()))
+
+        ours = [u for u in self.order if u != theirs and u in by_branch.values() and touched(u)]
+        prompt = lambda uid: unit_prompt(self.graph, self.plan, uid, self.results)  # noqa: E731
+        return (resolve.Side(tuple(ours), tuple(prompt(u) for u in ours)),
+                resolve.Side((theirs,), (prompt(theirs),) if theirs in by_branch.values() else ()))
 
     def _cleanup(self) -> None:
         if not self.backend.remote:
@@ -500,6 +562,7 @@ class Runner:
             saved_refs=sorted(set(self.saved_refs)), landed=landed, budget_usd=self.options.budget_usd,
             budget_exhausted=self.budget_exhausted, predicted_conflicts=self.predicted,
             gate=self.gate.to_dict() if self.gate else None, pushed=self.pushed, stopped=self.rate_stop,
+            reruns=list(self.reruns), resolutions=list(self.resolutions),
             warnings=list(self.warnings), spent=self.journal.spent(self.run_id),
         )
 
@@ -511,6 +574,7 @@ class Runner:
         leave a half-made integration branch."""
         if self.landing:
             self.interrupted_while_landing = True
+            self.stop_resolving.set()  # an agent's resolution is not quick: it stops (the run resumes from it)
             return
         if not self.interrupted.is_set():
             self.interrupted.set()

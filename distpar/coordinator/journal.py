@@ -533,6 +533,13 @@ class Journal:
         )
         return [dict(r) for r in rows]
 
+    def add_cost(self, run_id: str, unit_id: str, cost_usd: float) -> None:
+        """Work done for a unit outside its own runs (the agent resolving its merge, --on-conflict resolve) costs
+        it too: counted in its cost and in what the run spent."""
+        with self._tx() as db:
+            db.execute("UPDATE units SET cost_usd=COALESCE(cost_usd, 0) + ? WHERE run_id=? AND unit_id=?",
+                       (cost_usd, run_id, unit_id))
+
     def spent(self, run_id: str) -> float | None:
         """What every attempt of every batch of the run cost (across retries and resumes); None: none reported."""
         rows = self._read("SELECT SUM(cost_usd) FROM units WHERE run_id=?", (run_id,))

@@ -5,8 +5,11 @@ conflict, and the target moves only when all of it went through."""
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from distpar.coordinator import resolve
 from distpar.coordinator.merge import Conflict, land, merge_branches
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.site import RunEvents, RunSite
@@ -24,10 +27,15 @@ class Landed:
     conflict: Conflict | None = None
     gate: workspace.HookResult | None = None
     pushed: list[str] = field(default_factory=list)
+    resolutions: list[dict[str, object]] = field(default_factory=list)  # --on-conflict resolve: each one tried
+    interrupted: bool = False  # Ctrl+C stopped a resolution: nothing landed, the run resumes from the merge
+
+# (integration head, the conflicting unit branch, its files) -> the two sides the resolver is told of
+Sides = Callable[[str, str, tuple[str, ...]], tuple[resolve.Side, resolve.Side]]
 
 
 def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], include: list[str],
-             events: RunEvents) -> Landed:
+             events: RunEvents, sides: Sides | None = None, cancel: threading.Event | None = None) -> Landed:
     """Merge ``merges`` (each unit's branch and commit, in plan order) into the integration branch, gate it
     (--verify-merged), move the target, push (--push)."""
     events.publish("merge_started", branches=[b for b, _ in merges])
@@ -37,21 +45,50 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
     if begin is None or not gitops.is_ancestor(site.repo, site.start, begin):
         begin = site.start
     result = merge_branches(site.repo, begin, merges, site.integration, site.run_id, site.env)
+    resolutions: list[dict[str, object]] = []
+    while result.conflict is not None and options.on_conflict == "resolve" and sides is not None \
+            and result.conflict.stage == "integration":  # each conflicting merge to the agent, in plan order
+        c = result.conflict
+        tip = dict(merges)[c.theirs]
+        ours, theirs = sides(result.head, c.theirs, c.files)
+        events.publish("resolve_started", units=[*ours.units, *theirs.units], files=list(c.files))
+        res = resolve.resolve(site, options, c, result.head, tip, ours, theirs, len(resolutions) + 1, include,
+                              cancel)
+        resolutions.append(res.to_dict())
+        if res.cost_usd and theirs.units:  # the resolution's cost counts, as the merged unit's
+            events.journal.add_cost(site.run_id, theirs.units[0], res.cost_usd)
+        if cancel is not None and cancel.is_set():
+            events.publish("resolve_interrupted", files=list(c.files), theirs=c.theirs)
+            return Landed(resolutions=resolutions, interrupted=True)
+        events.publish("conflict_resolved" if res.ok else "resolve_failed", **res.to_dict())
+        if not res.ok:
+            why = (f"the agent's resolution did not land: {res.why}",)
+            failed = Conflict(c.stage, c.ours, c.theirs, c.files, c.unit_id,
+                              (f"# {res.why}" + (f"; the resolution is kept on {res.ref}" if res.ref else ""),
+                               *c.commands))
+            events.record("conflict", stage=c.stage, files=list(c.files), theirs=c.theirs, ours=c.ours,
+                          resolve_failed=why[0])
+            return Landed(conflict=failed, gate=res.gate, resolutions=resolutions)
+        assert res.commit is not None
+        gitops.update_ref(site.repo, f"refs/heads/{site.integration}", res.commit)
+        merged_before = (*result.merged, c.theirs)
+        result = merge_branches(site.repo, res.commit, merges, site.integration, site.run_id, site.env)
+        result = type(result)(result.head, merged_before + result.merged, result.conflict)
     if result.conflict is None and options.verify_merged:
         gate = _verify_merged(site, options, include, result.head, events)
         if gate is not None:
-            return Landed(gate=gate)
+            return Landed(gate=gate, resolutions=resolutions)
     conflict = result.conflict or land(site.repo, site.target, site.start, site.integration, result.head, site.env)
     if conflict:
         events.record("conflict", stage=conflict.stage, files=list(conflict.files), theirs=conflict.theirs,
                       ours=conflict.ours)
-        return Landed(conflict=conflict)
+        return Landed(conflict=conflict, resolutions=resolutions)
     events.record("merged", head=result.head, merged=list(result.merged))
     pushed: list[str] = []
     if options.push:
         pushed = push_run(site.repo, options.push, [b for b, _ in merges] + [site.integration], site.target)
         events.record("pushed", remote=options.push, refs=pushed)
-    return Landed(head=gitops.rev(site.repo, f"refs/heads/{site.target}"), pushed=pushed)
+    return Landed(head=gitops.rev(site.repo, f"refs/heads/{site.target}"), pushed=pushed, resolutions=resolutions)
 
 
 def _verify_merged(site: RunSite, options: RunOptions, include: list[str], head: str,

@@ -59,6 +59,14 @@ class RunOptions(WorkerOptions):
     stop_on_conflict: bool = opt(
         False, flag="--stop-on-conflict", kind="bool", config=True, negatable=True,
         help="Start no new unit once a finished unit's work is found to conflict with work already finished.")
+    on_conflict: str = opt(
+        "stop", flag="--on-conflict", choices=("stop", "rerun", "resolve"), config=True,
+        help="When units' work conflicts: stop (nothing is resolved), rerun (a merge queue: the unit runs again from "
+             "everything integrated so far) or resolve (the agent resolves each conflicting final merge; gated by "
+             "--verify/--verify-merged).")
+    max_reruns: int = opt(
+        1, flag="--max-reruns", kind="int", min=0, metavar="N", config=True,
+        help="With --on-conflict rerun: times one unit may run again after a conflict.")
     verify_merged: str | None = opt(
         flag="--verify-merged", metavar="CMD", config=True,
         help="Run on the merged tree before the target moves; if it fails nothing lands (exit 5).")
@@ -100,6 +108,8 @@ def check(options: RunOptions) -> None:
             raise UsageError(f"{label}: {value!r} is not true or false")
         elif o.kind == "str" and not isinstance(value, str):
             raise UsageError(f"{label}: {value!r} is not a string")
+        elif o.choices and value not in o.choices:
+            raise UsageError(f"{label}: {value!r} is not one of {', '.join(o.choices)}")
         elif o.kind == "list" and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
             raise UsageError(f"{label}: {value!r} is not a list of strings")
 

@@ -56,7 +56,11 @@ def apply_repo_settings(repo_path: str | Path, options: RunOptions, given: set[s
 
 
 def plan_warnings(plan: Plan, options: RunOptions) -> list[str]:
-    return list(agents.check_plan_agents(plan, options.agent, options.budget_usd))
+    out = list(agents.check_plan_agents(plan, options.agent, options.budget_usd))
+    if options.on_conflict == "resolve" and not (options.verify or options.verify_merged):
+        out.append("--on-conflict resolve without --verify or --verify-merged: nothing checks the agent's "
+                   "resolutions before they land")
+    return out
 
 
 @dataclass

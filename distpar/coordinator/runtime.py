@@ -41,6 +41,8 @@ class RunReport:
     budget_usd: float | None = None  # the run's --budget-usd
     budget_exhausted: bool = False  # batches were left unstarted because the budget was spent
     predicted_conflicts: list[dict[str, Any]] = field(default_factory=list)  # found before the final merge
+    reruns: list[dict[str, Any]] = field(default_factory=list)  # the merge queue's decisions (--on-conflict rerun)
+    resolutions: list[dict[str, Any]] = field(default_factory=list)  # the agent's resolutions (--on-conflict resolve)
     gate: dict[str, Any] | None = None  # --verify-merged's result when it failed (workspace.HookResult)
     pushed: list[str] = field(default_factory=list)  # refs pushed to --push REMOTE
     stopped: str = ""  # why no new unit started before the end (a usage limit that resets far away)
@@ -96,6 +98,8 @@ class RunReport:
             "landed": self.landed,
             "budget": self.budget(),
             "predicted_conflicts": self.predicted_conflicts,
+            "reruns": self.reruns,
+            "resolutions": self.resolutions,
             "gate": self.gate,
             "pushed": self.pushed,
             "stopped": self.stopped,

@@ -25,6 +25,7 @@ class Option:
     resume: bool = False  # ``distpar resume --FLAG`` may change it
     scale: float = 1.0  # stored value = flag value x scale
     negatable: bool = False  # a bool flag with --no-FLAG too (for options [tool.distpar] can turn on)
+    choices: tuple[str, ...] = ()  # a str option that takes only these values (a click.Choice, an MCP enum)
 
 
 def opt(default: Any = None, *, factory: Any = None, **spec: Any) -> Any:

@@ -32,6 +32,7 @@ from distpar.core.stimuli import (
     Interrupt,
     Record,
     Requeue,
+    Rerun,
     Retry,
     Start,
     StopWaiting,
@@ -104,15 +105,28 @@ class RunState:
     ready_set: set[str] = field(default_factory=set)  # pending units whose dependencies all ended ok
     heap: list[tuple[float, int, str]] = field(default_factory=list)  # ready units, best first (stale entries)
     requeues: dict[str, int] = field(default_factory=dict)  # uid -> times it went back after a rate limit
+    on_conflict: str = "stop"  # "rerun": a unit whose finished work conflicts joins the merge queue (``Rerun``)
+    max_reruns: int = 1  # times one unit may run again after a conflict
+    reruns: dict[str, int] = field(default_factory=dict)  # uid -> times it was queued again after a conflict
+    rerun_queue: list[str] = field(default_factory=list)  # the merge queue: units waiting to run again, oldest first
+    rerun_files: dict[str, frozenset[str]] = field(default_factory=dict)  # queued or running rerun -> its files
+    integrated: list[str] = field(default_factory=list)  # units that ended ok without a conflict, in that order
     cancel_by: float | None = None  # interrupted: the time after which the run stops waiting for its units
     _seen: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)  # what validate() saw last
 
     @classmethod
     def create(cls, units: Sequence[UnitInfo], done: Mapping[str, UnitStatus] | None = None,
-               running: Mapping[str, int] | None = None, **kw: object) -> RunState:
+               running: Mapping[str, int] | None = None, queued: Mapping[str, tuple[int, Sequence[str]]] | None = None,
+               **kw: object) -> RunState:
         """``done``: units that ended already (resume); ``running``: unit -> the worker that runs it now (a
-        prediction from the middle of a run), each with its dependencies ok, at most one per worker."""
+        prediction from the middle of a run), each with its dependencies ok, at most one per worker; ``queued``:
+        unit -> (times queued, conflicting files) for units a resumed run finds in the merge queue."""
         st = cls({u.uid: u for u in units}, **kw)  # type: ignore[arg-type]
+        for uid, (count, files) in (queued or {}).items():
+            st.reruns[uid] = count
+            if uid in st.units and uid not in (done or {}):
+                st.rerun_queue.append(uid)
+                st.rerun_files[uid] = frozenset(files)
         for u in units:
             for d in u.deps:
                 if d not in st.units:
@@ -130,7 +144,7 @@ class RunState:
         for u in units:
             if u.uid not in st.done:
                 st.waiting[u.uid] = sum(1 for d in u.deps if st.done.get(d) is not UnitStatus.OK)
-                if st.waiting[u.uid] == 0 and u.uid not in st.running:
+                if st.waiting[u.uid] == 0 and u.uid not in st.running and u.uid not in st.rerun_files:
                     st._make_ready(u.uid)
         return st
 
@@ -193,7 +207,18 @@ class RunState:
             missing = sum(1 for d in self.units[uid].deps if self.done.get(d) is not UnitStatus.OK)
             check(self.waiting.get(uid) == missing, f"{uid} waits for a wrong number of dependencies")
             check(uid not in ready or deps_ok, f"{uid} is ready before its dependencies ended ok")
-            check(self.finished or uid in ready or not deps_ok, f"{uid} can run but is not ready")
+            check(self.finished or uid in ready or uid in self.rerun_queue or not deps_ok,
+                  f"{uid} can run but is not ready")
+        queue = set(self.rerun_queue)
+        check(len(queue) == len(self.rerun_queue), "a unit is twice in the merge queue")
+        check(not queue & (done | running | ready), "a unit in the merge queue is also done, running or ready")
+        check(queue <= set(self.rerun_files), "a queued rerun without its files")
+        check(all(0 < n <= self.max_reruns for n in self.reruns.values()), "rerun more than allowed")
+        check(self.on_conflict == "rerun" or not self.reruns, "a rerun without --on-conflict rerun")
+        for a in running & set(self.rerun_files):
+            for b in running & set(self.rerun_files):
+                check(a == b or not self.rerun_files[a] & self.rerun_files[b],
+                      f"reruns {a} and {b} touch the same files at once")
         heaped = {key[2] for key in self.heap if key == self._key(key[2])}
         check(ready <= heaped, f"ready units missing from the queue: {sorted(ready - heaped)}")
         check(all(0 < n <= self.agent_retries for n in self.requeues.values()), "requeued more than allowed")
@@ -204,9 +229,10 @@ class RunState:
         if self.finished:
             check(not self._startable(), "finished while a unit could still start")
         flags = (self.interrupted, self.fatal, self.budget_exhausted, self.rate_stopped, self.conflicted, self.finished)
-        seen = (dict(self.done), self.spent, dict(self.requeues), flags, self.now)
+        seen = (dict(self.done), self.spent, dict(self.requeues), flags, self.now, dict(self.reruns))
         if self._seen is not None:
-            before_done, before_spent, before_requeues, before_flags, before_now = self._seen
+            before_done, before_spent, before_requeues, before_flags, before_now, before_reruns = self._seen
+            check(all(self.reruns.get(u, 0) >= n for u, n in before_reruns.items()), "a rerun count went down")
             changed = {u: (s, self.done.get(u)) for u, s in before_done.items() if self.done.get(u) is not s}
             check(not changed, f"units left a terminal state: {changed}")
             check(self.spent >= before_spent, f"money spent went down: {before_spent} -> {self.spent}")
@@ -262,7 +288,8 @@ class RunState:
         worker, attempt = self.running.pop(event.uid)
         self.assignment[event.uid] = worker
         self._release(worker)
-        self.conflicted = self.conflicted or event.conflicts
+        if not event.rate_limited:
+            self.rerun_files.pop(event.uid, None)  # a rerun that ended (a rate-limited one stays in the queue)
         if event.cost_usd:
             self.spent += event.cost_usd
         if event.at is not None:
@@ -277,13 +304,39 @@ class RunState:
             if not self.interrupted and count <= self.agent_retries:
                 self.requeues[event.uid] = count
                 self.attempts[event.uid] = attempt
-                self._make_ready(event.uid)
+                if event.uid in self.rerun_files:
+                    self.rerun_queue.insert(0, event.uid)
+                else:
+                    self._make_ready(event.uid)
                 out.append(Requeue(event.uid, count))
                 return out + self._spend()
             out.append(GiveUp(event.uid, "the run was interrupted" if self.interrupted
                               else f"rate-limited {count} times"))
+        if event.conflicts and event.status is UnitStatus.OK:
+            rerun = self._rerun(event, attempt)
+            if rerun is not None:
+                return [*out, rerun, *self._spend()]
+            self.conflicted = True
+        elif event.status is UnitStatus.OK:
+            self.integrated.append(event.uid)
         out += self._settle(event.uid, event.status, "")
         return out + self._spend()
+
+    def _rerun(self, event: UnitEnded, attempt: int) -> Rerun | None:
+        """The merge queue (``--on-conflict rerun``): the unit runs again from everything integrated so far, after
+        any queued rerun that touches the same files. None: its conflict stands (not rerun mode, no reruns left,
+        or the run stops)."""
+        count = self.reruns.get(event.uid, 0) + 1
+        if self.on_conflict != "rerun" or count > self.max_reruns:
+            return None  # (an interrupted or stopped run still queues it: it stays pending, resumable)
+        self.reruns[event.uid] = count
+        self.attempts[event.uid] = attempt
+        self.rerun_queue.append(event.uid)
+        self.rerun_files[event.uid] = frozenset(event.conflict_files) | frozenset(event.touched)
+        reason = (f"conflicts in {', '.join(event.conflict_files) or 'its files'} with "
+                  f"{', '.join(event.conflict_with) or 'work already integrated'}")
+        return Rerun(event.uid, tuple(self.integrated), reason, event.conflict_files, event.conflict_with, count,
+                     tuple(sorted(self.rerun_files[event.uid])))
 
     @handles(UnitLost)
     def _unit_lost(self, event: UnitLost) -> list[Instruction] | None:
@@ -381,7 +434,10 @@ class RunState:
             self._release(worker)
         if attempt <= self.retries and not (self.interrupted or self.fatal):
             self.attempts[uid] = attempt + 1
-            self._make_ready(uid)
+            if uid in self.rerun_files:
+                self.rerun_queue.insert(0, uid)  # a rerun keeps its place in the merge queue
+            else:
+                self._make_ready(uid)
             return [Retry(uid, attempt + 1, error)]
         out: list[Instruction] = [Record(uid, UnitStatus.FAILED, error)]
         return out + self._settle(uid, UnitStatus.FAILED, error)
@@ -406,13 +462,13 @@ class RunState:
         """Could anything still start (now or once something running ends)?"""
         if not self._may_start() or not self.alive:
             return False
-        return bool(self.ready_set)
+        return bool(self.ready_set or self.rerun_queue)
 
     def _dispatch(self) -> list[Instruction]:
         """Free workers take the best ready units they may take (a pinned unit waits for its own worker)."""
         if not self._may_start():
             return []
-        out: list[Instruction] = []
+        out: list[Instruction] = self._dispatch_reruns()
         aside: list[tuple[float, int, str]] = []  # ready, but their pinned worker is busy: back in the heap after
         while self.heap and self.free and (self.limiter is None
                                            or self.limiter.decide(self.now, len(self.running)).start):
@@ -432,6 +488,27 @@ class RunState:
             out.append(Start(uid, worker, attempt))
         for key in aside:
             heapq.heappush(self.heap, key)
+        return out
+
+    def _dispatch_reruns(self) -> list[Instruction]:
+        """The merge queue goes first (its units' work is the oldest), oldest first; a rerun waits while another
+        rerun touching one of its files runs, so that they do not collide again."""
+        out: list[Instruction] = []
+        busy = set().union(*(self.rerun_files[u] for u in self.running if u in self.rerun_files))
+        for uid in list(self.rerun_queue):
+            if not self.free or (self.limiter is not None and not self.limiter.decide(self.now,
+                                                                                        len(self.running)).start):
+                break
+            worker = self._worker_for(self.units[uid])
+            if worker is None or self.rerun_files[uid] & busy:
+                continue  # its pinned worker is busy, or a rerun on one of its files runs
+            busy |= self.rerun_files[uid]
+            self.rerun_queue.remove(uid)
+            self.free.remove(worker)
+            attempt = self.attempts.setdefault(uid, 1)
+            self.running[uid] = (worker, attempt)
+            self.assignment[uid] = worker
+            out.append(Start(uid, worker, attempt, rerun=self.reruns.get(uid, 0)))
         return out
 
     def _worker_for(self, unit: UnitInfo) -> int | None:
@@ -472,6 +549,7 @@ __all__ = [
     "InvariantError",
     "Record",
     "Requeue",
+    "Rerun",
     "Retry",
     "RunState",
     "Start",

@@ -36,6 +36,9 @@ class UnitEnded:
     rate_limited: bool = False  # the agent hit a rate limit before it could work: the state decides whether the
     # unit goes back to the queue (``Requeue``, a few times at most) or its end stands (``GiveUp``)
     conflicts: bool = False  # its work conflicts with work already finished (found before the final merge)
+    conflict_files: tuple[str, ...] = ()  # with ``conflicts``: the files, and the finished units that touched them
+    conflict_with: tuple[str, ...] = ()
+    touched: tuple[str, ...] = ()  # with ``conflicts``: every file its work changed (a rerun's place in the queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class Start:
     uid: str
     worker: int
     attempt: int
+    rerun: int = 0  # > 0: the unit's n-th run after a conflict (its base: everything integrated so far)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,21 @@ class Requeue:
 
     uid: str
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rerun:
+    """``--on-conflict rerun``: the unit's finished work conflicts with work already integrated; it joins the merge
+    queue and runs again (the ``count``-th time) from a base holding everything integrated so far (``base_units``
+    when it was queued, and whatever is integrated by the time it starts). Its earlier attempt is kept on a ref."""
+
+    uid: str
+    base_units: tuple[str, ...]
+    reason: str
+    files: tuple[str, ...] = ()
+    conflict_with: tuple[str, ...] = ()
+    count: int = 1
+    holds: tuple[str, ...] = ()  # the files it waits for in the queue (conflicting or changed by its earlier try)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,4 +183,5 @@ class Finish:
     complete: bool
 
 
-Instruction = Start | Record | Retry | Requeue | GiveUp | StopWaiting | CancelAll | BudgetSpent | Throttle | Finish
+Instruction = (Start | Record | Retry | Requeue | Rerun | GiveUp | StopWaiting | CancelAll | BudgetSpent | Throttle
+               | Finish)

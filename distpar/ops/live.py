@@ -82,6 +82,7 @@ class RunProgress:
         self.state = ""  # the run's final state, once ended
         self.throttle: str = ""  # "3 at once" or "paused until 12:00" while rate limits hold the run back
         self.predicted: list[str] = []  # conflicts found early
+        self.reruns = 0  # units the merge queue ran again
         self.t0 = clock()
         self.t_end: float | None = None
         self._eta: tuple[Any, float, float] | None = None  # (what it was predicted from, when, the ETA then)
@@ -132,6 +133,9 @@ class RunProgress:
                              else f"{data.get('limit')} agent(s) at once")
         elif kind == "conflict_predicted":
             self.predicted.append(f"{data.get('unit')}: {', '.join(data.get('files') or ())}")
+        elif kind == "unit_rerun":  # the merge queue: it runs again, its first end does not stand
+            self.ended.pop(data.get("unit", ""), None)
+            self.reruns += 1
         elif kind == "merge_started":
             self.phase = "merging"
         elif kind == "interrupted":
@@ -301,10 +305,15 @@ def event_line(kind: str, data: dict[str, Any], progress: RunProgress | None = N
                 STATUS_STYLE.get(data["status"], ""))
     if kind == "unit_retry":
         return f"[{data['unit']}] retrying on a worker (attempt {data['attempt']}): {data['error']}", "yellow"
+    if kind == "unit_rerun":
+        return (f"distpar: merge queue: {data['unit']} runs again from the work integrated so far "
+                f"({data['reason']}; earlier try on {data['saved_ref']})", "magenta")
     if kind == "conflict_predicted":
         others = f" with {', '.join(data['others'])}" if data.get("others") else ""
+        then = {"rerun": "the merge queue takes it", "resolve": "the agent will resolve it at the final merge"}.get(
+            data.get("on_conflict") or "stop", "the final merge will stop there; nothing is resolved")
         return (f"distpar: conflict ahead: {data['unit']}'s work conflicts{others} in "
-                f"{', '.join(data['files'])} (the final merge will stop there; nothing is resolved)", "magenta")
+                f"{', '.join(data['files'])} ({then})", "magenta")
     if kind == "throttled":
         until = data.get("until")
         when = f", no new agent before {time.strftime('%H:%M:%S', time.localtime(until))}" if until else ""
@@ -363,7 +372,7 @@ class LiveView(Observer):
         if kind == "agent_output":  # many a second: shown at the next refresh (4 a second)
             return
         line = event_line(kind, data)
-        if kind in ("unit_retry", "interrupted", "run_resumed", "conflict_predicted", "throttled") or (
+        if kind in ("unit_retry", "interrupted", "run_resumed", "conflict_predicted", "throttled", "unit_rerun") or (
                 kind == "unit_ended" and data["status"] not in ("ok", "skipped")):
             assert line is not None
             self._live.console.print(Text(line[0], style=line[1]), soft_wrap=True, highlight=False)
@@ -404,6 +413,7 @@ def render(p: RunProgress, width: int = 120) -> RenderableType:
     eta = "" if p.phase == "ended" else f"  ETA {eta_text(p)}"
     bad = f", {p.failed} not ok" if p.failed else ""
     held = f"  {p.throttle}" if p.throttle else ""
+    held += f"  {p.reruns} rerun(s)" if p.reruns else ""
     label = Text(f"{p.done}/{p.total} units{bad}{eta}  cost {money(p.cost)}{held}", no_wrap=True)
     bar_width = max(10, min(40, width - len(label) - 1))
     bar = Table.grid(padding=(0, 1))

@@ -463,6 +463,15 @@ def _problems(d: RunData) -> str:
             items.append(f'<div class="problem conflict"><b>merge conflict</b> '
                          f"({esc(e.data.get('stage'))}{esc(where)}): {esc(e.data.get('theirs'))} into {esc(into)}"
                          f'<div class="mono">conflicting: {esc(files)}</div></div>')
+        elif e.kind in ("conflict_resolved", "resolve_failed"):
+            what = "resolved by the agent" if e.kind == "conflict_resolved" else f"NOT resolved: {e.data.get('why')}"
+            items.append(f'<div class="problem conflict"><b>conflict of {esc(", ".join(e.data.get("units", [])))}'
+                         f"</b> in {esc(', '.join(e.data.get('files', [])))}: {esc(what)}"
+                         f'<pre>{esc(e.data.get("diff") or "")}</pre></div>')
+        elif e.kind == "unit_rerun":
+            items.append(f'<div class="problem"><b>rerun</b> of batch {esc(e.unit_id)} (the merge queue, '
+                         f"{esc(e.data.get('count'))}): {esc(e.data.get('reason'))}"
+                         f'<div class="mono">earlier try: {esc(e.data.get("saved_ref"))}</div></div>')
         elif e.kind in ("unit_error", "unit_retry"):
             what = "retried" if e.kind == "unit_retry" else "transport error"
             items.append(f'<div class="problem"><b>{what}</b> on {worker_label(e.worker)} (batch {esc(e.unit_id)}, '

@@ -15,6 +15,9 @@ What it answers follows the prompt, with the fake agent's convention (``distpar.
     @standin call NAME JSON  (Claude) call tool NAME with JSON input, one call per turn in the order given; in
                              JSON, $run_id is the last "run_id" a tool result held (MCP tools: mcp__SERVER__TOOL)
 
+distpar's resolve prompt (``--on-conflict resolve``) is answered by Claude's Read then Write of each file it quotes
+with conflict markers, merged as the fake agent merges (both sides' lines: ``distpar.testing.fake_resolve``).
+
 Once the request carries the results of its tool calls, the model answers with a short text and ends its turn.
 Any other request (a title, a commit message, a quota check) gets a short text. Every request is recorded in
 ``StandIn.requests`` (path, model, what was decided) for the tests to assert on.
@@ -35,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from distpar.testing.fake_agent import prompt_commands
+from distpar.testing.fake_resolve import union
 
 MAX_DELAY = 120.0
 MAX_BODY = 64 * 1024 * 1024
@@ -193,6 +197,15 @@ class _Handler(BaseHTTPRequestHandler):
         calls = [] if done or commit or not plan.writes else [Call(p, c) for p, c in plan.writes]
         results = tool_results(body) if route == "anthropic" else []
         offered = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
+        fixes = resolutions(prompt) if route == "anthropic" and {"Read", "Write"} <= offered else []
+        steps = [step for path, content in fixes for step in (
+            ("Read", {"file_path": _absolute(path, workdir)}),
+            ("Write", {"file_path": _absolute(path, workdir), "content": content}))]
+        if len(results) < len(steps):  # distpar's resolve prompt: read, then write each file merged
+            name, tool_input = steps[len(results)]
+            self.standin.record({**entry, "answer": "tool", "calls": [name], "tool": name, "input": tool_input})
+            self._answer_anthropic(body, [], "", workdir, tool=(name, tool_input))
+            return
         if plan.tools and len(results) < len(plan.tools) and plan.tools[len(results)][0] in offered:
             name, args = plan.tools[len(results)]
             ids = re.findall(r'"run_id"\s*:\s*"([^"]+)"', "\n".join(results))
@@ -396,6 +409,28 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # --- reading a request --------------------------------------------------------------------------------------
+
+RESOLVE_HEAD = "distpar: resolve a merge conflict."
+FILES_HEAD = "The files as they are now, with the conflict markers:"
+
+
+def resolutions(text: str) -> list[tuple[str, str]]:
+    """distpar's resolve prompt (``distpar.coordinator.resolve.prompt``) answered as the fake agent does: each
+    file it quotes with conflict markers, merged by taking both sides' lines. [] for any other prompt."""
+    if RESOLVE_HEAD not in text or FILES_HEAD not in text:
+        return []
+    out: list[tuple[str, str]] = []
+    path: str | None = None
+    lines: list[str] = []
+    for line in [*text.split(FILES_HEAD, 1)[1].splitlines(), "--- "]:
+        if line.startswith("--- "):
+            if path:
+                out.append((path, union("".join(ln + "\n" for ln in lines))))
+            path, lines = line[4:].strip(), []
+        elif path is not None and line.startswith("| "):
+            lines.append(line[2:])
+    return out
+
 
 def _chat_system(body: dict[str, Any]) -> str:
     return "\n".join(str(m.get("content", "")) for m in body.get("messages") or [] if m.get("role") == "system")

@@ -24,6 +24,7 @@ from distpar.core.state import (
     InvariantError,
     Record,
     Requeue,
+    Rerun,
     Retry,
     RunState,
     Start,
@@ -644,6 +645,11 @@ class Sim:
             assert ins.uid not in self.running and ins.uid not in self.status and "interrupt" not in self.stopped
             assert ins.count == self.requeue_count.get(ins.uid, 0) + 1 <= self.state.agent_retries
             self.requeue_count[ins.uid] = ins.count
+        elif isinstance(ins, Rerun):  # the merge queue: the unit's end does not stand, it runs again later
+            assert self.status.pop(ins.uid) is OK and ins.uid not in self.running
+            assert self.state.on_conflict == "rerun" and ins.count <= self.state.max_reruns
+            key = (ins.uid, self.attempt.get(ins.uid, 1))
+            self.requeued[key] = self.requeued.get(key, 0) + 1
         elif isinstance(ins, GiveUp):
             assert ins.uid in self.status, f"{ins} for a unit whose end the executor did not expect to stand"
         elif isinstance(ins, StopWaiting):
@@ -676,8 +682,11 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
         if data.draw(st.booleans()) else None
     agent_retries = data.draw(st.integers(0, 2))
     cancel_wait = data.draw(st.sampled_from([None, 0.0, 5.0]))
+    on_conflict = data.draw(st.sampled_from(["stop", "rerun"]))
+    max_reruns = data.draw(st.integers(0, 2))
     state = RunState.create(us, done, retries=retries, budget_usd=budget, stop_on_conflict=stop_on_conflict,
-                            limiter=limiter, agent_retries=agent_retries, cancel_wait=cancel_wait)
+                            limiter=limiter, agent_retries=agent_retries, cancel_wait=cancel_wait,
+                            on_conflict=on_conflict, max_reruns=max_reruns)
     sim = Sim(state, {u.uid: u for u in us}, set(), dict(done), stop_on_conflict=stop_on_conflict)
     for w in range(workers):
         sim.alive.add(w)
@@ -747,10 +756,13 @@ def test_any_interleaving_keeps_the_invariants(dag: tuple[list[UnitInfo], int], 
                 sim.send(WorkerUp(w))
         elif action == "conflict":  # it ended ok, and its work conflicts with finished work (found early)
             sim.lose(uid)
-            sim.status[uid] = OK
-            if stop_on_conflict:
+            sim.status[uid] = OK  # (a Rerun takes it back)
+            rerun = on_conflict == "rerun" and state.reruns.get(uid, 0) < max_reruns
+            if stop_on_conflict and not rerun:
                 sim.stopped.add("conflict")
-            sim.send(UnitEnded(uid, worker, OK, at=sim.now, conflicts=True))
+            files = tuple(data.draw(st.lists(st.sampled_from("ab"), max_size=2, unique=True)))
+            out = sim.send(UnitEnded(uid, worker, OK, at=sim.now, conflicts=True, conflict_files=files))
+            assert any(isinstance(i, Rerun) for i in out) is rerun
         elif action in ("interrupt", "fatal"):
             if action == "interrupt" and "interrupt" not in sim.stopped and cancel_wait is not None:
                 sim.deadline = sim.now + cancel_wait

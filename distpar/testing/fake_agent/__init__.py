@@ -38,6 +38,11 @@ quoting, ``\\n`` in text means a newline); other text is ignored. Commands:
     sh COMMAND            run COMMAND with /bin/sh -c (tests only); a non-zero exit fails the task
     fail-once KEY RESULT  the first invocation with KEY in $FAKE_AGENT_STATE fails with RESULT (a result kind, or
                           crash), later ones go on
+    resolve-union         resolve the merge conflicts in the working tree by taking both sides' lines
+
+In a worktree where a merge stopped with conflicts (distpar's ``--on-conflict resolve`` step), a prompt with no
+command resolves them as ``$FAKE_AGENT_RESOLVE`` says: ``union`` (the default), ``markers`` (leaves the
+markers) or ``fail``; ``$FAKE_AGENT_RESOLVE_SLEEP`` seconds first (see ``distpar.testing.fake_resolve``).
 
 With no command it writes the prompt to ``fake-agent/<hash>.md``. ``FAKE_AGENT_LOG`` names a JSON-lines file
 where every invocation is recorded (emulation, argv, working directory, batch id).

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distpar.testing import fake_resolve
+
 KINDS = ("max_turns", "budget", "rate_limit", "overloaded", "server_error", "usage_limit", "usage_limit_new",
          "bad_input", "auth")
 
@@ -99,6 +101,8 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
             if code:
                 state.kind, state.code, state.text = "error", 1, f"sh: {rest[0]!r} exited with {code}"
                 return
+        elif cmd == "resolve-union":
+            state.edits += fake_resolve.resolve_union()
         elif cmd == "spawn-child":
             subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         elif cmd == "cost":
@@ -119,6 +123,12 @@ def run_prompt(prompt: str, state: State, allow_writes: bool = True) -> None:
         else:
             print(f"fake agent: unknown command {cmd!r}", file=sys.stderr)
             sys.exit(2)
+    if not commands and fake_resolve.merging():  # distpar's resolve step (--on-conflict resolve)
+        error, edited = fake_resolve.act()
+        state.edits += edited
+        if error:
+            state.kind, state.code, state.text = "error", 1, error
+        return
     if not commands:
         p = Path("fake-agent") / (hashlib.sha1(prompt.encode()).hexdigest()[:12] + ".md")
         p.parent.mkdir(exist_ok=True)
