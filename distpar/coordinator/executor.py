@@ -25,7 +25,7 @@ from distpar.coordinator.landing import Landed, cleanup, land_run, release
 from distpar.coordinator.livelogs import LiveLogs
 from distpar.coordinator.merge import Conflict
 from distpar.coordinator.options import RunOptions
-from distpar.coordinator.recovery import recover
+from distpar.coordinator.recovery import earlier_wall, recover, users_branch_back
 from distpar.coordinator.runtime import RunLock, RunReport, git_identity, new_run_id
 from distpar.coordinator.site import Observer, RunEvents, RunSite
 from distpar.coordinator.unitspec import (
@@ -107,6 +107,7 @@ class Runner:
         self.interrupted = threading.Event()
         self.budget_exhausted = False
         self.resumed = resume
+        self.earlier_wall = 0.0  # the wall time of the attempts before this resume
         # unit -> (agent session, commit of its saved work, node the session lives on)
         self.resume_sessions: dict[str, tuple[str | None, str | None, str | None]] = {}
         self.dispatches = 0
@@ -217,7 +218,7 @@ class Runner:
             restore_signals()
             self.backend.wait_closed()
             self._cleanup()
-        report = self._report(time.time() - t0, landed)
+        report = self._report(time.time() - t0 + self.earlier_wall, landed)  # a resume: the whole run's wall
         self.journal.end_run(self.run_id, report.state, int(report.exit_code), report.summary())
         self.emit("run_ended", **report.summary())
         return report
@@ -282,7 +283,7 @@ class Runner:
         deps = [(d, self.results[d].commit or self.start) for d in unit.deps]
         deps.sort(key=lambda dc: self.state.units[dc[0]].order if self.state else 0)
         base = base_for(self.repo, self.start, ins.uid, deps, self.branch(ins.uid), self.branch, self.run_id,
-                        self.env)
+                        self.env, resolved=gitops.try_rev(self.repo, f"refs/heads/{self.branch(ins.uid)}"))
         if base.commit is None:
             assert base.conflict is not None
             self.conflict = self.conflict or base.conflict
@@ -430,13 +431,16 @@ class Runner:
 
     def _restore(self) -> None:
         """Pick up the journaled run this one continues."""
+        back = users_branch_back(self.site)  # off the run's branches, which it may move
+        row = self.journal.run(self.run_id)
+        self.earlier_wall = earlier_wall(self.journal, self.run_id, float(row["started"])) if row else 0.0
         rec = recover(self.site, self.journal, self.units)
         self.results.update(rec.results)
         self.resume_sessions.update(rec.sessions)
         self.dispatches = rec.dispatches
         self.saved_refs.extend(rec.saved_refs)
         self.emit("run_resumed", run_id=self.run_id, done=len(self.results), recovered=rec.recovered,
-                  done_units=sorted(self.results))
+                  done_units=sorted(self.results), back_on=back)
 
     def _row(self, t0: float) -> dict[str, Any]:
         """The journal's row for a new run: everything resume needs (never a secret: variable names only)."""

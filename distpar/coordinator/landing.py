@@ -39,7 +39,8 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
     begin = gitops.try_rev(site.repo, f"refs/heads/{site.integration}")
     if begin is None or not gitops.is_ancestor(site.repo, site.start, begin):
         begin = site.start
-    result = merge_branches(site.repo, begin, merges, site.integration, site.run_id, site.env)
+    result = merge_branches(site.repo, begin, through_dependents(site.repo, merges), site.integration, site.run_id,
+                            site.env)
     if result.conflict is None and options.verify_merged:
         gate = _verify_merged(site, options, include, result.head, events)
         if gate is not None:
@@ -55,6 +56,17 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
         pushed = push_run(site.repo, options.push, [b for b, _ in merges] + [site.integration], site.target)
         events.record("pushed", remote=options.push, refs=pushed)
     return Landed(head=gitops.rev(site.repo, f"refs/heads/{site.target}"), pushed=pushed)
+
+
+def through_dependents(repo: Path, merges: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``merges`` without the units whose work a later unit's branch already holds (its dependencies): they come
+    in through it, merged the way its base merged them, a conflict between them resolved there included (by hand,
+    on the unit's branch, as a dependency conflict prints) instead of met again."""
+    tips = list(dict.fromkeys(t for _, t in merges))
+    if len(tips) < 2:
+        return merges
+    keep = set(gitops.git(repo, "merge-base", "--independent", *tips).stdout.split())
+    return [(b, t) for b, t in merges if t in keep]
 
 
 def _verify_merged(site: RunSite, options: RunOptions, include: list[str], head: str,
