@@ -465,6 +465,12 @@ def _print_report(report: Any, runner: Any) -> None:
         click.echo(f"\nthe merged tree failed --verify-merged ({g['name']}, exit {g['exit_code']}):")
         click.echo("  " + "\n  ".join(g["tail"].splitlines()[-10:]))
         click.echo(f"  log: {g['log_path']}")
+        b = report.bisected
+        if b:
+            how = "checked after every merge" if b["each"] else f"bisected in {b['runs']} run(s) of the check"
+            click.echo(f"{b['description']} ({how}); the check there:")
+            click.echo("  " + "\n  ".join(b["tail"].splitlines()[-10:]))
+            click.echo(f"  log: {b['log_path']}")
         click.echo(f"{report.target} was left unchanged; the merged work is on {runner.integration}. Fix it there "
                    f"(commit on that branch), then: distpar resume {report.run_id}")
     for e in report.errors:

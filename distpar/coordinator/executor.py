@@ -121,6 +121,7 @@ class Runner:
         self.include_data = workspace.pack_files(repo, self.include) \
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
+        self.bisected: dict[str, Any] | None = None  # the first unit whose merge fails the gate (landing.Bisected)
         self.held: dict[str, UnitResult] = {}  # a rate-limited unit's report, until the state says what it means
         self.carried: dict[str, list[UnitResult]] = {}  # what a unit's requeued (rate-limited) dispatches reported
         self.rate_stop = ""  # why no new unit started (a usage limit far away), when that happened
@@ -459,6 +460,8 @@ class Runner:
         landed: Landed = land_run(self.site, self.options, merges, self.include, self.events)
         self.conflict = self.conflict or landed.conflict
         self.gate, self.pushed = landed.gate, landed.pushed
+        self.bisected = {**landed.bisected.to_dict(), "description": landed.bisected.describe()} \
+            if landed.bisected else None
         return landed.head
 
     def _cleanup(self) -> None:
@@ -499,7 +502,8 @@ class Runner:
             pending=pending, wall=wall, conflict=self.conflict, errors=self.errors, branches=branches,
             saved_refs=sorted(set(self.saved_refs)), landed=landed, budget_usd=self.options.budget_usd,
             budget_exhausted=self.budget_exhausted, predicted_conflicts=self.predicted,
-            gate=self.gate.to_dict() if self.gate else None, pushed=self.pushed, stopped=self.rate_stop,
+            gate=self.gate.to_dict() if self.gate else None, bisected=self.bisected, pushed=self.pushed,
+            stopped=self.rate_stop,
             warnings=list(self.warnings), spent=self.journal.spent(self.run_id),
         )
 

@@ -8,6 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distpar.coordinator.bisect import Bisected, bisect, each_merge, merge_sequence
 from distpar.coordinator.merge import Conflict, land, merge_branches
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.site import RunEvents, RunSite
@@ -26,6 +27,7 @@ class Landed:
     head: str | None = None
     conflict: Conflict | None = None
     gate: workspace.HookResult | None = None
+    bisected: Bisected | None = None  # when the gate failed: the first unit whose merge makes the check fail
     pushed: list[str] = field(default_factory=list)
 
 
@@ -42,9 +44,9 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
     result = merge_branches(site.repo, begin, through_dependents(site.repo, merges), site.integration, site.run_id,
                             site.env)
     if result.conflict is None and options.verify_merged:
-        gate = _verify_merged(site, options, include, result.head, events)
+        gate, bisected = verify_merged_gate(site, options, include, result.head, events)
         if gate is not None:
-            return Landed(gate=gate)
+            return Landed(gate=gate, bisected=bisected)
     conflict = result.conflict or land(site.repo, site.target, site.start, site.integration, result.head, site.env)
     if conflict:
         events.record("conflict", stage=conflict.stage, files=list(conflict.files), theirs=conflict.theirs,
@@ -69,16 +71,40 @@ def through_dependents(repo: Path, merges: list[tuple[str, str]]) -> list[tuple[
     return [(b, t) for b, t in merges if t in keep]
 
 
-def _verify_merged(site: RunSite, options: RunOptions, include: list[str], head: str,
-                   events: RunEvents) -> workspace.HookResult | None:
-    """The gate on the merged tree; its result when it failed (then the target is not touched)."""
+def verify_merged_gate(site: RunSite, options: RunOptions, include: list[str], head: str,
+                       events: RunEvents) -> tuple[workspace.HookResult | None, Bisected | None]:
+    """The gate on the merged tree: its result when it failed (then the target is not touched), with the first unit
+    whose merge makes it fail (bisected; or, with --verify-each-merge, found checking every merge in order)."""
     assert options.verify_merged
+    command = options.verify_merged
     events.emit("verify_merged_started", head=head)
-    gate = workspace.verify_merged(site.repo, head, site.run_dir / "verify-merged", options.verify_merged,
-                                   options.setup, include, site.run_dir / "logs" / "verify-merged.log")
+
+    def check(commit: str, step: int) -> workspace.HookResult:
+        events.emit("verify_bisect_step", commit=commit, step=step)
+        return workspace.verify_merged(site.repo, commit, site.run_dir / "verify-merged", command, options.setup,
+                                       include, site.run_dir / "logs" / f"verify-merged-{step}-{commit[:12]}.log")
+
+    if options.verify_each_merge:
+        seq = merge_sequence(site.repo, site.start, head)
+        last, found = each_merge(seq, check)
+        gate = last if last is not None else check(head, 1)
+    else:
+        gate = workspace.verify_merged(site.repo, head, site.run_dir / "verify-merged", command, options.setup,
+                                       include, site.run_dir / "logs" / "verify-merged.log")
+        found = None
     events.publish("verify_merged", ok=gate.ok, exit_code=gate.exit_code, seconds=round(gate.seconds, 3), head=head,
                    tail=gate.tail[-2000:])  # the tail of the user's own command: its output, masked of nothing secret
-    return None if gate.ok else gate
+    if gate.ok:
+        return None, None
+    if found is None:
+        seq = merge_sequence(site.repo, site.start, head)
+        if seq:
+            found = bisect(seq, check, gate, site.start)
+    if found is not None:
+        events.publish("verify_bisected", unit=found.unit, **{k: v for k, v in found.to_dict().items()
+                                                              if k not in ("unit", "tail")},
+                       tail=found.tail[-2000:], description=found.describe())
+    return gate, found
 
 
 def cleanup(site: RunSite, workspaces: list[Path]) -> list[str]:

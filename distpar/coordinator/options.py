@@ -104,6 +104,10 @@ class RunOptions:
     verify_merged: str | None = opt(
         flag="--verify-merged", metavar="CMD", config=True,
         help="Run on the merged tree before the target moves; if it fails nothing lands (exit 5).")
+    verify_each_merge: bool = opt(
+        False, flag="--verify-each-merge", kind="bool", config=True, negatable=True,
+        help="Run --verify-merged's check after every merge of the final merge (in plan order, up to the first "
+             "failure) instead of once on the merged tree and bisecting when it fails: for cheap checks.")
     push: str | None = opt(
         flag="--push", metavar="REMOTE", config=True,
         help="Push the run's branches (and the target, when it tracks a branch there) to REMOTE.")
@@ -158,6 +162,8 @@ def check(options: RunOptions) -> None:
             raise UsageError(f"{label}: {value!r} is not a string")
         elif o.kind == "list" and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
             raise UsageError(f"{label}: {value!r} is not a list of strings")
+    if options.verify_each_merge and not options.verify_merged:
+        raise UsageError("--verify-each-merge needs --verify-merged CMD: the check it runs after every merge")
 
 
 def config_keys() -> dict[str, str]:
