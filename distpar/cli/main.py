@@ -15,6 +15,7 @@ import click
 
 from distpar import __version__, agents
 from distpar.backends import backend_names
+from distpar.cli import review as review_cli
 from distpar.cli.options import given_options, run_option_flags
 from distpar.coordinator.options import DEFAULT_WORKERS
 from distpar.core.errors import DistparError, ExitCode, UsageError
@@ -423,7 +424,7 @@ def _print_report(report: Any, runner: Any) -> None:
     s = report.summary()
     counts = ", ".join(f"{n} {k}" for k, n in s["units"].items())
     color = {"ok": "green", "failed": "red", "conflict": "yellow", "interrupted": "yellow", "error": "red",
-             "gate_failed": "red"}
+             "gate_failed": "red", "review": "cyan"}
     click.secho(f"run {report.run_id}: {report.state} ({counts})", fg=color.get(report.state))
     cost = f", cost ${report.cost_usd:.4f}" if report.cost_usd is not None else ""
     tin, tout = report.tokens()
@@ -498,6 +499,10 @@ def _print_report(report: Any, runner: Any) -> None:
 def _resume_line(report: Any) -> str:
     """How to go on, for every resumable end that has not printed it already (a conflict and a failed gate
     print their own, with the commands before it; so does a usage limit)."""
+    if report.review:
+        return (f"integrated and gated on distpar/{report.run_id}/integration ({report.review[:12]}); "
+                f"{report.target} untouched. Review: distpar diff {report.run_id} [UNIT]; then land: "
+                f"distpar land {report.run_id} [--without UNIT...]")
     if report.landed or report.conflict or report.gate or report.stopped:
         return ""
     if report.state == "interrupted":
@@ -739,6 +744,8 @@ def _plugin_commands() -> None:
             cli.add_command(ep.load(), ep.name)
 
 
+cli.add_command(review_cli.diff_cmd)
+cli.add_command(review_cli.land_cmd)
 _plugin_commands()
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ class Runner:
         self.include_data = workspace.pack_files(repo, self.include) \
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
+        self.review: str | None = None  # --review: the integrated head waiting for ``distpar land``
         self.bisected: dict[str, Any] | None = None  # the first unit whose merge fails the gate (landing.Bisected)
         self.held: dict[str, UnitResult] = {}  # a rate-limited unit's report, until the state says what it means
         self.carried: dict[str, list[UnitResult]] = {}  # what a unit's requeued (rate-limited) dispatches reported
@@ -460,6 +461,7 @@ class Runner:
         landed: Landed = land_run(self.site, self.options, merges, self.include, self.events)
         self.conflict = self.conflict or landed.conflict
         self.gate, self.pushed = landed.gate, landed.pushed
+        self.review = landed.review
         self.bisected = {**landed.bisected.to_dict(), "description": landed.bisected.describe()} \
             if landed.bisected else None
         return landed.head
@@ -498,7 +500,8 @@ class Runner:
         else:
             branches = [b for b in branches if gitops.try_rev(self.repo, f"refs/heads/{b}")]
         return RunReport(
-            run_id=self.run_id, state=RunReport.STATES[code], exit_code=code, target=self.target, results=results,
+            run_id=self.run_id, state="review" if self.review and code == ExitCode.OK else RunReport.STATES[code],
+            exit_code=code, review=self.review, target=self.target, results=results,
             pending=pending, wall=wall, conflict=self.conflict, errors=self.errors, branches=branches,
             saved_refs=sorted(set(self.saved_refs)), landed=landed, budget_usd=self.options.budget_usd,
             budget_exhausted=self.budget_exhausted, predicted_conflicts=self.predicted,

@@ -28,6 +28,7 @@ class Landed:
     conflict: Conflict | None = None
     gate: workspace.HookResult | None = None
     bisected: Bisected | None = None  # when the gate failed: the first unit whose merge makes the check fail
+    review: str | None = None  # --review: the integrated, gated head waiting for ``distpar land``
     pushed: list[str] = field(default_factory=list)
 
 
@@ -47,6 +48,9 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
         gate, bisected = verify_merged_gate(site, options, include, result.head, events)
         if gate is not None:
             return Landed(gate=gate, bisected=bisected)
+    if result.conflict is None and options.review:
+        events.publish("review_ready", head=result.head, merged=list(result.merged))
+        return Landed(review=result.head)
     conflict = result.conflict or land(site.repo, site.target, site.start, site.integration, result.head, site.env)
     if conflict:
         events.record("conflict", stage=conflict.stage, files=list(conflict.files), theirs=conflict.theirs,

@@ -108,6 +108,10 @@ class RunOptions:
         False, flag="--verify-each-merge", kind="bool", config=True, negatable=True,
         help="Run --verify-merged's check after every merge of the final merge (in plan order, up to the first "
              "failure) instead of once on the merged tree and bisecting when it fails: for cheap checks.")
+    review: bool = opt(
+        False, flag="--review", kind="bool", config=True, negatable=True,
+        help="Stop after the gates with everything integrated but the target untouched (state review): look with "
+             "distpar diff RUN [UNIT], then distpar land RUN [--without UNIT...].")
     push: str | None = opt(
         flag="--push", metavar="REMOTE", config=True,
         help="Push the run's branches (and the target, when it tracks a branch there) to REMOTE.")

@@ -42,6 +42,7 @@ class RunReport:
     budget_exhausted: bool = False  # batches were left unstarted because the budget was spent
     predicted_conflicts: list[dict[str, Any]] = field(default_factory=list)  # found before the final merge
     gate: dict[str, Any] | None = None  # --verify-merged's result when it failed (workspace.HookResult)
+    review: str | None = None  # --review: the integrated, gated head waiting for ``distpar land`` (state review)
     bisected: dict[str, Any] | None = None  # with a failed gate: the first unit whose merge fails it (Bisected)
     pushed: list[str] = field(default_factory=list)  # refs pushed to --push REMOTE
     stopped: str = ""  # why no new unit started before the end (a usage limit that resets far away)
@@ -99,6 +100,7 @@ class RunReport:
             "predicted_conflicts": self.predicted_conflicts,
             "gate": self.gate,
             "bisected": self.bisected,
+            "review": self.review,
             "pushed": self.pushed,
             "stopped": self.stopped,
             "warnings": self.warnings,
