@@ -474,6 +474,9 @@ def _print_report(report: Any, runner: Any) -> None:
             click.echo(f"  log: {b['log_path']}")
         click.echo(f"{report.target} was left unchanged; the merged work is on {runner.integration}. Fix it there "
                    f"(commit on that branch), then: distpar resume {report.run_id}")
+    for f in report.fixes:
+        click.echo(f"fix unit {f['unit']} ({f['status']}): " + (f"committed {str(f['commit'])[:12]} on {f['branch']}"
+                                                               if f.get("commit") else f"{f.get('error')}"))
     for e in report.errors:
         click.echo(f"error: {e}")
     if report.pushed:

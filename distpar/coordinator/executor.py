@@ -38,7 +38,7 @@ from distpar.coordinator.unitspec import (
 )
 from distpar.core import names
 from distpar.core.errors import DistparError, ExitCode, most_severe
-from distpar.core.model import AgentConfig, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
+from distpar.core.model import AgentConfig, Source, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
 from distpar.core.plan import Plan
 from distpar.core.ratelimit import RateLimiter, retry_base
 from distpar.core.schedule import Schedule
@@ -121,6 +121,7 @@ class Runner:
         self.include_data = workspace.pack_files(repo, self.include) \
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
+        self.fixes: list[dict[str, Any]] = []  # --on-verify-fail fix: each fix unit's end
         self.review: str | None = None  # --review: the integrated head waiting for ``distpar land``
         self.bisected: dict[str, Any] | None = None  # the first unit whose merge fails the gate (landing.Bisected)
         self.held: dict[str, UnitResult] = {}  # a rate-limited unit's report, until the state says what it means
@@ -458,13 +459,61 @@ class Runner:
     def _land(self) -> str | None:
         merges = [(self.branch(u.uid), self.results[u.uid].commit or self.start)
                   for u in sorted(self.units, key=lambda u: u.order)]
-        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events)
+        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events, fixer=self._fix)
+        self.fixes = landed.fixes
         self.conflict = self.conflict or landed.conflict
         self.gate, self.pushed = landed.gate, landed.pushed
         self.review = landed.review
         self.bisected = {**landed.bisected.to_dict(), "description": landed.bisected.describe()} \
             if landed.bisected else None
         return landed.head
+
+    def _fix(self, head: str, prompt: str, n: int) -> tuple[str | None, dict[str, Any]]:
+        """--on-verify-fail fix: unit ``fix-<n>`` runs the run's agent on ``head`` (the integration's), on this
+        machine in a worktree of its own, and commits on ``distpar/<run>/fix/<n>``, which stays. Its commit, or
+        None when it failed, changed nothing or the budget is spent; and how it ended (journaled, reported)."""
+        from distpar.backends import make_backend
+
+        uid, branch = f"fix-{n}", f"distpar/{self.run_id}/fix/{n}"
+        spent = self.journal.spent(self.run_id) or 0.0
+        if self.options.budget_usd is not None and spent >= self.options.budget_usd:
+            end: dict[str, Any] = {"unit": uid, "status": "skipped", "error": "the run's budget is spent"}
+            self.publish("verify_fix", None, uid, **{k: v for k, v in end.items() if k != "unit"})
+            return None, end
+        backend = make_backend("local", {})
+        ctx = RunContext(self.run_id, self.repo, self.run_dir, 1, (self.options.agent,),
+                         lambda kind, data: self._on_worker_event(kind, data))
+        worker = self.workers + n - 1  # a workspace of its own, after the run's workers'
+        ws = backend.workspace(ctx, worker)
+        settings = WorkerSettings(
+            run_id=self.run_id, workspace=ws, log_dir=backend.log_dir(ctx), identity=self.identity,
+            env=self.forwarded, return_bundle=False, include=tuple(self.include), include_data={},
+            plan_text=self.plan_text, options=run_options.worker_options(self.options))
+        self.dispatches += 1
+        spec = UnitSpec(uid=uid, description="fix the merged tree's check", prompt=prompt, agent=self.options.agent,
+                        timeout=self.options.timeout, worker=worker, dispatch=self.dispatches, branch=branch,
+                        base=head, source=Source("worktree", str(self.repo)))
+        self.publish("verify_fix_started", worker, uid, base=head, branch=branch)
+        backend.start(ctx)
+        saved = None
+        try:
+            reply = backend.submit(settings, spec).result(timeout=self.options.timeout + CANCEL_WAIT)
+            r, saved = reply.result, reply.saved_ref
+        except Exception as exc:  # the fix is one more try: the failing gate stands
+            msg = exc.message if isinstance(exc, DistparError) else f"{type(exc).__name__}: {exc}"
+            r = UnitResult(uid, worker, UnitStatus.FAILED, error=msg)
+        finally:
+            backend.close()
+            backend.wait_closed()
+            self.saved_refs.extend(cleanup(self.site, [Path(ws)]))
+        commit = r.commit if r.status.ok and r.changed and r.commit else None
+        if saved:
+            self.saved_refs.append(saved)
+        end = {"unit": uid, "status": r.status.value, "branch": branch, "commit": commit, "base": head,
+               "duration": round(r.duration, 3), "error": r.error or ("" if commit else "the agent changed nothing"),
+               "cost_usd": r.outcome.cost_usd if r.outcome else None, "log_path": r.log_path}
+        self.publish("verify_fix", worker, uid, **{k: v for k, v in end.items() if k != "unit"})
+        return commit, end
 
     def _cleanup(self) -> None:
         if not self.backend.remote:
@@ -505,7 +554,8 @@ class Runner:
             pending=pending, wall=wall, conflict=self.conflict, errors=self.errors, branches=branches,
             saved_refs=sorted(set(self.saved_refs)), landed=landed, budget_usd=self.options.budget_usd,
             budget_exhausted=self.budget_exhausted, predicted_conflicts=self.predicted,
-            gate=self.gate.to_dict() if self.gate else None, bisected=self.bisected, pushed=self.pushed,
+            gate=self.gate.to_dict() if self.gate else None, bisected=self.bisected, fixes=self.fixes,
+            pushed=self.pushed,
             stopped=self.rate_stop,
             warnings=list(self.warnings), spent=self.journal.spent(self.run_id),
         )

@@ -4,7 +4,9 @@ conflict, and the target moves only when all of it went through."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,11 +31,16 @@ class Landed:
     gate: workspace.HookResult | None = None
     bisected: Bisected | None = None  # when the gate failed: the first unit whose merge makes the check fail
     review: str | None = None  # --review: the integrated, gated head waiting for ``distpar land``
+    fixes: list[dict[str, object]] = field(default_factory=list)  # --on-verify-fail fix: each fix unit's end
     pushed: list[str] = field(default_factory=list)
 
 
+# --on-verify-fail fix: (the failing head, the fix unit's prompt, its number) -> (its commit or None, its end)
+Fixer = Callable[[str, str, int], tuple[str | None, dict[str, object]]]
+
+
 def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], include: list[str],
-             events: RunEvents) -> Landed:
+             events: RunEvents, fixer: Fixer | None = None) -> Landed:
     """Merge ``merges`` (each unit's branch and commit, in plan order) into the integration branch, gate it
     (--verify-merged), move the target, push (--push)."""
     events.publish("merge_started", branches=[b for b, _ in merges])
@@ -44,13 +51,23 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
         begin = site.start
     result = merge_branches(site.repo, begin, through_dependents(site.repo, merges), site.integration, site.run_id,
                             site.env)
+    fixes: list[dict[str, object]] = []
     if result.conflict is None and options.verify_merged:
         gate, bisected = verify_merged_gate(site, options, include, result.head, events)
+        while gate is not None and fixer is not None and options.on_verify_fail == "fix" \
+                and len(fixes) < options.max_fixes:
+            fixed, end = fixer(result.head, fix_prompt(options.verify_merged, gate, bisected), len(fixes) + 1)
+            fixes.append(end)
+            if fixed is None:
+                break
+            gitops.update_ref(site.repo, f"refs/heads/{site.integration}", fixed)  # a commit on top of the head
+            result = dataclasses.replace(result, head=fixed)
+            gate, bisected = verify_merged_gate(site, options, include, result.head, events)
         if gate is not None:
-            return Landed(gate=gate, bisected=bisected)
+            return Landed(gate=gate, bisected=bisected, fixes=fixes)
     if result.conflict is None and options.review:
         events.publish("review_ready", head=result.head, merged=list(result.merged))
-        return Landed(review=result.head)
+        return Landed(review=result.head, fixes=fixes)
     conflict = result.conflict or land(site.repo, site.target, site.start, site.integration, result.head, site.env)
     if conflict:
         events.record("conflict", stage=conflict.stage, files=list(conflict.files), theirs=conflict.theirs,
@@ -61,7 +78,16 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
     if options.push:
         pushed = push_run(site.repo, options.push, [b for b, _ in merges] + [site.integration], site.target)
         events.record("pushed", remote=options.push, refs=pushed)
-    return Landed(head=gitops.rev(site.repo, f"refs/heads/{site.target}"), pushed=pushed)
+    return Landed(head=gitops.rev(site.repo, f"refs/heads/{site.target}"), pushed=pushed, fixes=fixes)
+
+
+def fix_prompt(command: str, gate: workspace.HookResult, bisected: Bisected | None) -> str:
+    """What a fix unit is asked: make the merged tree pass the check, with the check's output."""
+    where = f"\n{bisected.describe()}." if bisected is not None else ""
+    return (f"The merged result of several units' work fails its check. The check (run from the repository's "
+            f"root): {command}\nIt ended with exit {gate.exit_code}.{where}\nThe end of its output:\n\n"
+            f"{gate.tail}\n\nChange the code so that the check passes, keeping every unit's work; do not change "
+            f"the check itself.\n")
 
 
 def through_dependents(repo: Path, merges: list[tuple[str, str]]) -> list[tuple[str, str]]:

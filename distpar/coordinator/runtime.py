@@ -43,6 +43,7 @@ class RunReport:
     predicted_conflicts: list[dict[str, Any]] = field(default_factory=list)  # found before the final merge
     gate: dict[str, Any] | None = None  # --verify-merged's result when it failed (workspace.HookResult)
     review: str | None = None  # --review: the integrated, gated head waiting for ``distpar land`` (state review)
+    fixes: list[dict[str, Any]] = field(default_factory=list)  # --on-verify-fail fix: each fix unit's end
     bisected: dict[str, Any] | None = None  # with a failed gate: the first unit whose merge fails it (Bisected)
     pushed: list[str] = field(default_factory=list)  # refs pushed to --push REMOTE
     stopped: str = ""  # why no new unit started before the end (a usage limit that resets far away)
@@ -100,6 +101,7 @@ class RunReport:
             "predicted_conflicts": self.predicted_conflicts,
             "gate": self.gate,
             "bisected": self.bisected,
+            "fixes": self.fixes,
             "review": self.review,
             "pushed": self.pushed,
             "stopped": self.stopped,
