@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import collisions
 from bench.harness import PHASE_HELP, PHASES
 from bench.stats import spread
 
@@ -407,6 +408,8 @@ def render(results: dict[str, Any]) -> str:
         parts += _scale_md(s["scale"], results)
     if "backends" in s:
         parts += _backends_md(s["backends"])
+    if "collisions" in s:
+        parts += collisions.markdown(s["collisions"], _table)
     if results.get("section_errors"):
         parts += ["", "## Sections that failed", ""]
         parts += [f"- **{k}**: {v}" for k, v in results["section_errors"].items()]
