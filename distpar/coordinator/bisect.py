@@ -78,6 +78,10 @@ def merge_sequence(repo: Path, start: str, head: str) -> list[Merge]:
     return seq
 
 
+class Stopped(Exception):
+    """The search was interrupted (Ctrl+C while landing): the gate's failure stands, resume searches again."""
+
+
 Check = Callable[[str, int], HookResult]  # (commit, step number) -> the check's result there
 
 

@@ -135,6 +135,7 @@ class Runner:
         self.warnings: list[str] = []  # what the checks before the run found worth saying (prepare_run)
         self.lock: RunLock | None = None  # one coordinator per run (resume hands in the lock it took)
         self.landing = self.interrupted_while_landing = False  # an interrupt while landing lets it finish
+        self.stop_searching = threading.Event()  # ... but stops a search for the unit that broke the gate
         self.live = LiveLogs(self.run_dir, backend.remote)  # what remote units print, for logs --follow
 
     @property
@@ -459,7 +460,8 @@ class Runner:
     def _land(self) -> str | None:
         merges = [(self.branch(u.uid), self.results[u.uid].commit or self.start)
                   for u in sorted(self.units, key=lambda u: u.order)]
-        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events, fixer=self._fix)
+        landed: Landed = land_run(self.site, self.options, merges, self.include, self.events, fixer=self._fix,
+                                  stop=self.stop_searching)
         self.fixes = landed.fixes
         self.conflict = self.conflict or landed.conflict
         self.gate, self.pushed = landed.gate, landed.pushed
@@ -568,6 +570,7 @@ class Runner:
         leave a half-made integration branch."""
         if self.landing:
             self.interrupted_while_landing = True
+            self.stop_searching.set()
             return
         if not self.interrupted.is_set():
             self.interrupted.set()

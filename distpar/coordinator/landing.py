@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distpar.coordinator.bisect import Bisected, bisect, each_merge, merge_sequence
+from distpar.coordinator.bisect import Bisected, Stopped, bisect, each_merge, merge_sequence
 from distpar.coordinator.merge import Conflict, land, merge_branches
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.site import RunEvents, RunSite
@@ -40,7 +41,7 @@ Fixer = Callable[[str, str, int], tuple[str | None, dict[str, object]]]
 
 
 def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], include: list[str],
-             events: RunEvents, fixer: Fixer | None = None) -> Landed:
+             events: RunEvents, fixer: Fixer | None = None, stop: threading.Event | None = None) -> Landed:
     """Merge ``merges`` (each unit's branch and commit, in plan order) into the integration branch, gate it
     (--verify-merged), move the target, push (--push)."""
     events.publish("merge_started", branches=[b for b, _ in merges])
@@ -53,16 +54,16 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
                             site.env)
     fixes: list[dict[str, object]] = []
     if result.conflict is None and options.verify_merged:
-        gate, bisected = verify_merged_gate(site, options, include, result.head, events)
+        gate, bisected = verify_merged_gate(site, options, include, result.head, events, stop)
         while gate is not None and fixer is not None and options.on_verify_fail == "fix" \
-                and len(fixes) < options.max_fixes:
+                and len(fixes) < options.max_fixes and not (stop is not None and stop.is_set()):
             fixed, end = fixer(result.head, fix_prompt(options.verify_merged, gate, bisected), len(fixes) + 1)
             fixes.append(end)
             if fixed is None:
                 break
             gitops.update_ref(site.repo, f"refs/heads/{site.integration}", fixed)  # a commit on top of the head
             result = dataclasses.replace(result, head=fixed)
-            gate, bisected = verify_merged_gate(site, options, include, result.head, events)
+            gate, bisected = verify_merged_gate(site, options, include, result.head, events, stop)
         if gate is not None:
             return Landed(gate=gate, bisected=bisected, fixes=fixes)
     if result.conflict is None and options.review:
@@ -101,23 +102,34 @@ def through_dependents(repo: Path, merges: list[tuple[str, str]]) -> list[tuple[
     return [(b, t) for b, t in merges if t in keep]
 
 
-def verify_merged_gate(site: RunSite, options: RunOptions, include: list[str], head: str,
-                       events: RunEvents) -> tuple[workspace.HookResult | None, Bisected | None]:
+def verify_merged_gate(site: RunSite, options: RunOptions, include: list[str], head: str, events: RunEvents,
+                       stop: threading.Event | None = None) -> tuple[workspace.HookResult | None, Bisected | None]:
     """The gate on the merged tree: its result when it failed (then the target is not touched), with the first unit
-    whose merge makes it fail (bisected; or, with --verify-each-merge, found checking every merge in order)."""
+    whose merge makes it fail (bisected; or, with --verify-each-merge, found checking every merge in order).
+    ``stop`` set (an interrupt while landing) ends the search for that unit, not the gate: its failure stands and
+    ``resume`` runs the gate, and the search, again."""
     assert options.verify_merged
     command = options.verify_merged
     events.emit("verify_merged_started", head=head)
 
     def check(commit: str, step: int) -> workspace.HookResult:
+        if stop is not None and stop.is_set():
+            raise Stopped()
         events.emit("verify_bisect_step", commit=commit, step=step)
-        return workspace.verify_merged(site.repo, commit, site.run_dir / "verify-merged", command, options.setup,
-                                       include, site.run_dir / "logs" / f"verify-merged-{step}-{commit[:12]}.log")
+        r = workspace.verify_merged(site.repo, commit, site.run_dir / "verify-merged", command, options.setup,
+                                    include, site.run_dir / "logs" / f"verify-merged-{step}-{commit[:12]}.log", stop)
+        if stop is not None and stop.is_set():
+            raise Stopped()
+        return r
 
     if options.verify_each_merge:
         seq = merge_sequence(site.repo, site.start, head)
-        last, found = each_merge(seq, check)
-        gate = last if last is not None else check(head, 1)
+        try:
+            last, found = each_merge(seq, check)
+            gate = last if last is not None else check(head, 1)
+        except Stopped:
+            events.publish("verify_bisect_stopped", head=head)
+            return workspace.HookResult("verify-merged (interrupted)", False, None, 0.0, "interrupted"), None
     else:
         gate = workspace.verify_merged(site.repo, head, site.run_dir / "verify-merged", command, options.setup,
                                        include, site.run_dir / "logs" / "verify-merged.log")
@@ -129,7 +141,10 @@ def verify_merged_gate(site: RunSite, options: RunOptions, include: list[str], h
     if found is None:
         seq = merge_sequence(site.repo, site.start, head)
         if seq:
-            found = bisect(seq, check, gate, site.start)
+            try:
+                found = bisect(seq, check, gate, site.start)
+            except Stopped:
+                events.publish("verify_bisect_stopped", head=head)
     if found is not None:
         events.publish("verify_bisected", unit=found.unit, **{k: v for k, v in found.to_dict().items()
                                                               if k not in ("unit", "tail")},

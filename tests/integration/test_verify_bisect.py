@@ -98,3 +98,42 @@ def test_verify_each_merge_without_a_check_is_refused_and_changes_nothing(repo: 
     assert res.returncode == ExitCode.USAGE
     assert "--verify-each-merge needs --verify-merged" in res.stderr
     assert gitops.rev(repo, "main") == start and not journal().runs()
+
+
+def test_an_interrupt_stops_the_bisection_and_resume_searches_again(repo: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import wait_for
+
+    setup_repo(repo)
+    hang, searching = repo.parent / "hang", repo.parent / "searching"
+    hang.write_text("")
+    # On the intermediate merges (u01 merged, u03 not yet) the check hangs while ``hang`` exists.
+    check = (f'if [ -e uses01.txt ] && [ ! -e uses03.txt ] && [ -e {hang} ]; then touch {searching}; sleep 60; fi; '
+             + CHECK)
+    p = write_plan(repo.parent / "p.md", plan(4, breaker=2))
+    proc = subprocess.Popen([sys.executable, "-m", "distpar", "run", str(p), "--agent", "fake", "--workers", "4",
+                             "--verify-merged", check], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    try:
+        wait_for(searching.exists, timeout=90, what="the bisection to reach an intermediate merge")
+        t = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert time.monotonic() - t < 30  # the hanging check was stopped, not waited for
+    assert proc.returncode == ExitCode.GATE_FAILED, out
+    rid = run_id_of(out)
+    assert [e.kind for e in journal().events(rid) if e.kind.startswith("verify_bisect")] == ["verify_bisect_stopped"]
+    hang.unlink()
+    again = run_distpar("resume", rid, cwd=repo)
+    assert again.returncode == ExitCode.GATE_FAILED, again.stdout + again.stderr
+    assert "the check first fails after the merge of unit u02" in again.stdout
+    found = [e for e in journal().events(rid) if e.kind == "verify_bisected"]
+    assert len(found) == 1 and found[0].unit_id == "u02"
