@@ -370,6 +370,9 @@ class Runner:
             spec, _ = self.running[data["unit"]]
             self.journal.unit_started(self.run_id, data["unit"], spec.worker, spec.attempt, data.get("node", ""),
                                       data.get("at") or time.time())
+        elif kind == "transport_stalled":  # a transport's watch gave up on a unit: journaled with its host
+            rest = {k: v for k, v in data.items() if k not in ("worker", "unit")}
+            self.journal.event(self.run_id, kind, data.get("worker"), data.get("unit"), **rest)
         self.live.update(kind, data)  # agent_output: never journaled, see LiveLogs
         self.emit(kind, **data)
 
