@@ -573,6 +573,15 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
                        + f": {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
         elif e.kind == "verify_merged":
             click.echo(f"  --verify-merged: {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
+        elif e.kind == "verify_bisected":
+            click.echo(f"  {e.data.get('description') or e.kind}")
+        elif e.kind == "verify_fix":
+            click.echo(f"  fix unit {e.unit_id}: {e.data['status']}"
+                       + (f", committed {str(e.data['commit'])[:12]} on {e.data['branch']}" if e.data.get("commit")
+                          else f" ({e.data.get('error')})"))
+        elif e.kind == "review_ready":
+            click.echo(f"  integrated and gated for review ({e.data['head'][:12]}): distpar diff {run['id']} "
+                       f"[UNIT]; distpar land {run['id']} [--without UNIT...]")
     click.echo(f"{'WORKER':<7} {'BATCH':<14} {'STATE':<12} {'RESULT':<16} {'NODE':<18} {'DURATION':>9} "
                f"{'COST':>9} {'ATTEMPT':>7}")
     for b in sorted(batches, key=lambda b: (b["worker"], b["position"])):

@@ -42,6 +42,7 @@ def test_review_then_diff_then_land(repo: Path) -> None:
     rid = review_run(repo, [fake_batch("a", writes={"a.txt": "from a\n"}),
                             fake_batch("b", writes={"b.txt": "from b\n"}, depends_on=["a"])],
                      "--verify-merged", "test -e a.txt")
+    assert f"distpar land {rid}" in run_distpar("status", rid, cwd=repo).stdout
     unit = run_distpar("diff", rid, "b", cwd=repo)
     assert unit.returncode == 0, unit.stderr
     assert "+from b" in unit.stdout and "a.txt" not in unit.stdout  # against its base, which holds a's work

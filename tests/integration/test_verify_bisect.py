@@ -57,6 +57,7 @@ def test_four_units_the_cli_names_the_unit_whose_merge_breaks_the_check(repo: Pa
     # The check really ran on intermediate merges: the commit named is the merge of u02 into the integration.
     assert sh_git(repo, "log", "-1", "--format=%s", data["commit"]) == f"distpar: merge distpar/{rid}/b/u02"
     assert "not defined" in data["tail"]
+    assert "the check first fails after the merge of unit u02" in run_distpar("status", rid, cwd=repo).stdout
 
 
 def test_sixteen_units_bisection_takes_log_n_checks(repo: Path) -> None:

@@ -43,6 +43,8 @@ def test_the_fix_unit_commits_on_the_integration_and_the_gate_passes(repo: Path)
     assert [e.data["ok"] for e in journal().events(rid) if e.kind == "verify_merged"] == [False, True]
     fixes = [e for e in journal().events(rid) if e.kind == "verify_fix"]
     assert len(fixes) == 1 and fixes[0].unit_id == "fix-1" and fixes[0].data["commit"] == fix
+    status = run_distpar("status", rid, cwd=repo)
+    assert f"fix unit fix-1: ok, committed {fix[:12]} on distpar/{rid}/fix/1" in status.stdout, status.stdout
 
 
 def test_the_fix_loop_is_bounded_and_a_gate_still_failing_lands_nothing(repo: Path) -> None:
