@@ -121,3 +121,26 @@ def test_after_a_resume_the_wall_time_covers_the_whole_run(repo: Path) -> None:
     # The resume itself ran no agent: its own wall is short; the summary's covers the first attempt too.
     assert second["wall"] >= first["wall"]
     assert second["speedup"] <= second["agent_time"] / first["wall"] + 1e-6
+
+
+def test_resume_refuses_a_resolution_not_yet_committed_and_changes_nothing(repo: Path) -> None:
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"same.txt": "one\n"}),
+                                             fake_batch(2, writes={"same.txt": "two\n"})])
+    res = run_distpar("run", str(plan), "--agent", "fake", "--workers", "2", cwd=repo)
+    assert res.returncode == 3, res.stdout + res.stderr
+    rid = run_id_of(res.stdout)
+    commands = printed_commands(res.stdout)
+    for cmd in commands[:2]:  # git switch <integration>; git merge --no-ff <unit branch>: conflicted, unresolved
+        subprocess.run(cmd, shell=True, cwd=repo, capture_output=True, env={**os.environ, **USER})
+    integration = f"distpar/{rid}/integration"
+    before = gitops.rev(repo, integration)
+    refused = run_distpar("resume", rid, cwd=repo)
+    assert refused.returncode == 2 and "uncommitted changes or an unfinished merge" in refused.stderr
+    assert gitops.current_branch(repo) == integration and gitops.rev(repo, integration) == before
+    assert gitops.rev(repo, "main") != before and journal().run(rid)["state"] == "conflict"  # type: ignore[index]
+    (repo / "same.txt").write_text("one and two\n")
+    sh_git(repo, "add", "same.txt")
+    commit_resolution(repo)
+    again = run_distpar("resume", rid, cwd=repo)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert gitops.current_branch(repo) == "main" and sh_git(repo, "status", "--porcelain") == ""
