@@ -465,13 +465,18 @@ class Runner:
                   for u in sorted(self.units, key=lambda u: u.order)]
         landed: Landed = land_run(self.site, self.options, merges, self.include, self.events, fixer=self._fix,
                                   stop=self.stop_searching)
-        self.fixes = landed.fixes
         self.conflict = self.conflict or landed.conflict
         self.gate, self.pushed = landed.gate, landed.pushed
         self.review = landed.review
         self.bisected = {**landed.bisected.to_dict(), "description": landed.bisected.describe()} \
             if landed.bisected else None
         return landed.head
+
+    def _spent(self) -> float | None:
+        """The run's cost so far: every unit's attempts (the journal's sum) and the fix units of this attempt."""
+        fixes = [float(f["cost_usd"]) for f in self.fixes if f.get("cost_usd") is not None]
+        units = self.journal.spent(self.run_id)
+        return None if units is None and not fixes else (units or 0.0) + sum(fixes)
 
     def _fix(self, head: str, prompt: str, n: int) -> tuple[str | None, dict[str, Any]]:
         """--on-verify-fail fix: unit ``fix-<n>`` runs the run's agent on ``head`` (the integration's), on this
@@ -480,10 +485,11 @@ class Runner:
         from distpar.backends import make_backend
 
         uid, branch = f"fix-{n}", f"distpar/{self.run_id}/fix/{n}"
-        spent = self.journal.spent(self.run_id) or 0.0
+        spent = self._spent() or 0.0
         if self.options.budget_usd is not None and spent >= self.options.budget_usd:
             end: dict[str, Any] = {"unit": uid, "status": "skipped", "error": "the run's budget is spent"}
             self.publish("verify_fix", None, uid, **{k: v for k, v in end.items() if k != "unit"})
+            self.fixes.append(end)
             return None, end
         backend = make_backend("local", {})
         ctx = RunContext(self.run_id, self.repo, self.run_dir, 1, (self.options.agent,),
@@ -518,6 +524,7 @@ class Runner:
                "duration": round(r.duration, 3), "error": r.error or ("" if commit else "the agent changed nothing"),
                "cost_usd": r.outcome.cost_usd if r.outcome else None, "log_path": r.log_path}
         self.publish("verify_fix", worker, uid, **{k: v for k, v in end.items() if k != "unit"})
+        self.fixes.append(end)
         return commit, end
 
     def _cleanup(self) -> None:
@@ -562,7 +569,7 @@ class Runner:
             gate=self.gate.to_dict() if self.gate else None, bisected=self.bisected, fixes=self.fixes,
             pushed=self.pushed,
             stopped=self.rate_stop,
-            warnings=list(self.warnings), spent=self.journal.spent(self.run_id),
+            warnings=list(self.warnings), spent=self._spent(),
         )
 
     # --- signals ---------------------------------------------------------------------------------------

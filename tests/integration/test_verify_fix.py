@@ -71,3 +71,15 @@ def test_fix_without_a_check_is_refused(repo: Path) -> None:
     bad = run_distpar("run", str(p), "--agent", "fake", "--on-verify-fail", "maybe", "--verify-merged", "true",
                       cwd=repo)
     assert bad.returncode == ExitCode.USAGE and "not stop or fix" in bad.stderr
+
+
+def test_a_fix_costs_toward_the_budget_and_none_starts_once_it_is_spent(repo: Path) -> None:
+    # The fake agent reports $0.01 a run: the unit spends the whole budget, so no fix starts.
+    report, _ = run_plan(repo, [fake_batch("a", writes={"a.txt": "a\n"})], verify_merged=CHECK,
+                         on_verify_fail="fix", budget_usd=0.01)
+    assert report.exit_code == ExitCode.GATE_FAILED
+    assert [(f["unit"], f["status"]) for f in report.fixes] == [("fix-1", "skipped")]
+    report, _ = run_plan(repo, [fake_batch("b", writes={"b.txt": "b\n"})], verify_merged=CHECK,
+                         on_verify_fail="fix", budget_usd=1.0)
+    assert report.exit_code == ExitCode.OK and report.fixes[0]["cost_usd"] is not None
+    assert report.spent is not None and abs(report.spent - 0.02) < 1e-9  # the unit's and the fix's
