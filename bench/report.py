@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import report23
+from bench import collisions, report23
 from bench.harness import PHASE_HELP, PHASES
 from bench.stats import spread
 
@@ -412,6 +412,8 @@ def render(results: dict[str, Any]) -> str:
         parts += report23.floor_md(s["backends"]["ray_floor"]) if "ray_floor" in s["backends"] else []
     if "tail" in s:
         parts += report23.tail_md(s["tail"])
+    if "collisions" in s:
+        parts += collisions.markdown(s["collisions"], _table)
     if results.get("section_errors"):
         parts += ["", "## Sections that failed", ""]
         parts += [f"- **{k}**: {v}" for k, v in results["section_errors"].items()]

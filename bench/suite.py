@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import backends, dispatch, overhead, scale, scheduling, speedup, tail
+from bench import backends, collisions, dispatch, overhead, scale, scheduling, speedup, tail
 from bench.backends import RemoteOptions
 from bench.config import Config
 from bench.harness import PHASE_HELP, Session
 from bench.machine import describe
 
 RESULTS_SCHEMA = 1
-SECTIONS = ("speedup", "scheduling", "dispatch", "overhead", "scale", "backends", "tail")
+SECTIONS = ("speedup", "scheduling", "dispatch", "overhead", "scale", "backends", "tail", "collisions")
 PUBLISH_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -49,6 +49,7 @@ def run_suite(cfg: Config, out_dir: Path, *, sections: tuple[str, ...] = SECTION
         "scale": lambda: scale.run(session, cfg),
         "backends": lambda: backends.run(session, cfg, remote),
         "tail": lambda: tail.run(session, cfg),
+        "collisions": lambda: collisions.run(session, cfg),
     }
     try:
         with session.environment():

@@ -15,6 +15,7 @@ import click
 
 from distpar import __version__, agents
 from distpar.backends import backend_names
+from distpar.cli import review as review_cli
 from distpar.cli.options import given_options, run_option_flags
 from distpar.coordinator.options import DEFAULT_WORKERS
 from distpar.core.errors import DistparError, ExitCode, UsageError
@@ -423,7 +424,7 @@ def _print_report(report: Any, runner: Any) -> None:
     s = report.summary()
     counts = ", ".join(f"{n} {k}" for k, n in s["units"].items())
     color = {"ok": "green", "failed": "red", "conflict": "yellow", "interrupted": "yellow", "error": "red",
-             "gate_failed": "red"}
+             "gate_failed": "red", "review": "cyan"}
     click.secho(f"run {report.run_id}: {report.state} ({counts})", fg=color.get(report.state))
     cost = f", cost ${report.cost_usd:.4f}" if report.cost_usd is not None else ""
     tin, tout = report.tokens()
@@ -476,8 +477,17 @@ def _print_report(report: Any, runner: Any) -> None:
         click.echo(f"\nthe merged tree failed --verify-merged ({g['name']}, exit {g['exit_code']}):")
         click.echo("  " + "\n  ".join(g["tail"].splitlines()[-10:]))
         click.echo(f"  log: {g['log_path']}")
+        b = report.bisected
+        if b:
+            how = "checked after every merge" if b["each"] else f"bisected in {b['runs']} run(s) of the check"
+            click.echo(f"{b['description']} ({how}); the check there:")
+            click.echo("  " + "\n  ".join(b["tail"].splitlines()[-10:]))
+            click.echo(f"  log: {b['log_path']}")
         click.echo(f"{report.target} was left unchanged; the merged work is on {runner.integration}. Fix it there "
                    f"(commit on that branch), then: distpar resume {report.run_id}")
+    for f in report.fixes:
+        click.echo(f"fix unit {f['unit']} ({f['status']}): " + (f"committed {str(f['commit'])[:12]} on {f['branch']}"
+                                                               if f.get("commit") else f"{f.get('error')}"))
     for e in report.errors:
         click.echo(f"error: {e}")
     if report.pushed:
@@ -503,6 +513,10 @@ def _print_report(report: Any, runner: Any) -> None:
 def _resume_line(report: Any) -> str:
     """How to go on, for every resumable end that has not printed it already (a conflict and a failed gate
     print their own, with the commands before it; so does a usage limit)."""
+    if report.review:
+        return (f"integrated and gated on distpar/{report.run_id}/integration ({report.review[:12]}); "
+                f"{report.target} untouched. Review: distpar diff {report.run_id} [UNIT]; then land: "
+                f"distpar land {report.run_id} [--without UNIT...]")
     if report.landed or report.conflict or report.gate or report.stopped:
         return ""
     if report.state == "interrupted":
@@ -572,6 +586,15 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
             click.echo(f"  --verify-merged: {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
         elif e.kind == "unit_rerun":
             click.echo(f"  rerun {e.data['count']} of {e.unit_id} (the merge queue): {e.data['reason']}")
+        elif e.kind == "verify_bisected":
+            click.echo(f"  {e.data.get('description') or e.kind}")
+        elif e.kind == "verify_fix":
+            click.echo(f"  fix unit {e.unit_id}: {e.data['status']}"
+                       + (f", committed {str(e.data['commit'])[:12]} on {e.data['branch']}" if e.data.get("commit")
+                          else f" ({e.data.get('error')})"))
+        elif e.kind == "review_ready":
+            click.echo(f"  integrated and gated for review ({e.data['head'][:12]}): distpar diff {run['id']} "
+                       f"[UNIT]; distpar land {run['id']} [--without UNIT...]")
     click.echo(f"{'WORKER':<7} {'BATCH':<14} {'STATE':<12} {'RESULT':<16} {'NODE':<18} {'DURATION':>9} "
                f"{'COST':>9} {'ATTEMPT':>7}")
     for b in sorted(batches, key=lambda b: (b["worker"], b["position"])):
@@ -746,6 +769,8 @@ def _plugin_commands() -> None:
             cli.add_command(ep.load(), ep.name)
 
 
+cli.add_command(review_cli.diff_cmd)
+cli.add_command(review_cli.land_cmd)
 _plugin_commands()
 
 if __name__ == "__main__":

@@ -25,9 +25,15 @@ class Base:
 
 
 def base_for(repo: Path, start: str, uid: str, deps: Sequence[tuple[str, str]], branch: str,
-             branch_of: Callable[[str], str], run_id: str, env: dict[str, str]) -> Base:
+             branch_of: Callable[[str], str], run_id: str, env: dict[str, str], resolved: str | None = None) -> Base:
     """The base of unit ``uid``: ``start`` with the commits of ``deps`` ((dep uid, commit) in plan order) merged
-    in one by one. A dependency already contained in the base needs no merge; a single dependency is its commit."""
+    in one by one. A dependency already contained in the base needs no merge; a single dependency is its commit.
+
+    ``resolved``: the tip of the unit's branch, when it exists. When it holds every dependency and none of the
+    unit's own commits, it is the merge of its dependencies the user resolved by hand (the commands a dependency
+    conflict prints): it is the base as it is, never merged again."""
+    if resolved is not None and deps and _resolved_base(repo, start, uid, [tip for _, tip in deps], resolved):
+        return Base(resolved)
     head = start
     for dep, tip in deps:
         if gitops.is_ancestor(repo, tip, head):
@@ -44,6 +50,14 @@ def base_for(repo: Path, start: str, uid: str, deps: Sequence[tuple[str, str]], 
             return Base(None, Conflict("dependency", branch, branch_of(dep), outcome.conflicts, uid, commands))
         head = outcome.commit
     return Base(head)
+
+
+def _resolved_base(repo: Path, start: str, uid: str, tips: list[str], resolved: str) -> bool:
+    if not all(gitops.is_ancestor(repo, t, resolved) for t in [start, *tips]):
+        return False
+    own = gitops.git(repo, "log", "--format=%(trailers:key=Distpar-Batch,valueonly)", resolved, "--not", start,
+                     *tips, check=False).stdout.split()
+    return uid not in own  # the unit's own earlier commit is no base
 
 
 Found = tuple[tuple[str, ...], tuple[str, ...]]  # (conflicting files, finished units that touched them)

@@ -26,7 +26,7 @@ from distpar.coordinator.landing import Landed, land_run, release
 from distpar.coordinator.livelogs import LiveLogs
 from distpar.coordinator.merge import Conflict
 from distpar.coordinator.options import RunOptions
-from distpar.coordinator.recovery import recover
+from distpar.coordinator.recovery import earlier_wall, recover, users_branch_back
 from distpar.coordinator.removal import cleanup
 from distpar.coordinator.runtime import RunLock, RunReport, git_identity, new_run_id
 from distpar.coordinator.site import Observer, RunEvents, RunSite
@@ -40,7 +40,7 @@ from distpar.coordinator.unitspec import (
 )
 from distpar.core import names
 from distpar.core.errors import DistparError, ExitCode, most_severe
-from distpar.core.model import AgentConfig, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
+from distpar.core.model import AgentConfig, Source, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
 from distpar.core.plan import Plan
 from distpar.core.ratelimit import RateLimiter, retry_base
 from distpar.core.schedule import Schedule
@@ -108,9 +108,10 @@ class Runner:
         self.errors: list[str] = []
         self.saved_refs: list[str] = []
         self.interrupted = threading.Event()
-        self.stop_resolving = threading.Event()  # Ctrl+C while landing stops an agent resolving a conflict
+        self.stop_landing = threading.Event()  # Ctrl+C while landing stops an agent resolving or a gate's search
         self.budget_exhausted = False
         self.resumed = resume
+        self.earlier_wall = 0.0  # the wall time of the attempts before this resume
         # unit -> (agent session, commit of its saved work, node the session lives on)
         self.resume_sessions: dict[str, tuple[str | None, str | None, str | None]] = {}
         self.dispatches = 0
@@ -124,6 +125,9 @@ class Runner:
         self.include_data = workspace.pack_files(repo, self.include) \
             if backend.remote and options.ship_included else {}
         self.gate: workspace.HookResult | None = None
+        self.fixes: list[dict[str, Any]] = []  # --on-verify-fail fix: each fix unit's end
+        self.review: str | None = None  # --review: the integrated head waiting for ``distpar land``
+        self.bisected: dict[str, Any] | None = None  # the first unit whose merge fails the gate (landing.Bisected)
         self.held: dict[str, UnitResult] = {}  # a rate-limited unit's report, until the state says what it means
         self.carried: dict[str, list[UnitResult]] = {}  # what a unit's requeued (rate-limited) dispatches reported
         self.rate_stop = ""  # why no new unit started (a usage limit far away), when that happened
@@ -227,7 +231,7 @@ class Runner:
             restore_signals()
             self.backend.wait_closed()
             self._cleanup()
-        report = self._report(time.time() - t0, landed)
+        report = self._report(time.time() - t0 + self.earlier_wall, landed)  # a resume: the whole run's wall
         self.journal.end_run(self.run_id, report.state, int(report.exit_code), report.summary())
         self.emit("run_ended", **report.summary())
         return report
@@ -293,10 +297,12 @@ class Runner:
         assert unit is not None
         deps = [(d, self.results[d].commit or self.start) for d in unit.deps]
         deps.sort(key=lambda dc: self.state.units[dc[0]].order if self.state else 0)
-        # A rerun (the merge queue) starts from everything integrated so far, its dependencies merged in if need be
+        # A rerun (the merge queue) starts from everything integrated so far, its dependencies merged in if need be;
+        # otherwise a dependency conflict the user resolved by hand on the unit's branch is taken as its base.
         start = self.preview.head if ins.rerun else self.start
+        resolved = None if ins.rerun else gitops.try_rev(self.repo, f"refs/heads/{self.branch(ins.uid)}")
         base = base_for(self.repo, start, ins.uid, deps, self.branch(ins.uid), self.branch, self.run_id,
-                        self.env)
+                        self.env, resolved=resolved)
         if base.commit is None:
             assert base.conflict is not None
             self.conflict = self.conflict or base.conflict
@@ -469,6 +475,9 @@ class Runner:
 
     def _restore(self) -> None:
         """Pick up the journaled run this one continues."""
+        back = users_branch_back(self.site)  # off the run's branches, which it may move
+        row = self.journal.run(self.run_id)
+        self.earlier_wall = earlier_wall(self.journal, self.run_id, float(row["started"])) if row else 0.0
         rec = recover(self.site, self.journal, self.units)
         self.results.update(rec.results)
         self.resume_sessions.update(rec.sessions)
@@ -481,7 +490,7 @@ class Runner:
             if uid in self.results and self.results[uid].commit == q.earlier:
                 del self.results[uid]
         self.emit("run_resumed", run_id=self.run_id, done=len(self.results), recovered=rec.recovered,
-                  done_units=sorted(self.results))
+                  done_units=sorted(self.results), back_on=back)
 
     def _row(self, t0: float) -> dict[str, Any]:
         """The journal's row for a new run: everything resume needs (never a secret: variable names only)."""
@@ -498,13 +507,16 @@ class Runner:
         merges = [(self.branch(u.uid), self.results[u.uid].commit or self.start)
                   for u in sorted(self.units, key=lambda u: u.order)]
         landed: Landed = land_run(self.site, self.options, merges, self.include, self.events, sides=self._sides,
-                                  cancel=self.stop_resolving)
+                                  fixer=self._fix, stop=self.stop_landing)
         self.resolutions = landed.resolutions
         if landed.interrupted:  # Ctrl+C while the agent resolved a conflict: resumable from the final merge
             self.interrupted.set()
             return None
         self.conflict = self.conflict or landed.conflict
         self.gate, self.pushed = landed.gate, landed.pushed
+        self.review = landed.review
+        self.bisected = {**landed.bisected.to_dict(), "description": landed.bisected.describe()} \
+            if landed.bisected else None
         return landed.head
 
     def _sides(self, head: str, branch: str, files: tuple[str, ...]) -> tuple[resolve.Side, resolve.Side]:
@@ -522,6 +534,61 @@ class Runner:
         prompt = lambda uid: unit_prompt(self.graph, self.plan, uid, self.results)  # noqa: E731
         return (resolve.Side(tuple(ours), tuple(prompt(u) for u in ours)),
                 resolve.Side((theirs,), (prompt(theirs),) if theirs in by_branch.values() else ()))
+
+    def _spent(self) -> float | None:
+        """The run's cost so far: every unit's attempts (the journal's sum) and the fix units of this attempt."""
+        fixes = [float(f["cost_usd"]) for f in self.fixes if f.get("cost_usd") is not None]
+        units = self.journal.spent(self.run_id)
+        return None if units is None and not fixes else (units or 0.0) + sum(fixes)
+
+    def _fix(self, head: str, prompt: str, n: int) -> tuple[str | None, dict[str, Any]]:
+        """--on-verify-fail fix: unit ``fix-<n>`` runs the run's agent on ``head`` (the integration's), on this
+        machine in a worktree of its own, and commits on ``distpar/<run>/fix/<n>``, which stays. Its commit, or
+        None when it failed, changed nothing or the budget is spent; and how it ended (journaled, reported)."""
+        from distpar.backends import make_backend
+
+        uid, branch = f"fix-{n}", f"distpar/{self.run_id}/fix/{n}"
+        spent = self._spent() or 0.0
+        if self.options.budget_usd is not None and spent >= self.options.budget_usd:
+            end: dict[str, Any] = {"unit": uid, "status": "skipped", "error": "the run's budget is spent"}
+            self.publish("verify_fix", None, uid, **{k: v for k, v in end.items() if k != "unit"})
+            self.fixes.append(end)
+            return None, end
+        backend = make_backend("local", {})
+        ctx = RunContext(self.run_id, self.repo, self.run_dir, 1, (self.options.agent,),
+                         lambda kind, data: self._on_worker_event(kind, data))
+        worker = self.workers + n - 1  # a workspace of its own, after the run's workers'
+        ws = backend.workspace(ctx, worker)
+        settings = WorkerSettings(
+            run_id=self.run_id, workspace=ws, log_dir=backend.log_dir(ctx), identity=self.identity,
+            env=self.forwarded, return_bundle=False, include=tuple(self.include), include_data={},
+            plan_text=self.plan_text, options=run_options.worker_options(self.options))
+        self.dispatches += 1
+        spec = UnitSpec(uid=uid, description="fix the merged tree's check", prompt=prompt, agent=self.options.agent,
+                        timeout=self.options.timeout, worker=worker, dispatch=self.dispatches, branch=branch,
+                        base=head, source=Source("worktree", str(self.repo)))
+        self.publish("verify_fix_started", worker, uid, base=head, branch=branch)
+        backend.start(ctx)
+        saved = None
+        try:
+            reply = backend.submit(settings, spec).result(timeout=self.options.timeout + CANCEL_WAIT)
+            r, saved = reply.result, reply.saved_ref
+        except Exception as exc:  # the fix is one more try: the failing gate stands
+            msg = exc.message if isinstance(exc, DistparError) else f"{type(exc).__name__}: {exc}"
+            r = UnitResult(uid, worker, UnitStatus.FAILED, error=msg)
+        finally:
+            backend.close()
+            backend.wait_closed()
+            self.saved_refs.extend(cleanup(self.site, self.journal, [Path(ws)]))
+        commit = r.commit if r.status.ok and r.changed and r.commit else None
+        if saved:
+            self.saved_refs.append(saved)
+        end = {"unit": uid, "status": r.status.value, "branch": branch, "commit": commit, "base": head,
+               "duration": round(r.duration, 3), "error": r.error or ("" if commit else "the agent changed nothing"),
+               "cost_usd": r.outcome.cost_usd if r.outcome else None, "log_path": r.log_path}
+        self.publish("verify_fix", worker, uid, **{k: v for k, v in end.items() if k != "unit"})
+        self.fixes.append(end)
+        return commit, end
 
     def _cleanup(self) -> None:
         if not self.backend.remote:
@@ -557,13 +624,14 @@ class Runner:
         else:
             branches = [b for b in branches if gitops.try_rev(self.repo, f"refs/heads/{b}")]
         return RunReport(
-            run_id=self.run_id, state=RunReport.STATES[code], exit_code=code, target=self.target, results=results,
+            run_id=self.run_id, state="review" if self.review and code == ExitCode.OK else RunReport.STATES[code],
+            exit_code=code, review=self.review, target=self.target, results=results,
             pending=pending, wall=wall, conflict=self.conflict, errors=self.errors, branches=branches,
             saved_refs=sorted(set(self.saved_refs)), landed=landed, budget_usd=self.options.budget_usd,
             budget_exhausted=self.budget_exhausted, predicted_conflicts=self.predicted,
-            gate=self.gate.to_dict() if self.gate else None, pushed=self.pushed, stopped=self.rate_stop,
-            reruns=list(self.reruns), resolutions=list(self.resolutions),
-            warnings=list(self.warnings), spent=self.journal.spent(self.run_id),
+            gate=self.gate.to_dict() if self.gate else None, bisected=self.bisected, fixes=self.fixes,
+            pushed=self.pushed, stopped=self.rate_stop, reruns=list(self.reruns), resolutions=list(self.resolutions),
+            warnings=list(self.warnings), spent=self._spent(),
         )
 
     # --- signals ---------------------------------------------------------------------------------------
@@ -574,7 +642,7 @@ class Runner:
         leave a half-made integration branch."""
         if self.landing:
             self.interrupted_while_landing = True
-            self.stop_resolving.set()  # an agent's resolution is not quick: it stops (the run resumes from it)
+            self.stop_landing.set()  # a resolution by an agent or a search of the gate stops; the run resumes
             return
         if not self.interrupted.is_set():
             self.interrupted.set()

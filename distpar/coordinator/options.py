@@ -70,6 +70,21 @@ class RunOptions(WorkerOptions):
     verify_merged: str | None = opt(
         flag="--verify-merged", metavar="CMD", config=True,
         help="Run on the merged tree before the target moves; if it fails nothing lands (exit 5).")
+    verify_each_merge: bool = opt(
+        False, flag="--verify-each-merge", kind="bool", config=True, negatable=True,
+        help="Run --verify-merged's check after every merge of the final merge (in plan order, up to the first "
+             "failure) instead of once on the merged tree and bisecting when it fails: for cheap checks.")
+    on_verify_fail: str = opt(
+        "stop", flag="--on-verify-fail", metavar="stop|fix", config=True,
+        help="When --verify-merged fails: stop (nothing lands), or fix: hand the check's output to the agent as a "
+             "new unit on the integration branch (its commit kept on a ref), then run the gate again.")
+    max_fixes: int = opt(
+        1, flag="--max-fixes", kind="int", min=1, metavar="N", config=True,
+        help="With --on-verify-fail fix: how many fix units may run before the run stops at the failing gate.")
+    review: bool = opt(
+        False, flag="--review", kind="bool", config=True, negatable=True,
+        help="Stop after the gates with everything integrated but the target untouched (state review): look with "
+             "distpar diff RUN [UNIT], then distpar land RUN [--without UNIT...].")
     push: str | None = opt(
         flag="--push", metavar="REMOTE", config=True,
         help="Push the run's branches (and the target, when it tracks a branch there) to REMOTE.")
@@ -112,6 +127,12 @@ def check(options: RunOptions) -> None:
             raise UsageError(f"{label}: {value!r} is not one of {', '.join(o.choices)}")
         elif o.kind == "list" and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
             raise UsageError(f"{label}: {value!r} is not a list of strings")
+    if options.on_verify_fail not in ("stop", "fix"):
+        raise UsageError(f"--on-verify-fail: {options.on_verify_fail!r} is not stop or fix")
+    if options.on_verify_fail == "fix" and not options.verify_merged:
+        raise UsageError("--on-verify-fail fix needs --verify-merged CMD: the check the fix must make pass")
+    if options.verify_each_merge and not options.verify_merged:
+        raise UsageError("--verify-each-merge needs --verify-merged CMD: the check it runs after every merge")
 
 
 def config_keys() -> dict[str, str]:

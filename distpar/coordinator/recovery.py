@@ -12,6 +12,7 @@ from pathlib import Path
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.runtime import kill_run_processes
 from distpar.coordinator.site import RunSite
+from distpar.core.errors import UsageError
 from distpar.core.model import UnitResult, UnitStatus
 from distpar.core.state import UnitInfo
 from distpar.infra import gitops
@@ -37,6 +38,43 @@ class Recovery:
     recovered: list[str] = field(default_factory=list)  # units whose commit the journal had not recorded
     dispatches: int = 0  # where this attempt's dispatch numbers start (bundle and ref names stay unique)
     saved_refs: list[str] = field(default_factory=list)
+
+
+def users_branch_back(site: RunSite) -> str | None:
+    """When the user's checkout is on one of the run's branches (where the printed commands to resolve a conflict
+    or fix a failed gate leave them), switch it back to the branch they came from (the reflog says which; else the
+    target) so that nothing the run moves afterwards is checked out. Returns that branch, or None when the
+    checkout was elsewhere. A checkout with uncommitted changes there is refused: the resolution is not done."""
+    repo = site.repo
+    here = gitops.current_branch(repo)
+    if here is None or not here.startswith(f"distpar/{site.run_id}/"):
+        return None
+    if gitops.busy_with(repo, here) or gitops.out(repo, "status", "--porcelain", "--untracked-files=no"):
+        raise UsageError(f"{repo} is on {here} with uncommitted changes or an unfinished merge",
+                         hint="commit the resolution there (git add <files> && git commit), then resume again")
+    back = site.target
+    for line in gitops.git(repo, "reflog", "show", "--format=%gs", "HEAD", check=False).stdout.splitlines()[:200]:
+        prefix = "checkout: moving from "
+        if line.startswith(prefix) and line.endswith(f" to {here}"):
+            came = line[len(prefix):-len(f" to {here}")]
+            if not came.startswith("distpar/") and gitops.try_rev(repo, f"refs/heads/{came}"):
+                back = came
+            break
+    gitops.git(repo, "switch", "--quiet", back)
+    return back
+
+
+def earlier_wall(journal: Journal, run_id: str, started: float) -> float:
+    """The wall time of the run's earlier attempts (each from its start, or resume, to its last event), so that
+    a resumed run's summary covers the whole run; the time between attempts (the user's) is not counted."""
+    total, begin, last = 0.0, started, started
+    for e in journal.events(run_id):
+        if e.kind == "run_resumed":
+            total += max(0.0, last - begin)
+            begin = last = e.ts
+        else:
+            last = e.ts
+    return total + max(0.0, last - begin)
 
 
 def recover(site: RunSite, journal: Journal, units: list[UnitInfo]) -> Recovery:

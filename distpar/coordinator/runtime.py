@@ -44,6 +44,9 @@ class RunReport:
     reruns: list[dict[str, Any]] = field(default_factory=list)  # the merge queue's decisions (--on-conflict rerun)
     resolutions: list[dict[str, Any]] = field(default_factory=list)  # the agent's resolutions (--on-conflict resolve)
     gate: dict[str, Any] | None = None  # --verify-merged's result when it failed (workspace.HookResult)
+    review: str | None = None  # --review: the integrated, gated head waiting for ``distpar land`` (state review)
+    fixes: list[dict[str, Any]] = field(default_factory=list)  # --on-verify-fail fix: each fix unit's end
+    bisected: dict[str, Any] | None = None  # with a failed gate: the first unit whose merge fails it (Bisected)
     pushed: list[str] = field(default_factory=list)  # refs pushed to --push REMOTE
     stopped: str = ""  # why no new unit started before the end (a usage limit that resets far away)
     spent: float | None = None  # the journal's sum: every attempt's cost, across retries and resumes
@@ -101,6 +104,9 @@ class RunReport:
             "reruns": self.reruns,
             "resolutions": self.resolutions,
             "gate": self.gate,
+            "bisected": self.bisected,
+            "fixes": self.fixes,
+            "review": self.review,
             "pushed": self.pushed,
             "stopped": self.stopped,
             "warnings": self.warnings,

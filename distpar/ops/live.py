@@ -290,7 +290,8 @@ def event_line(kind: str, data: dict[str, Any], progress: RunProgress | None = N
     if kind == "run_resumed":
         rec = data.get("recovered") or []
         return (f"distpar: resuming run {data['run_id']}: {data['done']} batch(es) already done"
-                + (f" (recovered from their branches: {', '.join(rec)})" if rec else ""), "")
+                + (f" (recovered from their branches: {', '.join(rec)})" if rec else "")
+                + (f"; your checkout is back on {data['back_on']}" if data.get("back_on") else ""), "")
     if kind == "unit_submitted":
         return (f"[w{data['worker'] + 1}] started {data['unit']}"
                 + (f" (attempt {data['attempt']})" if data.get("attempt", 1) > 1 else ""), "")
