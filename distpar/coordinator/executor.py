@@ -21,6 +21,7 @@ from distpar.backends.base import Backend, RunContext
 from distpar.coordinator import mergequeue, resolve
 from distpar.coordinator import options as run_options
 from distpar.coordinator.deps import EarlyConflicts, Found, Preview, base_for
+from distpar.coordinator.fixunit import FixUnit, run_fix
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.landing import Landed, land_run, release
 from distpar.coordinator.livelogs import LiveLogs
@@ -28,7 +29,7 @@ from distpar.coordinator.merge import Conflict
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.recovery import earlier_wall, recover, users_branch_back
 from distpar.coordinator.removal import cleanup
-from distpar.coordinator.runtime import RunLock, RunReport, git_identity, new_run_id
+from distpar.coordinator.runtime import RunLock, RunReport, exit_code, git_identity, new_run_id
 from distpar.coordinator.site import Observer, RunEvents, RunSite
 from distpar.coordinator.unitspec import (
     continued_session,
@@ -39,8 +40,8 @@ from distpar.coordinator.unitspec import (
     with_earlier_tries,
 )
 from distpar.core import names
-from distpar.core.errors import DistparError, ExitCode, most_severe
-from distpar.core.model import AgentConfig, Source, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
+from distpar.core.errors import DistparError, ExitCode
+from distpar.core.model import AgentConfig, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
 from distpar.core.plan import Plan
 from distpar.core.ratelimit import RateLimiter, retry_base
 from distpar.core.schedule import Schedule
@@ -542,59 +543,20 @@ class Runner:
         return None if units is None and not fixes else (units or 0.0) + sum(fixes)
 
     def _fix(self, head: str, prompt: str, n: int) -> tuple[str | None, dict[str, Any]]:
-        """--on-verify-fail fix: unit ``fix-<n>`` runs the run's agent on ``head`` (the integration's), on this
-        machine in a worktree of its own, and commits on ``distpar/<run>/fix/<n>``, which stays. Its commit, or
-        None when it failed, changed nothing or the budget is spent; and how it ended (journaled, reported)."""
-        from distpar.backends import make_backend
-
-        uid, branch = f"fix-{n}", f"distpar/{self.run_id}/fix/{n}"
-        spent = self._spent() or 0.0
-        if self.options.budget_usd is not None and spent >= self.options.budget_usd:
-            end: dict[str, Any] = {"unit": uid, "status": "skipped", "error": "the run's budget is spent"}
-            self.publish("verify_fix", None, uid, **{k: v for k, v in end.items() if k != "unit"})
-            self.fixes.append(end)
-            return None, end
-        backend = make_backend("local", {})
-        ctx = RunContext(self.run_id, self.repo, self.run_dir, 1, (self.options.agent,),
-                         lambda kind, data: self._on_worker_event(kind, data))
-        worker = self.workers + n - 1  # a workspace of its own, after the run's workers'
-        ws = backend.workspace(ctx, worker)
-        settings = WorkerSettings(
-            run_id=self.run_id, workspace=ws, log_dir=backend.log_dir(ctx), identity=self.identity,
-            env=self.forwarded, return_bundle=False, include=tuple(self.include), include_data={},
-            plan_text=self.plan_text, options=run_options.worker_options(self.options))
+        """--on-verify-fail fix: unit ``fix-<n>`` on ``head`` (see ``fixunit.run_fix``)."""
         self.dispatches += 1
-        spec = UnitSpec(uid=uid, description="fix the merged tree's check", prompt=prompt, agent=self.options.agent,
-                        timeout=self.options.timeout, worker=worker, dispatch=self.dispatches, branch=branch,
-                        base=head, source=Source("worktree", str(self.repo)))
-        self.publish("verify_fix_started", worker, uid, base=head, branch=branch)
-        backend.start(ctx)
-        saved = None
-        try:
-            reply = backend.submit(settings, spec).result(timeout=self.options.timeout + CANCEL_WAIT)
-            r, saved = reply.result, reply.saved_ref
-        except Exception as exc:  # the fix is one more try: the failing gate stands
-            msg = exc.message if isinstance(exc, DistparError) else f"{type(exc).__name__}: {exc}"
-            r = UnitResult(uid, worker, UnitStatus.FAILED, error=msg)
-        finally:
-            backend.close()
-            backend.wait_closed()
-            self.saved_refs.extend(cleanup(self.site, self.journal, [Path(ws)]))
-        commit = r.commit if r.status.ok and r.changed and r.commit else None
-        if saved:
-            self.saved_refs.append(saved)
-        end = {"unit": uid, "status": r.status.value, "branch": branch, "commit": commit, "base": head,
-               "duration": round(r.duration, 3), "error": r.error or ("" if commit else "the agent changed nothing"),
-               "cost_usd": r.outcome.cost_usd if r.outcome else None, "log_path": r.log_path}
-        self.publish("verify_fix", worker, uid, **{k: v for k, v in end.items() if k != "unit"})
+        fix = FixUnit(self.site, self.options, self.identity, self.forwarded, tuple(self.include), self.plan_text,
+                      self.workers + n - 1, self.dispatches)
+        commit, end, saved = run_fix(fix, head, prompt, n, self._spent() or 0.0, self.events,
+                                     lambda kind, data: self._on_worker_event(kind, data))
+        self.saved_refs.extend(saved)
         self.fixes.append(end)
         return commit, end
 
     def _cleanup(self) -> None:
         if not self.backend.remote:
-            ctx = self._ctx_stub()
-            self.saved_refs.extend(cleanup(self.site, self.journal, [Path(self.backend.workspace(ctx, w))
-                                                                     for w in range(self.workers)]))
+            spaces = [Path(self.backend.workspace(self._ctx_stub(), w)) for w in range(self.workers)]
+            self.saved_refs.extend(cleanup(self.site, self.journal, spaces))
         self.transfer.clear()
         self.live.close()  # units that never handed a result back: their live copy is kept in their log
 
@@ -603,20 +565,9 @@ class Runner:
         results = [self.results[uid] for uid in self.order if uid in self.results]
         pending = [uid for uid in self.order if uid not in self.results]
         interrupted = self.interrupted.is_set() and landed is None  # an interrupt after landing changed nothing
-        codes = [ExitCode.OK]
-        if any(not r.status.ok for r in results if r.unit_id not in self.empty):
-            codes.append(ExitCode.BATCH_FAILED)
-        if self.conflict:
-            codes.append(ExitCode.CONFLICT)
-        if self.errors:
-            codes.append(ExitCode.BACKEND)
-        if self.gate is not None:
-            codes.append(ExitCode.GATE_FAILED)
-        if interrupted:
-            codes.append(ExitCode.INTERRUPTED)
-        if pending and not interrupted and not self.errors:
-            codes.append(ExitCode.BATCH_FAILED)  # budget spent, or stopped at a conflict found early
-        code = most_severe(*codes)
+        code = exit_code(failed=any(not r.status.ok for r in results if r.unit_id not in self.empty),
+                         conflict=self.conflict is not None, errors=bool(self.errors), gate=self.gate is not None,
+                         interrupted=interrupted, pending=bool(pending))
         branches = [self.branch(u.uid) for u in self.units] + [self.integration]
         if landed is not None and self.conflict is None and not self.options.keep_branches:
             release(self.site, branches)

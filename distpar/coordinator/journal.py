@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from distpar.core.errors import DistparError
 from distpar.core.model import UnitResult
+from distpar.infra import holders as holders_mod
 
 SCHEMA_VERSION = 2  # 2: units/unit_id/worker (1: batches/batch_id/stream, and segment_* events)
 BUSY_STEP = 2.0  # seconds sqlite itself waits for a lock before distpar says the journal is busy
@@ -150,87 +151,18 @@ def holders(path: Path, db: sqlite3.Connection | None = None, limit: int = 3) ->
     """Who holds the journal (Linux): the processes with a write lock on its files (``/proc/locks``), else those
     that have it open (``/proc/*/fd``, own user's only), else the live runs its rows name. Bounded."""
     files = [Path(str(path) + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
-    pids = _lockers(files) or _openers(files)
+    pids = holders_mod.lockers(files) or holders_mod.openers(files)
     if pids:
-        return [f"pid {pid} ({_command(pid)})" for pid in pids[:limit]]
+        return [f"pid {pid} ({holders_mod.command(pid)})" for pid in pids[:limit]]
     if db is not None:
         try:
             rows = db.execute("SELECT id, pid FROM runs WHERE state='running' AND pid IS NOT NULL").fetchall()
         except sqlite3.Error:
             rows = []
         me = os.getpid()
-        return [f"pid {pid} (distpar run {rid})" for rid, pid in rows if pid != me and _alive(int(pid))][:limit]
+        live = [(rid, pid) for rid, pid in rows if pid != me and holders_mod.alive(int(pid))]
+        return [f"pid {pid} (distpar run {rid})" for rid, pid in live][:limit]
     return []
-
-
-def _lockers(files: list[Path]) -> list[int]:
-    """Processes other than this one holding a POSIX write lock on one of ``files``."""
-    ids = set()
-    for f in files:
-        try:
-            st = os.stat(f)
-        except OSError:
-            continue
-        ids.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
-    out: list[int] = []
-    try:
-        with open("/proc/locks") as table:
-            lines = table.readlines()[:100000]
-    except OSError:
-        return out
-    for line in lines:
-        parts = line.split()
-        if parts and parts[1] == "->":
-            parts = parts[:1] + parts[2:]  # a waiter
-        if len(parts) >= 6 and parts[3] == "WRITE" and parts[5] in ids and parts[4].isdigit():
-            pid = int(parts[4])
-            if pid != os.getpid() and pid not in out:
-                out.append(pid)
-    return out
-
-
-def _openers(files: list[Path]) -> list[int]:
-    """Processes other than this one with one of ``files`` open."""
-    names = {str(f.resolve()) for f in files}
-    out: list[int] = []
-    try:
-        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
-    except OSError:
-        return out
-    for pid in pids[:20000]:
-        if pid == os.getpid():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") in names:
-                    out.append(pid)
-                    break
-            except OSError:
-                continue
-    return out
-
-
-def _command(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = " ".join(f.read(300).replace(b"\0", b" ").decode(errors="replace").split())
-    except OSError:
-        return "?"
-    return cmd[:120] or "?"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _explain(path: Path, exc: BaseException) -> JournalError:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.merge import Conflict
-from distpar.core.errors import ExitCode, UsageError
+from distpar.core.errors import ExitCode, UsageError, most_severe
 from distpar.core.model import Identity, UnitResult
 from distpar.infra import gitops, paths
 from distpar.infra.process import agent_processes, kill_process_group, pid_alive
@@ -202,3 +202,17 @@ def git_identity(repo: Path) -> Identity:
     name = gitops.git(repo, "config", "user.name", check=False).stdout.strip()
     email = gitops.git(repo, "config", "user.email", check=False).stdout.strip()
     return Identity(name or "distpar", email or "distpar@localhost")
+
+
+def exit_code(*, failed: bool, conflict: bool, errors: bool, gate: bool, interrupted: bool,
+              pending: bool) -> ExitCode:
+    """The run's exit code: the most severe of what happened (a unit failed, a conflict, a transport or git error,
+    the merged gate failed, an interrupt, units never started for a budget or a conflict found early)."""
+    codes = [ExitCode.OK]
+    codes += [ExitCode.BATCH_FAILED] if failed else []
+    codes += [ExitCode.CONFLICT] if conflict else []
+    codes += [ExitCode.BACKEND] if errors else []
+    codes += [ExitCode.GATE_FAILED] if gate else []
+    codes += [ExitCode.INTERRUPTED] if interrupted else []
+    codes += [ExitCode.BATCH_FAILED] if pending and not interrupted and not errors else []
+    return most_severe(*codes)

@@ -289,7 +289,7 @@ def event_line(kind: str, data: dict[str, Any], progress: RunProgress | None = N
                 + f", merging into {data['target']}{eta}", "")
     if kind == "run_resumed":
         rec = data.get("recovered") or []
-        return (f"distpar: resuming run {data['run_id']}: {data['done']} batch(es) already done"
+        return (f"distpar: resuming run {data['run_id']}: {data['done']} unit(s) already done"
                 + (f" (recovered from their branches: {', '.join(rec)})" if rec else "")
                 + (f"; your checkout is back on {data['back_on']}" if data.get("back_on") else ""), "")
     if kind == "unit_submitted":

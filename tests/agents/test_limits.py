@@ -53,7 +53,7 @@ def test_cli_budget_reports_spent_and_left(repo: Path) -> None:
     plan = write_plan(repo.parent / "p.md", costly(3))
     res = run_distpar("run", str(plan), "--agent", "fake", "--workers", "1", "--budget-usd", "0.5", cwd=repo)
     assert res.returncode == 1, res.stderr
-    assert "budget $0.5000: spent $0.5000, left $0.0000; spent before 1 batch(es) could start" in res.stdout
+    assert "budget $0.5000: spent $0.5000, left $0.0000; spent before 1 unit(s) could start" in res.stdout
     assert "not started: 3" in res.stdout
 
 

@@ -160,14 +160,14 @@ def test_run_prints_summary_and_status_lists_it(repo: Path) -> None:
     assert "speedup" in res.stdout and "cost $0.0300" in res.stdout and "merged into main" in res.stdout
     run_id = first.split()[1].rstrip(":")
     # Totals per worker and for the run, at the end of the run and in status.
-    assert "  run: 3 batch(es)" in res.stdout and ", $0.0300, tokens 3000 in / 600 out" in res.stdout
+    assert "  run: 3 unit(s)" in res.stdout and ", $0.0300, tokens 3000 in / 600 out" in res.stdout
     assert sum(line.startswith(("  w1:", "  w2:", "  w3:")) for line in res.stdout.splitlines()) == 3
     listing = run_distpar("status", cwd=repo)
     assert run_id in listing.stdout and "3/3 ok" in listing.stdout
     one = run_distpar("status", run_id, cwd=repo)
     assert one.returncode == 0 and one.stdout.count(" ok ") >= 3
     assert "totals:\n" in one.stdout and ", $0.0100, tokens 1000 in / 200 out" in one.stdout
-    assert "  run: 3 batch(es)" in one.stdout
+    assert "  run: 3 unit(s)" in one.stdout
     missing = run_distpar("status", "nosuchrun", cwd=repo)
     assert missing.returncode == 2 and missing.stderr.startswith("Error: no run 'nosuchrun'")
 

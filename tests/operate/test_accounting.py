@@ -115,5 +115,5 @@ def test_the_budget_counts_what_was_spent_before_a_resume(repo: Path, tmp_path: 
     res = run_distpar("resume", run_id, cwd=repo)
     # $0.04 before; 1 and 2 again: $0.06, over the $0.055: 3 never starts.
     assert res.returncode == 1, res.stdout + res.stderr
-    assert "budget $0.0550: spent $0.0600, left $0.0000; spent before 1 batch(es) could start" in res.stdout
+    assert "budget $0.0550: spent $0.0600, left $0.0000; spent before 1 unit(s) could start" in res.stdout
     assert "not started: 3" in res.stdout
