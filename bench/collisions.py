@@ -9,8 +9,9 @@ against the serial agent time.
   merge fails it (``--verify-merged``; the failure is bisected to the unit).
 
 Modes: ``stop`` (the default: stop at a conflict or a failing gate, land nothing) for every plan, and ``fix``
-(``--on-verify-fail fix``: the agent gets the failing check's output) for the semantic break. ``--on-conflict
-rerun|resolve`` is not in distpar yet: those columns are left out.
+(``--on-verify-fail fix``: the agent gets the failing check's output) for the semantic break; ``rerun`` (the merge
+queue) and ``resolve`` (the agent resolves each conflicting final merge, gated by the plan's check) for the plans
+whose units collide in text.
 """
 
 from __future__ import annotations
@@ -37,11 +38,15 @@ CALLS = ('for f in uses*.txt; do [ -e "$f" ] || continue; n=$(cat "$f"); grep -q
          '{ echo "$f calls $n: not defined"; echo "@fake append api.txt $n"; exit 1; }; done')
 
 
+ROUTES = ["users", "orders", "search", "billing", "admin", "health"]
+
+
 def _registry() -> tuple[dict[str, str], list[dict[str, Any]], str]:
-    names = ["users", "orders", "search", "billing", "admin", "health"]
-    batches = [fake_batch(n, sleep=SLEEP, writes={"registry.py": REGISTRY.replace("]\n", f"    '{n}',\n]\n")})
-               for n in names]
-    return {"registry.py": REGISTRY}, batches, "python3 -c 'import registry'"
+    """Six units each append their route to one registry file (what a route table, a CHANGELOG or an
+    ``__init__.py`` export list meet): every pair conflicts at the file's end. The check: every route is there."""
+    batches = [fake_batch(n, sleep=SLEEP, extra=[f"@fake append routes.txt {n}"]) for n in ROUTES]
+    check = " && ".join(f"grep -qx {n} routes.txt" for n in ROUTES)
+    return {"routes.txt": "home\n"}, batches, check
 
 
 def _imports() -> tuple[dict[str, str], list[dict[str, Any]], str]:
@@ -66,7 +71,8 @@ def _semantic() -> tuple[dict[str, str], list[dict[str, Any]], str]:
 
 
 PLANS = {"registry": _registry, "imports": _imports, "one function": _one_function, "semantic break": _semantic}
-MODES = {"registry": ("stop",), "imports": ("stop",), "one function": ("stop",), "semantic break": ("stop", "fix")}
+MODES = {"registry": ("stop", "rerun", "resolve"), "imports": ("stop", "rerun", "resolve"),
+         "one function": ("stop", "rerun", "resolve"), "semantic break": ("stop", "fix")}
 
 
 def one(session: Session, name: str, mode: str) -> dict[str, Any]:
@@ -75,21 +81,25 @@ def one(session: Session, name: str, mode: str) -> dict[str, Any]:
     repo = make_repo(session.root / f"collide-{slug}-{mode}", {"README.md": "# bench\n", **files})
     plan = write_plan(session.root / f"collide-{slug}-{mode}.md", batches)
     gate = name == "semantic break"
-    opts = RunOptions(agent=AgentConfig(preset="fake"), verify_merged=check if gate else None,
-                      on_verify_fail=mode if gate else "stop")
+    opts = RunOptions(agent=AgentConfig(preset="fake"), verify_merged=check if gate or mode == "resolve" else None,
+                      on_verify_fail=mode if gate else "stop",
+                      on_conflict=mode if mode in ("rerun", "resolve") else "stop")
     t = time.perf_counter()
     prepared = prepare_run(plan, opts, repo=repo, workers=len(batches))
     report = prepared.run()
     wall = time.perf_counter() - t
     run_id = report.run_id
     journal = open_journal(repo)
-    started = [e for e in journal.events(run_id) if e.kind == "unit_started"]
+    events = journal.events(run_id)
+    started = [e for e in events if e.kind == "unit_started"]
+    resolved = [e for e in events if e.kind in ("conflict_resolved", "resolve_failed")]
     journal.close()
     green = subprocess.run(["/bin/sh", "-c", check], cwd=repo, capture_output=True, env=os.environ).returncode == 0
     return {
         "plan": name, "mode": mode, "units": len(batches), "state": report.state, "exit_code": int(report.exit_code),
         "landed": len(batches) if report.landed else 0, "check_green": green,
-        "agent_runs": len(started) + len(report.fixes), "fixes": len(report.fixes),
+        "agent_runs": len(started) + len(report.fixes) + len(resolved), "fixes": len(report.fixes),
+        "reruns": len(report.reruns), "resolutions": len(resolved),
         "bisected": (report.bisected or {}).get("unit"), "wall": round(wall, 3),
         "serial_agent": round(report.agent_time, 3),
         "wall_over_serial": round(wall / report.agent_time, 3) if report.agent_time else None,
@@ -102,13 +112,14 @@ def run(session: Session, cfg: Config) -> dict[str, Any]:
         for mode in MODES[name]:
             session.log(f"  collisions: {name}, {mode}")
             rows.append(one(session, name, mode))
-    return {"rows": rows, "modes_missing": ["rerun", "resolve"],
-            "note": "--on-conflict (rerun, resolve) is not in distpar yet: those columns are left out."}
+    return {"rows": rows, "note": "rerun: the merge queue (`--on-conflict rerun`); resolve: the agent resolves each "
+                                  "conflicting final merge (`--on-conflict resolve`, gated by the plan's check)."}
 
 
 def markdown(data: dict[str, Any], table: Any) -> list[str]:
     rows = [[r["plan"], r["mode"], r["units"], r["state"], f"{r['landed']}/{r['units']}",
-             "yes" if r["check_green"] else "no", r["agent_runs"], r["bisected"] or "-", f"{r['wall']:.2f}",
+             "yes" if r["check_green"] else "no", r["agent_runs"], r.get("reruns", 0), r.get("resolutions", 0),
+             r["bisected"] or "-", f"{r['wall']:.2f}",
              f"{r['serial_agent']:.2f}", r["wall_over_serial"]] for r in data["rows"]]
     return ["", "## 7. Collisions", "",
             "Realistic collisions (bench/collisions.py): the units landed, whether the check passes on the target "
@@ -116,5 +127,6 @@ def markdown(data: dict[str, Any], table: Any) -> list[str]:
             "(fix units included), the wall time against the serial agent time (the sum of the units' agent "
             f"times). Load average at the section's start / end: {data['loadavg'][0]} / {data['loadavg'][1]}. "
             + data["note"], "",
-            table(["plan", "mode", "units", "state", "landed", "check green", "agent runs", "unit bisected",
+            table(["plan", "mode", "units", "state", "landed", "check green", "agent runs", "reruns", "resolutions",
+                   "unit bisected",
                    "wall s", "serial agent s", "wall / serial"], rows)]

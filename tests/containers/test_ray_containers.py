@@ -315,7 +315,7 @@ def test_pinned_ray_mismatch_is_refused_naming_both(ray_cluster: RayContainers,
 
 def test_cli_refuses_a_mismatched_cluster_before_starting_anything(ray_cluster: RayContainers,
                                                                   tmp_path: Path) -> None:
-    import distpar.backends.ray as backend
+    import distpar.backends.ray.backend as backend
     from distpar.backends import raycompat
 
     if "raycompat.check_cluster" not in Path(backend.__file__).read_text():
