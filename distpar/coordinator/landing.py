@@ -70,8 +70,9 @@ def _verify_merged(site: RunSite, options: RunOptions, include: list[str], head:
 
 
 def cleanup(site: RunSite, workspaces: list[Path]) -> list[str]:
-    """Remove the local workers' worktrees ``workspaces`` (what is uncommitted in one is saved on a ref first;
-    never deletes unsaved work). Returns the refs it saved work on."""
+    """Remove the local workers' workspaces ``workspaces`` (what is uncommitted in one is saved on a ref of the
+    user's repository first, fetched from the workspace; never deletes unsaved work). Returns the refs it saved
+    work on."""
     saved, done = [], []
     for w, ws in enumerate(workspaces):
         if not ws.exists():
@@ -82,15 +83,33 @@ def cleanup(site: RunSite, workspaces: list[Path]) -> list[str]:
                 if workspace_ready(ws) and gitops.out(ws, "status", "--porcelain") else None
             if snap:
                 ref = f"refs/distpar/{site.run_id}/saved/w{w + 1}-cleanup"
-                gitops.update_ref(site.repo, ref, snap)
+                gitops.update_ref(ws, ref, snap)  # the snapshot is in the workspace's own object store
+                gitops.fetch(site.repo, ws, [f"+{ref}:{ref}"])
                 saved.append(ref)
+            if gitops.is_own_repository(ws):
+                saved += _unreturned(site, ws, w)
         except DistparError:
             log.exception("could not snapshot %s; leaving it in place", ws)
             continue
         done.append(ws)
-    gitops.worktree_remove(site.repo, *done)
+    gitops.workspace_remove(site.repo, *done)
     paths.remove_worktrees_root(site.repo, site.run_id)
     return saved
+
+
+def _unreturned(site: RunSite, ws: Path, w: int) -> list[str]:
+    """Commits on a workspace's branches that never came back to the user's repository (an agent's branch of
+    its own, a unit that ended before its reply): fetched onto saved refs before the workspace goes."""
+    tips = gitops.refs(ws, "refs/heads/")
+    if not tips:
+        return []
+    lines = gitops.git(site.repo, "cat-file", "--batch-check", input="".join(f"{o}\n" for o in tips.values())).stdout
+    lost = [ref for ref, line in zip(tips, lines.splitlines(), strict=False) if line.endswith(" missing")]
+    specs = {f"refs/distpar/{site.run_id}/saved/w{w + 1}-cleanup-{ref.removeprefix('refs/heads/').replace('/', '-')}":
+             ref for ref in lost}
+    if specs:
+        gitops.fetch(site.repo, ws, [f"+{src}:{dst}" for dst, src in specs.items()])
+    return list(specs)
 
 
 def release(site: RunSite, branches: list[str]) -> None:

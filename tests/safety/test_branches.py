@@ -36,7 +36,7 @@ def test_agent_that_checks_out_another_branch_and_edits(repo: Path) -> None:
     warning = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: batch 1:")]
     assert warning == ["warning: batch 1: the agent switched the worktree to branch other; distpar switched it "
                        f"back to distpar/{run_id_of(res.stdout)}/b/1 and kept the agent's edits"], res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
 
 
 def test_agent_that_commits_onto_another_branch(repo: Path) -> None:
