@@ -22,6 +22,7 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
     env["LC_ALL"] = "C"
+    env["GIT_NO_REPLACE_OBJECTS"] = "1"  # distpar works on the objects as they are, never on replacements
     if extra:
         env.update(extra)
     return env
@@ -166,7 +167,7 @@ def own_repository(repo: str | Path, path: str | Path, branch: str, base: str, h
     a copy of the hooks. distpar fetches the work back (``fetch``)."""
     path = Path(path)
     fmt, common, hooks_dir = out(repo, "rev-parse", "--show-object-format", "--path-format=absolute",
-                                 "--git-common-dir", "--git-path", "hooks").splitlines()
+                                 "--git-common-dir", "--git-path", "hooks", env={HOOKS_VAR: "1"}).splitlines()
     path.parent.mkdir(parents=True, exist_ok=True)
     git(path.parent, "init", "--quiet", "--template=", f"--object-format={fmt}", str(path))
     gd = path / ".git"
@@ -176,8 +177,10 @@ def own_repository(repo: str | Path, path: str | Path, branch: str, base: str, h
     copies = [line for line in listing.splitlines() if line and " refs/heads/distpar/" not in line]
     if copies:
         (gd / "packed-refs").write_text("".join(line + "\n" for line in copies))
+    seen: set[str] = set()
     for key, value in _borrowed_config(repo):
-        git(path, "config", "--add", key, value)
+        git(path, "config", "--add" if key in seen else "--replace-all", key, value)
+        seen.add(key)
     (gd / "info").mkdir(exist_ok=True)
     for name in ("attributes", "exclude"):
         if (Path(common) / "info" / name).is_file():
@@ -192,6 +195,11 @@ def _borrowed_config(repo: str | Path) -> list[tuple[str, str]]:
     raw = git(repo, "config", "--local", "--list", "-z", check=False).stdout
     pairs = [entry.partition("\n") for entry in raw.split("\0") if entry]
     return [(k, v) for k, _, v in pairs if k.startswith(BORROWED_CONFIG)]
+
+
+def is_sparse(repo: str | Path) -> bool:
+    """Whether the checkout ``repo`` is a sparse checkout (its workspaces are full ones all the same)."""
+    return git(repo, "config", "--bool", "core.sparseCheckout", check=False).stdout.strip() == "true"
 
 
 def is_own_repository(path: str | Path) -> bool:

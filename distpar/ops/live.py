@@ -111,7 +111,7 @@ class RunProgress:
             if row is not None and data.get("unit") not in self.ended:
                 if row.current != data["unit"]:
                     row.output = ""
-                row.current, row.since = data["batch"], now if data.get("at") is None else data["at"]
+                row.current, row.since = data["unit"], now if data.get("at") is None else data["at"]
                 row.attempt = data.get("attempt", 1)
                 if data.get("node"):
                     row.node = data["node"]
