@@ -95,7 +95,7 @@ def _land(repo: Path, target: str, start: str, integration: str, head: str, env:
         return Conflict("target", target, integration, (), None,
                         (f"# {busy}", f"git -C {where} merge --ff-only {integration}"))
     if checked_out:
-        proc = gitops.git(checked_out[0], "merge", "--ff-only", "--quiet", new, check=False)
+        proc = gitops.git(checked_out[0], "merge", "--ff-only", "--quiet", new, check=False, env=env)
         if proc.returncode != 0:
             files = tuple(
                 line.strip() for line in proc.stderr.splitlines() if line.startswith(("\t", "    "))
@@ -103,5 +103,5 @@ def _land(repo: Path, target: str, start: str, integration: str, head: str, env:
             return Conflict("target", target, integration, files, None,
                             (f"git -C {checked_out[0]} status", f"git merge --ff-only {integration}"))
     else:
-        gitops.git(repo, "update-ref", f"refs/heads/{target}", new, current)
+        gitops.git(repo, "update-ref", f"refs/heads/{target}", new, current, env=env)
     return None

@@ -286,6 +286,9 @@ def test_git_failure_under_the_coordinator_ends_the_run_cleanly(repo: Path) -> N
     assert any("fetch" in e for e in report.errors), report.errors
     assert journal.run(report.run_id)["state"] == "error"
     assert gitops.rev(repo, "main") == start and worktree_count(repo) == 1
-    # The units' committed work is still on their branches.
-    assert all(gitops.try_rev(repo, runner.branch(k)) for k in ("1", "2"))
+    # The units' committed work never came back: cleanup fetched it from the workspaces onto saved refs.
+    saved = gitops.refs(repo, f"refs/distpar/{report.run_id}/saved/")
+    for k in ("1", "2"):
+        name = runner.branch(k).replace("/", "-")
+        assert [ref for ref in saved if ref.endswith(f"-cleanup-{name}")], saved
     journal.close()

@@ -107,12 +107,13 @@ def test_distpar_runs_no_hook_of_the_users_repository(repo: Path, tmp_path: Path
 
 def test_with_hooks_the_unit_commits_run_the_users_hooks(repo: Path, tmp_path: Path) -> None:
     marker = tmp_path / "hooks-ran"
-    for name in ("pre-commit", "commit-msg"):
+    for name in ("pre-commit", "commit-msg", "post-merge"):
         hook(repo, name, f"echo {name} >> {marker}")
     plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a.txt": "a"})])
     res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", "--hooks", cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert marker.read_text().split() == ["pre-commit", "commit-msg"]
+    # The unit's commit (in the workspace, with copies of the hooks), then the landing's merge --ff-only.
+    assert marker.read_text().split() == ["pre-commit", "commit-msg", "post-merge"]
 
 
 def test_a_sparse_checkout_gives_full_workspaces(tmp_path: Path) -> None:
