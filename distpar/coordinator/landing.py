@@ -89,7 +89,7 @@ def cleanup(site: RunSite, workspaces: list[Path]) -> list[str]:
                 gitops.fetch(site.repo, ws, [f"+{ref}:{ref}"])
                 saved.append(ref)
             if gitops.is_own_repository(ws):
-                saved += _unreturned(site, ws, w)
+                saved += gitops.save_unreturned(site.repo, ws, f"refs/distpar/{site.run_id}/saved/w{w + 1}-cleanup")
         except DistparError:
             log.exception("could not snapshot %s; leaving it in place", ws)
             continue
@@ -97,21 +97,6 @@ def cleanup(site: RunSite, workspaces: list[Path]) -> list[str]:
     gitops.workspace_remove(site.repo, *done)
     paths.remove_worktrees_root(site.repo, site.run_id)
     return saved
-
-
-def _unreturned(site: RunSite, ws: Path, w: int) -> list[str]:
-    """Commits on a workspace's branches that never came back to the user's repository (an agent's branch of
-    its own, a unit that ended before its reply): fetched onto saved refs before the workspace goes."""
-    tips = gitops.refs(ws, "refs/heads/")
-    if not tips:
-        return []
-    lines = gitops.git(site.repo, "cat-file", "--batch-check", input="".join(f"{o}\n" for o in tips.values())).stdout
-    lost = [ref for ref, line in zip(tips, lines.splitlines(), strict=False) if line.endswith(" missing")]
-    specs = {f"refs/distpar/{site.run_id}/saved/w{w + 1}-cleanup-{ref.removeprefix('refs/heads/').replace('/', '-')}":
-             ref for ref in lost}
-    if specs:
-        gitops.fetch(site.repo, ws, [f"+{src}:{dst}" for dst, src in specs.items()])
-    return list(specs)
 
 
 def release(site: RunSite, branches: list[str]) -> None:

@@ -207,6 +207,24 @@ def is_own_repository(path: str | Path) -> bool:
     return (Path(path) / ".git").is_dir()
 
 
+def unreturned(repo: str | Path, ws: str | Path) -> list[str]:
+    """The branches of the repository of its own ``ws`` whose tips ``repo`` does not have: commits that never
+    came back (an agent's branch of its own, a unit whose reply never came)."""
+    tips = refs(ws, "refs/heads/")
+    if not tips:
+        return []
+    lines = git(repo, "cat-file", "--batch-check", input="".join(f"{o}\n" for o in tips.values())).stdout
+    return [ref for ref, line in zip(tips, lines.splitlines(), strict=False) if line.endswith(" missing")]
+
+
+def save_unreturned(repo: str | Path, ws: str | Path, prefix: str) -> list[str]:
+    """Fetch what ``unreturned`` finds onto ``<prefix>-<branch>`` refs of ``repo``; returns those refs."""
+    specs = {f"{prefix}-{ref.removeprefix('refs/heads/').replace('/', '-')}": ref for ref in unreturned(repo, ws)}
+    if specs:
+        fetch(repo, ws, [f"+{src}:{dst}" for dst, src in specs.items()])
+    return list(specs)
+
+
 def workspace_remove(repo: str | Path, *paths: str | Path) -> None:
     """Remove workspaces: repositories of their own (deleted) and linked worktrees of ``repo``."""
     linked = []
