@@ -168,20 +168,22 @@ def own_repository(repo: str | Path, path: str | Path, branch: str, base: str, h
     path = Path(path)
     fmt, common, hooks_dir = out(repo, "rev-parse", "--show-object-format", "--path-format=absolute",
                                  "--git-common-dir", "--git-path", "hooks", env={HOOKS_VAR: "1"}).splitlines()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    git(path.parent, "init", "--quiet", "--template=", f"--object-format={fmt}", str(path))
+    # The git directory is written directly (what ``git init --template=`` writes, plus the borrowed store and
+    # settings): a workspace costs a few git processes, as a worktree did.
     gd = path / ".git"
-    (gd / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    for d in ("objects/info", "refs/heads", "refs/tags", "info"):
+        (gd / d).mkdir(parents=True, exist_ok=True)
     (gd / "objects" / "info" / "alternates").write_text(str(Path(common) / "objects") + "\n")
+    (gd / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
+    sha1 = fmt == "sha1"
+    config = ["[core]", f"\trepositoryformatversion = {0 if sha1 else 1}", "\tbare = false",
+              "\tlogallrefupdates = true", *([] if sha1 else ["[extensions]", f"\tobjectformat = {fmt}"])]
+    config += _config_lines(_borrowed_config(repo))
+    (gd / "config").write_text("\n".join(config) + "\n")
     listing = out(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/")
     copies = [line for line in listing.splitlines() if line and " refs/heads/distpar/" not in line]
     if copies:
         (gd / "packed-refs").write_text("".join(line + "\n" for line in copies))
-    seen: set[str] = set()
-    for key, value in _borrowed_config(repo):
-        git(path, "config", "--add" if key in seen else "--replace-all", key, value)
-        seen.add(key)
-    (gd / "info").mkdir(exist_ok=True)
     for name in ("attributes", "exclude"):
         if (Path(common) / "info" / name).is_file():
             shutil.copyfile(Path(common) / "info" / name, gd / "info" / name)
@@ -191,10 +193,25 @@ def own_repository(repo: str | Path, path: str | Path, branch: str, base: str, h
     git(path, "checkout", "--quiet", "--force", "-B", branch, base, env=env)
 
 
-def _borrowed_config(repo: str | Path) -> list[tuple[str, str]]:
+def _borrowed_config(repo: str | Path) -> list[tuple[str, str | None]]:
+    """The ``BORROWED_CONFIG`` entries of ``repo``'s own config, in order (None: a key without a value)."""
     raw = git(repo, "config", "--local", "--list", "-z", check=False).stdout
     pairs = [entry.partition("\n") for entry in raw.split("\0") if entry]
-    return [(k, v) for k, _, v in pairs if k.startswith(BORROWED_CONFIG)]
+    return [(k, v if sep else None) for k, sep, v in pairs if k.startswith(BORROWED_CONFIG)]
+
+
+def _config_lines(pairs: list[tuple[str, str | None]]) -> list[str]:
+    """Config file lines for ``pairs`` (a section header each: git merges repeated sections)."""
+    def quote(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+
+    lines = []
+    for key, value in pairs:
+        section, _, rest = key.partition(".")
+        sub, _, name = rest.rpartition(".")
+        lines.append(f"[{section} {quote(sub)}]" if sub else f"[{section}]")
+        lines.append(f"\t{name}" if value is None else f"\t{name} = {quote(value)}")
+    return lines
 
 
 def is_sparse(repo: str | Path) -> bool:

@@ -131,3 +131,36 @@ def test_a_sparse_checkout_gives_full_workspaces(tmp_path: Path) -> None:
     assert said == [f"warning: {repo} is a sparse checkout: the workers' workspaces hold every file (the agents "
                     "are not limited to its cone)"], res.stderr
     assert sh_git(repo, "sparse-checkout", "list") == "a"
+
+
+def test_a_workspace_borrows_the_objects_and_the_settings_that_say_how_files_are_stored(repo: Path,
+                                                                                         tmp_path: Path) -> None:
+    from distpar.infra import gitops
+
+    sh_git(repo, "config", "filter.odd.clean", 'sed "s/\\\\t/ /" # a "quoted" value\twith a tab')
+    sh_git(repo, "config", "user.name", "Ann \"A\" O'Neil")
+    sh_git(repo, "config", "lfs.https://host.example/x.y.locksverify", "false")
+    sh_git(repo, "config", "remote.origin.url", "/somewhere")  # never borrowed
+    sh_git(repo, "config", "alias.st", "status")
+    with (repo / ".git" / "config").open("a") as f:
+        f.write("[gpg]\n\tbare-key\n")  # a key without a value
+    hook(repo, "pre-commit", "exit 0")
+    ws = tmp_path / "ws"
+    gitops.own_repository(repo, ws, "unit", "main")
+    mine = sh_git(ws, "config", "--list", "--local").splitlines()
+    theirs = sh_git(repo, "config", "--list", "--local").splitlines()
+    assert [line for line in theirs if line.startswith(("filter.", "user.", "lfs.", "gpg."))] == \
+        [line for line in mine if line.startswith(("filter.", "user.", "lfs.", "gpg."))]
+    assert not [line for line in mine if line.startswith(("remote.", "alias.", "core.hookspath"))]
+    assert sh_git(ws, "remote") == "" and not (ws / ".git" / "hooks").exists()
+    assert sh_git(ws, "symbolic-ref", "HEAD") == "refs/heads/unit"
+    assert sh_git(ws, "rev-parse", "unit") == sh_git(repo, "rev-parse", "main") == sh_git(ws, "rev-parse", "main")
+    assert sh_git(ws, "status", "--porcelain") == "" and sh_git(ws, "fsck", "--connectivity-only") == ""
+    # Its new objects are its own: the user's store gains nothing until distpar fetches.
+    (ws / "new.txt").write_text("new\n")
+    sh_git(ws, "add", "new.txt")
+    sh_git(ws, "commit", "-qm", "new")
+    head = sh_git(ws, "rev-parse", "HEAD")
+    assert gitops.git(repo, "cat-file", "-e", head, check=False).returncode != 0
+    gitops.workspace_remove(repo, ws)
+    assert not ws.exists()
