@@ -92,7 +92,7 @@ def measure(repo: Path, scratch: Path, reps: int) -> dict[str, Any]:
 
 def run(session: Session, cfg: Config) -> dict[str, Any]:
     rows = []
-    reps = max(3, cfg.light_reps * 3)
+    reps = max(5, cfg.light_reps * 3)
     for files in (1000, 20000):
         repo = session.repo(files)
         session.log(f"  workspaces: {files}-file repo, {reps} rep(s) of each way")

@@ -164,3 +164,35 @@ def test_a_workspace_borrows_the_objects_and_the_settings_that_say_how_files_are
     assert gitops.git(repo, "cat-file", "-e", head, check=False).returncode != 0
     gitops.workspace_remove(repo, ws)
     assert not ws.exists()
+
+
+def test_clean_saves_what_a_killed_runs_workspace_never_handed_back(repo: Path, isolated_env: str) -> None:
+    """The coordinator is killed while an agent that already committed still runs: its commit exists only in
+    its workspace. ``distpar clean`` fetches them onto saved refs before removing it."""
+    import os
+    import signal
+
+    from distpar.infra import paths
+    from distpar.ops import clean
+    from tests.conftest import wait_for
+    from tests.operate.conftest import run_ids, start_distpar
+
+    plan = write_plan(repo.parent / "p.md", [fake_batch("slow", writes={"s.txt": "s\n"}, extra=[
+        "@fake commit 'committed in the workspace'", sh("touch .git/committed"), "@fake sleep 60"])])
+    with start_distpar("run", str(plan), "--workers", "1", "--agent", "fake", "-q", cwd=repo) as coordinator:
+        rid = wait_for(lambda: next(iter(run_ids()), ""), what="the run to start")
+        wait_for(lambda: clean.agent_processes().get(rid, []), what="the agent")
+        ws = paths.workspace(repo, rid, 0)
+        wait_for(lambda: (ws / ".git" / "committed").exists(), what="the agent's commit")
+        os.kill(coordinator.pid, signal.SIGKILL)
+        coordinator.wait(timeout=30)
+    res = run_distpar("clean", cwd=repo)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not ws.exists()
+    saved = {ref.split()[0]: ref.split()[1] for ref in
+             sh_git(repo, "for-each-ref", "--format=%(refname) %(objectname)", f"refs/distpar/{rid}/saved/")
+             .splitlines()}
+    branch = f"refs/distpar/{rid}/saved/w1-clean-distpar-{rid}-b-slow"
+    assert branch in saved, (res.stdout, saved)
+    assert sh_git(repo, "show", f"{branch}:s.txt") == "s"  # the commit that never came back
+    assert sh_git(repo, "log", "-1", "--format=%s", branch) == "committed in the workspace"
