@@ -1,5 +1,6 @@
-"""distpar's benchmarks: wall-clock speedup, scheduling quality, run-time dispatch, overhead, coordinator scale
-and backends, all with the shipped fake agent (batch durations set by the plan).
+"""distpar's benchmarks: wall-clock speedup, scheduling quality, run-time dispatch, overhead, coordinator scale,
+backends (with Ray against the bare-Ray floor of ``bench/floor.py``) and the tail of a large run
+(``bench/tail.py``), all with the shipped fake agent (batch durations set by the plan).
 
     python -m bench --quick            # about 4 minutes on a 2-core machine
     python -m bench                    # the full profile (the issues' configurations; about 30 minutes)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -123,6 +124,8 @@ def run(session: Session, cfg: Config, remote: RemoteOptions) -> dict[str, Any]:
             remote_ssh, where = remote, f"could not start loopback sshd servers: {exc}"[:400]
         speedup = _ray_speedup(session, cfg, remote) if cfg.ray_speedup else None
         out = _run_ray(session, cfg, remote_ssh)
+        if cfg.ray_floor and not cfg.ray_cluster and _importable("ray") is None:
+            out["ray_floor"] = _floor_on_own_cluster(session, cfg, remote)
         if speedup is not None:
             out["ray_speedup"] = speedup
         out["ssh_hosts"] = where
@@ -219,7 +222,52 @@ def _run(session: Session, cfg: Config, remote: RemoteOptions, ray_where: str | 
         }
     if cfg.ray_target and out["backends"].get("ray", {}).get("available"):
         out["ray_target"] = _ray_target(session, cfg, remote)
+    if cfg.ray_floor and cfg.ray_cluster and ray_where:
+        out["ray_floor"] = _ray_floor(session, cfg, remote, ray_where)
     return out
+
+
+def _floor_on_own_cluster(session: Session, cfg: Config, remote: RemoteOptions) -> dict[str, Any]:
+    try:
+        with ray_cluster(session, replace(cfg, ray_cluster=cfg.ray_floor_cluster), remote) as where:
+            return _ray_floor(session, cfg, remote, where)
+    except Exception as exc:
+        return {"error": f"could not start a Ray cluster: {type(exc).__name__}: {exc}"[:600]}
+
+
+def _ray_floor(session: Session, cfg: Config, remote: RemoteOptions, where: str) -> dict[str, Any]:
+    """distpar on Ray and the bare-Ray floor (bench/floor.py), one after the other (reps times), on the same
+    cluster in the same session: the ratio of their median walls is distpar's own share."""
+    import ray
+
+    from bench.floor import run_floor
+
+    assert cfg.ray_floor
+    n, secs, w = cfg.ray_floor
+    nodes = make_shape("independent-equal", n, secs)
+    if not ray.is_initialized():  # --ray-address: the floor joins it as the backend will
+        ray.init(address=remote.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+    pairs = []
+    try:
+        for rep in range(max(1, cfg.light_reps)):
+            session.settle()
+            load = os.getloadavg()
+            session.log(f"  backends: Ray floor, {n} x {secs:g}s at {w} workers, distpar, rep {rep + 1}")
+            rec = session.run(f"ray-floor-distpar-w{w}", nodes, w, backend="ray",
+                              backend_options={"address": remote.ray_address}, stagger=TARGET_STAGGER)
+            session.settle()
+            load_floor = os.getloadavg()
+            session.log(f"  backends: Ray floor, {n} x {secs:g}s at {w} workers, bare Ray, rep {rep + 1}")
+            floor = run_floor(session.repo(2), nodes, w, f"floor{rep}")
+            pairs.append({"distpar": round(rec.wall, 4), "floor": floor["wall"],
+                          "ratio": round(rec.wall / floor["wall"], 4),
+                          "loadavg": [round(load[0], 2), round(load_floor[0], 2)], "floor_run": floor,
+                          "distpar_run": rec.to_dict()})
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"[:600], "pairs": pairs}
+    d, f = summary([p["distpar"] for p in pairs]), summary([p["floor"] for p in pairs])
+    return {"batches": n, "seconds": secs, "workers": w, "cluster": where, "distpar": d, "floor": f,
+            "ratio": round(d["median"] / f["median"], 4), "target": 1.05, "pairs": pairs}
 
 
 def _ray_target(session: Session, cfg: Config, remote: RemoteOptions) -> dict[str, Any]:

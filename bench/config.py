@@ -54,6 +54,13 @@ class Config:
     # issue 11's backend targets: Ray started for the run vs local --workers 1; SSH over the loopback hosts
     ray_speedup: tuple[int, float, int] | None = (16, 2.0, 8)
     ssh_target: tuple[int, float, int] | None = (12, 3.0, 6)  # workers spread evenly: 3 slots on each of 2 hosts
+    # issue 23: distpar on Ray against the bare-Ray floor (bench/floor.py), measured in turn in one session:
+    # (units, seconds, workers); on ray_cluster when the profile has one, else on a cluster of ray_floor_cluster
+    ray_floor: tuple[int, float, int] | None = (64, 5.0, 32)
+    ray_floor_cluster: tuple[int, int] = (2, 4)
+    # 7. the tail (issue 23): zero-second units by plan size, on this many workers
+    tail_sizes: tuple[int, ...] = (100, 300, 1000)
+    tail_workers: int = 16
 
 
 FULL = Config(name="full", reps=3, light_reps=3)
@@ -78,6 +85,8 @@ QUICK = Config(
     cast_scale=0.5,
     ray_speedup=None,
     ssh_target=None,
+    tail_sizes=(100, 300),
+    ray_floor=(16, 1.0, 8),
 )
 
 TINY = Config(
@@ -112,6 +121,9 @@ TINY = Config(
     cast_scale=0.05,
     ray_speedup=None,
     ssh_target=None,
+    tail_sizes=(6,),
+    tail_workers=2,
+    ray_floor=None,
 )
 
 PROFILES = {"quick": QUICK, "full": FULL, "tiny": TINY}

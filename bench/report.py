@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import report23
 from bench.harness import PHASE_HELP, PHASES
 from bench.stats import spread
 
@@ -42,6 +43,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     out.append(_ray_target(s.get("backends")))
     out.extend(_backend_targets(s.get("backends")))
     out.extend(_workspace_targets(s.get("workspaces")))
+    out.extend(report23.targets(results))
     return out
 
 
@@ -441,6 +443,9 @@ def render(results: dict[str, Any]) -> str:
         parts += _scale_md(s["scale"], results)
     if "backends" in s:
         parts += _backends_md(s["backends"])
+        parts += report23.floor_md(s["backends"]["ray_floor"]) if "ray_floor" in s["backends"] else []
+    if "tail" in s:
+        parts += report23.tail_md(s["tail"])
     if "workspaces" in s:
         parts += _workspaces_md(s["workspaces"])
     if results.get("section_errors"):

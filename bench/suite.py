@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import backends, dispatch, overhead, scale, scheduling, speedup, workspaces
+from bench import backends, dispatch, overhead, scale, scheduling, speedup, tail, workspaces
 from bench.backends import RemoteOptions
 from bench.config import Config
 from bench.harness import PHASE_HELP, Session
 from bench.machine import describe
 
 RESULTS_SCHEMA = 1
-SECTIONS = ("speedup", "scheduling", "dispatch", "overhead", "scale", "backends", "workspaces")
+SECTIONS = ("speedup", "scheduling", "dispatch", "overhead", "scale", "backends", "tail", "workspaces")
 PUBLISH_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -48,6 +48,7 @@ def run_suite(cfg: Config, out_dir: Path, *, sections: tuple[str, ...] = SECTION
         "overhead": lambda: overhead.run(session, cfg),
         "scale": lambda: scale.run(session, cfg),
         "backends": lambda: backends.run(session, cfg, remote),
+        "tail": lambda: tail.run(session, cfg),
         "workspaces": lambda: workspaces.run(session, cfg),
     }
     try:

@@ -99,6 +99,12 @@ CLOSE_WAIT = 10.0  # seconds close() waits for killed actors' units and for the 
 RESEND = 2  # times a unit is sent again when its actor died before taking it
 HAVE = 16  # commits remembered per actor (the newest): what a later unit's increment leaves out
 CONNECT_TIMEOUT = 5.0
+# The watch: an actor running a unit yields a heartbeat every HEARTBEAT s; a unit whose actor yields nothing for
+# $DISTPAR_RAY_STALL_SECONDS (60) is stalled (a frozen actor on a node Ray still thinks healthy): reported, its
+# actor killed and replaced, the unit retried. Not over Ray Client, which hands everything back at the end.
+HEARTBEAT = 5.0
+STALL_AFTER = 60.0
+STALL_VAR = "DISTPAR_RAY_STALL_SECONDS"
 MISSING = "the ray backend needs ray: pip install 'distpar[ray]'"
 
 
@@ -197,7 +203,11 @@ class NodeActor:
 
         threading.Thread(target=body, name=f"distpar-w{worker + 1}", daemon=True).start()
         while True:
-            kind, payload = inbox.get()
+            try:
+                kind, payload = inbox.get(timeout=HEARTBEAT)
+            except queue.Empty:
+                yield {"kind": "heartbeat"}
+                continue
             if kind != "event":
                 break
             yield {"kind": "event", "name": payload[0], "data": payload[1]}
@@ -219,6 +229,18 @@ class NodeActor:
             return
         busy.unlink(missing_ok=True)
         yield {"kind": "result", "result": reply, "bundle": bundle, "log": log}
+
+
+def stall_after() -> float:
+    """Seconds without a word from a unit's actor after which it is stalled (``$DISTPAR_RAY_STALL_SECONDS``)."""
+    try:
+        value = float(os.environ.get(STALL_VAR, "") or STALL_AFTER)
+    except ValueError:
+        value = 0
+    if value <= HEARTBEAT:
+        raise BackendError(f"${STALL_VAR} must be a number of seconds above the heartbeat ({HEARTBEAT:g}s), "
+                           f"not {os.environ.get(STALL_VAR)!r}")
+    return value
 
 
 def _stage(directory: Path, key: str, box: list[Any]) -> Path:
@@ -351,6 +373,7 @@ class RayBackend(Backend):
             import ray
         except ImportError as exc:
             raise BackendError(MISSING) from exc
+        stall_after()  # a bad $DISTPAR_RAY_STALL_SECONDS stops the run before anything starts
         self._ctx = ctx
         if not ray.is_initialized():  # otherwise use the connection the caller made
             address = self.address or os.environ.get("RAY_ADDRESS") or None
@@ -547,7 +570,7 @@ class RayBackend(Backend):
         for sent in range(RESEND + 1):
             accepted = False
             try:
-                async for item in self._items(items):
+                async for item in self._items(items, spec, slot):
                     if item["kind"] == "accepted":
                         accepted, slot.host.node = True, item["node"]
                         self._nodes.add(slot.host.node)
@@ -579,14 +602,37 @@ class RayBackend(Backend):
                 raise BackendError(f"the Ray actor failed: {type(exc).__name__}: {_first_line(exc)}") from exc
         raise AssertionError("unreachable")
 
-    async def _items(self, stream: Any) -> AsyncIterator[dict[str, Any]]:
-        """A unit's items as the actor yields them (over Ray Client, all at once when the unit ends)."""
+    async def _items(self, items: Any, spec: UnitSpec, slot: _Slot) -> AsyncIterator[dict[str, Any]]:
+        """A unit's items as the actor yields them (over Ray Client, all at once when the unit ends), without
+        its heartbeats; silence for longer than the stall limit ends the unit with a BackendError."""
         if self._client:
-            for item in await asyncio.wrap_future(stream.future()):
-                yield item
+            for item in await asyncio.wrap_future(items.future()):
+                if item.get("kind") != "heartbeat":
+                    yield item
             return
-        async for ref in stream:
-            yield await ref
+        limit = stall_after()
+        refs = items.__aiter__()
+
+        async def following() -> dict[str, Any]:
+            return await (await refs.__anext__())  # type: ignore[no-any-return]
+
+        while True:
+            try:
+                item = await asyncio.wait_for(following(), limit)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                node = slot.host.node[:12] or "?"
+                error = (f"Ray node {node}: stalled: the actor of worker {spec.worker + 1} sent nothing (not even a "
+                         f"heartbeat) for {limit:g}s")
+                if self._ctx is not None and self._ctx.events is not None:
+                    self._ctx.events("transport_stalled", {"host": slot.host.node, "worker": spec.worker,
+                                                           "unit": spec.uid, "attempt": spec.attempt,
+                                                           "error": error})
+                self._lost(slot)
+                raise BackendError(error) from None
+            if item.get("kind") != "heartbeat":
+                yield item
 
     def _land(self, spec: UnitSpec, slot: _Slot, item: dict[str, Any]) -> UnitReply:
         """Write the returned bundle and logs on the coordinator; point the result at them."""

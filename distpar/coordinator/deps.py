@@ -5,12 +5,14 @@ stop the final merge is known the moment it exists. Neither ever resolves a conf
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distpar.coordinator.merge import Conflict
+from distpar.coordinator.merge import Conflict, changed_paths, dirs_of, touching
 from distpar.infra import gitops
 
 log = logging.getLogger(__name__)
@@ -93,21 +95,36 @@ class EarlyConflicts:
     """Checks each finished unit against the preview off the dispatch path: the coordinator hands a result over
     and goes on starting units while one thread merges it into the preview (in the order handed over) and
     reports a conflict through ``report``. With ``inline`` (``--stop-on-conflict``: whether new units start
-    depends on the answer) ``check`` merges at once and answers."""
+    depends on the answer) ``check`` merges at once and answers.
+
+    When every unit has ended (``settle``), the checks still queued are made in one batch: one ``diff-tree``
+    gives the paths each of them changed, and only those whose paths meet the preview's or another queued
+    unit's are merged into the preview; the others cannot conflict. The end of the run does not wait for a
+    queue of merges."""
 
     def __init__(self, preview: Preview, report: Callable[[str, Found], None], inline: bool) -> None:
         self.preview, self.report, self.inline = preview, report, inline
         self._pool: ThreadPoolExecutor | None = None
+        self._queued: dict[str, str] = {}  # handed over, not started: uid -> commit
+        self._lock = threading.Lock()
 
     def check(self, uid: str, commit: str) -> Found | None:
         if self.inline:
             return self.preview.add(uid, commit)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distpar-preview")
-        self._pool.submit(self._later, uid, commit)
+        with self._lock:
+            self._queued[uid] = commit
+        self._pool.submit(self._later, uid)
         return None
 
-    def _later(self, uid: str, commit: str) -> None:
+    def _later(self, uid: str) -> None:
+        with self._lock:
+            commit = self._queued.pop(uid, None)
+        if commit is not None:
+            self._add(uid, commit)
+
+    def _add(self, uid: str, commit: str) -> None:
         try:
             found = self.preview.add(uid, commit)
         except Exception:  # a prediction only: the final merge still finds and reports every conflict
@@ -117,9 +134,37 @@ class EarlyConflicts:
             self.report(uid, found)
 
     def settle(self) -> None:
-        """Wait for the checks handed over (before the final merge, so that the report lists them all); the
-        preview's ref goes (a resume builds a new preview)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        self.preview.drop()
+        """Finish the checks handed over (before the final merge, so that the report lists them all): the one
+        under way, then what is still queued, in one batch; the preview's ref goes (a resume builds a new
+        preview)."""
+        try:
+            self._settle()
+        finally:
+            self.preview.drop()
+
+    def _settle(self) -> None:
+        if self._pool is None:
+            return
+        with self._lock:
+            queued, self._queued = self._queued, {}
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        if not queued:
+            return
+        p = self.preview
+        try:
+            paths = changed_paths(p.repo, [(c, p.start) for c in queued.values()] + [(p.head, p.start)])
+        except Exception:
+            log.exception("early conflict checks of %d unit(s) failed", len(queued))
+            return
+        done = paths.get(p.head, set())
+        mine = {uid: paths.get(c, set()) for uid, c in queued.items()}
+        dirs = {uid: {d for f in fs for d in dirs_of(f)} for uid, fs in mine.items()}
+        files_n, dirs_n = Counter(f for fs in mine.values() for f in fs), Counter(d for ds in dirs.values() for d in ds)
+        for uid, commit in queued.items():
+            fs, ds = mine[uid], dirs[uid]
+            among_queued = any(files_n[f] > 1 or dirs_n[f] > (f in ds) for f in fs) or \
+                any(files_n[d] > (d in fs) for d in ds)
+            if among_queued or touching(fs, done):
+                self._add(uid, commit)
+                done |= fs

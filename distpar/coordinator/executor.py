@@ -21,11 +21,12 @@ from distpar.backends.base import Backend, RunContext
 from distpar.coordinator import options as run_options
 from distpar.coordinator.deps import EarlyConflicts, Found, Preview, base_for
 from distpar.coordinator.journal import Journal
-from distpar.coordinator.landing import Landed, cleanup, land_run, release
+from distpar.coordinator.landing import Landed, land_run, release
 from distpar.coordinator.livelogs import LiveLogs
 from distpar.coordinator.merge import Conflict
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.recovery import recover
+from distpar.coordinator.removal import cleanup
 from distpar.coordinator.runtime import RunLock, RunReport, git_identity, new_run_id
 from distpar.coordinator.site import Observer, RunEvents, RunSite
 from distpar.coordinator.unitspec import (
@@ -365,6 +366,9 @@ class Runner:
             spec, _ = self.running[data["unit"]]
             self.journal.unit_started(self.run_id, data["unit"], spec.worker, spec.attempt, data.get("node", ""),
                                       data.get("at") or time.time())
+        elif kind == "transport_stalled":  # a transport's watch gave up on a unit: journaled with its host
+            rest = {k: v for k, v in data.items() if k not in ("worker", "unit")}
+            self.journal.event(self.run_id, kind, data.get("worker"), data.get("unit"), **rest)
         self.live.update(kind, data)  # agent_output: never journaled, see LiveLogs
         self.emit(kind, **data)
 
@@ -460,8 +464,8 @@ class Runner:
     def _cleanup(self) -> None:
         if not self.backend.remote:
             ctx = self._ctx_stub()
-            self.saved_refs.extend(cleanup(self.site, [Path(self.backend.workspace(ctx, w))
-                                                       for w in range(self.workers)]))
+            self.saved_refs.extend(cleanup(self.site, self.journal, [Path(self.backend.workspace(ctx, w))
+                                                                     for w in range(self.workers)]))
         self.transfer.clear()
         self.live.close()  # units that never handed a result back: their live copy is kept in their log
 

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from distpar.coordinator.merge import Conflict, land, merge_branches
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.site import RunEvents, RunSite
-from distpar.core.errors import DistparError
-from distpar.infra import gitops, paths, workspace
+from distpar.infra import gitops, workspace
 from distpar.infra.transfer import push_run
-from distpar.infra.workspace import workspace_ready
 
 log = logging.getLogger(__name__)
 
@@ -71,38 +68,10 @@ def _verify_merged(site: RunSite, options: RunOptions, include: list[str], head:
     return None if gate.ok else gate
 
 
-def cleanup(site: RunSite, workspaces: list[Path]) -> list[str]:
-    """Remove the local workers' workspaces ``workspaces`` (what is uncommitted in one is saved on a ref of the
-    user's repository first, fetched from the workspace; never deletes unsaved work). Returns the refs it saved
-    work on."""
-    saved, done = [], []
-    for w, ws in enumerate(workspaces):
-        if not ws.exists():
-            continue
-        try:
-            # A workspace that was never fully checked out holds no agent's work (none ran in it).
-            snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", site.env) \
-                if workspace_ready(ws) and gitops.out(ws, "status", "--porcelain") else None
-            if snap:
-                ref = f"refs/distpar/{site.run_id}/saved/w{w + 1}-cleanup"
-                gitops.update_ref(ws, ref, snap)  # the snapshot is in the workspace's own object store
-                gitops.fetch(site.repo, ws, [f"+{ref}:{ref}"])
-                saved.append(ref)
-            if gitops.is_own_repository(ws):
-                saved += gitops.save_unreturned(site.repo, ws, f"refs/distpar/{site.run_id}/saved/w{w + 1}-cleanup")
-        except DistparError:
-            log.exception("could not snapshot %s; leaving it in place", ws)
-            continue
-        done.append(ws)
-    gitops.workspace_remove(site.repo, *done)
-    paths.remove_worktrees_root(site.repo, site.run_id)
-    return saved
-
-
 def release(site: RunSite, branches: list[str]) -> None:
     """After a clean landing: the run's branches and refs go (its saved work stays)."""
-    for b in branches:
-        gitops.git(site.repo, "branch", "-D", "--quiet", b, check=False)
+    for i in range(0, len(branches), 500):  # one git process per 500 branches, not one per branch
+        gitops.git(site.repo, "branch", "-D", "--quiet", *branches[i:i + 500], check=False)
     for ref in gitops.refs(site.repo, f"refs/distpar/{site.run_id}/"):
         if "/saved/" not in ref:
             gitops.delete_ref(site.repo, ref)

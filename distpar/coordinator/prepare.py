@@ -128,7 +128,7 @@ def default_workers(backend: str, backend_options: dict[str, Any]) -> int:
     """4 workers, or on SSH the hosts' slots (a host without ``slots`` in the inventory counts 2)."""
     if backend != "ssh":
         return DEFAULT_WORKERS
-    from distpar.backends.hosts import resolve_hosts
+    from distpar.backends.ssh.hosts import resolve_hosts
 
     specs = resolve_hosts(backend_options["hosts"], backend_options.get("hosts_file"))
     return sum(s.slots if s.slots is not None else 2 for s in specs)

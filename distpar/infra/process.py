@@ -39,10 +39,11 @@ def run_process(
     stdin_path: Path | None = None,
     stall_timeout: float | None = None,
     last_output: Callable[[], float] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` (no shell) to completion, a time limit, or ``cancel``; never leave its group behind.
     ``stdin_path``: a file on stdin (else /dev/null). ``stall_timeout``: stop it once ``last_output()`` (the
-    epoch of its last output) is that many seconds old."""
+    epoch of its last output) is that many seconds old. ``on_start``: called once the process exists."""
     started = time.time()
     with (
         open(stdout_path, "ab") as out,
@@ -59,6 +60,8 @@ def run_process(
             close_fds=True,
         ) as proc,
     ):
+        if on_start is not None:
+            on_start()
         deadline = started + timeout if timeout else None
         timed_out = cancelled = stalled = False
         try:

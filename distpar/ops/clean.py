@@ -13,6 +13,7 @@ Agents still running for a run that is not live are killed (Linux: found through
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from distpar.coordinator.journal import Journal
+from distpar.coordinator.removal import REMOVING, wait_for_removal
 from distpar.coordinator.runtime import run_is_live
 from distpar.core import names
 from distpar.core.errors import UsageError
@@ -34,7 +36,7 @@ class Item:
     """One thing a run left, and what clean does with it."""
 
     run_id: str
-    kind: str  # process, worktree, branch, ref, state-dir, run
+    kind: str  # process, worktree, removal, branch, ref, state-dir, run
     name: str
     action: str  # remove, kill, keep
     reason: str
@@ -71,6 +73,7 @@ class _Found:
     worktrees: list[tuple[str, str | None]]
     state_dir: Path | None
     pids: list[int]
+    removing: Path | None = None  # workspaces moved aside at the run's end whose removal was cut short
 
 
 def _run_of_ref(ref: str, prefix: str) -> str | None:
@@ -104,10 +107,19 @@ def inventory(repo: Path, state_dir: Path, journal: Journal) -> tuple[dict[str, 
             rid = p.relative_to(wt_root).parts[0]
         if rid:
             get(rid).worktrees.append((path, branch))
+    if (wt_root / REMOVING).is_dir():
+        for d in (wt_root / REMOVING).iterdir():
+            if d.is_dir():
+                wait_for_removal(d)  # its coordinator may be removing it right now
+                try:
+                    if any(d.iterdir()):
+                        get(d.name).removing = d
+                except OSError:  # removed meanwhile
+                    pass
     # Local workspaces are repositories of their own (not worktrees of ``repo``): found by where they live.
     if wt_root.is_dir():
         for ws in sorted(wt_root.glob("*/w*")):
-            if gitops.is_own_repository(ws):
+            if ws.parent.name != REMOVING and gitops.is_own_repository(ws):
                 get(ws.parent.name).worktrees.append((str(ws), gitops.current_branch(ws)))
     rows = {r["id"]: r for r in journal.runs_for_repo(str(repo))}
     for rid in rows:
@@ -201,6 +213,9 @@ def plan_run(repo: Path, run_id: str, f: _Found, row: dict[str, Any] | None, liv
             else:
                 items.append(Item(run_id, kind, name, "remove",
                                   f"not merged into {into}, removed by --force" if n else f"merged into {into}", ref))
+    if f.removing is not None:
+        items.append(Item(run_id, "removal", str(f.removing), "remove", "workspaces whose removal at the end of "
+                          "the run was cut short (their work was saved first)", str(f.removing)))
     if f.state_dir is not None:
         kept = [i for i in items if i.action == "keep"]
         if any(i.kind == "worktree" and Path(i.path).resolve().is_relative_to(f.state_dir.resolve()) for i in kept):
@@ -254,7 +269,7 @@ def apply_clean(repo: Path, items: list[Item], journal: Journal | None = None) -
     """Carry out the removals of ``items`` in a safe order (agents, worktrees, branches, refs, directories).
     Returns the items that could not be done, with why."""
     failures: list[tuple[Item, str]] = []
-    order = ("process", "worktree", "branch", "ref", "state-dir")
+    order = ("process", "worktree", "removal", "branch", "ref", "state-dir")
     for kind in order:
         for it in items:
             if it.kind != kind or not it.removes:
@@ -306,7 +321,10 @@ def _apply(repo: Path, it: Item) -> str:
     if it.kind == "ref":
         gitops.delete_ref(repo, it.path)
         return ""
-    if it.kind == "state-dir":
+    if it.kind in ("state-dir", "removal"):
         shutil.rmtree(it.path, ignore_errors=False)
+        if it.kind == "removal":
+            with contextlib.suppress(OSError):  # not empty: another run's
+                Path(it.path).parent.rmdir()
         return ""
     return f"unknown kind {it.kind}"

@@ -8,7 +8,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -130,7 +130,7 @@ def _invoke(u: UnitRun, inv: agents.Invocation, announce: bool = True) -> tuple[
                 proc = run_process(argv, cwd=u.ws, env=inv.env, stdout_path=out.path, stderr_path=err.path,
                                    timeout=spec.timeout, cancel=cancel, stdin_path=inv.stdin,
                                    stall_timeout=inv.stall_timeout,
-                                   last_output=lambda: max(out.last_output, err.last_output))
+                                   last_output=lambda: max(out.last_output, err.last_output), on_start=go)
         except FileNotFoundError as exc:
             msg = f"agent executable not found: {exc.filename or argv[0]}"
             u.log(msg + "\n")
@@ -174,26 +174,37 @@ _last_start = 0.0
 
 
 @contextmanager
-def agent_slot(limit: int | None, stagger: float, cancel: threading.Event) -> Iterator[bool]:
-    """Hold one of ``limit`` agent slots, starting at least ``stagger`` s after the previous agent start.
-    Yields False when the run is cancelled while waiting."""
-    global _last_start
+def agent_slot(limit: int | None, stagger: float, cancel: threading.Event) -> Iterator[Callable[[], None] | None]:
+    """Hold one of ``limit`` agent slots; with ``stagger``, the agent starts at least ``stagger`` s after the
+    previous agent process started. Yields the callback to call once the process exists (the next start is
+    spaced from that moment: what the provider sees), or None when the run is cancelled while waiting."""
     sem = None
     if limit:
         with _slot_lock:
             sem = _slots.setdefault(limit, threading.BoundedSemaphore(limit))
         while not sem.acquire(timeout=0.1):
             if cancel.is_set():
-                yield False
+                yield None
                 return
+    held = False
+
+    def started() -> None:
+        nonlocal held
+        global _last_start
+        if held:
+            _last_start = time.monotonic()
+            held = False
+            _start_lock.release()
+
     try:
-        if stagger > 0:
-            with _start_lock:  # providers rate-limit bursts of new sessions: space the starts out
-                wait = _last_start + stagger - time.monotonic()
-                if wait > 0:
-                    cancel.wait(wait)
-                _last_start = time.monotonic()
-        yield not cancel.is_set()
+        if stagger > 0:  # providers rate-limit bursts of new sessions: space the starts out
+            _start_lock.acquire()  # held until this agent's process exists (or it never starts)
+            held = True
+            wait = _last_start + stagger - time.monotonic()
+            if wait > 0:
+                cancel.wait(wait)
+        yield None if cancel.is_set() else started
     finally:
+        started()
         if sem is not None:
             sem.release()

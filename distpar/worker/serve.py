@@ -12,6 +12,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from distpar.core.model import SPEC_VERSION, UnitSpec, WorkerSettings
 from distpar.infra import process
 from distpar.worker.common import mask
 from distpar.worker.unit import run_unit
+
+HEARTBEAT_VAR = "DISTPAR_HEARTBEAT_SECONDS"  # serve: a {"heartbeat": time} line this often (the SSH backend's watch)
 
 
 def settings_of(msg: dict[str, Any]) -> WorkerSettings:
@@ -39,7 +42,8 @@ def serve() -> int:
     later units end at once as interrupted), ``{"op": "drop", "paths": [...]}`` (result bundles that arrived:
     removed). Stdout: JSON lines as things happen: ``{"event": KIND, "data": {...}}``, then per unit
     ``{"version": V, "result": {...}, "files": {path: base64}}`` (the reply, its logs and result bundle; the
-    logs are removed here once sent) or ``{"error": "..."}``. End of stdin or SIGTERM: like cancel, then exit."""
+    logs are removed here once sent) or ``{"error": "..."}``; with ``$DISTPAR_HEARTBEAT_SECONDS``, a
+    ``{"heartbeat": TIME}`` line that often, busy or idle. End of stdin or SIGTERM: like cancel, then exit."""
     from distpar.worker.supervisor import read_lines
 
     lock = threading.Lock()
@@ -85,6 +89,17 @@ def serve() -> int:
         cancel.set()
         inbox.put(None)
 
+    def beat(every: float) -> None:
+        while True:
+            time.sleep(every)
+            send({"heartbeat": time.time()})
+
+    try:
+        every = float(os.environ.get(HEARTBEAT_VAR, "") or 0)
+    except ValueError:
+        every = 0
+    if every > 0:
+        threading.Thread(target=beat, args=(every,), daemon=True).start()
     threading.Thread(target=read, daemon=True).start()
     settings: WorkerSettings | None = None
     refused = "a unit came before the worker's settings"

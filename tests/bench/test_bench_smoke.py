@@ -82,12 +82,18 @@ def test_tiny_profile_writes_results_report_and_plots(tmp_path: Path) -> None:
     for name in ("ray", "ssh"):
         assert backends[name]["available"] or backends[name]["reason"]
 
+    tail = results["sections"]["tail"]["runs"]
+    assert [r["units"] for r in tail] == list(TINY.tail_sizes)
+    for r in tail:  # the parts account for the tail (what is left is the bench's own bookkeeping)
+        assert r["tail"] > 0 and abs(r["tail"] - sum(r["parts"].values()) - r["unaccounted"]) < 0.01
+        assert r["git_processes"]["merge"] < 12 and r["unaccounted"] < 0.5
+
     assert results["targets"] and all(t["status"] in TARGET_STATUSES for t in results["targets"])
 
     report = (tmp_path / "REPORT.md").read_text()
     for heading in ("## Targets", "## 1. Speedup", "## 2. Scheduling quality", "## 2b. Run-time dispatch",
                     "## 3. Overhead",
-                    "## 4. Coordinator scale", "## 5. Backends"):
+                    "## 4. Coordinator scale", "## 5. Backends", "## 7. The tail"):
         assert heading in report
 
     if importlib.util.find_spec("matplotlib") is None:  # the plots come with the `bench` extra

@@ -42,7 +42,7 @@ def test_the_assignment_is_journaled_as_it_ran(repo: Path) -> None:
     assert report.exit_code == ExitCode.OK, report.errors
     worker = {r.unit_id: r.worker for r in report.results}
     assert set(worker) == {"long", "s0", "s1", "s2"} and set(worker.values()) <= {0, 1}
-    assert {b["unit_id"]: b["worker"] for b in journal().batches(report.run_id)} == worker
+    assert {b["unit_id"]: b["worker"] for b in journal().units(report.run_id)} == worker
     assert {e["unit"]: e["worker"] for e in events} == worker
     assert {"l.txt", "s0.txt", "s1.txt", "s2.txt"} <= set(gitops.out(repo, "ls-tree", "--name-only", "main").split())
 

@@ -33,7 +33,7 @@ def journal() -> Journal:
 
 
 def kinds(run_id: str, kind: str) -> list[dict[str, object]]:
-    return [{"unit": e.batch_id, **e.data} for e in journal().events(run_id) if e.kind == kind]
+    return [{"unit": e.unit_id, **e.data} for e in journal().events(run_id) if e.kind == kind]
 
 
 def plan(*ids: str, **deps: list[str]) -> list[dict[str, object]]:
@@ -50,8 +50,8 @@ def test_a_lost_transport_is_retried_and_the_retry_lands(repo: Path) -> None:
     assert report.exit_code == ExitCode.OK, report.errors
     assert backend.cancels == 0  # a retry stops nothing else
     assert (repo / "a.txt").read_text() == "a\n" and "a.txt" in tree_files(repo, "main")
-    assert [e["error"] for e in kinds(report.run_id, "segment_error")] == ["node gone", "node gone again"]
-    assert [(e["attempt"], e["error"]) for e in kinds(report.run_id, "segment_retry")] == [(2, "node gone"),
+    assert [e["error"] for e in kinds(report.run_id, "unit_error")] == ["node gone", "node gone again"]
+    assert [(e["attempt"], e["error"]) for e in kinds(report.run_id, "unit_retry")] == [(2, "node gone"),
                                                                                           (3, "node gone again")]
 
 
@@ -61,7 +61,7 @@ def test_a_lost_transport_is_retried_at_most_retries_times(repo: Path) -> None:
     report, backend = fake_run(repo, plan("a", "b", c=["a"]), script,
                               retries=1)
     assert [(d.uid, d.attempt) for d in backend.dispatches if d.uid == "a"] == [("a", 1), ("a", 2)]
-    status = {r.batch_id: (r.status, r.error) for r in report.results}
+    status = {r.unit_id: (r.status, r.error) for r in report.results}
     assert status == {"a": (UnitStatus.FAILED, "node gone"), "b": (UnitStatus.OK, ""),
                       "c": (UnitStatus.SKIPPED, "dependency a did not succeed")}
     assert report.exit_code == ExitCode.BATCH_FAILED and gitops.rev(repo, "main") == start
@@ -72,10 +72,10 @@ def test_a_deterministic_failure_is_not_retried(repo: Path) -> None:
     script = {"a": fail("the tests do not pass"), "b": commit({"b.txt": "b\n"})}
     report, backend = fake_run(repo, plan("a", "b"), script, retries=3)
     assert sorted((d.uid, d.attempt) for d in backend.dispatches) == [("a", 1), ("b", 1)]
-    r = {x.batch_id: x for x in report.results}
+    r = {x.unit_id: x for x in report.results}
     assert r["a"].status is UnitStatus.FAILED and r["a"].error == "the tests do not pass"
     assert r["b"].status is UnitStatus.OK
-    assert kinds(report.run_id, "segment_retry") == [] and kinds(report.run_id, "segment_error") == []
+    assert kinds(report.run_id, "unit_retry") == [] and kinds(report.run_id, "unit_error") == []
     assert report.exit_code == ExitCode.BATCH_FAILED
 
 
@@ -89,7 +89,7 @@ def test_a_rate_limited_unit_goes_back_to_the_queue_and_starts_again(repo: Path)
     assert [(d.attempt, d.act) for d in dispatches] == [(1, "rate_limited"), (1, "commit")]
     assert dispatches[0].base == dispatches[1].base
     assert report.exit_code == ExitCode.OK, report.errors
-    a = next(r for r in report.results if r.batch_id == "a")
+    a = next(r for r in report.results if r.unit_id == "a")
     assert a.status is UnitStatus.OK and a.tries == 2 and a.try_classes == ("api_error", "success")
     throttled = kinds(report.run_id, "unit_throttled")
     assert [(e["unit"], e["requeued"], e["retry_after"]) for e in throttled] == [("a", 1, 0.2)]
@@ -119,10 +119,10 @@ def test_an_error_while_units_run_cancels_them_and_takes_their_results(repo: Pat
     assert backend.cancels == 1  # the run's own cancel, when git failed under it
     assert report.exit_code == ExitCode.BACKEND
     assert len(report.errors) == 1 and "fetch" in report.errors[0], report.errors
-    status = {r.batch_id: r.status for r in report.results}
+    status = {r.unit_id: r.status for r in report.results}
     assert status["slow"] is UnitStatus.INTERRUPTED  # cancelled, and its result taken in
     assert status["a"] is UnitStatus.OK and "c" not in {d.uid for d in backend.dispatches}
-    row = journal().batch(report.run_id, "slow")
+    row = journal().unit(report.run_id, "slow")
     assert row is not None and row["state"] == "interrupted"
     assert gitops.rev(repo, "main") == start and took < 30
 
@@ -136,7 +136,7 @@ def test_a_free_worker_takes_every_short_unit_while_a_long_one_runs(repo: Path) 
     assert report.exit_code == ExitCode.OK, report.errors
     worker = {d.uid: d.worker for d in backend.dispatches}
     assert {worker[s] for s in shorts} == {1 - worker["long"]}
-    assert {b["unit_id"]: b["worker"] for b in journal().batches(report.run_id)} == worker
+    assert {b["unit_id"]: b["worker"] for b in journal().units(report.run_id)} == worker
 
 
 def test_a_hang_nobody_cancels_fails_once_after_the_backends_limit(repo: Path) -> None:

@@ -62,7 +62,7 @@ def test_resume_after_sigkill_runs_no_batch_twice(tmp_path: Path, monkeypatch: p
         """As the journal has it: 1, 2 and 4 ended ok, 3's agent started (it sleeps 30 s), 5 not running."""
         j = journal()
         states = {b["unit_id"]: b["state"] for b in j.units(run_id)}
-        started = {e.batch_id for e in j.events(run_id) if e.kind == "unit_started"}
+        started = {e.unit_id for e in j.events(run_id) if e.kind == "unit_started"}
         return all(states.get(b) == "ok" for b in ("1", "2", "4")) and states.get("3") == "running" \
             and "3" in started and states.get("5") != "running"
 

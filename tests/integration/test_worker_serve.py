@@ -82,3 +82,35 @@ def test_settings_of_another_version_are_refused_for_each_unit(repo: Path, tmp_p
     for msg in (late1, late2):
         assert "the worker's settings were refused" in msg["error"] and f"is not {SPEC_VERSION}" in msg["error"]
     assert not (tmp_path / "ws").exists()  # nothing ran
+
+
+def test_an_idle_worker_sends_heartbeats_when_asked() -> None:
+    """With ``$DISTPAR_HEARTBEAT_SECONDS`` the worker sends ``{"heartbeat": TIME}`` lines that often, even with
+    nothing to do (the SSH backend's stall watch lives on them; busy, tests/ssh/test_stall.py); its input ending
+    still ends it."""
+    import os
+    import time
+
+    from distpar.worker.serve import HEARTBEAT_VAR
+
+    proc = subprocess.Popen([sys.executable, "-m", "distpar.worker", "--serve"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, HEARTBEAT_VAR: "0.2"})
+    assert proc.stdin is not None and proc.stdout is not None
+    timer = threading.Timer(60, proc.kill)  # bounded: a worker that never beats fails the test instead of hanging it
+    timer.start()
+    try:
+        t0 = time.time()
+        beats = [json.loads(proc.stdout.readline() or "{}") for _ in range(3)]
+        assert all(isinstance(b.get("heartbeat"), float) and b["heartbeat"] >= t0 for b in beats), beats
+        assert beats[0]["heartbeat"] < beats[1]["heartbeat"] < beats[2]["heartbeat"]
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for f in (proc.stdout, proc.stderr):
+            if f is not None and not f.closed:
+                f.close()

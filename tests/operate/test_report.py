@@ -109,7 +109,7 @@ def test_report_of_a_clean_run_and_of_an_unknown_one(repo: Path) -> None:
     assert run_distpar("report", only_run_id(), "--html", str(out), cwd=repo).returncode == 0
     page = out.read_text()
     assert page.count('<g class="bar"') == 2 and 'data-kind="merge_started"' in page
-    assert "None: every batch succeeded and the streams merged cleanly." in page
+    assert "None: every unit succeeded and the units merged cleanly." in page
     assert "No dependencies: every unit was independent." in page and 'class="edge"' not in page
     missing = run_distpar("report", "nosuchrun", "--html", str(out), cwd=repo)
     assert missing.returncode == 2 and missing.stderr.startswith("Error: no run 'nosuchrun'")
@@ -184,7 +184,7 @@ def test_plan_header_live_eta_and_report_make_one_prediction(repo: Path, batches
     drawn = re.findall(r'class="edge" data-from="([^"]+)" data-to="([^"]+)"', page)
     assert sorted(drawn) == edges  # every edge of the unit graph, once
     j = journal()
-    used = sorted({worker_label(b["worker"]) for b in j.batches(only_run_id())})
+    used = sorted({worker_label(b["worker"]) for b in j.units(only_run_id())})
     j.close()
     assert f"{len(used)} of 3</div>" in page and "ran units: " + ", ".join(used) in page
     assert '<div class="k">workers</div>' in page and '<div class="k">streams</div>' not in page
@@ -195,6 +195,6 @@ def test_a_journal_whose_plan_cannot_be_rebuilt_falls_back_to_the_declared_batch
 
     run = {"options": "{}", "strategy": "balanced", "workers": 2}
     assert _unit_graph(run, {"batches": [{"id": "1"}]}) == (None, None)  # an older journal's plan
-    d = RunData(run=run, batches=[], events=[], plan={"batches": [{"id": "1"}, {"id": "2", "depends_on": ["1"]}]},
+    d = RunData(run=run, units=[], events=[], plan={"batches": [{"id": "1"}, {"id": "2", "depends_on": ["1"]}]},
                 schedule={}, summary={})
     assert d.depends_on() == {"1": [], "2": ["1"]} and d.prediction is None

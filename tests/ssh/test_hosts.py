@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distpar.backends.hosts import HostSpec, default_slots, load_inventory, parse_host, resolve_hosts
+from distpar.backends.ssh.hosts import HostSpec, default_slots, load_inventory, parse_host, resolve_hosts
 from distpar.core.errors import UsageError
 
 

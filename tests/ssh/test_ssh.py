@@ -45,10 +45,12 @@ def ssh(server: SSHServer, env: SSHEnv, command: str) -> str:
 
 
 def distpar_processes(server: SSHServer, env: SSHEnv, token: str) -> list[str]:
-    """Remote workers, supervisors and this test's agents, as ``ps`` on the host shows them."""
+    """Remote workers, supervisors and this test's agents, as ``ps`` on the host shows them (only those working
+    under the host's HOME: another test session on this machine has hosts of its own)."""
     out = ssh(server, env, "ps -eo pid,args")
-    return [line for line in out.splitlines()
-            if "distpar.worker" in line or "distpar.worker.supervisor serve" in line or token in line]
+    here = {pid for pid, _ in remote_processes(server.home)}
+    return [line for line in out.splitlines() if line.split()[0].isdigit() and int(line.split()[0]) in here
+            and ("distpar.worker" in line or "distpar.worker.supervisor serve" in line or token in line)]
 
 
 def mixed_plan(token: str, sleep: float = 0.3) -> list[dict[str, Any]]:
