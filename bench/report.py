@@ -42,7 +42,24 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     out.extend(_scale_targets(s.get("scale")))
     out.append(_ray_target(s.get("backends")))
     out.extend(_backend_targets(s.get("backends")))
+    out.extend(_workspace_targets(s.get("workspaces")))
     out.extend(report23.targets(results))
+    return out
+
+
+def _workspace_targets(ws: dict[str, Any] | None) -> list[dict[str, Any]]:
+    out = []
+    for files in (1000, 20000):
+        name, target = f"workspace preparation, {files:,}-file repo (issue 21)", "own repository <= 1.2 x worktree"
+        row = next((r for r in (ws or {}).get("rows", []) if r["files"] == files), None)
+        if row is None:
+            out.append(_missing(name, target, "workspaces section not run"))
+            continue
+        ratio, p = row["ratio"]["own repository"], row["prepare"]
+        measured = (f"{ratio:.2f} x ({p['own repository']['median']:.3f} s vs {p['worktree']['median']:.3f} s, "
+                    f"median of {p['worktree']['n']})")
+        out.append(_target(name, target, measured, ratio <= row["target"], _pct(ratio, row["target"], False),
+                           f"one session, ways alternated; load {row['loadavg'][0]:.1f} -> {row['loadavg'][1]:.1f}"))
     return out
 
 
@@ -356,6 +373,23 @@ def _ray_target(be: dict[str, Any] | None) -> dict[str, Any]:
 # --- REPORT.md -------------------------------------------------------------------------------------------
 
 
+def _workspaces_md(ws: dict[str, Any]) -> list[str]:
+    from bench.workspaces import WAYS
+
+    rows = []
+    for r in ws["rows"]:
+        for way in WAYS:
+            rows.append([f"{r['files']:,}", way, spread(r["prepare"][way]), f"{r['ratio'][way]:.2f}",
+                         spread(r["remove"][way]), spread(r["fetch_back"]) if way == "own repository" else "-",
+                         f"{r['loadavg'][0]:.1f} -> {r['loadavg'][1]:.1f}"])
+    return [
+        "", "## Workspaces: a worktree vs a repository of its own (issue 21)", "",
+        "Preparing a local worker's workspace from nothing to a checked-out branch, each way timed alone in one "
+        "session on the same repository, the ways alternated (seconds; ratio = median / the worktree's):", "",
+        _table(["files", "way", "prepare", "ratio", "remove", "fetch back / unit", "load"], rows),
+    ]
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -414,6 +448,8 @@ def render(results: dict[str, Any]) -> str:
         parts += report23.tail_md(s["tail"])
     if "collisions" in s:
         parts += collisions.markdown(s["collisions"], _table)
+    if "workspaces" in s:
+        parts += _workspaces_md(s["workspaces"])
     if results.get("section_errors"):
         parts += ["", "## Sections that failed", ""]
         parts += [f"- **{k}**: {v}" for k, v in results["section_errors"].items()]

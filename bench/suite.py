@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import backends, collisions, dispatch, overhead, scale, scheduling, speedup, tail
+from bench import backends, collisions, dispatch, overhead, scale, scheduling, speedup, tail, workspaces
 from bench.backends import RemoteOptions
 from bench.config import Config
 from bench.harness import PHASE_HELP, Session
 from bench.machine import describe
 
 RESULTS_SCHEMA = 1
-SECTIONS = ("speedup", "scheduling", "dispatch", "overhead", "scale", "backends", "tail", "collisions")
+SECTIONS = ("speedup", "scheduling", "dispatch", "overhead", "scale", "backends", "tail", "collisions", "workspaces")
 PUBLISH_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -50,6 +50,7 @@ def run_suite(cfg: Config, out_dir: Path, *, sections: tuple[str, ...] = SECTION
         "backends": lambda: backends.run(session, cfg, remote),
         "tail": lambda: tail.run(session, cfg),
         "collisions": lambda: collisions.run(session, cfg),
+        "workspaces": lambda: workspaces.run(session, cfg),
     }
     try:
         with session.environment():

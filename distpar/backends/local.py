@@ -1,5 +1,6 @@
-"""The local backend: each worker is a thread of this process with a worktree of the user's repository that it
-keeps for the whole run (no copy of the code is made); its agents run in child process groups."""
+"""The local backend: each worker is a thread of this process with a workspace it keeps for the whole run, a
+repository of its own that borrows the user's object store (no copy of the code is made, no remote points back;
+the coordinator fetches each unit's branch from it); its agents run in child process groups."""
 
 from __future__ import annotations
 

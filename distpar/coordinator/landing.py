@@ -106,7 +106,9 @@ def land_run(site: RunSite, options: RunOptions, merges: list[tuple[str, str]], 
     if result.conflict is None and options.review:
         events.publish("review_ready", head=result.head, merged=list(result.merged))
         return Landed(review=result.head, fixes=fixes, resolutions=resolutions)
-    conflict = result.conflict or land(site.repo, site.target, site.start, site.integration, result.head, site.env)
+    # Moving the target is the one step in the user's repository that runs its hooks, and only with --hooks.
+    env = gitops.hooks_env(site.env, True) if options.hooks else site.env
+    conflict = result.conflict or land(site.repo, site.target, site.start, site.integration, result.head, env)
     if conflict:
         events.record("conflict", stage=conflict.stage, files=list(conflict.files), theirs=conflict.theirs,
                       ours=conflict.ours)

@@ -325,21 +325,21 @@ def _land(repo: Path, target: str, start: str, integration: str, head: str, env:
             # Someone moved the branch itself (git update-ref, a fetch into it) while it was checked out: the
             # checkout's index and files are still the run's start. Move them from there to the landed commit
             # (git read-tree -m -u, as a checkout does: local changes are kept, or it refuses), then the branch.
-            proc = gitops.git(ck, "read-tree", "-m", "-u", start, new, check=False)
+            proc = gitops.git(ck, "read-tree", "-m", "-u", start, new, check=False, env=env)
             if proc.returncode != 0:
                 return Conflict("target", target, integration, _files(proc.stderr), None,
                                 (f"# {target} was moved while checked out in {ck}; its files are still those of "
                                  f"{start[:12]}: commit or stash your changes there, then",
                                  f"git -C {ck} read-tree -m -u {start} {integration}",
                                  f"git -C {ck} update-ref refs/heads/{target} {integration}"))
-            gitops.git(repo, "update-ref", f"refs/heads/{target}", new, current)
+            gitops.git(repo, "update-ref", f"refs/heads/{target}", new, current, env=env)
             return None
-        proc = gitops.git(ck, "merge", "--ff-only", "--quiet", new, check=False)
+        proc = gitops.git(ck, "merge", "--ff-only", "--quiet", new, check=False, env=env)
         if proc.returncode != 0:
             return Conflict("target", target, integration, _files(proc.stderr), None,
                             (f"git -C {ck} status", f"git -C {ck} merge --ff-only {integration}"))
     else:
-        gitops.git(repo, "update-ref", f"refs/heads/{target}", new, current)
+        gitops.git(repo, "update-ref", f"refs/heads/{target}", new, current, env=env)
     return None
 
 

@@ -101,6 +101,9 @@ def check_run(plan_path: str | Path, options: RunOptions, *, repo: str | Path = 
     schedule = make_schedule(plan, workers, strategy, options.split)
     warnings = plan_warnings(plan, options)
     root, target, start = preflight(repo, options, plan)
+    if options.backend == "local" and gitops.is_sparse(root):
+        warnings.append(f"{root} is a sparse checkout: the workers' workspaces hold every file (the agents are not "
+                        "limited to its cone)")
     if options.push and gitops.git(root, "remote", "get-url", options.push, check=False).returncode != 0:
         raise UsageError(f"--push {options.push}: no such remote in {root}", hint="git remote -v lists them")
     return Checked(plan, options, schedule, root, target, start, warnings)

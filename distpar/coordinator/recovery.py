@@ -15,7 +15,7 @@ from distpar.coordinator.site import RunSite
 from distpar.core.errors import UsageError
 from distpar.core.model import UnitResult, UnitStatus
 from distpar.core.state import UnitInfo
-from distpar.infra import gitops
+from distpar.infra import gitops, paths
 
 
 def committed_unit(repo: Path, branch: str, run_id: str, uid: str) -> str | None:
@@ -77,12 +77,24 @@ def earlier_wall(journal: Journal, run_id: str, started: float) -> float:
     return total + max(0.0, last - begin)
 
 
+def _fetch_workspaces(repo: Path, run_id: str) -> None:
+    """A killed coordinator never fetched what its local workers committed last: bring their unit branches
+    over from the workspaces left behind (fast-forwards only: a branch a later attempt elsewhere moved on is
+    not taken back)."""
+    root = paths.worktrees_root(repo, run_id)
+    for ws in sorted(root.glob("w*")) if root.is_dir() else ():
+        if gitops.is_own_repository(ws):
+            gitops.git(repo, "fetch", "--quiet", "--no-tags", str(ws),
+                       f"refs/heads/distpar/{run_id}/*:refs/heads/distpar/{run_id}/*", check=False)
+
+
 def recover(site: RunSite, journal: Journal, units: list[UnitInfo]) -> Recovery:
     """Pick up the journaled run ``site.run_id``: kill its orphaned agents, and find what is done, what was
     interrupted (its session and saved work) and what was committed but not journaled."""
     kill_run_processes(site.run_id)  # agents orphaned by a coordinator that was killed
     repo, run_id = site.repo, site.run_id
     gitops.worktree_prune(repo)
+    _fetch_workspaces(repo, run_id)
     rows = {r["unit_id"]: r for r in journal.units(run_id)}
     rec = Recovery()
     recovered: dict[str, str] = {}

@@ -1,7 +1,8 @@
-"""Removing a finished run's local workspaces off the critical path: what an agent left uncommitted is saved on
-a ref first (never deleted unsaved); the workspaces are moved aside at once (git forgets them with one
-``worktree prune``) and a thread deletes their files while the run reports, journaled. ``distpar clean`` waits for
-a removal under way and finishes one an exiting process cut short."""
+"""Removing a finished run's local workspaces off the critical path: what an agent left uncommitted, and what a
+workspace's branches hold that never came back, is saved on refs first (never deleted unsaved); the workspaces
+are moved aside at once (git forgets the linked ones with one ``worktree prune``) and a thread deletes their
+files while the run reports, journaled. ``distpar clean`` waits for a removal under way and finishes one an
+exiting process cut short."""
 
 from __future__ import annotations
 
@@ -44,26 +45,31 @@ def cleanup(site: RunSite, journal: Journal, workspaces: list[Path]) -> list[str
     interrupted one left. Returns the refs it saved work on."""
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="distpar-cleanup") as pool:
         found = list(pool.map(lambda ws: _save(site, ws), workspaces))
-    _remove(site, journal, [ws for ws, ref in found if ref is not None])
-    return [ref for _, ref in found if ref]
+    _remove(site, journal, [ws for ws, refs in found if refs is not None])
+    return [ref for _, refs in found for ref in refs or ()]
 
 
-def _save(site: RunSite, ws: Path) -> tuple[Path, str | None]:
-    """Save ``ws``'s uncommitted work on a ref. The ref ("" when there was nothing to save), or None when it
-    could not be saved or does not exist (then there is nothing to remove)."""
+def _save(site: RunSite, ws: Path) -> tuple[Path, list[str] | None]:
+    """Save ``ws``'s uncommitted work on a ref, and (a repository of its own) the commits on its branches that
+    never came back. The refs (none when there was nothing to save), or None when it could not be saved or does
+    not exist (then there is nothing to remove)."""
     return ws, _saved_on(site, ws) if ws.exists() else None
 
 
-def _saved_on(site: RunSite, ws: Path) -> str | None:
+def _saved_on(site: RunSite, ws: Path) -> list[str] | None:
     try:
+        saved = []
         # A workspace that was never fully checked out holds no agent's work (none ran in it).
         snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", site.env) \
             if workspace_ready(ws) and gitops.out(ws, "status", "--porcelain") else None
-        if not snap:
-            return ""
         ref = f"refs/distpar/{site.run_id}/saved/{ws.name}-cleanup"
-        gitops.update_ref(site.repo, ref, snap)
-        return ref
+        if snap:
+            gitops.update_ref(ws, ref, snap)  # the snapshot is in the workspace's own object store
+            gitops.fetch(site.repo, ws, [f"+{ref}:{ref}"])
+            saved.append(ref)
+        if gitops.is_own_repository(ws):
+            saved += gitops.save_unreturned(site.repo, ws, ref)
+        return saved
     except DistparError:
         log.exception("could not snapshot %s; leaving it in place", ws)
         return None
@@ -87,7 +93,7 @@ def _remove(site: RunSite, journal: Journal, workspaces: list[Path]) -> None:
             except OSError:  # another file system, say: git removes it now
                 left.append(ws)
         gitops.git(site.repo, "worktree", "prune", check=False)
-    gitops.worktree_remove(site.repo, *left)
+    gitops.workspace_remove(site.repo, *left)
     paths.remove_worktrees_root(site.repo, site.run_id)
     journal.event(site.run_id, "workspaces_removing", workspaces=[str(ws) for ws in workspaces],
                       moved_to=str(trash))

@@ -247,7 +247,8 @@ class UnitReply:
     head: str  # branch head after the unit
     result: UnitResult
     node: str = ""
-    bundle: str | None = None  # path of a bundle with base..head (and the saved ref), when asked for
+    bundle: str | None = None  # path of a bundle with base..head (and the saved ref), when asked for; on a local
+    # worker the path of its repository of its own, which the coordinator fetches the same refs from
     saved_ref: str | None = None  # uncommitted work saved on interrupt
     interrupted: bool = False
     setup: dict[str, Any] | None = None  # the workspace's setup, when it ran for this unit (workspace.HookResult)

@@ -22,6 +22,7 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
     env["LC_ALL"] = "C"
+    env["GIT_NO_REPLACE_OBJECTS"] = "1"  # distpar works on the objects as they are, never on replacements
     if extra:
         env.update(extra)
     return env
@@ -34,7 +35,10 @@ def git(
     check: bool = True,
     input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    argv = ["git", "-c", "gc.auto=0", "-c", "maintenance.auto=false", *args]
+    # No hook of the repository runs under distpar's own git commands (a reference-transaction hook runs on
+    # every ref update, post-merge on a fast-forward, ...) unless ``env`` comes from ``hooks_env(env, True)``.
+    quiet = () if env is not None and env.get(HOOKS_VAR) == "1" else ("-c", f"core.hooksPath={os.devnull}")
+    argv = ["git", "-c", "gc.auto=0", "-c", "maintenance.auto=false", *quiet, *args]
     try:
         proc = subprocess.run(
             argv,
@@ -149,6 +153,109 @@ def worktree_add(repo: str | Path, path: str | Path, branch: str, base: str) -> 
     git(path, "reset", "--quiet", "--hard")
 
 
+# What a repository of its own takes from the user's repository's configuration: how files are read and
+# written (filters, line endings), who commits and how commits are signed. Never remotes, hooks, aliases,
+# sparse checkout or anything that runs a program on distpar's behalf in the user's repository.
+BORROWED_CONFIG = ("user.", "filter.", "lfs.", "gpg.", "i18n.", "core.autocrlf", "core.eol", "core.safecrlf",
+                   "core.filemode", "core.symlinks", "core.ignorecase", "core.precomposeunicode",
+                   "commit.gpgsign", "tag.gpgsign")
+
+
+def own_repository(repo: str | Path, path: str | Path, branch: str, base: str, hooks: bool = False) -> None:
+    """Make ``path`` a repository of its own with ``branch`` checked out at ``base``: it borrows ``repo``'s
+    object store read-only (``objects/info/alternates``, as ``git clone --shared`` does) and has no remote, so
+    nothing run in it reaches ``repo``'s refs, config, hooks, stash or ``info/``. It gets copies of ``repo``'s
+    branches and tags (an agent may look at, move or delete them: only the copies change), the config that
+    says how files are stored (``BORROWED_CONFIG``), ``info/attributes`` and ``info/exclude``; with ``hooks``
+    a copy of the hooks. distpar fetches the work back (``fetch``)."""
+    path = Path(path)
+    fmt, common, hooks_dir = out(repo, "rev-parse", "--show-object-format", "--path-format=absolute",
+                                 "--git-common-dir", "--git-path", "hooks", env={HOOKS_VAR: "1"}).splitlines()
+    # The git directory is written directly (what ``git init --template=`` writes, plus the borrowed store and
+    # settings): a workspace costs a few git processes, as a worktree did.
+    gd = path / ".git"
+    for d in ("objects/info", "refs/heads", "refs/tags", "info"):
+        (gd / d).mkdir(parents=True, exist_ok=True)
+    (gd / "objects" / "info" / "alternates").write_text(str(Path(common) / "objects") + "\n")
+    (gd / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
+    sha1 = fmt == "sha1"
+    config = ["[core]", f"\trepositoryformatversion = {0 if sha1 else 1}", "\tbare = false",
+              "\tlogallrefupdates = true", *([] if sha1 else ["[extensions]", f"\tobjectformat = {fmt}"])]
+    config += _config_lines(_borrowed_config(repo))
+    (gd / "config").write_text("\n".join(config) + "\n")
+    listing = out(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/")
+    copies = [line for line in listing.splitlines() if line and " refs/heads/distpar/" not in line]
+    if copies:
+        (gd / "packed-refs").write_text("".join(line + "\n" for line in copies))
+    for name in ("attributes", "exclude"):
+        if (Path(common) / "info" / name).is_file():
+            shutil.copyfile(Path(common) / "info" / name, gd / "info" / name)
+    if hooks and Path(hooks_dir).is_dir():
+        shutil.copytree(hooks_dir, gd / "hooks", dirs_exist_ok=True)
+    env = {HOOKS_VAR: "1"} if hooks else None
+    git(path, "checkout", "--quiet", "--force", "-B", branch, base, env=env)
+
+
+def _borrowed_config(repo: str | Path) -> list[tuple[str, str | None]]:
+    """The ``BORROWED_CONFIG`` entries of ``repo``'s own config, in order (None: a key without a value)."""
+    raw = git(repo, "config", "--local", "--list", "-z", check=False).stdout
+    pairs = [entry.partition("\n") for entry in raw.split("\0") if entry]
+    return [(k, v if sep else None) for k, sep, v in pairs if k.startswith(BORROWED_CONFIG)]
+
+
+def _config_lines(pairs: list[tuple[str, str | None]]) -> list[str]:
+    """Config file lines for ``pairs`` (a section header each: git merges repeated sections)."""
+    def quote(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+
+    lines = []
+    for key, value in pairs:
+        section, _, rest = key.partition(".")
+        sub, _, name = rest.rpartition(".")
+        lines.append(f"[{section} {quote(sub)}]" if sub else f"[{section}]")
+        lines.append(f"\t{name}" if value is None else f"\t{name} = {quote(value)}")
+    return lines
+
+
+def is_sparse(repo: str | Path) -> bool:
+    """Whether the checkout ``repo`` is a sparse checkout (its workspaces are full ones all the same)."""
+    return git(repo, "config", "--bool", "core.sparseCheckout", check=False).stdout.strip() == "true"
+
+
+def is_own_repository(path: str | Path) -> bool:
+    """Whether ``path`` is a repository of its own (its ``.git`` a directory), not a linked worktree."""
+    return (Path(path) / ".git").is_dir()
+
+
+def unreturned(repo: str | Path, ws: str | Path) -> list[str]:
+    """The branches of the repository of its own ``ws`` whose tips ``repo`` does not have: commits that never
+    came back (an agent's branch of its own, a unit whose reply never came)."""
+    tips = refs(ws, "refs/heads/")
+    if not tips:
+        return []
+    lines = git(repo, "cat-file", "--batch-check", input="".join(f"{o}\n" for o in tips.values())).stdout
+    return [ref for ref, line in zip(tips, lines.splitlines(), strict=False) if line.endswith(" missing")]
+
+
+def save_unreturned(repo: str | Path, ws: str | Path, prefix: str) -> list[str]:
+    """Fetch what ``unreturned`` finds onto ``<prefix>-<branch>`` refs of ``repo``; returns those refs."""
+    specs = {f"{prefix}-{ref.removeprefix('refs/heads/').replace('/', '-')}": ref for ref in unreturned(repo, ws)}
+    if specs:
+        fetch(repo, ws, [f"+{src}:{dst}" for dst, src in specs.items()])
+    return list(specs)
+
+
+def workspace_remove(repo: str | Path, *paths: str | Path) -> None:
+    """Remove workspaces: repositories of their own (deleted) and linked worktrees of ``repo``."""
+    linked = []
+    for p in paths:
+        if is_own_repository(p):
+            shutil.rmtree(p)
+        else:
+            linked.append(p)
+    worktree_remove(repo, *linked)
+
+
 def worktree_remove(repo: str | Path, *paths: str | Path) -> None:
     with repo_lock(repo, "worktree"):  # prune must not see another run's half-made worktree
         for path in paths:
@@ -185,6 +292,7 @@ def worktrees(repo: str | Path) -> list[tuple[str, str | None]]:
 
 
 NO_HOOKS = {"core.hooksPath": os.devnull}  # distpar's own git operations run none of the repository's hooks
+HOOKS_VAR = "DISTPAR_GIT_HOOKS"  # "1" in the env given to ``git``: this command runs the repository's hooks
 
 
 def config_env(settings: Mapping[str, str]) -> dict[str, str]:
@@ -198,8 +306,9 @@ def config_env(settings: Mapping[str, str]) -> dict[str, str]:
 
 
 def hooks_env(env: Mapping[str, str], hooks: bool) -> dict[str, str]:
-    """``env`` for distpar's git commands in a worktree: without the repository's hooks unless ``hooks``."""
-    return dict(env) if hooks else {**env, **config_env(NO_HOOKS)}
+    """``env`` for distpar's git commands: without the repository's hooks unless ``hooks`` (``git`` turns them
+    off for every command whose env does not say otherwise)."""
+    return {**env, HOOKS_VAR: "1"} if hooks else {**env, **config_env(NO_HOOKS)}
 
 
 def explain(exc: GitError) -> str:

@@ -53,6 +53,15 @@ def git_paths(workspace: str | Path, branch: str) -> list[Path]:
     return paths
 
 
+def borrowed(workspace: str | Path) -> list[Path]:
+    """The object stores a workspace borrows (``objects/info/alternates``): visible, read-only, in the sandbox
+    even under its private /tmp."""
+    alternates = Path(workspace) / ".git" / "objects" / "info" / "alternates"
+    if not alternates.is_file():
+        return []
+    return [Path(line) for line in alternates.read_text().splitlines() if line and not line.startswith("#")]
+
+
 def wrap(argv: Sequence[str], workspace: str | Path, branch: str, preset: str, allow: Iterable[str],
          read_only: Iterable[str] = ()) -> list[str]:
     """``argv`` run under bubblewrap: writes confined to the worktree and the paths named above."""
@@ -62,7 +71,7 @@ def wrap(argv: Sequence[str], workspace: str | Path, branch: str, preset: str, a
     home = Path(os.path.expanduser("~"))
     args = [exe, "--die-with-parent", "--unshare-pid", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--tmpfs", "/tmp"]
-    for ro in read_only:  # visible again after /tmp was replaced (the prompt file, say)
+    for ro in [*read_only, *borrowed(workspace)]:  # visible again after /tmp was replaced (the prompt file, say)
         args += ["--ro-bind-try", str(ro), str(ro)]
     writable = [Path(workspace), *git_paths(workspace, branch),
                 *(home / name for name in AGENT_STATE.get(preset, ())), *(Path(a).expanduser() for a in allow)]

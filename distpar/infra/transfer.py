@@ -1,7 +1,8 @@
 """How code travels between the coordinator's repository and a worker, one mode each:
 
-- ``worktree`` (local workers): the worker adds a worktree of the coordinator's repository; nothing is copied
-  and nothing comes back (the branch is already in the repository).
+- ``worktree`` (local workers): the worker makes a repository of its own that borrows the coordinator's
+  repository's object store (alternates) and has no remote; nothing is copied, and the coordinator fetches the
+  unit's branch and saved work back from it (the reply's ``bundle`` names that repository).
 - ``bundle`` (remote workers): the base is sent as a git bundle of the run's start commit (made once per run)
   plus a small increment with what a base holds beyond it (dependency merges, other units' work); the worker's
   new commits and saved work come back as a bundle, fetched into the coordinator's repository.
@@ -67,7 +68,7 @@ class Transfer:
         assert where
         saved = f"refs/distpar/{self.run_id}/saved"
         refspecs = [f"+{saved}/*:{saved}/*"]
-        if result.head != result.base:  # a bundle of only saved work (nothing committed) has no branch ref
+        if result.head != result.base or source.kind == "worktree":  # a bundle of only saved work has no branch
             refspecs.insert(0, f"+refs/heads/{result.branch}:refs/heads/{result.branch}")
         gitops.fetch(self.repo, where, refspecs)
 

@@ -116,6 +116,11 @@ def inventory(repo: Path, state_dir: Path, journal: Journal) -> tuple[dict[str, 
                         get(d.name).removing = d
                 except OSError:  # removed meanwhile
                     pass
+    # Local workspaces are repositories of their own (not worktrees of ``repo``): found by where they live.
+    if wt_root.is_dir():
+        for ws in sorted(wt_root.glob("*/w*")):
+            if ws.parent.name != REMOVING and gitops.is_own_repository(ws):
+                get(ws.parent.name).worktrees.append((str(ws), gitops.current_branch(ws)))
     rows = {r["id"]: r for r in journal.runs_for_repo(str(repo))}
     for rid in rows:
         get(rid)
@@ -291,13 +296,20 @@ def _apply(repo: Path, it: Item) -> str:
         return ""
     if it.kind == "worktree":
         p = Path(it.path)
+        own = gitops.is_own_repository(p)
         if it.save_to and p.exists():
             env = {"GIT_AUTHOR_NAME": "distpar", "GIT_AUTHOR_EMAIL": "distpar@localhost",
                    "GIT_COMMITTER_NAME": "distpar", "GIT_COMMITTER_EMAIL": "distpar@localhost"}
             snap = gitops.snapshot(p, f"distpar clean: uncommitted work of {p.name}\n\nDistpar-Run: {it.run_id}\n",
                                    env)
             if snap:
-                gitops.update_ref(repo, it.save_to, snap)
+                gitops.update_ref(p, it.save_to, snap)
+                if own:  # the snapshot is in the workspace's own object store
+                    gitops.fetch(repo, p, [f"+{it.save_to}:{it.save_to}"])
+        if own and p.exists():  # a local workspace: what never came back is saved, then it goes
+            gitops.save_unreturned(repo, p, f"refs/distpar/{it.run_id}/saved/{p.name}-clean")
+            shutil.rmtree(p)
+            return ""
         if p.exists():
             proc = gitops.git(repo, "worktree", "remove", "--force", "--force", str(p), check=False)
             if proc.returncode != 0 and p.exists():

@@ -1,6 +1,7 @@
 """One unit's life in a worker, identical on every backend.
 
-``run_unit(settings, spec)`` gets the code (a worktree of a local repository, a bundle, or a git remote) into
+``run_unit(settings, spec)`` gets the code (a repository of its own borrowing a local repository's objects, a
+bundle, or a git remote) into
 the worker's workspace, puts the unit's branch at ``spec.base``, runs the agent (``retry.run_agent``), judges
 its work (the user's verify command, submodules), commits it or saves it (``commit.record``) and returns a
 ``UnitReply``. ``settings`` are the worker's, the same for each of its units: the local backend hands the
@@ -129,6 +130,8 @@ def _hand_back(u: UnitRun, result: UnitResult, setup_now: workspace.HookResult |
         )
     head = gitops.out(ws, "rev-parse", "HEAD")
     bundle = _return_bundle(settings, spec, ws, u.saved) if settings.return_bundle else None
+    if spec.source.kind == "worktree":
+        bundle = str(ws)  # a repository of its own on this machine: the coordinator fetches from it
     if spec.source.kind == "url":  # hand the branch (and saved work) back by pushing it
         gitops.git(ws, "push", "--quiet", "--force", spec.source.location, f"HEAD:refs/heads/{spec.branch}",
                    *([f"{u.saved}:{u.saved}"] if u.saved else []))
@@ -194,7 +197,7 @@ def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, 
     if kind == "worktree":
         if fresh:
             ws.parent.mkdir(parents=True, exist_ok=True)
-            gitops.worktree_add(location, ws, spec.branch, spec.base)
+            gitops.own_repository(location, ws, spec.branch, spec.base, hooks)
             gitops.submodules_like(location, ws)
             _mark(ws, True)
             return

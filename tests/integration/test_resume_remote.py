@@ -76,7 +76,7 @@ def test_a_session_is_resumed_on_the_node_that_holds_it(repo: Path, tmp_path: Pa
     argv = [str(a) for a in invocations(tmp_path / "agent.jsonl")[0]["argv"]]  # type: ignore[union-attr]
     assert "--resume=sess-1" in argv
     assert any(a.startswith(RESUME_PREFIX[:40]) for a in argv)
-    gitops.worktree_remove(repo, tmp_path / "ws")
+    gitops.workspace_remove(repo, tmp_path / "ws")
 
 
 def test_nothing_saved_means_the_agent_is_not_told_it_is_in_the_tree(repo: Path, tmp_path: Path,
@@ -87,4 +87,4 @@ def test_nothing_saved_means_the_agent_is_not_told_it_is_in_the_tree(repo: Path,
     assert result.result.status.ok
     argv = " ".join(str(a) for a in invocations(tmp_path / "agent.jsonl")[0]["argv"])  # type: ignore[union-attr]
     assert "the work it had done is in the working tree" not in argv and "before it changed any file" in argv
-    gitops.worktree_remove(repo, tmp_path / "ws")
+    gitops.workspace_remove(repo, tmp_path / "ws")

@@ -65,11 +65,13 @@ def test_settings_once_then_units(repo: Path, tmp_path: Path) -> None:
         assert msg["version"] == SPEC_VERSION, msg
         reply = serial.load(UnitReply, msg["result"])
         assert reply.result.unit_id == uid and reply.result.status.ok, reply.result.error
-        assert gitops.git(repo, "show", f"{reply.head}:{uid}.txt").stdout.strip() == "done"
+        # A local source: the worker's repository of its own holds the commit, for the coordinator to fetch.
+        assert reply.bundle == str(tmp_path / "ws")
+        assert gitops.git(tmp_path / "ws", "show", f"{reply.head}:{uid}.txt").stdout.strip() == "done"
         # Each reply carries its own unit's logs (and only those), removed from the worker's log directory.
         assert {Path(p).name for p in msg["files"]} == {f"{uid}.log", f"{uid}.out", f"{uid}.prompt.md"}
     assert [p.name for p in logs.iterdir()] == []
-    gitops.worktree_remove(repo, tmp_path / "ws")
+    gitops.workspace_remove(repo, tmp_path / "ws")
 
 
 def test_settings_of_another_version_are_refused_for_each_unit(repo: Path, tmp_path: Path) -> None:

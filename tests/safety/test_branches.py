@@ -36,7 +36,7 @@ def test_agent_that_checks_out_another_branch_and_edits(repo: Path) -> None:
     warning = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: batch 1:")]
     assert warning == ["warning: batch 1: the agent switched the worktree to branch other; distpar switched it "
                        f"back to distpar/{run_id_of(res.stdout)}/b/1 and kept the agent's edits"], res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
 
 
 def test_agent_that_commits_onto_another_branch(repo: Path) -> None:
@@ -49,13 +49,11 @@ def test_agent_that_commits_onto_another_branch(repo: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     files = tree_files(repo, "main")
     assert "agent.txt" in files and "wip.txt" not in files
-    moved = sh_git(repo, "rev-parse", "other")
-    assert moved != other  # the agent itself moved the user's branch: distpar reports it and leaves it
+    # The agent committed onto its workspace's copy of the user's branch: the user's own is untouched.
+    assert sh_git(repo, "rev-parse", "other") == other
     ended = [json.loads(line) for line in res.stdout.splitlines() if '"unit_ended"' in line]
     notes = ended[0]["notes"]
-    assert notes[0] == (f"the agent moved branch other from {other[:12]} to {moved[:12]}; distpar left it there "
-                        f"(git branch -f other {other[:12]} puts it back)")
-    assert notes[1].startswith("the agent switched the worktree to branch other;")
+    assert any(n.startswith("the agent switched the worktree to branch other;") for n in notes), notes
     rid = json.loads(res.stdout.splitlines()[-1])["run_id"]
     assert "merged" in event_kinds(rid)
 

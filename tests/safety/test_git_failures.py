@@ -77,6 +77,7 @@ def test_batch_id_git_refuses_in_a_ref_name(repo: Path, tmp_path: Path, batch_id
     assert r.status is UnitStatus.FAILED and r.tries == 1
     assert result.saved_ref and result.saved_ref.startswith(f"refs/distpar/run1/saved/{names.key(batch_id)}")
     assert batch_id not in result.saved_ref
-    assert sh_git(repo, "show", f"{result.saved_ref}:work.txt") == "unfinished"
+    assert result.bundle == str(ws)  # a repository of its own: the coordinator fetches the saved ref from it
+    assert sh_git(ws, "show", f"{result.saved_ref}:work.txt") == "unfinished"
     assert result.head == base
-    gitops.worktree_remove(repo, ws)
+    gitops.workspace_remove(repo, ws)

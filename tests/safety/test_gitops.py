@@ -18,7 +18,11 @@ def test_config_env_keeps_the_users_own_config_variables(repo: Path, monkeypatch
     assert env["GIT_CONFIG_COUNT"] == "2"
     assert gitops.out(repo, "config", "user.mine", env=env) == "kept"
     assert gitops.out(repo, "config", "core.hooksPath", env=env) == os.devnull
-    assert gitops.hooks_env({}, hooks=True) == {}
+    on = gitops.hooks_env({}, hooks=True)
+    assert on == {gitops.HOOKS_VAR: "1"}
+    # Every other git command distpar runs has the hooks turned off; one given hooks_env(..., True) does not.
+    assert gitops.git(repo, "config", "core.hooksPath", env=on, check=False).stdout == ""
+    assert gitops.out(repo, "config", "core.hooksPath") == os.devnull
 
 
 def test_large_files_lists_only_new_content_over_the_limit(repo: Path) -> None:

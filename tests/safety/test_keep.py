@@ -132,7 +132,9 @@ def _calls(log: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
-@pytest.mark.parametrize("destroy", ["rm -rf .git", "git worktree remove --force ."])
+# (`git worktree remove --force .`, the other way an agent destroyed a linked worktree, is refused by git now
+# that a workspace is a repository of its own.)
+@pytest.mark.parametrize("destroy", ["rm -rf .git", 'rm -rf "$PWD"'])
 def test_agent_that_destroys_its_workspace_fails_once_with_its_files_saved(repo: Path, tmp_path: Path,
                                                                           destroy: str) -> None:
     calls = tmp_path / "calls.jsonl"
@@ -147,7 +149,7 @@ def test_agent_that_destroys_its_workspace_fails_once_with_its_files_saved(repo:
     assert "destroyed its workspace" in out, out
     assert "git is not installed" not in out and "Traceback" not in out
     assert len([c for c in _calls(calls) if "lost.txt" in json.dumps(c)]) == 1  # not retried
-    if destroy.startswith("rm"):
+    if destroy == "rm -rf .git":
         archive = next(Path(w.strip(".,;)")) for w in out.split() if w.rstrip(";").endswith(".tar.gz"))
         with tarfile.open(archive) as tar:
             assert any(n.endswith("lost.txt") for n in tar.getnames())
