@@ -118,6 +118,9 @@ class WorkerOptions:
         flag="--setup", metavar="CMD", config=True,
         help="Run once in every new workspace before its first unit (e.g. 'npm ci').")
 
+    setup_timeout: float = opt(
+        1800.0, flag="--setup-timeout", kind="float", min=0, min_open=True, metavar="SECONDS", config=True,
+        help="Stop --setup after this long in a workspace (its workers fail that workspace's units, said).")
     verify: str | None = opt(
         flag="--verify", metavar="CMD", config=True,
         help="Run after each unit in its workspace; a unit whose check fails is failed, its work saved.")

@@ -171,7 +171,7 @@ def _ready_workspace(settings: WorkerSettings, spec: UnitSpec, ws: Path, log_dir
             env = {**os.environ, **settings.env, "DISTPAR_PORT_BASE": str(ports),
                    "DISTPAR_PORT_COUNT": str(workspace.PORTS_PER_WORKER), "DISTPAR_WORKTREE": str(ws)}
             ran = workspace.run_hook("setup", setup, ws, env, log_dir / f"setup-w{spec.worker + 1}.log",
-                                     tuple(settings.env.values()), cancel)
+                                     tuple(settings.env.values()), cancel, timeout=settings.options.setup_timeout)
         state = {"ports": ports, "included": copied, "setup": ran.to_dict() if ran else None}
         workspace.save_state(ws, state)
     setup_state = state.get("setup")
