@@ -78,6 +78,21 @@ def test_a_failing_setup_fails_that_workers_units_and_says_so(repo: Path) -> Non
     assert "setup failed (exit 7" in r.error and "no network for npm" in r.error
 
 
+def test_setup_timeout_bounds_a_setup_that_never_ends(repo: Path) -> None:
+    """--setup-timeout (a worker option: one declared field and its use in the worker) stops a hanging setup; the
+    same bound comes from [tool.distpar] too."""
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, writes={"a.txt": "a"})])
+    res = run_distpar("run", str(plan), "--agent", "fake", "-w", "1", "--setup", "sleep 60", "--setup-timeout", "1",
+                      cwd=repo, timeout=50)
+    assert res.returncode == int(ExitCode.BATCH_FAILED), res.stdout + res.stderr
+    assert "setup" in res.stdout and "a.txt" not in sh_git(repo, "ls-tree", "--name-only", "main")
+    (repo / "distpar.toml").write_text('setup = "sleep 60"\nsetup_timeout = 1\n')
+    sh_git(repo, "add", "distpar.toml")
+    sh_git(repo, "commit", "-qm", "settings")
+    res = run_distpar("run", str(plan), "--agent", "fake", "-w", "1", cwd=repo, timeout=50)
+    assert res.returncode == int(ExitCode.BATCH_FAILED), res.stdout + res.stderr
+
+
 def test_verify_fails_a_batch_and_keeps_its_work(repo: Path) -> None:
     start = gitops.rev(repo, "main")
     batches = [fake_batch("good", writes={"ok.txt": "fine"}), fake_batch("bad", writes={"broken.txt": "x"})]
