@@ -28,6 +28,7 @@ from distpar.core.masking import IncrementalMasker
 CHUNK = 65536
 KEEP_LINE = 1 << 20  # a line of the output the parsers see is cut at this many bytes
 KEEP_BYTES = 16 << 20  # ... and they see about the last this many bytes of it
+LONG_LINE = 65536  # an unfinished line longer than this is written to the files before its end
 LINE_CHARS = 2000  # an output line is cut to this many characters in its event (the logs keep it whole)
 LINES_PER_SECOND = 50  # per unit, in events: the rest of each second's lines are counted in one "skipped" line
 
@@ -46,6 +47,7 @@ class MaskedPipe:
         self.path = Path(f"/dev/fd/{self._wfd}")
         self._dests = [d.open("ab") for d in dests]
         self._kept = bytearray()
+        self._pending = bytearray()  # the masked end of an unfinished line, not written to the files yet
         self._kept_line = 0  # bytes of the current line seen (kept up to KEEP_LINE)
         self._kept_cut = False
         self._on_line = on_line
@@ -70,7 +72,7 @@ class MaskedPipe:
             elif self._stop.is_set():
                 while chunk := self._read():  # what the process wrote just before it ended
                     self._write(self._masker.feed(chunk))
-                self._write(self._masker.flush())
+                self._write(self._masker.flush(), final=True)
                 if self._line or self._line_cut:  # the last line had no newline
                     self._lines_done(bytes(self._line))
                 return
@@ -81,13 +83,20 @@ class MaskedPipe:
         except (BlockingIOError, InterruptedError):
             return b""
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, final: bool = False) -> None:
         self._retain(data)
         if self._on_line is not None:
             self._split(data)
+        # The files get whole lines (an unfinished one once it is LONG_LINE bytes, or at the end): a log is shared
+        # by the agent's stdout and stderr pipes, and a line of one must not be cut by the other's.
+        self._pending += data
+        cut = len(self._pending) if final or len(self._pending) > LONG_LINE else self._pending.rfind(b"\n") + 1
+        if not cut:
+            return
+        out, self._pending = bytes(self._pending[:cut]), self._pending[cut:]
         for f in self._dests:
             try:
-                f.write(data)
+                f.write(out)
                 f.flush()
             except OSError:  # a full disk must not block the agent: keep draining the pipe
                 pass

@@ -66,7 +66,7 @@ def agents_started(run_id: str) -> dict[str, float]:
     """Unit -> when its agent started, for the units whose ``unit_started`` the journal holds."""
     j = journal()
     try:
-        units = {e.batch_id for e in j.events(run_id) if e.kind == "unit_started"}
+        units = {e.unit_id for e in j.events(run_id) if e.kind == "unit_started"}
         return {b["unit_id"]: b["started"] for b in j.units(run_id) if b["unit_id"] in units}
     finally:
         j.close()
