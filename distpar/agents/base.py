@@ -122,7 +122,8 @@ USAGE_LIMIT = re.compile(
 )
 # Rate limits and server-side failures: worth another try after a pause.
 TRANSIENT = re.compile(
-    r"\b(?:429|500|502|503|504|529)\b|rate.?limit|overloaded|too many requests|resource_exhausted"
+    # a status alone, not part of a path or a name ("/tmp/pytest-500/x" is no server error)
+    r"(?<![\w./-])(?:429|500|502|503|504|529)(?![\w/-])|rate.?limit|overloaded|too many requests|resource_exhausted"
     r"|retryablequotaerror|stream disconnected|high demand|service unavailable|internal server error"
     r"|servers are down|temporarily unavailable|api error"
     # the connection to the model server broke (gemini: "fetch failed"; node: ECONNRESET; litellm/codex)

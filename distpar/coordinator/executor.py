@@ -548,7 +548,7 @@ class Runner:
         fix = FixUnit(self.site, self.options, self.identity, self.forwarded, tuple(self.include), self.plan_text,
                       self.workers + n - 1, self.dispatches)
         commit, end, saved = run_fix(fix, head, prompt, n, self._spent() or 0.0, self.events,
-                                     lambda kind, data: self._on_worker_event(kind, data))
+                                     lambda kind, data: self._on_worker_event(kind, data), self.transfer.fetch_back)
         self.saved_refs.extend(saved)
         self.fixes.append(end)
         return commit, end

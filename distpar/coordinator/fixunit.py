@@ -15,7 +15,7 @@ from distpar.coordinator.options import RunOptions
 from distpar.coordinator.removal import cleanup
 from distpar.coordinator.site import RunEvents, RunSite
 from distpar.core.errors import DistparError
-from distpar.core.model import Identity, Source, UnitResult, UnitSpec, UnitStatus, WorkerSettings
+from distpar.core.model import Identity, Source, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
 
 FIX_WAIT = 30.0  # past the agent's own timeout, for its worker to hand back
 
@@ -35,7 +35,8 @@ class FixUnit:
 
 
 def run_fix(fix: FixUnit, head: str, prompt: str, n: int, spent: float, events: RunEvents,
-            on_event: Callable[[str, dict[str, Any]], None]) -> tuple[str | None, dict[str, Any], list[str]]:
+            on_event: Callable[[str, dict[str, Any]], None],
+            fetch_back: Callable[[UnitReply, Source], None]) -> tuple[str | None, dict[str, Any], list[str]]:
     """Fix unit ``n`` on ``head``: its commit (None when it failed, changed nothing or the budget is spent), how it
     ended (journaled as ``verify_fix``, reported) and the refs its uncommitted work was saved on."""
     site, options = fix.site, fix.options
@@ -59,6 +60,7 @@ def run_fix(fix: FixUnit, head: str, prompt: str, n: int, spent: float, events: 
     saved: list[str] = []
     try:
         reply = backend.submit(settings, spec).result(timeout=options.timeout + FIX_WAIT)
+        fetch_back(reply, spec.source)  # the workspace is a repository of its own: its branch comes back
         r = reply.result
         saved += [reply.saved_ref] if reply.saved_ref else []
     except Exception as exc:  # the fix is one more try: the failing gate stands

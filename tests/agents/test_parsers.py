@@ -257,3 +257,15 @@ def test_template_results() -> None:
 )
 def test_classify_text(text: str, expected: tuple[str, bool]) -> None:
     assert classify_text(text) == expected
+
+
+def test_a_status_number_inside_a_path_is_not_a_server_error() -> None:
+    """A deterministic failure naming a path that holds 500 (pytest's /tmp/pytest-of-root/pytest-500/...) was
+    taken for an HTTP 500 and retried with backoff."""
+    from distpar.agents import classify_text
+
+    assert classify_text("sh: 'test -e /tmp/pytest-of-root/pytest-500/t0/fixed' exited with 1") == ("error", False)
+    assert classify_text("no such file: build-503.log") == ("error", False)
+    assert classify_text("API Error: 500 Internal Server Error") == ("api_error", True)
+    assert classify_text("HTTP 529: overloaded") == ("api_error", True)
+    assert classify_text("upstream returned (503)") == ("api_error", True)
