@@ -110,7 +110,8 @@ def test_a_journal_removed_during_a_run_is_said_and_recreated_with_the_history(r
         (run,) = j.runs()
         assert run["state"] == "ok"
         assert [(b["unit_id"], b["state"]) for b in j.units(run["id"])] == [("1", "ok"), ("2", "ok")]
-        kinds = [e.kind for e in j.events(run["id"])]
+        # (the workspaces' removal goes on after the run's end, off its critical path, and is journaled when done)
+        kinds = [e.kind for e in j.events(run["id"]) if not e.kind.startswith("workspaces_remov")]
         assert kinds[0] == "run_started" and "journal_recreated" in kinds and kinds[-1] == "run_ended"
     finally:
         j.close()
