@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from typing import Any
 
 from distpar.core.errors import BackendError
@@ -55,3 +56,24 @@ def check_cluster(ray_module: Any) -> None:
         hint="install the coordinator with pip install 'distpar[ray]' and build the image with "
              "deploy/images/build.sh from the same checkout (see deploy/README.md)",
     )
+
+
+def shutdown(ray_module: Any) -> None:
+    """``ray.shutdown()``, first stopping a Ray client's watch on its gRPC channel.
+
+    Ray's client closes its channel with its connectivity callback still subscribed, so gRPC's polling thread
+    can meet the closed channel and die with ``ValueError: Cannot invoke RPC: Channel closed!`` printed on stderr
+    (grpc/grpc#18995): an alarming traceback at the end of a good run. Unsubscribing first lets the thread end at
+    its next wake-up (every 0.2 s); this waits for that, at most a second, then shuts down."""
+    try:
+        worker = ray_module.util.client.ray.get_context().client_worker
+        channel = worker.channel if worker is not None else None
+        if channel is not None:
+            channel.unsubscribe(worker._on_channel_state_change)
+            state = channel._connectivity_state
+            deadline = time.monotonic() + 1.0
+            while state.polling and time.monotonic() < deadline:
+                time.sleep(0.02)
+    except AttributeError:  # not a client connection, or another Ray's internals: a plain shutdown
+        pass
+    ray_module.shutdown()

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from distpar.backends import raycompat
 from distpar.backends.ray import SLOT
 from distpar.coordinator.runtime import open_journal
 from distpar.testing.builders import independent_plan, make_repo, plan_text, sh_git, tree_files
@@ -122,9 +123,10 @@ def compose(worker_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         print(f"compose: up --wait returned after {time.monotonic() - t0:.1f}s")
         image_has_this_distpar(_Wrapped(c.containers("ray-head")[0]), worker_image)
         ray_client_ready(c.address)
-        yield c
+        raycompat.shutdown(ray)  # the connection only proved the cluster ready: a test takes the cluster down, and
+        yield c                  # a client still connected then has gRPC threads dying in this process
     finally:
-        ray.shutdown()
+        raycompat.shutdown(ray)
         down = c.compose("down", "--volumes", "--timeout", "5", timeout=180)
         assert down.returncode == 0, down.stderr
         assert not c.containers("ray-head") and not c.containers("ray-worker")

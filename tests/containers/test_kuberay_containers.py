@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from distpar.backends import raycompat
 from distpar.backends.ray import SLOT
 from distpar.coordinator.runtime import open_journal
 from distpar.testing.builders import fake_batch, make_repo, sh_git, tree_files, write_plan
@@ -205,7 +206,7 @@ def kube(request: pytest.FixtureRequest, containers: Containers, network: Any,
     try:
         yield kc
     finally:
-        ray.shutdown()
+        raycompat.shutdown(ray)
         for name in reversed(list(kc.pods)):
             containers.remove(kc.pods.pop(name))
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from distpar.backends import raycompat
 from distpar.backends.ray import NODE_DIR_VAR, SLOT
 from distpar.coordinator.runtime import open_journal
 from distpar.testing.builders import fake_batch, independent_plan, make_repo, tree_files, write_plan
@@ -179,7 +180,7 @@ def ray_cluster(containers: Containers, network: Any) -> Iterator[RayContainers]
         log.info("ray workers joined after %.1fs", time.monotonic() - t0)
         yield cluster
     finally:
-        ray.shutdown()
+        raycompat.shutdown(ray)
 
 
 def image_has_this_distpar(container: Any, image: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from distpar.backends import raycompat
 from distpar.backends.base import Backend, RunContext
 from distpar.backends.ray.node import (
     CANCEL_GRACE,
@@ -138,8 +139,6 @@ class RayBackend(Backend):
                 where = f"the Ray cluster at {address}" if address else "a local Ray instance"
                 raise BackendError(f"cannot connect to {where}: {_first_line(exc)}") from exc
             self._owns = True
-        from distpar.backends import raycompat
-
         try:  # one pinned Ray for coordinator and cluster: a mismatch stops here, naming both, nothing started
             raycompat.check_cluster(ray)
         except BackendError:
@@ -227,7 +226,8 @@ class RayBackend(Backend):
         self._slots.clear()
         self._actor = None
         if self._owns:  # the Ray instance it started stops while the coordinator merges (about a second)
-            self._stopping = threading.Thread(target=ray.shutdown, name="distpar-ray-shutdown", daemon=True)
+            self._stopping = threading.Thread(target=raycompat.shutdown, args=(ray,), name="distpar-ray-shutdown",
+                                             daemon=True)
             self._stopping.start()
         self._ray = None
 
