@@ -116,6 +116,7 @@ class Runner:
         # unit -> (agent session, commit of its saved work, node the session lives on)
         self.resume_sessions: dict[str, tuple[str | None, str | None, str | None]] = {}
         self.dispatches = 0
+        self.worker_settings: dict[int, WorkerSettings] = {}  # each worker's, made once (see _settings)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
         self.preview = Preview(repo, start, self.env, start, ref=f"refs/distpar/{self.run_id}/preview/head")
@@ -466,9 +467,11 @@ class Runner:
         )
 
     def _settings(self, worker: int) -> WorkerSettings:
-        """What worker ``worker`` is told once for the whole run (the same for each of its units)."""
+        """What worker ``worker`` is told once for the whole run (the same for each of its units), made once."""
+        if (made := self.worker_settings.get(worker)) is not None:
+            return made
         ctx = self._ctx_stub()
-        return WorkerSettings(
+        made = self.worker_settings[worker] = WorkerSettings(
             run_id=self.run_id, workspace=self.backend.workspace(ctx, worker), log_dir=self.backend.log_dir(ctx),
             identity=self.identity, env=self.forwarded, return_bundle=self.transfer.return_bundle,
             include=tuple(self.include) if (not self.backend.remote or self.include_data) else (),
@@ -476,6 +479,7 @@ class Runner:
             pool=self.backend.pool(ctx) if self.options.reuse_workspaces else "",
             options=run_options.worker_options(self.options),
         )
+        return made
 
     def _restore(self) -> None:
         """Pick up the journaled run this one continues."""

@@ -95,6 +95,44 @@ def repo_root(path: str | Path) -> Path:
     return Path(proc.stdout.splitlines()[2].strip())
 
 
+_git_dirs: dict[str, Path] = {}
+
+
+def git_dir(ws: str | Path) -> Path:
+    """The absolute git directory of the checkout at ``ws``, asked of git once per path and process (a unit's
+    preparation and end look it up a dozen times); checked to still hold a ``HEAD`` each time, else asked anew."""
+    key = str(ws)
+    found = _git_dirs.get(key)
+    if found is None or not (found / "HEAD").is_file():
+        found = _git_dirs[key] = Path(out(ws, "rev-parse", "--path-format=absolute", "--git-dir"))
+    return found
+
+
+def head_log(ws: str | Path) -> list[tuple[str, str]]:
+    """The HEAD reflog of the checkout at ``ws``, newest first: (commit, message) as ``git reflog show
+    --format='%H %gs' HEAD`` gives them, read from ``logs/HEAD`` (a unit asks twice; no process needed)."""
+    try:
+        lines = (git_dir(ws) / "logs" / "HEAD").read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError:
+        return []
+    out_: list[tuple[str, str]] = []
+    for line in reversed(lines):
+        head, _, message = line.partition("\t")
+        fields = head.split(" ", 2)
+        if len(fields) == 3:
+            out_.append((fields[1], message))
+    return out_
+
+
+def head_ref(ws: str | Path) -> str | None:
+    """The branch HEAD is on (``refs/heads/...``), or None when detached, as ``git symbolic-ref HEAD`` says."""
+    try:
+        text = (git_dir(ws) / "HEAD").read_text(encoding="utf-8", errors="surrogateescape").strip()
+    except OSError:
+        return None
+    return text.removeprefix("ref: ").strip() if text.startswith("ref: ") else None
+
+
 def common_dir(repo: str | Path) -> Path:
     return Path(out(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
 
@@ -356,16 +394,16 @@ def snapshot(ws: str | Path, message: str, env: Mapping[str, str], parent: str |
     """A commit of the working tree on top of HEAD (or ``parent``: an unborn HEAD has no commit), made without
     touching HEAD, the branch or the index. When a filter of the repository fails, the files are stored
     unfiltered: saved work is never lost."""
-    git_dir = Path(out(ws, "rev-parse", "--path-format=absolute", "--git-dir"))
-    index = git_dir / "distpar-snapshot-index"
+    gd = git_dir(ws)
+    index = gd / "distpar-snapshot-index"
     e = {**env, "GIT_INDEX_FILE": str(index)}
     base = parent or "HEAD"
 
     def start() -> None:
         if parent is None:
             git(ws, "read-tree", "HEAD", env=e)
-        elif (git_dir / "index").is_file():  # what the index holds (an orphan switch keeps it), then the files
-            shutil.copyfile(git_dir / "index", index)
+        elif (gd / "index").is_file():  # what the index holds (an orphan switch keeps it), then the files
+            shutil.copyfile(gd / "index", index)
         else:
             git(ws, "read-tree", "--empty", env=e)
 

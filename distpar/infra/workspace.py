@@ -116,7 +116,7 @@ def _free(port: int) -> bool:
 
 def state_file(ws: Path) -> Path:
     """Where a workspace remembers what its preparation did (in its git dir: never committed)."""
-    return Path(gitops.out(ws, "rev-parse", "--path-format=absolute", "--git-dir")) / "distpar-workspace.json"
+    return gitops.git_dir(ws) / "distpar-workspace.json"
 
 
 def load_state(ws: Path) -> dict[str, object] | None:
@@ -179,6 +179,6 @@ READY = "distpar-ready"  # in a workspace's git dir: its files are fully checked
 def workspace_ready(ws: Path) -> bool:
     """Whether ``ws`` was fully prepared: only then can it hold an agent's work (cleanup snapshots only those)."""
     try:
-        return (Path(gitops.out(ws, "rev-parse", "--path-format=absolute", "--git-dir")) / READY).exists()
+        return (gitops.git_dir(ws) / READY).exists()
     except Exception:
         return False

@@ -113,8 +113,7 @@ def large_files(u: UnitRun, after: str) -> list[str]:
 
 def marks(ws: Path) -> tuple[dict[str, str], int]:
     """What the repository's branches and the worktree's HEAD log look like before a unit's agent runs."""
-    log = gitops.git(ws, "reflog", "show", "--format=%H", "HEAD", check=False).stdout.split()
-    return gitops.refs(ws, "refs/heads/"), len(log)
+    return gitops.refs(ws, "refs/heads/"), len(gitops.head_log(ws))
 
 
 def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], int]) -> tuple[list[str], str | None]:
@@ -124,9 +123,9 @@ def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], in
     spec, ws = u.spec, u.ws
     want = f"refs/heads/{spec.branch}"
     heads_before, n_before = marks
-    entries = gitops.git(ws, "reflog", "show", "--format=%H %gs", "HEAD", check=False).stdout.splitlines()
+    entries = gitops.head_log(ws)
     entries = entries[:max(0, len(entries) - n_before)]  # what HEAD went through in this worktree, newest first
-    here = {line.split(" ", 1)[0] for line in entries}
+    here = {oid for oid, _ in entries}
     notes = []
     for ref, oid in gitops.refs(ws, "refs/heads/").items():
         old = heads_before.get(ref)
@@ -137,8 +136,7 @@ def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], in
         notes.append(f"the agent created branch {name} ({oid[:12]}); distpar left it" if old is None else
                      f"the agent moved branch {name} from {old[:12]} to {oid[:12]}; distpar left it there "
                      f"(git branch -f {name} {old[:12]} puts it back)")
-    proc = gitops.git(ws, "symbolic-ref", "--quiet", "HEAD", check=False)
-    on = proc.stdout.strip() if proc.returncode == 0 else None
+    on = gitops.head_ref(ws)
     if on == want:
         return notes, _rewritten(u, env, heads_before.get(want))
     cur = gitops.try_rev(ws, "HEAD")
@@ -148,8 +146,8 @@ def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], in
     # Where it switched to: the last "checkout: moving from <our branch>" in the worktree's HEAD log, else the
     # branch's value before the unit, else the fork point; an orphan branch shares no history with ours: its
     # files are then the agent's edits of our branch's tip.
-    start = next((line.split(" ", 1)[0] for line in entries
-                  if line.partition(" ")[2].startswith(f"checkout: moving from {spec.branch} to ")), None)
+    start = next((oid for oid, message in entries
+                  if message.startswith(f"checkout: moving from {spec.branch} to ")), None)
     tip = gitops.rev(ws, want)
     if start is None:
         start = heads_before.get(on or "") or (

@@ -12,6 +12,7 @@ the local backend hands the same object to its worker thread, Ray actors and ``p
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from distpar.infra import gitops, pool, workspace
 from distpar.worker import commit, retry
 from distpar.worker.common import Emit, UnitRun, node_name, safe_name, tail
 
+_FULL_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 STATUS = {"success": UnitStatus.OK, "timeout": UnitStatus.TIMEOUT, "interrupted": UnitStatus.INTERRUPTED}
 
 
@@ -34,7 +36,7 @@ def run_unit(settings: WorkerSettings, spec: UnitSpec, cancel: threading.Event |
     log_dir = Path(settings.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     env = settings.identity.env()
-    ws, lease = _workspace(settings, spec)
+    ws, lease = workspace_for(settings, spec)
     saved = _prepare(settings, spec, ws, env)
     ready = _ready_workspace(settings, spec, ws, log_dir, cancel)
     setup_now, setup_failed, ports = ready.ran, ready.failed, ready.ports
@@ -65,7 +67,7 @@ _leases: dict[tuple[str, int], pool.Lease] = {}  # (run, worker) -> the workspac
 _pruned: set[tuple[str, str]] = set()  # (run, pool) pruned by this process
 
 
-def _workspace(settings: WorkerSettings, spec: UnitSpec) -> tuple[Path, pool.Lease | None]:
+def workspace_for(settings: WorkerSettings, spec: UnitSpec) -> tuple[Path, pool.Lease | None]:
     """The worker's workspace: the run's own (``settings.workspace``) or, with ``--reuse-workspaces``, one taken
     from this machine's pool for the whole run (the lock is given back by the coordinator or when this process
     ends). Idle workspaces beyond the caps are removed in the background."""
@@ -105,7 +107,8 @@ def _unusable(ws: Path, spec: UnitSpec) -> str:
 def _run(u: UnitRun) -> UnitResult:
     """The agent's tries, then the verdict on its work, then its commit (or its work saved on a ref)."""
     u.prompt_file.write_text(u.spec.prompt)
-    u.before = gitops.out(u.ws, "rev-parse", "HEAD")
+    # _prepare just checked out spec.base (a commit id: no need to ask git)
+    u.before = spec_base if _FULL_ID.fullmatch(spec_base := u.spec.base) else gitops.out(u.ws, "rev-parse", "HEAD")
     outcomes, tries, proc, started = retry.run_agent(u)
     outcome = model.totals(outcomes)
     status = STATUS.get(outcome.result_class, UnitStatus.FAILED)
@@ -182,7 +185,7 @@ def _hand_back(u: UnitRun, result: UnitResult, setup_now: workspace.HookResult |
             head=u.before, result=result, node=node_name(), bundle=None, saved_ref=u.saved,
             interrupted=u.cancel.is_set(), setup=setup_now.to_dict() if setup_now else None,
         )
-    head = gitops.out(ws, "rev-parse", "HEAD")
+    head = result.commit or gitops.out(ws, "rev-parse", "HEAD")  # _run read it after recording the work
     bundle = _return_bundle(settings, spec, ws, u.saved) if settings.return_bundle else None
     if spec.source.kind == "worktree":
         bundle = str(ws)  # a repository of its own on this machine: the coordinator fetches from it
@@ -267,7 +270,7 @@ def _setup_key(ws: Path, command: str | None, files: tuple[str, ...]) -> dict[st
 
 
 def _mark(ws: Path, ready: bool) -> None:
-    marker = Path(gitops.out(ws, "rev-parse", "--path-format=absolute", "--git-dir")) / workspace.READY
+    marker = gitops.git_dir(ws) / workspace.READY
     if ready:
         marker.touch()
     else:
@@ -306,7 +309,7 @@ def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, 
     # saving anything uncommitted first so that nothing is ever lost.
     # A branch: the coordinator saves a local workspace's branches that never came back; a remote one keeps it.
     saved = None
-    if workspace.workspace_ready(ws) and (gitops.dirty_files(ws) or gitops.out(ws, "status", "--porcelain")):
+    if workspace.workspace_ready(ws) and gitops.out(ws, "status", "--porcelain"):  # untracked files too
         snap = gitops.snapshot(ws, f"distpar: uncommitted work found before unit {spec.uid}", env)
         if snap:
             saved = f"refs/heads/distpar-kept/{settings.run_id}-w{spec.worker + 1}-{spec.dispatch}"
@@ -319,7 +322,9 @@ def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, 
 
 
 def _return_bundle(settings: WorkerSettings, spec: UnitSpec, ws: Path, saved_ref: str | None) -> str | None:
-    path = ws.parent / f"{safe_name(spec.branch)}-{spec.dispatch}-{spec.attempt}.bundle"
+    where = Path(settings.workspace).parent  # the run's directory (a pooled workspace lives elsewhere): what is
+    where.mkdir(parents=True, exist_ok=True)  # left there when the run ends is work that never came back
+    path = where / f"{safe_name(spec.branch)}-{spec.dispatch}-{spec.attempt}.bundle"
     revs = [spec.branch, f"^{spec.base}"]
     if saved_ref:
         revs.append(saved_ref)

@@ -288,12 +288,13 @@ class RayBackend(Backend):
         assert self._ctx is not None
         full, increments = None, []
         if spec.source.kind == "bundle":
-            if slot.have:  # the base, and any saved work a resumed batch restores
+            held = spec.base in slot.have and not spec.restore  # the base itself, so its history: nothing to send
+            if slot.have and not held:  # the base, and any saved work a resumed batch restores
                 ref = f"refs/distpar/{self._ctx.run_id}/ray/{spec.dispatch}"
                 tips = {f"{ref}-base": spec.base, **({f"{ref}-restore0": spec.restore} if spec.restore else {})}
                 data = transfer.increment(self._ctx.repo, tips, slot.have)
                 increments = [data] if data is not None else []
-            else:
+            elif not slot.have:
                 path = spec.source.location
                 if path not in self._full:
                     key = hashlib.sha1(path.encode()).hexdigest()[:10]

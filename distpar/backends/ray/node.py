@@ -19,7 +19,7 @@ from distpar.core.errors import BackendError
 from distpar.core.masking import mask
 from distpar.core.model import Source, UnitReply, UnitSpec, WorkerSettings
 from distpar.infra import pool
-from distpar.worker.unit import run_unit
+from distpar.worker.unit import run_unit, workspace_for
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,10 @@ class NodeActor:
         """At the end of the run (every worker of the node idle): remove the node's run directory, except the
         workspaces whose work did not come back; returns those."""
         kept = _clean(self.root)
-        pool.release_all(self.run_id)  # its pooled workspaces go back to the node's pool
+        for lease in pool.held(self.run_id):  # its pooled workspaces go back to the node's pool; one whose work
+            if pool.busy_marker(lease.path).exists():  # did not come back stays marked (never handed out again)
+                kept.append(str(lease.path))
+            pool.release(lease)
         return kept
 
     def run(self, spec: UnitSpec, settings: WorkerSettings | None, full: tuple[str, list[Any]] | None,
@@ -119,10 +122,11 @@ class NodeActor:
         if settings is None:
             yield {"kind": "error", "error": f"this actor has no settings for worker w{worker + 1}", "node": self.node}
             return
-        ws = Path(settings.workspace)
-        busy = ws.with_name(ws.name + ".busy")
+        busy: Path | None = None
         staged: list[Path] = []
         try:
+            ws, _ = workspace_for(settings, spec)  # the run's own, or the one it took from the node's pool
+            busy = pool.busy_marker(ws)
             ws.parent.mkdir(parents=True, exist_ok=True)
             busy.touch()  # removed once the work is on its way back: cleanup never deletes work that did not return
             if spec.source.kind == "bundle":
@@ -174,7 +178,8 @@ class NodeActor:
         except Exception as exc:  # a broken node (git, disk): the coordinator raises BackendError and may retry
             yield {"kind": "error", "error": mask(str(exc), settings.env.values()), "node": self.node}
             return
-        busy.unlink(missing_ok=True)
+        if busy is not None:
+            busy.unlink(missing_ok=True)
         yield {"kind": "result", "result": reply, "bundle": bundle, "log": log}
 
 
