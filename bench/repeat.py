@@ -225,8 +225,14 @@ def targets(data: dict[str, Any] | None, make: Callable[..., dict[str, Any]]) ->
     return out
 
 
+def _node(node: Any) -> str:
+    """A node's name, a Ray node id shortened (its first 8 hex digits)."""
+    text = str(node)
+    return text[:8] if len(text) > 40 and all(c in "0123456789abcdef" for c in text) else text
+
+
 def _ready_cell(ready: list[dict[str, Any]]) -> str:
-    return "<br>".join(f"w{r['worker']}@{r['node']}: {r['seconds']} s {r['how']}, setup {r['setup']}"
+    return "<br>".join(f"w{r['worker']}@{_node(r['node'])}: {r['seconds']} s {r['how']}, setup {r['setup']}"
                        + (f" {r['setup_seconds']} s" if r["setup"] == "ran" else "")
                        + (f" ({r['reason']})" if r.get("reason") else "") for r in ready) or "none journaled"
 

@@ -86,3 +86,12 @@ def test_tiny_repeat_section_reuses_every_workspace_on_the_second_run(tmp_path: 
     assert target["status"] in ("pass", "miss")  # tiny numbers are not judged; the target is computed
     report = (tmp_path / "REPORT.md").read_text()
     assert "## 9. Repeat runs (issue 23)" in report and f"**{row['ratio']:.3f}**" in report
+
+
+def test_a_ray_node_id_is_shortened_in_the_report() -> None:
+    row = _row(0.4)
+    for run in row["runs"]:
+        for r in run["ready"]:
+            r["node"] = "edce632a1cbb1edc3f936d1a4e26279494789554c3eac3126e505406"
+    text = "\n".join(repeat.markdown({"rows": [row], "target": 0.6, "setup": "s", "setup_key": "k"}, _table))
+    assert "w0@edce632a: " in text and "1cbb1edc" not in text
