@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from distpar.core.model import AgentConfig, UnitReply, UnitSpec, WorkerSettings
 from distpar.infra import paths
+from distpar.infra.pool import LOCAL_POOL
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,11 @@ class Backend(ABC):
         """Where worker ``worker`` keeps its workspace for the whole run (units after the first reuse it):
         outside the checkout (see paths.py)."""
         return str(paths.workspace(ctx.repo, ctx.run_id, worker))
+
+    def pool(self, ctx: RunContext) -> str:
+        """Where ``--reuse-workspaces`` keeps this repository's workspaces between runs on the workers' machine:
+        locally under the repository's worktrees base; a remote backend names it for its nodes to anchor."""
+        return str(paths.worktrees_base(ctx.repo) / LOCAL_POOL)
 
     def log_dir(self, ctx: RunContext) -> str:
         return str(ctx.run_dir / "logs")

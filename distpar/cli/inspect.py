@@ -73,6 +73,9 @@ def status_cmd(run_id: str | None, repo_path: Path, as_json: bool) -> None:
         if e.kind == "workspace_setup":
             click.echo(f"  setup on {worker_label(e.worker)}" + (f" ({e.data['node']})" if e.data.get("node") else "")
                        + f": {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
+        elif e.kind == "workspace_ready" and e.data.get("how") != "new":  # --reuse-workspaces
+            click.echo(f"  workspace of {worker_label(e.worker)}: {e.data['how']} (setup {e.data['setup']}), ready in "
+                       f"{secs(e.data['seconds'])}" + (f"; {e.data['reason']}" if e.data.get("reason") else ""))
         elif e.kind == "verify_merged":
             click.echo(f"  --verify-merged: {'ok' if e.data['ok'] else 'FAILED'} in {secs(e.data['seconds'])}")
         elif e.kind == "unit_rerun":
@@ -189,8 +192,11 @@ def report_cmd(run_id: str, html_file: Path, repo_path: Path) -> None:
 @click.argument("run_id", required=False)
 @click.option("-n", "--dry-run", is_flag=True, help="Only show what would be removed and what kept.")
 @click.option("--force", is_flag=True, help="Also remove branches, refs and worktrees holding unmerged work.")
+@click.option("--workspaces", is_flag=True,
+              help="Also remove the workspaces --reuse-workspaces keeps for this repository on this machine (those "
+                   "no run holds; what they hold that is not in the repository is saved on refs first).")
 @click.option("--repo", "repo_path", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
-def clean_cmd(run_id: str | None, dry_run: bool, force: bool, repo_path: Path) -> None:
+def clean_cmd(run_id: str | None, dry_run: bool, force: bool, workspaces: bool, repo_path: Path) -> None:
     """Remove what finished runs left (worktrees, branches, refs, logs) and sweep what crashed runs orphaned.
 
     Live runs are never touched; work not merged into a run's target is kept unless --force."""
@@ -198,6 +204,12 @@ def clean_cmd(run_id: str | None, dry_run: bool, force: bool, repo_path: Path) -
     from distpar.ops import clean
 
     repo = gitops.repo_root(repo_path)
+    if workspaces:
+        pooled = clean.clean_workspaces(repo, dry_run)
+        for path, action, reason in pooled:
+            click.echo(f"{action:<12} {'workspace':<9} {path}  ({reason})")
+        if not pooled:
+            click.echo("no pooled workspaces")
     journal = runtime.open_journal(repo)
     items = clean.plan_clean(repo, paths.state_dir(repo), journal, run_id, force)
     if not items:

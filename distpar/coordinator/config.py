@@ -45,4 +45,6 @@ def repo_settings(root: Path) -> dict[str, Any]:
         kind = config_keys()[norm]
         if not isinstance(value, KEYS[norm]) or (kind != "bool" and isinstance(value, bool)):
             raise UsageError(f"{source}: {key} must be {'a number' if kind == 'float' else 'a ' + kind}")
+        if isinstance(value, list) and not all(isinstance(v, str) and v for v in value):
+            raise UsageError(f"{source}: {key} must be a list of strings")
     return {k.replace("-", "_"): v for k, v in found.items()}

@@ -28,7 +28,7 @@ from distpar.coordinator.livelogs import LiveLogs
 from distpar.coordinator.merge import Conflict
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.recovery import earlier_wall, recover, users_branch_back
-from distpar.coordinator.removal import cleanup
+from distpar.coordinator.removal import cleanup, give_back
 from distpar.coordinator.runtime import RunLock, RunReport, exit_code, git_identity, new_run_id
 from distpar.coordinator.site import Observer, RunEvents, RunSite
 from distpar.coordinator.unitspec import (
@@ -362,6 +362,8 @@ class Runner:
             setup = result.setup
             self.publish("workspace_setup", spec.worker, uid, ok=setup["ok"], seconds=round(setup["seconds"], 3),
                          exit_code=setup["exit_code"], node=result.node)
+        if result.workspace:
+            self.publish("workspace_ready", spec.worker, uid, node=result.node, **result.workspace)
         if result.saved_ref:
             self.saved_refs.append(result.saved_ref)
         r = verify_files(self.repo, self.graph, self.batches[self.graph.unit(uid).batch_id], self.results,
@@ -471,6 +473,7 @@ class Runner:
             identity=self.identity, env=self.forwarded, return_bundle=self.transfer.return_bundle,
             include=tuple(self.include) if (not self.backend.remote or self.include_data) else (),
             include_data=self.include_data, plan_text=self.plan_text,
+            pool=self.backend.pool(ctx) if self.options.reuse_workspaces else "",
             options=run_options.worker_options(self.options),
         )
 
@@ -554,7 +557,9 @@ class Runner:
         return commit, end
 
     def _cleanup(self) -> None:
-        if not self.backend.remote:
+        if not self.backend.remote and self.options.reuse_workspaces:
+            self.saved_refs.extend(give_back(self.site, self.journal))
+        elif not self.backend.remote:
             spaces = [Path(self.backend.workspace(self._ctx_stub(), w)) for w in range(self.workers)]
             self.saved_refs.extend(cleanup(self.site, self.journal, spaces))
         self.transfer.clear()

@@ -17,7 +17,7 @@ from distpar.coordinator import options as run_options
 from distpar.coordinator.config import repo_settings
 from distpar.coordinator.executor import Runner
 from distpar.coordinator.journal import Journal
-from distpar.coordinator.options import DEFAULT_WORKERS, RunOptions
+from distpar.coordinator.options import DEFAULT_WORKERS, RunOptions, declared
 from distpar.coordinator.preflight import preflight
 from distpar.coordinator.runtime import RunLock, load_run, open_journal
 from distpar.coordinator.site import Observer
@@ -50,8 +50,12 @@ def apply_repo_settings(repo_path: str | Path, options: RunOptions, given: set[s
     except DistparError:
         return options  # preflight says what is wrong with the repository
     settings = {k: v for k, v in repo_settings(root).items() if k not in given}
-    if "warn_size" in settings and settings["warn_size"] is not None:
-        settings["warn_size"] = int(settings["warn_size"] * 2**20) or None
+    for name, o, _ in declared():  # in their stored form, as the flags give them
+        if settings.get(name) is not None:
+            if o.scale != 1:
+                settings[name] = int(settings[name] * o.scale) or None
+            if o.kind == "list":
+                settings[name] = tuple(settings[name])
     return dataclasses.replace(options, **settings) if settings else options
 
 

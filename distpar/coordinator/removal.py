@@ -20,7 +20,7 @@ from typing import IO
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.site import RunSite
 from distpar.core.errors import DistparError
-from distpar.infra import gitops, paths
+from distpar.infra import gitops, paths, pool
 from distpar.infra.workspace import workspace_ready
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,43 @@ def cleanup(site: RunSite, journal: Journal, workspaces: list[Path]) -> list[str
         found = list(pool.map(lambda ws: _save(site, ws), workspaces))
     _remove(site, journal, [ws for ws, refs in found if refs is not None])
     return [ref for _, refs in found for ref in refs or ()]
+
+
+def give_back(site: RunSite, journal: Journal) -> list[str]:
+    """``--reuse-workspaces``, local: the workspaces this run took from the pool go back to it, each saved first
+    like a removed one (uncommitted work and branches that never came back, on refs of the repository) and then
+    emptied of the run (checked out clean, its branches gone; ignored files stay). One whose work could not be
+    saved is marked as holding work (the pool never hands it out again). Journaled (``workspaces_given_back``).
+    Returns the refs it saved work on."""
+    leases = pool.held(site.run_id)
+    saved: list[str] = []
+    kept: list[str] = []
+    for lease in leases:
+        refs = _saved_on(site, lease.path) if lease.path.exists() else []
+        if refs is None:
+            pool.busy_marker(lease.path).touch()
+            kept.append(str(lease.path))
+        else:
+            saved += refs
+            _empty(lease.path)
+        pool.release(lease)
+    journal.event(site.run_id, "workspaces_given_back", workspaces=[str(lease.path) for lease in leases],
+                  kept=kept, saved=saved)
+    paths.remove_worktrees_root(site.repo, site.run_id)
+    return saved
+
+
+def _empty(ws: Path) -> None:
+    """A pooled workspace with nothing of the run left in it: HEAD detached where it is, the files as committed
+    (ignored ones stay), the branches gone (what they held came back or was saved)."""
+    try:
+        gitops.git(ws, "checkout", "--quiet", "--force", "--detach")
+        gitops.git(ws, "clean", "-fdq")
+        branches = gitops.out(ws, "for-each-ref", "--format=%(refname)", "refs/heads/").split()
+        if branches:
+            gitops.git(ws, "update-ref", "--stdin", input="".join(f"delete {b}\n" for b in branches))
+    except DistparError:
+        log.exception("could not empty %s; the next run that takes it checks it again", ws)
 
 
 def _save(site: RunSite, ws: Path) -> tuple[Path, list[str] | None]:

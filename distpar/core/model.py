@@ -118,6 +118,31 @@ class WorkerOptions:
         flag="--setup", metavar="CMD", config=True,
         help="Run once in every new workspace before its first unit (e.g. 'npm ci').")
 
+    setup_key: tuple[str, ...] = opt(
+        (), flag="--setup-key", kind="list", metavar="PATH", config=True,
+        help="With --reuse-workspaces: a file --setup depends on (package-lock.json, say); a reused workspace runs "
+             "--setup again only when one of these files or the command changed since it last ran there.")
+
+    reuse_workspaces: bool = opt(
+        False, flag="--reuse-workspaces", kind="bool", config=True, negatable=True,
+        help="Keep workspaces between runs (a pool per repository on each machine: locally, on every Ray node and "
+             "SSH host): a run takes the ones earlier runs left, moves them to its base and keeps their ignored "
+             "files (node_modules, build caches); --setup runs again only when it or a --setup-key file changed.")
+
+    pool_size: int = opt(
+        16, flag="--pool-size", kind="int", min=1, metavar="N", config=True,
+        help="With --reuse-workspaces: at most this many idle workspaces are kept per repository on a machine "
+             "(the least recently used go first).")
+
+    pool_max_age: float = opt(
+        14 * 86400.0, flag="--pool-max-age", kind="float", min=0, min_open=True, metavar="DAYS", scale=86400,
+        config=True, help="With --reuse-workspaces: an idle workspace unused for this long is removed.")
+
+    pool_max_size: int = opt(
+        20 * 2**30, flag="--pool-max-size", kind="float", min=0, min_open=True, metavar="GB", scale=2**30,
+        config=True, help="With --reuse-workspaces: the idle workspaces of a repository on a machine take at most "
+                          "this much disk (the least recently used go first).")
+
     setup_timeout: float = opt(
         1800.0, flag="--setup-timeout", kind="float", min=0, min_open=True, metavar="SECONDS", config=True,
         help="Stop --setup after this long in a workspace (its workers fail that workspace's units, said).")
@@ -157,6 +182,8 @@ class WorkerSettings:
     include: tuple[str, ...] = ()  # ignored files (.worktreeinclude) copied into a new workspace
     include_data: dict[str, str] = field(default_factory=dict)  # their contents, for remote workers that may
     # have them (base64; they often hold secrets: never journaled or logged)
+    pool: str = ""  # --reuse-workspaces: where this machine keeps the repository's workspaces between runs (a
+    # remote node anchors it in its work directory); empty: a workspace of its own for the run
     plan_text: str = ""  # the plan file: CAST prompts refer to it, so every worker has it (DISTPAR_PLAN_FILE)
     options: WorkerOptions = field(default_factory=WorkerOptions)
 
@@ -255,6 +282,8 @@ class UnitReply:
     saved_ref: str | None = None  # uncommitted work saved on interrupt
     interrupted: bool = False
     setup: dict[str, Any] | None = None  # the workspace's setup, when it ran for this unit (workspace.HookResult)
+    workspace: dict[str, Any] | None = None  # with the worker's first unit: how its workspace was made ready
+    # (``how``: new, reused or rebuilt; ``reason``; ``seconds``; ``setup``: ran, kept or none; ``path``)
 
     @property
     def ok(self) -> bool:

@@ -24,10 +24,12 @@ from distpar.coordinator.journal import Journal
 from distpar.coordinator.removal import REMOVING, wait_for_removal
 from distpar.coordinator.runtime import run_is_live
 from distpar.core import names
-from distpar.core.errors import UsageError
-from distpar.infra import gitops, paths
+from distpar.core.errors import GitError, UsageError
+from distpar.infra import gitops, paths, pool
 from distpar.infra.process import agent_processes, kill_process_group
 
+CLEAN_IDENTITY = {"GIT_AUTHOR_NAME": "distpar", "GIT_AUTHOR_EMAIL": "distpar@localhost",
+                  "GIT_COMMITTER_NAME": "distpar", "GIT_COMMITTER_EMAIL": "distpar@localhost"}
 START_GRACE = 60.0  # a run with no journal row younger than this may be starting right now: left alone
 
 
@@ -119,7 +121,8 @@ def inventory(repo: Path, state_dir: Path, journal: Journal) -> tuple[dict[str, 
     # Local workspaces are repositories of their own (not worktrees of ``repo``): found by where they live.
     if wt_root.is_dir():
         for ws in sorted(wt_root.glob("*/w*")):
-            if ws.parent.name != REMOVING and gitops.is_own_repository(ws):
+            # (pooled ones are ``clean --workspaces``'s)
+            if ws.parent.name not in (REMOVING, pool.LOCAL_POOL) and gitops.is_own_repository(ws):
                 get(ws.parent.name).worktrees.append((str(ws), gitops.current_branch(ws)))
     rows = {r["id"]: r for r in journal.runs_for_repo(str(repo))}
     for rid in rows:
@@ -298,10 +301,8 @@ def _apply(repo: Path, it: Item) -> str:
         p = Path(it.path)
         own = gitops.is_own_repository(p)
         if it.save_to and p.exists():
-            env = {"GIT_AUTHOR_NAME": "distpar", "GIT_AUTHOR_EMAIL": "distpar@localhost",
-                   "GIT_COMMITTER_NAME": "distpar", "GIT_COMMITTER_EMAIL": "distpar@localhost"}
             snap = gitops.snapshot(p, f"distpar clean: uncommitted work of {p.name}\n\nDistpar-Run: {it.run_id}\n",
-                                   env)
+                                   CLEAN_IDENTITY)
             if snap:
                 gitops.update_ref(p, it.save_to, snap)
                 if own:  # the snapshot is in the workspace's own object store
@@ -328,3 +329,48 @@ def _apply(repo: Path, it: Item) -> str:
                 Path(it.path).parent.rmdir()
         return ""
     return f"unknown kind {it.kind}"
+
+
+def clean_workspaces(repo: Path, dry_run: bool = False) -> list[tuple[str, str, str]]:
+    """``distpar clean --workspaces``: remove the workspaces ``--reuse-workspaces`` keeps for ``repo`` on this
+    machine. One a run holds is kept; what one holds that is not in the repository (uncommitted work, branches
+    that never came back) is saved first on ``refs/distpar/pool/saved/<workspace>-...``. Returns (path, action,
+    reason) for each."""
+    where = paths.worktrees_base(repo) / pool.LOCAL_POOL
+    out: list[tuple[str, str, str]] = []
+    for ws in pool.slots(where):
+        lease = pool.take(ws)
+        if lease is None:
+            out.append((str(ws), "keep", "in use by a run"))
+            continue
+        try:
+            if dry_run:
+                out.append((str(ws), "would remove", "idle"))
+                continue
+            saved = _save_pooled(repo, ws)
+            shutil.rmtree(ws, ignore_errors=True)
+            pool.busy_marker(ws).unlink(missing_ok=True)
+            out.append((str(ws), "remove", f"saved on {', '.join(saved)}" if saved else "idle, nothing unsaved"))
+        finally:
+            pool.release(lease)
+    with contextlib.suppress(OSError):
+        if not dry_run and not any(where.glob("ws-*[0-9]")):
+            shutil.rmtree(where)
+    return out
+
+
+def _save_pooled(repo: Path, ws: Path) -> list[str]:
+    ref = f"refs/distpar/pool/saved/{ws.name}"
+    if not (ws / ".git").is_dir():
+        return []
+    saved = []
+    with contextlib.suppress(GitError):
+        if gitops.out(ws, "status", "--porcelain"):
+            snap = gitops.snapshot(ws, "distpar: uncommitted work found in a pooled workspace",
+                                   CLEAN_IDENTITY)
+            if snap:
+                gitops.update_ref(ws, f"{ref}-uncommitted", snap)
+                gitops.fetch(repo, ws, [f"+{ref}-uncommitted:{ref}-uncommitted"])
+                saved.append(f"{ref}-uncommitted")
+    saved += gitops.save_unreturned(repo, ws, ref)
+    return saved

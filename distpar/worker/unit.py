@@ -1,11 +1,12 @@
 """One unit's life in a worker, identical on every backend.
 
-``run_unit(settings, spec)`` gets the code (a repository of its own borrowing a local repository's objects, a
-bundle, or a git remote) into
-the worker's workspace, puts the unit's branch at ``spec.base``, runs the agent (``retry.run_agent``), judges
-its work (the user's verify command, submodules), commits it or saves it (``commit.record``) and returns a
-``UnitReply``. ``settings`` are the worker's, the same for each of its units: the local backend hands the
-same object to its worker thread, Ray actors and ``python -m distpar.worker --serve`` (``serve``) keep them.
+``run_unit(settings, spec)`` takes the worker's workspace (the run's own, or with ``--reuse-workspaces`` one
+from this machine's pool: ``distpar.infra.pool``), gets the code into it (a repository of its own borrowing a
+local repository's objects, a bundle, or a git remote), puts the unit's branch at ``spec.base``, runs the agent
+(``retry.run_agent``), judges its work (the user's verify command, submodules), commits it or saves it
+(``commit.record``) and returns a ``UnitReply``. ``settings`` are the worker's, the same for each of its units:
+the local backend hands the same object to its worker thread, Ray actors and ``python -m distpar.worker
+--serve`` (``serve``) keep them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from distpar.core import model
 from distpar.core.masking import mask
 from distpar.core.model import AgentOutcome, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
-from distpar.infra import gitops, workspace
+from distpar.infra import gitops, pool, workspace
 from distpar.worker import commit, retry
 from distpar.worker.common import Emit, UnitRun, node_name, safe_name, tail
 
@@ -29,11 +30,14 @@ STATUS = {"success": UnitStatus.OK, "timeout": UnitStatus.TIMEOUT, "interrupted"
 def run_unit(settings: WorkerSettings, spec: UnitSpec, cancel: threading.Event | None = None,
              emit: Emit | None = None) -> UnitReply:
     cancel = cancel or threading.Event()
-    ws, log_dir = Path(settings.workspace), Path(settings.log_dir)
+    t0 = time.time()
+    log_dir = Path(settings.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     env = settings.identity.env()
-    _prepare(settings, spec, ws, env)
-    setup_now, setup_failed, ports = _ready_workspace(settings, spec, ws, log_dir, cancel)
+    ws, lease = _workspace(settings, spec)
+    saved = _prepare(settings, spec, ws, env)
+    ready = _ready_workspace(settings, spec, ws, log_dir, cancel)
+    setup_now, setup_failed, ports = ready.ran, ready.failed, ready.ports
     env = {**env, "DISTPAR_PORT_BASE": str(ports), "DISTPAR_PORT_COUNT": str(workspace.PORTS_PER_WORKER),
            **_plan_file(settings, log_dir)}
     u = UnitRun(settings, spec, ws, log_dir, env, cancel, emit, secrets=tuple(settings.env.values()))
@@ -45,7 +49,57 @@ def run_unit(settings: WorkerSettings, spec: UnitSpec, cancel: threading.Event |
                             log_tail=setup_failed.tail if setup_failed else "")
     else:
         result = _run(u)
-    return _hand_back(u, result, setup_now)
+    reply = _hand_back(u, result, setup_now)
+    if ready.first:  # the worker's first unit in this workspace: how it was made ready, and how long it took
+        how, reason = (lease.how, lease.reason) if lease else ("new", "")
+        if saved:
+            reason = "; ".join(filter(None, [reason, f"uncommitted work found in it was saved on {saved}"]))
+        reply = replace(reply, workspace={"how": how, "reason": reason, "path": str(ws), "setup": ready.setup,
+                                          "setup_seconds": round(setup_now.seconds, 3) if setup_now else 0.0,
+                                          "seconds": round(ready.at - t0, 3)})
+    return reply
+
+
+_readied: set[tuple[str, int, str]] = set()  # (run, worker, workspace) made ready by this process
+_leases: dict[tuple[str, int], pool.Lease] = {}  # (run, worker) -> the workspace it took from the pool
+_pruned: set[tuple[str, str]] = set()  # (run, pool) pruned by this process
+
+
+def _workspace(settings: WorkerSettings, spec: UnitSpec) -> tuple[Path, pool.Lease | None]:
+    """The worker's workspace: the run's own (``settings.workspace``) or, with ``--reuse-workspaces``, one taken
+    from this machine's pool for the whole run (the lock is given back by the coordinator or when this process
+    ends). Idle workspaces beyond the caps are removed in the background."""
+    if not settings.pool:
+        return Path(settings.workspace), None
+    key = (settings.run_id, spec.worker)
+    lease = _leases.get(key)
+    if lease is None or not lease.active:
+        where = Path(settings.pool)
+        lease = _leases[key] = pool.acquire(where, settings.run_id, lambda p: _unusable(p, spec))
+        if (settings.run_id, str(where)) not in _pruned:
+            _pruned.add((settings.run_id, str(where)))
+            o = settings.options
+            threading.Thread(target=pool.prune, args=(where, pool.Caps(o.pool_size, o.pool_max_age,
+                                                                       o.pool_max_size)),
+                             name="distpar-pool-prune", daemon=True).start()
+    return lease.path, lease
+
+
+def _unusable(ws: Path, spec: UnitSpec) -> str:
+    """Why a pooled workspace cannot be reused ('' when it can): it must be a sound repository that was fully
+    prepared once (and, borrowing the user's objects, still reach them)."""
+    if not (ws / ".git").is_dir():
+        return "is not a repository"
+    if not workspace.workspace_ready(ws) or workspace.load_state(ws) is None:
+        return "was never fully prepared"
+    checks = [("rev-parse", "--verify", "--quiet", "HEAD^{commit}"), ("status", "--porcelain")]
+    if spec.source.kind == "worktree":
+        checks.append(("cat-file", "-e", f"{spec.base}^{{commit}}"))
+    for args in checks:
+        proc = gitops.git(ws, *args, check=False)
+        if proc.returncode != 0:
+            return f"is damaged (git {args[0]}: {(proc.stderr.strip().splitlines() or ['failed'])[-1][:200]})"
+    return ""
 
 
 def _run(u: UnitRun) -> UnitResult:
@@ -156,28 +210,60 @@ def _plan_file(settings: WorkerSettings, log_dir: Path) -> dict[str, str]:
     return {"DISTPAR_PLAN_FILE": str(plan_file.resolve())}
 
 
-def _ready_workspace(settings: WorkerSettings, spec: UnitSpec, ws: Path, log_dir: Path, cancel: threading.Event
-                     ) -> tuple[workspace.HookResult | None, workspace.HookResult | None, int]:
-    """Once per workspace (its first unit): the included files, a block of ports, the setup command.
-    Returns (the setup if it ran now, the setup if it failed (now or before), the first port)."""
+@dataclass
+class _Ready:
+    ran: workspace.HookResult | None  # the setup, when it ran now
+    failed: workspace.HookResult | None  # the setup, when it failed (now or before)
+    ports: int  # the first of the worker's ports
+    first: bool  # made ready now: the worker's first unit in this workspace in this run
+    setup: str  # "ran", "kept" (a reused workspace's setup still holds) or "none"
+    at: float  # when it was ready
+
+
+def _ready_workspace(settings: WorkerSettings, spec: UnitSpec, ws: Path, log_dir: Path,
+                     cancel: threading.Event) -> _Ready:
+    """Once per workspace, run and worker process (the worker's first unit there; a resumed run's too): the
+    included files, a block of ports, the setup command. A workspace an earlier run left (``--reuse-workspaces``)
+    keeps its setup when the command and the ``--setup-key`` files (their blobs at the unit's base) are those it
+    last ran with, and that run succeeded."""
     state = workspace.load_state(ws)
+    if state is not None and (settings.run_id, spec.worker, str(ws)) in _readied:
+        setup_state = state.get("setup")
+        failed = workspace.HookResult.from_dict(setup_state) \
+            if isinstance(setup_state, dict) and not setup_state.get("ok") else None
+        return _Ready(None, failed, int(state["ports"]), False, "kept", time.time())  # type: ignore[call-overload]
+    source = spec.source.location if spec.source.kind == "worktree" else None
+    copied = workspace.populate(ws, source, settings.include, settings.include_data)
+    ports = workspace.free_port_block(spec.worker)
+    setup = settings.options.setup
+    key = _setup_key(ws, setup, settings.options.setup_key)
+    before = state.get("setup") if state else None
+    kept = isinstance(before, dict) and before.get("ok") and state is not None and state.get("setup_key") == key
     ran: workspace.HookResult | None = None
-    if state is None:
-        source = spec.source.location if spec.source.kind == "worktree" else None
-        copied = workspace.populate(ws, source, settings.include, settings.include_data)
-        ports = workspace.free_port_block(spec.worker)
-        setup = settings.options.setup
-        if setup:
-            env = {**os.environ, **settings.env, "DISTPAR_PORT_BASE": str(ports),
-                   "DISTPAR_PORT_COUNT": str(workspace.PORTS_PER_WORKER), "DISTPAR_WORKTREE": str(ws)}
-            ran = workspace.run_hook("setup", setup, ws, env, log_dir / f"setup-w{spec.worker + 1}.log",
-                                     tuple(settings.env.values()), cancel, timeout=settings.options.setup_timeout)
-        state = {"ports": ports, "included": copied, "setup": ran.to_dict() if ran else None}
-        workspace.save_state(ws, state)
-    setup_state = state.get("setup")
-    failed = workspace.HookResult.from_dict(setup_state) \
-        if isinstance(setup_state, dict) and not setup_state.get("ok") else None
-    return ran, failed, int(state["ports"])  # type: ignore[call-overload]
+    if setup and not kept:
+        env = {**os.environ, **settings.env, "DISTPAR_PORT_BASE": str(ports),
+               "DISTPAR_PORT_COUNT": str(workspace.PORTS_PER_WORKER), "DISTPAR_WORKTREE": str(ws)}
+        ran = workspace.run_hook("setup", setup, ws, env, log_dir / f"setup-w{spec.worker + 1}.log",
+                                 tuple(settings.env.values()), cancel, timeout=settings.options.setup_timeout)
+    last = ran.to_dict() if ran else (before if kept else None)
+    workspace.save_state(ws, {"run": settings.run_id, "ports": ports, "included": copied, "setup": last,
+                              "setup_key": key})
+    failed = ran if ran and not ran.ok else None
+    _readied.add((settings.run_id, spec.worker, str(ws)))
+    return _Ready(ran, failed, ports, True, "ran" if ran else "kept" if setup else "none", time.time())
+
+
+def _setup_key(ws: Path, command: str | None, files: tuple[str, ...]) -> dict[str, str] | None:
+    """What a workspace's setup depends on: the command and the blob of each key file at HEAD (the unit's base;
+    ``absent`` for a file it lacks). None without a setup."""
+    if not command:
+        return None
+    key = {"command": command}
+    listed = gitops.out(ws, "ls-tree", "-z", "--full-tree", "HEAD", "--", *files) if files else ""
+    blobs = {entry.split("\t", 1)[1]: entry.split("\t", 1)[0].split()[2] for entry in listed.split("\0") if entry}
+    for f in files:
+        key[f"file:{f}"] = blobs.get(f.strip("/"), "absent")
+    return key
 
 
 def _mark(ws: Path, ready: bool) -> None:
@@ -188,9 +274,10 @@ def _mark(ws: Path, ready: bool) -> None:
         marker.unlink(missing_ok=True)
 
 
-def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, str]) -> None:
+def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, str]) -> str | None:
     """Check out ``spec.branch`` at ``spec.base`` in ``ws``, getting the code as the source says. A workspace
-    is kept for the worker's next units: those only move it to their own branch and base."""
+    is kept for the worker's next units (and, pooled, for later runs): those only move it to their own branch and
+    base, uncommitted work found in it saved first on a branch (returns it)."""
     kind, location = spec.source.kind, spec.source.location
     hooks = settings.options.hooks
     fresh = not (ws / ".git").exists()
@@ -200,7 +287,7 @@ def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, 
             gitops.own_repository(location, ws, spec.branch, spec.base, hooks)
             gitops.submodules_like(location, ws)
             _mark(ws, True)
-            return
+            return None
     elif kind in ("bundle", "url"):
         if fresh:
             ws.mkdir(parents=True, exist_ok=True)
@@ -212,19 +299,23 @@ def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, 
         if fresh:
             gitops.git(ws, "checkout", "--quiet", "-B", spec.branch, spec.base, env=gitops.hooks_env(env, hooks))
             _mark(ws, True)
-            return
+            return None
     else:
         raise ValueError(f"unknown source kind {kind!r}")
     # A workspace from an earlier unit (or attempt) of this worker: move it to the new branch and base,
     # saving anything uncommitted first so that nothing is ever lost.
+    # A branch: the coordinator saves a local workspace's branches that never came back; a remote one keeps it.
+    saved = None
     if workspace.workspace_ready(ws) and (gitops.dirty_files(ws) or gitops.out(ws, "status", "--porcelain")):
         snap = gitops.snapshot(ws, f"distpar: uncommitted work found before unit {spec.uid}", env)
         if snap:
-            gitops.update_ref(ws, f"refs/distpar/{settings.run_id}/saved/w{spec.worker + 1}-prepare", snap)
+            saved = f"refs/heads/distpar-kept/{settings.run_id}-w{spec.worker + 1}-{spec.dispatch}"
+            gitops.update_ref(ws, saved, snap)
     _mark(ws, False)
     gitops.git(ws, "checkout", "--quiet", "--force", "-B", spec.branch, spec.base, env=gitops.hooks_env(env, hooks))
     gitops.git(ws, "clean", "-fdq")
     _mark(ws, True)
+    return saved
 
 
 def _return_bundle(settings: WorkerSettings, spec: UnitSpec, ws: Path, saved_ref: str | None) -> str | None:

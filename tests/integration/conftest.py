@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from distpar.backends.base import Backend
 from distpar.coordinator import executor, runtime
+from distpar.coordinator.journal import Journal
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.prepare import prepare_run
 from distpar.core.model import AgentConfig
-from distpar.testing.builders import write_plan
+from distpar.testing.builders import sh_git, write_plan
 
 
 def run_plan(repo: Path, batches: list[dict[str, Any]], workers: int = 1, strategy: str = "balanced",
@@ -25,3 +27,15 @@ def run_plan(repo: Path, batches: list[dict[str, Any]], workers: int = 1, strate
     prepared = prepare_run(plan_path, opts, repo=repo, workers=workers, strategy=strategy, observer=observer,
                            backend=None if isinstance(backend, str) else backend)
     return prepared.run(), prepared.runner
+
+
+def journal() -> Journal:
+    """The journal of this test's runs."""
+    return Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
+
+
+def commit(repo: Path, files: dict[str, str], msg: str = "setup") -> None:
+    for name, text in files.items():
+        (repo / name).write_text(text)
+    sh_git(repo, "add", "--all")
+    sh_git(repo, "commit", "-q", "-m", msg)

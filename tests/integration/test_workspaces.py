@@ -8,26 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from distpar.coordinator.journal import Journal
 from distpar.core.errors import ExitCode
 from distpar.core.model import UnitStatus
 from distpar.infra import gitops
 from distpar.testing.builders import fake_batch, sh_git, write_plan
 from tests.conftest import run_distpar, run_id_of, run_status
-from tests.integration.conftest import run_plan
+from tests.integration.conftest import commit, journal, run_plan
 
 pytestmark = pytest.mark.integration
-
-
-def journal() -> Journal:
-    return Journal(Path(os.environ["DISTPAR_HOME"]) / "journal.db")
-
-
-def commit(repo: Path, files: dict[str, str], msg: str = "setup") -> None:
-    for name, text in files.items():
-        (repo / name).write_text(text)
-    sh_git(repo, "add", "--all")
-    sh_git(repo, "commit", "-q", "-m", msg)
 
 
 def test_included_ignored_files_are_in_every_worktree_and_in_no_commit(repo: Path) -> None:

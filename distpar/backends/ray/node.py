@@ -18,6 +18,7 @@ from typing import Any
 from distpar.core.errors import BackendError
 from distpar.core.masking import mask
 from distpar.core.model import Source, UnitReply, UnitSpec, WorkerSettings
+from distpar.infra import pool
 from distpar.worker.unit import run_unit
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ def node_dir(run_id: str, node_id: str) -> Path:
     return Path(base) / run_id / node_id[:12]
 
 
+def pool_dir(key: str) -> Path:
+    """Where ``--reuse-workspaces`` keeps a repository's workspaces on this node, beside the runs' directories."""
+    base = os.environ.get(NODE_DIR_VAR) or os.path.join(tempfile.gettempdir(), "distpar-ray")
+    return Path(base) / "pool" / key
+
+
 def _node_id() -> str:
     import ray
 
@@ -67,6 +74,7 @@ class NodeActor:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         self.node = _node_id()
         os.environ["DISTPAR_NODE"] = self.node  # worker.node_name(): the journal records where each batch ran
+        self.run_id = run_id
         self.root = node_dir(run_id, self.node)
         self.stop = threading.Event()  # set once by interrupt(): the run is ending, every unit stops
         self.locks = {w: threading.Lock() for w in workers}  # a worker's units, one at a time
@@ -82,7 +90,9 @@ class NodeActor:
     def cleanup(self) -> list[str]:
         """At the end of the run (every worker of the node idle): remove the node's run directory, except the
         workspaces whose work did not come back; returns those."""
-        return _clean(self.root)
+        kept = _clean(self.root)
+        pool.release_all(self.run_id)  # its pooled workspaces go back to the node's pool
+        return kept
 
     def run(self, spec: UnitSpec, settings: WorkerSettings | None, full: tuple[str, list[Any]] | None,
             increments: list[bytes]) -> Iterator[dict[str, Any]]:
@@ -91,7 +101,8 @@ class NodeActor:
         worker = spec.worker
         if settings is not None:  # its workspace and logs live in the node's run directory
             self.settings[worker] = replace(settings, workspace=str(self.root / settings.workspace),
-                                            log_dir=str(self.root / settings.log_dir))
+                                            log_dir=str(self.root / settings.log_dir),
+                                            pool=str(pool_dir(settings.pool)) if settings.pool else "")
         yield {"kind": "accepted", "node": self.node}
         with self.locks.setdefault(worker, threading.Lock()):
             yield from self._run(spec, full, increments)

@@ -37,6 +37,7 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
 import queue
 import shlex
 import threading
@@ -79,6 +80,7 @@ from distpar.core import serial
 from distpar.core.errors import BackendError, UsageError
 from distpar.core.masking import mask
 from distpar.core.model import SPEC_VERSION, Source, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
+from distpar.infra import paths
 from distpar.worker.common import safe_name
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,9 @@ class SSHBackend(Backend):
 
     def log_dir(self, ctx: RunContext) -> str:
         return "logs"
+
+    def pool(self, ctx: RunContext) -> str:
+        return paths.repo_key(ctx.repo)  # each node anchors it: <its work directory>/pool/<repo key>
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -366,7 +371,8 @@ class SSHBackend(Backend):
         source, shipped = self._ship(slot, spec)
         # The worker's settings on this host: its workspace and its logs (sent back with each unit's reply).
         rsettings = replace(settings, workspace=f"{rd}/{settings.workspace}",
-                            log_dir=f"{rd}/logs/w{spec.worker + 1}")
+                            log_dir=f"{rd}/logs/w{spec.worker + 1}",
+                            pool=f"{posixpath.dirname(rd)}/pool/{settings.pool}" if settings.pool else "")
         if self._cancel.is_set():
             return _not_started(settings, spec)
         host.unreturned.add(tag)
