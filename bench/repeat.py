@@ -109,12 +109,14 @@ def run_once(session: Session, repo: Path, label: str, cfg: Config, backend: str
     opts = options(cfg.repeat_setup, backend, backend_options)
     load = os.getloadavg()
     before = set(threading.enumerate())
-    t0 = time.perf_counter()
+    t0, w0 = time.perf_counter(), time.time()
     prepared = prepare_run(plan_path, opts, repo=repo, workers=cfg.repeat_workers)
     runner, journal = prepared.runner, prepared.journal
     try:
+        w_run = time.time()
         report = runner.run()
         wall = time.perf_counter() - t0
+        w_end = time.time()
         t1 = time.perf_counter()
         still = _wait_for_leftovers(before)
         after = time.perf_counter() - t1
@@ -128,7 +130,28 @@ def run_once(session: Session, repo: Path, label: str, cfg: Config, backend: str
     session.batches_run += len(rows)
     return {"label": label, "run_id": runner.run_id, "wall": round(wall, 3), "after": round(after, 3),
             "still_running": still, "loadavg": [round(x, 2) for x in load], "units": len(rows),
-            "ready": readiness(events)}
+            "split": split(events, w0, w_run, w_end), "ready": readiness(events)}
+
+
+SPLIT = ("preflight", "startup", "units", "to_merge", "merge", "end")
+SPLIT_HELP = {
+    "preflight": "prepare_run: the plan, the repository's checks, the backend built",
+    "startup": "Runner.run until the first unit is submitted",
+    "units": "the first unit submitted -> the last unit collected (workspaces made ready, setup, agents, commits)",
+    "to_merge": "the last unit collected -> the plan-order merge begins (backend closed, early checks)",
+    "merge": "the plan-order merge (merge_started -> merged)",
+    "end": "merged -> Runner.run returns (landing, workspaces handed back, report, journal)",
+}
+
+
+def split(events: list[Any], w0: float, w_run: float, w_end: float) -> dict[str, float]:
+    """Where a run's wall went, from its journal's event times (``SPLIT``; they add up to the wall)."""
+    first = min((e.ts for e in events if e.kind == "unit_submitted"), default=w_run)
+    last = max((e.ts for e in events if e.kind == "unit_ended"), default=first)
+    begun = min((e.ts for e in events if e.kind == "merge_started"), default=last)
+    merged = max((e.ts for e in events if e.kind == "merged"), default=begun)
+    marks = [w0, w_run, first, last, begun, merged, w_end]
+    return {k: round(max(0.0, b - a), 3) for k, a, b in zip(SPLIT, marks[:-1], marks[1:], strict=True)}
 
 
 def measure(session: Session, repo: Path, files: int, cfg: Config, backend: str,
@@ -238,7 +261,7 @@ def _ready_cell(ready: list[dict[str, Any]]) -> str:
 
 
 def markdown(data: dict[str, Any], table: Callable[[list[str], list[list[Any]]], str]) -> list[str]:
-    rows, readiness_rows = [], []
+    rows, readiness_rows, split_rows = [], [], []
     for r in data["rows"]:
         if "error" in r:
             rows.append([r["backend"], f"{r['files']:,}", "-", "-", "-", "-", r["error"][:200]])
@@ -250,6 +273,9 @@ def markdown(data: dict[str, Any], table: Callable[[list[str], list[list[Any]]],
         for run in r["runs"]:
             readiness_rows.append([r["backend"], f"{r['files']:,}", run["label"][-4:], f"{run['after']:.2f}",
                                    _ready_cell(run["ready"])])
+            if "split" in run:
+                split_rows.append([r["backend"], f"{r['files']:,}", run["label"][-4:], f"{run['wall']:.2f}",
+                                   *[f"{run['split'][k]:.2f}" for k in SPLIT]])
     return ["", "## 9. Repeat runs (issue 23)", "",
             f"Two plan runs one after the other on the same repository, each `--reuse-workspaces --setup "
             f"'{data['setup']}' --setup-key {data['setup_key']}`, zero-second fake-agent units (bench/repeat.py); "
@@ -258,4 +284,7 @@ def markdown(data: dict[str, Any], table: Callable[[list[str], list[list[Any]]],
             "", "Per-worker readiness (`workspace_ready`: seconds from the unit's arrival at the worker to the "
             "workspace being ready, setup included); `after`: seconds the run left work running after it returned "
             "(waited for before the next run).", "",
-            table(["backend", "files", "run", "after", "workers"], readiness_rows)]
+            table(["backend", "files", "run", "after", "workers"], readiness_rows),
+            "", "Where each run's wall went (seconds, from the journal's event times):", "",
+            table(["backend", "files", "run", "wall", *SPLIT], split_rows), "",
+            *[f"- **{k}**: {SPLIT_HELP[k]}" for k in SPLIT]]

@@ -82,10 +82,22 @@ def test_tiny_repeat_section_reuses_every_workspace_on_the_second_run(tmp_path: 
     for r in two["ready"]:  # reused: no setup, and readiness well under the setup's own sleep
         assert r["seconds"] < TINY.repeat_setup + max(x["seconds"] for x in one["ready"]), r
     assert {r["node"] for r in one["ready"] + two["ready"]} and all(r["node"] for r in two["ready"])
+    for run in (one, two):  # the split accounts for the wall (the rest: the bench's own reads of the clock)
+        assert set(run["split"]) == set(repeat.SPLIT) and abs(sum(run["split"].values()) - run["wall"]) < 0.1, run
     [target] = [t for t in results["targets"] if t["name"].startswith("repeat runs")]
     assert target["status"] in ("pass", "miss")  # tiny numbers are not judged; the target is computed
     report = (tmp_path / "REPORT.md").read_text()
     assert "## 9. Repeat runs (issue 23)" in report and f"**{row['ratio']:.3f}**" in report
+    assert "| local | 50 | run2 | " + f"{two['wall']:.2f} | " in report
+
+
+def test_split_adds_up_to_the_wall_from_the_event_times() -> None:
+    def ev(kind: str, ts: float) -> Event:
+        return Event(1, "run", ts, kind, None, None, {})
+    events = [ev("unit_submitted", 101.5), ev("unit_submitted", 101.6), ev("unit_ended", 104.0),
+              ev("unit_ended", 105.0), ev("merge_started", 105.5), ev("merged", 106.0)]
+    assert repeat.split(events, 100.0, 101.0, 107.0) == {"preflight": 1.0, "startup": 0.5, "units": 3.5,
+                                                         "to_merge": 0.5, "merge": 0.5, "end": 1.0}
 
 
 def test_a_ray_node_id_is_shortened_in_the_report() -> None:
