@@ -61,6 +61,16 @@ class Config:
     # 7. the tail (issue 23): zero-second units by plan size, on this many workers
     tail_sizes: tuple[int, ...] = (100, 300, 1000)
     tail_workers: int = 16
+    # 9. repeat runs (issue 23): two runs with --reuse-workspaces on repositories of these sizes, a setup of
+    # repeat_setup seconds keyed on package.json, repeat_units zero-second units on repeat_workers workers, on each
+    # backend (SSH over repeat_ssh_hosts loopback sshd servers; Ray on a local cluster of nodes x slots)
+    repeat_sizes: tuple[int, ...] = (1000, 20000)
+    repeat_setup: float = 3.0
+    repeat_units: int = 8
+    repeat_workers: int = 4
+    repeat_backends: tuple[str, ...] = ("local", "ssh", "ray")
+    repeat_ssh_hosts: int = 2
+    repeat_ray_cluster: tuple[int, int] = (2, 2)
 
 
 FULL = Config(name="full", reps=3, light_reps=3)
@@ -124,6 +134,9 @@ TINY = Config(
     tail_sizes=(6,),
     tail_workers=2,
     ray_floor=None,
+    repeat_sizes=(50,),
+    repeat_setup=0.3,
+    repeat_backends=("local",),
 )
 
 PROFILES = {"quick": QUICK, "full": FULL, "tiny": TINY}

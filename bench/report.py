@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench import collisions, report23
+from bench import collisions, repeat, report23
 from bench.harness import PHASE_HELP, PHASES
 from bench.stats import spread
 
@@ -450,6 +450,8 @@ def render(results: dict[str, Any]) -> str:
         parts += collisions.markdown(s["collisions"], _table)
     if "workspaces" in s:
         parts += _workspaces_md(s["workspaces"])
+    if "repeat" in s:
+        parts += repeat.markdown(s["repeat"], _table)
     if results.get("section_errors"):
         parts += ["", "## Sections that failed", ""]
         parts += [f"- **{k}**: {v}" for k, v in results["section_errors"].items()]

@@ -1,9 +1,10 @@
-"""Issue 23's part of REPORT.md: the tail table and Ray against its floor, with their targets."""
+"""Issue 23's part of REPORT.md: the tail table, Ray against its floor and the repeat runs, with their targets."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from bench import repeat
 from bench.tail import PART_HELP, PARTS
 
 TAIL_TARGET = (300, 3.0)  # units, seconds from the last unit's end to the run's end
@@ -36,6 +37,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                            "walls measured in turn in one session; " + fl["cluster"]))
     else:
         out.append(_target(name, target, "-", None, "-", (fl or {}).get("error", "not run in this profile")))
+    out.extend(repeat.targets(s.get("repeat"), _target))
     return out
 
 

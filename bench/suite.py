@@ -10,14 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import backends, collisions, dispatch, overhead, scale, scheduling, speedup, tail, workspaces
+from bench import backends, collisions, dispatch, overhead, repeat, scale, scheduling, speedup, tail, workspaces
 from bench.backends import RemoteOptions
 from bench.config import Config
 from bench.harness import PHASE_HELP, Session
 from bench.machine import describe
 
 RESULTS_SCHEMA = 1
-SECTIONS = ("speedup", "scheduling", "dispatch", "overhead", "scale", "backends", "tail", "collisions", "workspaces")
+SECTIONS = ("speedup", "scheduling", "dispatch", "overhead", "scale", "backends", "tail", "collisions", "workspaces",
+            "repeat")
 PUBLISH_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -51,6 +52,7 @@ def run_suite(cfg: Config, out_dir: Path, *, sections: tuple[str, ...] = SECTION
         "tail": lambda: tail.run(session, cfg),
         "collisions": lambda: collisions.run(session, cfg),
         "workspaces": lambda: workspaces.run(session, cfg),
+        "repeat": lambda: repeat.run(session, cfg),
     }
     try:
         with session.environment():

@@ -93,7 +93,7 @@ def test_tiny_profile_writes_results_report_and_plots(tmp_path: Path) -> None:
     report = (tmp_path / "REPORT.md").read_text()
     for heading in ("## Targets", "## 1. Speedup", "## 2. Scheduling quality", "## 2b. Run-time dispatch",
                     "## 3. Overhead",
-                    "## 4. Coordinator scale", "## 5. Backends", "## 7. The tail"):
+                    "## 4. Coordinator scale", "## 5. Backends", "## 7. The tail", "## 9. Repeat runs"):
         assert heading in report
 
     if importlib.util.find_spec("matplotlib") is None:  # the plots come with the `bench` extra
