@@ -137,13 +137,37 @@ def manifest_fields(markdown: str) -> list[str]:
     return problems
 
 
+VARIABLE = re.compile(r"\bDISTPAR_[A-Z_]*[A-Z](?:_<PRESET>_BIN)?")
+
+
+def _used_variables(deploy: bool = False) -> set[str]:
+    """What the package reads or sets (and, with ``deploy``, what deploy/'s scripts and files do)."""
+    files = [*(ROOT / "distpar").rglob("*.py"), *((p for p in (ROOT / "deploy").rglob("*")
+                                                   if p.is_file() and ".build" not in p.parts) if deploy else ())]
+    found = set()
+    for f in files:
+        try:
+            found.update(VARIABLE.findall(f.read_text()))
+        except (UnicodeDecodeError, OSError):
+            continue
+    return found - {"DISTPAR_AGENT"}
+
+
+def _named_variables(markdown: str) -> set[str]:
+    return {n for n in VARIABLE.findall(markdown) if not re.fullmatch(r"DISTPAR_AGENT_[A-Z]+_BIN", n)}  # examples
+
+
 def environment(markdown: str) -> list[str]:
     """Every ``DISTPAR_*`` variable the package reads or sets is named on the page, and none it does not."""
-    pattern = re.compile(r"\bDISTPAR_[A-Z_]*[A-Z](?:_<PRESET>_BIN)?")
-    used = {m for f in (ROOT / "distpar").rglob("*.py") for m in pattern.findall(f.read_text())} - {"DISTPAR_AGENT"}
-    named = {n for n in pattern.findall(markdown) if not re.fullmatch(r"DISTPAR_AGENT_[A-Z]+_BIN", n)}  # examples
+    used, named = _used_variables(), _named_variables(markdown)
     return ([f"{v} is used by distpar but not documented" for v in sorted(used - named)]
             + [f"{v} is documented but distpar does not use it" for v in sorted(named - used)])
+
+
+def known_variables(markdown: str) -> list[str]:
+    """A page names no ``DISTPAR_*`` variable distpar does not have (a misspelt one sends readers nowhere)."""
+    unknown = _named_variables(markdown) - _used_variables(deploy=True)
+    return [f"{v} is named but neither distpar nor deploy/ uses it" for v in sorted(unknown)]
 
 
 CHECKS: dict[str, Callable[[str], list[str]]] = {
@@ -157,7 +181,8 @@ CHECKS: dict[str, Callable[[str], list[str]]] = {
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     src = page.file.src_uri
-    for problem in CHECKS.get(src, lambda _: [])(markdown):
+    for problem in [*CHECKS.get(src, lambda _: [])(markdown),
+                    *(known_variables(markdown) if src not in CHECKS else [])]:
         log.warning("%s: %s", src, problem)
 
     def table(m: re.Match[str]) -> str:
