@@ -78,10 +78,12 @@ class Preview:
 
     def add(self, uid: str, commit: str) -> Found | None:
         """Merge ``commit`` in. None when clean; else (conflicting files, finished units that touched them)."""
-        if gitops.is_ancestor(self.repo, commit, self.head):
+        # One merge-base answers both questions: already in (it is the commit) or a fast-forward (the head).
+        base = gitops.git(self.repo, "merge-base", self.head, commit, check=False).stdout.strip()
+        if base == commit:
             self.members[uid] = commit
             return None
-        if gitops.is_ancestor(self.repo, self.head, commit):
+        if base == self.head:
             self._move(commit)
             self.members[uid] = commit
             return None

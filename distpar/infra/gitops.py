@@ -133,6 +133,19 @@ def head_ref(ws: str | Path) -> str | None:
     return text.removeprefix("ref: ").strip() if text.startswith("ref: ") else None
 
 
+def head_commit(ws: str | Path) -> str:
+    """The commit HEAD points to, read from the files when HEAD is a loose branch or detached (as a commit just
+    left it), else asked of git."""
+    ref = head_ref(ws)
+    try:
+        text = (git_dir(ws) / ref if ref else git_dir(ws) / "HEAD").read_text().strip()
+    except OSError:
+        text = ""
+    if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", text):
+        return text
+    return out(ws, "rev-parse", "HEAD")
+
+
 def common_dir(repo: str | Path) -> Path:
     return Path(out(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
 
@@ -435,16 +448,38 @@ def large_files(repo: str | Path, before: str, after: str, limit: int) -> list[t
         fields = meta.split()
         if len(fields) >= 4 and fields[1] != "160000":
             oids.append((fields[3], path))
+    # The blob of a file still in the working tree is about its size there (a filter may shrink it: LFS); only
+    # the files within a factor of four of the limit, or gone, are asked about (usually none: no process).
+    oids = [(o, path) for o, path in oids if _maybe_over(Path(repo) / path, limit)]
     if not oids:
         return []
     sizes = git(repo, "cat-file", "--batch-check=%(objectsize)", input="".join(o + "\n" for o, _ in oids)).stdout
     return [(path, int(n)) for (_, path), n in zip(oids, sizes.split(), strict=False) if int(n) > limit]
 
 
+def _maybe_over(path: Path, limit: int) -> bool:
+    try:
+        return path.lstat().st_size * 4 > limit
+    except OSError:
+        return True
+
+
+_FULL_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_gitlinks: dict[str, tuple[str, ...]] = {}  # commit id -> its submodule paths (a commit's tree never changes)
+
+
 def submodules(repo: str | Path, revision: str = "HEAD") -> list[str]:
-    """Paths of the submodules (gitlinks) in ``revision``."""
+    """Paths of the submodules (gitlinks) in ``revision``; asked of git once per process for a commit id (every
+    unit asks twice about its base, and a whole tree is listed)."""
+    if (known := _gitlinks.get(revision)) is not None:
+        return list(known)
     raw = git(repo, "ls-tree", "-r", "-z", revision).stdout
-    return [entry.split("\t", 1)[1] for entry in raw.split("\0") if entry.startswith("160000 ")]
+    found = tuple(entry.split("\t", 1)[1] for entry in raw.split("\0") if entry.startswith("160000 "))
+    if _FULL_ID.fullmatch(revision):
+        if len(_gitlinks) >= 4096:
+            _gitlinks.clear()
+        _gitlinks[revision] = found
+    return list(found)
 
 
 def submodules_like(repo: str | Path, ws: str | Path) -> list[str]:

@@ -127,7 +127,8 @@ def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], in
     entries = entries[:max(0, len(entries) - n_before)]  # what HEAD went through in this worktree, newest first
     here = {oid for oid, _ in entries}
     notes = []
-    for ref, oid in gitops.refs(ws, "refs/heads/").items():
+    heads = gitops.refs(ws, "refs/heads/")
+    for ref, oid in heads.items():
         old = heads_before.get(ref)
         # Only what this worktree did: other workers, other runs and the user move branches meanwhile too.
         if ref == want or old == oid or ref.startswith("refs/heads/distpar/") or oid not in here:
@@ -138,7 +139,7 @@ def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], in
                      f"(git branch -f {name} {old[:12]} puts it back)")
     on = gitops.head_ref(ws)
     if on == want:
-        return notes, _rewritten(u, env, heads_before.get(want))
+        return notes, _rewritten(u, env, heads_before.get(want), heads.get(want))
     cur = gitops.try_rev(ws, "HEAD")
     where = f"branch {on.removeprefix('refs/heads/')}" if on else f"a detached HEAD at {(cur or '?')[:12]}"
     if on and cur is None:
@@ -181,12 +182,13 @@ def return_home(u: UnitRun, env: dict[str, str], marks: tuple[dict[str, str], in
                    f"{spec.branch} ({files}); they are saved on {ref}")
 
 
-def _rewritten(u: UnitRun, env: dict[str, str], before: str | None) -> str | None:
+def _rewritten(u: UnitRun, env: dict[str, str], before: str | None, tip: str | None) -> str | None:
     """The agent reset or amended the unit's branch below where the unit started (earlier units' commits
-    would be dropped): its work is saved on a ref, the branch put back, and the unit fails saying so."""
+    would be dropped): its work is saved on a ref, the branch put back, and the unit fails saying so. ``tip``:
+    the branch now (HEAD is on it)."""
     spec, ws = u.spec, u.ws
-    tip = gitops.rev(ws, f"refs/heads/{spec.branch}")
-    if before is None or gitops.is_ancestor(ws, before, tip):
+    tip = tip or gitops.rev(ws, f"refs/heads/{spec.branch}")
+    if before is None or tip == before or gitops.is_ancestor(ws, before, tip):
         return None
     ref = f"refs/distpar/{u.settings.run_id}/saved/{safe_name(spec.uid)}-rewritten"
     gitops.update_ref(ws, ref, gitops.snapshot(ws, f"distpar: work of batch {spec.uid} (branch rewritten)", env)
@@ -201,9 +203,10 @@ def submodule_edits(ws: Path, log_dir: Path, name: str, before: str) -> str | No
     """Edits inside a submodule are not committed by distpar: when a unit made some, they are saved in an
     archive next to its log and the unit fails saying so (never ok with work dropped)."""
     edited: list[str] = []
-    if not (ws / ".gitmodules").exists() and not gitops.out(ws, "ls-tree", before, ".gitmodules"):
+    declared = gitops.submodules(ws, before)  # known for a commit once asked (nested_repositories asked)
+    if not declared and not (ws / ".gitmodules").exists():
         return None  # no submodules (the cheap check: every unit runs this)
-    for path in gitops.submodules(ws, before):
+    for path in declared:
         d = ws / path
         if (d / ".git").exists():
             if gitops.out(ws, "status", "--porcelain", "--ignore-submodules=none", "--", path):
@@ -235,8 +238,8 @@ def wrecked(u: UnitRun) -> str | None:
     ws = u.ws
     if not ws.is_dir():
         return f"the agent destroyed its workspace {ws} (removed it: git worktree remove?)"
-    proc = gitops.git(ws, "rev-parse", "--path-format=absolute", "--show-toplevel", check=False)
-    if proc.returncode != 0 or Path(proc.stdout.strip()).resolve() != ws.resolve():
+    dot_git = ws / ".git"  # a repository of its own (a directory) or a linked worktree (a file naming its git dir)
+    if not (dot_git.is_dir() or dot_git.is_file()) or not (gitops.git_dir(ws) / "HEAD").is_file():
         return f"the agent destroyed its workspace {ws} (its .git is gone or broken: rm -rf .git?)"
     return None
 

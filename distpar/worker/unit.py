@@ -121,7 +121,7 @@ def _run(u: UnitRun) -> UnitResult:
         try:
             status, outcome = _judge(u, status, outcome)
             status, outcome = commit.record(u, status, outcome)
-            after = gitops.out(u.ws, "rev-parse", "HEAD")
+            after = gitops.head_commit(u.ws)
             if status.ok:
                 u.notes += commit.large_files(u, after)
         except Exception as exc:
@@ -309,14 +309,16 @@ def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, 
     # saving anything uncommitted first so that nothing is ever lost.
     # A branch: the coordinator saves a local workspace's branches that never came back; a remote one keeps it.
     saved = None
-    if workspace.workspace_ready(ws) and gitops.out(ws, "status", "--porcelain"):  # untracked files too
+    leftover = gitops.out(ws, "status", "--porcelain")  # untracked files too (not ignored ones)
+    if workspace.workspace_ready(ws) and leftover:
         snap = gitops.snapshot(ws, f"distpar: uncommitted work found before unit {spec.uid}", env)
         if snap:
             saved = f"refs/heads/distpar-kept/{settings.run_id}-w{spec.worker + 1}-{spec.dispatch}"
             gitops.update_ref(ws, saved, snap)
     _mark(ws, False)
     gitops.git(ws, "checkout", "--quiet", "--force", "-B", spec.branch, spec.base, env=gitops.hooks_env(env, hooks))
-    gitops.git(ws, "clean", "-fdq")
+    if leftover:  # untracked files: gone (saved above); ignored ones stay
+        gitops.git(ws, "clean", "-fdq")
     _mark(ws, True)
     return saved
 

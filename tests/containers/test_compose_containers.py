@@ -149,7 +149,11 @@ def test_compose_up_waits_for_healthy_nodes_within_limits(compose: Compose) -> N
     lines = [ln for ln in ps.stdout.splitlines()[1:] if ln.strip()]
     assert len(lines) == 3 and all("(healthy)" in ln for ln in lines), ps.stdout
     # up --wait returned once every worker's raylet was registered: their slots are all there already.
-    nodes = [n for n in ray.nodes() if n["Alive"]]
+    ray_client_ready(compose.address)
+    try:
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+    finally:
+        raycompat.shutdown(ray)  # connected only to ask (a later test takes the cluster down)
     assert sorted(n["Resources"].get(SLOT, 0) for n in nodes) == [0, 4, 4], nodes
     for n in nodes:
         r = n["Resources"]

@@ -142,14 +142,18 @@ def test_the_build_fails_when_a_hand_written_reference_drifts(tmp_path: Path) ->
     shutil.copytree(root / "docs", copy / "docs")
     shutil.copy(root / "mkdocs.yml", copy / "mkdocs.yml")
     (copy / "distpar").symlink_to(root / "distpar")
+    (copy / "deploy").symlink_to(root / "deploy")
     manifest = copy / "docs" / "reference" / "manifest.md"
     manifest.write_text(re.sub(r"^\| `owns_files` \| agent \|.*\n", "", manifest.read_text(), flags=re.M))
     config = copy / "docs" / "reference" / "configuration.md"
     config.write_text(config.read_text().replace("`DISTPAR_RETRY_BASE_SECONDS`", "`DISTPAR_RETRY_SECONDS`"))
+    howto = copy / "docs" / "how-to" / "workspaces-and-gates.md"
+    howto.write_text(howto.read_text().replace("$DISTPAR_RAY_DIR/pool", "$DISTPAR_NODE_DIR/pool"))
     proc = build_site(copy, tmp_path / "site")
     assert proc.returncode == 1
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
     assert warnings == [
+        "WARNING -  how-to/workspaces-and-gates.md: DISTPAR_NODE_DIR is named but neither distpar nor deploy/ uses it",
         "WARNING -  reference/configuration.md: DISTPAR_RETRY_BASE_SECONDS is used by distpar but not documented",
         "WARNING -  reference/configuration.md: DISTPAR_RETRY_SECONDS is documented but distpar does not use it",
         "WARNING -  reference/manifest.md: agent field 'owns_files' is not documented",

@@ -34,6 +34,11 @@ def test_head_log_and_head_ref_say_what_git_says(tmp_path: Path) -> None:
     assert log == git_reflog(ws) and len(log) == 5
     assert log[1][1].startswith("checkout: moving from other to main")
     assert gitops.git_dir(ws) == ws / ".git"
+    assert gitops.head_commit(ws) == sh_git(ws, "rev-parse", "HEAD")  # detached
+    sh_git(ws, "checkout", "-q", "other")
+    assert gitops.head_commit(ws) == sh_git(ws, "rev-parse", "HEAD")  # a loose branch
+    sh_git(ws, "pack-refs", "--all", "--prune")
+    assert gitops.head_commit(ws) == sh_git(ws, "rev-parse", "HEAD")  # a packed one: git is asked
 
 
 def test_git_dir_is_asked_again_once_the_repository_is_gone(tmp_path: Path) -> None:
