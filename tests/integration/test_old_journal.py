@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from distpar.coordinator.journal import SCHEMA_VERSION, Journal
+from distpar.coordinator.removal import wait_for_removals
 from distpar.testing.builders import fake_batch, tree_files
 from tests.conftest import run_distpar
 from tests.integration.conftest import run_plan
@@ -136,6 +137,7 @@ def test_a_run_journaled_by_schema_1_shows_in_status_and_resumes(repo: Path, tmp
     report, _ = run_plan(repo, batches, workers=2)
     assert report.state == "failed"
     run_id = report.run_id
+    wait_for_removals()  # the workspaces' removal journals its end in the background: not into the rewrite
     write_schema_1(journal_path())
 
     listed = run_distpar("status", cwd=repo)
