@@ -51,6 +51,13 @@ class BenchError(Exception):
     """A benchmark run did not do what it was meant to (a batch failed, a backend broke)."""
 
 
+def ended_ok(report: Any, what: str) -> None:
+    """Raise ``BenchError`` naming the failed units unless the run ``what`` ended ok."""
+    if report.state != "ok":
+        bad = [f"{r.unit_id}: {r.status.value} {r.error}" for r in report.results if not r.status.ok]
+        raise BenchError(f"{what} ended {report.state}: {'; '.join(report.errors + bad)[:500]}")
+
+
 @dataclass
 class RunRecord:
     label: str
@@ -229,9 +236,7 @@ class Session:
             rows = journal.units(runner.run_id)
         finally:
             journal.close()
-        if report.state != "ok":
-            bad = [f"{r.unit_id}: {r.status.value} {r.error}" for r in report.results if not r.status.ok]
-            raise BenchError(f"run {label} ended {report.state}: {'; '.join(report.errors + bad)[:500]}")
+        ended_ok(report, f"run {label}")
 
         self.batches_run += len(rows)
         to_s = 60.0  # the scheduler works in minutes

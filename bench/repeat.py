@@ -21,7 +21,6 @@ The target: run 2's wall at most 0.6 x run 1's.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import Any
 
 from bench.backends import RemoteOptions, _importable, ray_cluster
 from bench.config import Config
-from bench.harness import BenchError, Session
+from bench.harness import Session, ended_ok
 from bench.loopback import loopback_hosts
 from bench.plans import make_shape, to_batches
 from distpar.coordinator.options import RunOptions
@@ -61,13 +60,8 @@ def repository(root: Path, files: int) -> Path:
 
 def options(setup: float, backend: str, backend_options: dict[str, Any]) -> RunOptions:
     """The run's options: ``--reuse-workspaces --setup ... --setup-key package.json``, ``--stagger 0``."""
-    have = {f.name for f in dataclasses.fields(RunOptions)}
-    missing = sorted({"reuse_workspaces", "setup_key"} - have)
-    if missing:
-        raise BenchError(f"this distpar has no {', '.join(missing)}: --reuse-workspaces is not built yet")
-    kwargs: dict[str, Any] = {"reuse_workspaces": True, "setup_key": (SETUP_KEY,)}
     return RunOptions(agent=AgentConfig(preset="fake"), backend=backend, backend_options=backend_options,
-                      setup=SETUP.format(seconds=setup), stagger=0.0, **kwargs)
+                      setup=SETUP.format(seconds=setup), stagger=0.0, reuse_workspaces=True, setup_key=(SETUP_KEY,))
 
 
 def readiness(events: list[Any]) -> list[dict[str, Any]]:
@@ -124,9 +118,7 @@ def run_once(session: Session, repo: Path, label: str, cfg: Config, backend: str
         rows = journal.units(runner.run_id)
     finally:
         journal.close()
-    if report.state != "ok":
-        bad = [f"{r.unit_id}: {r.status.value} {r.error}" for r in report.results if not r.status.ok]
-        raise BenchError(f"repeat run {label} ended {report.state}: {'; '.join(report.errors + bad)[:500]}")
+    ended_ok(report, f"repeat run {label}")
     session.batches_run += len(rows)
     return {"label": label, "run_id": runner.run_id, "wall": round(wall, 3), "after": round(after, 3),
             "still_running": still, "loadavg": [round(x, 2) for x in load], "units": len(rows),

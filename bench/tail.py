@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bench.config import Config
-from bench.harness import BenchError, Session
+from bench.harness import Session, ended_ok
 from bench.plans import make_shape, to_batches
 from distpar.coordinator import executor, landing
 from distpar.coordinator.options import RunOptions
@@ -122,8 +122,7 @@ def measure(session: Session, units: int, workers: int) -> dict[str, Any]:
         events = journal.events(runner.run_id)
     finally:
         journal.close()
-    if report.state != "ok":
-        raise BenchError(f"tail run of {units} units ended {report.state}: {report.errors[:3]}")
+    ended_ok(report, f"tail run of {units} units")
     # Wall-clock (journal) times to perf_counter: the run began at w0 == t0.
     last_agent_end = max(r["ended"] for r in rows) - w0 + t0
     collected = [e.ts - w0 + t0 for e in events if e.kind == "unit_ended"]

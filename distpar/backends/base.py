@@ -62,8 +62,9 @@ class Backend(ABC):
 
     def pool(self, ctx: RunContext) -> str:
         """Where ``--reuse-workspaces`` keeps this repository's workspaces between runs on the workers' machine:
-        locally under the repository's worktrees base; a remote backend names it for its nodes to anchor."""
-        return str(paths.worktrees_base(ctx.repo) / LOCAL_POOL)
+        locally under the repository's worktrees base; a remote backend's nodes anchor the repository's key in
+        their work directory (``<dir>/pool/<key>``)."""
+        return paths.repo_key(ctx.repo) if self.remote else str(paths.worktrees_base(ctx.repo) / LOCAL_POOL)
 
     def log_dir(self, ctx: RunContext) -> str:
         return str(ctx.run_dir / "logs")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from distpar.coordinator.options import declared
+from distpar.coordinator.options import declared, stored
 from distpar.core.option import Option
 
 
@@ -64,7 +64,5 @@ def given_options(params: dict[str, Any]) -> dict[str, Any]:
         value = params.pop(name)
         if value is None or (o.kind == "list" and not value):
             continue
-        if o.scale != 1:
-            value = int(value * o.scale) or None
-        out[name] = tuple(value) if o.kind == "list" else value
+        out[name] = stored(o, value)
     return out

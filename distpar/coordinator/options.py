@@ -135,6 +135,14 @@ def check(options: RunOptions) -> None:
         raise UsageError("--verify-each-merge needs --verify-merged CMD: the check it runs after every merge")
 
 
+def stored(o: Option, value: Any) -> Any:
+    """A flag's or a ``[tool.distpar]`` setting's value in the form ``RunOptions`` keeps it (scaled to its unit;
+    a list as a tuple)."""
+    if o.scale != 1:
+        value = int(value * o.scale) or None
+    return tuple(value) if o.kind == "list" else value
+
+
 def config_keys() -> dict[str, str]:
     """The ``[tool.distpar]`` keys: field name -> kind."""
     return {name: o.kind for name, o, _ in declared() if o.config}

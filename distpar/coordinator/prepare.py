@@ -17,7 +17,7 @@ from distpar.coordinator import options as run_options
 from distpar.coordinator.config import repo_settings
 from distpar.coordinator.executor import Runner
 from distpar.coordinator.journal import Journal
-from distpar.coordinator.options import DEFAULT_WORKERS, RunOptions, declared
+from distpar.coordinator.options import DEFAULT_WORKERS, RunOptions, declared, stored
 from distpar.coordinator.preflight import preflight
 from distpar.coordinator.runtime import RunLock, load_run, open_journal
 from distpar.coordinator.site import Observer
@@ -52,10 +52,7 @@ def apply_repo_settings(repo_path: str | Path, options: RunOptions, given: set[s
     settings = {k: v for k, v in repo_settings(root).items() if k not in given}
     for name, o, _ in declared():  # in their stored form, as the flags give them
         if settings.get(name) is not None:
-            if o.scale != 1:
-                settings[name] = int(settings[name] * o.scale) or None
-            if o.kind == "list":
-                settings[name] = tuple(settings[name])
+            settings[name] = stored(o, settings[name])
     return dataclasses.replace(options, **settings) if settings else options
 
 

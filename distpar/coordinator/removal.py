@@ -13,6 +13,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
@@ -95,21 +96,27 @@ def _save(site: RunSite, ws: Path) -> tuple[Path, list[str] | None]:
 
 def _saved_on(site: RunSite, ws: Path) -> list[str] | None:
     try:
-        saved = []
-        # A workspace that was never fully checked out holds no agent's work (none ran in it).
-        snap = gitops.snapshot(ws, "distpar: uncommitted work found at cleanup", site.env) \
-            if workspace_ready(ws) and gitops.out(ws, "status", "--porcelain") else None
-        ref = f"refs/distpar/{site.run_id}/saved/{ws.name}-cleanup"
-        if snap:
-            gitops.update_ref(ws, ref, snap)  # the snapshot is in the workspace's own object store
-            gitops.fetch(site.repo, ws, [f"+{ref}:{ref}"])
-            saved.append(ref)
-        if gitops.is_own_repository(ws):
-            saved += gitops.save_unreturned(site.repo, ws, ref)
-        return saved
+        return save_left(site.repo, ws, f"refs/distpar/{site.run_id}/saved/{ws.name}-cleanup",
+                         "distpar: uncommitted work found at cleanup", site.env)
     except DistparError:
         log.exception("could not snapshot %s; leaving it in place", ws)
         return None
+
+
+def save_left(repo: Path, ws: Path, ref: str, message: str, env: Mapping[str, str]) -> list[str]:
+    """What the workspace ``ws`` holds that ``repo`` does not, saved on refs of ``repo``: its uncommitted work on
+    ``ref`` (a snapshot; only in a workspace that was fully checked out: none ran in another), and, a repository
+    of its own, the commits on its branches that never came back on ``<ref>-<branch>``. Returns those refs."""
+    saved = []
+    if workspace_ready(ws) and gitops.out(ws, "status", "--porcelain"):
+        snap = gitops.snapshot(ws, message, env)
+        if snap:
+            gitops.update_ref(ws, ref, snap)  # the snapshot is in the workspace's own object store
+            gitops.fetch(repo, ws, [f"+{ref}:{ref}"])
+            saved.append(ref)
+    if gitops.is_own_repository(ws):
+        saved += gitops.save_unreturned(repo, ws, ref)
+    return saved
 
 
 def _remove(site: RunSite, journal: Journal, workspaces: list[Path]) -> None:

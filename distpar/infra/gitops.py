@@ -133,6 +133,9 @@ def head_ref(ws: str | Path) -> str | None:
     return text.removeprefix("ref: ").strip() if text.startswith("ref: ") else None
 
 
+FULL_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a commit id (SHA-1 or SHA-256), not a name to resolve
+
+
 def head_commit(ws: str | Path) -> str:
     """The commit HEAD points to, read from the files when HEAD is a loose branch or detached (as a commit just
     left it), else asked of git."""
@@ -141,7 +144,7 @@ def head_commit(ws: str | Path) -> str:
         text = (git_dir(ws) / ref if ref else git_dir(ws) / "HEAD").read_text().strip()
     except OSError:
         text = ""
-    if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", text):
+    if FULL_ID.fullmatch(text):
         return text
     return out(ws, "rev-parse", "HEAD")
 
@@ -464,7 +467,6 @@ def _maybe_over(path: Path, limit: int) -> bool:
         return True
 
 
-_FULL_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _gitlinks: dict[str, tuple[str, ...]] = {}  # commit id -> its submodule paths (a commit's tree never changes)
 
 
@@ -475,7 +477,7 @@ def submodules(repo: str | Path, revision: str = "HEAD") -> list[str]:
         return list(known)
     raw = git(repo, "ls-tree", "-r", "-z", revision).stdout
     found = tuple(entry.split("\t", 1)[1] for entry in raw.split("\0") if entry.startswith("160000 "))
-    if _FULL_ID.fullmatch(revision):
+    if FULL_ID.fullmatch(revision):
         if len(_gitlinks) >= 4096:
             _gitlinks.clear()
         _gitlinks[revision] = found

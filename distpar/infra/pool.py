@@ -20,6 +20,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -91,12 +92,11 @@ def slots(pool: Path) -> list[Path]:
     return sorted(found, key=_last_used, reverse=True)
 
 
-def acquire(pool: Path, owner: str, usable: object = None) -> Lease:
+def acquire(pool: Path, owner: str, usable: Callable[[Path], str] = lambda _ws: "") -> Lease:
     """Take a workspace of ``pool`` for ``owner`` (a run): the warmest free one, or a new one. ``usable(path)``
     returns why a free workspace cannot be reused ('' when it can): such a one is removed and made anew in place
     (``how="rebuilt"``). The caller makes the repository in a lease that is not ``reused``."""
     pool.mkdir(parents=True, exist_ok=True)
-    check = usable if callable(usable) else (lambda _p: "")
     kept: list[str] = []
     with _guard:
         for ws in slots(pool):
@@ -109,7 +109,7 @@ def acquire(pool: Path, owner: str, usable: object = None) -> Lease:
                 lock.close()
                 kept.append(f"{ws.name} holds work that never came back (kept, not reused)")
                 continue
-            why = check(ws)
+            why = usable(ws)
             if why:
                 shutil.rmtree(ws, ignore_errors=True)
                 return _hold(Lease(ws, "rebuilt", "; ".join([*kept, f"{ws.name} {why}: made anew"]), owner, lock))

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from distpar.coordinator.journal import Journal
-from distpar.coordinator.removal import REMOVING, wait_for_removal
+from distpar.coordinator.removal import REMOVING, save_left, wait_for_removal
 from distpar.coordinator.runtime import run_is_live
 from distpar.core import names
-from distpar.core.errors import GitError, UsageError
+from distpar.core.errors import DistparError, UsageError
 from distpar.infra import gitops, paths, pool
 from distpar.infra.process import agent_processes, kill_process_group
 
@@ -347,7 +347,12 @@ def clean_workspaces(repo: Path, dry_run: bool = False) -> list[tuple[str, str, 
             if dry_run:
                 out.append((str(ws), "would remove", "idle"))
                 continue
-            saved = _save_pooled(repo, ws)
+            try:
+                saved = save_left(repo, ws, f"refs/distpar/pool/saved/{ws.name}",
+                                  "distpar clean: uncommitted work found in a pooled workspace", CLEAN_IDENTITY)
+            except DistparError as exc:  # never removed unsaved
+                out.append((str(ws), "keep", f"its work could not be saved: {exc.message}"))
+                continue
             shutil.rmtree(ws, ignore_errors=True)
             pool.busy_marker(ws).unlink(missing_ok=True)
             out.append((str(ws), "remove", f"saved on {', '.join(saved)}" if saved else "idle, nothing unsaved"))
@@ -357,20 +362,3 @@ def clean_workspaces(repo: Path, dry_run: bool = False) -> list[tuple[str, str, 
         if not dry_run and not any(where.glob("ws-*[0-9]")):
             shutil.rmtree(where)
     return out
-
-
-def _save_pooled(repo: Path, ws: Path) -> list[str]:
-    ref = f"refs/distpar/pool/saved/{ws.name}"
-    if not (ws / ".git").is_dir():
-        return []
-    saved = []
-    with contextlib.suppress(GitError):
-        if gitops.out(ws, "status", "--porcelain"):
-            snap = gitops.snapshot(ws, "distpar: uncommitted work found in a pooled workspace",
-                                   CLEAN_IDENTITY)
-            if snap:
-                gitops.update_ref(ws, f"{ref}-uncommitted", snap)
-                gitops.fetch(repo, ws, [f"+{ref}-uncommitted:{ref}-uncommitted"])
-                saved.append(f"{ref}-uncommitted")
-    saved += gitops.save_unreturned(repo, ws, ref)
-    return saved

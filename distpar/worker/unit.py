@@ -12,7 +12,6 @@ the local backend hands the same object to its worker thread, Ray actors and ``p
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -25,7 +24,6 @@ from distpar.infra import gitops, pool, workspace
 from distpar.worker import commit, retry
 from distpar.worker.common import Emit, UnitRun, node_name, safe_name, tail
 
-_FULL_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 STATUS = {"success": UnitStatus.OK, "timeout": UnitStatus.TIMEOUT, "interrupted": UnitStatus.INTERRUPTED}
 
 
@@ -107,8 +105,8 @@ def _unusable(ws: Path, spec: UnitSpec) -> str:
 def _run(u: UnitRun) -> UnitResult:
     """The agent's tries, then the verdict on its work, then its commit (or its work saved on a ref)."""
     u.prompt_file.write_text(u.spec.prompt)
-    # _prepare just checked out spec.base (a commit id: no need to ask git)
-    u.before = spec_base if _FULL_ID.fullmatch(spec_base := u.spec.base) else gitops.out(u.ws, "rev-parse", "HEAD")
+    base = u.spec.base  # _prepare just checked it out: a commit id needs no asking
+    u.before = base if gitops.FULL_ID.fullmatch(base) else gitops.out(u.ws, "rev-parse", "HEAD")
     outcomes, tries, proc, started = retry.run_agent(u)
     outcome = model.totals(outcomes)
     status = STATUS.get(outcome.result_class, UnitStatus.FAILED)

@@ -214,7 +214,7 @@ def test_clean_workspaces_removes_idle_ones_saves_their_work_and_keeps_held_ones
         text = " ".join(out.stdout.split())
         assert f"keep workspace {held} (in use by a run)" in text, out.stdout
         assert f"remove workspace {idle}" in text and not idle.exists() and held.exists(), out.stdout
-        ref = f"refs/distpar/pool/saved/{idle.name}-uncommitted"
+        ref = f"refs/distpar/pool/saved/{idle.name}"
         assert sh_git(repo, "show", f"{ref}:unsaved.txt") == "left by a killed run"
     finally:
         proc.communicate("", timeout=30)

@@ -79,35 +79,21 @@ def test_a_real_submodule_is_left_alone(repo: Path, tmp_path: Path) -> None:
 # --- an orphan or unborn branch switch ----------------------------------------------------------------------
 
 
-def test_orphan_switch_after_edits_keeps_them(repo: Path) -> None:
-    plan = write_plan(repo.parent / "p.md", [
-        fake_batch(1, extra=[sh("echo one > one.txt && git checkout -q --orphan x")]),
-    ])
+@pytest.mark.parametrize(("script", "name", "text"), [
+    ("echo one > one.txt && git checkout -q --orphan x", "one.txt", "one"),  # edits, then the switch
+    # git switch --orphan empties the working tree: removing the other files is then the agent's edit too
+    ("git switch -q --orphan y && echo two > two.txt", "two.txt", "two"),
+    ("git checkout -q --orphan z && echo three > three.txt && git add -A "  # and a commit on the orphan
+     "&& git -c user.name=a -c user.email=a@b commit -qm orphan", "three.txt", "three"),
+], ids=["edits-then-switch", "switch-then-edits", "switch-and-commit"])
+def test_an_orphan_switch_keeps_the_edits(repo: Path, script: str, name: str, text: str) -> None:
+    plan = write_plan(repo.parent / "p.md", [fake_batch(1, extra=[sh(script)])])
     res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert sh_git(repo, "show", "main:one.txt") == "one"
+    assert sh_git(repo, "show", f"main:{name}") == text
+    if not script.startswith("git switch"):  # git checkout --orphan keeps the files: none is dropped
+        assert sh_git(repo, "show", "main:README.md") == "# demo"
     assert "no changes" not in res.stdout
-
-
-def test_orphan_switch_before_edits_keeps_them(repo: Path) -> None:
-    plan = write_plan(repo.parent / "p.md", [
-        fake_batch(1, extra=[sh("git switch -q --orphan y && echo two > two.txt")]),
-    ])
-    res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=repo)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert sh_git(repo, "show", "main:two.txt") == "two"
-    assert "no changes" not in res.stdout
-
-
-def test_orphan_switch_with_a_commit_keeps_the_edits(repo: Path) -> None:
-    plan = write_plan(repo.parent / "p.md", [
-        fake_batch(1, extra=[sh("git checkout -q --orphan z && echo three > three.txt && git add -A "
-                                "&& git -c user.name=a -c user.email=a@b commit -qm orphan")]),
-    ])
-    res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", cwd=repo)
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert sh_git(repo, "show", "main:three.txt") == "three"
-    assert sh_git(repo, "show", "main:README.md") == "# demo"  # the orphan commit did not drop the rest
 
 
 # --- bytes, not text --------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from distpar.backends.ray.node import (
 from distpar.core import names
 from distpar.core.errors import BackendError
 from distpar.core.model import UnitReply, UnitSpec, WorkerSettings
-from distpar.infra import paths, transfer
+from distpar.infra import transfer
 from distpar.worker.common import safe_name
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,6 @@ class RayBackend(Backend):
 
     def log_dir(self, ctx: RunContext) -> str:
         return "logs"
-
-    def pool(self, ctx: RunContext) -> str:
-        return paths.repo_key(ctx.repo)  # each node anchors it: <its work directory>/pool/<repo key>
 
     def start(self, ctx: RunContext) -> None:
         try:

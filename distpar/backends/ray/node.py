@@ -46,15 +46,18 @@ MISSING = "the ray backend needs ray: pip install 'distpar[ray]'"
 # --- on the node -----------------------------------------------------------------------------------------
 
 
+def _base() -> Path:
+    """The directory a node's runs (and its pool of workspaces) live under."""
+    return Path(os.environ.get(NODE_DIR_VAR) or os.path.join(tempfile.gettempdir(), "distpar-ray"))
+
+
 def node_dir(run_id: str, node_id: str) -> Path:
-    base = os.environ.get(NODE_DIR_VAR) or os.path.join(tempfile.gettempdir(), "distpar-ray")
-    return Path(base) / run_id / node_id[:12]
+    return _base() / run_id / node_id[:12]
 
 
 def pool_dir(key: str) -> Path:
     """Where ``--reuse-workspaces`` keeps a repository's workspaces on this node, beside the runs' directories."""
-    base = os.environ.get(NODE_DIR_VAR) or os.path.join(tempfile.gettempdir(), "distpar-ray")
-    return Path(base) / "pool" / key
+    return _base() / "pool" / key
 
 
 def _node_id() -> str:

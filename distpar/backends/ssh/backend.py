@@ -80,7 +80,6 @@ from distpar.core import serial
 from distpar.core.errors import BackendError, UsageError
 from distpar.core.masking import mask
 from distpar.core.model import SPEC_VERSION, Source, UnitReply, UnitResult, UnitSpec, UnitStatus, WorkerSettings
-from distpar.infra import paths
 from distpar.worker.common import safe_name
 
 log = logging.getLogger(__name__)
@@ -123,9 +122,6 @@ class SSHBackend(Backend):
 
     def log_dir(self, ctx: RunContext) -> str:
         return "logs"
-
-    def pool(self, ctx: RunContext) -> str:
-        return paths.repo_key(ctx.repo)  # each node anchors it: <its work directory>/pool/<repo key>
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
