@@ -10,6 +10,7 @@ the first actor's creation to the last slot's answer, is what distpar's Ray back
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -43,7 +44,7 @@ class FloorNode:
 
     def run_slot(self, slot: int, bundle: bytes, start: str, units: list[tuple[str, str]]) -> list[list[Any]]:
         """Clone, then per unit: check out ``start``, run the agent on the unit's prompt, commit. Returns
-        [unit, commit, agent start, agent end] per unit."""
+        [unit, commit, agent start, agent end, slot] per unit."""
         with self.lock:  # the bundle lands once per node
             if self.bundle is None:
                 self.bundle = self.root / "start.bundle"
@@ -65,13 +66,32 @@ class FloorNode:
                            env=env)
             commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, check=True, env=env, text=True,
                                     capture_output=True).stdout.strip()
-            out.append([uid, commit, t0, t1])
+            out.append([uid, commit, t0, t1, slot])
         return out
 
     def close(self) -> None:
         import shutil
 
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _gaps(results: list[list[Any]]) -> list[float]:
+    """Seconds between one agent's end and the next agent's start in a slot (min, median, max)."""
+    by_slot: dict[int, list[list[Any]]] = {}
+    for r in results:
+        by_slot.setdefault(r[4], []).append(r)
+    gaps = sorted(b[2] - a[3] for rows in by_slot.values() for a, b in itertools.pairwise(rows))
+    return [round(gaps[0], 3), round(gaps[len(gaps) // 2], 3), round(gaps[-1], 3)] if gaps else []
+
+
+def _spread(results: list[list[Any]], t0: float) -> dict[str, list[float]]:
+    """When each slot's first agent started, and how long the agents ran (min, median, max)."""
+    firsts: dict[int, float] = {}
+    for r in results:
+        firsts[r[4]] = min(firsts.get(r[4], r[2]), r[2])
+    starts, durations = sorted(v - t0 for v in firsts.values()), sorted(r[3] - r[2] for r in results)
+    return {"first_starts": [round(v[i], 3) for v in (starts,) for i in (0, len(v) // 2, -1)],
+            "durations": [round(v[i], 3) for v in (durations,) for i in (0, len(v) // 2, -1)]}
 
 
 def run_floor(repo: Path, nodes: list[Node], workers: int, nonce: str) -> dict[str, Any]:
@@ -86,7 +106,7 @@ def run_floor(repo: Path, nodes: list[Node], workers: int, nonce: str) -> dict[s
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the nodes need not import bench
     prompts = [(b["id"], b["agents"][0]["prompt"]) for b in to_batches(nodes, nonce)]
     start = gitops.rev(repo, "HEAD")
-    t0 = time.perf_counter()
+    t0, t_wall0 = time.perf_counter(), time.time()
     with tempfile.TemporaryDirectory(prefix="floor-bundle-") as tmp:
         gitops.bundle_create(repo, Path(tmp) / "b", ["HEAD"])
         bundle = ray.put((Path(tmp) / "b").read_bytes())
@@ -112,4 +132,7 @@ def run_floor(repo: Path, nodes: list[Node], workers: int, nonce: str) -> dict[s
             ray.kill(a)
     assert len(results) == len(prompts) and all(len(r[1]) >= 40 for r in results)
     return {"wall": round(wall, 4), "units": len(results), "workers": len(slots), "actors": len(actors),
-            "agent_busy": round(sum(r[3] - r[2] for r in results), 3)}
+            "agent_busy": round(sum(r[3] - r[2] for r in results), 3),
+            "first_agent": round(min(r[2] for r in results) - t_wall0, 3),
+            "last_agent_end": round(max(r[3] for r in results) - t_wall0, 3),
+            "gaps": _gaps(results), **_spread(results, t_wall0)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from bench import repeat
@@ -64,9 +65,23 @@ def tail_md(tail: dict[str, Any]) -> list[str]:
 def floor_md(fl: dict[str, Any]) -> list[str]:
     if "error" in fl:
         return ["", f"Ray against its floor: failed: {fl['error']}"]
-    rows = [[i + 1, p["loadavg"][0], f"{p['distpar']:.2f}", p["loadavg"][1], f"{p['floor']:.2f}", f"{p['ratio']:.3f}"]
-            for i, p in enumerate(fl["pairs"])]
+    rows = [[i + 1, p["loadavg"][0], f"{p['distpar']:.2f}", p["loadavg"][1], f"{p['floor']:.2f}", f"{p['ratio']:.3f}",
+             _gap(p)] for i, p in enumerate(fl["pairs"])]
     return ["", f"Ray against its floor (bench/floor.py): {fl['batches']} x {fl['seconds']:g} s at {fl['workers']} "
             f"workers on {fl['cluster']}, distpar and the floor in turn: median walls {fl['distpar']['median']:.2f} s "
             f"and {fl['floor']['median']:.2f} s, **{fl['ratio']:.3f} x** (target {FLOOR_TARGET:g} x).", "",
-            _table(["rep", "load before distpar", "distpar wall", "load before floor", "floor wall", "ratio"], rows)]
+            _table(["rep", "load before distpar", "distpar wall", "load before floor", "floor wall", "ratio",
+                    "one agent's end to the next's start in a worker, median: distpar / floor"], rows)]
+
+
+def _gap(pair: dict[str, Any]) -> str:
+    """The median time a worker slot stood between two agents, in distpar's run (its journal's timeline) and in
+    the floor's (which deals its units in advance: the least it can be)."""
+    slots: dict[int, list[tuple[float, float]]] = {}
+    for _uid, worker, start, end in pair.get("distpar_run", {}).get("timeline", []):
+        slots.setdefault(worker, []).append((start, end))
+    gaps = sorted(b[0] - a[1] for v in slots.values() for a, b in itertools.pairwise(sorted(v)))
+    floor = pair.get("floor_run", {}).get("gaps")
+    if not gaps or not floor:
+        return "-"
+    return f"{gaps[len(gaps) // 2]:.2f} s / {floor[1]:.2f} s"

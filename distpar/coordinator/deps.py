@@ -65,29 +65,63 @@ Found = tuple[tuple[str, ...], tuple[str, ...]]  # (conflicting files, finished 
 
 @dataclass
 class Preview:
-    """The merge of every finished unit so far, in the order they finished: a prediction of the final merge."""
+    """The merge of every finished unit so far, in the order they finished: a prediction of the final merge.
+
+    A unit whose changed paths (when known: the worker reports them) meet no path of the units already in
+    cannot conflict with them: it joins without a merge (no git process), pending; the pending units are merged
+    in as soon as a unit that touches the preview's paths arrives, or the head is asked for."""
 
     repo: Path
-    head: str
+    _head: str
     env: dict[str, str]
     start: str
-    members: dict[str, str] = field(default_factory=dict)  # uid -> commit merged into the preview
+    members: dict[str, str] = field(default_factory=dict)  # uid -> commit merged into the preview (or pending)
     # Holds the preview's merge commits (``refs/distpar/<run>/preview/head``): reachable from a ref, a concurrent
     # ``git gc --prune=now`` keeps them; ``drop`` removes it once the run needs no more predictions.
     ref: str | None = None
+    touched: set[str] | None = field(default_factory=set)  # paths its members changed; None once one is unknown
+    pending: dict[str, str] = field(default_factory=dict)  # uid -> commit: members not merged in yet
+    late: list[tuple[str, Found]] = field(default_factory=list)  # pending members that conflicted when merged
 
-    def add(self, uid: str, commit: str) -> Found | None:
-        """Merge ``commit`` in. None when clean; else (conflicting files, finished units that touched them)."""
+    @property
+    def head(self) -> str:
+        self._flush()
+        return self._head
+
+    def add(self, uid: str, commit: str, paths: set[str] | None = None) -> Found | None:
+        """Merge ``commit`` in (``paths``: what it changed since its base, a superset will do). None when clean;
+        else (conflicting files, finished units that touched them)."""
+        if paths is not None and self.touched is not None and not touching(paths, self.touched):
+            self.touched |= paths
+            self.members[uid] = self.pending[uid] = commit
+            return None
+        if self.touched is not None:
+            if paths is None:
+                self.touched = None  # from now on every unit is merged
+            else:
+                self.touched |= paths
+        self._flush()
+        return self._merge(uid, commit)
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for uid, commit in pending.items():
+            del self.members[uid]
+            found = self._merge(uid, commit)
+            if found is not None:  # disjoint paths that still conflict (a directory renamed): said late
+                self.late.append((uid, found))
+
+    def _merge(self, uid: str, commit: str) -> Found | None:
         # One merge-base answers both questions: already in (it is the commit) or a fast-forward (the head).
-        base = gitops.git(self.repo, "merge-base", self.head, commit, check=False).stdout.strip()
+        base = gitops.git(self.repo, "merge-base", self._head, commit, check=False).stdout.strip()
         if base == commit:
             self.members[uid] = commit
             return None
-        if base == self.head:
+        if base == self._head:
             self._move(commit)
             self.members[uid] = commit
             return None
-        outcome = gitops.merge_commit(self.repo, self.head, commit, f"distpar: preview {uid}\n", self.env)
+        outcome = gitops.merge_commit(self.repo, self._head, commit, f"distpar: preview {uid}\n", self.env)
         if outcome.commit is None:
             files = set(outcome.conflicts)
             others = tuple(u for u, c in self.members.items()
@@ -100,7 +134,7 @@ class Preview:
     def _move(self, head: str) -> None:
         if self.ref is not None and head != self.start:
             gitops.update_ref(self.repo, self.ref, head)
-        self.head = head
+        self._head = head
 
     def drop(self) -> None:
         if self.ref is not None:
@@ -121,31 +155,37 @@ class EarlyConflicts:
     def __init__(self, preview: Preview, report: Callable[[str, Found], None], inline: bool) -> None:
         self.preview, self.report, self.inline = preview, report, inline
         self._pool: ThreadPoolExecutor | None = None
-        self._queued: dict[str, str] = {}  # handed over, not started: uid -> commit
+        self._queued: dict[str, tuple[str, set[str] | None]] = {}  # handed over, not started: uid -> (commit, paths)
         self._lock = threading.Lock()
 
-    def check(self, uid: str, commit: str) -> Found | None:
+    def check(self, uid: str, commit: str, paths: set[str] | None = None) -> Found | None:
+        """``paths``: what the unit changed since its base, when the worker said (a superset will do). Inline,
+        every unit is merged at once: a conflict no path shows (a directory one unit renamed, where another adds
+        a file) stops the run then too."""
         if self.inline:
             return self.preview.add(uid, commit)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="distpar-preview")
         with self._lock:
-            self._queued[uid] = commit
+            self._queued[uid] = (commit, paths)
         self._pool.submit(self._later, uid)
         return None
 
     def _later(self, uid: str) -> None:
         with self._lock:
-            commit = self._queued.pop(uid, None)
-        if commit is not None:
-            self._add(uid, commit)
+            queued = self._queued.pop(uid, None)
+        if queued is not None:
+            self._add(uid, *queued)
 
-    def _add(self, uid: str, commit: str) -> None:
+    def _add(self, uid: str, commit: str, paths: set[str] | None) -> None:
         try:
-            found = self.preview.add(uid, commit)
+            found = self.preview.add(uid, commit, paths)
         except Exception:  # a prediction only: the final merge still finds and reports every conflict
             log.exception("early conflict check of %s failed", uid)
             return
+        late, self.preview.late = self.preview.late, []
+        for earlier, what in late:
+            self.report(earlier, what)
         if found is not None:
             self.report(uid, found)
 
@@ -168,19 +208,22 @@ class EarlyConflicts:
         if not queued:
             return
         p = self.preview
+        # What the preview's members changed: known when the workers said it for each (their pending merges are
+        # never made), else asked of git with the queued units' paths.
+        ask = [(c, p.start) for c, _ in queued.values()] + ([] if p.touched is not None else [(p.head, p.start)])
         try:
-            paths = changed_paths(p.repo, [(c, p.start) for c in queued.values()] + [(p.head, p.start)])
+            paths = changed_paths(p.repo, ask)
         except Exception:
             log.exception("early conflict checks of %d unit(s) failed", len(queued))
             return
-        done = paths.get(p.head, set())
-        mine = {uid: paths.get(c, set()) for uid, c in queued.items()}
+        done = set(p.touched) if p.touched is not None else paths.get(p.head, set())
+        mine = {uid: paths.get(c, set()) for uid, (c, _) in queued.items()}
         dirs = {uid: {d for f in fs for d in dirs_of(f)} for uid, fs in mine.items()}
         files_n, dirs_n = Counter(f for fs in mine.values() for f in fs), Counter(d for ds in dirs.values() for d in ds)
-        for uid, commit in queued.items():
+        for uid, (commit, _) in queued.items():
             fs, ds = mine[uid], dirs[uid]
             among_queued = any(files_n[f] > 1 or dirs_n[f] > (f in ds) for f in fs) or \
                 any(files_n[d] > (d in fs) for d in ds)
             if among_queued or touching(fs, done):
-                self._add(uid, commit)
+                self._add(uid, commit, fs)
                 done |= fs

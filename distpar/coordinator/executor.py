@@ -25,7 +25,7 @@ from distpar.coordinator.fixunit import FixUnit, run_fix
 from distpar.coordinator.journal import Journal
 from distpar.coordinator.landing import Landed, land_run, release
 from distpar.coordinator.livelogs import LiveLogs
-from distpar.coordinator.merge import Conflict
+from distpar.coordinator.merge import Conflict, changed_paths
 from distpar.coordinator.options import RunOptions
 from distpar.coordinator.recovery import earlier_wall, recover, users_branch_back
 from distpar.coordinator.removal import cleanup, give_back
@@ -71,7 +71,7 @@ from distpar.core.units import unit_graph
 from distpar.infra import gitops, workspace
 from distpar.infra.paths import state_dir
 from distpar.infra.process import on_signals
-from distpar.infra.transfer import Transfer
+from distpar.infra.transfer import Inflow, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class Runner:
         self.worker_settings: dict[int, WorkerSettings] = {}  # each worker's, made once (see _settings)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.transfer = Transfer(repo, self.run_id, self.run_dir, start, backend.remote, options.repo_url)
+        self.inflow = Inflow(self.transfer.fetch_back, lambda spec, f, err: self._queue.put(("done", (spec, f, err))))
         self.preview = Preview(repo, start, self.env, start, ref=f"refs/distpar/{self.run_id}/preview/head")
         self.early = EarlyConflicts(self.preview, lambda uid, found: self._queue.put(("predicted", (uid, found))),
                                     inline=options.stop_on_conflict or options.on_conflict == "rerun")
@@ -200,10 +201,11 @@ class Runner:
                                      on_conflict=self.options.on_conflict, max_reruns=self.options.max_reruns,
                                      queued={u: (q.count, q.holds or q.files) for u, q in self.queued.items()},
                                      limiter=RateLimiter(ceiling=max(1, ceiling), default_pause=3 * retry_base()))
-        for uid, st in done.items():  # finished work is part of the preview from the start
-            commit = self.results[uid].commit
-            if st.ok and commit:
-                self.preview.add(uid, commit)
+        finished = {uid: c for uid, st in done.items() if st.ok and (c := self.results[uid].commit)}
+        if finished:  # finished work is part of the preview from the start
+            paths = changed_paths(self.repo, [(c, self.start) for c in finished.values()])
+            for uid, commit in finished.items():
+                self.preview.add(uid, commit, paths.get(commit, set()))
         agents_used = tuple(dict.fromkeys(self._agent(u.uid) for u in self.units))
         ctx = RunContext(self.run_id, self.repo, self.run_dir, self.workers, agents_used,  # events: from any thread
                          lambda kind, data: self._queue.put(("worker", (kind, data))))
@@ -218,6 +220,7 @@ class Runner:
                 self._drain()
             finally:
                 self.backend.close()
+                self.inflow.close()
                 self._settle_predictions()
             if self.state.complete and not self.errors and not self.interrupted.is_set():
                 self.landing = True
@@ -302,7 +305,7 @@ class Runner:
         # A rerun (the merge queue) starts from everything integrated so far, its dependencies merged in if need be;
         # otherwise a dependency conflict the user resolved by hand on the unit's branch is taken as its base.
         start = self.preview.head if ins.rerun else self.start
-        resolved = None if ins.rerun else gitops.try_rev(self.repo, f"refs/heads/{self.branch(ins.uid)}")
+        resolved = None if ins.rerun else gitops.branch_tip(self.repo, self.branch(ins.uid))
         base = base_for(self.repo, start, ins.uid, deps, self.branch(ins.uid), self.branch, self.run_id,
                         self.env, resolved=resolved)
         if base.commit is None:
@@ -327,7 +330,7 @@ class Runner:
             fut = Future()
             fut.set_exception(exc)
         self.running[ins.uid] = (spec, fut)
-        fut.add_done_callback(lambda f: self._queue.put(("done", (spec, f))))
+        self.inflow.watch(spec, fut)  # fetched back off this loop, then handed to it
 
     def _predicted(self, uid: str, found: Found) -> None:
         """A conflict found early: journaled and shown at once."""
@@ -349,7 +352,7 @@ class Runner:
     def _ctx_stub(self) -> RunContext:
         return RunContext(self.run_id, self.repo, self.run_dir, self.workers)
 
-    def _collect(self, spec: UnitSpec, fut: Future[UnitReply]) -> Event:
+    def _collect(self, spec: UnitSpec, fut: Future[UnitReply], fetch_error: BaseException | None = None) -> Event:
         uid = spec.uid
         self.running.pop(uid, None)
         try:
@@ -358,7 +361,8 @@ class Runner:
             msg = exc.message if isinstance(exc, DistparError) else f"{type(exc).__name__}: {exc}"
             self.journal.event(self.run_id, "unit_error", spec.worker, uid, attempt=spec.attempt, error=msg)
             return UnitLost(uid, spec.worker, msg)
-        self.transfer.fetch_back(result, spec.source)
+        if fetch_error is not None:  # its work did not come back into the repository (``Inflow``)
+            raise fetch_error
         if result.setup:
             setup = result.setup
             self.publish("workspace_setup", spec.worker, uid, ok=setup["ok"], seconds=round(setup["seconds"], 3),
@@ -379,7 +383,8 @@ class Runner:
         if uid in self.carried:  # what the dispatches before it (rate-limited) tried and cost counts too
             r = with_earlier_tries(self.carried.pop(uid), r)
         self._record(r)
-        found = self.early.check(uid, r.commit) if r.status.ok and r.commit and r.changed else None
+        found = self.early.check(uid, r.commit, set(result.paths) if result.paths is not None else None) \
+            if r.status.ok and r.commit and r.changed else None
         if found is not None:
             self._predicted(uid, found)
         return UnitEnded(uid, spec.worker, r.status, o.cost_usd if o else None, outcome=o, at=now,

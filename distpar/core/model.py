@@ -284,6 +284,9 @@ class UnitReply:
     setup: dict[str, Any] | None = None  # the workspace's setup, when it ran for this unit (workspace.HookResult)
     workspace: dict[str, Any] | None = None  # with the worker's first unit: how its workspace was made ready
     # (``how``: new, reused or rebuilt; ``reason``; ``seconds``; ``setup``: ran, kept or none; ``path``)
+    paths: tuple[str, ...] | None = None  # the paths its commit changed (or more), when the worker knows them
+    # without asking git (``git status`` before its commit): the early conflict check needs no merge to see
+    # that a unit touches nothing another did
 
     @property
     def ok(self) -> bool:

@@ -55,6 +55,7 @@ class MaskedPipe:
         self._line_cut = False
         self.last_output = 0.0  # epoch of the last bytes read (stall detection)
         self._stop = threading.Event()
+        self._wake, self._waker = os.pipe()  # close() wakes the drain at once (it never polls)
         self._thread = threading.Thread(target=self._pump, name="distpar-capture", daemon=True)
         self._thread.start()
 
@@ -64,8 +65,8 @@ class MaskedPipe:
 
     def _pump(self) -> None:
         while True:
-            readable, _, _ = select.select([self._fd], [], [], 0.05)
-            chunk = self._read() if readable else b""
+            readable, _, _ = select.select([self._fd, self._wake], [], [])
+            chunk = self._read() if self._fd in readable else b""
             if chunk:
                 self.last_output = time.time()
                 self._write(self._masker.feed(chunk))
@@ -148,9 +149,10 @@ class MaskedPipe:
 
     def close(self) -> None:
         self._stop.set()
+        os.write(self._waker, b"x")
         self._thread.join(timeout=30)
-        os.close(self._fd)
-        os.close(self._wfd)
+        for fd in (self._fd, self._wfd, self._wake, self._waker):
+            os.close(fd)
         for f in self._dests:
             f.close()
 

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,16 +386,61 @@ def explain(exc: GitError) -> str:
     return f"git {' '.join(exc.argv[:2])} failed: {last}"
 
 
-def commit_all(ws: str | Path, message: str, env: Mapping[str, str], hooks: bool = False) -> bool:
-    """Commit everything in the working tree (new, changed, deleted files). Returns False when clean.
-    Without ``hooks`` the repository's hooks are not run (pre-commit, commit-msg, post-commit)."""
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A working tree against HEAD, from one ``git status``: what a unit's end needs to know before committing."""
+
+    changed: tuple[str, ...]  # tracked paths with staged or unstaged changes (deletions too)
+    untracked: tuple[str, ...]  # untracked files, and untracked directories (ending with "/") as git folds them
+    gitlinks: tuple[str, ...]  # paths the index records as gitlinks (submodules) where HEAD has none
+
+    @property
+    def clean(self) -> bool:
+        return not (self.changed or self.untracked)
+
+
+def status(ws: str | Path) -> Status:
+    """``git status`` of the working tree (ignored files left out, untracked directories folded)."""
+    raw = git(ws, "status", "--porcelain=v2", "-z", "--no-renames", "--untracked-files=normal").stdout
+    changed: list[str] = []
+    untracked: list[str] = []
+    gitlinks: list[str] = []
+    tokens = iter(raw.split("\0"))
+    for entry in tokens:
+        kind = entry[:2]
+        if kind == "? ":
+            untracked.append(entry[2:])
+        elif kind == "1 ":
+            fields = entry.split(" ", 8)
+            changed.append(fields[8])
+            if fields[4] == "160000" and fields[3] != "160000":
+                gitlinks.append(fields[8])
+        elif kind == "u ":
+            changed.append(entry.split(" ", 10)[10])
+        elif kind == "2 ":  # a rename (not asked for): its new path, then its old one
+            changed.append(entry.split(" ", 9)[9])
+            changed.append(next(tokens, ""))
+    return Status(tuple(changed), tuple(untracked), tuple(gitlinks))
+
+
+def commit_all(ws: str | Path, message: str, env: Mapping[str, str], hooks: bool = False,
+               dirty: bool = True) -> bool:
+    """Commit everything in the working tree (new, changed, deleted files). Returns False when there was nothing
+    to commit. ``dirty=False``: ``status`` said the tree is clean (then no git command runs). Without ``hooks``
+    the repository's hooks are not run (pre-commit, commit-msg, post-commit)."""
+    if not dirty:
+        return False
     env = hooks_env(env, hooks)
     git(ws, "add", "--all", env=env)
+    argv = ["commit", "--quiet", *(() if hooks else ("--no-verify",)), "--allow-empty-message", "-m", message]
+    proc = git(ws, *argv, env=env, check=False)
+    if proc.returncode == 0:
+        return True
+    # Refused: by a hook or the settings, or because nothing was staged (a submodule's own edits, which add
+    # leaves out): only the first is an error.
     if git(ws, "diff", "--cached", "--quiet", check=False, env=env).returncode == 0:
         return False
-    git(ws, "commit", "--quiet", *(() if hooks else ("--no-verify",)), "--allow-empty-message", "-m", message,
-        env=env)
-    return True
+    raise GitError(argv, proc.returncode, proc.stderr)
 
 
 def _filters_off(repo: str | Path) -> dict[str, str]:
@@ -537,8 +582,72 @@ def delete_ref(repo: str | Path, ref: str) -> None:
 
 
 def refs(repo: str | Path, prefix: str) -> dict[str, str]:
+    """Ref name -> object id of the refs under ``prefix`` (``refs/heads/``), read from the repository's files when
+    it keeps them there (a unit asks twice: no process), else asked of ``git for-each-ref``."""
+    found = _refs_from_files(repo, prefix)
+    if found is not None:
+        return found
     lines = out(repo, "for-each-ref", "--format=%(refname) %(objectname)", prefix).splitlines()
     return dict(line.split(" ", 1) for line in lines if line)  # type: ignore[misc]
+
+
+def ref_tip(repo: str | Path, ref: str) -> str | None:
+    """The commit the full ref name ``ref`` points to, or None when there is no such ref: ``try_rev``, read from
+    the files when the repository keeps its refs there."""
+    found = _refs_from_files(repo, ref, exact=True)
+    if found is not None:
+        return found.get(ref)
+    return try_rev(repo, ref)
+
+
+def branch_tip(repo: str | Path, branch: str) -> str | None:
+    return ref_tip(repo, f"refs/heads/{branch}")
+
+
+def _ref_store(repo: str | Path) -> Path | None:
+    """The directory holding the repository's shared refs when they are plain files (``refs/`` and
+    ``packed-refs``); None for a ref store distpar does not read itself (reftable)."""
+    gd = git_dir(repo)
+    common = gd
+    if (gd / "commondir").is_file():  # a linked worktree: its branches live in the main repository
+        common = (gd / (gd / "commondir").read_text().strip()).resolve()
+    if (common / "reftable").exists() or not (common / "refs").is_dir():
+        return None
+    return common
+
+
+def _refs_from_files(repo: str | Path, prefix: str, exact: bool = False) -> dict[str, str] | None:
+    """The refs under ``prefix`` (or the one ref ``prefix`` with ``exact``) as git stores them in files: loose
+    refs over ``packed-refs``. None when git must be asked: another ref store, a symbolic or unreadable ref."""
+    try:
+        store = _ref_store(repo)
+        if store is None or not prefix.startswith("refs/"):
+            return None
+        found: dict[str, str] = {}
+        packed = store / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
+                if line[:1] in ("#", "^") or not line:
+                    continue
+                oid, _, name = line.partition(" ")
+                if name == prefix if exact else name.startswith(prefix):
+                    found[name] = oid
+        top = store / prefix
+        loose = [top] if exact else []
+        if not exact and top.is_dir():
+            for root, _dirs, files in os.walk(top):
+                loose += [Path(root, f) for f in files if not f.endswith(".lock")]
+        for path in loose:
+            try:
+                text = path.read_text(encoding="utf-8", errors="surrogateescape").strip()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                continue
+            if not FULL_ID.fullmatch(text):
+                return None  # a symbolic ref (or a torn one): git knows what to make of it
+            found[path.relative_to(store).as_posix()] = text
+        return found
+    except (OSError, GitError):
+        return None
 
 
 # --- merging ---------------------------------------------------------------------------------------------
@@ -578,6 +687,70 @@ def bundle_create(repo: str | Path, path: str | Path, revs: Sequence[str]) -> bo
     return True
 
 
+def bundle_of(repo: str | Path, path: str | Path, tips: Mapping[str, str], exclude: Sequence[str]) -> bool:
+    """Write a bundle of the refs ``tips`` (full ref name -> commit id) without the history of the commits
+    ``exclude`` (which the receiver holds: the bundle's prerequisites); False when it would be empty. What ``git
+    bundle create`` writes, with one process (``git pack-objects``) instead of two."""
+    want = {ref: oid for ref, oid in tips.items() if oid not in exclude}
+    if not want:
+        return False
+    ids = [*want.values(), *exclude]
+    if not all(len(oid) == 40 and FULL_ID.fullmatch(oid) for oid in ids):  # SHA-256 needs a v3 header: git's
+        return bundle_create(repo, path, [*want, *(f"^{oid}" for oid in exclude)])
+    header = "# v2 git bundle\n" + "".join(f"-{oid}\n" for oid in dict.fromkeys(exclude)) + \
+        "".join(f"{oid} {ref}\n" for ref, oid in want.items()) + "\n"
+    argv = ["pack-objects", "--stdout", "--thin", "--delta-base-offset", "--revs", "--quiet"]
+    revs = "".join(f"{oid}\n" for oid in want.values()) + "".join(f"^{oid}\n" for oid in exclude)
+    with open(path, "wb") as f:
+        f.write(header.encode("utf-8", "surrogateescape"))
+        f.flush()
+        proc = subprocess.run(["git", "-c", "gc.auto=0", *argv], cwd=str(repo), env=git_env(),
+                              input=revs.encode(), stdout=f, stderr=subprocess.PIPE, start_new_session=True)
+    if proc.returncode != 0:
+        Path(path).unlink(missing_ok=True)
+        raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+    return True
+
+
+UNPACK_LIMIT = 100  # objects below which a bundle's pack is stored as loose objects (git's transfer.unpackLimit)
+
+
+def unbundle(repo: str | Path, path: str | Path, refs: Callable[[str], bool]) -> dict[str, str] | None:
+    """What ``git fetch`` of a bundle does, in two processes instead of three: the pack's objects checked and
+    stored (``unpack-objects --strict`` or ``index-pack --strict --fix-thin``: a broken object or a link to
+    one missing fails it, nothing written), then the bundle's refs for which ``refs(name)`` holds are set, in
+    one transaction. Returns them; None when the bundle is not a v2 SHA-1 one (then ``fetch`` it)."""
+    with open(path, "rb") as f:
+        if f.readline() != b"# v2 git bundle\n":
+            return None
+        tips: dict[str, str] = {}
+        while (line := f.readline().rstrip(b"\n")):
+            if line.startswith(b"-"):
+                continue  # a prerequisite: the pack's links to it are checked with the objects
+            oid, _, name = line.decode("utf-8", "surrogateescape").partition(" ")
+            if len(oid) != 40 or not FULL_ID.fullmatch(oid):
+                return None
+            if refs(name):
+                tips[name] = oid
+        start = f.tell()
+        header = f.read(12)
+    if len(header) < 12 or header[:4] != b"PACK":
+        return None
+    count = int.from_bytes(header[8:12], "big")
+    argv = ["unpack-objects", "-q", "--strict"] if count < UNPACK_LIMIT else \
+        ["index-pack", "--stdin", "--fix-thin", "--strict"]
+    with open(path, "rb", buffering=0) as pack:  # unbuffered: git reads the file from where this seeks
+        pack.seek(start)
+        proc = subprocess.run(["git", "-c", "gc.auto=0", *argv], cwd=str(repo), env=git_env(), stdin=pack,
+                              capture_output=True, start_new_session=True)
+    if proc.returncode != 0:
+        raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+    if tips:
+        git(repo, "update-ref", "--stdin", input="".join(f"update {ref} {oid}\n" for ref, oid in tips.items()))
+    return tips
+
+
 def fetch(repo: str | Path, source: str | Path, refspecs: Sequence[str]) -> None:
-    """Fetch from a bundle file or a remote URL."""
-    git(repo, "fetch", "--quiet", "--no-tags", "--force", str(source), *refspecs)
+    """Fetch from a bundle file or a remote URL (FETCH_HEAD left alone: fetches into one repository may run at
+    once, each into refs of its own)."""
+    git(repo, "fetch", "--quiet", "--no-tags", "--force", "--no-write-fetch-head", str(source), *refspecs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GRACE_SECONDS = 3.0
-POLL_SECONDS = 0.05
+POLL_SECONDS = 0.1  # how often a running process's time limit, stall and cancel are looked at
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +65,20 @@ def run_process(
             on_start()
         deadline = started + timeout if timeout else None
         timed_out = cancelled = stalled = False
+        exited = _exit_watch(proc.pid)
         try:
             while True:
-                try:
-                    proc.wait(timeout=POLL_SECONDS)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
+                if exited is not None:  # woken the moment it exits; else every POLL_SECONDS to look around
+                    wait = POLL_SECONDS if deadline is None else max(0.0, min(POLL_SECONDS, deadline - time.time()))
+                    if select.select([exited], [], [], wait)[0]:
+                        proc.wait()
+                        break
+                else:
+                    try:
+                        proc.wait(timeout=POLL_SECONDS)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
                 if cancel is not None and cancel.is_set():
                     cancelled = True
                 elif deadline is not None and time.time() >= deadline:
@@ -83,10 +91,22 @@ def run_process(
         except BaseException:  # KeyboardInterrupt, a Ray task cancelled, ...: never leave the group behind
             kill_group(proc.pid, proc, grace=0.5)
             raise
+        finally:
+            if exited is not None:
+                os.close(exited)
         # Whatever the agent left running in its session (a dev server, a stray child) goes too.
         kill_group(proc.pid, None, grace=0.0)
         code = None if (timed_out or cancelled or stalled) else proc.returncode
     return ProcessResult(code, timed_out, cancelled, started, time.time(), stalled)
+
+
+def _exit_watch(pid: int) -> int | None:
+    """A descriptor that becomes readable when process ``pid`` exits (Linux's pidfd), or None where there is none:
+    a wait that needs no polling."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def kill_group(pgid: int, proc: subprocess.Popen[bytes] | None, grace: float = GRACE_SECONDS) -> None:
@@ -237,8 +257,18 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     return fields[0], int(fields[1]), int(fields[2])
 
 
-def unit_processes(run_id: str, batch_id: str) -> list[int]:
-    """Live processes whose environment names this run and batch: what an agent started, wherever it went."""
+def boot_ticks() -> int:
+    """Now, in the clock ticks since boot that /proc gives a process's start time in (0 where unknown)."""
+    try:
+        return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def unit_processes(run_id: str, batch_id: str, since: int = 0) -> list[int]:
+    """Live processes whose environment names this run and batch: what an agent started, wherever it went.
+    ``since`` (``boot_ticks()`` before the agent started): older processes are not looked at (reading a
+    process's environment is dear, and a machine running a Ray node has hundreds)."""
     proc = Path("/proc")
     if not proc.is_dir():
         return []
@@ -249,19 +279,23 @@ def unit_processes(run_id: str, batch_id: str) -> list[int]:
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
+            if since:
+                stat = (entry / "stat").read_bytes()
+                if int(stat[stat.rindex(b")") + 2:].split()[19]) < since:
+                    continue
             env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
         if all(m in env for m in marks) and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
 
-def reap_unit(run_id: str, batch_id: str, grace: float = 1.0) -> list[int]:
+def reap_unit(run_id: str, batch_id: str, grace: float = 1.0, since: int = 0) -> list[int]:
     """After a batch's agent ended: stop every process it left running, also those that left its process
     group (TERM, ``grace``, KILL; a group leader with its group), and reap the ones that came back to this
-    process as a subreaper. Returns the pids that were still running."""
-    pids = unit_processes(run_id, batch_id)
+    process as a subreaper. Returns the pids that were still running. ``since``: see ``unit_processes``."""
+    pids = unit_processes(run_id, batch_id, since)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             st = _stat(pid)

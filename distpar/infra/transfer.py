@@ -18,8 +18,10 @@ holds (what it was sent and what it handed back), straight into bytes, or says t
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from distpar.core.errors import GitError
 from distpar.core.model import Source, UnitReply
@@ -67,14 +69,58 @@ class Transfer:
         where = source.location if source.kind == "url" else result.bundle
         assert where
         saved = f"refs/distpar/{self.run_id}/saved"
+        branch = f"refs/heads/{result.branch}"
+        want = result.head != result.base or source.kind == "worktree"  # a bundle of only saved work has no branch
+        if source.kind == "bundle":
+            got = gitops.unbundle(self.repo, where, lambda ref: (want and ref == branch) or ref.startswith(f"{saved}/"))
+            if got is not None:
+                if want and got.get(branch) != result.head:
+                    raise GitError(["fetch", where, branch], 1, f"the bundle does not hold {branch} at {result.head}")
+                return
         refspecs = [f"+{saved}/*:{saved}/*"]
-        if result.head != result.base or source.kind == "worktree":  # a bundle of only saved work has no branch
-            refspecs.insert(0, f"+refs/heads/{result.branch}:refs/heads/{result.branch}")
+        if want:
+            refspecs.insert(0, f"+{branch}:{branch}")
         gitops.fetch(self.repo, where, refspecs)
 
     def clear(self) -> None:
         for f in self.bundles.glob("*.bundle"):
             f.unlink()
+
+
+FETCHERS = 4  # units' work fetched back at once
+
+
+class Inflow:
+    """Each unit's work brought back into the coordinator's repository as soon as its worker hands it back, in a
+    few threads of its own (``git fetch`` into one repository, each unit its own refs): the coordinator's loop,
+    which starts the next units, never waits for a fetch, and the fetches of units that end together overlap.
+    ``deliver(spec, future, error)`` gets each unit after its fetch (``error``: why the fetch failed)."""
+
+    def __init__(self, fetch_back: Callable[[UnitReply, Source], None],
+                 deliver: Callable[[Any, Future[UnitReply], BaseException | None], None]) -> None:
+        self._fetch_back, self._deliver = fetch_back, deliver
+        self._pool = ThreadPoolExecutor(max_workers=FETCHERS, thread_name_prefix="distpar-fetch")
+
+    def watch(self, spec: Any, fut: Future[UnitReply]) -> None:
+        """Fetch ``spec``'s work back once ``fut`` (the backend's answer) resolves."""
+        def resolved(f: Future[UnitReply]) -> None:
+            try:
+                self._pool.submit(self._fetch, spec, f)
+            except RuntimeError:  # closed: the run is over, nothing more is collected
+                self._deliver(spec, f, None)
+        fut.add_done_callback(resolved)
+
+    def _fetch(self, spec: Any, fut: Future[UnitReply]) -> None:
+        error: BaseException | None = None
+        if not fut.cancelled() and fut.exception() is None:
+            try:
+                self._fetch_back(fut.result(), spec.source)
+            except Exception as exc:
+                error = exc
+        self._deliver(spec, fut, error)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def push_run(repo: Path, remote: str, branches: list[str], target: str) -> list[str]:

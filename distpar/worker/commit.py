@@ -23,11 +23,14 @@ def record(u: UnitRun, status: UnitStatus, outcome: AgentOutcome) -> tuple[UnitS
     hooks = u.opts.hooks
     genv = gitops.hooks_env(u.env, hooks)  # distpar's own git commands in the worktree
     try:
-        u.notes += nested_repositories(u)
+        tree = gitops.status(ws)
+        u.status_head = gitops.head_commit(ws)
+        u.notes += nested_repositories(u, tree)
         if status.ok:
             title = f"distpar: batch {spec.uid}: {spec.description}".rstrip(": ")
-            if not gitops.commit_all(ws, title + u.trailer, u.env, hooks) \
-                    and gitops.out(ws, "rev-parse", "HEAD") != u.before:
+            dirty = not tree.clean or u.new_files is None  # nested repositories undone: their files are new
+            if not gitops.commit_all(ws, title + u.trailer, u.env, hooks, dirty=dirty) \
+                    and u.status_head != u.before:
                 # The agent committed everything itself (aider does): an empty commit still marks the unit as
                 # done on the branch, which is what resume reads after a coordinator died.
                 gitops.git(ws, "commit", "--quiet", "--no-verify", "--allow-empty", "-m",
@@ -51,30 +54,40 @@ def record(u: UnitRun, status: UnitStatus, outcome: AgentOutcome) -> tuple[UnitS
     return status, outcome
 
 
-def nested_repositories(u: UnitRun) -> list[str]:
+def nested_repositories(u: UnitRun, tree: gitops.Status) -> list[str]:
     """Repositories the agent made inside the worktree (``git init`` in a folder, a ``.git`` file pointing
     elsewhere): git would record each as a gitlink to a commit that exists nowhere else, losing its files. Each
     one's ``.git`` is archived next to the unit's log and removed, so its files are committed as plain files.
-    Submodules the repository declares (``.gitmodules``) are left alone."""
+    Submodules the repository declares (``.gitmodules``) are left alone. ``tree``: the worktree's status; the
+    new files found on the way are kept in ``u.new_files`` (the large-file check reads them)."""
     ws = u.ws
-    declared = set(gitops.submodules(ws, u.before or "HEAD")) | set(_declared_submodules(ws))
     found: list[str] = []
-    staged = gitops.git(ws, "ls-files", "-z", "--stage").stdout.split("\0")
-    for entry in staged:  # a gitlink the agent staged itself (git add app/)
-        if entry.startswith("160000 "):
-            path = entry.split("\t", 1)[1]
-            if path not in declared:
-                gitops.git(ws, "rm", "--cached", "--quiet", "-r", "--", path)
-                found.append(path)
-    untracked = gitops.git(ws, "ls-files", "-z", "--others", "--directory", "--exclude-standard").stdout
-    for entry in filter(None, untracked.split("\0")):
+    new_files = list(tree.changed)
+    unstaged: list[str] = []
+    gitlinks = list(tree.gitlinks)  # against HEAD: when the agent committed, HEAD is not the unit's start
+    if u.status_head != u.before:
+        staged = gitops.git(ws, "ls-files", "-z", "--stage").stdout.split("\0")
+        gitlinks = [entry.split("\t", 1)[1] for entry in staged if entry.startswith("160000 ")]
+    if gitlinks:  # a gitlink the agent staged itself (git add app/): its folder becomes an untracked one
+        declared = set(gitops.submodules(ws, u.before or "HEAD")) | set(_declared_submodules(ws))
+        unstaged = [p for p in gitlinks if p not in declared]
+        for path in unstaged:
+            gitops.git(ws, "rm", "--cached", "--quiet", "-r", "--", path)
+            found.append(path)
+    for entry in [*tree.untracked, *(f"{p}/" for p in unstaged)]:
         top = ws / entry
-        if not top.is_dir() or top.is_symlink():
+        if not entry.endswith("/") or top.is_symlink() or not top.is_dir():
+            new_files.append(entry)
             continue
         for root, dirs, files in os.walk(top):  # only new folders: the tracked tree is not walked
             if ".git" in dirs or ".git" in files:
                 found.append(Path(root).relative_to(ws).as_posix())
             dirs[:] = [d for d in dirs if d != ".git"]
+            new_files += [os.path.relpath(os.path.join(root, f), ws) for f in files if f != ".git"]
+    u.new_files = None if found else new_files  # a repository's files become the unit's: not known here
+    if not found:
+        return []
+    declared = set(gitops.submodules(ws, u.before or "HEAD")) | set(_declared_submodules(ws))
     notes = []
     for path in dict.fromkeys(found):
         if path in declared:
@@ -102,13 +115,29 @@ def _declared_submodules(ws: Path) -> list[str]:
 
 
 def large_files(u: UnitRun, after: str) -> list[str]:
-    """Notes on the files over the warning size that the unit's commits added."""
+    """Notes on the files over the warning size that the unit's commits added. When distpar's commit holds all
+    of them (the agent committed nothing itself), only the new and changed files the status named are looked
+    at on disk, and git is asked only when one of them could be over the size."""
     limit = u.opts.warn_size
     if not limit or after == u.before:
+        return []
+    if u.new_files is not None and u.status_head == u.before and \
+            not any(_could_be_over(u.ws / p, limit) for p in u.new_files):
         return []
     return [f"added {path} ({size / 2**20:.1f} MB), over the warning size of {limit / 2**20:.1f} MB; "
             "it is committed: check that it belongs in the repository"
             for path, size in gitops.large_files(u.ws, u.before, after, limit)]
+
+
+def _could_be_over(path: Path, limit: int) -> bool:
+    """Whether the file at ``path`` may be stored as a blob over ``limit`` bytes: within a factor of four on disk
+    (a filter such as LFS's may shrink it); a file that is gone was not added."""
+    try:
+        return path.lstat().st_size * 4 > limit
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
 
 
 def marks(ws: Path) -> tuple[dict[str, str], int]:

@@ -61,6 +61,8 @@ class UnitRun:
     notes: list[str] = field(default_factory=list)
     saved: str | None = None  # the ref its unfinished work was saved on, if any
     wrecked: str = ""  # why its workspace is unusable after the agent ran (it destroyed it), if it is
+    status_head: str = ""  # HEAD when its work was looked at, before distpar's commit
+    new_files: list[str] | None = None  # the files its work added or changed, when the status told them all
 
     @property
     def opts(self) -> WorkerOptions:

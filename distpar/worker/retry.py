@@ -132,6 +132,7 @@ def _invoke(u: UnitRun, inv: agents.Invocation, announce: bool = True) -> tuple[
             emit("unit_started", {**fields, "at": time.time()})
         lines = OutputLines(functools.partial(emit, "agent_output"), fields) if emit is not None else None
         argv = inv.argv
+        since = process.boot_ticks() - 1  # a tick early: what the agent starts is never older
         try:
             if opts.sandbox:
                 argv = sandbox.wrap(inv.argv, u.ws, spec.branch, spec.agent.preset, opts.sandbox_allow,
@@ -148,7 +149,7 @@ def _invoke(u: UnitRun, inv: agents.Invocation, announce: bool = True) -> tuple[
             u.log(msg + "\n")
             return None, AgentOutcome("error", False, msg)
         finally:
-            process.reap_unit(u.settings.run_id, spec.uid)  # what it left running in sessions of their own
+            process.reap_unit(u.settings.run_id, spec.uid, since=since)  # what it left in sessions of its own
             if lines is not None:
                 lines.close()  # the count of the last second's skipped lines
     if proc.timed_out:

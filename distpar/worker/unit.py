@@ -24,6 +24,7 @@ from distpar.infra import gitops, pool, workspace
 from distpar.worker import commit, retry
 from distpar.worker.common import Emit, UnitRun, node_name, safe_name, tail
 
+MAX_PATHS = 10_000  # paths a reply names at most (more: the coordinator asks git)
 STATUS = {"success": UnitStatus.OK, "timeout": UnitStatus.TIMEOUT, "interrupted": UnitStatus.INTERRUPTED}
 
 
@@ -190,10 +191,13 @@ def _hand_back(u: UnitRun, result: UnitResult, setup_now: workspace.HookResult |
     if spec.source.kind == "url":  # hand the branch (and saved work) back by pushing it
         gitops.git(ws, "push", "--quiet", "--force", spec.source.location, f"HEAD:refs/heads/{spec.branch}",
                    *([f"{u.saved}:{u.saved}"] if u.saved else []))
+    # What the commit changed, as the status before it said (no other commit on the branch since the base).
+    known = u.new_files is not None and u.status_head == u.before and len(u.new_files) <= MAX_PATHS
     return UnitReply(
         run_id=settings.run_id, worker=spec.worker, dispatch=spec.dispatch, branch=spec.branch, base=spec.base,
         head=head, result=result, node=node_name(), bundle=bundle, saved_ref=u.saved,
         interrupted=u.cancel.is_set(), setup=setup_now.to_dict() if setup_now else None,
+        paths=tuple(u.new_files) if known and result.status.ok and u.new_files is not None else None,
     )
 
 
@@ -325,7 +329,8 @@ def _return_bundle(settings: WorkerSettings, spec: UnitSpec, ws: Path, saved_ref
     where = Path(settings.workspace).parent  # the run's directory (a pooled workspace lives elsewhere): what is
     where.mkdir(parents=True, exist_ok=True)  # left there when the run ends is work that never came back
     path = where / f"{safe_name(spec.branch)}-{spec.dispatch}-{spec.attempt}.bundle"
-    revs = [spec.branch, f"^{spec.base}"]
-    if saved_ref:
-        revs.append(saved_ref)
-    return str(path) if gitops.bundle_create(ws, path, revs) else None
+    refs = [f"refs/heads/{spec.branch}", *([saved_ref] if saved_ref else [])]
+    tips = {ref: gitops.ref_tip(ws, ref) for ref in refs}
+    if not all(tips.values()) or not gitops.FULL_ID.fullmatch(spec.base):  # let git say what is wrong
+        return str(path) if gitops.bundle_create(ws, path, [refs[0], f"^{spec.base}", *refs[1:]]) else None
+    return str(path) if gitops.bundle_of(ws, path, tips, [spec.base]) else None  # type: ignore[arg-type]

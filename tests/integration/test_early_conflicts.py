@@ -35,12 +35,12 @@ def test_settle_checks_the_queue_in_one_batch_merging_only_units_that_meet_other
     entered, release = threading.Event(), threading.Event()
     real_add = preview.add
 
-    def add(uid: str, commit: str) -> Found | None:
+    def add(uid: str, commit: str, paths: set[str] | None = None) -> Found | None:
         merged.append(uid)
         if uid == "a":  # the check under way when the last unit ends
             entered.set()
             assert release.wait(30)
-        return real_add(uid, commit)
+        return real_add(uid, commit, paths)
 
     preview.add = add  # type: ignore[method-assign]
     reported: list[tuple[str, Found]] = []
@@ -68,3 +68,27 @@ def test_settle_without_checks_is_a_no_op(tmp_path: Path) -> None:
     start = sh_git(repo, "rev-parse", "HEAD")
     early = EarlyConflicts(Preview(repo, start, dict(IDENTITY), start), lambda uid, found: None, inline=False)
     early.settle()
+
+
+def test_units_whose_paths_meet_nothing_join_the_preview_without_a_merge(tmp_path: Path) -> None:
+    """The worker says which paths a unit changed: a unit that meets no member's paths cannot conflict, so it is
+    not merged (no git process, the preview's head does not move) until a unit that does meet them arrives; then
+    the pending ones are merged first and the conflict is found, naming the unit it is with."""
+    repo = make_repo(tmp_path / "repo")
+    start = sh_git(repo, "rev-parse", "HEAD")
+    units = {"a": _unit(repo, "a", start, {"same.txt": "a\n"}), "c": _unit(repo, "c", start, {"c.txt": "c\n"}),
+             "b": _unit(repo, "b", start, {"same.txt": "b\n"}), "d": _unit(repo, "d", start, {"d.txt": "d\n"})}
+    preview = Preview(repo, start, dict(IDENTITY), start, ref="refs/distpar/t/preview/head")
+    assert preview.add("a", units["a"], {"same.txt"}) is None
+    assert preview.add("c", units["c"], {"c.txt"}) is None
+    assert preview.pending == {"a": units["a"], "c": units["c"]}
+    assert sh_git(repo, "for-each-ref", "refs/distpar/") == ""  # nothing merged, no ref written
+    found = preview.add("b", units["b"], {"same.txt"})
+    assert found == (("same.txt",), ("a",))
+    assert preview.pending == {}
+    merged = preview.head
+    assert {"same.txt", "c.txt"} <= set(sh_git(repo, "ls-tree", "--name-only", merged).split())
+    assert sh_git(repo, "cat-file", "-p", f"{merged}:same.txt") == "a"  # b stayed out: it conflicts
+    # A unit whose paths are not known is merged at once, and so is every unit after it.
+    assert preview.add("d", units["d"]) is None and preview.touched is None
+    assert "d.txt" in sh_git(repo, "ls-tree", "--name-only", preview.head).split()

@@ -21,19 +21,27 @@ def test_gc_prune_now_during_a_run_keeps_the_preview(repo: Path, tmp_path: Path,
     script.write_text(f'git -C "{repo}" for-each-ref "--format=%(refname)" refs/distpar/ > "{seen}"\n'
                       f'git -C "{repo}" gc --quiet --prune=now\n')
     gc = f"@fake sh 'sh -e {script}'"
+    (repo / "shared.txt").write_text("".join(f"line {i}\n" for i in range(1, 11)))
+    sh_git(repo, "add", "shared.txt")
+    sh_git(repo, "commit", "--quiet", "-m", "shared")
+
+    def edit(line: int) -> str:  # each unit its own line of one file: the preview merges them for real
+        return f"@fake sh 'sed -i {line}s/.*/edited/ shared.txt'"
+
     # One worker, in plan order: a, then b (the preview merges a and b: a commit no branch holds), then c prunes
     # everything unreachable, then d merges into that preview.
-    plan = write_plan(repo.parent / "p.md", [fake_batch("a", writes={"a.txt": "a"}),
-                                             fake_batch("b", writes={"b.txt": "b"}),
+    plan = write_plan(repo.parent / "p.md", [fake_batch("a", extra=[edit(1)]), fake_batch("b", extra=[edit(10)]),
                                              fake_batch("c", writes={"c.txt": "c"}, extra=[gc]),
-                                             fake_batch("d", writes={"d.txt": "d"})])
+                                             fake_batch("d", extra=[edit(5)])])
     args = ["--stop-on-conflict"] if inline else []
     res = run_distpar("run", str(plan), "--workers", "1", "--agent", "fake", *args, cwd=repo)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "early conflict check" not in res.stderr and "conflict found early" not in res.stdout
     during = seen.read_text().split()
     assert [r for r in during if r.endswith("/preview/head")], during  # the merge of a and b, held by a ref
-    assert {"a.txt", "b.txt", "c.txt", "d.txt"} <= set(tree_files(repo))
+    assert "c.txt" in tree_files(repo)
+    assert [n for n, line in enumerate((repo / "shared.txt").read_text().splitlines(), 1) if line == "edited"] \
+        == [1, 5, 10]
     assert sh_git(repo, "for-each-ref", "refs/distpar/") == ""  # the preview's ref went with the run
 
 
