@@ -50,6 +50,11 @@ def run_unit(settings: WorkerSettings, spec: UnitSpec, cancel: threading.Event |
                             log_tail=setup_failed.tail if setup_failed else "")
     else:
         result = _run(u)
+    if saved and not ready.first:  # said in ``workspace_ready`` for a worker's first unit; here for a later one
+        result = replace(result, notes=(*result.notes, (
+            f"uncommitted work was found in the workspace before this unit started (something an earlier unit "
+            f"left running wrote it); it is saved on branch {saved.removeprefix('refs/heads/')} in {ws}, not "
+            f"carried into this unit")))
     reply = _hand_back(u, result, setup_now)
     if ready.first:  # the worker's first unit in this workspace: how it was made ready, and how long it took
         how, reason = (lease.how, lease.reason) if lease else ("new", "")

@@ -81,3 +81,32 @@ def test_batch_id_git_refuses_in_a_ref_name(repo: Path, tmp_path: Path, batch_id
     assert sh_git(ws, "show", f"{result.saved_ref}:work.txt") == "unfinished"
     assert result.head == base
     gitops.workspace_remove(repo, ws)
+
+
+def test_work_found_between_two_units_is_saved_and_said_by_the_later_unit(repo: Path, tmp_path: Path) -> None:
+    """Something an earlier unit left running (outside distpar's reach) wrote into the workspace after that unit
+    was committed: the next unit of the worker saves it on a branch before moving the workspace, says so in its
+    notes, and does not carry it into its own commit."""
+    ws = tmp_path / "ws"
+    base = gitops.rev(repo, "main")
+    settings = WorkerSettings("run1", str(ws), str(tmp_path / "logs"))
+
+    def spec(n: int) -> UnitSpec:
+        return UnitSpec(f"u{n}", "b", f'@fake write u{n}.txt "unit {n}"', AgentConfig(preset="fake"), 60.0, worker=0,
+                        dispatch=n, branch=f"distpar/run1/b/u{n}", base=base, source=Source("worktree", str(repo)))
+
+    first = run_unit(settings, spec(1), threading.Event())
+    assert first.result.status is UnitStatus.OK and not first.result.notes
+    (ws / "late.txt").write_text("written after unit 1 was committed\n")
+    (ws / "README.md").write_text("changed late too\n")
+    second = run_unit(settings, spec(2), threading.Event())
+    assert second.result.status is UnitStatus.OK
+    (note,) = [n for n in second.result.notes if "uncommitted work was found" in n]
+    branch = note.split("saved on branch ", 1)[1].split(" ", 1)[0]
+    assert branch.startswith("distpar-kept/run1-w1-")
+    assert sh_git(ws, "show", f"{branch}:late.txt") == "written after unit 1 was committed"
+    assert sh_git(ws, "show", f"{branch}:README.md") == "changed late too"
+    assert sh_git(ws, "ls-tree", "--name-only", "HEAD").split() == sorted(
+        [*sh_git(repo, "ls-tree", "--name-only", base).split(), "u2.txt"])  # neither late file, nor unit 1's
+    assert second.workspace is None  # not the worker's first unit: no workspace_ready
+    gitops.workspace_remove(repo, ws)
