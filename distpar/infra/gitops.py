@@ -715,11 +715,17 @@ def bundle_of(repo: str | Path, path: str | Path, tips: Mapping[str, str], exclu
 UNPACK_LIMIT = 100  # objects below which a bundle's pack is stored as loose objects (git's transfer.unpackLimit)
 
 
-def unbundle(repo: str | Path, path: str | Path, refs: Callable[[str], bool]) -> dict[str, str] | None:
+def unbundle(repo: str | Path, path: str | Path, refs: Callable[[str], str | None],
+             loose: bool = False) -> dict[str, str] | None:
     """What ``git fetch`` of a bundle does, in two processes instead of three: the pack's objects checked and
     stored (``unpack-objects --strict`` or ``index-pack --strict --fix-thin``: a broken object or a link to
-    one missing fails it, nothing written), then the bundle's refs for which ``refs(name)`` holds are set, in
-    one transaction. Returns them; None when the bundle is not a v2 SHA-1 one (then ``fetch`` it)."""
+    one missing fails it, nothing written), then each ref of the bundle that ``refs(name)`` names a ref for
+    (None: not taken) is set, in one transaction. Returns them (ref set -> commit); None when the bundle is not a
+    v2 SHA-1 one (then ``fetch`` it).
+
+    ``loose``: for a repository that holds most of the bundle already (a workspace kept from an earlier run, sent
+    the run's whole history): nothing is done when it holds every tip, else only the objects it lacks are stored
+    (``unpack-objects`` skips the others; ``index-pack`` would store the whole pack again)."""
     with open(path, "rb") as f:
         if f.readline() != b"# v2 git bundle\n":
             return None
@@ -730,21 +736,24 @@ def unbundle(repo: str | Path, path: str | Path, refs: Callable[[str], bool]) ->
             oid, _, name = line.decode("utf-8", "surrogateescape").partition(" ")
             if len(oid) != 40 or not FULL_ID.fullmatch(oid):
                 return None
-            if refs(name):
-                tips[name] = oid
+            if (dest := refs(name)) is not None:
+                tips[dest] = oid
         start = f.tell()
         header = f.read(12)
     if len(header) < 12 or header[:4] != b"PACK":
         return None
     count = int.from_bytes(header[8:12], "big")
-    argv = ["unpack-objects", "-q", "--strict"] if count < UNPACK_LIMIT else \
-        ["index-pack", "--stdin", "--fix-thin", "--strict"]
-    with open(path, "rb", buffering=0) as pack:  # unbuffered: git reads the file from where this seeks
-        pack.seek(start)
-        proc = subprocess.run(["git", "-c", "gc.auto=0", *argv], cwd=str(repo), env=git_env(), stdin=pack,
-                              capture_output=True, start_new_session=True)
-    if proc.returncode != 0:
-        raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+    held = loose and bool(tips) and " missing" not in git(
+        repo, "cat-file", "--batch-check", input="".join(f"{oid}\n" for oid in tips.values())).stdout
+    if not held:
+        argv = ["unpack-objects", "-q", "--strict"] if loose or count < UNPACK_LIMIT else \
+            ["index-pack", "--stdin", "--fix-thin", "--strict"]
+        with open(path, "rb", buffering=0) as pack:  # unbuffered: git reads the file from where this seeks
+            pack.seek(start)
+            proc = subprocess.run(["git", "-c", "gc.auto=0", *argv], cwd=str(repo), env=git_env(), stdin=pack,
+                                  capture_output=True, start_new_session=True)
+        if proc.returncode != 0:
+            raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
     if tips:
         git(repo, "update-ref", "--stdin", input="".join(f"update {ref} {oid}\n" for ref, oid in tips.items()))
     return tips

@@ -72,7 +72,8 @@ class Transfer:
         branch = f"refs/heads/{result.branch}"
         want = result.head != result.base or source.kind == "worktree"  # a bundle of only saved work has no branch
         if source.kind == "bundle":
-            got = gitops.unbundle(self.repo, where, lambda ref: (want and ref == branch) or ref.startswith(f"{saved}/"))
+            got = gitops.unbundle(self.repo, where, lambda ref: ref if (want and ref == branch)
+                                  or ref.startswith(f"{saved}/") else None)
             if got is not None:
                 if want and got.get(branch) != result.head:
                     raise GitError(["fetch", where, branch], 1, f"the bundle does not hold {branch} at {result.head}")

@@ -305,6 +305,12 @@ def _prepare(settings: WorkerSettings, spec: UnitSpec, ws: Path, env: dict[str, 
         refspecs = ["+refs/*:refs/distpar-in/*"] if kind == "bundle" else [
             "+refs/heads/*:refs/remotes/origin/*", "+refs/distpar/*:refs/distpar/*"]
         for src in filter(None, (location, *spec.source.increments)):  # no location: the workspace has the base
+            # A workspace kept from an earlier unit or run stores only what it lacks of a bundle (often the run's
+            # whole history); git fetch would store all of it again beside what it has.
+            if kind == "bundle" and not fresh and gitops.unbundle(
+                    ws, src, lambda ref: f"refs/distpar-in/{ref[5:]}" if ref.startswith("refs/") else None,
+                    loose=True) is not None:
+                continue
             gitops.git(ws, "fetch", "--quiet", "--no-tags", "--force", src, *refspecs)
         if fresh:
             gitops.git(ws, "checkout", "--quiet", "-B", spec.branch, spec.base, env=gitops.hooks_env(env, hooks))

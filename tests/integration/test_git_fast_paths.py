@@ -132,7 +132,7 @@ def test_a_bundle_of_one_pack_objects_is_a_bundle_git_reads_and_unbundle_takes_i
     sh_git(dest, "reset", "--quiet", "--soft", base)  # dest holds base, not the work
     assert "okay" in subprocess.run(["git", "bundle", "verify", str(bundle)], cwd=dest, capture_output=True,
                                     text=True).stderr
-    got = gitops.unbundle(dest, bundle, lambda ref: ref.startswith("refs/distpar/"))
+    got = gitops.unbundle(dest, bundle, lambda ref: ref if ref.startswith("refs/distpar/") else None)
     assert got == {"refs/distpar/r/saved/u": saved}  # only the refs asked for
     assert sh_git(dest, "rev-parse", "refs/distpar/r/saved/u") == saved
     assert sh_git(dest, "cat-file", "-p", f"{tip}:work.txt") == ("work\n" * 100).strip()
@@ -151,12 +151,12 @@ def test_unbundle_refuses_a_pack_whose_history_the_repository_lacks(tmp_path: Pa
     assert gitops.bundle_of(src, bundle, {"refs/heads/w": sh_git(src, "rev-parse", "HEAD")}, [base])
     stranger = make_repo(tmp_path / "stranger", {"other.txt": "another history\n"})  # has not got base
     with pytest.raises(GitError):
-        gitops.unbundle(stranger, bundle, lambda ref: True)
+        gitops.unbundle(stranger, bundle, lambda ref: ref)
     assert sh_git(stranger, "for-each-ref", "refs/heads/w") == ""  # no ref to a broken history
     # A bundle that is not v2 (git's v3, say) is left to git fetch.
     v3 = tmp_path / "v3.bundle"
     sh_git(src, "bundle", "create", "--quiet", "--version=3", str(v3), "main", f"^{base}")
-    assert gitops.unbundle(src, v3, lambda ref: True) is None
+    assert gitops.unbundle(src, v3, lambda ref: ref) is None
 
 
 def test_unit_processes_since_skips_what_started_before(tmp_path: Path) -> None:
@@ -180,3 +180,37 @@ def test_unit_processes_since_skips_what_started_before(tmp_path: Path) -> None:
     finally:
         old.kill()
         old.wait(10)
+
+
+def test_a_kept_workspace_stores_only_what_it_lacks_of_a_whole_history_bundle(tmp_path: Path) -> None:
+    """A workspace kept from an earlier run is sent the next run's whole history (its start moved on): it stores
+    only the new objects (git fetch would store the whole pack again), and nothing at all when it has the tip."""
+    src = make_repo(tmp_path / "src", {f"f{i}.txt": f"{i}\n" for i in range(200)})
+    one = tmp_path / "one.bundle"
+    sh_git(src, "bundle", "create", "--quiet", str(one), "main")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    sh_git(ws, "init", "--quiet")
+    sh_git(ws, "fetch", "--quiet", str(one), "+refs/*:refs/distpar-in/*")
+
+    def objects() -> dict[str, int]:
+        lines = sh_git(ws, "count-objects", "-v").splitlines()
+        return {k: int(v) for k, v in (line.split(": ") for line in lines) if k in ("count", "in-pack", "packs")}
+
+    before = objects()
+    assert before["count"] == 0 and before["in-pack"] >= 202
+    rename = lambda ref: "refs/distpar-in/" + ref.removeprefix("refs/")  # noqa: E731
+    assert gitops.unbundle(ws, one, rename, loose=True) == {"refs/distpar-in/heads/main": sh_git(src, "rev-parse",
+                                                                                                   "main")}
+    assert objects() == before  # it held the tip: nothing stored
+    (src / "new.txt").write_text("new\n")
+    sh_git(src, "add", "new.txt")
+    sh_git(src, "commit", "--quiet", "-m", "new")
+    two = tmp_path / "two.bundle"
+    sh_git(src, "bundle", "create", "--quiet", str(two), "main")
+    got = gitops.unbundle(ws, two, rename, loose=True)
+    assert got == {"refs/distpar-in/heads/main": sh_git(src, "rev-parse", "main")}
+    after = objects()
+    assert after["in-pack"] == before["in-pack"] and after["packs"] == before["packs"]
+    assert after["count"] == 3  # the new blob, tree and commit only
+    assert sh_git(ws, "show", "refs/distpar-in/heads/main:new.txt") == "new"
