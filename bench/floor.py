@@ -10,7 +10,6 @@ the first actor's creation to the last slot's answer, is what distpar's Ray back
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.plans import Node, to_batches
+from bench.stats import idle_between, min_median_max
 from distpar.infra import gitops
 from distpar.testing.builders import IDENTITY
 
@@ -75,23 +75,15 @@ class FloorNode:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _gaps(results: list[list[Any]]) -> list[float]:
-    """Seconds between one agent's end and the next agent's start in a slot (min, median, max)."""
-    by_slot: dict[int, list[list[Any]]] = {}
-    for r in results:
-        by_slot.setdefault(r[4], []).append(r)
-    gaps = sorted(b[2] - a[3] for rows in by_slot.values() for a, b in itertools.pairwise(rows))
-    return [round(gaps[0], 3), round(gaps[len(gaps) // 2], 3), round(gaps[-1], 3)] if gaps else []
-
-
 def _spread(results: list[list[Any]], t0: float) -> dict[str, list[float]]:
-    """When each slot's first agent started, and how long the agents ran (min, median, max)."""
+    """[min, median, max] of the seconds between one agent's end and the next one's start in a slot, of when each
+    slot's first agent started, and of how long the agents ran."""
     firsts: dict[int, float] = {}
     for r in results:
         firsts[r[4]] = min(firsts.get(r[4], r[2]), r[2])
-    starts, durations = sorted(v - t0 for v in firsts.values()), sorted(r[3] - r[2] for r in results)
-    return {"first_starts": [round(v[i], 3) for v in (starts,) for i in (0, len(v) // 2, -1)],
-            "durations": [round(v[i], 3) for v in (durations,) for i in (0, len(v) // 2, -1)]}
+    return {"gaps": min_median_max(idle_between((r[4], r[2], r[3]) for r in results)),
+            "first_starts": min_median_max(v - t0 for v in firsts.values()),
+            "durations": min_median_max(r[3] - r[2] for r in results)}
 
 
 def run_floor(repo: Path, nodes: list[Node], workers: int, nonce: str) -> dict[str, Any]:
@@ -135,4 +127,4 @@ def run_floor(repo: Path, nodes: list[Node], workers: int, nonce: str) -> dict[s
             "agent_busy": round(sum(r[3] - r[2] for r in results), 3),
             "first_agent": round(min(r[2] for r in results) - t_wall0, 3),
             "last_agent_end": round(max(r[3] for r in results) - t_wall0, 3),
-            "gaps": _gaps(results), **_spread(results, t_wall0)}
+            **_spread(results, t_wall0)}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 from bench import repeat
+from bench.stats import idle_between, min_median_max
 from bench.tail import PART_HELP, PARTS
 
 TAIL_TARGET = (300, 3.0)  # units, seconds from the last unit's end to the run's end
@@ -77,11 +77,8 @@ def floor_md(fl: dict[str, Any]) -> list[str]:
 def _gap(pair: dict[str, Any]) -> str:
     """The median time a worker slot stood between two agents, in distpar's run (its journal's timeline) and in
     the floor's (which deals its units in advance: the least it can be)."""
-    slots: dict[int, list[tuple[float, float]]] = {}
-    for _uid, worker, start, end in pair.get("distpar_run", {}).get("timeline", []):
-        slots.setdefault(worker, []).append((start, end))
-    gaps = sorted(b[0] - a[1] for v in slots.values() for a, b in itertools.pairwise(sorted(v)))
+    gaps = min_median_max(idle_between((w, s, e) for _uid, w, s, e in pair.get("distpar_run", {}).get("timeline", [])))
     floor = pair.get("floor_run", {}).get("gaps")
     if not gaps or not floor:
         return "-"
-    return f"{gaps[len(gaps) // 2]:.2f} s / {floor[1]:.2f} s"
+    return f"{gaps[1]:.2f} s / {floor[1]:.2f} s"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 
@@ -55,3 +57,17 @@ def actual_bound(nodes: list[Any], timeline: list[list[Any]], workers: int) -> f
     for x in nodes:
         end(x.id)
     return max(max(finish.values(), default=0.0), sum(took.get(x.id, x.seconds) for x in nodes) / max(1, workers))
+
+
+def min_median_max(values: Iterable[float], digits: int = 3) -> list[float]:
+    """[min, median, max] (the upper median), [] for no values."""
+    v = sorted(values)
+    return [round(v[0], digits), round(v[len(v) // 2], digits), round(v[-1], digits)] if v else []
+
+
+def idle_between(spans: Iterable[tuple[Hashable, float, float]]) -> list[float]:
+    """The seconds each slot stood between one span's end and its next span's start, for (slot, start, end)."""
+    slots: dict[Hashable, list[tuple[float, float]]] = {}
+    for slot, start, end in spans:
+        slots.setdefault(slot, []).append((start, end))
+    return [b[0] - a[1] for v in slots.values() for a, b in itertools.pairwise(sorted(v))]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from distpar.core.errors import GitError, RepoError
 
@@ -64,6 +65,20 @@ def git(
 
 def out(cwd: str | Path, *args: str, env: Mapping[str, str] | None = None) -> str:
     return git(cwd, *args, env=env).stdout.strip()
+
+
+def git_bytes(cwd: str | Path, *args: str, stdin: bytes | BinaryIO | None = None,
+              stdout: BinaryIO | None = None) -> bytes:
+    """A git command whose input or output is not text (a pack, a bundle): ``stdin`` bytes or a file, ``stdout`` a
+    file (else its output is returned). GitError when it fails."""
+    feed: dict[str, Any] = {"input": stdin} if isinstance(stdin, bytes) else \
+        {"stdin": subprocess.DEVNULL if stdin is None else stdin}
+    proc = subprocess.run(["git", "-c", "gc.auto=0", *args], cwd=str(cwd), env=git_env(),
+                          stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE,
+                          start_new_session=True, **feed)
+    if proc.returncode != 0:
+        raise GitError(list(args), proc.returncode, proc.stderr.decode(errors="replace"))
+    return proc.stdout or b""
 
 
 def version() -> tuple[int, int]:
@@ -699,16 +714,16 @@ def bundle_of(repo: str | Path, path: str | Path, tips: Mapping[str, str], exclu
         return bundle_create(repo, path, [*want, *(f"^{oid}" for oid in exclude)])
     header = "# v2 git bundle\n" + "".join(f"-{oid}\n" for oid in dict.fromkeys(exclude)) + \
         "".join(f"{oid} {ref}\n" for ref, oid in want.items()) + "\n"
-    argv = ["pack-objects", "--stdout", "--thin", "--delta-base-offset", "--revs", "--quiet"]
     revs = "".join(f"{oid}\n" for oid in want.values()) + "".join(f"^{oid}\n" for oid in exclude)
     with open(path, "wb") as f:
         f.write(header.encode("utf-8", "surrogateescape"))
         f.flush()
-        proc = subprocess.run(["git", "-c", "gc.auto=0", *argv], cwd=str(repo), env=git_env(),
-                              input=revs.encode(), stdout=f, stderr=subprocess.PIPE, start_new_session=True)
-    if proc.returncode != 0:
-        Path(path).unlink(missing_ok=True)
-        raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+        try:
+            git_bytes(repo, "pack-objects", "--stdout", "--thin", "--delta-base-offset", "--revs", "--quiet",
+                      stdin=revs.encode(), stdout=f)
+        except GitError:
+            Path(path).unlink(missing_ok=True)
+            raise
     return True
 
 
@@ -750,10 +765,7 @@ def unbundle(repo: str | Path, path: str | Path, refs: Callable[[str], str | Non
             ["index-pack", "--stdin", "--fix-thin", "--strict"]
         with open(path, "rb", buffering=0) as pack:  # unbuffered: git reads the file from where this seeks
             pack.seek(start)
-            proc = subprocess.run(["git", "-c", "gc.auto=0", *argv], cwd=str(repo), env=git_env(), stdin=pack,
-                                  capture_output=True, start_new_session=True)
-        if proc.returncode != 0:
-            raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
+            git_bytes(repo, *argv, stdin=pack)
     if tips:
         git(repo, "update-ref", "--stdin", input="".join(f"update {ref} {oid}\n" for ref, oid in tips.items()))
     return tips

@@ -247,14 +247,15 @@ def become_subreaper() -> bool:
     return _subreaper
 
 
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, parent pid, process group) of ``pid`` from /proc; None when it is gone."""
+def _stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, parent pid, process group, start time in clock ticks since boot) of ``pid`` from /proc; None when
+    it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
-    return fields[0], int(fields[1]), int(fields[2])
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[19])
 
 
 def boot_ticks() -> int:
@@ -278,13 +279,11 @@ def unit_processes(run_id: str, batch_id: str, since: int = 0) -> list[int]:
     for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
+        if since and (st := _stat(int(entry.name))) is not None and st[3] < since:
+            continue
         try:
-            if since:
-                stat = (entry / "stat").read_bytes()
-                if int(stat[stat.rindex(b")") + 2:].split()[19]) < since:
-                    continue
             env = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue
         if all(m in env for m in marks) and pid_alive(int(entry.name)):
             found.append(int(entry.name))

@@ -17,14 +17,12 @@ holds (what it was sent and what it handed back), straight into bytes, or says t
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from distpar.core.errors import GitError
-from distpar.core.model import Source, UnitReply
+from distpar.core.model import Source, UnitReply, UnitSpec
 from distpar.infra import gitops
 
 
@@ -98,11 +96,11 @@ class Inflow:
     ``deliver(spec, future, error)`` gets each unit after its fetch (``error``: why the fetch failed)."""
 
     def __init__(self, fetch_back: Callable[[UnitReply, Source], None],
-                 deliver: Callable[[Any, Future[UnitReply], BaseException | None], None]) -> None:
+                 deliver: Callable[[UnitSpec, Future[UnitReply], BaseException | None], None]) -> None:
         self._fetch_back, self._deliver = fetch_back, deliver
         self._pool = ThreadPoolExecutor(max_workers=FETCHERS, thread_name_prefix="distpar-fetch")
 
-    def watch(self, spec: Any, fut: Future[UnitReply]) -> None:
+    def watch(self, spec: UnitSpec, fut: Future[UnitReply]) -> None:
         """Fetch ``spec``'s work back once ``fut`` (the backend's answer) resolves."""
         def resolved(f: Future[UnitReply]) -> None:
             try:
@@ -111,7 +109,7 @@ class Inflow:
                 self._deliver(spec, f, None)
         fut.add_done_callback(resolved)
 
-    def _fetch(self, spec: Any, fut: Future[UnitReply]) -> None:
+    def _fetch(self, spec: UnitSpec, fut: Future[UnitReply]) -> None:
         error: BaseException | None = None
         if not fut.cancelled() and fut.exception() is None:
             try:
@@ -149,12 +147,7 @@ def increment(repo: Path, tips: Mapping[str, str], have: Sequence[str]) -> bytes
         return None
     for ref, commit in tips.items():
         gitops.update_ref(repo, ref, commit)
-    argv = ["bundle", "create", "--quiet", "-", *tips, *(f"^{c}" for c in known)]
-    proc = subprocess.run(["git", *argv], cwd=repo, env=gitops.git_env(), stdin=subprocess.DEVNULL,
-                          capture_output=True)
-    if proc.returncode != 0:
-        raise GitError(argv, proc.returncode, proc.stderr.decode(errors="replace"))
-    return proc.stdout
+    return gitops.git_bytes(repo, "bundle", "create", "--quiet", "-", *tips, *(f"^{c}" for c in known))
 
 
 def _known(repo: Path, commits: Sequence[str]) -> list[str]:

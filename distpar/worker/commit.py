@@ -121,8 +121,7 @@ def large_files(u: UnitRun, after: str) -> list[str]:
     limit = u.opts.warn_size
     if not limit or after == u.before:
         return []
-    if u.new_files is not None and u.status_head == u.before and \
-            not any(_could_be_over(u.ws / p, limit) for p in u.new_files):
+    if (files := u.changed_files) is not None and not any(_could_be_over(u.ws / p, limit) for p in files):
         return []
     return [f"added {path} ({size / 2**20:.1f} MB), over the warning size of {limit / 2**20:.1f} MB; "
             "it is committed: check that it belongs in the repository"

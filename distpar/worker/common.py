@@ -65,6 +65,12 @@ class UnitRun:
     new_files: list[str] | None = None  # the files its work added or changed, when the status told them all
 
     @property
+    def changed_files(self) -> list[str] | None:
+        """The files its commit changed (or more), when the status before it saw them all: the agent committed
+        nothing itself and made no repository of its own. None when git must be asked."""
+        return self.new_files if self.status_head == self.before else None
+
+    @property
     def opts(self) -> WorkerOptions:
         return self.settings.options
 

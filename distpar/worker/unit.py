@@ -196,13 +196,12 @@ def _hand_back(u: UnitRun, result: UnitResult, setup_now: workspace.HookResult |
     if spec.source.kind == "url":  # hand the branch (and saved work) back by pushing it
         gitops.git(ws, "push", "--quiet", "--force", spec.source.location, f"HEAD:refs/heads/{spec.branch}",
                    *([f"{u.saved}:{u.saved}"] if u.saved else []))
-    # What the commit changed, as the status before it said (no other commit on the branch since the base).
-    known = u.new_files is not None and u.status_head == u.before and len(u.new_files) <= MAX_PATHS
+    files = u.changed_files if result.status.ok else None  # what the commit changed, as its status said
     return UnitReply(
         run_id=settings.run_id, worker=spec.worker, dispatch=spec.dispatch, branch=spec.branch, base=spec.base,
         head=head, result=result, node=node_name(), bundle=bundle, saved_ref=u.saved,
         interrupted=u.cancel.is_set(), setup=setup_now.to_dict() if setup_now else None,
-        paths=tuple(u.new_files) if known and result.status.ok and u.new_files is not None else None,
+        paths=tuple(files) if files is not None and len(files) <= MAX_PATHS else None,
     )
 
 
